@@ -1,0 +1,168 @@
+/* checkpoint.c — see checkpoint.h. */
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "safetensors.h"
+
+int fs_mkdirs(const char *dir, fs_error *err) {
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1;; p++) {
+        char c = *p;
+        if (c == '/' || c == '\0') {
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return fs_error_set(err, FS_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+            *p = c;
+            if (c == '\0') break;
+        }
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return fs_error_set(err, FS_ERR_IO, "%s: not a directory", dir);
+    return FS_OK;
+}
+
+int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
+                       fs_error *err) {
+    const fs_model *m = s->model;
+    fs_safetensors_writer *w;
+    int rc = fs_safetensors_writer_create(&w, err);
+    if (rc) return rc;
+    char *ini = fs_graph_to_ini(s->graph);
+    char num[64], rng[96];
+    for (size_t i = 0; i < m->n_views && !rc; i++) {
+        const fs_param_view *v = &m->views[i];
+        rc = fs_safetensors_writer_add(w, v->name, FS_DTYPE_F32, v->ndim, v->shape, m->params + v->offset, err);
+    }
+    for (size_t i = 0; i < s->host.n_params && !rc; i++) {
+        const fs_plugin_param *p = &s->host.params[i];
+        rc = fs_safetensors_writer_add(w, p->name, FS_DTYPE_F32, p->ndim, p->shape, p->data, err);
+    }
+    if (!rc && opt && opt->m) {
+        size_t shape[1] = {opt->numel};
+        rc = fs_safetensors_writer_add(w, "optimizer.exp_avg", FS_DTYPE_F32, 1, shape, opt->m, err);
+        if (!rc) rc = fs_safetensors_writer_add(w, "optimizer.exp_avg_sq", FS_DTYPE_F32, 1, shape, opt->v, err);
+        snprintf(num, sizeof num, "%" PRIu64, opt->t);
+        if (!rc) rc = fs_safetensors_writer_metadata(w, "optimizer_t", num, err);
+    }
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "format", "fastserve/1", err);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "fastserve_version", FS_VERSION, err);
+    if (!rc && ini) rc = fs_safetensors_writer_metadata(w, "graph", ini, err);
+    if (!rc && ts) {
+        snprintf(num, sizeof num, "%" PRIu64, ts->step);
+        rc = fs_safetensors_writer_metadata(w, "step", num, err);
+        snprintf(rng, sizeof rng, "%016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64, ts->rng.s[0],
+                 ts->rng.s[1], ts->rng.s[2], ts->rng.s[3]);
+        if (!rc) rc = fs_safetensors_writer_metadata(w, "rng", rng, err);
+    }
+    if (!rc) rc = fs_safetensors_writer_write(w, path, err);
+    free(ini);
+    fs_safetensors_writer_destroy(w);
+    return rc;
+}
+
+static void shape_text(char *buf, size_t cap, int ndim, const size_t *shape) {
+    size_t used = 0;
+    used += (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%zu", i ? ", " : "", shape[i]);
+    if (used < cap) snprintf(buf + used, cap - used, "]");
+}
+
+/* The tensor `name` as ndim/shape f32 data, finite. */
+static int expect(const fs_safetensors *st, const char *path, const char *name, int ndim, const size_t *shape,
+                  const float **data, fs_error *err) {
+    const fs_st_tensor *t = fs_safetensors_find(st, name);
+    if (!t)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: tensor '%s' is missing: the checkpoint was not written for this graph", path, name);
+    char want[96], got[96];
+    shape_text(want, sizeof want, ndim, shape);
+    shape_text(got, sizeof got, t->ndim, t->shape);
+    if (t->dtype != FS_DTYPE_F32)
+        return fs_error_set(err, FS_ERR_INVALID, "%s: tensor '%s' is %s, expected F32", path, name,
+                            fs_safetensors_dtype_name(t->dtype));
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: tensor '%s' has shape %s but the graph needs %s: the checkpoint belongs to another "
+                            "model shape ([model] section)",
+                            path, name, got, want);
+    const float *x = t->data;
+    size_t n = t->nbytes / sizeof(float);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return fs_error_set(err, FS_ERR_INVALID, "%s: tensor '%s' holds %s at element %zu: the checkpoint is "
+                                "corrupt or training diverged",
+                                path, name, isnan(x[i]) ? "NaN" : "Inf", i);
+    *data = x;
+    return FS_OK;
+}
+
+int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err) {
+    fs_model *m = s->model;
+    fs_safetensors *st;
+    int rc = fs_safetensors_open(&st, path, err);
+    if (rc) return rc;
+    size_t n_sources = m->n_views + s->host.n_params;
+    const float **src = calloc(n_sources + 2, sizeof *src);
+    if (!src) {
+        fs_safetensors_close(st);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    }
+    /* check everything first, copy after: a bad file leaves the model as it was */
+    for (size_t i = 0; i < m->n_views && !rc; i++)
+        rc = expect(st, path, m->views[i].name, m->views[i].ndim, m->views[i].shape, &src[i], err);
+    for (size_t i = 0; i < s->host.n_params && !rc; i++) {
+        const fs_plugin_param *p = &s->host.params[i];
+        rc = expect(st, path, p->name, p->ndim, p->shape, &src[m->n_views + i], err);
+    }
+    uint64_t step = 0, opt_t = 0;
+    fs_rng rng = {{0}};
+    if (!rc && (opt || ts)) {
+        const char *sv = fs_safetensors_metadata(st, "step"), *rv = fs_safetensors_metadata(st, "rng");
+        const char *tv = fs_safetensors_metadata(st, "optimizer_t");
+        if (!sv || !rv || !tv ||
+            sscanf(rv, "%" SCNx64 " %" SCNx64 " %" SCNx64 " %" SCNx64, &rng.s[0], &rng.s[1], &rng.s[2], &rng.s[3]) != 4)
+            rc = fs_error_set(err, FS_ERR_INVALID,
+                              "%s: no training state (step, rng, optimizer_t metadata): it cannot be resumed; start "
+                              "a new run or set [train] resume = false",
+                              path);
+        else {
+            step = strtoull(sv, NULL, 10);
+            opt_t = strtoull(tv, NULL, 10);
+        }
+        if (!rc && opt) {
+            size_t shape[1] = {opt->numel};
+            rc = expect(st, path, "optimizer.exp_avg", 1, shape, &src[n_sources], err);
+            if (!rc) rc = expect(st, path, "optimizer.exp_avg_sq", 1, shape, &src[n_sources + 1], err);
+        }
+    }
+    if (!rc) {
+        for (size_t i = 0; i < m->n_views; i++)
+            memcpy(m->params + m->views[i].offset, src[i], m->views[i].numel * sizeof(float));
+        for (size_t i = 0; i < s->host.n_params; i++)
+            memcpy(s->host.params[i].data, src[m->n_views + i], s->host.params[i].numel * sizeof(float));
+        if (opt) {
+            memcpy(opt->m, src[n_sources], opt->numel * sizeof(float));
+            memcpy(opt->v, src[n_sources + 1], opt->numel * sizeof(float));
+            opt->t = opt_t;
+        }
+        if (ts) {
+            ts->step = step;
+            ts->rng = rng;
+        }
+    }
+    free(src);
+    fs_safetensors_close(st);
+    return rc;
+}

@@ -1,0 +1,36 @@
+/* checkpoint.h — model, plugin parameters, optimizer and RNG state in one
+ * .safetensors file.
+ *
+ * Tensor names and shapes are Hugging Face GPT2LMHeadModel's
+ * (transformer.wte.weight, transformer.h.0.attn.c_attn.weight (C, 3C), ...),
+ * so a dense byte-vocabulary checkpoint loads there. Beside them:
+ * plugin-owned parameters as "plugin.layerN.<kind>.<name>", the AdamW
+ * moments as "optimizer.exp_avg" / "optimizer.exp_avg_sq" (flat, in the
+ * optimizer's group order), and in __metadata__ the graph's INI text
+ * ("graph"), "step", "optimizer_t", "rng" and "format" = "fastserve/1".
+ * Writes are atomic (see safetensors.h). */
+#ifndef FS_CHECKPOINT_H
+#define FS_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "optim.h"
+#include "rng.h"
+#include "session.h"
+
+typedef struct fs_train_state {
+    uint64_t step; /* optimizer steps done */
+    fs_rng rng;    /* batch sampling */
+} fs_train_state;
+
+int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
+                       fs_error *err);
+/* Loads weights (and, when opt/ts are not NULL, the training state, which
+ * must then be present). Checks names, dtypes, shapes and finiteness before
+ * touching the model; on failure the model is unchanged. */
+int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err);
+
+/* mkdir -p */
+int fs_mkdirs(const char *dir, fs_error *err);
+
+#endif

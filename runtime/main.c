@@ -1,0 +1,221 @@
+/* main.c — the fsrun command line.
+ *
+ *   fsrun GRAPH.ini [--set section.key=value ...] [--mode M] [--prompt TEXT]
+ *                   [--checkpoint FILE] [--resume]
+ *   fsrun --describe PLUGIN | --list-plugins | --version | --help
+ *
+ * Exit status: 0 success, 1 a failure during the work (I/O, a corrupt
+ * checkpoint, numerical trouble), 2 a usage or configuration error found
+ * before any work started. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "graph.h"
+#include "host.h"
+#include "modes.h"
+#include "plugin_loader.h"
+#include "schema.h"
+#include "session.h"
+
+static void usage(FILE *f) {
+    fputs("usage: fsrun GRAPH.ini [--set section.key=value ...] [--mode train|distill|generate|eval]\n"
+          "             [--prompt TEXT] [--checkpoint FILE] [--resume]\n"
+          "       fsrun --describe PLUGIN    keys of a plugin\n"
+          "       fsrun --list-plugins       plugins on the plugin path\n"
+          "       fsrun --help-graph         every key of the runtime's graph sections\n"
+          "       fsrun --version\n"
+          "\n"
+          "Trains, distills, generates with or evaluates the GPT described by GRAPH.ini.\n"
+          "Results go to stdout (the last line is JSON), progress to stderr, files to [run] out.\n"
+          "Plugins are searched in FS_PLUGIN_PATH, then beside fsrun, then the install directory.\n",
+          f);
+}
+
+static const char *type_name(int t) {
+    switch (t) {
+    case FS_PARAM_INT: return "int";
+    case FS_PARAM_FLOAT: return "float";
+    case FS_PARAM_BOOL: return "bool";
+    case FS_PARAM_STRING: return "string";
+    case FS_PARAM_ENUM: return "enum";
+    case FS_PARAM_INT_LIST: return "int list";
+    default: return "?";
+    }
+}
+
+static void print_spec(const fs_param_spec *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char range[96] = "";
+        if (p[i].type == FS_PARAM_ENUM)
+            snprintf(range, sizeof range, "one of %s", p[i].choices);
+        else if ((p[i].type == FS_PARAM_INT || p[i].type == FS_PARAM_FLOAT || p[i].type == FS_PARAM_INT_LIST) &&
+                 p[i].min <= p[i].max) {
+            if (p[i].max >= 1e15)
+                snprintf(range, sizeof range, ">= %g", p[i].min);
+            else
+                snprintf(range, sizeof range, "[%g, %g]", p[i].min, p[i].max);
+        }
+        printf("  %-20s %-8s default %-14s %-18s %s\n", p[i].name, type_name(p[i].type),
+               p[i].default_value ? (*p[i].default_value ? p[i].default_value : "\"\"") : "(required)", range,
+               p[i].help ? p[i].help : "");
+    }
+}
+
+static int describe(const char *name) {
+    int found = 0;
+    for (int kind = FS_PLUGIN_ATTENTION; kind <= FS_PLUGIN_DISTILL; kind++) {
+        char path[4096];
+        fs_error err = {0};
+        if (strchr(name, '/') ? kind != FS_PLUGIN_ATTENTION : fs_plugin_find(path, sizeof path, kind, name, &err))
+            continue;
+        if (strchr(name, '/')) snprintf(path, sizeof path, "%s", name);
+        fs_plugin *p;
+        if (fs_plugin_open(&p, path, 0, &err)) {
+            fprintf(stderr, "fsrun: %s\n", err.message);
+            return 1;
+        }
+        const fs_plugin_descriptor *d = p->desc;
+        printf("%s plugin '%s' version %s (ABI %u.%u)\n  %s\n  file: %s\n", fs_plugin_kind_name(d->kind), d->name,
+               d->version ? d->version : "?", FS_ABI_VERSION_MAJOR_OF(d->abi_version),
+               FS_ABI_VERSION_MINOR_OF(d->abi_version), d->summary ? d->summary : "", p->path);
+        printf("keys in [%s] (with the runtime's own):\n", d->kind == FS_PLUGIN_ATTENTION ? "attention] and [layer.N"
+                                                           : fs_plugin_kind_name(d->kind));
+        const fs_section_schema *core = d->kind == FS_PLUGIN_ATTENTION  ? &fs_schema_attention
+                                        : d->kind == FS_PLUGIN_PARALLEL ? &fs_schema_parallel
+                                                                        : &fs_schema_distill;
+        print_spec(core->spec, core->n);
+        print_spec(d->params, d->n_params);
+        fs_plugin_close(p);
+        found = 1;
+    }
+    if (!found) {
+        fprintf(stderr, "fsrun: --describe %s: no plugin of that name (fsrun --list-plugins shows them)\n", name);
+        return 2;
+    }
+    return 0;
+}
+
+static void list_one(void *arg, const char *path, const fs_plugin *p, const fs_error *err) {
+    (void)arg;
+    if (p)
+        printf("%-10s %-12s %-8s %s\n", fs_plugin_kind_name(p->desc->kind), p->desc->name,
+               p->desc->version ? p->desc->version : "?", path);
+    else
+        printf("%-10s %-12s %-8s %s\n", "broken", "-", "-", err->message);
+}
+
+int main(int argc, char **argv) {
+    fs_blas_fix_coretype(argv);
+    const char *graph_path = NULL, *mode = NULL;
+    fs_run_options opts = {0};
+    const char **sets = calloc((size_t)argc, sizeof *sets);
+    size_t n_sets = 0;
+    if (!sets) return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has_next = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--version")) {
+            printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\n", FS_VERSION, FS_ABI_MAJOR,
+                   FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
+                   FS_WITH_CUDA ? "toolkit found at build time (no CUDA kernels yet)" : "not found at build time");
+            return 0;
+        } else if (!strcmp(a, "--list-plugins")) {
+            printf("%-10s %-12s %-8s %s\n", "kind", "name", "version", "file");
+            fs_plugin_scan(list_one, NULL);
+            return 0;
+        } else if (!strcmp(a, "--help-graph")) {
+            for (size_t s = 0; fs_schemas[s]; s++) {
+                printf("[%s]\n", fs_schemas[s]->section);
+                print_spec(fs_schemas[s]->spec, fs_schemas[s]->n);
+            }
+            printf("[layer.N] / [layer.A-B]: any [attention] key, for those layers\n");
+            return 0;
+        } else if (!strcmp(a, "--describe")) {
+            if (!has_next) goto missing;
+            return describe(argv[i + 1]);
+        } else if (!strcmp(a, "--set")) {
+            if (!has_next) goto missing;
+            sets[n_sets++] = argv[++i];
+        } else if (!strncmp(a, "--set=", 6)) {
+            sets[n_sets++] = a + 6;
+        } else if (!strcmp(a, "--mode")) {
+            if (!has_next) goto missing;
+            mode = argv[++i];
+        } else if (!strcmp(a, "--prompt")) {
+            if (!has_next) goto missing;
+            opts.prompt = argv[++i];
+        } else if (!strcmp(a, "--checkpoint")) {
+            if (!has_next) goto missing;
+            opts.checkpoint = argv[++i];
+        } else if (!strcmp(a, "--resume")) {
+            opts.resume = 1;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "fsrun: unknown option '%s' (fsrun --help lists them)\n", a);
+            return 2;
+        } else if (!graph_path) {
+            graph_path = a;
+        } else {
+            fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", graph_path, a);
+            return 2;
+        }
+        continue;
+    missing:
+        fprintf(stderr, "fsrun: %s needs a value (fsrun --help)\n", a);
+        return 2;
+    }
+    if (!graph_path) {
+        usage(stderr);
+        return 2;
+    }
+    fs_error err = {0};
+    fs_graph *g;
+    if (fs_graph_load(&g, graph_path, &err)) {
+        fprintf(stderr, "fsrun: %s\n", err.message);
+        return 2;
+    }
+    for (size_t i = 0; i < n_sets; i++)
+        if (fs_graph_set(g, sets[i], &err)) {
+            fprintf(stderr, "fsrun: %s\n", err.message);
+            fs_graph_destroy(g);
+            return 2;
+        }
+    free(sets);
+    if (mode) {
+        static const char *modes[] = {"train", "distill", "generate", "eval"};
+        int ok = 0;
+        for (int i = 0; i < 4; i++) ok |= !strcmp(mode, modes[i]);
+        if (!ok) {
+            fprintf(stderr, "fsrun: --mode %s: must be one of train, distill, generate, eval\n", mode);
+            fs_graph_destroy(g);
+            return 2;
+        }
+    }
+    fs_session *s;
+    if (fs_session_open(&s, g, &err)) {
+        fprintf(stderr, "fsrun: %s\n", err.message);
+        return err.status == FS_ERR_NOMEM ? 1 : 2;
+    }
+    fs_threads_set((int)fs_config_int(s->run_cfg, "threads"));
+    if (!mode) mode = fs_config_string(s->run_cfg, "mode");
+    int config_error = 0, rc;
+    if (!strcmp(mode, "train"))
+        rc = fs_mode_train(s, &opts, &config_error, &err);
+    else if (!strcmp(mode, "distill"))
+        rc = fs_mode_distill(s, &opts, &config_error, &err);
+    else if (!strcmp(mode, "generate"))
+        rc = fs_mode_generate(s, &opts, &config_error, &err);
+    else
+        rc = fs_mode_eval(s, &opts, &config_error, &err);
+    fs_session_close(s);
+    if (rc) {
+        fflush(stdout);
+        fprintf(stderr, "fsrun: %s\n", err.message);
+        return config_error ? 2 : 1;
+    }
+    return 0;
+}

@@ -1,0 +1,101 @@
+/* fastserve/attention.h — the attention plugin vtable.
+ *
+ * The runtime projects each layer's input to Q, K and V, one (B, H, T, D)
+ * tensor each, and hands them to the layer's attention plugin, which
+ * computes the (B, H, T, D) output and, in training, the gradients of Q, K
+ * and V. The runtime then merges heads and applies the output projection.
+ *
+ * Memory the plugin needs between forward and backward ("saved") and for
+ * generation ("cache") is allocated by the host at the size the plugin asks
+ * for, on the model's device, so the plugin owns the layout but not the
+ * allocation. One instance serves one layer.
+ *
+ * Arguments travel in structs that open with their size, so they can grow at
+ * the end like the vtable. */
+#ifndef FASTSERVE_ATTENTION_H
+#define FASTSERVE_ATTENTION_H
+
+#include "fastserve/plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Capabilities, in fs_attention_vtable.flags. */
+#define FS_ATTENTION_CAUSAL 0x1u        /* supports causal masking */
+#define FS_ATTENTION_BIDIRECTIONAL 0x2u /* supports non-causal attention */
+#define FS_ATTENTION_DECODE 0x4u        /* implements the decode step */
+#define FS_ATTENTION_SHARED_QK 0x8u     /* ignores K (keys derived from Q) */
+#define FS_ATTENTION_SCORES 0x10u       /* implements scores() */
+
+/* What the instance is for; fixed at create. */
+typedef struct fs_attention_config {
+    uint32_t struct_size;
+    int32_t layer;      /* 0-based layer index */
+    size_t n_head;      /* H */
+    size_t head_dim;    /* D */
+    size_t n_embd;      /* C = H * D */
+    size_t max_seq;     /* longest T forward will see */
+    int32_t causal;     /* 1: token t sees tokens <= t only */
+    fs_device device;
+} fs_attention_config;
+
+typedef struct fs_attention_args {
+    uint32_t struct_size;
+    size_t B, T;             /* batch, tokens (T <= max_seq) */
+    fs_tensor q, k, v;       /* (B, H, T, D) */
+    fs_tensor out;           /* (B, H, T, D), written by forward */
+    void *saved;             /* saved_bytes(B, T) bytes: forward writes, backward reads */
+    const int32_t *tokens;   /* (B, T) token ids, may be NULL */
+    /* backward only: dq, dk, dv are overwritten (not accumulated). */
+    fs_tensor dout;          /* (B, H, T, D) */
+    fs_tensor dq, dk, dv;    /* (B, H, T, D) */
+} fs_attention_args;
+
+typedef struct fs_attention_decode_args {
+    uint32_t struct_size;
+    size_t B;
+    size_t pos;            /* absolute position of the new token, 0-based */
+    fs_tensor q, k, v;     /* (B, H, 1, D) for the new token */
+    fs_tensor out;         /* (B, H, 1, D) */
+    int32_t token;         /* the new token's id when B == 1, else -1 */
+} fs_attention_decode_args;
+
+/* Attention probabilities or scores for distillation: (B, H, T, T) dense
+ * pre-softmax scores with masked entries set to 0 (`probs` = 0) or
+ * post-softmax probabilities (`probs` = 1). Written from the saved state
+ * of the last forward with the same args. */
+typedef struct fs_attention_scores_args {
+    uint32_t struct_size;
+    const fs_attention_args *fwd;
+    int32_t probs;
+    fs_tensor scores; /* (B, H, T, T) */
+} fs_attention_scores_args;
+
+typedef struct fs_attention_vtable {
+    uint32_t struct_size;
+    uint32_t flags; /* FS_ATTENTION_* */
+
+    int (*create)(void **self, const fs_host_api *host, fs_plugin_ctx *ctx,
+                  const fs_attention_config *cfg, fs_error *err);
+    void (*destroy)(void *self); /* accepts NULL */
+
+    size_t (*saved_bytes)(void *self, size_t B, size_t T);
+    int (*forward)(void *self, fs_attention_args *args, fs_error *err);
+    int (*backward)(void *self, fs_attention_args *args, fs_error *err);
+
+    /* Generation. cache_bytes may be independent of max_context for plugins
+     * with a bounded cache. Positions in decode are consecutive from 0 after
+     * cache_reset. `max_context` of 0 asks for the plugin's bounded size. */
+    size_t (*cache_bytes)(void *self, size_t B, size_t max_context);
+    int (*cache_reset)(void *self, void *cache, size_t B, size_t max_context, fs_error *err);
+    int (*decode)(void *self, void *cache, fs_attention_decode_args *args, fs_error *err);
+
+    /* Optional (FS_ATTENTION_SCORES). */
+    int (*scores)(void *self, fs_attention_scores_args *args, fs_error *err);
+} fs_attention_vtable;
+
+#ifdef __cplusplus
+}
+#endif
+#endif
