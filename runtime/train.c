@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blas.h"
 #include "checkpoint.h"
 #include "data.h"
 #include "fastserve/parallel.h"
@@ -117,11 +118,13 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
     }
     fprintf(stderr, "fsrun: %s: %zu parameters, %zu layers, T = %zu, batch %zu x %zu, %llu steps, %d threads\n",
             obj->mode, m->n_params, s->mcfg.n_layer, T, B, accum, (unsigned long long)total, fs_threads_get());
-    double loss = 0, val_loss = -1, train_time = 0;
+    double loss = 0, val_loss = -1, train_time = 0, mm_flops = 0, mm_secs = 0;
+    fs_blas_stats_enable(1);
     uint64_t timed_tokens = 0, first = ts.step;
     uint64_t end = stop_after && stop_after < total ? stop_after : total;
     while (ts.step < end) {
         double t0 = fs_now();
+        fs_blas_stats_reset();
         fs_model_zero_grad(m);
         for (size_t i = 0; i < s->host.n_params; i++)
             memset(s->host.params[i].grad, 0, s->host.params[i].numel * sizeof(float));
@@ -150,10 +153,15 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
         ts.step++;
         double dt = fs_now() - t0;
         if (ts.step > first + 1 || end - first == 1) { /* the first step warms caches: not timed */
+            double f, sec;
+            fs_blas_stats(&f, &sec);
+            mm_flops += f;
+            mm_secs += sec;
             train_time += dt;
             timed_tokens += (uint64_t)(B * T * accum);
         }
         double tps = train_time > 0 ? (double)timed_tokens / train_time : (double)(B * T * accum) / dt;
+        fs_blas_stats_enable(0); /* validation and checkpoints are not training time */
         fs_metrics_step(&met, ts.step, total, loss, lr, norm, tps, (double)(end - ts.step) * (B * T * accum) / tps);
         if (val.tokens && ((val_every && ts.step % val_every == 0) || ts.step == end)) {
             size_t ntok;
@@ -162,7 +170,9 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
         }
         if ((ckpt_every && ts.step % ckpt_every == 0) || ts.step == end)
             if ((rc = fs_checkpoint_save(ckpt, s, &opt, &ts, err))) goto done;
+        fs_blas_stats_enable(1);
     }
+    fs_blas_stats_enable(0);
     fs_metrics_close(&met);
     double tps = train_time > 0 ? (double)timed_tokens / train_time : 0;
 
@@ -198,7 +208,10 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
         printf("%.6f", val_loss);
     else
         printf("null");
-    printf(", \"tokens_per_s\": %.1f, \"params\": %zu, \"checkpoint\": ", tps, m->n_params);
+    printf(", \"tokens_per_s\": %.1f, \"params\": %zu, \"matmul_gflops\": %.1f, \"matmul_share\": %.3f, "
+           "\"threads\": %d, \"blas_core\": \"%s\", \"checkpoint\": ",
+           tps, m->n_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
+           fs_threads_get(), fs_blas_corename());
     fs_json_string(stdout, ckpt);
     printf("}\n");
     fflush(stdout);
