@@ -13,11 +13,16 @@ Usage (PyTorch is only importable from the system interpreter):
     /usr/bin/python3 bench/torch_gpt.py --layers 4 --heads 4 --embd 256 \\
         --seq 256 --batch 8 --steps 10 --warmup 2 [--threads N]
 
+    /usr/bin/python3 bench/torch_gpt.py --generate 200 [--gen-check]
+        (generation with a KV cache, batch 1, see bench_generate)
+
 Prints one JSON line:
     {"impl":"pytorch","tokens_per_s":...,"median_step_s":...,
      "torch_threads":...,"config":{...}}
 tokens_per_s = batch*seq / median step time over the timed steps (warmup
-steps excluded).  A step is zero_grad + forward + backward + optimizer step.
+steps excluded); mean_tokens_per_s = timed tokens / total timed seconds.  A
+step is zero_grad + forward + backward [+ grad-norm clip with --grad-clip] +
+optimizer step.
 
 Which setting is PyTorch's best on this machine
 -----------------------------------------------
@@ -126,15 +131,95 @@ class GPT(nn.Module):
             elif n.endswith("bias"):
                 nn.init.zeros_(p)
 
-    def forward(self, idx, targets):
+    def logits(self, idx):
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for blk in self.h:
             x = blk(x, self.mask)
         x = self.ln_f(x)
-        logits = x @ self.wte.weight.t()  # tied head
+        return x @ self.wte.weight.t()  # tied head
+
+    def forward(self, idx, targets):
+        B, T = idx.shape
+        logits = self.logits(idx)
         return F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
+
+    def decode_step(self, tok, pos, kc, vc):
+        """One token through the model with a KV cache (batch 1).
+        tok: int; kc, vc: per layer (1, H, maxT, D) tensors, filled up to pos.
+        Returns the logits (V,) for the next token."""
+        x = self.wte.weight[tok] + self.wpe.weight[pos]
+        x = x.view(1, 1, -1)
+        C = x.shape[-1]
+        for i, blk in enumerate(self.h):
+            H, D = blk.H, C // blk.H
+            q, k, v = blk.c_attn(blk.ln_1(x)).split(C, dim=-1)
+            kc[i][:, :, pos] = k.view(1, H, D)
+            vc[i][:, :, pos] = v.view(1, H, D)
+            q = q.view(1, H, 1, D)
+            att = (q @ kc[i][:, :, :pos + 1].transpose(-2, -1)) * (1.0 / math.sqrt(D))
+            att = F.softmax(att, dim=-1)
+            y = (att @ vc[i][:, :, :pos + 1]).reshape(1, 1, C)
+            x = x + blk.attn_proj(y)
+            x = x + blk.mlp_proj(F.gelu(blk.c_fc(blk.ln_2(x)), approximate="tanh"))
+        x = self.ln_f(x)
+        return (x @ self.wte.weight.t()).view(-1)
+
+
+def sample(logits, temperature, top_k, gen):
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    v, ix = torch.topk(logits / temperature, min(top_k, logits.numel()) if top_k > 0 else logits.numel())
+    p = F.softmax(v, dim=-1)
+    return int(ix[torch.multinomial(p, 1, generator=gen)])
+
+
+def bench_generate(model, args):
+    """Autoregressive sampling with a KV cache, batch 1, timed like fsrun's
+    generate mode: the prompt is fed one token at a time through the cache,
+    then max_tokens are sampled (temperature, top-k); tokens_per_s =
+    (prompt + generated tokens) / seconds.  Weights are the random init
+    (speed does not depend on them)."""
+    prompt = list(args.prompt.encode("utf-8")) or [10]
+    n_new = min(args.generate, args.seq - len(prompt) + 1)
+    L, C = len(model.h), args.embd
+    H, D = args.heads, args.embd // args.heads
+    gen = torch.Generator().manual_seed(args.seed)
+    runs = []
+    with torch.inference_mode():
+        for r in range(args.gen_repeats + 1):  # the first run warms up
+            kc = [torch.zeros(1, H, args.seq, D) for _ in range(L)]
+            vc = [torch.zeros(1, H, args.seq, D) for _ in range(L)]
+            t0 = time.perf_counter()
+            pos, out = 0, []
+            for t in prompt:
+                logits = model.decode_step(t, pos, kc, vc)
+                pos += 1
+            while len(out) < n_new:
+                tok = sample(logits, args.temperature, args.top_k, gen)
+                out.append(tok)
+                if len(out) == n_new:
+                    break
+                logits = model.decode_step(tok, pos, kc, vc)
+                pos += 1
+            secs = time.perf_counter() - t0
+            if r > 0:
+                runs.append(secs)
+        err = None
+        if args.gen_check:  # cached logits == full recompute at the last position
+            seq = torch.tensor([prompt + out[:-1]])
+            full = model.logits(seq)[0, -1]
+            err = float((full - logits).abs().max())
+    med = statistics.median(runs)
+    return {
+        "impl": "pytorch", "mode": "generate", "kv_cache": True,
+        "tokens": n_new, "prompt_tokens": len(prompt),
+        "tokens_per_s": (n_new + len(prompt)) / med, "median_s": med, "runs_s": runs,
+        "torch_threads": torch.get_num_threads(), "max_abs_err_vs_recompute": err,
+        "config": {"layers": L, "heads": H, "embd": C, "seq": args.seq, "vocab": args.vocab,
+                   "openblas": openblas_info(), "torch": torch.__version__},
+    }
 
 
 def openblas_info():
@@ -165,6 +250,16 @@ def main():
                     help="torch.set_num_threads(N); 0 = leave torch's default")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grad-clip", type=float, default=0.0,
+                    help="clip the global grad norm to this (0 = off; fsrun's quickstart uses 1.0)")
+    ap.add_argument("--generate", type=int, default=0, metavar="N",
+                    help="instead of training, time sampling N tokens with a KV cache (batch 1)")
+    ap.add_argument("--prompt", default="And God said,")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-k", type=int, default=40)
+    ap.add_argument("--gen-repeats", type=int, default=3, help="timed generations (median), after 1 warmup")
+    ap.add_argument("--gen-check", action="store_true",
+                    help="also check the cached logits against a full recompute")
     args = ap.parse_args()
     assert args.embd % args.heads == 0
 
@@ -173,6 +268,9 @@ def main():
     torch.manual_seed(args.seed)
 
     model = GPT(args.vocab, args.seq, args.layers, args.heads, args.embd)
+    if args.generate > 0:
+        print(json.dumps(bench_generate(model, args)))
+        return
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -188,6 +286,8 @@ def main():
         opt.zero_grad(set_to_none=True)
         loss = model(x, y)
         loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         t1 = time.perf_counter()
         losses.append(loss.item())
@@ -199,11 +299,12 @@ def main():
         "impl": "pytorch",
         "tokens_per_s": args.batch * args.seq / med,
         "median_step_s": med,
+        "mean_tokens_per_s": args.batch * args.seq * len(times) / sum(times),
         "torch_threads": torch.get_num_threads(),
         "config": {
             "layers": args.layers, "heads": args.heads, "embd": args.embd,
             "seq": args.seq, "batch": args.batch, "vocab": args.vocab,
-            "steps": args.steps, "warmup": args.warmup,
+            "steps": args.steps, "warmup": args.warmup, "grad_clip": args.grad_clip,
             "params": sum(p.numel() for p in model.parameters()),
             "torch": torch.__version__,
             "openblas": openblas_info(),

@@ -49,8 +49,8 @@ int fs_plugin_registry_get(fs_plugin_registry *r, int kind, const char *name, co
                            fs_error *err);
 void fs_plugin_registry_release(fs_plugin_registry *r);
 
-/* Calls fn for every plugin file in the search directories (first found wins
- * per kind+name; later duplicates are reported through `dup`). */
+/* Calls fn for every plugin file in the search directories, each real file
+ * once, with the opened plugin or (p NULL) the error that stopped it. */
 typedef void (*fs_plugin_visit_fn)(void *arg, const char *path, const fs_plugin *p, const fs_error *err);
 void fs_plugin_scan(fs_plugin_visit_fn fn, void *arg);
 
