@@ -119,6 +119,20 @@ void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vta
     m->attn[layer].self = self;
 }
 
+int fs_model_init_plugin_params(fs_model *m, fs_error *err) {
+    size_t C = m->cfg.n_embd;
+    for (size_t l = 0; l < m->cfg.n_layer; l++) {
+        fs_attention_slot *s = &m->attn[l];
+        if (!FS_HAS_MEMBER(s->vt, s->vt->struct_size, fs_attention_vtable, init_params) || !s->vt->init_params)
+            continue;
+        fs_tensor w = fs_tensor_cpu_f32(m->lp[l].qkvw, 2, C, 3 * C, 0, 0);
+        fs_tensor b = fs_tensor_cpu_f32(m->lp[l].qkvb, 1, 3 * C, 0, 0, 0);
+        int rc = s->vt->init_params(s->self, &w, &b, err);
+        if (rc) return rc;
+    }
+    return FS_OK;
+}
+
 void fs_model_init_weights(fs_model *m, uint64_t seed) {
     fs_rng rng;
     fs_rng_seed(&rng, seed);
@@ -211,6 +225,8 @@ static fs_attention_args attention_args(fs_model *m, size_t l) {
     a.out = bhtd(m->atty + l * BTC, B, H, T, D);
     a.saved = m->attn[l].saved;
     a.tokens = m->inputs;
+    if (m->attn[l].vt->flags & FS_ATTENTION_USES_INPUT)
+        a.x = fs_tensor_cpu_f32(m->ln1 + l * BTC, 3, B, T, C, 0);
     return a;
 }
 
@@ -320,10 +336,16 @@ int fs_model_backward(fs_model *m, const float *const *dhidden, fs_error *err) {
         a.dq = bhtd(m->dq, B, H, T, D);
         a.dk = bhtd(m->dk, B, H, T, D);
         a.dv = bhtd(m->dv, B, H, T, D);
+        int uses_input = (s->vt->flags & FS_ATTENTION_USES_INPUT) != 0;
+        if (uses_input) {
+            memset(m->dtmp, 0, BTC * sizeof(float));
+            a.dx = fs_tensor_cpu_f32(m->dtmp, 3, B, T, C, 0);
+        }
         int rc = s->vt->backward(s->self, &a, err);
         if (rc) return rc;
         attention_split_heads_backward(m->dqkv, m->dq, m->dk, m->dv, B, T, H, D);
         matmul_backward(m->dln, g->qkvw, g->qkvb, m->dqkv, ln1, p->qkvw, BT, C, 3 * C);
+        if (uses_input) add_inplace(m->dln, m->dtmp, BTC);
         layernorm_backward(m->dtmp, g->ln1w, g->ln1b, m->dln, res, p->ln1w, m->ln1_mean + l * BT,
                            m->ln1_rstd + l * BT, BT, C);
         add_inplace(m->dres, m->dtmp, BTC);
@@ -394,6 +416,7 @@ int fs_model_decode_step(fs_model *m, const int32_t *tokens, size_t pos, float *
         a.v = bhtd(v, B, H, 1, D);
         a.out = bhtd(proj, B, H, 1, D);
         a.token = B == 1 ? tokens[0] : -1;
+        if (s->vt->flags & FS_ATTENTION_USES_INPUT) a.x = fs_tensor_cpu_f32(ln, 3, B, 1, C, 0);
         int rc = s->vt->decode(s->self, s->cache, &a, err);
         if (rc) return rc;
         attention_merge_heads(y, proj, B, 1, H, D);

@@ -103,6 +103,10 @@ void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vta
  * 1/sqrt(2 L), zero biases, unit LayerNorm weights. */
 void fs_model_init_weights(fs_model *m, uint64_t seed);
 
+/* Lets attention plugins initialise their own parameters from the freshly
+ * initialised layer weights (fs_attention_vtable.init_params). */
+int fs_model_init_plugin_params(fs_model *m, fs_error *err);
+
 /* inputs (B,T) token ids < vocab, T <= max_seq. Fills m->logits. */
 int fs_model_forward(fs_model *m, const int32_t *inputs, size_t B, size_t T, fs_error *err);
 /* Mean cross-entropy of the last forward against targets (B,T); writes

@@ -93,6 +93,7 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
     fs_train_state ts = {0};
     uint64_t seed = (uint64_t)fs_config_int(tc, "seed");
     fs_model_init_weights(m, seed);
+    if ((rc = fs_model_init_plugin_params(m, err))) goto done;
     fs_rng_seed(&ts.rng, seed ^ 0x5DEECE66Dull);
     if (resume) {
         if ((rc = fs_checkpoint_load(ckpt, s, &opt, &ts, err))) goto done;

@@ -27,6 +27,7 @@ extern "C" {
 #define FS_ATTENTION_DECODE 0x4u        /* implements the decode step */
 #define FS_ATTENTION_SHARED_QK 0x8u     /* ignores K (keys derived from Q) */
 #define FS_ATTENTION_SCORES 0x10u       /* implements scores() */
+#define FS_ATTENTION_USES_INPUT 0x20u   /* reads the layer input x (own projections) */
 
 /* What the instance is for; fixed at create. */
 typedef struct fs_attention_config {
@@ -50,6 +51,11 @@ typedef struct fs_attention_args {
     /* backward only: dq, dk, dv are overwritten (not accumulated). */
     fs_tensor dout;          /* (B, H, T, D) */
     fs_tensor dq, dk, dv;    /* (B, H, T, D) */
+    /* FS_ATTENTION_USES_INPUT: the normalised layer input the runtime
+     * projected Q, K, V from, and in backward its gradient, which the plugin
+     * accumulates into (+=); otherwise both are empty (data NULL). */
+    fs_tensor x;             /* (B, T, C) */
+    fs_tensor dx;            /* (B, T, C) */
 } fs_attention_args;
 
 typedef struct fs_attention_decode_args {
@@ -59,6 +65,7 @@ typedef struct fs_attention_decode_args {
     fs_tensor q, k, v;     /* (B, H, 1, D) for the new token */
     fs_tensor out;         /* (B, H, 1, D) */
     int32_t token;         /* the new token's id when B == 1, else -1 */
+    fs_tensor x;           /* (B, 1, C) normalised input (FS_ATTENTION_USES_INPUT) */
 } fs_attention_decode_args;
 
 /* Attention probabilities or scores for distillation: (B, H, T, T) dense
@@ -93,6 +100,13 @@ typedef struct fs_attention_vtable {
 
     /* Optional (FS_ATTENTION_SCORES). */
     int (*scores)(void *self, fs_attention_scores_args *args, fs_error *err);
+
+    /* Optional: initialise plugin-owned parameters from the layer's own
+     * QKV projection, c_attn_weight (C, 3C) and c_attn_bias (3C), Hugging
+     * Face layout. Called once for a fresh run, after the runtime
+     * initialised its weights; not called when weights come from a
+     * checkpoint (which holds the plugin's parameters too). */
+    int (*init_params)(void *self, const fs_tensor *c_attn_weight, const fs_tensor *c_attn_bias, fs_error *err);
 } fs_attention_vtable;
 
 #ifdef __cplusplus
