@@ -134,13 +134,13 @@ int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, 
         if (stopped)
             fs_log(FS_LOG_WARN, NULL, "stopped after %zu tokens: the context of %zu positions is full", n, ctx);
         fputs(text, stdout);
-        fputs(textout, stdout);
+        fwrite(textout, 1, n, stdout);
         fputc('\n', stdout);
         printf("{\"mode\": \"generate\", \"tokens\": %zu, \"tokens_per_s\": %.1f, \"prompt\": ", n,
                secs > 0 ? (double)(n + n_prompt) / secs : 0.0);
         fs_json_string(stdout, text);
         printf(", \"text\": ");
-        fs_json_string(stdout, textout);
+        fs_json_bytes(stdout, textout, n);
         printf(", \"kv_cache_bytes\": %zu}\n", fs_model_cache_bytes(s->model));
     }
     free(prompt);

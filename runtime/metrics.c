@@ -14,9 +14,11 @@ double fs_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-void fs_json_string(FILE *f, const char *s) {
+void fs_json_string(FILE *f, const char *s) { fs_json_bytes(f, s, strlen(s)); }
+
+void fs_json_bytes(FILE *f, const char *s, size_t n) {
     fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)s, *end = p + n; p < end; p++) {
         switch (*p) {
         case '"': fputs("\\\"", f); break;
         case '\\': fputs("\\\\", f); break;

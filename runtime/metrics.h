@@ -6,6 +6,7 @@
 #ifndef FS_METRICS_H
 #define FS_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -34,5 +35,9 @@ double fs_now(void); /* monotonic seconds */
 
 /* Writes s as a JSON string literal (with quotes) to f. */
 void fs_json_string(FILE *f, const char *s);
+/* The same for n bytes that may include NUL (generated text can: token 0
+ * is byte 0). Bytes >= 0x80 are written as \u00XX, i.e. read as Latin-1,
+ * because byte-level text need not be valid UTF-8. */
+void fs_json_bytes(FILE *f, const char *s, size_t n);
 
 #endif

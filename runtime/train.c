@@ -194,8 +194,10 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
             int stopped;
             if ((rc = fs_generate(m, prompt, n_prompt, sample, &sp, gen, &n, &secs, &stopped, err)) == 0) {
                 fs_detokenize(textout, gen, n);
-                printf("--- sample (%zu tokens, %.0f tok/s) ---\n%.*s%s\n---\n", n, secs > 0 ? (double)n / secs : 0.0,
-                       (int)len, text, textout);
+                printf("--- sample (%zu tokens, %.0f tok/s) ---\n%.*s", n, secs > 0 ? (double)n / secs : 0.0, (int)len,
+                       text);
+                fwrite(textout, 1, n, stdout);
+                printf("\n---\n");
             }
         }
         free(prompt);
