@@ -62,6 +62,10 @@ int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer
         snprintf(rng, sizeof rng, "%016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64, ts->rng.s[0],
                  ts->rng.s[1], ts->rng.s[2], ts->rng.s[3]);
         if (!rc) rc = fs_safetensors_writer_metadata(w, "rng", rng, err);
+        snprintf(num, sizeof num, "%.17g", ts->loss);
+        if (!rc) rc = fs_safetensors_writer_metadata(w, "loss", num, err);
+        snprintf(num, sizeof num, "%.17g", ts->val_loss);
+        if (!rc) rc = fs_safetensors_writer_metadata(w, "val_loss", num, err);
     }
     if (!rc) rc = fs_safetensors_writer_write(w, path, err);
     free(ini);
@@ -158,8 +162,11 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
             opt->t = opt_t;
         }
         if (ts) {
+            const char *lv = fs_safetensors_metadata(st, "loss"), *vv = fs_safetensors_metadata(st, "val_loss");
             ts->step = step;
             ts->rng = rng;
+            ts->loss = lv ? strtod(lv, NULL) : 0.0;
+            ts->val_loss = vv ? strtod(vv, NULL) : -1.0;
         }
     }
     free(src);

@@ -7,7 +7,7 @@
  * plugin-owned parameters as "plugin.layerN.<kind>.<name>", the AdamW
  * moments as "optimizer.exp_avg" / "optimizer.exp_avg_sq" (flat, in the
  * optimizer's group order), and in __metadata__ the graph's INI text
- * ("graph"), "step", "optimizer_t", "rng" and "format" = "fastserve/1".
+ * ("graph"), "step", "optimizer_t", "rng", "loss", "val_loss" and "format" = "fastserve/1".
  * Writes are atomic (see safetensors.h). */
 #ifndef FS_CHECKPOINT_H
 #define FS_CHECKPOINT_H
@@ -21,6 +21,8 @@
 typedef struct fs_train_state {
     uint64_t step; /* optimizer steps done */
     fs_rng rng;    /* batch sampling */
+    double loss;     /* of the last step (reported when a finished run is resumed) */
+    double val_loss; /* of the last validation; < 0 when none */
 } fs_train_state;
 
 int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "host.h"
 
@@ -14,34 +15,31 @@ int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t m
     if (!f)
         return fs_error_set(err, errno == ENOENT ? FS_ERR_NOT_FOUND : FS_ERR_IO, "%s: %s: cannot open data file: %s",
                             where, path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) {
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(f);
-        return fs_error_set(err, FS_ERR_IO, "%s: %s: not a regular file", where, path);
+        return fs_error_set(err, FS_ERR_INVALID, "%s: %s: not a regular file: give a text file", where, path);
     }
-    long len = ftell(f);
-    rewind(f);
-    if (len < 0) {
-        fclose(f);
-        return fs_error_set(err, FS_ERR_IO, "%s: %s: cannot read its size", where, path);
-    }
-    if ((size_t)len < min_tokens) {
+    size_t len = (size_t)st.st_size;
+    if (len < min_tokens) {
         fclose(f);
         return fs_error_set(err, FS_ERR_INVALID,
-                            "%s: %s: %s (%ld bytes); it needs at least %zu tokens (max_seq + 1) to make one window",
+                            "%s: %s: %s (%zu bytes); it needs at least %zu tokens (max_seq + 1) to make one window",
                             where, path, len == 0 ? "the data file is empty" : "the data file is too short", len,
                             min_tokens);
     }
-    unsigned char *bytes = malloc((size_t)len + 1);
-    d->tokens = malloc(((size_t)len + 1) * sizeof(int32_t));
+    unsigned char *bytes = malloc(len + 1);
+    d->tokens = malloc((len + 1) * sizeof(int32_t));
     if (!bytes || !d->tokens) {
         free(bytes);
         free(d->tokens);
+        d->tokens = NULL;
         fclose(f);
-        return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory for %ld bytes", path, len);
+        return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory for %zu bytes", path, len);
     }
-    size_t got = fread(bytes, 1, (size_t)len, f);
+    size_t got = fread(bytes, 1, len, f);
     fclose(f);
-    if (got != (size_t)len) {
+    if (got != len) {
         free(bytes);
         free(d->tokens);
         d->tokens = NULL;

@@ -2,9 +2,11 @@
  * from a frozen teacher (its own graph and checkpoint) through the distill
  * plugin's loss. Teacher and student see the same batches; the teacher runs
  * forward only. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "fastserve/distill.h"
@@ -107,6 +109,13 @@ int fs_mode_distill(fs_session *s, const fs_run_options *o, int *config_error, f
         snprintf(tckpt, sizeof tckpt, "%s", tc);
     else
         fs_session_checkpoint_path(d.teacher, tckpt, sizeof tckpt);
+    if (access(tckpt, R_OK) != 0) { /* a file the graph names: a configuration error */
+        rc = fs_error_set(err, FS_ERR_NOT_FOUND, "%s: teacher checkpoint %s: %s (train the teacher first)",
+                          tc && *tc ? fs_config_where(dc, "teacher_checkpoint") : fs_config_where(dc, "teacher"), tckpt,
+                          strerror(errno));
+        goto done;
+    }
+    *config_error = 0; /* from here on a failure is in the work: a corrupt checkpoint is exit status 1 */
     rc = fs_checkpoint_load(tckpt, d.teacher, NULL, NULL, err);
     if (rc) goto done;
     d.vt = s->distill.plugin->desc->vtable;

@@ -70,6 +70,11 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
     fs_optimizer_init(&opt, &ac);
     int rc;
     if ((rc = load_data(s, "train", 1, &train, err)) || (rc = load_data(s, "val", 0, &val, err))) goto done;
+    if (!out || !*out) {
+        rc = fs_error_set(err, FS_ERR_INVALID, "%s: must name a directory for the checkpoint and metrics",
+                          fs_config_where(s->run_cfg, "out"));
+        goto done;
+    }
     if (resume && access(ckpt, F_OK) != 0) {
         rc = fs_error_set(err, FS_ERR_NOT_FOUND, "resume: %s does not exist: train without resume first", ckpt);
         goto done;
@@ -91,6 +96,7 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
     if (rc || (rc = fs_optimizer_ready(&opt, err))) goto done;
 
     fs_train_state ts = {0};
+    ts.val_loss = -1;
     uint64_t seed = (uint64_t)fs_config_int(tc, "seed");
     fs_model_init_weights(m, seed);
     if ((rc = fs_model_init_plugin_params(m, err))) goto done;
@@ -119,7 +125,7 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
     }
     fprintf(stderr, "fsrun: %s: %zu parameters, %zu layers, T = %zu, batch %zu x %zu, %llu steps, %d threads\n",
             obj->mode, m->n_params, s->mcfg.n_layer, T, B, accum, (unsigned long long)total, fs_threads_get());
-    double loss = 0, val_loss = -1, train_time = 0, mm_flops = 0, mm_secs = 0;
+    double loss = ts.loss, val_loss = ts.val_loss, train_time = 0, mm_flops = 0, mm_secs = 0;
     fs_blas_stats_enable(1);
     uint64_t timed_tokens = 0, first = ts.step;
     uint64_t end = stop_after && stop_after < total ? stop_after : total;
@@ -147,7 +153,7 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
         if ((rc = pvt->grads_finish(s->parallel.self, m->grads, m->n_params, err)) ||
             (rc = pvt->reduce_sum(s->parallel.self, sums, 2, err)))
             goto done;
-        loss = sums[0] / sums[1];
+        loss = ts.loss = sums[0] / sums[1];
         double norm = fs_optimizer_clip(&opt, fs_config_float(tc, "grad_clip"));
         double lr = fs_lr_schedule(ac.lr, fs_config_float(tc, "min_lr_ratio"), ts.step, warmup, total);
         fs_optimizer_step(&opt, lr);
@@ -167,6 +173,7 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
         if (val.tokens && ((val_every && ts.step % val_every == 0) || ts.step == end)) {
             size_t ntok;
             if ((rc = fs_evaluate(m, &val, B, val_batches * B, &val_loss, &ntok, err))) goto done;
+            ts.val_loss = val_loss;
             fs_metrics_val(&met, ts.step, val_loss);
         }
         if ((ckpt_every && ts.step % ckpt_every == 0) || ts.step == end)
