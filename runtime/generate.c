@@ -77,15 +77,20 @@ int fs_generate(fs_model *m, const int32_t *prompt, size_t n_prompt, size_t max_
     }
     fs_rng rng;
     fs_rng_seed(&rng, sp->seed);
+    /* bounded caches (FS_ATTENTION_BOUNDED_CACHE in every layer) have no
+     * context limit: they run past max_seq at their own fixed size */
+    int bounded = 1;
+    for (size_t l = 0; l < m->cfg.n_layer; l++)
+        bounded &= (m->attn[l].vt->flags & FS_ATTENTION_BOUNDED_CACHE) != 0;
     double t0 = fs_now();
-    int rc = fs_model_decode_begin(m, 1, ctx, err);
+    int rc = fs_model_decode_begin(m, 1, bounded ? 0 : ctx, err);
     size_t pos = 0;
     for (size_t i = 0; !rc && i < n_prompt; i++) rc = fs_model_decode_step(m, &prompt[i], pos++, logits, err);
     while (!rc && *n_out < max_tokens) {
         int32_t tok = fs_sample_token(logits, V, sp, rng.s, work);
         out[(*n_out)++] = tok;
         if (*n_out == max_tokens) break;
-        if (pos >= ctx) {
+        if (!bounded && pos >= ctx) {
             *stopped_at_context = 1;
             break;
         }

@@ -389,16 +389,31 @@ size_t fs_model_cache_bytes(const fs_model *m) {
     return total;
 }
 
+/* Every layer's cache is bounded (FS_ATTENTION_BOUNDED_CACHE): decoding may
+ * go past max_seq. */
+static int all_caches_bounded(const fs_model *m) {
+    for (size_t l = 0; l < m->cfg.n_layer; l++)
+        if (!(m->attn[l].vt->flags & FS_ATTENTION_BOUNDED_CACHE)) return 0;
+    return 1;
+}
+
 int fs_model_decode_step(fs_model *m, const int32_t *tokens, size_t pos, float *logits, fs_error *err) {
     size_t C = m->cfg.n_embd, V = m->cfg.vocab, H = m->cfg.n_head, D = C / H, B = m->dec_B;
-    if (pos >= m->cfg.max_seq)
-        return fs_error_set(err, FS_ERR_INVALID, "position %zu is past [model] max_seq = %zu", pos, m->cfg.max_seq);
+    size_t pe = pos; /* the row of wpe the token gets */
+    if (pos >= m->cfg.max_seq) {
+        if (!all_caches_bounded(m))
+            return fs_error_set(err, FS_ERR_INVALID, "position %zu is past [model] max_seq = %zu", pos,
+                                m->cfg.max_seq);
+        /* cycle through the second half of the table (attention.h) */
+        size_t h = m->cfg.max_seq / 2;
+        pe = h + (pos - h) % (m->cfg.max_seq - h);
+    }
     float *x = m->dec_block, *ln = x + B * C, *y = ln + B * C, *proj = y + B * C, *qkv = proj + B * C;
     float *fch = qkv + B * 3 * C, *fchg = fch + B * 4 * C;
     for (size_t b = 0; b < B; b++)
         if (tokens[b] < 0 || (size_t)tokens[b] >= V)
             return fs_error_set(err, FS_ERR_INVALID, "token id %d outside the vocabulary [0, %zu)", (int)tokens[b], V);
-    encoder_forward(x, tokens, m->wte, m->wpe, B, 1, C, pos);
+    encoder_forward(x, tokens, m->wte, m->wpe, B, 1, C, pe);
     float *q = fch, *k = q + B * C, *v = k + B * C; /* fch is free until the MLP */
     for (size_t l = 0; l < m->cfg.n_layer; l++) {
         fs_layer_params *p = &m->lp[l];

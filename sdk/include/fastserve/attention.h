@@ -28,6 +28,15 @@ extern "C" {
 #define FS_ATTENTION_SHARED_QK 0x8u     /* ignores K (keys derived from Q) */
 #define FS_ATTENTION_SCORES 0x10u       /* implements scores() */
 #define FS_ATTENTION_USES_INPUT 0x20u   /* reads the layer input x (own projections) */
+/* The decode cache is bounded: cache_bytes does not depend on max_context
+ * and decode accepts any position. When every layer's plugin says so, the
+ * runtime generates past [model] max_seq (cache_reset gets max_context 0).
+ * Learned position embeddings end at max_seq, so past it the runtime feeds
+ * the embedding of a position that cycles through the second half of the
+ * table: position p >= max_seq embeds as h + (p - h) mod (max_seq - h),
+ * h = max_seq / 2. A window shorter than max_seq - h then sees positions in
+ * trained order except across one wrap. decode_args.pos stays absolute. */
+#define FS_ATTENTION_BOUNDED_CACHE 0x40u
 
 /* What the instance is for; fixed at create. */
 typedef struct fs_attention_config {
