@@ -77,11 +77,9 @@ int fs_generate(fs_model *m, const int32_t *prompt, size_t n_prompt, size_t max_
     }
     fs_rng rng;
     fs_rng_seed(&rng, sp->seed);
-    /* bounded caches (FS_ATTENTION_BOUNDED_CACHE in every layer) have no
-     * context limit: they run past max_seq at their own fixed size */
-    int bounded = 1;
-    for (size_t l = 0; l < m->cfg.n_layer; l++)
-        bounded &= (m->attn[l].vt->flags & FS_ATTENTION_BOUNDED_CACHE) != 0;
+    /* bounded caches have no context limit: they run past max_seq at their
+     * own fixed size */
+    int bounded = fs_model_cache_bounded(m);
     double t0 = fs_now();
     int rc = fs_model_decode_begin(m, 1, bounded ? 0 : ctx, err);
     size_t pos = 0;
@@ -111,7 +109,7 @@ int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, 
         fs_session_checkpoint_path(s, ckpt, sizeof ckpt);
     const char *text = o->prompt ? o->prompt : fs_config_string(s->gen_cfg, "prompt");
     size_t len = strlen(text), ctx = s->mcfg.max_seq;
-    if (len >= ctx)
+    if (len >= ctx && !fs_model_cache_bounded(s->model))
         return fs_error_set(err, FS_ERR_INVALID,
                             "%s: the prompt is %zu tokens, but the context ([model] max_seq) is %zu: shorten the "
                             "prompt",

@@ -389,9 +389,7 @@ size_t fs_model_cache_bytes(const fs_model *m) {
     return total;
 }
 
-/* Every layer's cache is bounded (FS_ATTENTION_BOUNDED_CACHE): decoding may
- * go past max_seq. */
-static int all_caches_bounded(const fs_model *m) {
+int fs_model_cache_bounded(const fs_model *m) {
     for (size_t l = 0; l < m->cfg.n_layer; l++)
         if (!(m->attn[l].vt->flags & FS_ATTENTION_BOUNDED_CACHE)) return 0;
     return 1;
@@ -401,7 +399,7 @@ int fs_model_decode_step(fs_model *m, const int32_t *tokens, size_t pos, float *
     size_t C = m->cfg.n_embd, V = m->cfg.vocab, H = m->cfg.n_head, D = C / H, B = m->dec_B;
     size_t pe = pos; /* the row of wpe the token gets */
     if (pos >= m->cfg.max_seq) {
-        if (!all_caches_bounded(m))
+        if (!fs_model_cache_bounded(m))
             return fs_error_set(err, FS_ERR_INVALID, "position %zu is past [model] max_seq = %zu", pos,
                                 m->cfg.max_seq);
         /* cycle through the second half of the table (attention.h) */

@@ -118,6 +118,17 @@ void fs_model_zero_grad(fs_model *m);
  * layer's output (NULL entries are skipped): distillation losses on hidden
  * states enter here. */
 int fs_model_backward(fs_model *m, const float *const *dhidden, fs_error *err);
+/* The same with, when dscores is not NULL, d loss / d attention scores
+ * (B,H,T,T) per layer (NULL entries skipped; `probs` as in
+ * fs_model_attention_scores), sent through the layer's plugin's
+ * scores_backward: distillation losses on attention maps enter here. */
+int fs_model_backward_ex(fs_model *m, const float *const *dhidden, const float *const *dscores, int probs,
+                         fs_error *err);
+/* Layer `layer`'s attention map of the last forward through its plugin's
+ * scores(): (B,H,T,T) pre-softmax scores with masked entries 0, or
+ * probabilities when probs is 1. FS_ERR_UNSUPPORTED when the plugin has
+ * no FS_ATTENTION_SCORES. */
+int fs_model_attention_scores(fs_model *m, size_t layer, int probs, float *out, fs_error *err);
 
 /* Hidden state i of the last forward: 0 = embedding output, l = output of
  * layer l - 1 (B,T,C). */
@@ -129,5 +140,8 @@ int fs_model_decode_begin(fs_model *m, size_t B, size_t context, fs_error *err);
 /* tokens (B) at position pos -> logits (B,V). */
 int fs_model_decode_step(fs_model *m, const int32_t *tokens, size_t pos, float *logits, fs_error *err);
 size_t fs_model_cache_bytes(const fs_model *m);
+/* 1 when every layer's plugin keeps a bounded cache
+ * (FS_ATTENTION_BOUNDED_CACHE): decoding may then go past max_seq. */
+int fs_model_cache_bounded(const fs_model *m);
 
 #endif

@@ -182,6 +182,8 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
     }
     fs_blas_stats_enable(0);
     fs_metrics_close(&met);
+    size_t plugin_params = 0;
+    for (size_t i = 0; i < s->host.n_params; i++) plugin_params += s->host.params[i].numel;
     double tps = train_time > 0 ? (double)timed_tokens / train_time : 0;
 
     /* a sample from the trained model, as a person would want to see */
@@ -220,7 +222,7 @@ int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *ob
         printf("null");
     printf(", \"tokens_per_s\": %.1f, \"params\": %zu, \"matmul_gflops\": %.1f, \"matmul_share\": %.3f, "
            "\"threads\": %d, \"blas_core\": \"%s\", \"checkpoint\": ",
-           tps, m->n_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
+           tps, m->n_params + plugin_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
            fs_threads_get(), fs_blas_corename());
     fs_json_string(stdout, ckpt);
     printf("}\n");
