@@ -6,6 +6,7 @@
 
 #include "checkpoint.h"
 #include "data.h"
+#include "host.h"
 #include "metrics.h"
 #include "modes.h"
 #include "rng.h"
@@ -80,6 +81,10 @@ int fs_generate(fs_model *m, const int32_t *prompt, size_t n_prompt, size_t max_
     /* bounded caches have no context limit: they run past max_seq at their
      * own fixed size */
     int bounded = fs_model_cache_bounded(m);
+    /* One token is too little work to share: thread wake-ups and barriers
+     * cost more than they save (and on a loaded machine, far more). */
+    int threads = fs_threads_get();
+    fs_threads_set(1);
     double t0 = fs_now();
     int rc = fs_model_decode_begin(m, 1, bounded ? 0 : ctx, err);
     size_t pos = 0;
@@ -95,6 +100,7 @@ int fs_generate(fs_model *m, const int32_t *prompt, size_t n_prompt, size_t max_
         rc = fs_model_decode_step(m, &tok, pos++, logits, err);
     }
     *seconds = fs_now() - t0;
+    fs_threads_set(threads);
     free(logits);
     free(work);
     return rc;

@@ -1,0 +1,308 @@
+/* bench_lsh.c — lsh (Reformer) attention with n_hashes 1, 2, 4 vs dense vs
+ * longformer, side by side: time and peak memory of forward and of
+ * forward + backward as T grows. The harness is bench_attention's: each
+ * case in a child process built the way fsrun builds a layer, best of up to
+ * `reps` runs after an untimed warm-up, memory as peak RSS growth. Dense is
+ * skipped once its T x T state exceeds the memory bound or its extrapolated
+ * (T^2) time exceeds the time bound.
+ *
+ * Usage: bench_lsh [T=1024,4096,16384] [H=8] [D=64] [B=1] [chunk=64]
+ *                  [bucket_size=64] [hashes=1,2,4] [window=256] [causal=1]
+ *                  [mem_gb=12] [time_s=300] [reps=5]
+ * Prints a table, then the dense/lsh ratios and whether lsh with
+ * n_hashes = 2 is at least 10x faster (forward + backward) than dense at
+ * T = 16k. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blas.h"
+#include "fastserve/attention.h"
+#include "host.h"
+#include "rng.h"
+#include "session.h"
+
+typedef struct opts {
+    size_t Ts[16], nT, H, D, B, window, block, reps, chunk, bucket_size, hashes[8], nh;
+    int causal;
+    char dilation[64], global[64];
+    double mem_gb, time_s;
+} opts;
+
+typedef struct result {
+    int ok;
+    char why[600];
+    double fwd_s, fb_s;         /* best of reps */
+    double saved_mib;           /* saved_bytes(B, T) */
+    double peak_fwd_mib, peak_fb_mib; /* peak RSS growth */
+} result;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double rss_mib(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+static float *touched(size_t n, uint64_t seed) {
+    float *p = fs_alloc(n * sizeof(float));
+    if (!p) return NULL;
+    if (seed) {
+        fs_rng r;
+        fs_rng_seed(&r, seed);
+        for (size_t i = 0; i < n; i++) p[i] = fs_rng_normal(&r);
+    } else {
+        memset(p, 0, n * sizeof(float));
+    }
+    return p;
+}
+
+/* One case, in the child. */
+/* plugin "lsh" runs with n_hashes = nh */
+static result run_case(const char *plugin, size_t T, const opts *o, size_t nh) {
+    result r = {0};
+    char ini[1024], keys[512] = "";
+    if (strcmp(plugin, "longformer") == 0)
+        snprintf(keys, sizeof keys, "window = %zu\ndilation = %s\nglobal = %s\nblock = %zu\n", o->window, o->dilation,
+                 o->global, o->block);
+    if (strcmp(plugin, "lsh") == 0)
+        snprintf(keys, sizeof keys, "n_hashes = %zu\nchunk = %zu\nbucket_size = %zu\n", nh, o->chunk,
+                 o->bucket_size);
+    snprintf(ini, sizeof ini,
+             "[model]\nvocab_size = 256\nn_layer = 1\nn_head = %zu\nn_embd = %zu\nmax_seq = %zu\n"
+             "[attention]\nplugin = %s\ncausal = %s\n%s",
+             o->H, o->H * o->D, T, plugin, o->causal ? "true" : "false", keys);
+    fs_graph *g;
+    fs_session *s;
+    fs_error err = {0};
+    if (fs_graph_load_string(&g, "bench.ini", ini, &err) || fs_session_open(&s, g, &err)) {
+        snprintf(r.why, sizeof r.why, "%s", err.message);
+        return r;
+    }
+    fs_threads_set(0);
+    const fs_attention_vtable *vt = s->layers[0].plugin->desc->vtable;
+    void *self = s->layers[0].self;
+    size_t B = o->B, H = o->H, D = o->D, C = H * D, n = B * H * T * D;
+    float *q = touched(n, 1), *k = touched(n, 2), *v = touched(n, 3), *dout = touched(n, 4);
+    float *out = touched(n, 0), *dq = touched(n, 0), *dk = touched(n, 0), *dv = touched(n, 0);
+    float *x = touched(B * T * C, 5), *dx = touched(B * T * C, 0);
+    int32_t *tokens = calloc(B * T, sizeof(int32_t));
+    for (size_t i = 0; tokens && i < B * T; i++) tokens[i] = (int32_t)((i * 2654435761u) >> 24);
+    size_t saved_bytes = vt->saved_bytes(self, B, T);
+    r.saved_mib = (double)saved_bytes / 1048576.0;
+    void *saved = fs_alloc(saved_bytes); /* untouched: pages count once the plugin writes them */
+    if (!q || !k || !v || !dout || !out || !dq || !dk || !dv || !x || !dx || !tokens || !saved) {
+        snprintf(r.why, sizeof r.why, "out of memory for the inputs");
+        return r;
+    }
+    fs_attention_args a = {0};
+    a.struct_size = sizeof a;
+    a.B = B;
+    a.T = T;
+    a.q = fs_tensor_cpu_f32(q, 4, B, H, T, D);
+    a.k = fs_tensor_cpu_f32(k, 4, B, H, T, D);
+    a.v = fs_tensor_cpu_f32(v, 4, B, H, T, D);
+    a.out = fs_tensor_cpu_f32(out, 4, B, H, T, D);
+    a.dout = fs_tensor_cpu_f32(dout, 4, B, H, T, D);
+    a.dq = fs_tensor_cpu_f32(dq, 4, B, H, T, D);
+    a.dk = fs_tensor_cpu_f32(dk, 4, B, H, T, D);
+    a.dv = fs_tensor_cpu_f32(dv, 4, B, H, T, D);
+    a.saved = saved;
+    a.tokens = tokens;
+    if (vt->flags & FS_ATTENTION_USES_INPUT) {
+        a.x = fs_tensor_cpu_f32(x, 3, B, T, C, 0);
+        a.dx = fs_tensor_cpu_f32(dx, 3, B, T, C, 0);
+    }
+    double base = rss_mib();
+    r.fwd_s = r.fb_s = 1e300;
+    /* warm-up, untimed: first-touch page faults of the saved state and the
+     * work memory are not attention (dense's cost 25 s of kernel time at 16k) */
+    double t_warm = now();
+    if (vt->forward(self, &a, &err) || vt->backward(self, &a, &err)) goto fail;
+    t_warm = now() - t_warm;
+    /* as many repeats as fit in about 5 s of forward + backward (at least one) */
+    size_t reps = t_warm > 0 ? (size_t)(5.0 / t_warm) : o->reps;
+    reps = reps < 1 ? 1 : reps > o->reps ? o->reps : reps;
+    for (size_t i = 0; i < reps; i++) {
+        double t0 = now();
+        if (vt->forward(self, &a, &err)) goto fail;
+        double t1 = now();
+        r.fwd_s = t1 - t0 < r.fwd_s ? t1 - t0 : r.fwd_s;
+    }
+    r.peak_fwd_mib = rss_mib() - base;
+    for (size_t i = 0; i < reps; i++) {
+        double t0 = now();
+        if (vt->forward(self, &a, &err) || vt->backward(self, &a, &err)) goto fail;
+        double t1 = now();
+        r.fb_s = t1 - t0 < r.fb_s ? t1 - t0 : r.fb_s;
+    }
+    r.peak_fb_mib = rss_mib() - base;
+    r.ok = 1;
+    return r; /* the child exits: no need to free */
+fail:
+    snprintf(r.why, sizeof r.why, "%s", err.message);
+    return r;
+}
+
+static result run_in_child(const char *plugin, size_t T, const opts *o, size_t nh) {
+    result r = {0};
+    int fd[2];
+    if (pipe(fd)) {
+        snprintf(r.why, sizeof r.why, "pipe failed");
+        return r;
+    }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        result c = run_case(plugin, T, o, nh);
+        ssize_t w = write(fd[1], &c, sizeof c);
+        _exit(w == (ssize_t)sizeof c ? 0 : 1);
+    }
+    close(fd[1]);
+    ssize_t got = pid > 0 ? read(fd[0], &r, sizeof r) : -1;
+    close(fd[0]);
+    int status = 0;
+    if (pid > 0) waitpid(pid, &status, 0);
+    if (got != (ssize_t)sizeof r) {
+        memset(&r, 0, sizeof r);
+        if (pid > 0 && WIFSIGNALED(status))
+            snprintf(r.why, sizeof r.why, "killed by signal %d (out of memory?)", WTERMSIG(status));
+        else
+            snprintf(r.why, sizeof r.why, "the case failed to report");
+    }
+    return r;
+}
+
+static void parse(opts *o, int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (!eq) goto usage;
+        *eq = '\0';
+        const char *k = argv[i], *val = eq + 1;
+        if (strcmp(k, "T") == 0) {
+            o->nT = 0;
+            for (char *p = (char *)val; *p && o->nT < 16;) {
+                o->Ts[o->nT++] = strtoull(p, &p, 10);
+                if (*p == ',') p++;
+            }
+        } else if (strcmp(k, "H") == 0) o->H = strtoull(val, NULL, 10);
+        else if (strcmp(k, "D") == 0) o->D = strtoull(val, NULL, 10);
+        else if (strcmp(k, "B") == 0) o->B = strtoull(val, NULL, 10);
+        else if (strcmp(k, "window") == 0) o->window = strtoull(val, NULL, 10);
+        else if (strcmp(k, "chunk") == 0) o->chunk = strtoull(val, NULL, 10);
+        else if (strcmp(k, "bucket_size") == 0) o->bucket_size = strtoull(val, NULL, 10);
+        else if (strcmp(k, "hashes") == 0) {
+            o->nh = 0;
+            for (char *p = (char *)val; *p && o->nh < 8;) {
+                o->hashes[o->nh++] = strtoull(p, &p, 10);
+                if (*p == ',') p++;
+            }
+        }
+        else if (strcmp(k, "block") == 0) o->block = strtoull(val, NULL, 10);
+        else if (strcmp(k, "reps") == 0) o->reps = strtoull(val, NULL, 10);
+        else if (strcmp(k, "causal") == 0) o->causal = atoi(val);
+        else if (strcmp(k, "mem_gb") == 0) o->mem_gb = atof(val);
+        else if (strcmp(k, "time_s") == 0) o->time_s = atof(val);
+        else if (strcmp(k, "dilation") == 0) snprintf(o->dilation, sizeof o->dilation, "%s", val);
+        else if (strcmp(k, "global") == 0) snprintf(o->global, sizeof o->global, "%s", val);
+        else goto usage;
+    }
+    if (o->nT && o->H && o->D && o->B && o->window && o->reps && o->chunk && o->bucket_size && o->nh) return;
+usage:
+    fprintf(stderr, "usage: bench_lsh [T=1024,4096,16384] [H=8] [D=64] [B=1] [chunk=64] [bucket_size=64] "
+                    "[hashes=1,2,4] [window=256] [causal=1] [mem_gb=12] [time_s=300] [reps=5]\n");
+    exit(2);
+}
+
+static double mem_available_gb(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb / 1048576.0;
+}
+
+static void row(size_t T, const char *plugin, const result *r) {
+    if (r->ok)
+        printf("%6zu  %-10s  %10.1f  %11.1f  %9.1f  %12.1f  %12.1f\n", T, plugin, r->fwd_s * 1e3, r->fb_s * 1e3,
+               r->saved_mib, r->peak_fwd_mib, r->peak_fb_mib);
+    else
+        printf("%6zu  %-10s  %s\n", T, plugin, r->why);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+    fs_blas_fix_coretype(argv);
+    opts o = {.Ts = {1024, 4096, 16384}, .nT = 3, .H = 8, .D = 64, .B = 1, .window = 256, .block = 0, .reps = 5,
+              .causal = 1, .mem_gb = 12, .time_s = 300, .chunk = 64, .bucket_size = 64, .hashes = {1, 2, 4}, .nh = 3};
+    snprintf(o.dilation, sizeof o.dilation, "1");
+    snprintf(o.global, sizeof o.global, "none");
+    parse(&o, argc, argv);
+    fs_log_set_level(FS_LOG_WARN);
+    double avail = mem_available_gb(), mem_bound = o.mem_gb < 0.8 * avail ? o.mem_gb : 0.8 * avail;
+    printf("attention: B=%zu H=%zu D=%zu %s; lsh chunk=%zu bucket_size=%zu lookback=1; longformer window=%zu\n", o.B,
+           o.H, o.D, o.causal ? "causal" : "bidirectional", o.chunk, o.bucket_size, o.window);
+    printf("OpenBLAS %s, %ld cores; dense bounds: %.1f GiB of T x T state, %.0f s per case\n", fs_blas_corename(),
+           sysconf(_SC_NPROCESSORS_ONLN), mem_bound, o.time_s);
+    printf("memory = growth of peak RSS over the inputs and gradients (saved state + work memory)\n\n");
+    printf("%6s  %-10s  %10s  %11s  %9s  %12s  %12s\n", "T", "plugin", "fwd ms", "fwd+bwd ms", "saved MiB",
+           "peak fwd MiB", "peak f+b MiB");
+    result dense[16] = {0}, lsh[16][8] = {{{0}}};
+    double dense_last_s = 0;
+    size_t dense_last_T = 0;
+    for (size_t i = 0; i < o.nT; i++) {
+        size_t T = o.Ts[i];
+        double need_gb = ((double)o.B * o.H + 1) * (double)T * (double)T * 4 / 1073741824.0;
+        double est_s = dense_last_T ? dense_last_s * ((double)T / dense_last_T) * ((double)T / dense_last_T) : 0;
+        if (need_gb > mem_bound) {
+            snprintf(dense[i].why, sizeof dense[i].why,
+                     "skipped: its T x T state needs %.1f GiB, over the %.1f GiB bound", need_gb, mem_bound);
+        } else if (est_s > o.time_s) {
+            snprintf(dense[i].why, sizeof dense[i].why,
+                     "skipped: forward+backward would take about %.0f s (T^2 from T = %zu), over %.0f s", est_s,
+                     dense_last_T, o.time_s);
+        } else {
+            dense[i] = run_in_child("dense", T, &o, 0);
+            if (dense[i].ok) dense_last_s = dense[i].fb_s, dense_last_T = T;
+        }
+        row(T, "dense", &dense[i]);
+        result lf = run_in_child("longformer", T, &o, 0);
+        row(T, "longformer", &lf);
+        for (size_t h = 0; h < o.nh; h++) {
+            char name[32];
+            snprintf(name, sizeof name, "lsh/%zu", o.hashes[h]);
+            lsh[i][h] = run_in_child("lsh", T, &o, o.hashes[h]);
+            row(T, name, &lsh[i][h]);
+        }
+    }
+    printf("\n");
+    for (size_t i = 0; i < o.nT; i++)
+        for (size_t h = 0; h < o.nh; h++)
+            if (dense[i].ok && lsh[i][h].ok)
+                printf("T = %zu: lsh n_hashes=%zu is %.1fx faster forward, %.1fx faster forward+backward, %.1fx less "
+                       "memory (peak f+b)\n",
+                       o.Ts[i], o.hashes[h], dense[i].fwd_s / lsh[i][h].fwd_s, dense[i].fb_s / lsh[i][h].fb_s,
+                       dense[i].peak_fb_mib / (lsh[i][h].peak_fb_mib > 0.01 ? lsh[i][h].peak_fb_mib : 0.01));
+    for (size_t i = 0; i < o.nT; i++)
+        for (size_t h = 0; h < o.nh; h++)
+            if (o.Ts[i] == 16384 && o.hashes[h] == 2) {
+                if (dense[i].ok && lsh[i][h].ok)
+                    printf("goal at T = 16k, lsh n_hashes=2 >= 10x faster forward+backward than dense: %s (%.1fx)\n",
+                           dense[i].fb_s / lsh[i][h].fb_s >= 10 ? "met" : "NOT met", dense[i].fb_s / lsh[i][h].fb_s);
+                else
+                    printf("goal at T = 16k: not measured (dense or lsh did not run)\n");
+            }
+    return 0;
+}
