@@ -112,32 +112,34 @@ int main(int argc, char **argv) {
     fs_run_options opts = {0};
     const char **sets = calloc((size_t)argc, sizeof *sets);
     size_t n_sets = 0;
+    int rc = 0;
     if (!sets) return 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has_next = i + 1 < argc;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
-            return 0;
+            goto done;
         } else if (!strcmp(a, "--version")) {
             printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\n", FS_VERSION, FS_ABI_MAJOR,
                    FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
                    FS_WITH_CUDA ? "toolkit found at build time (no CUDA kernels yet)" : "not found at build time");
-            return 0;
+            goto done;
         } else if (!strcmp(a, "--list-plugins")) {
             printf("%-10s %-12s %-8s %s\n", "kind", "name", "version", "file");
             fs_plugin_scan(list_one, NULL);
-            return 0;
+            goto done;
         } else if (!strcmp(a, "--help-graph")) {
             for (size_t s = 0; fs_schemas[s]; s++) {
                 printf("[%s]\n", fs_schemas[s]->section);
                 print_spec(fs_schemas[s]->spec, fs_schemas[s]->n);
             }
             printf("[layer.N] / [layer.A-B]: any [attention] key, for those layers\n");
-            return 0;
+            goto done;
         } else if (!strcmp(a, "--describe")) {
             if (!has_next) goto missing;
-            return describe(argv[i + 1]);
+            rc = describe(argv[i + 1]);
+            goto done;
         } else if (!strcmp(a, "--set")) {
             if (!has_next) goto missing;
             sets[n_sets++] = argv[++i];
@@ -156,35 +158,42 @@ int main(int argc, char **argv) {
             opts.resume = 1;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "fsrun: unknown option '%s' (fsrun --help lists them)\n", a);
-            return 2;
+            rc = 2;
+            goto done;
         } else if (!graph_path) {
             graph_path = a;
         } else {
             fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", graph_path, a);
-            return 2;
+            rc = 2;
+            goto done;
         }
         continue;
     missing:
         fprintf(stderr, "fsrun: %s needs a value (fsrun --help)\n", a);
-        return 2;
+        rc = 2;
+        goto done;
     }
     if (!graph_path) {
         usage(stderr);
-        return 2;
+        rc = 2;
+        goto done;
     }
     fs_error err = {0};
     fs_graph *g;
     if (fs_graph_load(&g, graph_path, &err)) {
         fprintf(stderr, "fsrun: %s\n", err.message);
-        return 2;
+        rc = 2;
+        goto done;
     }
     for (size_t i = 0; i < n_sets; i++)
         if (fs_graph_set(g, sets[i], &err)) {
             fprintf(stderr, "fsrun: %s\n", err.message);
             fs_graph_destroy(g);
-            return 2;
+            rc = 2;
+            goto done;
         }
     free(sets);
+    sets = NULL;
     if (mode) {
         static const char *modes[] = {"train", "distill", "generate", "eval"};
         int ok = 0;
@@ -202,7 +211,7 @@ int main(int argc, char **argv) {
     }
     fs_threads_set((int)fs_config_int(s->run_cfg, "threads"));
     if (!mode) mode = fs_config_string(s->run_cfg, "mode");
-    int config_error = 0, rc;
+    int config_error = 0;
     if (!strcmp(mode, "train"))
         rc = fs_mode_train(s, &opts, &config_error, &err);
     else if (!strcmp(mode, "distill"))
@@ -218,4 +227,7 @@ int main(int argc, char **argv) {
         return config_error ? 2 : 1;
     }
     return 0;
+done:
+    free(sets);
+    return rc;
 }

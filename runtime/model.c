@@ -304,7 +304,27 @@ static void ready(fs_model *m, const float *first, const float *end) {
     if (m->grads_ready) m->grads_ready(m->grads_ready_arg, (size_t)(first - m->grads), (size_t)(end - first));
 }
 
+int fs_model_attention_scores(fs_model *m, size_t layer, int probs, float *out, fs_error *err) {
+    fs_attention_slot *s = &m->attn[layer];
+    if (!(s->vt->flags & FS_ATTENTION_SCORES) || !s->vt->scores)
+        return fs_error_set(err, FS_ERR_UNSUPPORTED, "layer %zu: the attention plugin cannot expose its scores",
+                            layer);
+    fs_attention_args a = attention_args(m, layer);
+    fs_attention_scores_args sa;
+    memset(&sa, 0, sizeof sa);
+    sa.struct_size = sizeof sa;
+    sa.fwd = &a;
+    sa.probs = probs;
+    sa.scores = fs_tensor_cpu_f32(out, 4, m->B, m->cfg.n_head, m->T, m->T);
+    return s->vt->scores(s->self, &sa, err);
+}
+
 int fs_model_backward(fs_model *m, const float *const *dhidden, fs_error *err) {
+    return fs_model_backward_ex(m, dhidden, NULL, 0, err);
+}
+
+int fs_model_backward_ex(fs_model *m, const float *const *dhidden, const float *const *dscores, int probs,
+                         fs_error *err) {
     size_t L = m->cfg.n_layer, C = m->cfg.n_embd, V = m->cfg.vocab, H = m->cfg.n_head, D = C / H;
     size_t B = m->B, T = m->T, BT = B * T, BTC = BT * C;
     /* head: dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
@@ -343,6 +363,19 @@ int fs_model_backward(fs_model *m, const float *const *dhidden, fs_error *err) {
         }
         int rc = s->vt->backward(s->self, &a, err);
         if (rc) return rc;
+        if (dscores && dscores[l]) { /* a loss on this layer's attention map (distillation) */
+            if (!FS_HAS_MEMBER(s->vt, s->vt->struct_size, fs_attention_vtable, scores_backward) ||
+                !s->vt->scores_backward)
+                return fs_error_set(err, FS_ERR_UNSUPPORTED,
+                                    "layer %zu: the attention plugin has no backward for its scores", l);
+            fs_attention_scores_args sa;
+            memset(&sa, 0, sizeof sa);
+            sa.struct_size = sizeof sa;
+            sa.fwd = &a;
+            sa.probs = probs;
+            sa.scores = fs_tensor_cpu_f32((float *)dscores[l], 4, B, H, T, T);
+            if ((rc = s->vt->scores_backward(s->self, &sa, err))) return rc;
+        }
         attention_split_heads_backward(m->dqkv, m->dq, m->dk, m->dv, B, T, H, D);
         matmul_backward(m->dln, g->qkvw, g->qkvb, m->dqkv, ln1, p->qkvw, BT, C, 3 * C);
         if (uses_input) add_inplace(m->dln, m->dtmp, BTC);

@@ -22,11 +22,41 @@ static const fs_param_spec parallel_keys[] = {
     {"plugin", FS_PARAM_STRING, "single", 0, 0, NULL, "parallel strategy plugin"},
 };
 
+/* [distill] keys a [distill.stage.N] section may set too */
+#define DISTILL_SHARED_KEYS                                                                                   \
+    {"init", FS_PARAM_STRING, "random", 0, 0, NULL,                                                          \
+     "student start: random, teacher-every-other-layer, or teacher-layers = A,B,... (needs equal widths)"},  \
+    {"augment", FS_PARAM_STRING, "none", 0, 0, NULL,                                                         \
+     "none, generate:R (R teacher-sampled sequences per real one, cached) or replace:P,K (teacher's top K)"},\
+    {"augment_prompt", FS_PARAM_INT, "32", 1, BIG, NULL, "augment = generate: real tokens prompting the teacher"}, \
+    {"augment_temperature", FS_PARAM_FLOAT, "1.0", 0, 100, NULL,                                             \
+     "augment = generate: the teacher's sampling temperature (0 = greedy)"},                                  \
+    {"augment_cache", FS_PARAM_STRING, "", 0, 0, NULL,                                                       \
+     "augment = generate: the cache file (default: beside the teacher's checkpoint)"},                        \
+    {"teacher_cache", FS_PARAM_STRING, "", 0, 0, NULL,                                                       \
+     "file of the teacher's top-k logits per position, reused by students (loss sees top-k renormalised)"},  \
+    {"teacher_cache_k", FS_PARAM_INT, "32", 1, 4096, NULL, "logits per position that teacher_cache keeps"}
+
 static const fs_param_spec distill_keys[] = {
     {"plugin", FS_PARAM_STRING, "soft_kd", 0, 0, NULL, "distillation loss plugin"},
     {"teacher", FS_PARAM_STRING, "", 0, 0, NULL, "the teacher's graph file (required in distill mode)"},
     {"teacher_checkpoint", FS_PARAM_STRING, "", 0, 0, NULL,
      "the teacher's checkpoint (default: model.safetensors in the teacher's [run] out)"},
+    DISTILL_SHARED_KEYS,
+};
+
+/* [distill.stage.N]: one stage of a chain. Its student is the graph's
+ * [model] with these changes, its teacher the previous stage's student;
+ * keys it does not set come from [distill]. */
+static const fs_param_spec distill_stage_keys[] = {
+    {"plugin", FS_PARAM_STRING, "soft_kd", 0, 0, NULL, "distillation loss plugin (default: [distill] plugin)"},
+    {"n_layer", FS_PARAM_INT, "0", 0, 256, NULL, "the stage student's layers (0 = [model] n_layer)"},
+    {"n_head", FS_PARAM_INT, "0", 0, 256, NULL, "its attention heads (0 = [model] n_head)"},
+    {"n_embd", FS_PARAM_INT, "0", 0, 65536, NULL, "its width (0 = [model] n_embd)"},
+    {"steps", FS_PARAM_INT, "0", 0, BIG, NULL, "its optimizer steps (0 = [train] steps)"},
+    {"out", FS_PARAM_STRING, "", 0, 0, NULL, "its directory (default: <[run] out>/stage<N>)"},
+    {"stop_after", FS_PARAM_INT, "0", 0, BIG, NULL, "end the invocation after this step of the stage (0 = never)"},
+    DISTILL_SHARED_KEYS,
 };
 
 static const fs_param_spec data_keys[] = {
@@ -76,11 +106,13 @@ const fs_section_schema fs_schema_model = {"model", model_keys, N(model_keys)};
 const fs_section_schema fs_schema_attention = {"attention", attention_keys, N(attention_keys)};
 const fs_section_schema fs_schema_parallel = {"parallel", parallel_keys, N(parallel_keys)};
 const fs_section_schema fs_schema_distill = {"distill", distill_keys, N(distill_keys)};
+const fs_section_schema fs_schema_distill_stage = {"distill.stage.N", distill_stage_keys, N(distill_stage_keys)};
 const fs_section_schema fs_schema_data = {"data", data_keys, N(data_keys)};
 const fs_section_schema fs_schema_train = {"train", train_keys, N(train_keys)};
 const fs_section_schema fs_schema_generate = {"generate", generate_keys, N(generate_keys)};
 const fs_section_schema fs_schema_run = {"run", run_keys, N(run_keys)};
 
-const fs_section_schema *const fs_schemas[] = {&fs_schema_model, &fs_schema_attention, &fs_schema_parallel,
-                                               &fs_schema_distill, &fs_schema_data,    &fs_schema_train,
-                                               &fs_schema_generate, &fs_schema_run,    NULL};
+const fs_section_schema *const fs_schemas[] = {&fs_schema_model,     &fs_schema_attention, &fs_schema_parallel,
+                                               &fs_schema_distill,   &fs_schema_distill_stage,
+                                               &fs_schema_data,      &fs_schema_train,     &fs_schema_generate,
+                                               &fs_schema_run,       NULL};

@@ -19,6 +19,8 @@ typedef struct fs_section_schema {
 
 extern const fs_section_schema fs_schema_model, fs_schema_attention, fs_schema_parallel, fs_schema_distill,
     fs_schema_data, fs_schema_train, fs_schema_generate, fs_schema_run;
+/* [distill.stage.N] (a chain's stage): its own keys, then [distill]'s. */
+extern const fs_section_schema fs_schema_distill_stage;
 
 /* All of the above, NULL-terminated. */
 extern const fs_section_schema *const fs_schemas[];

@@ -240,6 +240,41 @@ static int dense_scores(void *self, fs_attention_scores_args *a, fs_error *err) 
     return FS_OK;
 }
 
+/* Backward of scores(): S = scale * Q K^T (masked entries constant), P its
+ * masked softmax. For probabilities dS = P * (dP - rowsum(dP * P)) first. */
+static int dense_scores_backward(void *self, const fs_attention_scores_args *a, fs_error *err) {
+    dense *d = self;
+    const fs_attention_args *f = a->fwd;
+    size_t B = f->B, T = f->T, H = d->cfg.n_head, D = d->cfg.head_dim;
+    if (check_cpu(d, &a->scores, err)) return err->status;
+    fs_device dev = d->cfg.device;
+    if (d->scratch_T < T) {
+        d->host->free(dev, d->scratch);
+        d->scratch = d->host->alloc(dev, T * T * sizeof(float));
+        d->scratch_T = d->scratch ? T : 0;
+        if (!d->scratch)
+            return d->host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory for a %zu x %zu scratch", T, T);
+    }
+    const float *q = f->q.data, *k = f->k.data, *ds_all = a->scores.data, *P = f->saved;
+    float *dq = f->dq.data, *dk = f->dk.data, *dS = d->scratch;
+    for (size_t bh = 0; bh < B * H; bh++) {
+        size_t o = bh * T * D;
+        memcpy(dS, ds_all + bh * T * T, T * T * sizeof(float));
+        if (d->cfg.causal)
+            for (size_t t = 0; t < T; t++)
+                for (size_t j = t + 1; j < T; j++) dS[t * T + j] = 0.0f;
+        float alpha = d->scale;
+        if (a->probs) {
+            dsoftmax_job job = {dS, P + bh * T * T, T, d->scale};
+            d->host->parallel_for(T, 16, softmax_backward_rows, &job);
+            alpha = 1.0f;
+        }
+        d->host->sgemm(dev, 0, 0, T, D, T, alpha, dS, T, k + o, D, 1.0f, dq + o, D);
+        d->host->sgemm(dev, 1, 0, T, D, T, alpha, dS, T, q + o, D, 1.0f, dk + o, D);
+    }
+    return FS_OK;
+}
+
 static const fs_attention_vtable dense_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SCORES,
@@ -252,6 +287,7 @@ static const fs_attention_vtable dense_vtable = {
     .cache_reset = dense_cache_reset,
     .decode = dense_decode,
     .scores = dense_scores,
+    .scores_backward = dense_scores_backward,
 };
 
 static const fs_plugin_descriptor dense_descriptor = {

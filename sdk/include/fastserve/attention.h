@@ -116,6 +116,16 @@ typedef struct fs_attention_vtable {
      * initialised its weights; not called when weights come from a
      * checkpoint (which holds the plugin's parameters too). */
     int (*init_params)(void *self, const fs_tensor *c_attn_weight, const fs_tensor *c_attn_bias, fs_error *err);
+
+    /* Optional (with FS_ATTENTION_SCORES), for distillation losses on
+     * attention maps: the backward of scores(). args->scores holds
+     * d loss / d scores (B, H, T, T) in the layout scores() writes, for the
+     * forward args->fwd and the same `probs`; entries scores() masks are
+     * ignored. The plugin ADDS the resulting gradients into fwd->dq and
+     * fwd->dk (and fwd->dx for FS_ATTENTION_USES_INPUT plugins): the runtime
+     * calls it right after backward() of the same layer, so the buffers
+     * already hold the output's gradients. */
+    int (*scores_backward)(void *self, const fs_attention_scores_args *args, fs_error *err);
 } fs_attention_vtable;
 
 #ifdef __cplusplus

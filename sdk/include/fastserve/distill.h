@@ -19,6 +19,9 @@ extern "C" {
 
 #define FS_DISTILL_NEEDS_HIDDEN 0x1u    /* hidden states of both models */
 #define FS_DISTILL_NEEDS_ATTENTION 0x2u /* attention scores of both models */
+/* With FS_DISTILL_NEEDS_ATTENTION: post-softmax probabilities (masked
+ * entries 0) instead of pre-softmax scores. */
+#define FS_DISTILL_NEEDS_ATTENTION_PROBS 0x4u
 
 typedef struct fs_distill_config {
     uint32_t struct_size;
@@ -33,7 +36,10 @@ typedef struct fs_distill_config {
 typedef struct fs_distill_args {
     uint32_t struct_size;
     size_t B, T, V;                /* N = B * T positions */
-    fs_tensor teacher_logits;      /* (B, T, V) */
+    /* (B, T, V). With [distill] teacher_cache only each position's top k
+     * are the teacher's; the rest are -1e30, probability 0 at any
+     * temperature (skip them rather than form 0 * log 0). */
+    fs_tensor teacher_logits;
     fs_tensor student_logits;      /* (B, T, V) */
     const int32_t *labels;         /* (B, T) next-token targets */
     fs_tensor dstudent_logits;     /* (B, T, V): written, d loss / d student logits */
@@ -44,7 +50,8 @@ typedef struct fs_distill_args {
     const fs_tensor *student_hidden; /* student_layers + 1 */
     fs_tensor *dstudent_hidden;      /* student_layers + 1 */
     /* FS_DISTILL_NEEDS_ATTENTION: per layer (B, H, T, T) pre-softmax scores
-     * with masked entries 0; dstudent_attention as dstudent_hidden. */
+     * with masked entries 0 (probabilities with ..._PROBS); dstudent_attention
+     * as dstudent_hidden. Each model's own H: heads may differ. */
     const fs_tensor *teacher_attention; /* teacher_layers */
     const fs_tensor *student_attention; /* student_layers */
     fs_tensor *dstudent_attention;      /* student_layers */
@@ -58,6 +65,16 @@ typedef struct fs_distill_vtable {
     uint32_t (*needs)(void *self); /* FS_DISTILL_NEEDS_* */
     /* Returns the mean loss over the B * T positions in *loss. */
     int (*loss)(void *self, fs_distill_args *args, double *loss, fs_error *err);
+
+    /* Optional: training in phases, each a run of its own (its own steps,
+     * lr schedule and optimizer state; the student's weights carry over),
+     * as TinyBERT distils the intermediate layers first and the prediction
+     * layer after. phases() returns how many there are (1 when absent) and
+     * writes up to `cap` names (static strings) and step counts for a run
+     * whose [train] steps are `total_steps`; set_phase() selects one before
+     * its training starts, and needs() may answer differently afterwards. */
+    size_t (*phases)(void *self, uint64_t total_steps, const char **names, uint64_t *steps, size_t cap);
+    int (*set_phase)(void *self, size_t phase, fs_error *err);
 } fs_distill_vtable;
 
 #ifdef __cplusplus
