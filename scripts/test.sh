@@ -17,5 +17,5 @@ if [ "${FS_SKIP_SANITIZE:-0}" != 1 ]; then
   # OpenMP's runtime is not instrumented; its one-time allocations are not leaks of ours
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp \
-    ctest --test-dir build-asan --output-on-failure -j2 -L "${FS_SANITIZE_LABEL:-.}"
+    ctest --test-dir build-asan --output-on-failure -j2
 fi
