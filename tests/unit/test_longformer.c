@@ -609,8 +609,11 @@ static void check_generate_far(const char *keys) {
     assert_int_equal(bytes, per_layer);
     /* and memory stays flat over many more tokens (positions 4000+) */
     float logits[32];
-    long before = max_rss_kb();
+    /* measured from after the first steps: the thread pool (and, under
+     * ASan, its shadow stacks) may be set up by the first parallel region */
+    long before = 0;
     for (size_t pos = 3 + n - 1; pos < 4096; pos++) {
+        if (pos == 3 + n + 63) before = max_rss_kb();
         int32_t tok = (int32_t)(pos % 32);
         rc = fs_model_decode_step(m, &tok, pos, logits, &err);
         if (rc) fprintf(stderr, "decode at %zu: %s\n", pos, err.message);
@@ -618,7 +621,11 @@ static void check_generate_far(const char *keys) {
         for (size_t i = 0; i < 32; i++) assert_true(isfinite(logits[i]));
     }
     assert_int_equal(fs_model_cache_bytes(m), bytes);
+#ifndef __SANITIZE_ADDRESS__ /* ASan's quarantine keeps freed blocks resident: RSS says nothing there */
     assert_true(max_rss_kb() - before < 1024);
+#else
+    (void)before;
+#endif
     free(out);
     fs_session_close(s);
 }
