@@ -7,33 +7,10 @@
 #include <string.h>
 
 #include "blas.h"
+#include "fastserve/fastmath.h"
 
 #define LN_EPS 1e-5f
 
-/* expf that the compiler can vectorise (glibc's tanhf/expf are scalar calls
- * and were a third of the training step): Cody-Waite range reduction to
- * r in [-ln2/2, ln2/2], Cephes' polynomial, 2^n through the exponent
- * bits. Relative error below 2e-7 over the float range; saturates to 0 and
- * +inf outside it. */
-static inline float fast_expf(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    /* round to nearest by the 1.5 * 2^23 trick: roundf() is a libm call
-     * that stops the loop from vectorising */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.0f + r + r * r * (5.0000001201e-1f + r * (1.6666665459e-1f + r * (4.1665795894e-2f +
-                                 r * (8.3334519073e-3f + r * (1.3981999507e-3f + r * 1.9875691500e-4f)))));
-    union {
-        float f;
-        int32_t i;
-    } u;
-    u.i = (int32_t)(n + 127.0f) << 23;
-    return p * u.f;
-}
-
-/* tanh(u) = 1 - 2 / (1 + e^(2u)); exact limits at both ends */
-static inline float fast_tanhf(float u) { return 1.0f - 2.0f / (1.0f + fast_expf(2.0f * u)); }
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
 
 void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, size_t B, size_t T,
@@ -167,7 +144,7 @@ void gelu_forward(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        out[i] = 0.5f * x * (1.0f + fast_tanhf(u));
+        out[i] = 0.5f * x * (1.0f + fs_fast_tanhf(u));
     }
 }
 
@@ -176,7 +153,7 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float th = fast_tanhf(u);
+        float th = fs_fast_tanhf(u);
         float sech2 = 1.0f - th * th;
         float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] = local * dout[i];

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "fastserve/attention.h"
+#include "fastserve/fastmath.h"
 
 enum { LF_GLOBAL_NONE = 0, LF_GLOBAL_POSITIONS = 1, LF_GLOBAL_TOKENS = 2 };
 
@@ -74,21 +75,6 @@ size_t lf_global_span(const lf_plugin *lf, const lf_state *st, size_t b);
 /* At least `floats` floats of work memory, or NULL (the instance keeps it). */
 float *lf_scratch(lf_plugin *lf, size_t floats);
 
-/* Vectorisable exp with relative error below 2e-7; 0 below -87. */
-static inline float lf_expf(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.0f + r + r * r * (5.0000001201e-1f + r * (1.6666665459e-1f + r * (4.1665795894e-2f +
-                                 r * (8.3334519073e-3f + r * (1.3981999507e-3f + r * 1.9875691500e-4f)))));
-    union {
-        float f;
-        int32_t i;
-    } u;
-    u.i = (int32_t)(n + 127.0f) << 23;
-    return p * u.f;
-}
 
 /* longformer_band.c: local rows of every (b, h), global columns included;
  * rows of global tokens are left at 0 for the global pass to overwrite. */

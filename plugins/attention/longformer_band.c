@@ -126,9 +126,9 @@ static void forward_rows(const band_block *j) {
             if (global_visible(j, s, p, (size_t)j->gl[c])) mx = grow[c] > mx ? grow[c] : mx;
             else grow[c] = -INFINITY;
         float sum = 0.0f;
-        for (size_t c = lo; c <= hi; c++) sum += row[c] = lf_expf(row[c] - mx);
+        for (size_t c = lo; c <= hi; c++) sum += row[c] = fs_fast_expf(row[c] - mx);
         for (size_t c = 0; c < j->gv; c++)
-            if (grow[c] != -INFINITY) sum += grow[c] = lf_expf(grow[c] - mx);
+            if (grow[c] != -INFINITY) sum += grow[c] = fs_fast_expf(grow[c] - mx);
             else grow[c] = 0.0f;
         float inv = 1.0f / sum;
         for (size_t c = 0; c < lo; c++) row[c] = 0.0f;
@@ -158,12 +158,12 @@ static void backward_rows(const band_block *j) {
         float lse = j->lse[p], dot = 0.0f;
         for (size_t c = 0; c < lo; c++) row[c] = 0.0f;
         for (size_t c = lo; c <= hi; c++) {
-            row[c] = lf_expf(row[c] - lse);
+            row[c] = fs_fast_expf(row[c] - lse);
             dot += row[c] * drow[c];
         }
         for (size_t c = hi + 1; c < j->L; c++) row[c] = 0.0f;
         for (size_t c = 0; c < j->gv; c++) {
-            grow[c] = global_visible(j, s, p, (size_t)j->gl[c]) ? lf_expf(grow[c] - lse) : 0.0f;
+            grow[c] = global_visible(j, s, p, (size_t)j->gl[c]) ? fs_fast_expf(grow[c] - lse) : 0.0f;
             dot += grow[c] * dgrow[c];
         }
         for (size_t c = 0; c < j->L; c++) drow[c] = row[c] * (drow[c] - dot) * j->scale;

@@ -125,7 +125,7 @@ static void attend(const float *q, const float *const *kp, const float *const *v
         w[i] = s * scale;
         mx = w[i] > mx ? w[i] : mx;
     }
-    for (size_t i = 0; i < n; i++) sum += w[i] = lf_expf(w[i] - mx);
+    for (size_t i = 0; i < n; i++) sum += w[i] = fs_fast_expf(w[i] - mx);
     memset(out, 0, D * sizeof(float));
     for (size_t i = 0; i < n; i++) {
         float p = w[i] / sum;

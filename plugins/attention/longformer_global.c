@@ -31,7 +31,7 @@ static void forward_rows(void *arg, size_t begin, size_t end) {
         size_t n = row_len(j, i);
         float mx = -INFINITY, sum = 0.0f;
         for (size_t c = 0; c < n; c++) mx = row[c] > mx ? row[c] : mx;
-        for (size_t c = 0; c < n; c++) sum += row[c] = lf_expf(row[c] - mx);
+        for (size_t c = 0; c < n; c++) sum += row[c] = fs_fast_expf(row[c] - mx);
         float inv = 1.0f / sum;
         for (size_t c = 0; c < n; c++) row[c] *= inv;
         for (size_t c = n; c < j->Jc; c++) row[c] = 0.0f;
@@ -46,7 +46,7 @@ static void backward_rows(void *arg, size_t begin, size_t end) {
         size_t n = row_len(j, i);
         float dot = 0.0f;
         for (size_t c = 0; c < n; c++) {
-            row[c] = lf_expf(row[c] - j->lse[i]);
+            row[c] = fs_fast_expf(row[c] - j->lse[i]);
             dot += row[c] * drow[c];
         }
         for (size_t c = n; c < j->Jc; c++) row[c] = drow[c] = 0.0f;

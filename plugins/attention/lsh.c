@@ -282,7 +282,7 @@ static void forward_items(void *arg, size_t begin, size_t end) {
             }
             float sum = 0.0f, *o = out + t * D;
             for (size_t i = 0; i < m; i++) {
-                sc[i] = lsh_expf(sc[i] - mx);
+                sc[i] = fs_fast_expf(sc[i] - mx);
                 sum += sc[i];
             }
             memset(o, 0, D * sizeof(float));
@@ -350,7 +350,7 @@ static void backward_items(void *arg, size_t begin, size_t end) {
                 size_t k = (size_t)cand[i];
                 p[i] = k == t ? LSH_SELF_SCORE : dotf(qt, kn + k * D, D) * scale;
             }
-            for (size_t i = 0; i < m; i++) p[i] = lsh_expf(p[i] - lt);
+            for (size_t i = 0; i < m; i++) p[i] = fs_fast_expf(p[i] - lt);
             for (size_t i = 0; i < m; i++) {
                 dp[i] = dotf(dot, v + (size_t)cand[i] * D, D);
                 Dt += p[i] * dp[i];
@@ -377,7 +377,7 @@ static void backward_items(void *arg, size_t begin, size_t end) {
                 size_t t = (size_t)cand[i];
                 p[i] = t == k ? LSH_SELF_SCORE : dotf(q + t * D, kk, D) * scale;
             }
-            for (size_t i = 0; i < m; i++) p[i] = lsh_expf(p[i] - lse[cand[i]]);
+            for (size_t i = 0; i < m; i++) p[i] = fs_fast_expf(p[i] - lse[cand[i]]);
             float *dvk = dv + k * D;
             memset(dvk, 0, D * sizeof(float));
             memset(dkp, 0, D * sizeof(float));

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "fastserve/attention.h"
+#include "fastserve/fastmath.h"
 
 /* Added to |q|^2 before the square root: k = q / sqrt(|q|^2 + LSH_EPS). */
 #define LSH_EPS 1e-12f
@@ -87,21 +88,5 @@ static inline int32_t lsh_argmax_bucket(const float *p, size_t half) {
     return (int32_t)best;
 }
 
-/* Vectorisable exp (as longformer's lf_expf): relative error below 2e-7;
- * arguments below -87.3 give about 1e-38 instead of 0. */
-static inline float lsh_expf(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.0f + r + r * r * (5.0000001201e-1f + r * (1.6666665459e-1f + r * (4.1665795894e-2f +
-                                 r * (8.3334519073e-3f + r * (1.3981999507e-3f + r * 1.9875691500e-4f)))));
-    union {
-        float f;
-        int32_t i;
-    } u;
-    u.i = (int32_t)(n + 127.0f) << 23;
-    return p * u.f;
-}
 
 #endif
