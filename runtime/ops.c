@@ -15,7 +15,7 @@
 
 void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, size_t B, size_t T,
                      size_t C, size_t pos0) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * T * C >= FS_PARALLEL_MIN)
     for (size_t bt = 0; bt < B * T; bt++) {
         size_t t = bt % T;
         const float *e = wte + (size_t)inp[bt] * C, *p = wpe + (pos0 + t) * C;
@@ -27,7 +27,7 @@ void encoder_forward(float *out, const int32_t *inp, const float *wte, const flo
 void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *inp, size_t B, size_t T,
                       size_t C, size_t pos0) {
     /* Tokens repeat, so rows of dwte collide: parallel over channels. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * T * C >= FS_PARALLEL_MIN)
     for (size_t c0 = 0; c0 < C; c0 += 16) {
         size_t c1 = c0 + 16 < C ? c0 + 16 : C;
         for (size_t bt = 0; bt < B * T; bt++) {
@@ -44,7 +44,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, size_t N, size_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FS_PARALLEL_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float m = 0.0f;
@@ -68,7 +68,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                         const float *weight, const float *mean, const float *rstd, size_t N, size_t C) {
     int nt = omp_get_max_threads();
     float *part = calloc((size_t)nt * 2 * C, sizeof(float));
-#pragma omp parallel
+#pragma omp parallel if (N * C >= FS_PARALLEL_MIN)
     {
         int tid = omp_get_thread_num();
         float *pw = part ? part + (size_t)tid * 2 * C : NULL, *pb = pw ? pw + C : NULL;
@@ -117,7 +117,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N, size_t C,
                     size_t OC) {
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FS_PARALLEL_MIN)
         for (size_t n = 0; n < N; n++) memcpy(out + n * OC, bias, OC * sizeof(float));
     }
     fs_sgemm(0, 0, N, OC, C, 1.0f, inp, C, weight, OC, bias ? 1.0f : 0.0f, out, OC);
@@ -128,7 +128,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
     if (dinp) fs_sgemm(0, 1, N, C, OC, 1.0f, dout, OC, weight, OC, 0.0f, dinp, C);
     fs_sgemm(1, 0, C, OC, N, 1.0f, inp, C, dout, OC, 1.0f, dweight, OC);
     if (dbias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC >= FS_PARALLEL_MIN)
         for (size_t o0 = 0; o0 < OC; o0 += 64) {
             size_t o1 = o0 + 64 < OC ? o0 + 64 : OC;
             for (size_t n = 0; n < N; n++) {
@@ -140,7 +140,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
 }
 
 void gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
@@ -149,7 +149,7 @@ void gelu_forward(float *out, const float *inp, size_t n) {
 }
 
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
@@ -161,19 +161,19 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
 }
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 void add_inplace(float *acc, const float *x, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) acc[i] += x[i];
 }
 
 void attention_split_heads(float *q, float *k, float *v, const float *qkv, size_t B, size_t T, size_t H,
                            size_t D) {
     size_t C = H * D;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * H * D >= FS_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < H; h++)
             for (size_t t = 0; t < T; t++) {
@@ -188,7 +188,7 @@ void attention_split_heads(float *q, float *k, float *v, const float *qkv, size_
 void attention_split_heads_backward(float *dqkv, const float *dq, const float *dk, const float *dv, size_t B,
                                     size_t T, size_t H, size_t D) {
     size_t C = H * D;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * H * D >= FS_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < H; h++)
             for (size_t t = 0; t < T; t++) {
@@ -202,7 +202,7 @@ void attention_split_heads_backward(float *dqkv, const float *dq, const float *d
 
 void attention_merge_heads(float *out, const float *y, size_t B, size_t T, size_t H, size_t D) {
     size_t C = H * D;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * H * D >= FS_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++)
         for (size_t t = 0; t < T; t++)
             for (size_t h = 0; h < H; h++)
@@ -211,7 +211,7 @@ void attention_merge_heads(float *out, const float *y, size_t B, size_t T, size_
 
 void attention_merge_heads_backward(float *dy, const float *dout, size_t B, size_t T, size_t H, size_t D) {
     size_t C = H * D;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * H * D >= FS_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++)
         for (size_t t = 0; t < T; t++)
             for (size_t h = 0; h < H; h++)
@@ -221,7 +221,7 @@ void attention_merge_heads_backward(float *dy, const float *dout, size_t B, size
 double crossentropy_softmax_forward_backward(float *dlogits, const float *logits, const int32_t *targets,
                                               size_t N, size_t V, float scale) {
     double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (N * V >= FS_PARALLEL_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *z = logits + n * V;
         float mx = z[0];

@@ -11,6 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Elements below which a loop runs on one thread: waking the team and the
+ * barrier cost more than they save, and far more on a loaded machine
+ * (decoding one token is ~20 such loops per layer). */
+#define FS_PARALLEL_MIN 32768
+
 // out (B,T,C) = wte[inp] + wpe[pos0 + t]
 void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, size_t B, size_t T,
                      size_t C, size_t pos0);

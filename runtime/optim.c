@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "host.h"
+#include "ops.h"
 
 int fs_optimizer_init(fs_optimizer *o, const fs_adamw_config *cfg) {
     memset(o, 0, sizeof *o);
@@ -47,7 +48,7 @@ double fs_optimizer_grad_norm(const fs_optimizer *o) {
     for (size_t g = 0; g < o->n_groups; g++) {
         const float *x = o->groups[g].grad;
         size_t n = o->groups[g].numel;
-#pragma omp parallel for reduction(+ : sum) schedule(static)
+#pragma omp parallel for reduction(+ : sum) schedule(static) if (n >= FS_PARALLEL_MIN)
         for (size_t i = 0; i < n; i++) sum += (double)x[i] * x[i];
     }
     return sqrt(sum);
@@ -60,7 +61,7 @@ double fs_optimizer_clip(fs_optimizer *o, double max_norm) {
         for (size_t g = 0; g < o->n_groups; g++) {
             float *x = o->groups[g].grad;
             size_t n = o->groups[g].numel;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
             for (size_t i = 0; i < n; i++) x[i] *= s;
         }
     }
@@ -71,7 +72,7 @@ void adamw_update(float *param, const float *grad, float *m, float *v, size_t n,
                   float beta2, float eps, float weight_decay, uint64_t t) {
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
     float decay = 1.0f - lr * weight_decay;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         float g = grad[i];
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
