@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "fastserve/distill.h"
+#include "kd_math.h"
 
 #define MAX_LAYERS 256
 
@@ -140,15 +141,6 @@ static uint32_t distilbert_needs(void *self) {
     return d->n_pairs ? FS_DISTILL_NEEDS_HIDDEN : 0;
 }
 
-/* log-sum-exp of z / T over V entries */
-static double lse(const float *z, size_t V, double inv_t) {
-    double mx = z[0] * inv_t;
-    for (size_t i = 1; i < V; i++) mx = z[i] * inv_t > mx ? z[i] * inv_t : mx;
-    double sum = 0.0;
-    for (size_t i = 0; i < V; i++) sum += exp(z[i] * inv_t - mx);
-    return mx + log(sum);
-}
-
 typedef struct logits_job {
     const distilbert *d;
     const float *zt, *zs;
@@ -166,7 +158,7 @@ static void logits_rows(void *arg, size_t begin, size_t end) {
     for (size_t n = begin; n < end; n++) {
         const float *zt = j->zt + n * V, *zs = j->zs + n * V;
         float *g = j->dzs + n * V;
-        double lt = lse(zt, V, inv_t), ls = lse(zs, V, inv_t), l1 = lse(zs, V, 1.0);
+        double lt = kd_lse(zt, V, inv_t), ls = kd_lse(zs, V, inv_t), l1 = kd_lse(zs, V, 1.0);
         double kl = 0.0;
         for (size_t i = 0; i < V; i++) {
             double log_pt = zt[i] * inv_t - lt, log_ps = zs[i] * inv_t - ls;
@@ -218,10 +210,10 @@ static int distilbert_loss(void *self, fs_distill_args *a, double *loss, fs_erro
     size_t N = a->B * a->T, V = a->V;
     if (a->teacher_logits.device.type != FS_DEVICE_CPU || a->student_logits.device.type != FS_DEVICE_CPU)
         return d->host->error_set(err, FS_ERR_UNSUPPORTED, "distilbert: expects CPU tensors");
-    for (size_t n = 0; n < N; n++)
-        if (a->labels[n] < 0 || (size_t)a->labels[n] >= V)
-            return d->host->error_set(err, FS_ERR_INVALID, "distilbert: label %d at position %zu outside [0, %zu)",
-                                      (int)a->labels[n], n, V);
+    size_t bad = kd_bad_label(a->labels, N, V);
+    if (bad < N)
+        return d->host->error_set(err, FS_ERR_INVALID, "distilbert: label %d at position %zu outside [0, %zu)",
+                            (int)a->labels[bad], bad, V);
     if (d->n_pairs && (!a->student_hidden || !a->teacher_hidden || !a->dstudent_hidden))
         return d->host->error_set(err, FS_ERR_INVALID, "distilbert: the host passed no hidden states");
     double *row_loss = d->host->alloc(d->device, N * sizeof(double));

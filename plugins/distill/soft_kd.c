@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "fastserve/distill.h"
+#include "kd_math.h"
 
 typedef struct soft_kd {
     const fs_host_api *host;
@@ -56,15 +57,6 @@ typedef struct rows_job {
     size_t V, N;
 } rows_job;
 
-/* log-sum-exp of z / T over V entries */
-static double lse(const float *z, size_t V, double inv_t) {
-    double mx = z[0] * inv_t;
-    for (size_t i = 1; i < V; i++) mx = z[i] * inv_t > mx ? z[i] * inv_t : mx;
-    double sum = 0.0;
-    for (size_t i = 0; i < V; i++) sum += exp(z[i] * inv_t - mx);
-    return mx + log(sum);
-}
-
 static void soft_kd_rows(void *arg, size_t begin, size_t end) {
     rows_job *j = arg;
     double T = j->s->temperature, a = j->s->alpha, inv_t = 1.0 / T, inv_n = 1.0 / (double)j->N;
@@ -72,7 +64,7 @@ static void soft_kd_rows(void *arg, size_t begin, size_t end) {
     for (size_t n = begin; n < end; n++) {
         const float *zt = j->zt + n * V, *zs = j->zs + n * V;
         float *d = j->dzs + n * V;
-        double lt = lse(zt, V, inv_t), ls = lse(zs, V, inv_t), l1 = lse(zs, V, 1.0);
+        double lt = kd_lse(zt, V, inv_t), ls = kd_lse(zs, V, inv_t), l1 = kd_lse(zs, V, 1.0);
         double kl = 0.0;
         for (size_t i = 0; i < V; i++) {
             double log_pt = zt[i] * inv_t - lt, log_ps = zs[i] * inv_t - ls;
@@ -92,10 +84,10 @@ static int soft_kd_loss(void *self, fs_distill_args *a, double *loss, fs_error *
     size_t N = a->B * a->T, V = a->V;
     if (a->teacher_logits.device.type != FS_DEVICE_CPU || a->student_logits.device.type != FS_DEVICE_CPU)
         return s->host->error_set(err, FS_ERR_UNSUPPORTED, "soft_kd: expects CPU tensors");
-    for (size_t n = 0; n < N; n++)
-        if (a->labels[n] < 0 || (size_t)a->labels[n] >= V)
-            return s->host->error_set(err, FS_ERR_INVALID, "soft_kd: label %d at position %zu outside [0, %zu)",
-                                      (int)a->labels[n], n, V);
+    size_t bad = kd_bad_label(a->labels, N, V);
+    if (bad < N)
+        return s->host->error_set(err, FS_ERR_INVALID, "soft_kd: label %d at position %zu outside [0, %zu)",
+                            (int)a->labels[bad], bad, V);
     double *row_loss = s->host->alloc(s->device, N * sizeof(double));
     if (!row_loss) return s->host->error_set(err, FS_ERR_NOMEM, "soft_kd: out of memory");
     rows_job job = {s, a->teacher_logits.data, a->student_logits.data, a->labels, a->dstudent_logits.data,

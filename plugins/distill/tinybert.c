@@ -47,6 +47,7 @@
 #include <string.h>
 
 #include "fastserve/distill.h"
+#include "kd_math.h"
 
 #define MAX_LAYERS 256
 
@@ -326,14 +327,6 @@ typedef struct pred_job {
     size_t V, N;
 } pred_job;
 
-static double lse(const float *z, size_t V, double inv_t) {
-    double mx = z[0] * inv_t;
-    for (size_t i = 1; i < V; i++) mx = z[i] * inv_t > mx ? z[i] * inv_t : mx;
-    double sum = 0.0;
-    for (size_t i = 0; i < V; i++) sum += exp(z[i] * inv_t - mx);
-    return mx + log(sum);
-}
-
 /* w_pred * -sum p_t log p_s (tau) + w_hard * CE; d/dz_s = (w_pred (p_s - p_t) / tau + w_hard (p1 - y)) / N */
 static void pred_rows(void *arg, size_t begin, size_t end) {
     pred_job *j = arg;
@@ -343,7 +336,7 @@ static void pred_rows(void *arg, size_t begin, size_t end) {
     for (size_t n = begin; n < end; n++) {
         const float *zt = j->zt + n * V, *zs = j->zs + n * V;
         float *g = j->dzs + n * V;
-        double lt = lse(zt, V, inv_t), ls = lse(zs, V, inv_t), l1 = lse(zs, V, 1.0), ce = 0;
+        double lt = kd_lse(zt, V, inv_t), ls = kd_lse(zs, V, inv_t), l1 = kd_lse(zs, V, 1.0), ce = 0;
         for (size_t i = 0; i < V; i++) {
             double pt = exp(zt[i] * inv_t - lt), log_ps = zs[i] * inv_t - ls, p1 = exp(zs[i] - l1);
             if (pt > 0) ce -= pt * log_ps;
@@ -405,10 +398,10 @@ static int tinybert_loss(void *self, fs_distill_args *a, double *loss, fs_error 
         }
     }
     if (does_prediction(t)) {
-        for (size_t n = 0; n < N; n++)
-            if (a->labels[n] < 0 || (size_t)a->labels[n] >= V)
-                return h->error_set(err, FS_ERR_INVALID, "tinybert: label %d at position %zu outside [0, %zu)",
-                                    (int)a->labels[n], n, V);
+        size_t bad = kd_bad_label(a->labels, N, V);
+        if (bad < N)
+            return h->error_set(err, FS_ERR_INVALID, "tinybert: label %d at position %zu outside [0, %zu)",
+                                (int)a->labels[bad], bad, V);
         pred_job j = {t, a->teacher_logits.data, a->student_logits.data, a->labels, a->dstudent_logits.data,
                       t->row_loss, V, N};
         h->parallel_for(N, 8, pred_rows, &j);
