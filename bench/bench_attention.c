@@ -1,22 +1,23 @@
-/* bench_attention.c — dense vs longformer attention, side by side: time and
- * peak memory of forward and of forward + backward as T grows.
+/* bench_attention.c — the attention plugins side by side: dense vs
+ * longformer vs lsh (n_hashes 1, 2, 4), time and peak memory of forward and
+ * of forward + backward as T grows.
  *
  * Each case runs in a child process built the way fsrun builds a layer (a
  * graph, the plugin loader, the host API), so the numbers are the plugin's
  * as the runtime would see them. Times are the best of up to `reps` runs
- * (as many as fit in about 5 s), after an untimed forward + backward that
- * faults the memory in, as every training step after the first finds it.
- * Memory is the growth of the child's peak RSS (getrusage) over its state
- * once the inputs and gradients exist: the saved state plus every byte of
- * work memory the plugin touched. Dense is skipped, with the reason, once
- * its T x T state would exceed the memory bound or the time it would take
- * (extrapolated as T^2) exceeds the time bound.
+ * after an untimed forward + backward that faults the memory in. Memory is
+ * the growth of the child's peak RSS over the inputs and gradients: saved
+ * state plus work memory. Dense is skipped, with the reason, once its T x T
+ * state would exceed the memory bound or its extrapolated (T^2) time the
+ * time bound.
  *
  * Usage: bench_attention [T=1024,4096,16384,65536] [H=8] [D=64] [B=1]
  *                        [window=256] [dilation=1] [global=none] [block=0]
+ *                        [chunk=64] [bucket_size=64] [hashes=1,2,4]
  *                        [causal=1] [mem_gb=12] [time_s=300] [reps=5]
- * Prints a table, then the dense/longformer ratios at T = 16k and the
- * longformer's 64k/16k time ratio (linear in T means 4). */
+ * (hashes=0 leaves lsh out.) Prints a table, then the goals: at T = 16k
+ * longformer >= 20x faster and lighter than dense and lsh n_hashes = 2
+ * >= 10x faster; longformer's 64k / 16k time within 4.4x. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,7 @@
 #include "session.h"
 
 typedef struct opts {
-    size_t Ts[16], nT, H, D, B, window, block, reps;
+    size_t Ts[16], nT, H, D, B, window, block, reps, chunk, bucket_size, hashes[8], nh;
     int causal;
     char dilation[64], global[64];
     double mem_gb, time_s;
@@ -72,12 +73,16 @@ static float *touched(size_t n, uint64_t seed) {
 }
 
 /* One case, in the child. */
-static result run_case(const char *plugin, size_t T, const opts *o) {
+/* plugin "lsh" runs with n_hashes = nh */
+static result run_case(const char *plugin, size_t T, const opts *o, size_t nh) {
     result r = {0};
     char ini[1024], keys[512] = "";
     if (strcmp(plugin, "longformer") == 0)
         snprintf(keys, sizeof keys, "window = %zu\ndilation = %s\nglobal = %s\nblock = %zu\n", o->window, o->dilation,
                  o->global, o->block);
+    if (strcmp(plugin, "lsh") == 0)
+        snprintf(keys, sizeof keys, "n_hashes = %zu\nchunk = %zu\nbucket_size = %zu\n", nh, o->chunk,
+                 o->bucket_size);
     snprintf(ini, sizeof ini,
              "[model]\nvocab_size = 256\nn_layer = 1\nn_head = %zu\nn_embd = %zu\nmax_seq = %zu\n"
              "[attention]\nplugin = %s\ncausal = %s\n%s",
@@ -154,7 +159,7 @@ fail:
     return r;
 }
 
-static result run_in_child(const char *plugin, size_t T, const opts *o) {
+static result run_in_child(const char *plugin, size_t T, const opts *o, size_t nh) {
     result r = {0};
     int fd[2];
     if (pipe(fd)) {
@@ -165,7 +170,7 @@ static result run_in_child(const char *plugin, size_t T, const opts *o) {
     pid_t pid = fork();
     if (pid == 0) {
         close(fd[0]);
-        result c = run_case(plugin, T, o);
+        result c = run_case(plugin, T, o, nh);
         ssize_t w = write(fd[1], &c, sizeof c);
         _exit(w == (ssize_t)sizeof c ? 0 : 1);
     }
@@ -200,6 +205,16 @@ static void parse(opts *o, int argc, char **argv) {
         else if (strcmp(k, "D") == 0) o->D = strtoull(val, NULL, 10);
         else if (strcmp(k, "B") == 0) o->B = strtoull(val, NULL, 10);
         else if (strcmp(k, "window") == 0) o->window = strtoull(val, NULL, 10);
+        else if (strcmp(k, "chunk") == 0) o->chunk = strtoull(val, NULL, 10);
+        else if (strcmp(k, "bucket_size") == 0) o->bucket_size = strtoull(val, NULL, 10);
+        else if (strcmp(k, "hashes") == 0) {
+            o->nh = 0;
+            for (char *p = (char *)val; *p && o->nh < 8;) {
+                o->hashes[o->nh++] = strtoull(p, &p, 10);
+                if (*p == ',') p++;
+            }
+            if (o->nh == 1 && o->hashes[0] == 0) o->nh = 0; /* hashes=0: no lsh rows */
+        }
         else if (strcmp(k, "block") == 0) o->block = strtoull(val, NULL, 10);
         else if (strcmp(k, "reps") == 0) o->reps = strtoull(val, NULL, 10);
         else if (strcmp(k, "causal") == 0) o->causal = atoi(val);
@@ -209,10 +224,11 @@ static void parse(opts *o, int argc, char **argv) {
         else if (strcmp(k, "global") == 0) snprintf(o->global, sizeof o->global, "%s", val);
         else goto usage;
     }
-    if (o->nT && o->H && o->D && o->B && o->window && o->reps) return;
+    if (o->nT && o->H && o->D && o->B && o->window && o->reps && o->chunk && o->bucket_size) return;
 usage:
     fprintf(stderr, "usage: bench_attention [T=1024,4096,...] [H=8] [D=64] [B=1] [window=256] [dilation=1] "
-                    "[global=none] [block=0] [causal=1] [mem_gb=12] [time_s=300] [reps=5]\n");
+                    "[global=none] [block=0] [chunk=64] [bucket_size=64] [hashes=1,2,4] [causal=1] [mem_gb=12] "
+                    "[time_s=300] [reps=5]\n");
     exit(2);
 }
 
@@ -237,26 +253,27 @@ static void row(size_t T, const char *plugin, const result *r) {
 
 int main(int argc, char **argv) {
     fs_blas_fix_coretype(argv);
-    opts o = {.Ts = {1024, 4096, 16384, 65536}, .nT = 4, .H = 8, .D = 64, .B = 1, .window = 256, .block = 0,
-              .reps = 5, .causal = 1, .mem_gb = 12, .time_s = 300};
+    opts o = {.Ts = {1024, 4096, 16384, 65536}, .nT = 4, .H = 8, .D = 64, .B = 1, .window = 256, .block = 0, .reps = 5,
+              .causal = 1, .mem_gb = 12, .time_s = 300, .chunk = 64, .bucket_size = 64, .hashes = {1, 2, 4}, .nh = 3};
     snprintf(o.dilation, sizeof o.dilation, "1");
     snprintf(o.global, sizeof o.global, "none");
     parse(&o, argc, argv);
     fs_log_set_level(FS_LOG_WARN);
     double avail = mem_available_gb(), mem_bound = o.mem_gb < 0.8 * avail ? o.mem_gb : 0.8 * avail;
-    printf("attention: B=%zu H=%zu D=%zu %s; longformer window=%zu dilation=%s global=%s block=%zu\n", o.B, o.H, o.D,
-           o.causal ? "causal" : "bidirectional", o.window, o.dilation, o.global, o.block);
+    printf("attention: B=%zu H=%zu D=%zu %s; longformer window=%zu dilation=%s global=%s block=%zu; lsh chunk=%zu "
+           "bucket_size=%zu lookback=1\n",
+           o.B, o.H, o.D, o.causal ? "causal" : "bidirectional", o.window, o.dilation, o.global, o.block, o.chunk,
+           o.bucket_size);
     printf("OpenBLAS %s, %ld cores; dense bounds: %.1f GiB of T x T state, %.0f s per case\n", fs_blas_corename(),
            sysconf(_SC_NPROCESSORS_ONLN), mem_bound, o.time_s);
     printf("memory = growth of peak RSS over the inputs and gradients (saved state + work memory)\n\n");
     printf("%6s  %-10s  %10s  %11s  %9s  %12s  %12s\n", "T", "plugin", "fwd ms", "fwd+bwd ms", "saved MiB",
            "peak fwd MiB", "peak f+b MiB");
-    result dense[16] = {0}, lf[16] = {0};
+    result dense[16] = {0}, lf[16] = {0}, lsh[16][8] = {{{0}}};
     double dense_last_s = 0;
     size_t dense_last_T = 0;
     for (size_t i = 0; i < o.nT; i++) {
         size_t T = o.Ts[i];
-        /* dense keeps (B, H, T, T) probabilities and a (T, T) scratch */
         double need_gb = ((double)o.B * o.H + 1) * (double)T * (double)T * 4 / 1073741824.0;
         double est_s = dense_last_T ? dense_last_s * ((double)T / dense_last_T) * ((double)T / dense_last_T) : 0;
         if (need_gb > mem_bound) {
@@ -267,12 +284,18 @@ int main(int argc, char **argv) {
                      "skipped: forward+backward would take about %.0f s (T^2 from T = %zu), over %.0f s", est_s,
                      dense_last_T, o.time_s);
         } else {
-            dense[i] = run_in_child("dense", T, &o);
+            dense[i] = run_in_child("dense", T, &o, 0);
             if (dense[i].ok) dense_last_s = dense[i].fb_s, dense_last_T = T;
         }
         row(T, "dense", &dense[i]);
-        lf[i] = run_in_child("longformer", T, &o);
+        lf[i] = run_in_child("longformer", T, &o, 0);
         row(T, "longformer", &lf[i]);
+        for (size_t h = 0; h < o.nh; h++) {
+            char name[32];
+            snprintf(name, sizeof name, "lsh/%zu", o.hashes[h]);
+            lsh[i][h] = run_in_child("lsh", T, &o, o.hashes[h]);
+            row(T, name, &lsh[i][h]);
+        }
     }
     printf("\n");
     for (size_t i = 0; i < o.nT; i++)
@@ -284,7 +307,7 @@ int main(int argc, char **argv) {
                    dense[i].saved_mib / lf[i].saved_mib);
     for (size_t i = 0; i < o.nT; i++)
         if (o.Ts[i] == 16384 && dense[i].ok && lf[i].ok)
-            printf("goal at T = 16k, >= 20x faster and >= 20x less memory: %s\n",
+            printf("goal at T = 16k, longformer >= 20x faster and >= 20x less memory: %s\n",
                    dense[i].fb_s / lf[i].fb_s >= 20 && dense[i].fwd_s / lf[i].fwd_s >= 20 &&
                            dense[i].peak_fb_mib / lf[i].peak_fb_mib >= 20
                        ? "met"
@@ -299,5 +322,21 @@ int main(int argc, char **argv) {
         if (o.Ts[i] == 65536 && o.Ts[i - 1] == 16384 && lf[i].ok && lf[i - 1].ok)
             printf("goal, linear time (64k / 16k within 4.4x): %s\n",
                    lf[i].fwd_s / lf[i - 1].fwd_s <= 4.4 && lf[i].fb_s / lf[i - 1].fb_s <= 4.4 ? "met" : "NOT met");
+    for (size_t i = 0; i < o.nT; i++)
+        for (size_t h = 0; h < o.nh; h++)
+            if (dense[i].ok && lsh[i][h].ok)
+                printf("T = %zu: lsh n_hashes=%zu is %.1fx faster forward, %.1fx faster forward+backward, %.1fx less "
+                       "memory (peak f+b)\n",
+                       o.Ts[i], o.hashes[h], dense[i].fwd_s / lsh[i][h].fwd_s, dense[i].fb_s / lsh[i][h].fb_s,
+                       dense[i].peak_fb_mib / (lsh[i][h].peak_fb_mib > 0.01 ? lsh[i][h].peak_fb_mib : 0.01));
+    for (size_t i = 0; i < o.nT; i++)
+        for (size_t h = 0; h < o.nh; h++)
+            if (o.Ts[i] == 16384 && o.hashes[h] == 2) {
+                if (dense[i].ok && lsh[i][h].ok)
+                    printf("goal at T = 16k, lsh n_hashes=2 >= 10x faster forward+backward than dense: %s (%.1fx)\n",
+                           dense[i].fb_s / lsh[i][h].fb_s >= 10 ? "met" : "NOT met", dense[i].fb_s / lsh[i][h].fb_s);
+                else
+                    printf("goal at T = 16k: not measured (dense or lsh did not run)\n");
+            }
     return 0;
 }
