@@ -2,6 +2,8 @@
 #include "blas.h"
 
 #include <cblas.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,16 +72,31 @@ const char *fs_blas_corename(void) { return openblas_get_corename(); }
 const char *fs_blas_coretype_note(void) { return g_note; }
 void fs_blas_set_threads(int n) { openblas_set_num_threads(n); }
 
+/* Inside a parallel region (a plugin's parallel_for) the OpenMP build of
+ * OpenBLAS runs the call on the calling thread, so pool threads x BLAS
+ * threads stay within the cores. The pthreads build would start its own
+ * threads from every pool thread at once: there those calls take turns. */
+static pthread_mutex_t g_nested_lock = PTHREAD_MUTEX_INITIALIZER;
+
 void fs_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
               const float *b, size_t ldb, float beta, float *c, size_t ldc) {
     struct timespec t0, t1;
+    int nested = omp_in_parallel(), serialise = nested && openblas_get_parallel() == 1;
     if (g_stats_on) clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (serialise) pthread_mutex_lock(&g_nested_lock);
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)m,
                 (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+    if (serialise) pthread_mutex_unlock(&g_nested_lock);
     if (g_stats_on) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
-        g_flops += 2.0 * (double)m * (double)n * (double)k;
-        g_seconds += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        double flops = 2.0 * (double)m * (double)n * (double)k;
+        double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        /* concurrent calls share the wall clock: each counts its share of it */
+        if (nested) sec /= (double)omp_get_num_threads();
+#pragma omp atomic
+        g_flops += flops;
+#pragma omp atomic
+        g_seconds += sec;
     }
 }
 

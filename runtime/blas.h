@@ -24,7 +24,9 @@ const char *fs_blas_corename(void);
 const char *fs_blas_coretype_note(void);
 void fs_blas_set_threads(int n);
 
-/* Row-major C = alpha * op(A) op(B) + beta * C, op(A) (m, k), op(B) (k, n). */
+/* Row-major C = alpha * op(A) op(B) + beta * C, op(A) (m, k), op(B) (k, n).
+ * Callable from inside an OpenMP parallel region: it then runs on the
+ * calling thread. */
 void fs_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha, const float *a, size_t lda,
               const float *b, size_t ldb, float beta, float *c, size_t ldc);
 

@@ -9,7 +9,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "fastserve/parallel.h"
 #include "safetensors.h"
+#include "shard.h"
+#include "world.h"
 
 int fs_mkdirs(const char *dir, fs_error *err) {
     char buf[PATH_MAX];
@@ -30,26 +33,112 @@ int fs_mkdirs(const char *dir, fs_error *err) {
     return FS_OK;
 }
 
+/* ZeRO-1: every rank holds the moments of its own range; the strategy's
+ * params_updated gathers them (it makes whole any vector whose owned
+ * ranges are valid). Plugin-owned parameters' moments follow the flat
+ * vector and are the same on every rank. */
+static int gather_moments(const fs_session *s, const fs_optimizer *opt, float **out, fs_error *err) {
+    *out = NULL;
+    if (!opt || !opt->m || !fs_optimizer_sharded(opt)) return FS_OK;
+    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
+    if (!FS_HAS_MEMBER(vt, s->parallel.plugin->desc->vtable_size, fs_parallel_vtable, params_updated) ||
+        !vt->params_updated)
+        return fs_error_set(err, FS_ERR_INVALID, "the optimizer is sharded but parallel plugin '%s' cannot gather",
+                            s->parallel.plugin->desc->name);
+    float *mv = fs_calloc(2 * opt->numel * sizeof(float));
+    if (!mv) return fs_error_set(err, FS_ERR_NOMEM, "out of memory gathering the optimizer state");
+    fs_optimizer_export(opt, mv, mv + opt->numel);
+    fs_error perr = {0};
+    int rc = vt->params_updated(s->parallel.self, mv, opt->split, &perr);
+    if (!rc) rc = vt->params_updated(s->parallel.self, mv + opt->numel, opt->split, &perr);
+    if (rc) {
+        fs_free(mv);
+        return fs_error_set(err, rc, "gathering the optimizer state: %s", perr.message);
+    }
+    *out = mv;
+    return FS_OK;
+}
+
+static int is_sharded(const fs_model *m) { return m->L != m->cfg.n_layer || m->tp_size > 1; }
+
+/* The whole model's tensors on rank 0, from every tensor and pipeline
+ * shard (data rank 0's). Tensor and pipeline splits refuse plugin-owned
+ * parameters (session.c), so the moments are the flat vector's alone. */
+typedef struct whole_model {
+    fs_param_view *views;
+    size_t n_views, numel;
+    float *vec[3]; /* parameters, exp_avg, exp_avg_sq (rank 0) */
+} whole_model;
+
+static void whole_release(whole_model *w) {
+    free(w->views);
+    for (int k = 0; k < 3; k++) free(w->vec[k]);
+    memset(w, 0, sizeof *w);
+}
+
+static int whole_gather(whole_model *w, const fs_session *s, const float *exp_avg, const float *exp_avg_sq,
+                        fs_error *err) {
+    memset(w, 0, sizeof *w);
+    const fs_model *m = s->model;
+    int rc = fs_model_full_layout(&m->cfg, &w->views, &w->n_views, &w->numel, err);
+    const float *local[3] = {m->params, exp_avg, exp_avg_sq};
+    if (!rc)
+        rc = fs_shard_gather(&s->shard, &s->topo, s->comm, m, local, exp_avg ? 3 : 1, w->views, w->n_views, w->numel,
+                             w->vec, err);
+    if (rc) whole_release(w);
+    return rc;
+}
+
 int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
                        fs_error *err) {
     const fs_model *m = s->model;
-    fs_safetensors_writer *w;
-    int rc = fs_safetensors_writer_create(&w, err);
+    float *gathered;
+    int rc = gather_moments(s, opt, &gathered, err);
     if (rc) return rc;
+    const float *exp_avg = gathered ? gathered : opt ? opt->m : NULL;
+    const float *exp_avg_sq = gathered ? gathered + opt->numel : opt ? opt->v : NULL;
+    /* what goes in the file: this model's tensors, or the whole model's */
+    const fs_param_view *views = m->views;
+    size_t n_views = m->n_views, n_moments = opt ? opt->numel : 0;
+    const float *params = m->params;
+    whole_model whole = {0};
+    if (is_sharded(m)) {
+        if ((rc = whole_gather(&whole, s, opt && opt->m ? exp_avg : NULL, exp_avg_sq, err))) {
+            fs_free(gathered);
+            return rc;
+        }
+        views = whole.views;
+        n_views = whole.n_views;
+        params = whole.vec[0];
+        exp_avg = whole.vec[1];
+        exp_avg_sq = whole.vec[2];
+        n_moments = whole.numel;
+    }
+    if (fs_world_rank() != 0) { /* rank 0 writes */
+        fs_free(gathered);
+        whole_release(&whole);
+        return FS_OK;
+    }
+    fs_safetensors_writer *w;
+    if ((rc = fs_safetensors_writer_create(&w, err))) {
+        fs_free(gathered);
+        whole_release(&whole);
+        return rc;
+    }
     char *ini = fs_graph_to_ini(s->graph);
     char num[64], rng[96];
-    for (size_t i = 0; i < m->n_views && !rc; i++) {
-        const fs_param_view *v = &m->views[i];
-        rc = fs_safetensors_writer_add(w, v->name, FS_DTYPE_F32, v->ndim, v->shape, m->params + v->offset, err);
+    for (size_t i = 0; i < n_views && !rc; i++) {
+        const fs_param_view *v = &views[i];
+        rc = fs_safetensors_writer_add(w, v->name, FS_DTYPE_F32, v->ndim, v->shape, params + v->offset, err);
     }
     for (size_t i = 0; i < s->host.n_params && !rc; i++) {
         const fs_plugin_param *p = &s->host.params[i];
         rc = fs_safetensors_writer_add(w, p->name, FS_DTYPE_F32, p->ndim, p->shape, p->data, err);
     }
     if (!rc && opt && opt->m) {
-        size_t shape[1] = {opt->numel};
-        rc = fs_safetensors_writer_add(w, "optimizer.exp_avg", FS_DTYPE_F32, 1, shape, opt->m, err);
-        if (!rc) rc = fs_safetensors_writer_add(w, "optimizer.exp_avg_sq", FS_DTYPE_F32, 1, shape, opt->v, err);
+        size_t shape[1] = {n_moments};
+        rc = fs_safetensors_writer_add(w, "optimizer.exp_avg", FS_DTYPE_F32, 1, shape, exp_avg, err);
+        if (!rc) rc = fs_safetensors_writer_add(w, "optimizer.exp_avg_sq", FS_DTYPE_F32, 1, shape, exp_avg_sq, err);
         snprintf(num, sizeof num, "%" PRIu64, opt->t);
         if (!rc) rc = fs_safetensors_writer_metadata(w, "optimizer_t", num, err);
     }
@@ -70,6 +159,8 @@ int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer
     if (!rc) rc = fs_safetensors_writer_write(w, path, err);
     free(ini);
     fs_safetensors_writer_destroy(w);
+    fs_free(gathered);
+    whole_release(&whole);
     return rc;
 }
 
@@ -123,9 +214,19 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
         fs_safetensors_close(st);
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
-    /* check everything first, copy after: a bad file leaves the model as it was */
+    /* check everything first, copy after: a bad file leaves the model as it
+     * was. The file holds whole tensors; a shard takes its part. */
     for (size_t i = 0; i < m->n_views && !rc; i++)
-        rc = expect(st, path, m->views[i].name, m->views[i].ndim, m->views[i].shape, &src[i], err);
+        rc = expect(st, path, m->views[i].name, m->views[i].ndim, m->views[i].full_shape, &src[i], err);
+    whole_model whole = {0};
+    size_t n_moments = opt ? opt->numel : 0;
+    if (!rc && is_sharded(m) && opt) {
+        rc = fs_model_full_layout(&m->cfg, &whole.views, &whole.n_views, &whole.numel, err);
+        n_moments = whole.numel;
+        for (int k = 1; k < 3 && !rc; k++)
+            if (!(whole.vec[k] = malloc(m->n_params * sizeof(float))))
+                rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    }
     for (size_t i = 0; i < s->host.n_params && !rc; i++) {
         const fs_plugin_param *p = &s->host.params[i];
         rc = expect(st, path, p->name, p->ndim, p->shape, &src[m->n_views + i], err);
@@ -146,19 +247,23 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
             opt_t = strtoull(tv, NULL, 10);
         }
         if (!rc && opt) {
-            size_t shape[1] = {opt->numel};
+            size_t shape[1] = {n_moments};
             rc = expect(st, path, "optimizer.exp_avg", 1, shape, &src[n_sources], err);
             if (!rc) rc = expect(st, path, "optimizer.exp_avg_sq", 1, shape, &src[n_sources + 1], err);
         }
     }
     if (!rc) {
         for (size_t i = 0; i < m->n_views; i++)
-            memcpy(m->params + m->views[i].offset, src[i], m->views[i].numel * sizeof(float));
+            fs_param_view_extract(&m->views[i], m->tp_rank, m->tp_size, src[i], m->params + m->views[i].offset);
         for (size_t i = 0; i < s->host.n_params; i++)
             memcpy(s->host.params[i].data, src[m->n_views + i], s->host.params[i].numel * sizeof(float));
-        if (opt) {
-            memcpy(opt->m, src[n_sources], opt->numel * sizeof(float));
-            memcpy(opt->v, src[n_sources + 1], opt->numel * sizeof(float));
+        if (opt && whole.views) { /* a tensor or pipeline shard: its parts of the whole moments */
+            fs_shard_scatter(m, whole.views, whole.n_views, src[n_sources], whole.vec[1]);
+            fs_shard_scatter(m, whole.views, whole.n_views, src[n_sources + 1], whole.vec[2]);
+            fs_optimizer_import(opt, whole.vec[1], whole.vec[2]);
+            opt->t = opt_t;
+        } else if (opt) { /* this rank's part of the full state (all of it without ZeRO) */
+            fs_optimizer_import(opt, src[n_sources], src[n_sources + 1]);
             opt->t = opt_t;
         }
         if (ts) {
@@ -170,6 +275,7 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
         }
     }
     free(src);
+    whole_release(&whole);
     fs_safetensors_close(st);
     return rc;
 }

@@ -25,11 +25,15 @@ typedef struct fs_train_state {
     double val_loss; /* of the last validation; < 0 when none */
 } fs_train_state;
 
+/* Collective when several ranks run: every rank calls it (a sharded
+ * optimizer's moments are gathered first), rank 0 writes the one full file. */
 int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
                        fs_error *err);
 /* Loads weights (and, when opt/ts are not NULL, the training state, which
  * must then be present). Checks names, dtypes, shapes and finiteness before
- * touching the model; on failure the model is unchanged. */
+ * touching the model; on failure the model is unchanged. Every rank reads
+ * the whole file and keeps its part (a sharded optimizer its range), so a
+ * checkpoint resumes on any number of ranks. */
 int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err);
 
 /* mkdir -p */

@@ -32,7 +32,8 @@ static int self_broadcast(fs_comm *c, const fs_comm_group *g, fs_tensor *t, int 
 }
 static int self_all_gather(fs_comm *c, const fs_comm_group *g, const fs_tensor *in, fs_tensor *out, fs_error *err) {
     (void)c, (void)g, (void)err;
-    if (in->data != out->data) memcpy(out->data, in->data, fs_tensor_numel(in) * sizeof(float));
+    size_t es = in->dtype == FS_DTYPE_F64 ? 8 : in->dtype == FS_DTYPE_F16 || in->dtype == FS_DTYPE_BF16 ? 2 : 4;
+    if (in->data != out->data) memcpy(out->data, in->data, fs_tensor_numel(in) * es);
     return FS_OK;
 }
 static int self_p2p(fs_comm *c, const fs_comm_group *g, fs_tensor *t, int peer, int tag, fs_error *err) {
@@ -41,6 +42,24 @@ static int self_p2p(fs_comm *c, const fs_comm_group *g, fs_tensor *t, int peer, 
 }
 static int self_send(fs_comm *c, const fs_comm_group *g, const fs_tensor *t, int peer, int tag, fs_error *err) {
     return self_p2p(c, g, (fs_tensor *)t, peer, tag, err);
+}
+static int self_p2p_start(fs_comm *c, const fs_comm_group *g, const fs_tensor *t, int peer, int tag,
+                          fs_comm_request **req, fs_error *err) {
+    *req = NULL;
+    return self_p2p(c, g, (fs_tensor *)t, peer, tag, err);
+}
+static int self_recv_start(fs_comm *c, const fs_comm_group *g, fs_tensor *t, int peer, int tag, fs_comm_request **req,
+                           fs_error *err) {
+    return self_p2p_start(c, g, t, peer, tag, req, err);
+}
+static int self_reduce_scatter(fs_comm *c, const fs_comm_group *g, const fs_tensor *in, fs_tensor *out,
+                               fs_error *err) {
+    return self_all_gather(c, g, in, out, err); /* one rank: out = in */
+}
+static int self_test(fs_comm *c, fs_comm_request *req, int *done, fs_error *err) {
+    (void)c, (void)req, (void)err;
+    *done = 1;
+    return FS_OK;
 }
 static int self_barrier(fs_comm *c, const fs_comm_group *g, fs_error *err) { (void)c, (void)g, (void)err; return FS_OK; }
 
@@ -60,4 +79,9 @@ void fs_comm_self_init(fs_comm *c) {
     c->send = self_send;
     c->recv = self_p2p;
     c->barrier = self_barrier;
+    c->send_start = self_p2p_start;
+    c->recv_start = self_recv_start;
+    c->reduce_scatter = self_reduce_scatter;
+    c->timeout_s = 0;
+    c->test = self_test;
 }

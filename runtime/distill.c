@@ -185,6 +185,12 @@ int fs_distill_plan_make(fs_distill_plan *p, fs_session *student, const fs_confi
     snprintf(p->init_text, sizeof p->init_text, "%s", init && *init ? init : "random");
     if ((rc = fs_student_init_plan(&p->init, init, fs_config_where(dc, "init"), sm, tm, err))) return rc;
     if ((rc = fs_augment_plan(&p->aug, dc, tm, teacher_ckpt, sm->cfg.max_seq, err))) return rc;
+    if ((all_needs & (FS_DISTILL_NEEDS_HIDDEN | FS_DISTILL_NEEDS_ATTENTION)) && (sm->cfg.reversible || tm->cfg.reversible))
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "distill plugin '%s' needs %s, which a reversible model does not keep: set [model] "
+                            "reversible = false in the %s's graph, or use a logits-only loss (soft_kd)",
+                            name, all_needs & FS_DISTILL_NEEDS_HIDDEN ? "hidden states" : "attention maps",
+                            sm->cfg.reversible ? "student" : "teacher");
     const char *tc = fs_config_string(dc, "teacher_cache");
     if (tc && *tc) {
         if (all_needs & (FS_DISTILL_NEEDS_HIDDEN | FS_DISTILL_NEEDS_ATTENTION))

@@ -5,11 +5,13 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blas.h"
 
 static int g_log_level = FS_LOG_INFO;
 static int g_threads = 1;
+static int g_local_ranks = 1;
 
 void fs_log_set_level(int level) { g_log_level = level; }
 
@@ -58,8 +60,17 @@ void *fs_calloc(size_t bytes) {
 
 void fs_free(void *p) { free(p); }
 
+void fs_threads_share(int ranks) { g_local_ranks = ranks > 0 ? ranks : 1; }
+
 void fs_threads_set(int n) {
-    int cores = omp_get_num_procs();
+    int cores = omp_get_num_procs(); /* the cores this process may run on */
+    if (n <= 0 && g_local_ranks > 1) {
+        /* Ranks on this machine share its cores, unless the launcher bound
+         * each one to its own (then `cores` already counts only those). */
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online > 0 && cores < online ? cores : cores / g_local_ranks;
+        if (n < 1) n = 1;
+    }
     if (n <= 0 || n > cores) n = cores;
     g_threads = n;
     omp_set_num_threads(n);

@@ -42,7 +42,10 @@ void fs_plugin_ctx_init(fs_plugin_ctx *ctx, fs_host *h, const fs_config *cfg, co
                         const char *plugin_name);
 
 /* Threads: the pool and BLAS share the cores (never both at once). */
-void fs_threads_set(int n); /* 0 = all cores */
+void fs_threads_set(int n); /* 0 = all cores (shared by the ranks on this machine, see below) */
+/* `ranks` processes of the run share this machine: threads = 0 then means
+ * cores / ranks, at least 1. Call before fs_threads_set. */
+void fs_threads_share(int ranks);
 int fs_threads_get(void);
 void fs_parallel_for(size_t n, size_t grain, fs_parallel_fn fn, void *arg);
 

@@ -3,21 +3,29 @@
  *   fsrun GRAPH.ini [--set section.key=value ...] [--mode M] [--prompt TEXT]
  *                   [--checkpoint FILE] [--resume]
  *   fsrun --describe PLUGIN | --list-plugins | --version | --help
+ *   fsrun --plan GRAPH.ini --ranks N [--memory-per-rank BYTES] [--json]  (plan.h)
  *
  * Exit status: 0 success, 1 a failure during the work (I/O, a corrupt
  * checkpoint, numerical trouble), 2 a usage or configuration error found
- * before any work started. */
+ * before any work started.
+ *
+ * Under mpirun (mpirun -np N fsrun GRAPH.ini ...) every rank runs this same
+ * program on the same graph; only rank 0 writes to stdout and files. See
+ * world.h for how a failure on one rank or on all of them ends the job. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "blas.h"
+#include "comm_mpi.h"
 #include "graph.h"
 #include "host.h"
 #include "modes.h"
+#include "plan.h"
 #include "plugin_loader.h"
 #include "schema.h"
 #include "session.h"
+#include "world.h"
 
 static void usage(FILE *f) {
     fputs("usage: fsrun GRAPH.ini [--set section.key=value ...] [--mode train|distill|generate|eval]\n"
@@ -25,11 +33,15 @@ static void usage(FILE *f) {
           "       fsrun --describe PLUGIN    keys of a plugin\n"
           "       fsrun --list-plugins       plugins on the plugin path\n"
           "       fsrun --help-graph         every key of the runtime's graph sections\n"
+          "       fsrun --plan GRAPH.ini --ranks N [--memory-per-rank BYTES] [--json]\n"
+          "                                  (data, tensor, pipeline) splits of N ranks: memory, traffic, bubble\n"
           "       fsrun --version\n"
           "\n"
           "Trains, distills, generates with or evaluates the GPT described by GRAPH.ini.\n"
           "Results go to stdout (the last line is JSON), progress to stderr, files to [run] out.\n"
-          "Plugins are searched in FS_PLUGIN_PATH, then beside fsrun, then the install directory.\n",
+          "Plugins are searched in FS_PLUGIN_PATH, then beside fsrun, then the install directory.\n"
+          "Several processes or machines: mpirun -np N fsrun GRAPH.ini --set parallel.plugin=data\n"
+          "(or tensor, pipeline; [parallel] keys: fsrun --describe data).\n",
           f);
 }
 
@@ -106,6 +118,19 @@ static void list_one(void *arg, const char *path, const fs_plugin *p, const fs_e
         printf("%-10s %-12s %-8s %s\n", "broken", "-", "-", err->message);
 }
 
+/* Ends this rank: reports err (see world.h for who prints), ends the whole
+ * job when a rank fails alone during the work, stops MPI. Returns the exit
+ * status. */
+static int finish(int code, const fs_error *err) {
+    if (code && err) {
+        fflush(stdout);
+        fs_world_report(err);
+        if (fs_world_in_work() && !fs_world_failed_code()) fs_world_abort(code);
+    }
+    fs_world_stop();
+    return code;
+}
+
 int main(int argc, char **argv) {
     fs_blas_fix_coretype(argv);
     const char *graph_path = NULL, *mode = NULL;
@@ -121,9 +146,10 @@ int main(int argc, char **argv) {
             usage(stdout);
             goto done;
         } else if (!strcmp(a, "--version")) {
-            printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\n", FS_VERSION, FS_ABI_MAJOR,
-                   FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
-                   FS_WITH_CUDA ? "toolkit found at build time (no CUDA kernels yet)" : "not found at build time");
+            printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\nMPI: %s%s\n", FS_VERSION,
+                   FS_ABI_MAJOR, FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
+                   FS_WITH_CUDA ? "toolkit found at build time (no CUDA kernels yet)" : "not found at build time",
+                   fs_comm_mpi_version(), fs_comm_mpi_available() ? " (mpirun -np N fsrun GRAPH.ini ...)" : "");
             goto done;
         } else if (!strcmp(a, "--list-plugins")) {
             printf("%-10s %-12s %-8s %s\n", "kind", "name", "version", "file");
@@ -139,6 +165,9 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--describe")) {
             if (!has_next) goto missing;
             rc = describe(argv[i + 1]);
+            goto done;
+        } else if (!strcmp(a, "--plan") || !strncmp(a, "--plan=", 7)) {
+            rc = fs_plan_main(argc, argv); /* parses every argument itself */
             goto done;
         } else if (!strcmp(a, "--set")) {
             if (!has_next) goto missing;
@@ -179,36 +208,39 @@ int main(int argc, char **argv) {
         goto done;
     }
     fs_error err = {0};
-    fs_graph *g;
-    if (fs_graph_load(&g, graph_path, &err)) {
+    if (fs_world_start(&err)) {
         fprintf(stderr, "fsrun: %s\n", err.message);
         rc = 2;
         goto done;
     }
-    for (size_t i = 0; i < n_sets; i++)
-        if (fs_graph_set(g, sets[i], &err)) {
-            fprintf(stderr, "fsrun: %s\n", err.message);
-            fs_graph_destroy(g);
-            rc = 2;
-            goto done;
-        }
+    if (fs_world_size() > 1 && fs_world_rank() != 0) {
+        /* results are rank 0's to print; the other ranks say only what goes wrong */
+        if (!freopen("/dev/null", "w", stdout)) fclose(stdout);
+        fs_log_set_level(FS_LOG_WARN);
+    }
+    fs_graph *g = NULL;
+    rc = fs_graph_load(&g, graph_path, &err);
+    for (size_t i = 0; i < n_sets && !rc; i++) rc = fs_graph_set(g, sets[i], &err);
     free(sets);
     sets = NULL;
-    if (mode) {
+    if (!rc && mode) {
         static const char *modes[] = {"train", "distill", "generate", "eval"};
         int ok = 0;
         for (int i = 0; i < 4; i++) ok |= !strcmp(mode, modes[i]);
-        if (!ok) {
-            fprintf(stderr, "fsrun: --mode %s: must be one of train, distill, generate, eval\n", mode);
-            fs_graph_destroy(g);
-            return 2;
-        }
+        if (!ok)
+            rc = fs_error_set(&err, FS_ERR_INVALID, "--mode %s: must be one of train, distill, generate, eval", mode);
+    }
+    int code = 2;
+    if (fs_world_agree(rc, 2, &code, &err)) {
+        fs_graph_destroy(g);
+        return finish(code, &err);
     }
     fs_session *s;
     if (fs_session_open(&s, g, &err)) {
-        fprintf(stderr, "fsrun: %s\n", err.message);
-        return err.status == FS_ERR_NOMEM ? 1 : 2;
+        code = fs_world_failed_code();
+        return finish(code ? code : err.status == FS_ERR_NOMEM ? 1 : 2, &err);
     }
+    fs_threads_share(fs_world_local_size());
     fs_threads_set((int)fs_config_int(s->run_cfg, "threads"));
     if (!mode) mode = fs_config_string(s->run_cfg, "mode");
     int config_error = 0;
@@ -220,13 +252,18 @@ int main(int argc, char **argv) {
         rc = fs_mode_generate(s, &opts, &config_error, &err);
     else
         rc = fs_mode_eval(s, &opts, &config_error, &err);
-    fs_session_close(s);
-    if (rc) {
-        fflush(stdout);
-        fprintf(stderr, "fsrun: %s\n", err.message);
-        return config_error ? 2 : 1;
+    fflush(stdout);
+    code = config_error ? 2 : 1;
+    if (!fs_world_in_work() && !fs_world_failed_code()) {
+        /* no collective ran (generate, eval, or train failing before its
+         * work): every rank got here, so they agree, and an error that all
+         * of them found is printed once */
+        rc = fs_world_agree(rc, code, &code, &err);
+    } else if (rc && fs_world_failed_code()) {
+        code = fs_world_failed_code();
     }
-    return 0;
+    fs_session_close(s);
+    return rc ? finish(code, &err) : finish(0, NULL);
 done:
     free(sets);
     return rc;

@@ -20,8 +20,44 @@
 
 #include "fastserve/attention.h"
 
+/* How a parallel strategy cuts the model; all zero = the whole model.
+ * Tensor parallelism (Megatron-LM): each layer's heads and MLP hidden units
+ * are split tp_size ways (c_attn and c_fc by columns — c_attn's Q, K and V
+ * blocks each —, both c_proj by rows); LayerNorms, the row-parallel biases,
+ * the embeddings and the tied head are replicated. The model sums the
+ * partial outputs of the row-parallel matmuls in forward and the partial
+ * input gradients of the column-parallel ones in backward through the
+ * tensor_reduce hook. Pipeline parallelism: the model holds only some
+ * layers, grouped in chunks (virtual stages); the first chunk of the first
+ * stage embeds tokens, the last of the last stage holds ln_f and the head
+ * (and its own copy of the tied wte). */
+typedef struct fs_model_shard {
+    size_t tp_rank, tp_size;   /* 0 and 0 or 1: no split */
+    size_t n_local;            /* layers held; 0 = all */
+    const size_t *layer_ids;   /* (n_local) their global indices, increasing */
+    size_t n_chunks;           /* chunks the held layers form (0 = 1) */
+    const size_t *chunk_first; /* (n_chunks + 1) local index where chunk c starts; the last = n_local */
+    int has_embed, has_head;   /* with n_local != 0: this model embeds tokens / computes the loss */
+} fs_model_shard;
+
 typedef struct fs_model_config {
     size_t vocab, max_seq, n_layer, n_head, n_embd;
+    fs_model_shard shard; /* copied by fs_model_create */
+    /* Reversible residual layers (Reformer): the stream is a pair (x1, x2),
+     * both the embedding output at the start; a layer computes
+     *   y1 = x1 + Attention(x2),  y2 = x2 + MLP(y1)
+     * with GPT-2's sublayers (same tensors, so checkpoints keep Hugging
+     * Face's names and shapes), and the final LayerNorm reads (y1 + y2) / 2.
+     * Backward rebuilds x2 = y2 - MLP(y1), then x1 = y1 - Attention(x2),
+     * recomputing each sublayer just before its backward: only one layer's
+     * activations exist at a time, so activation memory does not grow with
+     * n_layer. Hidden states and attention maps of inner layers are not
+     * kept (no hidden-state distillation losses on a reversible student). */
+    int reversible;
+    /* MLP applied ff_chunk tokens (rows of B*T) at a time, forward and
+     * backward (which recomputes the chunk's fc and GELU): its (B,T,4C)
+     * activations never exist whole. 0 = all rows at once. */
+    size_t ff_chunk;
 } fs_model_config;
 
 /* The tensors of one block; the same struct points into params or grads. */
@@ -36,27 +72,59 @@ typedef struct fs_layer_params {
 
 #define FS_LAYER_TENSORS 12
 
+/* How a tensor is cut by tensor parallelism. */
+enum {
+    FS_SPLIT_NONE = 0, /* replicated */
+    FS_SPLIT_COLS = 1, /* columns (the only axis of a 1-D tensor) in tp_size contiguous parts */
+    FS_SPLIT_QKV = 2,  /* c_attn: its Q, K and V column blocks, each cut like FS_SPLIT_COLS */
+    FS_SPLIT_ROWS = 3, /* rows in tp_size contiguous parts */
+};
+
 /* One named tensor of the parameter block, for checkpoints and tests. */
 typedef struct fs_param_view {
     char name[96]; /* Hugging Face name, e.g. transformer.h.0.attn.c_attn.weight */
     int ndim;
-    size_t shape[2];
+    size_t shape[2];      /* what this model holds */
     size_t offset, numel; /* into the block, in floats */
     int weight_decay;     /* matrices and embeddings yes; biases and LayerNorm no */
+    size_t full_shape[2]; /* the whole tensor (= shape without tensor parallelism) */
+    int split;            /* FS_SPLIT_* */
 } fs_param_view;
+
+/* The tensor table of the whole, unsharded model of cfg (cfg->shard is
+ * ignored): what a checkpoint holds. *views is malloc'ed. */
+int fs_model_full_layout(const fs_model_config *cfg, fs_param_view **views, size_t *n_views, size_t *n_params,
+                         fs_error *err);
+
+/* FS_SPLIT_* of a tensor by its name under tensor parallelism. */
+int fs_model_tensor_split(const char *name);
+/* The view of one tensor rank's part of `whole` (an unsharded view). */
+void fs_param_view_part(const fs_param_view *whole, int split, size_t tp_size, fs_param_view *part);
+
+/* This rank's part (v->shape) of the whole tensor (v->full_shape), and back. */
+void fs_param_view_extract(const fs_param_view *v, size_t tp_rank, size_t tp_size, const float *full, float *part);
+void fs_param_view_insert(const fs_param_view *v, size_t tp_rank, size_t tp_size, const float *part, float *full);
 
 typedef struct fs_attention_slot {
     const fs_attention_vtable *vt;
     void *self;
-    void *saved;
-    size_t saved_cap;
+    void **saved; /* (n_slots) what forward saved for backward, per activation slot */
+    size_t *saved_cap;
     void *cache;
 } fs_attention_slot;
 
 typedef void (*fs_grads_ready_fn)(void *arg, size_t offset, size_t count);
+/* Sums x (n floats) over the tensor-parallel group, in place. */
+typedef int (*fs_tensor_reduce_fn)(void *arg, float *x, size_t n, fs_error *err);
 
 typedef struct fs_model {
     fs_model_config cfg;
+    size_t L;                 /* layers held (cfg.n_layer unless pipelined) */
+    size_t *layer_ids;        /* (L) their global indices */
+    size_t n_chunks, *chunk_first;
+    int has_embed, has_head;
+    size_t tp_rank, tp_size;  /* tensor split (1 = none) */
+    size_t Ha, Ca, F;         /* heads, attention width and MLP width held: H, C, 4C over tp_size */
     size_t n_params;
     float *params, *grads;
     float *wte, *wpe, *lnfw, *lnfb;     /* into params */
@@ -66,10 +134,16 @@ typedef struct fs_model {
     size_t n_views;
     fs_attention_slot *attn; /* (L) */
 
-    /* Activations for the last forward, sized for act_B x act_T. */
+    /* Activations for the last forward, sized for act_B x act_T, in n_slots
+     * independent blocks (a pipeline keeps several micro-batches between
+     * their forward and backward); the pointers below are the current
+     * slot's. Widths are the held ones (Ca, F) under tensor parallelism. */
     size_t act_B, act_T, B, T;
+    size_t n_slots, slot;
+    float **act_blocks;
     float *act_block;
-    float *encoded;                    // (B,T,C)
+    float *chunk_in;                   // (n_chunks,B,T,C): each chunk's input
+    float *encoded;                    // (B,T,C) = chunk_in of chunk 0
     float *ln1, *ln1_mean, *ln1_rstd;  // (L,B,T,C), (L,B,T)
     float *q, *k, *v;                  // (L,B,H,T,D) each
     float *atty, *attmerged;           // (L,B,H,T,D), (L,B,T,C)
@@ -79,7 +153,14 @@ typedef struct fs_model {
     float *residual3;                  // (L,B,T,C): layer outputs
     float *lnf, *lnf_mean, *lnf_rstd;  // (B,T,C), (B,T)
     float *logits, *dlogits;           // (B,T,V)
-    float *scratch;                    // (B,T,4C) forward scratch
+    float *scratch;                    // (B,T,4C) forward scratch ((B,T,3C) with ff_chunk)
+    size_t L_act;                      /* layers with stored activations: L, or 1 when reversible */
+    size_t ff_rows;                    /* rows of one MLP chunk: ff_chunk, or B*T */
+    float *ff_h, *ff_hg;               // (ff_rows,4C) each: one chunk's fc and GELU outputs (ff_chunk)
+    float *rev_x1, *rev_x2, *rev_mean; // (B,T,C) each: the reversible stream and its final mean
+    void *rev_saved;                   /* one attention saved buffer shared by all layers (reversible) */
+    size_t rev_saved_cap;
+    size_t act_bytes;                  /* activations + backward scratch, for the memory benchmark */
     int32_t *inputs;                   // (B,T)
     /* backward scratch, one layer's worth */
     float *grad_block;
@@ -91,16 +172,43 @@ typedef struct fs_model {
 
     fs_grads_ready_fn grads_ready;
     void *grads_ready_arg;
+    fs_tensor_reduce_fn tensor_reduce;
+    void *tensor_reduce_arg;
 } fs_model;
 
 int fs_model_create(fs_model **out, const fs_model_config *cfg, fs_error *err);
+/* Bytes of activation storage the last forward/backward used: the
+ * activation block, backward scratch and the attention plugins' saved
+ * buffers (parameters, gradients and optimizer state excluded). */
+size_t fs_model_activation_bytes(const fs_model *m);
 void fs_model_destroy(fs_model *m); /* also destroys attached attention instances */
 
 /* Hands layer `layer`'s attention instance to the model (it destroys it). */
 void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self);
 
+/* Activation slots (default 1); call before the first forward. */
+int fs_model_set_slots(fs_model *m, size_t n, fs_error *err);
+void fs_model_use_slot(fs_model *m, size_t slot);
+
+/* Pipeline stage steps on the current slot. Forward of chunk `chunk`: the
+ * micro-batch's tokens (B,T) always (plugins may read token ids); it embeds
+ * them when the chunk is the first, else starts from x_in (B,T,C); then, when it holds
+ * the head, the loss against targets (mean over B*T, returned in *loss,
+ * d loss * dscale kept for backward), else its output into x_out (B,T,C).
+ * Backward: from the loss or from dout (B,T,C); d input into din (B,T,C)
+ * unless the chunk embeds. */
+int fs_model_stage_forward(fs_model *m, size_t chunk, const int32_t *tokens, const float *x_in,
+                           const int32_t *targets, size_t B, size_t T, float dscale, double *loss, float *x_out,
+                           fs_error *err);
+int fs_model_stage_backward(fs_model *m, size_t chunk, const float *dout, float *din, fs_error *err);
+/* 1 when the chunk embeds tokens / holds the head. */
+int fs_model_chunk_embeds(const fs_model *m, size_t chunk);
+int fs_model_chunk_has_head(const fs_model *m, size_t chunk);
+
 /* GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by
- * 1/sqrt(2 L), zero biases, unit LayerNorm weights. */
+ * 1/sqrt(2 L), zero biases, unit LayerNorm weights. A sharded model draws
+ * the whole model's numbers in the same order and keeps its part, so every
+ * split starts from the weights of the single-process run. */
 void fs_model_init_weights(fs_model *m, uint64_t seed);
 
 /* Lets attention plugins initialise their own parameters from the freshly

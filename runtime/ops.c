@@ -48,9 +48,12 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, c
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float m = 0.0f;
+        /* simd: lets the float sums be reordered into vector lanes */
+#pragma omp simd reduction(+ : m)
         for (size_t i = 0; i < C; i++) m += x[i];
         m /= (float)C;
         float v = 0.0f;
+#pragma omp simd reduction(+ : v)
         for (size_t i = 0; i < C; i++) {
             float d = x[i] - m;
             v += d * d;
@@ -77,6 +80,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
             const float *x = inp + n * C, *dy = dout + n * C;
             float m = mean[n], s = rstd[n];
             float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
             for (size_t i = 0; i < C; i++) {
                 float norm = (x[i] - m) * s;
                 float dnorm = weight[i] * dy[i];
@@ -86,12 +90,16 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
             dnorm_mean /= (float)C;
             dnorm_norm_mean /= (float)C;
             float *dx = dinp + n * C;
+#pragma omp simd
             for (size_t i = 0; i < C; i++) {
                 float norm = (x[i] - m) * s;
                 float dnorm = weight[i] * dy[i];
                 dx[i] = (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-                if (pw) {
-                    pw[i] += norm * dy[i];
+            }
+            if (pw) {
+#pragma omp simd
+                for (size_t i = 0; i < C; i++) {
+                    pw[i] += (x[i] - m) * s * dy[i];
                     pb[i] += dy[i];
                 }
             }
@@ -225,16 +233,26 @@ double crossentropy_softmax_forward_backward(float *dlogits, const float *logits
     for (size_t n = 0; n < N; n++) {
         const float *z = logits + n * V;
         float mx = z[0];
+#pragma omp simd reduction(max : mx)
         for (size_t i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
         float sum = 0.0f;
-        for (size_t i = 0; i < V; i++) sum += expf(z[i] - mx);
+        float *d = dlogits ? dlogits + n * V : NULL;
+        if (d) { /* keep the exponentials: one exp per logit */
+#pragma omp simd reduction(+ : sum)
+            for (size_t i = 0; i < V; i++) {
+                d[i] = fs_fast_expf(z[i] - mx);
+                sum += d[i];
+            }
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (size_t i = 0; i < V; i++) sum += fs_fast_expf(z[i] - mx);
+        }
         float lse = mx + logf(sum);
         int32_t y = targets[n];
         total += (double)(lse - z[y]);
-        if (dlogits) {
-            float *d = dlogits + n * V;
-            float inv = 1.0f / sum;
-            for (size_t i = 0; i < V; i++) d[i] = expf(z[i] - mx) * inv * scale;
+        if (d) {
+            float k = scale / sum;
+            for (size_t i = 0; i < V; i++) d[i] *= k;
             d[y] -= scale;
         }
     }

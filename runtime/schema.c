@@ -11,6 +11,11 @@ static const fs_param_spec model_keys[] = {
     {"n_embd", FS_PARAM_INT, "256", 8, 65536, NULL, "model width C"},
     {"max_seq", FS_PARAM_INT, "256", 2, 1048576, NULL, "context length T (learned positions)"},
     {"tokenizer", FS_PARAM_ENUM, "byte", 0, 0, "byte", "tokenizer: byte-level (token = byte)"},
+    {"reversible", FS_PARAM_BOOL, "false", 0, 0, NULL,
+     "reversible residual layers (Reformer): backward rebuilds each layer's input, so activation memory "
+     "does not grow with n_layer"},
+    {"ff_chunk", FS_PARAM_INT, "0", 0, BIG, NULL,
+     "apply the MLP this many tokens at a time (0 = all at once): its 4C-wide activation is never whole"},
 };
 
 static const fs_param_spec attention_keys[] = {
@@ -94,7 +99,8 @@ static const fs_param_spec generate_keys[] = {
 
 static const fs_param_spec run_keys[] = {
     {"out", FS_PARAM_STRING, "runs/default", 0, 0, NULL, "directory for model.safetensors and metrics.jsonl"},
-    {"threads", FS_PARAM_INT, "0", 0, 4096, NULL, "threads (0 = all cores); BLAS uses the same cores"},
+    {"threads", FS_PARAM_INT, "0", 0, 4096, NULL,
+     "threads (0 = all cores; under mpirun the cores / the ranks on this machine); BLAS uses the same cores"},
     {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval", "what to do (--mode overrides)"},
     {"stop_after", FS_PARAM_INT, "0", 0, BIG, NULL,
      "end this invocation after this step, checkpointed (the schedule still spans [train] steps)"},

@@ -5,10 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "comm_self.h"
 #include "fastserve/attention.h"
 #include "fastserve/parallel.h"
 #include "schema.h"
+#include "shard.h"
+#include "world.h"
 
 static int resolve(fs_config **out, const fs_graph *g, const fs_section_schema *s, fs_error *err) {
     const char *sections[] = {s->section};
@@ -112,7 +113,9 @@ static int build_attention(fs_session *s, fs_error *err) {
         if (rc) return rc;
     }
     fs_model_config mc = s->mcfg;
-    for (size_t l = 0; l < L; l++) {
+    fs_model *model = s->model;
+    for (size_t li = 0; li < model->L; li++) {
+        size_t l = model->layer_ids[li]; /* [layer.N] sections name global layers */
         /* priority: single-layer sections, then ranges (narrowest first), then [attention] */
         const char *secs[66];
         size_t n = 0;
@@ -132,7 +135,7 @@ static int build_attention(fs_session *s, fs_error *err) {
             n++;
         }
         secs[n++] = "attention";
-        fs_plugin_instance *inst = &s->layers[l];
+        fs_plugin_instance *inst = &s->layers[li];
         int rc = fs_session_plugin_config(s, inst, FS_PLUGIN_ATTENTION, secs, n, fs_schema_attention.spec,
                                           fs_schema_attention.n, err);
         if (rc) return rc;
@@ -150,9 +153,9 @@ static int build_attention(fs_session *s, fs_error *err) {
         fs_attention_config ac = {
             .struct_size = sizeof ac,
             .layer = (int32_t)l,
-            .n_head = mc.n_head,
+            .n_head = model->Ha, /* this rank's heads under tensor parallelism */
             .head_dim = mc.n_embd / mc.n_head,
-            .n_embd = mc.n_embd,
+            .n_embd = model->Ca,
             .max_seq = mc.max_seq,
             .causal = causal,
             .device = {FS_DEVICE_CPU, 0},
@@ -161,33 +164,98 @@ static int build_attention(fs_session *s, fs_error *err) {
         rc = vt->create(&inst->self, &s->host.api, &inst->ctx, &ac, &perr);
         if (rc) return fs_error_set(err, rc, "layer %zu: attention plugin '%s': %s", l, inst->plugin->desc->name,
                                     perr.message);
-        fs_model_attach_attention(s->model, l, vt, inst->self);
+        fs_model_attach_attention(s->model, li, vt, inst->self);
     }
     return FS_OK;
 }
 
+/* The strategy comes before the model: the model's shape may depend on
+ * the topology (tensor and pipeline shards), so n_params is not known yet
+ * and strategies size their buffers from the n of later calls. */
 static int build_parallel(fs_session *s, fs_error *err) {
-    const char *sec[] = {"parallel"};
-    int rc = fs_session_plugin_config(s, &s->parallel, FS_PLUGIN_PARALLEL, sec, 1, fs_schema_parallel.spec,
-                                      fs_schema_parallel.n, err);
-    if (rc) return rc;
-    fs_comm_self_init(&s->comm);
+    s->comm = fs_world_comm();
     fs_plugin_ctx_init(&s->parallel.ctx, &s->host, s->parallel.config, "plugin.parallel",
                        s->parallel.plugin->desc->name);
     fs_parallel_config pc = {
         .struct_size = sizeof pc,
-        .comm = &s->comm,
-        .n_params = s->model->n_params,
+        .comm = s->comm,
+        .n_params = 0,
         .n_layer = s->mcfg.n_layer,
         .n_head = s->mcfg.n_head,
         .batch = (size_t)fs_config_int(s->train_cfg, "batch"),
         .device = {FS_DEVICE_CPU, 0},
+        .seq = s->mcfg.max_seq,
+        .n_embd = s->mcfg.n_embd,
+        .vocab = s->mcfg.vocab,
     };
     const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
     fs_error perr = {0};
-    rc = vt->create(&s->parallel.self, &s->host.api, &s->parallel.ctx, &pc, &perr);
+    int rc = vt->create(&s->parallel.self, &s->host.api, &s->parallel.ctx, &pc, &perr);
     if (rc) return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
+    /* a strategy older than ABI 1.1 leaves the coordinates out: one rank
+     * per dimension it does not split */
+    fs_parallel_topology *t = &s->topo;
+    memset(t, 0, sizeof *t);
+    if ((rc = vt->topology(s->parallel.self, t, &perr)))
+        return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
+    if (!FS_HAS_MEMBER(t, t->struct_size, fs_parallel_topology, microbatches)) {
+        t->data_rank = t->rank;
+        t->tensor_rank = t->pipeline_rank = 0;
+        t->interleave = t->microbatches = 1;
+    }
+    if (t->world != fs_world_size() || t->data < 1 || t->tensor < 1 || t->pipeline < 1 ||
+        t->data * t->tensor * t->pipeline != t->world)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "parallel plugin '%s' reports %d ranks as data %d x tensor %d x pipeline %d, but the "
+                            "world has %d: the plugin is broken",
+                            s->parallel.plugin->desc->name, t->world, t->data, t->tensor, t->pipeline,
+                            fs_world_size());
+    /* this rank's part of the model: its tensor shard and pipeline layers */
+    if ((rc = fs_shard_map_build(&s->shard, t, vt, s->parallel.plugin->desc->vtable_size, s->parallel.self,
+                                 s->mcfg.n_layer, &perr)))
+        return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
+    s->mcfg.shard = s->shard.shard;
+    if (s->mcfg.reversible && t->pipeline > 1)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: [parallel] pipeline = %d cannot cut a reversible model (its stream is a pair): set "
+                            "[model] reversible = false, or use data and tensor parallelism",
+                            fs_config_where(s->model_cfg, "reversible"), t->pipeline);
     return FS_OK;
+}
+
+/* Megatron's all-reduce between the model's tensor shards, through the strategy. */
+static int tensor_reduce(void *arg, float *x, size_t n, fs_error *err) {
+    fs_session *s = arg;
+    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
+    return vt->tensor_all_reduce(s->parallel.self, x, n, err);
+}
+
+/* Tensor and pipeline splits cut the layers' tensors; parameters an
+ * attention plugin owns are not cut with them. */
+static int check_sharded_plugins(fs_session *s, fs_error *err) {
+    if (s->topo.tensor == 1 && s->topo.pipeline == 1) return FS_OK;
+    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
+    if (s->topo.tensor > 1 && (!FS_HAS_MEMBER(vt, s->parallel.plugin->desc->vtable_size, fs_parallel_vtable,
+                                              tensor_all_reduce) ||
+                               !vt->tensor_all_reduce))
+        return fs_error_set(err, FS_ERR_INVALID, "parallel plugin '%s' splits tensors but has no tensor_all_reduce",
+                            s->parallel.plugin->desc->name);
+    if (s->host.n_params)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "[parallel] tensor = %d, pipeline = %d: an attention plugin owns parameters ('%s') that "
+                            "tensor and pipeline parallelism do not split (longformer's global projections): use "
+                            "data parallelism, or no global tokens",
+                            s->topo.tensor, s->topo.pipeline, s->host.params[0].name);
+    s->model->tensor_reduce = tensor_reduce;
+    s->model->tensor_reduce_arg = s;
+    return FS_OK;
+}
+
+/* Every rank reaches every agreement point, failed or not, so no rank
+ * enters a collective that a failed rank will never join (see world.h). */
+static int agree(int rc, fs_error *err) {
+    int code;
+    return fs_world_agree(rc, rc == FS_ERR_NOMEM ? 1 : 2, &code, err);
 }
 
 int fs_session_open(fs_session **out, fs_graph *g, fs_error *err) {
@@ -202,14 +270,14 @@ int fs_session_open(fs_session **out, fs_graph *g, fs_error *err) {
     if ((rc = resolve(&s->model_cfg, g, &fs_schema_model, err)) || (rc = resolve(&s->data_cfg, g, &fs_schema_data, err)) ||
         (rc = resolve(&s->train_cfg, g, &fs_schema_train, err)) ||
         (rc = resolve(&s->gen_cfg, g, &fs_schema_generate, err)) || (rc = resolve(&s->run_cfg, g, &fs_schema_run, err)))
-        goto fail;
+        goto checked;
     /* [distill] with its plugin's keys; the plugin itself is created by the
      * distill mode, which also needs the teacher */
     {
         const char *sec[] = {"distill"};
         if ((rc = fs_session_plugin_config(s, &s->distill, FS_PLUGIN_DISTILL, sec, 1, fs_schema_distill.spec,
                                            fs_schema_distill.n, err)))
-            goto fail;
+            goto checked;
         s->distill_cfg = s->distill.config;
     }
     s->mcfg = (fs_model_config){
@@ -218,17 +286,28 @@ int fs_session_open(fs_session **out, fs_graph *g, fs_error *err) {
         .n_layer = (size_t)fs_config_int(s->model_cfg, "n_layer"),
         .n_head = (size_t)fs_config_int(s->model_cfg, "n_head"),
         .n_embd = (size_t)fs_config_int(s->model_cfg, "n_embd"),
+        .reversible = fs_config_bool(s->model_cfg, "reversible"),
+        .ff_chunk = (size_t)fs_config_int(s->model_cfg, "ff_chunk"),
     };
     if (s->mcfg.n_embd % s->mcfg.n_head) {
         rc = fs_error_set(err, FS_ERR_INVALID, "%s: must be a multiple of [model] n_head = %zu",
                           fs_config_where(s->model_cfg, "n_embd"), s->mcfg.n_head);
-        goto fail;
+        goto checked;
     }
-    if ((rc = check_layer_sections(s, err))) goto fail;
+    if ((rc = check_layer_sections(s, err))) goto checked;
+    {
+        const char *sec[] = {"parallel"};
+        rc = fs_session_plugin_config(s, &s->parallel, FS_PLUGIN_PARALLEL, sec, 1, fs_schema_parallel.spec,
+                                      fs_schema_parallel.n, err);
+    }
+checked:
+    if ((rc = agree(rc, err))) goto fail;
     fs_host_init(&s->host, (uint64_t)fs_config_int(s->train_cfg, "seed"));
-    if ((rc = fs_model_create(&s->model, &s->mcfg, err))) goto fail;
-    if ((rc = build_attention(s, err))) goto fail;
-    if ((rc = build_parallel(s, err))) goto fail;
+    if ((rc = agree(build_parallel(s, err), err))) goto fail;
+    rc = fs_model_create(&s->model, &s->mcfg, err);
+    if (!rc) rc = build_attention(s, err);
+    if (!rc) rc = check_sharded_plugins(s, err);
+    if ((rc = agree(rc, err))) goto fail;
     *out = s;
     return FS_OK;
 fail:
@@ -250,6 +329,7 @@ void fs_session_close(fs_session *s) {
     fs_config_destroy(s->gen_cfg);
     fs_config_destroy(s->run_cfg);
     release_instance(&s->distill);
+    fs_shard_map_release(&s->shard);
     fs_plugin_registry_release(&s->registry);
     fs_graph_destroy(s->graph);
     free(s);

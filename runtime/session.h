@@ -15,6 +15,7 @@
 #include "host.h"
 #include "model.h"
 #include "plugin_loader.h"
+#include "shard.h"
 
 typedef struct fs_plugin_instance {
     const fs_plugin *plugin;
@@ -35,10 +36,14 @@ typedef struct fs_session {
     fs_plugin_instance *layers; /* (n_layer) attention instances (selves owned by the model) */
     fs_plugin_instance parallel;
     fs_plugin_instance distill; /* config only: distill mode creates it */
-    fs_comm comm;
+    fs_comm *comm;              /* the process's (world.h); not owned */
+    fs_parallel_topology topo;  /* this rank's place, from the strategy */
+    fs_shard_map shard;         /* its part of the model (shard.h) */
 } fs_session;
 
-/* Takes ownership of g (also on failure). */
+/* Takes ownership of g (also on failure). Collective when several ranks
+ * run: every rank opens the same graph (see world.h for how failures are
+ * agreed and reported). */
 int fs_session_open(fs_session **out, fs_graph *g, fs_error *err);
 void fs_session_close(fs_session *s); /* accepts NULL */
 

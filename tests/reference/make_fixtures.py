@@ -9,7 +9,9 @@ only importable from the system interpreter):
     /usr/bin/python3 tests/reference/make_fixtures.py
 
 This rewrites ``tests/reference/gpt_tiny.safetensors`` (about 100 KB) and
-prints the worked attention example.  The output is deterministic (fixed
+``tests/reference/gpt_tiny_reversible.safetensors`` (the same shapes with 4
+reversible layers: parameters, logits, loss and gradients; see
+``forward_reversible``) and prints the worked attention example.  The output is deterministic (fixed
 seed, float64 computation); do not hand-edit the binary file.
 
 What is in the file
@@ -79,6 +81,8 @@ LN_EPS = 1e-5
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_PATH = os.path.join(HERE, "gpt_tiny.safetensors")
+CFG_REV = dict(CFG, L=4)
+OUT_REV_PATH = os.path.join(HERE, "gpt_tiny_reversible.safetensors")
 
 
 # --------------------------------------------------------------------------
@@ -181,9 +185,30 @@ def forward(P, ids, targets, cfg):
     return logits, loss
 
 
-def loss_and_grads(P, ids, targets, cfg):
+def forward_reversible(P, ids, targets, cfg):
+    """Reversible residual layers (Reformer), as [model] reversible = true:
+    the stream is a pair (x1, x2), both the embedding output at the start;
+    y1 = x1 + attn(ln_1(x2)), y2 = x2 + mlp(ln_2(y1)); ln_f reads the mean
+    (y1 + y2) / 2.  Autograd stores every activation: the reference for the
+    runtime's backward, which rebuilds them from the layer outputs."""
+    B, T = ids.shape
+    wte = P["transformer.wte.weight"]
+    x1 = wte[ids] + P["transformer.wpe.weight"][:T].unsqueeze(0)
+    x2 = x1
+    for i in range(cfg["L"]):
+        p = "transformer.h.%d." % i
+        x1 = x1 + attention(layernorm(x2, P[p + "ln_1.weight"], P[p + "ln_1.bias"]), P, p, cfg["H"])
+        x2 = x2 + mlp(layernorm(x1, P[p + "ln_2.weight"], P[p + "ln_2.bias"]), P, p)
+    x = layernorm(0.5 * (x1 + x2), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"])
+    logits = x @ wte.t()
+    logp = torch.log_softmax(logits, dim=-1)
+    loss = -logp.gather(-1, targets.unsqueeze(-1)).mean()
+    return logits, loss
+
+
+def loss_and_grads(P, ids, targets, cfg, fwd=forward):
     leaves = {n: t.detach().clone().requires_grad_(True) for n, t in P.items()}
-    logits, loss = forward(leaves, ids, targets, cfg)
+    logits, loss = fwd(leaves, ids, targets, cfg)
     names = list(leaves)
     grads = torch.autograd.grad(loss, [leaves[n] for n in names])
     return logits.detach(), loss.detach(), {n: g.detach() for n, g in zip(names, grads)}
@@ -288,7 +313,7 @@ def attn_example():
     return X, noncausal, causal
 
 
-def finite_difference_check(P, ids, targets, cfg, grads, gen):
+def finite_difference_check(P, ids, targets, cfg, grads, gen, forward=forward):
     h = 1e-5
     names = ["transformer.h.0.attn.c_attn.weight", "transformer.wte.weight",
              "transformer.h.1.ln_2.weight"]
@@ -369,6 +394,35 @@ def main():
     size = os.path.getsize(OUT_PATH)
     print("wrote %s: %d tensors, %d bytes" % (OUT_PATH, len(tensors), size))
     assert size < 200 * 1024
+    make_reversible_fixture()
+
+
+def make_reversible_fixture():
+    """gpt_tiny_reversible.safetensors: the same tiny shapes with 4 layers
+    (CFG_REV), its own parameters, the reversible model's logits, loss and
+    every gradient (names as in gpt_tiny.safetensors)."""
+    cfg = CFG_REV
+    gen = torch.Generator().manual_seed(SEED + 1)
+    P = init_params(cfg, gen)
+    ids = torch.randint(0, cfg["V"], (cfg["B"], cfg["T"]), generator=gen)
+    targets = torch.randint(0, cfg["V"], (cfg["B"], cfg["T"]), generator=gen)
+    logits, loss, grads = loss_and_grads(P, ids, targets, cfg, fwd=forward_reversible)
+    print("reversible loss %.12f" % loss.item())
+    finite_difference_check(P, ids, targets, cfg, grads, gen, forward=forward_reversible)
+    names = [n for n, _, _ in param_specs(cfg)]
+    tensors = [(n, f32(P[n])) for n in names]
+    tensors += [("input_ids", ids.to(torch.int32).numpy().astype("<i4")),
+                ("targets", targets.to(torch.int32).numpy().astype("<i4")),
+                ("logits", f32(logits)), ("loss", f32(loss.reshape(1)))]
+    tensors += [("grad." + n, f32(grads[n])) for n in names]
+    meta = {k: str(v) for k, v in cfg.items()}
+    meta["reversible"] = "true"
+    write_safetensors(OUT_REV_PATH, tensors, meta)
+    back, meta_back = read_safetensors(OUT_REV_PATH)
+    assert meta_back == meta
+    for n, a in tensors:
+        assert np.array_equal(back[n], a), n
+    print("wrote %s: %d tensors, %d bytes" % (OUT_REV_PATH, len(tensors), os.path.getsize(OUT_REV_PATH)))
 
 
 if __name__ == "__main__":

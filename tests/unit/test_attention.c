@@ -1,6 +1,8 @@
 /* test_attention.c — the dense attention plugin: gradients against finite
  * differences, the decode step against the full forward, and an explicit
- * masked softmax computed here in double. Odd sizes on purpose. */
+ * masked softmax computed here in double. Odd sizes on purpose, and a T of
+ * several of dense's 64-row blocks with a partial last one. The saved
+ * buffer starts as NaN, so a read of an entry forward did not write shows. */
 #include <string.h>
 
 #include "fastserve/attention.h"
@@ -32,7 +34,9 @@ static att make(int causal, size_t B, size_t H, size_t T, size_t D, size_t max_s
     test_fill(a.k, n, 1.0f, 22);
     test_fill(a.v, n, 1.0f, 23);
     test_fill(a.w, n, 1.0f, 24);
-    a.saved = malloc(a.vt->saved_bytes(a.self, B, T));
+    size_t saved = a.vt->saved_bytes(a.self, B, T);
+    a.saved = malloc(saved);
+    memset(a.saved, 0xff, saved); /* NaN */
     return a;
 }
 
@@ -65,11 +69,13 @@ static double loss(void *p) {
     return s;
 }
 
-static void reference(const att *a, int causal, double *out) {
+/* out (B, H, T, D); probs (B, H, T, T) with zeros where masked, may be NULL */
+static void reference(const att *a, int causal, double *out, double *probs) {
     size_t T = a->T, D = a->D;
+    double *sc = malloc(T * sizeof(double));
     for (size_t bh = 0; bh < a->B * a->H; bh++)
         for (size_t i = 0; i < T; i++) {
-            double sc[64], mx = -1e300, sum = 0;
+            double mx = -1e300, sum = 0;
             size_t n = causal ? i + 1 : T;
             for (size_t j = 0; j < n; j++) {
                 double s = 0;
@@ -83,17 +89,21 @@ static void reference(const att *a, int causal, double *out) {
                 for (size_t j = 0; j < n; j++) o += sc[j] / sum * a->v[(bh * T + j) * D + d];
                 out[(bh * T + i) * D + d] = o;
             }
+            if (probs)
+                for (size_t j = 0; j < T; j++) probs[(bh * T + i) * T + j] = j < n ? sc[j] / sum : 0.0;
         }
+    free(sc);
 }
 
-static void fd_check(const char *what, att *a, float *x, const float *g) {
+/* Every `stride`-th element of x: analytic g against central differences. */
+static void fd_check_fn(const char *what, att *a, float *x, const float *g, size_t stride, double (*fn)(void *)) {
     size_t n = a->B * a->H * a->T * a->D;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i += stride) {
         float keep = x[i];
         x[i] = keep + 1e-2f;
-        double lp = loss(a);
+        double lp = fn(a);
         x[i] = keep - 1e-2f;
-        double lm = loss(a);
+        double lm = fn(a);
         x[i] = keep;
         double fd = (lp - lm) / 2e-2;
         if (fabs(fd - g[i]) > 2e-3 * fmax(1.0, fabs(fd))) {
@@ -103,12 +113,16 @@ static void fd_check(const char *what, att *a, float *x, const float *g) {
     }
 }
 
-static void check_dense(int causal) {
-    att a = make(causal, 2, 3, 7, 5, 9); /* T < max_seq, nothing a multiple of anything */
+static void fd_check(const char *what, att *a, float *x, const float *g, size_t stride) {
+    fd_check_fn(what, a, x, g, stride, loss);
+}
+
+static void check_dense(int causal, size_t B, size_t H, size_t T, size_t D, size_t max_seq, size_t stride) {
+    att a = make(causal, B, H, T, D, max_seq);
     loss(&a);
     size_t n = a.B * a.H * a.T * a.D;
     double *ref = malloc(n * sizeof(double));
-    reference(&a, causal, ref);
+    reference(&a, causal, ref, NULL);
     for (size_t i = 0; i < n; i++) assert_true(fabs(ref[i] - a.out[i]) < 1e-5);
     float *dq = malloc(n * 4), *dk = malloc(n * 4), *dv = malloc(n * 4);
     fs_attention_args x = args(&a);
@@ -117,17 +131,89 @@ static void check_dense(int causal) {
     x.dk = fs_tensor_cpu_f32(dk, 4, a.B, a.H, a.T, a.D);
     x.dv = fs_tensor_cpu_f32(dv, 4, a.B, a.H, a.T, a.D);
     fs_error err = {0};
+    memset(dq, 0xff, n * 4), memset(dk, 0xff, n * 4), memset(dv, 0xff, n * 4); /* NaN: backward overwrites */
     assert_int_equal(a.vt->forward(a.self, &x, &err), 0);
     assert_int_equal(a.vt->backward(a.self, &x, &err), 0);
-    fd_check("dq", &a, a.q, dq);
-    fd_check("dk", &a, a.k, dk);
-    fd_check("dv", &a, a.v, dv);
+    for (size_t i = 0; i < n; i++) assert_true(isfinite(dq[i]) && isfinite(dk[i]) && isfinite(dv[i]));
+    fd_check("dq", &a, a.q, dq, stride);
+    fd_check("dk", &a, a.k, dk, stride);
+    fd_check("dv", &a, a.v, dv, stride);
     free(ref), free(dq), free(dk), free(dv);
     release(&a);
 }
 
-static void test_dense_noncausal(void **state) { (void)state; check_dense(0); }
-static void test_dense_causal(void **state) { (void)state; check_dense(1); }
+/* T < max_seq, nothing a multiple of anything */
+static void test_dense_noncausal(void **state) { (void)state; check_dense(0, 2, 3, 7, 5, 9, 1); }
+static void test_dense_causal(void **state) { (void)state; check_dense(1, 2, 3, 7, 5, 9, 1); }
+/* 150 = two 64-row blocks and a partial one; every 7th element by finite differences */
+static void test_dense_blocks_noncausal(void **state) { (void)state; check_dense(0, 1, 2, 150, 4, 160, 7); }
+static void test_dense_blocks_causal(void **state) { (void)state; check_dense(1, 1, 2, 150, 4, 160, 7); }
+
+/* scores(): probabilities and pre-softmax scores over several blocks
+ * against the double reference, zeros where masked; scores_backward()
+ * against finite differences of L = sum G * scores for G nonzero on the
+ * masked entries too (which must not count). */
+static float *g_G;
+static int g_probs;
+
+static double scores_loss(void *p) {
+    att *a = p;
+    fs_attention_args x = args(a);
+    fs_error err = {0};
+    assert_int_equal(a->vt->forward(a->self, &x, &err), 0);
+    size_t n = a->B * a->H * a->T * a->T;
+    float *s = malloc(n * sizeof(float));
+    fs_attention_scores_args sa = {sizeof sa, &x, g_probs, fs_tensor_cpu_f32(s, 4, a->B, a->H, a->T, a->T)};
+    assert_int_equal(a->vt->scores(a->self, &sa, &err), 0);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) sum += (double)g_G[i] * s[i];
+    free(s);
+    return sum;
+}
+
+static void check_scores(int causal, int probs) {
+    att a = make(causal, 1, 2, 150, 4, 150);
+    size_t T = a.T, D = a.D, nq = a.B * a.H * T * D, ns = a.B * a.H * T * T;
+    float *s = malloc(ns * sizeof(float));
+    double *ref = malloc(nq * sizeof(double)), *rp = malloc(ns * sizeof(double));
+    fs_attention_args x = args(&a);
+    fs_error err = {0};
+    assert_int_equal(a.vt->forward(a.self, &x, &err), 0);
+    fs_attention_scores_args sa = {sizeof sa, &x, probs, fs_tensor_cpu_f32(s, 4, a.B, a.H, T, T)};
+    assert_int_equal(a.vt->scores(a.self, &sa, &err), 0);
+    reference(&a, causal, ref, rp);
+    for (size_t bh = 0; bh < a.B * a.H; bh++)
+        for (size_t i = 0; i < T; i++)
+            for (size_t j = 0; j < T; j++) {
+                size_t e = (bh * T + i) * T + j;
+                double want = rp[e];
+                if (!probs) { /* scale * q_i . k_j, 0 where masked */
+                    want = 0;
+                    if (!causal || j <= i)
+                        for (size_t d = 0; d < D; d++)
+                            want += (double)a.q[(bh * T + i) * D + d] * a.k[(bh * T + j) * D + d] / sqrt((double)D);
+                }
+                if (causal && j > i) assert_true(s[e] == 0.0f);
+                assert_true(fabs(s[e] - want) < 1e-5 * (1 + fabs(want)));
+            }
+    /* backward of the scores: dq, dk accumulate into zeros here */
+    g_G = malloc(ns * sizeof(float));
+    g_probs = probs;
+    test_fill(g_G, ns, 1.0f, 31);
+    float *dq = calloc(nq, 4), *dk = calloc(nq, 4);
+    x.dq = fs_tensor_cpu_f32(dq, 4, a.B, a.H, T, D);
+    x.dk = fs_tensor_cpu_f32(dk, 4, a.B, a.H, T, D);
+    sa.scores = fs_tensor_cpu_f32(g_G, 4, a.B, a.H, T, T);
+    assert_int_equal(a.vt->scores_backward(a.self, &sa, &err), 0);
+    fd_check_fn("scores dq", &a, a.q, dq, 11, scores_loss);
+    fd_check_fn("scores dk", &a, a.k, dk, 11, scores_loss);
+    free(g_G), free(dq), free(dk), free(s), free(ref), free(rp);
+    release(&a);
+}
+
+static void test_scores_causal(void **state) { (void)state; check_scores(1, 0); }
+static void test_probs_causal(void **state) { (void)state; check_scores(1, 1); }
+static void test_probs_noncausal(void **state) { (void)state; check_scores(0, 1); }
 
 /* Decoding token by token reproduces the causal forward, row by row. */
 static void test_decode_equals_forward(void **state) {
@@ -182,6 +268,11 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_noncausal),
         cmocka_unit_test(test_dense_causal),
+        cmocka_unit_test(test_dense_blocks_noncausal),
+        cmocka_unit_test(test_dense_blocks_causal),
+        cmocka_unit_test(test_scores_causal),
+        cmocka_unit_test(test_probs_causal),
+        cmocka_unit_test(test_probs_noncausal),
         cmocka_unit_test(test_decode_equals_forward),
         cmocka_unit_test(test_cache_is_linear),
     };

@@ -11,9 +11,8 @@
 #include "safetensors.h"
 #include "test_util.h"
 
-static const char *ini =
-    "[model]\nvocab_size = 64\nn_layer = 2\nn_head = 2\nn_embd = 16\nmax_seq = 16\n"
-    "[attention]\nplugin = dense\n";
+#define TINY "[attention]\nplugin = dense\n[model]\nvocab_size = 64\nn_head = 2\nn_embd = 16\nmax_seq = 16\n"
+#define FIXTURE_DIR FS_SOURCE_DIR "/tests/reference/"
 
 typedef struct fixture {
     fs_safetensors *st;
@@ -29,10 +28,11 @@ static const fs_st_tensor *get(const fixture *f, const char *name) {
     return t;
 }
 
-static int setup(void **state) {
+/* The fixture's weights in a session built from `ini`. */
+static int setup_with(void **state, const char *path, const char *ini) {
     fixture *f = calloc(1, sizeof *f);
     fs_error err = {0};
-    if (fs_safetensors_open(&f->st, FS_SOURCE_DIR "/tests/reference/gpt_tiny.safetensors", &err)) {
+    if (fs_safetensors_open(&f->st, path, &err)) {
         fprintf(stderr, "%s\n", err.message);
         return -1;
     }
@@ -50,6 +50,25 @@ static int setup(void **state) {
     f->targets = get(f, "targets")->data;
     *state = f;
     return 0;
+}
+
+static int setup(void **state) {
+    return setup_with(state, FIXTURE_DIR "gpt_tiny.safetensors", TINY "n_layer = 2\n");
+}
+/* The MLP 5 tokens at a time (22 rows: chunks of 5,5,5,5,2) must give the
+ * same logits and gradients as all at once. */
+static int setup_ff_chunk(void **state) {
+    return setup_with(state, FIXTURE_DIR "gpt_tiny.safetensors", TINY "n_layer = 2\nff_chunk = 5\n");
+}
+/* 4 reversible layers against PyTorch's autograd through the same
+ * function (make_fixtures.py: forward_reversible), which stores every
+ * activation: the runtime rebuilds them from the layer outputs instead. */
+static int setup_reversible(void **state) {
+    return setup_with(state, FIXTURE_DIR "gpt_tiny_reversible.safetensors", TINY "n_layer = 4\nreversible = true\n");
+}
+static int setup_reversible_ff_chunk(void **state) {
+    return setup_with(state, FIXTURE_DIR "gpt_tiny_reversible.safetensors",
+                      TINY "n_layer = 4\nreversible = true\nff_chunk = 3\n");
 }
 
 static int teardown(void **state) {
@@ -171,6 +190,12 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_forward_logits_and_loss, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_gradients, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_adamw_steps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forward_logits_and_loss, setup_ff_chunk, teardown),
+        cmocka_unit_test_setup_teardown(test_all_gradients, setup_ff_chunk, teardown),
+        cmocka_unit_test_setup_teardown(test_forward_logits_and_loss, setup_reversible, teardown),
+        cmocka_unit_test_setup_teardown(test_all_gradients, setup_reversible, teardown),
+        cmocka_unit_test_setup_teardown(test_forward_logits_and_loss, setup_reversible_ff_chunk, teardown),
+        cmocka_unit_test_setup_teardown(test_all_gradients, setup_reversible_ff_chunk, teardown),
         cmocka_unit_test(test_attention_worked_example),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -11,10 +11,10 @@
 typedef double (*loss_fn)(void *ctx);
 
 /* Checks grad (n) of *x against finite differences of fn, on every
- * element (the sizes here are small). */
-static void check_fd(const char *what, float *x, const float *grad, size_t n, loss_fn fn, void *ctx, float h,
-                     double tol) {
-    for (size_t i = 0; i < n; i++) {
+ * `stride`-th element. */
+static void check_fd_every(const char *what, float *x, const float *grad, size_t n, loss_fn fn, void *ctx,
+                           float h, double tol, size_t stride) {
+    for (size_t i = 0; i < n; i += stride) {
         float keep = x[i];
         x[i] = keep + h;
         double lp = fn(ctx);
@@ -28,6 +28,12 @@ static void check_fd(const char *what, float *x, const float *grad, size_t n, lo
             fail();
         }
     }
+}
+
+/* On every element (the sizes here are small). */
+static void check_fd(const char *what, float *x, const float *grad, size_t n, loss_fn fn, void *ctx, float h,
+                     double tol) {
+    check_fd_every(what, x, grad, n, fn, ctx, h, tol, 1);
 }
 
 static double dot(const float *a, const float *w, size_t n) {
@@ -48,9 +54,8 @@ static double ln_loss(void *p) {
     return dot(c->out, c->dout, c->N * c->C);
 }
 
-static void test_layernorm(void **state) {
-    (void)state;
-    size_t N = 5, C = 7;
+/* Every `stride`-th element by finite differences. */
+static void check_layernorm(size_t N, size_t C, size_t stride) {
     ln_ctx c = {malloc(N * C * 4), malloc(N * 4), malloc(N * 4), malloc(N * C * 4), malloc(C * 4), malloc(C * 4),
                 malloc(N * C * 4), N, C};
     test_fill(c.x, N * C, 1.0f, 1);
@@ -72,11 +77,26 @@ static void test_layernorm(void **state) {
         }
     }
     layernorm_backward(dx, dw, db, c.dout, c.x, c.w, c.mean, c.rstd, N, C);
-    check_fd("layernorm dx", c.x, dx, N * C, ln_loss, &c, 1e-2f, 2e-3);
+    check_fd_every("layernorm dx", c.x, dx, N * C, ln_loss, &c, 1e-2f, 2e-3, stride);
     check_fd("layernorm dw", c.w, dw, C, ln_loss, &c, 1e-2f, 2e-3);
     check_fd("layernorm db", c.b, db, C, ln_loss, &c, 1e-2f, 2e-3);
     free(dx), free(dw), free(db);
     free(c.out), free(c.mean), free(c.rstd), free(c.x), free(c.w), free(c.b), free(c.dout);
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    check_layernorm(5, 7, 1);
+}
+
+/* Rows of vector lanes and a tail (37 = 2 x 16 + 5), enough rows that the
+ * kernels run multi-threaded (N * C >= FS_PARALLEL_MIN): per-thread partial
+ * sums of dweight and dbias. dw, db summed over all rows: checked on every
+ * element, dx on a sample. */
+static void test_layernorm_wide(void **state) {
+    (void)state;
+    assert_true(1000 * 37 >= FS_PARALLEL_MIN);
+    check_layernorm(1000, 37, 97);
 }
 
 /* ---- matmul ---- */
@@ -214,6 +234,42 @@ static void test_crossentropy(void **state) {
     free(d), free(c.logits);
 }
 
+/* Rows longer than the vector lanes with a tail (V = 300), multi-threaded
+ * (N * V >= FS_PARALLEL_MIN): loss and every gradient against softmax in
+ * double, dlogits = (softmax - onehot) * scale; finite differences on a
+ * sample. */
+static void test_crossentropy_wide(void **state) {
+    (void)state;
+    size_t N = 130, V = 300;
+    assert_true(N * V >= FS_PARALLEL_MIN);
+    int32_t *y = malloc(N * sizeof(int32_t));
+    for (size_t n = 0; n < N; n++) y[n] = (int32_t)((n * 37) % V);
+    ce_ctx c = {malloc(N * V * 4), y, N, V};
+    test_fill(c.logits, N * V, 3.0f, 15);
+    c.logits[5 * V + 7] = 90.0f;
+    float scale = 0.37f, *d = malloc(N * V * 4);
+    double total = crossentropy_softmax_forward_backward(d, c.logits, y, N, V, scale), want = 0;
+    for (size_t n = 0; n < N; n++) {
+        const float *z = c.logits + n * V;
+        double mx = -1e30, s = 0;
+        for (size_t i = 0; i < V; i++) mx = fmax(mx, z[i]);
+        for (size_t i = 0; i < V; i++) s += exp(z[i] - mx);
+        want += mx + log(s) - z[y[n]];
+        for (size_t i = 0; i < V; i++) {
+            double g = (exp(z[i] - mx) / s - (i == (size_t)y[n])) * scale;
+            if (fabs(d[n * V + i] - g) > 1e-6) {
+                fprintf(stderr, "dlogits[%zu][%zu]: got %.9g, want %.9g\n", n, i, d[n * V + i], g);
+                fail();
+            }
+        }
+    }
+    assert_true(fabs(total - want) < 1e-5 * want);
+    /* the gradient of the mean loss is scale = 1 / N */
+    crossentropy_softmax_forward_backward(d, c.logits, y, N, V, 1.0f / (float)N);
+    check_fd_every("cross-entropy dlogits", c.logits, d, N * V, ce_loss, &c, 1e-2f, 1e-3, 101);
+    free(d), free(c.logits), free(y);
+}
+
 static void test_head_permutations(void **state) {
     (void)state;
     size_t B = 2, T = 3, H = 2, D = 4, C = H * D;
@@ -239,6 +295,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layernorm),  cmocka_unit_test(test_matmul),       cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_encoder),    cmocka_unit_test(test_crossentropy), cmocka_unit_test(test_head_permutations),
+        cmocka_unit_test(test_layernorm_wide), cmocka_unit_test(test_crossentropy_wide),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

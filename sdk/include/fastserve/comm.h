@@ -44,6 +44,28 @@ typedef struct fs_comm {
     int (*recv)(struct fs_comm *c, const fs_comm_group *g, fs_tensor *t, int peer, int tag,
                 fs_error *err);
     int (*barrier)(struct fs_comm *c, const fs_comm_group *g, fs_error *err);
+
+    /* ---- since ABI 1.1 (check struct_size) ---- */
+    /* Non-blocking point to point; wait() completes them. A pipeline's
+     * neighbours send to each other at the same time (activations one way,
+     * gradients the other): blocking sends of large messages would deadlock. */
+    int (*send_start)(struct fs_comm *c, const fs_comm_group *g, const fs_tensor *t, int peer, int tag,
+                      fs_comm_request **req, fs_error *err);
+    int (*recv_start)(struct fs_comm *c, const fs_comm_group *g, fs_tensor *t, int peer, int tag,
+                      fs_comm_request **req, fs_error *err);
+    /* `in` holds size * numel(out) elements; rank r receives the sum of
+     * every rank's block r (ZeRO's gradient reduction). */
+    int (*reduce_scatter)(struct fs_comm *c, const fs_comm_group *g, const fs_tensor *in, fs_tensor *out,
+                          fs_error *err);
+    /* Seconds a blocking or waited call may make no progress before it gives
+     * up with FS_ERR_COMM (0 = wait forever): a dead peer ends the run
+     * instead of hanging it. */
+    double timeout_s;
+    /* Sets *done to 1 when req has completed (wait() then returns at once
+     * and must still be called: it releases req). MPI moves a non-blocking
+     * collective forward only inside MPI calls, so a strategy that overlaps
+     * communication with computation tests its requests now and then. */
+    int (*test)(struct fs_comm *c, fs_comm_request *req, int *done, fs_error *err);
 } fs_comm;
 
 #ifdef __cplusplus

@@ -33,7 +33,7 @@ extern "C" {
  * plugin whose version lies in [FS_ABI_VERSION_MIN, FS_ABI_VERSION]: same
  * major, and a minor no newer than the host's. */
 #define FS_ABI_MAJOR 1
-#define FS_ABI_MINOR 0
+#define FS_ABI_MINOR 1
 #define FS_ABI_MAKE(major, minor) ((uint32_t)(((uint32_t)(major) << 16) | (uint32_t)(minor)))
 #define FS_ABI_VERSION FS_ABI_MAKE(FS_ABI_MAJOR, FS_ABI_MINOR)
 #define FS_ABI_VERSION_MIN FS_ABI_MAKE(FS_ABI_MAJOR, 0)
@@ -145,8 +145,10 @@ typedef struct fs_host_api {
     void (*free)(fs_device device, void *ptr);
 
     /* The host's thread pool: runs fn over [0, n) in chunks of at least
-     * `grain` items, returns when all are done. Never call BLAS from inside
-     * (the host sizes BLAS threads x pool threads to the cores). */
+     * `grain` items, returns when all are done. fn may call the host's
+     * sgemm: inside the pool it runs on the calling thread (BLAS threads x
+     * pool threads stay within the cores), so many small independent
+     * matmuls (one per head) run side by side without a fork per call. */
     void (*parallel_for)(size_t n, size_t grain, fs_parallel_fn fn, void *arg);
     int (*n_threads)(void);
 

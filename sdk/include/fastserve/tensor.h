@@ -30,6 +30,7 @@ typedef enum fs_dtype {
     FS_DTYPE_F16 = 1,
     FS_DTYPE_BF16 = 2,
     FS_DTYPE_I32 = 3,
+    FS_DTYPE_F64 = 4, /* since ABI 1.1: sums of scalars (losses, norms) over ranks */
 } fs_dtype;
 
 #define FS_TENSOR_MAX_DIMS 4
