@@ -40,6 +40,7 @@ int fs_evaluate(fs_model *m, const fs_dataset *d, size_t B, size_t max_windows, 
 
 int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err) {
     *config_error = 1;
+    if (fs_session_require_whole(s, "eval", err)) return err->status;
     const char *path = fs_config_string(s->data_cfg, "val");
     if (!path || !*path)
         return fs_error_set(err, FS_ERR_INVALID, "[data] val: required by --mode eval: set it to a text file");

@@ -11,6 +11,9 @@
 #include "modes.h"
 #include "rng.h"
 
+/* Multiply-adds a token below which decoding runs on one thread. */
+#define FS_DECODE_THREADED_MIN ((size_t)16 << 20)
+
 typedef struct scored {
     float p;
     int32_t id;
@@ -81,10 +84,13 @@ int fs_generate(fs_model *m, const int32_t *prompt, size_t n_prompt, size_t max_
     /* bounded caches have no context limit: they run past max_seq at their
      * own fixed size */
     int bounded = fs_model_cache_bounded(m);
-    /* One token is too little work to share: thread wake-ups and barriers
-     * cost more than they save (and on a loaded machine, far more). */
+    /* One token of a small model is too little work to share: thread
+     * wake-ups and barriers cost more than they save (and on a loaded
+     * machine, far more). A large one's matrix-vector products (GPT-2
+     * small: 85 M multiply-adds a token) still gain from every core. */
     int threads = fs_threads_get();
-    fs_threads_set(1);
+    size_t C = m->cfg.n_embd, per_token = 12 * C * C * m->cfg.n_layer + C * V;
+    if (per_token < FS_DECODE_THREADED_MIN) fs_threads_set(1);
     double t0 = fs_now();
     int rc = fs_model_decode_begin(m, 1, bounded ? 0 : ctx, err);
     size_t pos = 0;
@@ -108,6 +114,7 @@ int fs_generate(fs_model *m, const int32_t *prompt, size_t n_prompt, size_t max_
 
 int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err) {
     *config_error = 1;
+    if (fs_session_require_whole(s, "generate", err)) return err->status;
     char ckpt[PATH_MAX];
     if (o->checkpoint)
         snprintf(ckpt, sizeof ckpt, "%s", o->checkpoint);

@@ -335,6 +335,15 @@ void fs_session_close(fs_session *s) {
     free(s);
 }
 
+int fs_session_require_whole(const fs_session *s, const char *mode, fs_error *err) {
+    if (s->topo.tensor <= 1 && s->topo.pipeline <= 1) return FS_OK;
+    return fs_error_set(err, FS_ERR_INVALID,
+                        "%s: --mode %s runs in one process, but [parallel] splits the model (tensor = %d, pipeline = "
+                        "%d): run fsrun without mpirun (the checkpoint holds the whole model), or use [parallel] "
+                        "plugin = data",
+                        fs_config_where(s->parallel.config, "plugin"), mode, s->topo.tensor, s->topo.pipeline);
+}
+
 void fs_session_checkpoint_path(const fs_session *s, char *buf, size_t cap) {
     snprintf(buf, cap, "%s/model.safetensors", fs_config_string(s->run_cfg, "out"));
 }

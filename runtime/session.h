@@ -52,6 +52,11 @@ void fs_session_close(fs_session *s); /* accepts NULL */
 int fs_session_plugin_config(fs_session *s, fs_plugin_instance *inst, int kind, const char *const *sections,
                              size_t n_sections, const fs_param_spec *core, size_t n_core, fs_error *err);
 
+/* FS_ERR_INVALID, saying how to run `mode` instead, when this rank holds
+ * only a tensor or pipeline shard: generation and eval run in one process
+ * (the checkpoint holds the whole model). */
+int fs_session_require_whole(const fs_session *s, const char *mode, fs_error *err);
+
 /* "<out>/model.safetensors" from [run] out. */
 void fs_session_checkpoint_path(const fs_session *s, char *buf, size_t cap);
 

@@ -16,11 +16,12 @@
  *
  * Threads: one parallel_for per pass, over the (b, h) pairs, each thread
  * running whole heads with the register-tiled matmul below. The host's
- * sgemm would need one call per block from the calling thread (BLAS may
- * not run inside parallel_for), and with OpenMP BLAS every such call is a
- * fork and a barrier: measured at T = 4k on two shared cores, 650 ms of
- * barrier waiting against 47 ms of work. The tiles run at 85-100% of
- * single-thread OpenBLAS on these shapes, with no barrier per block.
+ * sgemm, called once per block from the calling thread, was a fork and a
+ * barrier per call with OpenMP BLAS: measured at T = 4k on two shared
+ * cores, 650 ms of barrier waiting against 47 ms of work. (sgemm may now
+ * be called inside parallel_for, where it runs on the calling thread; the
+ * tiles below, at 85-100% of single-thread OpenBLAS on these shapes, stay
+ * as fast without it.)
  *
  * Rows of global tokens are zeroed here: longformer_global.c owns them. */
 #include <math.h>

@@ -98,6 +98,10 @@ refused() { # refused WANT ARGS...
     assert_contains "$(mpi_rank_err 0)" "$want" "refused ($*): rank 0 says why"
 }
 refused "cannot cut a reversible model" --set parallel.plugin=pipeline --set model.reversible=true
+refused "--mode generate runs in one process" --set parallel.plugin=tensor --mode generate
+#    ... and one process generates from the tensor run's whole checkpoint
+assert_exit 0 "$FSRUN" g.ini --set run.out=tp --mode generate --set generate.max_tokens=8
+assert_eq "$(json_last "$E2E_OUT" tokens)" 8 "generate from the checkpoint tensor x2 wrote"
 refused "owns parameters ('plugin.layer0.attention.c_attn_global.weight')" --set parallel.plugin=tensor \
     --set attention.plugin=longformer --set attention.window=8 --set attention.global=first:1
 
