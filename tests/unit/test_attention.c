@@ -47,16 +47,7 @@ static void release(att *a) {
 }
 
 static fs_attention_args args(att *a) {
-    fs_attention_args x = {0};
-    x.struct_size = sizeof x;
-    x.B = a->B;
-    x.T = a->T;
-    x.q = fs_tensor_cpu_f32(a->q, 4, a->B, a->H, a->T, a->D);
-    x.k = fs_tensor_cpu_f32(a->k, 4, a->B, a->H, a->T, a->D);
-    x.v = fs_tensor_cpu_f32(a->v, 4, a->B, a->H, a->T, a->D);
-    x.out = fs_tensor_cpu_f32(a->out, 4, a->B, a->H, a->T, a->D);
-    x.saved = a->saved;
-    return x;
+    return test_attention_args(a->B, a->H, a->T, a->D, a->q, a->k, a->v, a->out, a->saved);
 }
 
 static double loss(void *p) {
@@ -126,10 +117,7 @@ static void check_dense(int causal, size_t B, size_t H, size_t T, size_t D, size
     for (size_t i = 0; i < n; i++) assert_true(fabs(ref[i] - a.out[i]) < 1e-5);
     float *dq = malloc(n * 4), *dk = malloc(n * 4), *dv = malloc(n * 4);
     fs_attention_args x = args(&a);
-    x.dout = fs_tensor_cpu_f32(a.w, 4, a.B, a.H, a.T, a.D);
-    x.dq = fs_tensor_cpu_f32(dq, 4, a.B, a.H, a.T, a.D);
-    x.dk = fs_tensor_cpu_f32(dk, 4, a.B, a.H, a.T, a.D);
-    x.dv = fs_tensor_cpu_f32(dv, 4, a.B, a.H, a.T, a.D);
+    test_attention_grads(&x, a.H, a.D, a.w, dq, dk, dv);
     fs_error err = {0};
     memset(dq, 0xff, n * 4), memset(dk, 0xff, n * 4), memset(dv, 0xff, n * 4); /* NaN: backward overwrites */
     assert_int_equal(a.vt->forward(a.self, &x, &err), 0);

@@ -38,12 +38,6 @@ typedef struct lfx {
     size_t n_wg;
 } lfx;
 
-static float *fvec(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    assert_non_null(p);
-    return p;
-}
-
 /* A session with one layer (`n_layer` if the INI names more) whose layer
  * `layer` is the instance under test; `keys` go under [attention] and may
  * open further sections. */
@@ -60,9 +54,9 @@ static lfx make_layer(const char *plugin, int causal, const char *keys, size_t B
     a.self = a.s->layers[layer].self;
     a.B = B, a.H = H, a.T = T, a.D = D, a.C = H * D;
     size_t n = B * H * T * D;
-    a.q = fvec(n), a.k = fvec(n), a.v = fvec(n), a.out = fvec(n), a.dout = fvec(n);
-    a.dq = fvec(n), a.dk = fvec(n), a.dv = fvec(n);
-    a.x = fvec(B * T * a.C), a.dx = fvec(B * T * a.C);
+    a.q = test_fvec(n), a.k = test_fvec(n), a.v = test_fvec(n), a.out = test_fvec(n), a.dout = test_fvec(n);
+    a.dq = test_fvec(n), a.dk = test_fvec(n), a.dv = test_fvec(n);
+    a.x = test_fvec(B * T * a.C), a.dx = test_fvec(B * T * a.C);
     test_fill(a.q, n, 1.0f, 31);
     test_fill(a.k, n, 1.0f, 32);
     test_fill(a.v, n, 1.0f, 33);
@@ -100,20 +94,9 @@ static void release(lfx *a) {
 }
 
 static fs_attention_args args(lfx *a) {
-    fs_attention_args x = {0};
-    x.struct_size = sizeof x;
-    x.B = a->B;
-    x.T = a->T;
-    x.q = fs_tensor_cpu_f32(a->q, 4, a->B, a->H, a->T, a->D);
-    x.k = fs_tensor_cpu_f32(a->k, 4, a->B, a->H, a->T, a->D);
-    x.v = fs_tensor_cpu_f32(a->v, 4, a->B, a->H, a->T, a->D);
-    x.out = fs_tensor_cpu_f32(a->out, 4, a->B, a->H, a->T, a->D);
-    x.saved = a->saved;
+    fs_attention_args x = test_attention_args(a->B, a->H, a->T, a->D, a->q, a->k, a->v, a->out, a->saved);
+    test_attention_grads(&x, a->H, a->D, a->dout, a->dq, a->dk, a->dv);
     x.tokens = a->tokens;
-    x.dout = fs_tensor_cpu_f32(a->dout, 4, a->B, a->H, a->T, a->D);
-    x.dq = fs_tensor_cpu_f32(a->dq, 4, a->B, a->H, a->T, a->D);
-    x.dk = fs_tensor_cpu_f32(a->dk, 4, a->B, a->H, a->T, a->D);
-    x.dv = fs_tensor_cpu_f32(a->dv, 4, a->B, a->H, a->T, a->D);
     if (a->vt->flags & FS_ATTENTION_USES_INPUT) {
         x.x = fs_tensor_cpu_f32(a->x, 3, a->B, a->T, a->C, 0);
         x.dx = fs_tensor_cpu_f32(a->dx, 3, a->B, a->T, a->C, 0);
@@ -248,7 +231,7 @@ static void free_ref(ref *r) {
 }
 
 static void close_d(const char *what, const float *got, const double *want, size_t n) {
-    float *w = fvec(n);
+    float *w = test_fvec(n);
     for (size_t i = 0; i < n; i++) w[i] = (float)want[i];
     test_close(what, got, w, n, 2e-5, 2e-4);
     free(w);
@@ -357,8 +340,8 @@ static void check_fd(int causal, const char *keys) {
     lfx a = make(causal, keys, 2, 2, 13, 4, 16);
     forward_backward(&a);
     size_t n = a.B * a.H * a.T * a.D;
-    float *dq = fvec(n), *dk = fvec(n), *dv = fvec(n), *dx = fvec(a.B * a.T * a.C);
-    float *dw = fvec(a.n_wg), *db = fvec(3 * a.C);
+    float *dq = test_fvec(n), *dk = test_fvec(n), *dv = test_fvec(n), *dx = test_fvec(a.B * a.T * a.C);
+    float *dw = test_fvec(a.n_wg), *db = test_fvec(3 * a.C);
     memcpy(dq, a.dq, n * 4), memcpy(dk, a.dk, n * 4), memcpy(dv, a.dv, n * 4);
     memcpy(dx, a.dx, a.B * a.T * a.C * 4);
     assert_non_null(a.wg);
@@ -508,8 +491,8 @@ static void check_decode(lfx *a, int (*want_row)(const lfx *, size_t)) {
     size_t bytes = a->vt->cache_bytes(a->self, B, 0);
     void *cache = malloc(bytes);
     assert_int_equal(a->vt->cache_reset(a->self, cache, B, 0, &err), 0);
-    float *q = fvec(B * H * D), *k = fvec(B * H * D), *v = fvec(B * H * D), *o = fvec(B * H * D);
-    float *x = fvec(B * a->C);
+    float *q = test_fvec(B * H * D), *k = test_fvec(B * H * D), *v = test_fvec(B * H * D), *o = test_fvec(B * H * D);
+    float *x = test_fvec(B * a->C);
     for (size_t t = 0; t < T; t++) {
         fs_attention_decode_args d;
         decode_args_at(a, t, q, k, v, x, o, &d);
@@ -569,7 +552,7 @@ static void test_model_decode_equals_forward(void **state) {
     for (size_t i = 0; i < 16; i++) in[i] = (int32_t)((i * 11 + 5) % 32);
     fs_error err = {0};
     assert_int_equal(fs_model_forward(m, in, 1, 16, &err), 0);
-    float *want = fvec(16 * 32), logits[32];
+    float *want = test_fvec(16 * 32), logits[32];
     memcpy(want, m->logits, 16 * 32 * sizeof(float));
     assert_int_equal(fs_model_decode_begin(m, 1, 0, &err), 0);
     for (size_t t = 0; t < 16; t++) {
@@ -657,21 +640,7 @@ static void expect_error(const char *keys, const char *a, const char *b) {
     char ini[512];
     snprintf(ini, sizeof ini,
              "[model]\nn_layer = 2\nn_head = 2\nn_embd = 8\nmax_seq = 256\n[attention]\nplugin = longformer\n%s", keys);
-    fs_graph *g;
-    fs_error err = {0};
-    assert_int_equal(fs_graph_load_string(&g, "test.ini", ini, &err), 0);
-    fs_session *s = NULL;
-    int rc = fs_session_open(&s, g, &err);
-    if (rc == 0) {
-        fprintf(stderr, "no error for:\n%s\n", keys);
-        fs_session_close(s);
-        fail();
-    }
-    assert_int_equal(rc, FS_ERR_INVALID);
-    if (!strstr(err.message, a) || (b && !strstr(err.message, b))) {
-        fprintf(stderr, "message \"%s\" lacks \"%s\" or \"%s\"\n", err.message, a, b ? b : "");
-        fail();
-    }
+    test_session_error(ini, a, b);
 }
 
 static void test_bad_config(void **state) {

@@ -28,12 +28,6 @@ typedef struct lx {
     float *rot; /* the registered rotations */
 } lx;
 
-static float *fvec(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    assert_non_null(p);
-    return p;
-}
-
 static lx make_layer(int causal, const char *keys, size_t B, size_t H, size_t T, size_t D, size_t n_layer,
                      size_t layer, uint64_t fill) {
     lx a = {0};
@@ -47,8 +41,8 @@ static lx make_layer(int causal, const char *keys, size_t B, size_t H, size_t T,
     a.self = a.s->layers[layer].self;
     a.B = B, a.H = H, a.T = T, a.D = D;
     size_t n = B * H * T * D;
-    a.q = fvec(n), a.k = fvec(n), a.v = fvec(n), a.out = fvec(n), a.dout = fvec(n);
-    a.dq = fvec(n), a.dk = fvec(n), a.dv = fvec(n);
+    a.q = test_fvec(n), a.k = test_fvec(n), a.v = test_fvec(n), a.out = test_fvec(n), a.dout = test_fvec(n);
+    a.dq = test_fvec(n), a.dk = test_fvec(n), a.dv = test_fvec(n);
     test_fill(a.q, n, 1.0f, fill + 1);
     test_fill(a.k, n, 1.0f, fill + 2);
     test_fill(a.v, n, 1.0f, fill + 3);
@@ -74,19 +68,8 @@ static void release(lx *a) {
 }
 
 static fs_attention_args args(lx *a) {
-    fs_attention_args x = {0};
-    x.struct_size = sizeof x;
-    x.B = a->B;
-    x.T = a->T;
-    x.q = fs_tensor_cpu_f32(a->q, 4, a->B, a->H, a->T, a->D);
-    x.k = fs_tensor_cpu_f32(a->k, 4, a->B, a->H, a->T, a->D);
-    x.v = fs_tensor_cpu_f32(a->v, 4, a->B, a->H, a->T, a->D);
-    x.out = fs_tensor_cpu_f32(a->out, 4, a->B, a->H, a->T, a->D);
-    x.saved = a->saved;
-    x.dout = fs_tensor_cpu_f32(a->dout, 4, a->B, a->H, a->T, a->D);
-    x.dq = fs_tensor_cpu_f32(a->dq, 4, a->B, a->H, a->T, a->D);
-    x.dk = fs_tensor_cpu_f32(a->dk, 4, a->B, a->H, a->T, a->D);
-    x.dv = fs_tensor_cpu_f32(a->dv, 4, a->B, a->H, a->T, a->D);
+    fs_attention_args x = test_attention_args(a->B, a->H, a->T, a->D, a->q, a->k, a->v, a->out, a->saved);
+    test_attention_grads(&x, a->H, a->D, a->dout, a->dq, a->dk, a->dv);
     return x;
 }
 
@@ -244,7 +227,7 @@ static ref reference(const lx *a, const spec *sp) {
 }
 
 static void close_d(const char *what, const float *got, const double *want, size_t n, double atol, double rtol) {
-    float *w = fvec(n);
+    float *w = test_fvec(n);
     for (size_t i = 0; i < n; i++) w[i] = (float)want[i];
     test_close(what, got, w, n, atol, rtol);
     free(w);
@@ -331,7 +314,7 @@ static void check_fd(int causal, const char *keys, size_t n_hashes, size_t B, si
     lx a = make(causal, keys, B, H, T, D);
     size_t n = B * H * T * D, nb = B * H * n_hashes * T;
     forward_backward(&a);
-    float *dq = fvec(n), *dv = fvec(n);
+    float *dq = test_fvec(n), *dv = test_fvec(n);
     memcpy(dq, a.dq, n * sizeof(float));
     memcpy(dv, a.dv, n * sizeof(float));
     int32_t *b0 = malloc(nb * sizeof(int32_t));
@@ -395,7 +378,7 @@ static void decode_all(lx *a, float *got) {
     fs_error err = {0};
     void *cache = malloc(a->vt->cache_bytes(a->self, B, T));
     assert_int_equal(a->vt->cache_reset(a->self, cache, B, T, &err), 0);
-    float *q1 = fvec(B * H * D), *k1 = fvec(B * H * D), *v1 = fvec(B * H * D), *o1 = fvec(B * H * D);
+    float *q1 = test_fvec(B * H * D), *k1 = test_fvec(B * H * D), *v1 = test_fvec(B * H * D), *o1 = test_fvec(B * H * D);
     for (size_t t = 0; t < T; t++) {
         for (size_t bh = 0; bh < B * H; bh++) {
             memcpy(q1 + bh * D, a->q + (bh * T + t) * D, D * sizeof(float));
@@ -425,7 +408,7 @@ static void test_decode_equals_forward(void **state) {
     (void)state;
     lx a = make(1, "n_hashes = 1\nn_buckets = 4\nchunk = 17\ndecode_window = 17\n", 2, 2, 17, 6);
     size_t n = 2 * 2 * 17 * 6;
-    float *got = fvec(n);
+    float *got = test_fvec(n);
     forward(&a);
     decode_all(&a, got);
     test_close("decoded vs forward", got, a.out, n, 1e-5, 1e-4);
@@ -440,7 +423,7 @@ static void test_decode_buckets(void **state) {
     size_t B = 1, H = 2, T = 23, D = 5;
     lx a = make(1, "n_hashes = 2\nn_buckets = 4\ndecode_window = 0\n", B, H, T, D);
     spec sp = {.n_hashes = 2, .n_buckets = 4};
-    float *got = fvec(B * H * T * D), *want = fvec(B * H * T * D);
+    float *got = test_fvec(B * H * T * D), *want = test_fvec(B * H * T * D);
     decode_all(&a, got);
     int32_t *bk = malloc(2 * T * sizeof(int32_t));
     for (size_t bh = 0; bh < B * H; bh++) {
@@ -514,21 +497,7 @@ static void expect_error(const char *keys, const char *a, const char *b) {
     char ini[512];
     snprintf(ini, sizeof ini,
              "[model]\nn_layer = 2\nn_head = 2\nn_embd = 8\nmax_seq = 256\n[attention]\nplugin = lsh\n%s", keys);
-    fs_graph *g;
-    fs_error err = {0};
-    assert_int_equal(fs_graph_load_string(&g, "test.ini", ini, &err), 0);
-    fs_session *s = NULL;
-    int rc = fs_session_open(&s, g, &err);
-    if (rc == 0) {
-        fprintf(stderr, "no error for:\n%s\n", keys);
-        fs_session_close(s);
-        fail();
-    }
-    assert_int_equal(rc, FS_ERR_INVALID);
-    if (!strstr(err.message, a) || (b && !strstr(err.message, b))) {
-        fprintf(stderr, "message \"%s\" lacks \"%s\" or \"%s\"\n", err.message, a, b ? b : "");
-        fail();
-    }
+    test_session_error(ini, a, b);
 }
 
 static void test_bad_config(void **state) {

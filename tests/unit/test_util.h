@@ -10,9 +10,11 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
+#include "fastserve/attention.h"
 #include "rng.h"
 #include "session.h"
 
@@ -52,6 +54,58 @@ static inline void test_close(const char *what, const float *got, const float *w
     if (worst_excess >= 0) {
         fprintf(stderr, "%s: element %zu: got %.9g, want %.9g (atol %g, rtol %g)\n", what, worst, got[worst],
                 want[worst], atol, rtol);
+        fail();
+    }
+}
+
+/* n zeroed floats (at least one), or the test fails. */
+static inline float *test_fvec(size_t n) {
+    float *p = (float *)calloc(n ? n : 1, sizeof(float));
+    assert_non_null(p);
+    return p;
+}
+
+/* Attention arguments over (B, H, T, D) buffers: q, k, v, out and saved;
+ * test_attention_grads adds dout and the input gradients for backward. */
+static inline fs_attention_args test_attention_args(size_t B, size_t H, size_t T, size_t D, float *q, float *k,
+                                                    float *v, float *out, void *saved) {
+    fs_attention_args x;
+    memset(&x, 0, sizeof x);
+    x.struct_size = sizeof x;
+    x.B = B;
+    x.T = T;
+    x.q = fs_tensor_cpu_f32(q, 4, B, H, T, D);
+    x.k = fs_tensor_cpu_f32(k, 4, B, H, T, D);
+    x.v = fs_tensor_cpu_f32(v, 4, B, H, T, D);
+    x.out = fs_tensor_cpu_f32(out, 4, B, H, T, D);
+    x.saved = saved;
+    return x;
+}
+
+static inline void test_attention_grads(fs_attention_args *x, size_t H, size_t D, float *dout, float *dq, float *dk,
+                                        float *dv) {
+    x->dout = fs_tensor_cpu_f32(dout, 4, x->B, H, x->T, D);
+    x->dq = fs_tensor_cpu_f32(dq, 4, x->B, H, x->T, D);
+    x->dk = fs_tensor_cpu_f32(dk, 4, x->B, H, x->T, D);
+    x->dv = fs_tensor_cpu_f32(dv, 4, x->B, H, x->T, D);
+}
+
+/* Opening a session on `ini` must fail with FS_ERR_INVALID and a message
+ * holding fragment a (and b, when not NULL). */
+static inline void test_session_error(const char *ini, const char *a, const char *b) {
+    fs_graph *g;
+    fs_error err = {0};
+    assert_int_equal(fs_graph_load_string(&g, "test.ini", ini, &err), 0);
+    fs_session *s = NULL;
+    int rc = fs_session_open(&s, g, &err);
+    if (rc == 0) {
+        fprintf(stderr, "no error for:\n%s\n", ini);
+        fs_session_close(s);
+        fail();
+    }
+    assert_int_equal(rc, FS_ERR_INVALID);
+    if (!strstr(err.message, a) || (b && !strstr(err.message, b))) {
+        fprintf(stderr, "message \"%s\" lacks \"%s\" or \"%s\"\n", err.message, a, b ? b : "");
         fail();
     }
 }
