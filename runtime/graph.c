@@ -34,6 +34,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "host.h"
+
 #define SET_FILE "--set"
 /* Room inih's line buffer leaves for text: the '\n' and the NUL. */
 #define MAX_TEXT (INI_MAX_LINE - 2)
@@ -55,16 +57,6 @@ static const char *const FIXED_SECTIONS[] = {"model", "attention", "parallel", "
 static const char KNOWN_SECTIONS[] = "model, attention, layer.N, layer.A-B, parallel, distill, "
                                      "distill.stage.N, data, train, generate, run";
 
-static int seterr(fs_error *err, int status, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        err->status = status;
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
 
 static char *dupn(const char *s, size_t n) {
     char *p = malloc(n + 1);
@@ -402,25 +394,25 @@ static int on_key(void *user, const char *section, const char *name, const char 
 static int parse(fs_graph *g, const char *text, size_t len, fs_error *err) {
     parse_state st = {.g = g, .pos = text, .end = text + len};
     if (memchr(text, '\0', len))
-        return seterr(err, FS_ERR_INVALID, "%s: contains a NUL byte; not an INI text file", g->path);
+        return fs_error_set(err, FS_ERR_INVALID, "%s: contains a NUL byte; not an INI text file", g->path);
     int rc = ini_parse_stream(next_line, &st, on_key, &st);
     /* inih keeps going after its own syntax errors and returns the first
      * one's line; ours stop the reader. Report whichever came first. */
     if (rc > 0 && (!st.failed || rc < st.line))
-        return seterr(err, FS_ERR_INVALID, "%s:%d: expected 'key = value' or '[section]'", g->path, rc);
+        return fs_error_set(err, FS_ERR_INVALID, "%s:%d: expected 'key = value' or '[section]'", g->path, rc);
     if (st.failed) {
         if (err) *err = st.err;
         return st.status;
     }
-    if (rc != 0) return seterr(err, FS_ERR_INVALID, "%s: cannot parse (inih error %d)", g->path, rc);
+    if (rc != 0) return fs_error_set(err, FS_ERR_INVALID, "%s: cannot parse (inih error %d)", g->path, rc);
     return FS_OK;
 }
 
 int fs_graph_load_string(fs_graph **out, const char *name, const char *text, fs_error *err) {
-    if (!out || !text) return seterr(err, FS_ERR_INVALID, "fs_graph_load_string: NULL argument");
+    if (!out || !text) return fs_error_set(err, FS_ERR_INVALID, "fs_graph_load_string: NULL argument");
     *out = NULL;
     fs_graph *g = graph_new(NULL, name ? name : "<string>");
-    if (!g) return seterr(err, FS_ERR_NOMEM, "out of memory");
+    if (!g) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     int rc = parse(g, text, strlen(text), err);
     if (rc != FS_OK) {
         fs_graph_destroy(g);
@@ -431,11 +423,11 @@ int fs_graph_load_string(fs_graph **out, const char *name, const char *text, fs_
 }
 
 int fs_graph_load(fs_graph **out, const char *path, fs_error *err) {
-    if (!out || !path) return seterr(err, FS_ERR_INVALID, "fs_graph_load: NULL argument");
+    if (!out || !path) return fs_error_set(err, FS_ERR_INVALID, "fs_graph_load: NULL argument");
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return seterr(err, errno == ENOENT ? FS_ERR_NOT_FOUND : FS_ERR_IO, "%s: cannot open: %s", path,
+        return fs_error_set(err, errno == ENOENT ? FS_ERR_NOT_FOUND : FS_ERR_IO, "%s: cannot open: %s", path,
                       strerror(errno));
     char *text = NULL;
     size_t len = 0, cap = 0, got = 1;
@@ -444,7 +436,7 @@ int fs_graph_load(fs_graph **out, const char *path, fs_error *err) {
         if (len + 4096 > cap) {
             char *p = realloc(text, cap = cap ? cap * 2 : 8192);
             if (!p) {
-                rc = seterr(err, FS_ERR_NOMEM, "%s: out of memory", path);
+                rc = fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory", path);
                 break;
             }
             text = p;
@@ -452,10 +444,10 @@ int fs_graph_load(fs_graph **out, const char *path, fs_error *err) {
         got = fread(text + len, 1, cap - len, f);
         len += got;
     }
-    if (rc == FS_OK && ferror(f)) rc = seterr(err, FS_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    if (rc == FS_OK && ferror(f)) rc = fs_error_set(err, FS_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
     fclose(f);
     fs_graph *g = NULL;
-    if (rc == FS_OK && !(g = graph_new(path, NULL))) rc = seterr(err, FS_ERR_NOMEM, "out of memory");
+    if (rc == FS_OK && !(g = graph_new(path, NULL))) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     if (rc == FS_OK) rc = parse(g, text, len, err);
     free(text);
     if (rc != FS_OK) {
@@ -471,7 +463,7 @@ int fs_graph_load(fs_graph **out, const char *path, fs_error *err) {
 static int key_char(int c) { return isalnum(c) || c == '_' || c == '-'; }
 
 int fs_graph_set(fs_graph *g, const char *a, fs_error *err) {
-    if (!g || !a) return seterr(err, FS_ERR_INVALID, "fs_graph_set: NULL argument");
+    if (!g || !a) return fs_error_set(err, FS_ERR_INVALID, "fs_graph_set: NULL argument");
     const char *eq = strchr(a, '=');
     const char *lb = a, *le = eq ? eq : a;
     trim(&lb, &le);
@@ -483,7 +475,7 @@ int fs_graph_set(fs_graph *g, const char *a, fs_error *err) {
     trim(&kb, &ke);
     int ok = eq && dot && sb < se && kb < ke;
     for (const char *p = kb; ok && p < ke; p++) ok = key_char((unsigned char)*p);
-    if (!ok) return seterr(err, FS_ERR_INVALID, "--set '%s': expected section.key=value", a);
+    if (!ok) return fs_error_set(err, FS_ERR_INVALID, "--set '%s': expected section.key=value", a);
 
     const char *vb = eq + 1, *ve = eq + strlen(eq);
     trim(&vb, &ve);
@@ -491,21 +483,21 @@ int fs_graph_set(fs_graph *g, const char *a, fs_error *err) {
     /* The value must survive fs_graph_to_ini and a reload. */
     for (const char *p = vb; p < ve; p++)
         if (*p == '\n' || *p == '\r' || (*p == ';' && p > vb && isspace((unsigned char)p[-1])))
-            return seterr(err, FS_ERR_INVALID,
+            return fs_error_set(err, FS_ERR_INVALID,
                           "--set '%s': the value may not contain a line break or ' ;' (an INI comment)", a);
     if ((ke - kb) + (ve - vb) + 3 > MAX_TEXT)
-        return seterr(err, FS_ERR_INVALID, "--set '%s': key and value longer than %d characters", a,
+        return fs_error_set(err, FS_ERR_INVALID, "--set '%s': key and value longer than %d characters", a,
                       MAX_TEXT - 3);
 
     char *section = dupn(sb, (size_t)(se - sb)), *key = dupn(kb, (size_t)(ke - kb));
     char *value = dupn(vb, (size_t)(ve - vb));
     int rc = FS_OK;
     if (!section || !key || !value) {
-        rc = seterr(err, FS_ERR_NOMEM, "out of memory");
+        rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     } else if (!section_known(section)) {
         char hint[384];
         section_hint(section, hint, sizeof hint);
-        rc = seterr(err, FS_ERR_INVALID, "--set '%s': [%s]: unknown section%s", a, section, hint);
+        rc = fs_error_set(err, FS_ERR_INVALID, "--set '%s': [%s]: unknown section%s", a, section, hint);
     } else {
         fs_graph_entry *e = (fs_graph_entry *)fs_graph_find(g, section, key);
         if (e) {
@@ -515,7 +507,7 @@ int fs_graph_set(fs_graph *g, const char *a, fs_error *err) {
             e->file = SET_FILE;
             e->line = 0;
         } else if (add_entry(g, section, key, value, SET_FILE, 0)) {
-            rc = seterr(err, FS_ERR_NOMEM, "out of memory");
+            rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
         }
     }
     free(section);
@@ -754,20 +746,20 @@ static int unknown_key(const fs_graph_entry *e, const fs_param_spec *spec, size_
         for (const char *const *x = extra; x && *x && k >= 0 && (size_t)k < sizeof hint; x++, first = 0)
             k += snprintf(hint + k, sizeof hint - (size_t)k, "%s%s", first ? "" : ", ", *x);
     }
-    return seterr(err, FS_ERR_INVALID, "%s: unknown key in [%s]; %s", where, e->section, hint);
+    return fs_error_set(err, FS_ERR_INVALID, "%s: unknown key in [%s]; %s", where, e->section, hint);
 }
 
 int fs_config_resolve(fs_config **out, const fs_graph *g, const char *const *sections, size_t n_sections,
                       const fs_param_spec *spec, size_t n_spec, const char *const *extra, fs_error *err) {
     if (!out || !g || !sections || n_sections == 0 || (!spec && n_spec))
-        return seterr(err, FS_ERR_INVALID, "fs_config_resolve: bad arguments");
+        return fs_error_set(err, FS_ERR_INVALID, "fs_config_resolve: bad arguments");
     *out = NULL;
     fs_config *c = calloc(1, sizeof *c);
     const fs_graph_entry **src = calloc(n_spec ? n_spec : 1, sizeof *src);
     if (!c || !src || !(c->items = calloc(n_spec ? n_spec : 1, sizeof *c->items))) {
         free(src);
         fs_config_destroy(c);
-        return seterr(err, FS_ERR_NOMEM, "out of memory");
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
     c->n = n_spec;
     for (size_t k = 0; k < n_spec; k++)
@@ -790,7 +782,7 @@ int fs_config_resolve(fs_config **out, const fs_graph *g, const char *const *sec
         item *it = &c->items[k];
         if (parse_value(&spec[k], e->value, it, why, sizeof why)) {
             describe_entry(where, sizeof where, e);
-            rc = seterr(err, FS_ERR_INVALID, "%s: %s", where, why);
+            rc = fs_error_set(err, FS_ERR_INVALID, "%s: %s", where, why);
         }
     }
     for (size_t k = 0; k < n_spec && rc == FS_OK; k++) {
@@ -801,20 +793,20 @@ int fs_config_resolve(fs_config **out, const fs_graph *g, const char *const *sec
         if (src[k]) {
             describe_entry(where, sizeof where, src[k]);
         } else if (!s->default_value) {
-            rc = seterr(err, FS_ERR_INVALID, "%s: [%s] %s: required key is missing%s%s%s", g->path, sections[0],
+            rc = fs_error_set(err, FS_ERR_INVALID, "%s: [%s] %s: required key is missing%s%s%s", g->path, sections[0],
                         s->name, s->help ? " (" : "", s->help ? s->help : "", s->help ? ")" : "");
             break;
         } else {
             snprintf(where, sizeof where, "[%s] %s (default %s)", sections[0], s->name, s->default_value);
             if (parse_value(s, s->default_value, it, why, sizeof why)) {
-                rc = seterr(err, FS_ERR_INVALID, "%s: invalid default in the schema: %s", where, why);
+                rc = fs_error_set(err, FS_ERR_INVALID, "%s: invalid default in the schema: %s", where, why);
                 break;
             }
         }
         it->name = dup(s->name);
         it->text = dup(src[k] ? src[k]->value : s->default_value);
         it->where = dup(where);
-        if (!it->name || !it->text || !it->where) rc = seterr(err, FS_ERR_NOMEM, "out of memory");
+        if (!it->name || !it->text || !it->where) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
     free(src);
     if (rc != FS_OK) {

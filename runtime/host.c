@@ -35,13 +35,10 @@ void fs_log(int level, const char *who, const char *fmt, ...) {
 }
 
 int fs_error_set(fs_error *err, int status, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        err->status = status;
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    fs_error_vset(err, status, fmt, ap);
+    va_end(ap);
     return status;
 }
 
@@ -196,13 +193,10 @@ static uint64_t api_seed(const fs_plugin_ctx *ctx) {
 }
 
 static int api_error_set(fs_error *err, int status, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        err->status = status;
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    fs_error_vset(err, status, fmt, ap);
+    va_end(ap);
     return status;
 }
 

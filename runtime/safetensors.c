@@ -21,18 +21,14 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "host.h"
+
 #define MAX_DIMS 8
 #define MAX_JSON_DEPTH 64
 /* The reference implementation's cap: a longer "header" is garbage. */
 #define MAX_HEADER_LEN ((uint64_t)100 * 1024 * 1024)
 #define METADATA_KEY "__metadata__"
 #define IO_CHUNK ((size_t)1 << 30) /* read/write may not move more at once */
-
-#ifdef __GNUC__
-#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
-#else
-#define PRINTF_LIKE(f, a)
-#endif
 
 static const struct {
     const char *name;
@@ -62,17 +58,6 @@ size_t fs_safetensors_dtype_size(int32_t dtype) {
     return i < NUM_DTYPES ? DTYPES[i].size : 0;
 }
 
-PRINTF_LIKE(3, 4)
-static int fail(fs_error *err, int status, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        err->status = status;
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
 
 /* Offset of the first byte that breaks strict UTF-8 (overlongs, surrogates,
  * code points past U+10FFFF), or n: anything else is not JSON text, and
@@ -160,12 +145,12 @@ typedef struct parser {
 } parser;
 
 static int jfail(parser *p, const char *what) {
-    return fail(p->err, FS_ERR_INVALID, "%s: invalid JSON header: %s at byte %zu of the header", p->path,
+    return fs_error_set(p->err, FS_ERR_INVALID, "%s: invalid JSON header: %s at byte %zu of the header", p->path,
                 what, p->pos);
 }
 
 static int nomem(parser *p) {
-    return fail(p->err, FS_ERR_NOMEM, "%s: out of memory reading the header", p->path);
+    return fs_error_set(p->err, FS_ERR_NOMEM, "%s: out of memory reading the header", p->path);
 }
 
 /* The next byte after whitespace, or -1 at the end. */
@@ -387,7 +372,7 @@ static int tensor_member(parser *p, char **key, void *ctx) {
     while (f->dtype < NUM_DTYPES && strcmp(DTYPES[f->dtype].name, dt) != 0) f->dtype++;
     int rc = 0;
     if (f->dtype == NUM_DTYPES)
-        rc = fail(p->err, FS_ERR_INVALID,
+        rc = fs_error_set(p->err, FS_ERR_INVALID,
                   "%s: tensor '%s': unknown dtype \"%s\" (supported: F32, F16, BF16, I32, F64, I64, U8, I8, "
                   "I16, BOOL)",
                   p->path, f->name, dt);
@@ -399,7 +384,7 @@ static int metadata_member(parser *p, char **key, void *ctx) {
     table *tb = ctx;
     meta_kv kv = {*key, NULL};
     if (peek(p) != '"')
-        return fail(p->err, FS_ERR_INVALID, "%s: __metadata__ value for '%s' is not a string", p->path, *key);
+        return fs_error_set(p->err, FS_ERR_INVALID, "%s: __metadata__ value for '%s' is not a string", p->path, *key);
     if (parse_string(p, &kv.value)) return FS_ERR_INVALID;
     if (grow((void **)&tb->meta, &tb->meta_cap, tb->nmeta + 1, sizeof *tb->meta)) {
         free(kv.value);
@@ -424,7 +409,7 @@ static int header_member(parser *p, char **key, void *ctx) {
     if (rc) return rc;
     for (int k = 0; k < 3; k++)
         if (!f.seen[k])
-            return fail(p->err, FS_ERR_INVALID, "%s: tensor '%s': missing \"%s\"", p->path, *key,
+            return fs_error_set(p->err, FS_ERR_INVALID, "%s: tensor '%s': missing \"%s\"", p->path, *key,
                         TENSOR_KEYS[k]);
     if (grow((void **)&tb->e, &tb->cap, tb->n + 1, sizeof *tb->e)) return nomem(p);
     entry *e = &tb->e[tb->n];
@@ -434,7 +419,7 @@ static int header_member(parser *p, char **key, void *ctx) {
     e->t.nbytes = DTYPES[f.dtype].size;
     for (int i = 0; i < f.ndim; i++) {
         if (f.shape[i] > SIZE_MAX || mul_overflows(e->t.nbytes, (size_t)f.shape[i], &e->t.nbytes))
-            return fail(p->err, FS_ERR_INVALID, "%s: tensor '%s': shape is too large (its size overflows)",
+            return fs_error_set(p->err, FS_ERR_INVALID, "%s: tensor '%s': shape is too large (its size overflows)",
                         p->path, *key);
         e->t.shape[i] = (size_t)f.shape[i];
     }
@@ -473,18 +458,18 @@ static int validate(fs_safetensors *st, fs_error *err) {
     for (size_t i = 0; i < tb->n; i++)
         if (tb->e[i].end > max_end) max_end = tb->e[i].end;
     if (max_end > st->data_size)
-        return fail(err, FS_ERR_INVALID,
+        return fs_error_set(err, FS_ERR_INVALID,
                     "%s: truncated: header says %llu bytes of data but the file has %zu (the file was cut "
                     "short; rewrite it)",
                     path, (unsigned long long)max_end, st->data_size);
     for (size_t i = 0; i < tb->n; i++) {
         const entry *e = &tb->e[i];
         if (e->begin > e->end)
-            return fail(err, FS_ERR_INVALID,
+            return fs_error_set(err, FS_ERR_INVALID,
                         "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin", path, e->t.name,
                         (unsigned long long)e->begin, (unsigned long long)e->end);
         if (e->end - e->begin != e->t.nbytes)
-            return fail(
+            return fs_error_set(
                 err, FS_ERR_INVALID,
                 "%s: tensor '%s': shape and dtype %s need %zu bytes but data_offsets [%llu, %llu] span %llu",
                 path, e->t.name, fs_safetensors_dtype_name(e->t.dtype), e->t.nbytes,
@@ -492,7 +477,7 @@ static int validate(fs_safetensors *st, fs_error *err) {
                 (unsigned long long)(e->end - e->begin));
     }
     if ((st->by_name = malloc((tb->n ? tb->n : 1) * sizeof *st->by_name)) == NULL)
-        return fail(err, FS_ERR_NOMEM, "%s: out of memory", path);
+        return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory", path);
     for (size_t i = 0; i < tb->n; i++) st->by_name[i] = &tb->e[i];
     sort(st->by_name, tb->n, sizeof *st->by_name, cmp_begin);
     const entry *reach = NULL; /* the non-empty span ending furthest so far */
@@ -500,7 +485,7 @@ static int validate(fs_safetensors *st, fs_error *err) {
         const entry *e = st->by_name[i];
         if (e->begin == e->end) continue;
         if (reach && e->begin < reach->end)
-            return fail(err, FS_ERR_INVALID, "%s: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap",
+            return fs_error_set(err, FS_ERR_INVALID, "%s: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap",
                         path, reach->t.name, (unsigned long long)reach->begin, (unsigned long long)reach->end,
                         e->t.name, (unsigned long long)e->begin, (unsigned long long)e->end);
         if (!reach || e->end > reach->end) reach = e;
@@ -508,11 +493,11 @@ static int validate(fs_safetensors *st, fs_error *err) {
     sort(st->by_name, tb->n, sizeof *st->by_name, cmp_name);
     for (size_t i = 1; i < tb->n; i++)
         if (strcmp(st->by_name[i - 1]->t.name, st->by_name[i]->t.name) == 0)
-            return fail(err, FS_ERR_INVALID, "%s: duplicate tensor name '%s'", path, st->by_name[i]->t.name);
+            return fs_error_set(err, FS_ERR_INVALID, "%s: duplicate tensor name '%s'", path, st->by_name[i]->t.name);
     sort(tb->meta, tb->nmeta, sizeof *tb->meta, cmp_meta);
     for (size_t i = 1; i < tb->nmeta; i++)
         if (strcmp(tb->meta[i - 1].key, tb->meta[i].key) == 0)
-            return fail(err, FS_ERR_INVALID, "%s: duplicate __metadata__ key '%s'", path, tb->meta[i].key);
+            return fs_error_set(err, FS_ERR_INVALID, "%s: duplicate __metadata__ key '%s'", path, tb->meta[i].key);
     for (size_t i = 0; i < tb->n; i++) {
         entry *e = &tb->e[i];
         e->t.data = st->data + e->begin;
@@ -524,7 +509,7 @@ static int validate(fs_safetensors *st, fs_error *err) {
             continue;
         }
         if ((e->copy = malloc(e->t.nbytes)) == NULL)
-            return fail(err, FS_ERR_NOMEM, "%s: out of memory", path);
+            return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory", path);
         memcpy(e->copy, st->data + e->begin, e->t.nbytes);
         e->t.data = e->copy;
     }
@@ -536,8 +521,8 @@ static int read_full(int fd, void *buf, size_t n, const char *path, fs_error *er
     while (n) {
         ssize_t r = read(fd, b, n < IO_CHUNK ? n : IO_CHUNK);
         if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return fail(err, FS_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
-        if (r == 0) return fail(err, FS_ERR_IO, "%s: cannot read: the file shrank while being read", path);
+        if (r < 0) return fs_error_set(err, FS_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+        if (r == 0) return fs_error_set(err, FS_ERR_IO, "%s: cannot read: the file shrank while being read", path);
         b += r;
         n -= (size_t)r;
     }
@@ -549,11 +534,11 @@ static int load(fs_safetensors *st, int fd, fs_error *err) {
     struct stat sb;
     unsigned char lenb[8];
     uint64_t n = 0;
-    if (fstat(fd, &sb) != 0) return fail(err, FS_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    if (!S_ISREG(sb.st_mode)) return fail(err, FS_ERR_IO, "%s: not a regular file", path);
+    if (fstat(fd, &sb) != 0) return fs_error_set(err, FS_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return fs_error_set(err, FS_ERR_IO, "%s: not a regular file", path);
     size_t size = (size_t)sb.st_size;
     if (size < 8)
-        return fail(err, FS_ERR_INVALID,
+        return fs_error_set(err, FS_ERR_INVALID,
                     "%s: not a safetensors file: only %zu bytes, too short for the 8-byte header length",
                     path, size);
     if (read_full(fd, lenb, 8, path, err)) return FS_ERR_IO;
@@ -562,16 +547,16 @@ static int load(fs_safetensors *st, int fd, fs_error *err) {
         char c = 0; /* a plausible length and a '{': a real header, cut short */
         if (n <= MAX_HEADER_LEN && size > 8 && read_full(fd, &c, 1, path, err)) return FS_ERR_IO;
         if (c == '{')
-            return fail(err, FS_ERR_INVALID,
+            return fs_error_set(err, FS_ERR_INVALID,
                         "%s: truncated: header length is %llu but the file has only %zu bytes after it (the "
                         "file was cut short; rewrite it)",
                         path, (unsigned long long)n, size - 8);
-        return fail(err, FS_ERR_INVALID,
+        return fs_error_set(err, FS_ERR_INVALID,
                     "%s: not a safetensors file: header length %llu exceeds file size %zu", path,
                     (unsigned long long)n, size);
     }
     if (n < 2 || n > MAX_HEADER_LEN)
-        return fail(err, FS_ERR_INVALID,
+        return fs_error_set(err, FS_ERR_INVALID,
                     "%s: not a safetensors file: header length %llu is outside [2, %llu]", path,
                     (unsigned long long)n, (unsigned long long)MAX_HEADER_LEN);
     char *hdr = malloc((size_t)n);
@@ -579,17 +564,17 @@ static int load(fs_safetensors *st, int fd, fs_error *err) {
     st->data = malloc(st->data_size ? st->data_size : 1);
     if (!hdr || !st->data) {
         free(hdr);
-        return fail(err, FS_ERR_NOMEM, "%s: out of memory loading %zu bytes", path, size);
+        return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory loading %zu bytes", path, size);
     }
     int rc = read_full(fd, hdr, (size_t)n, path, err);
     if (!rc) rc = read_full(fd, st->data, st->data_size, path, err);
     size_t bad = rc ? 0 : utf8_check((const unsigned char *)hdr, (size_t)n);
     if (!rc && bad < n)
-        rc = fail(err, FS_ERR_INVALID, "%s: invalid JSON header: invalid UTF-8 at byte %zu of the header",
+        rc = fs_error_set(err, FS_ERR_INVALID, "%s: invalid JSON header: invalid UTF-8 at byte %zu of the header",
                   path, bad);
     parser p = {hdr, (size_t)n, 0, path, err};
     if (!rc && peek(&p) != '{')
-        rc = fail(err, FS_ERR_INVALID, "%s: not a safetensors file: the header is not a JSON object", path);
+        rc = fs_error_set(err, FS_ERR_INVALID, "%s: not a safetensors file: the header is not a JSON object", path);
     if (!rc) rc = each_member(&p, header_member, st, "expected an object");
     if (!rc && peek(&p) != -1) /* writers pad with spaces, nothing else */
         rc = jfail(&p, "unexpected bytes after the JSON object");
@@ -602,13 +587,13 @@ int fs_safetensors_open(fs_safetensors **out, const char *path, fs_error *err) {
     fs_safetensors *st = calloc(1, sizeof *st);
     if (!st || !(st->path = strdup(path))) {
         free(st);
-        return fail(err, FS_ERR_NOMEM, "%s: out of memory", path);
+        return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory", path);
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC), rc;
     if (fd < 0) {
         int e = errno;
-        rc = e == ENOENT ? fail(err, FS_ERR_NOT_FOUND, "%s: no such file (check the checkpoint path)", path)
-                         : fail(err, FS_ERR_IO, "%s: cannot open: %s", path, strerror(e));
+        rc = e == ENOENT ? fs_error_set(err, FS_ERR_NOT_FOUND, "%s: no such file (check the checkpoint path)", path)
+                         : fs_error_set(err, FS_ERR_IO, "%s: cannot open: %s", path, strerror(e));
     } else {
         rc = load(st, fd, err);
         close(fd);
@@ -656,7 +641,7 @@ struct fs_safetensors_writer {
 
 int fs_safetensors_writer_create(fs_safetensors_writer **out, fs_error *err) {
     *out = calloc(1, sizeof **out);
-    return *out ? 0 : fail(err, FS_ERR_NOMEM, "safetensors writer: out of memory");
+    return *out ? 0 : fs_error_set(err, FS_ERR_NOMEM, "safetensors writer: out of memory");
 }
 
 void fs_safetensors_writer_destroy(fs_safetensors_writer *w) {
@@ -667,10 +652,10 @@ void fs_safetensors_writer_destroy(fs_safetensors_writer *w) {
 
 /* Text we write must read back: our reader (and Python's) want UTF-8. */
 static int check_text(const char *s, const char *what, fs_error *err) {
-    if (!s) return fail(err, FS_ERR_INVALID, "safetensors writer: %s is NULL", what);
+    if (!s) return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: %s is NULL", what);
     size_t n = strlen(s), bad = utf8_check((const unsigned char *)s, n);
     if (bad < n)
-        return fail(err, FS_ERR_INVALID, "safetensors writer: %s '%s' is not valid UTF-8 (byte %zu)", what, s,
+        return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: %s '%s' is not valid UTF-8 (byte %zu)", what, s,
                     bad);
     return 0;
 }
@@ -682,29 +667,29 @@ int fs_safetensors_writer_add(fs_safetensors_writer *w, const char *name, int32_
     memset(&e, 0, sizeof e);
     if (check_text(name, "tensor name", err)) return FS_ERR_INVALID;
     if (name[0] == '\0' || strcmp(name, METADATA_KEY) == 0)
-        return fail(err, FS_ERR_INVALID, "safetensors writer: '%s' cannot be a tensor name", name);
+        return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: '%s' cannot be a tensor name", name);
     for (size_t i = 0; i < tb->n; i++)
         if (strcmp(tb->e[i].t.name, name) == 0)
-            return fail(err, FS_ERR_INVALID, "safetensors writer: tensor '%s' added twice", name);
+            return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: tensor '%s' added twice", name);
     if (!fs_safetensors_dtype_name(dtype))
-        return fail(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': unknown dtype %d", name,
+        return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': unknown dtype %d", name,
                     (int)dtype);
     if (ndim < 0 || ndim > MAX_DIMS || (ndim > 0 && !shape))
-        return fail(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': ndim %d is outside 0..8", name,
+        return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': ndim %d is outside 0..8", name,
                     (int)ndim);
     e.t.nbytes = fs_safetensors_dtype_size(dtype);
     for (int32_t i = 0; i < ndim; i++) {
         if (mul_overflows(e.t.nbytes, shape[i], &e.t.nbytes))
-            return fail(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': shape is too large", name);
+            return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': shape is too large", name);
         e.t.shape[i] = shape[i];
     }
     if (!data && e.t.nbytes)
-        return fail(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': data is NULL", name);
+        return fs_error_set(err, FS_ERR_INVALID, "safetensors writer: tensor '%s': data is NULL", name);
     e.t.dtype = dtype;
     e.t.ndim = ndim;
     e.t.data = data;
     if (grow((void **)&tb->e, &tb->cap, tb->n + 1, sizeof *tb->e) || !(e.t.name = strdup(name)))
-        return fail(err, FS_ERR_NOMEM, "safetensors writer: out of memory");
+        return fs_error_set(err, FS_ERR_NOMEM, "safetensors writer: out of memory");
     tb->e[tb->n++] = e;
     return 0;
 }
@@ -727,7 +712,7 @@ int fs_safetensors_writer_metadata(fs_safetensors_writer *w, const char *key, co
         grow((void **)&tb->meta, &tb->meta_cap, tb->nmeta + 1, sizeof *tb->meta)) {
         free(kv.key);
         free(kv.value);
-        return fail(err, FS_ERR_NOMEM, "safetensors writer: out of memory");
+        return fs_error_set(err, FS_ERR_NOMEM, "safetensors writer: out of memory");
     }
     tb->meta[tb->nmeta++] = kv;
     return 0;
@@ -838,12 +823,12 @@ int fs_safetensors_writer_write(fs_safetensors_writer *w, const char *path, fs_e
     if (!tmp || build_header(&w->tb, &hdr)) {
         free(tmp);
         free(hdr.p);
-        return fail(err, FS_ERR_NOMEM, "%s: out of memory building the header", path);
+        return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory building the header", path);
     }
     snprintf(tmp, tmplen, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) {
-        fail(err, FS_ERR_IO, "%s: cannot create %s: %s (does the directory exist and is it writable?)", path,
+        fs_error_set(err, FS_ERR_IO, "%s: cannot create %s: %s (does the directory exist and is it writable?)", path,
              tmp, strerror(errno));
         free(tmp);
         free(hdr.p);
@@ -863,10 +848,10 @@ int fs_safetensors_writer_write(fs_safetensors_writer *w, const char *path, fs_e
     if (bad) unlink(tmp);
     free(tmp);
     if (bad)
-        return fail(err, FS_ERR_IO, "%s: %s: %s; the previous file at that path is unchanged", path, step,
+        return fs_error_set(err, FS_ERR_IO, "%s: %s: %s; the previous file at that path is unchanged", path, step,
                     strerror(e));
     if (sync_dir(path) != 0)
-        return fail(err, FS_ERR_IO,
+        return fs_error_set(err, FS_ERR_IO,
                     "%s: written, but syncing its directory failed: %s (the rename may not survive a crash)",
                     path, strerror(errno));
     return 0;

@@ -25,13 +25,10 @@ static int msg_set(char *msg, size_t cap, int status, const char *fmt, ...) {
  * has none (the runtime links it too), and fs_error is a plain struct. */
 static int err_set(fs_error *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int err_set(fs_error *err, int status, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        err->status = status;
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    fs_error_vset(err, status, fmt, ap);
+    va_end(ap);
     return status;
 }
 

@@ -69,13 +69,10 @@ static int host_sgemm(fs_device device, int ta, int tb, size_t m, size_t n, size
 }
 static uint64_t host_seed(const fs_plugin_ctx *ctx) { return (void)ctx, 42; }
 static int host_error_set(fs_error *err, int status, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        err->status = status;
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    fs_error_vset(err, status, fmt, ap);
+    va_end(ap);
     return status;
 }
 

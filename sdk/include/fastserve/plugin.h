@@ -20,6 +20,7 @@
 #define FASTSERVE_PLUGIN_H
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,6 +65,17 @@ typedef struct fs_error {
     int status; /* fs_status */
     char message[512];
 } fs_error;
+
+/* Fills err (when not NULL) and returns status: the one formatting of an
+ * fs_error, for hosts and for code with no host table at hand (a plugin
+ * normally calls its host's error_set). */
+static inline int fs_error_vset(fs_error *err, int status, const char *fmt, va_list ap) {
+    if (err) {
+        err->status = status;
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+    }
+    return status;
+}
 
 typedef enum fs_plugin_kind {
     FS_PLUGIN_ATTENTION = 1,
