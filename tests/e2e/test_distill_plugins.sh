@@ -28,26 +28,6 @@ student_graph() { # FILE [overrides...]
         distill.teacher=teacher.ini "$@"
 }
 
-# tensors_equal A B [PREFIX]: every tensor (optionally: whose name starts with
-# PREFIX) of A has the same bytes in B
-tensors_equal() {
-    python3 - "$@" <<'EOF'
-import json, struct, sys
-def load(p):
-    b = open(p, 'rb').read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    h.pop('__metadata__', None)
-    return {k: b[8 + n + v['data_offsets'][0]:8 + n + v['data_offsets'][1]] for k, v in h.items()}
-a, b = load(sys.argv[1]), load(sys.argv[2])
-pre = sys.argv[3] if len(sys.argv) > 3 else ''
-names = [k for k in a if k.startswith(pre)]
-assert names, 'no tensors'
-for k in names:
-    assert k in b, k + ' missing'
-    assert a[k] == b[k], k + ' differs'
-EOF
-}
 
 # ---- distilbert ----
 student_graph db.ini distill.plugin=distilbert run.out=db_out
