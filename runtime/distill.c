@@ -10,6 +10,7 @@
  * its own (TinyBERT: intermediate layers, then the prediction layer). A
  * graph with [distill.stage.N] sections is a chain (distill_chain.c). */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "distill_internal.h"
 #include "safetensors.h"
 #include "train.h"
+#include "world.h"
 
 fs_distill_config fs_distill_config_of(const fs_model *sm, const fs_model *tm) {
     fs_distill_config cfg = {
@@ -95,6 +97,17 @@ int fs_session_derive(fs_session **out, const fs_graph *base, const char *name, 
             return rc;
         }
     return fs_session_open(out, g, err);
+}
+
+/* A progress line, printed once among several ranks (by rank 0). */
+static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note(const char *fmt, ...) {
+    if (fs_world_rank() != 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("fsrun: distill: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- the plan: every check before training ---- */
@@ -192,6 +205,11 @@ int fs_distill_plan_make(fs_distill_plan *p, fs_session *student, const fs_confi
                             name, all_needs & FS_DISTILL_NEEDS_HIDDEN ? "hidden states" : "attention maps",
                             sm->cfg.reversible ? "student" : "teacher");
     const char *tc = fs_config_string(dc, "teacher_cache");
+    if (fs_world_size() > 1 && ((tc && *tc) || p->aug.kind == FS_AUG_GENERATE))
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: the cache file is written by one process: fill it with a run without mpirun "
+                            "first, or distil without it on several ranks",
+                            fs_config_where(dc, tc && *tc ? "teacher_cache" : "augment"));
     if (tc && *tc) {
         if (all_needs & (FS_DISTILL_NEEDS_HIDDEN | FS_DISTILL_NEEDS_ATTENTION))
             return fs_error_set(err, FS_ERR_INVALID,
@@ -423,13 +441,13 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
     if (!rc && *p->teacher_cache)
         rc = fs_topk_cache_open(&topk, p->teacher_cache, p->teacher_cache_k, s->mcfg.max_seq, p->teacher->model, err);
     if (rc) goto done;
-    fprintf(stderr, "fsrun: distill: teacher %s (%zu parameters) -> student (%zu parameters), plugin %s, init %s\n",
+    note("teacher %s (%zu parameters) -> student (%zu parameters), plugin %s, init %s\n",
             p->teacher_ckpt, p->teacher->model->n_params, s->model->n_params, name, p->init_text);
     if (p->aug.kind == FS_AUG_GENERATE)
-        fprintf(stderr, "fsrun: distill: augment generate:%zu, cache %s (%zu windows)\n", p->aug.R,
+        note("augment generate:%zu, cache %s (%zu windows)\n", p->aug.R,
                 fs_dcache_path(p->aug.cache), fs_dcache_count(p->aug.cache));
     if (*p->teacher_cache)
-        fprintf(stderr, "fsrun: distill: teacher_cache %s: top-%zu logits (%zu windows)\n", p->teacher_cache,
+        note("teacher_cache %s: top-%zu logits (%zu windows)\n", p->teacher_cache,
                 topk.k, fs_dcache_count(topk.file));
     char ckpt[PATH_MAX];
     fs_session_checkpoint_path(s, ckpt, sizeof ckpt);
@@ -457,7 +475,7 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
             break;
         }
         if ((uint64_t)have >= p->phase_steps[k]) {
-            fprintf(stderr, "fsrun: distill: phase %zu/%zu '%s' is done (%s)\n", k + 1, p->n_phases,
+            note("phase %zu/%zu '%s' is done (%s)\n", k + 1, p->n_phases,
                     p->phase_names[k], pck);
             snprintf(prev, sizeof prev, "%s", pck);
             continue;
@@ -484,7 +502,7 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
         if (rc) {
             rc = fs_error_set(err, rc, "distill plugin '%s': %s", name, perr.message);
         } else {
-            fprintf(stderr, "fsrun: distill: phase %zu/%zu '%s': %llu steps -> %s%s\n", k + 1, p->n_phases,
+            note("phase %zu/%zu '%s': %llu steps -> %s%s\n", k + 1, p->n_phases,
                     p->phase_names[k], (unsigned long long)p->phase_steps[k], pck, have > 0 ? " (resuming)" : "");
             fs_run_options po = *o;
             po.resume = 0;
@@ -495,7 +513,7 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
         fs_session_close(ps);
         if (rc) break;
         if ((uint64_t)fs_checkpoint_step(pck) < p->phase_steps[k]) {
-            fprintf(stderr, "fsrun: distill: phase '%s' stopped before its last step ([run] stop_after): continue "
+            note("phase '%s' stopped before its last step ([run] stop_after): continue "
                             "with --resume\n",
                     p->phase_names[k]);
             goto done;
@@ -509,12 +527,12 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
     }
 done:
     if (p->aug.kind == FS_AUG_GENERATE)
-        fprintf(stderr, "fsrun: distill: augment: %zu sequences from the cache, %zu generated (%s)\n", p->aug.reused,
+        note("augment: %zu sequences from the cache, %zu generated (%s)\n", p->aug.reused,
                 p->aug.generated, fs_dcache_path(p->aug.cache));
     if (p->aug.kind == FS_AUG_REPLACE)
-        fprintf(stderr, "fsrun: distill: augment: %zu of %zu tokens replaced\n", p->aug.replaced, p->aug.tokens_seen);
+        note("augment: %zu of %zu tokens replaced\n", p->aug.replaced, p->aug.tokens_seen);
     if (*p->teacher_cache && topk.file)
-        fprintf(stderr, "fsrun: distill: teacher_cache: %zu windows from the cache, %zu computed (%s)\n", topk.hits,
+        note("teacher_cache: %zu windows from the cache, %zu computed (%s)\n", topk.hits,
                 topk.misses, p->teacher_cache);
     fs_topk_cache_close(&topk);
     fs_augment_close(&p->aug);
@@ -537,7 +555,7 @@ int fs_mode_distill(fs_session *s, const fs_run_options *o, int *config_error, f
     fs_session *teacher = NULL;
     fs_distill_plan plan;
     memset(&plan, 0, sizeof plan);
-    rc = fs_session_open(&teacher, tg, &gerr);
+    rc = fs_session_open_local(&teacher, tg, &gerr);
     if (rc) return fs_error_set(err, rc, "teacher graph %s: %s", tgraph, gerr.message);
     char tckpt[PATH_MAX];
     const char *tc = fs_config_string(dc, "teacher_checkpoint");

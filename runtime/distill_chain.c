@@ -219,7 +219,7 @@ int fs_distill_chain(fs_session *s, const fs_run_options *o, int *config_error, 
         fs_graph_destroy(tg);
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
-    if ((rc = fs_session_open(&teacher, tg, &gerr))) {
+    if ((rc = fs_session_open_local(&teacher, tg, &gerr))) {
         rc = fs_error_set(err, rc, "teacher graph %s: %s", tgraph, gerr.message);
         goto done;
     }

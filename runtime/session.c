@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm_self.h"
 #include "fastserve/attention.h"
 #include "fastserve/parallel.h"
 #include "schema.h"
@@ -173,7 +174,8 @@ static int build_attention(fs_session *s, fs_error *err) {
  * the topology (tensor and pipeline shards), so n_params is not known yet
  * and strategies size their buffers from the n of later calls. */
 static int build_parallel(fs_session *s, fs_error *err) {
-    s->comm = fs_world_comm();
+    if (s->local) fs_comm_self_init(&s->local_comm);
+    s->comm = s->local ? &s->local_comm : fs_world_comm();
     fs_plugin_ctx_init(&s->parallel.ctx, &s->host, s->parallel.config, "plugin.parallel",
                        s->parallel.plugin->desc->name);
     fs_parallel_config pc = {
@@ -203,13 +205,14 @@ static int build_parallel(fs_session *s, fs_error *err) {
         t->tensor_rank = t->pipeline_rank = 0;
         t->interleave = t->microbatches = 1;
     }
-    if (t->world != fs_world_size() || t->data < 1 || t->tensor < 1 || t->pipeline < 1 ||
+    int world = s->local ? 1 : fs_world_size();
+    if (t->world != world || t->data < 1 || t->tensor < 1 || t->pipeline < 1 ||
         t->data * t->tensor * t->pipeline != t->world)
         return fs_error_set(err, FS_ERR_INVALID,
                             "parallel plugin '%s' reports %d ranks as data %d x tensor %d x pipeline %d, but the "
                             "world has %d: the plugin is broken",
                             s->parallel.plugin->desc->name, t->world, t->data, t->tensor, t->pipeline,
-                            fs_world_size());
+                            world);
     /* this rank's part of the model: its tensor shard and pipeline layers */
     if ((rc = fs_shard_map_build(&s->shard, t, vt, s->parallel.plugin->desc->vtable_size, s->parallel.self,
                                  s->mcfg.n_layer, &perr)))
@@ -258,7 +261,7 @@ static int agree(int rc, fs_error *err) {
     return fs_world_agree(rc, rc == FS_ERR_NOMEM ? 1 : 2, &code, err);
 }
 
-int fs_session_open(fs_session **out, fs_graph *g, fs_error *err) {
+static int open_session(fs_session **out, fs_graph *g, int local, fs_error *err) {
     *out = NULL;
     fs_session *s = calloc(1, sizeof *s);
     if (!s) {
@@ -266,6 +269,7 @@ int fs_session_open(fs_session **out, fs_graph *g, fs_error *err) {
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
     s->graph = g;
+    s->local = local;
     int rc;
     if ((rc = resolve(&s->model_cfg, g, &fs_schema_model, err)) || (rc = resolve(&s->data_cfg, g, &fs_schema_data, err)) ||
         (rc = resolve(&s->train_cfg, g, &fs_schema_train, err)) ||
@@ -314,6 +318,9 @@ fail:
     fs_session_close(s);
     return rc;
 }
+
+int fs_session_open(fs_session **out, fs_graph *g, fs_error *err) { return open_session(out, g, 0, err); }
+int fs_session_open_local(fs_session **out, fs_graph *g, fs_error *err) { return open_session(out, g, 1, err); }
 
 void fs_session_close(fs_session *s) {
     if (!s) return;

@@ -39,12 +39,18 @@ typedef struct fs_session {
     fs_comm *comm;              /* the process's (world.h); not owned */
     fs_parallel_topology topo;  /* this rank's place, from the strategy */
     fs_shard_map shard;         /* its part of the model (shard.h) */
+    int local;                  /* a whole replica in this process (a teacher): its strategy sees one rank */
+    fs_comm local_comm;         /* the self communicator it gets */
 } fs_session;
 
 /* Takes ownership of g (also on failure). Collective when several ranks
  * run: every rank opens the same graph (see world.h for how failures are
  * agreed and reported). */
 int fs_session_open(fs_session **out, fs_graph *g, fs_error *err);
+/* The same for a model every rank holds whole and uses on its own rows (a
+ * distillation teacher): its [parallel] strategy runs on a world of one,
+ * whatever mpirun started. Still collective: the ranks agree on errors. */
+int fs_session_open_local(fs_session **out, fs_graph *g, fs_error *err);
 void fs_session_close(fs_session *s); /* accepts NULL */
 
 /* Resolves a section against a schema plus a plugin's keys; `sections` in
