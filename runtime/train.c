@@ -406,9 +406,19 @@ setup_done: {
         printf("%.6f", val_loss);
     else
         printf("null");
+    /* the model's size; a tensor or pipeline shard also says its own */
+    size_t whole_params = m->n_params;
+    if (m->L != m->cfg.n_layer || m->tp_size > 1) {
+        fs_param_view *fv = NULL;
+        size_t nfv = 0;
+        fs_error ignored = {0};
+        if (!fs_model_full_layout(&m->cfg, &fv, &nfv, &whole_params, &ignored))
+            printf(", \"params_per_rank\": %zu", m->n_params);
+        free(fv);
+    }
     printf(", \"tokens_per_s\": %.1f, \"params\": %zu, \"matmul_gflops\": %.1f, \"matmul_share\": %.3f, "
            "\"threads\": %d, \"blas_core\": \"%s\", ",
-           tps, m->n_params + plugin_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
+           tps, whole_params + plugin_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
            fs_threads_get(), fs_blas_corename());
     /* where the step's communication went, per timed step: grads_finish_ms
      * is the runtime's wait for the strategy after backward (what overlap

@@ -47,7 +47,8 @@ REF_PARAMS=$(json_last "$E2E_OUT" params)
 # 1. tensor parallelism: heads and MLP columns split two ways
 par 2 tp --set parallel.plugin=tensor
 same_as ref tp "tensor x2"
-assert_num "$(json_last "$E2E_OUT" params)" "<" "$REF_PARAMS" "a tensor rank holds part of the parameters"
+assert_eq "$(json_last "$E2E_OUT" params)" "$REF_PARAMS" "the summary's params: the whole model"
+assert_num "$(json_last "$E2E_OUT" params_per_rank)" "<" "$REF_PARAMS" "a tensor rank holds part of the parameters"
 #    with reversible layers and the MLP in chunks (every sublayer's all-reduce)
 must_fsrun g.ini --set run.out=ref_rev --set model.reversible=true --set model.ff_chunk=24
 REV_VAL=$(json_last "$E2E_OUT" val_loss)
