@@ -65,13 +65,10 @@ static int is_sharded(const fs_model *m) { return m->L != m->cfg.n_layer || m->t
  * shard (data rank 0's). Tensor and pipeline splits refuse plugin-owned
  * parameters (session.c), so the moments are the flat vector's alone. */
 typedef struct whole_model {
-    fs_param_view *views;
-    size_t n_views, numel;
-    float *vec[3]; /* parameters, exp_avg, exp_avg_sq (rank 0) */
+    float *vec[3]; /* parameters, exp_avg, exp_avg_sq in m->full_views' layout (rank 0) */
 } whole_model;
 
 static void whole_release(whole_model *w) {
-    free(w->views);
     for (int k = 0; k < 3; k++) free(w->vec[k]);
     memset(w, 0, sizeof *w);
 }
@@ -80,13 +77,9 @@ static int whole_gather(whole_model *w, const fs_session *s, const float *exp_av
                         fs_error *err) {
     memset(w, 0, sizeof *w);
     const fs_model *m = s->model;
-    int rc = fs_model_full_layout(&m->cfg, &w->views, &w->n_views, &w->numel, err);
     const float *local[3] = {m->params, exp_avg, exp_avg_sq};
-    if (!rc)
-        rc = fs_shard_gather(&s->shard, &s->topo, s->comm, m, local, exp_avg ? 3 : 1, w->views, w->n_views, w->numel,
-                             w->vec, err);
-    if (rc) whole_release(w);
-    return rc;
+    return fs_shard_gather(&s->shard, &s->topo, s->comm, m, local, exp_avg ? 3 : 1, m->full_views, m->n_full_views,
+                           m->n_full_params, w->vec, err);
 }
 
 int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
@@ -107,12 +100,12 @@ int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer
             fs_free(gathered);
             return rc;
         }
-        views = whole.views;
-        n_views = whole.n_views;
+        views = m->full_views;
+        n_views = m->n_full_views;
         params = whole.vec[0];
         exp_avg = whole.vec[1];
         exp_avg_sq = whole.vec[2];
-        n_moments = whole.numel;
+        n_moments = m->n_full_params;
     }
     if (fs_world_rank() != 0) { /* rank 0 writes */
         fs_free(gathered);
@@ -221,8 +214,7 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
     whole_model whole = {0};
     size_t n_moments = opt ? opt->numel : 0;
     if (!rc && is_sharded(m) && opt) {
-        rc = fs_model_full_layout(&m->cfg, &whole.views, &whole.n_views, &whole.numel, err);
-        n_moments = whole.numel;
+        n_moments = m->n_full_params;
         for (int k = 1; k < 3 && !rc; k++)
             if (!(whole.vec[k] = malloc(m->n_params * sizeof(float))))
                 rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
@@ -257,9 +249,9 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
             fs_param_view_extract(&m->views[i], m->tp_rank, m->tp_size, src[i], m->params + m->views[i].offset);
         for (size_t i = 0; i < s->host.n_params; i++)
             memcpy(s->host.params[i].data, src[m->n_views + i], s->host.params[i].numel * sizeof(float));
-        if (opt && whole.views) { /* a tensor or pipeline shard: its parts of the whole moments */
-            fs_shard_scatter(m, whole.views, whole.n_views, src[n_sources], whole.vec[1]);
-            fs_shard_scatter(m, whole.views, whole.n_views, src[n_sources + 1], whole.vec[2]);
+        if (opt && whole.vec[1]) { /* a tensor or pipeline shard: its parts of the whole moments */
+            fs_shard_scatter(m, m->full_views, m->n_full_views, src[n_sources], whole.vec[1]);
+            fs_shard_scatter(m, m->full_views, m->n_full_views, src[n_sources + 1], whole.vec[2]);
             fs_optimizer_import(opt, whole.vec[1], whole.vec[2]);
             opt->t = opt_t;
         } else if (opt) { /* this rank's part of the full state (all of it without ZeRO) */

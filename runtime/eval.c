@@ -8,11 +8,11 @@
 #include "modes.h"
 #include "ops.h"
 
-int fs_evaluate(fs_model *m, const fs_dataset *d, size_t B, size_t max_windows, double *loss, size_t *n_tokens,
-                fs_error *err) {
-    size_t T = m->cfg.max_seq, windows = fs_dataset_windows(d, T);
+int fs_evaluate_sum(const fs_dataset *d, size_t T, size_t B, size_t max_windows, fs_batch_loss_fn batch_sum,
+                    void *arg, double *sum, size_t *n_tokens, fs_error *err) {
+    size_t windows = fs_dataset_windows(d, T);
     if (max_windows && windows > max_windows) windows = max_windows;
-    *loss = 0;
+    *sum = 0;
     *n_tokens = 0;
     if (windows == 0) return FS_OK;
     if (B > windows) B = windows;
@@ -22,19 +22,33 @@ int fs_evaluate(fs_model *m, const fs_dataset *d, size_t B, size_t max_windows, 
         free(targets);
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
-    double sum = 0;
     int rc = FS_OK;
     for (size_t w = 0; w < windows && !rc; w += B) {
         size_t nb = windows - w < B ? windows - w : B;
+        double part = 0;
         for (size_t b = 0; b < nb; b++) fs_dataset_window(d, w + b, inputs + b * T, targets + b * T, T);
-        rc = fs_model_forward(m, inputs, nb, T, err);
-        if (!rc)
-            sum += crossentropy_softmax_forward_backward(NULL, m->logits, targets, nb * T, m->cfg.vocab, 0.0f);
+        rc = batch_sum(arg, inputs, targets, nb, T, &part, err);
+        *sum += part;
     }
     free(inputs);
     free(targets);
     *n_tokens = windows * T;
-    *loss = sum / (double)*n_tokens;
+    return rc;
+}
+
+static int model_batch_sum(void *arg, const int32_t *inputs, const int32_t *targets, size_t nb, size_t T, double *sum,
+                           fs_error *err) {
+    fs_model *m = arg;
+    int rc = fs_model_forward(m, inputs, nb, T, err);
+    if (!rc) *sum = crossentropy_softmax_forward_backward(NULL, m->logits, targets, nb * T, m->cfg.vocab, 0.0f);
+    return rc;
+}
+
+int fs_evaluate(fs_model *m, const fs_dataset *d, size_t B, size_t max_windows, double *loss, size_t *n_tokens,
+                fs_error *err) {
+    double sum;
+    int rc = fs_evaluate_sum(d, m->cfg.max_seq, B, max_windows, model_batch_sum, m, &sum, n_tokens, err);
+    *loss = *n_tokens ? sum / (double)*n_tokens : 0.0;
     return rc;
 }
 

@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,12 +86,13 @@ static void layout(fs_model *m) {
     m->n_params = off;
 }
 
-int fs_model_full_layout(const fs_model_config *cfg, fs_param_view **views, size_t *n_views, size_t *n_params,
-                         fs_error *err) {
+/* The table of the whole, unsharded model (what a checkpoint holds), into
+ * m->full_views: the same layout() run as if m held everything. */
+static int full_layout(fs_model *m) {
     fs_model full;
     memset(&full, 0, sizeof full);
-    full.cfg = *cfg;
-    full.L = cfg->n_layer;
+    full.cfg = m->cfg;
+    full.L = m->cfg.n_layer;
     full.tp_size = 1;
     full.has_embed = full.has_head = 1;
     full.layer_ids = malloc((full.L ? full.L : 1) * sizeof *full.layer_ids);
@@ -98,14 +100,14 @@ int fs_model_full_layout(const fs_model_config *cfg, fs_param_view **views, size
     if (!full.layer_ids || !full.views) {
         free(full.layer_ids);
         free(full.views);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+        return FS_ERR_NOMEM;
     }
     for (size_t l = 0; l < full.L; l++) full.layer_ids[l] = l;
     layout(&full);
     free(full.layer_ids);
-    *views = full.views;
-    *n_views = full.n_views;
-    *n_params = full.n_params;
+    m->full_views = full.views;
+    m->n_full_views = full.n_views;
+    m->n_full_params = full.n_params;
     return FS_OK;
 }
 
@@ -122,47 +124,51 @@ static void point_layers(fs_model *m, float *base, fs_layer_params *lp, float **
     *lnfb = m->has_head ? base + m->views[i++].offset : NULL;
 }
 
-/* Column range [c0, c0 + w) of row r in the whole tensor that part column
- * j maps to, for the column splits. */
-static size_t split_col(const fs_param_view *v, size_t tp_rank, size_t j) {
-    size_t cols = v->ndim > 1 ? v->full_shape[1] : v->full_shape[0];
-    size_t part = v->ndim > 1 ? v->shape[1] : v->shape[0];
-    if (v->split == FS_SPLIT_QKV) {
-        size_t blk = cols / 3, w = part / 3; /* each of Q, K, V */
-        return (j / w) * blk + tp_rank * w + j % w;
+/* Where element (r, c) of the whole tensor (v->full_shape; a 1-D tensor
+ * is one row) lands in tensor rank tp_rank's part, or -1 when elsewhere. */
+static ptrdiff_t part_index(const fs_param_view *v, size_t tp_rank, size_t r, size_t c) {
+    size_t fw = v->ndim > 1 ? v->full_shape[1] : v->full_shape[0];
+    size_t w = v->ndim > 1 ? v->shape[1] : v->shape[0]; /* part width */
+    switch (v->split) {
+    case FS_SPLIT_ROWS:
+        return r / v->shape[0] == tp_rank ? (ptrdiff_t)((r - tp_rank * v->shape[0]) * fw + c) : -1;
+    case FS_SPLIT_COLS:
+        return c / w == tp_rank ? (ptrdiff_t)(r * w + c % w) : -1;
+    case FS_SPLIT_QKV: { /* Q, K and V blocks, each cut like FS_SPLIT_COLS */
+        size_t blk = fw / 3, bw = w / 3, in = c % blk;
+        return in / bw == tp_rank ? (ptrdiff_t)(r * w + (c / blk) * bw + in % bw) : -1;
     }
-    return tp_rank * part + j;
+    default:
+        return (ptrdiff_t)(r * fw + c);
+    }
 }
 
-static void copy_part(const fs_param_view *v, size_t tp_rank, size_t tp_size, float *full, float *part,
-                      int to_part) {
-    (void)tp_size;
-    if (v->split == FS_SPLIT_NONE || v->split == FS_SPLIT_ROWS) {
-        size_t o = v->split == FS_SPLIT_ROWS ? tp_rank * v->numel : 0; /* rows are contiguous */
-        if (to_part)
-            memcpy(part, full + o, v->numel * sizeof(float));
-        else
-            memcpy(full + o, part, v->numel * sizeof(float));
+static void copy_part(const fs_param_view *v, size_t tp_rank, float *full, float *part, int to_part) {
+    if (v->split == FS_SPLIT_NONE || v->split == FS_SPLIT_ROWS) { /* one contiguous block */
+        float *f = full + (v->split == FS_SPLIT_ROWS ? tp_rank * v->numel : 0);
+        memcpy(to_part ? part : f, to_part ? f : part, v->numel * sizeof(float));
         return;
     }
-    size_t rows = v->ndim > 1 ? v->shape[0] : 1, w = v->ndim > 1 ? v->shape[1] : v->shape[0];
-    size_t fw = v->ndim > 1 ? v->full_shape[1] : v->full_shape[0];
+    size_t rows = v->ndim > 1 ? v->full_shape[0] : 1, fw = v->ndim > 1 ? v->full_shape[1] : v->full_shape[0];
     for (size_t r = 0; r < rows; r++)
-        for (size_t j = 0; j < w; j++) {
-            float *f = full + r * fw + split_col(v, tp_rank, j), *p = part + r * w + j;
+        for (size_t c = 0; c < fw; c++) {
+            ptrdiff_t i = part_index(v, tp_rank, r, c);
+            if (i < 0) continue;
             if (to_part)
-                *p = *f;
+                part[i] = full[r * fw + c];
             else
-                *f = *p;
+                full[r * fw + c] = part[i];
         }
 }
 
 void fs_param_view_extract(const fs_param_view *v, size_t tp_rank, size_t tp_size, const float *full, float *part) {
-    copy_part(v, tp_rank, tp_size, (float *)full, part, 1);
+    (void)tp_size;
+    copy_part(v, tp_rank, (float *)full, part, 1);
 }
 
 void fs_param_view_insert(const fs_param_view *v, size_t tp_rank, size_t tp_size, const float *part, float *full) {
-    copy_part(v, tp_rank, tp_size, full, (float *)part, 0);
+    (void)tp_size;
+    copy_part(v, tp_rank, full, (float *)part, 0);
 }
 
 static int check_shard(const fs_model_config *cfg, fs_error *err) {
@@ -227,6 +233,7 @@ int fs_model_create(fs_model **out, const fs_model_config *cfg, fs_error *err) {
         if (!m->attn[l].saved || !m->attn[l].saved_cap) goto nomem;
     }
     layout(m);
+    if (full_layout(m)) goto nomem;
     m->params = fs_calloc(m->n_params * sizeof(float));
     m->grads = fs_calloc(m->n_params * sizeof(float));
     if (!m->params || !m->grads) goto nomem;
@@ -244,7 +251,6 @@ static void free_acts(fs_model *m) {
         fs_free(m->act_blocks[k]);
         m->act_blocks[k] = NULL;
     }
-    m->act_block = NULL;
 }
 
 void fs_model_destroy(fs_model *m) {
@@ -265,6 +271,7 @@ void fs_model_destroy(fs_model *m) {
     fs_free(m->dec_block);
     fs_free(m->rev_saved);
     free(m->views);
+    free(m->full_views);
     free(m->lp);
     free(m->lg);
     free(m->attn);
@@ -292,58 +299,31 @@ int fs_model_init_plugin_params(fs_model *m, fs_error *err) {
     return FS_OK;
 }
 
-/* Initial values of one whole tensor, drawing from rng for matrices. */
-static void init_tensor(float *p, const char *n, int ndim, size_t numel, float proj_std, fs_rng *rng) {
-    if (strstr(n, "ln_") && strstr(n, ".weight")) {
-        for (size_t j = 0; j < numel; j++) p[j] = 1.0f;
-    } else if (ndim == 1) {
-        memset(p, 0, numel * sizeof(float));
-    } else {
-        float std = strstr(n, "c_proj.weight") ? proj_std : 0.02f;
-        for (size_t j = 0; j < numel; j++) p[j] = std * fs_rng_normal(rng);
-    }
-}
-
 void fs_model_init_weights(fs_model *m, uint64_t seed) {
     fs_rng rng;
     fs_rng_seed(&rng, seed);
-    size_t V = m->cfg.vocab, C = m->cfg.n_embd, T = m->cfg.max_seq;
     float proj_std = 0.02f / sqrtf(2.0f * (float)m->cfg.n_layer);
-    /* Walk the whole model's tensors in checkpoint order, drawing each one
-     * whole, and keep the parts this model holds: every split of the model
-     * starts from the same numbers. */
-    size_t big = (V > T ? V : T) * C;
-    if (big < 4 * C * C) big = 4 * C * C;
-    float *full = malloc(big * sizeof(float));
-    if (!full) abort(); /* a few MiB at model creation */
+    /* Walk the whole model's tensors in checkpoint order, drawing every
+     * matrix element, and keep those this model holds: every split of the
+     * model starts from the same numbers as one process. */
     size_t vi = 0;
-    char name[96];
-    for (size_t t = 0; t < 4 + m->cfg.n_layer * FS_LAYER_TENSORS; t++) {
-        int ndim;
-        size_t numel;
-        if (t == 0 || t == 1) {
-            snprintf(name, sizeof name, t ? "transformer.wpe.weight" : "transformer.wte.weight");
-            ndim = 2;
-            numel = (t ? T : V) * C;
-        } else if (t >= 2 + m->cfg.n_layer * FS_LAYER_TENSORS) {
-            snprintf(name, sizeof name, t == 2 + m->cfg.n_layer * FS_LAYER_TENSORS ? "transformer.ln_f.weight"
-                                                                                     : "transformer.ln_f.bias");
-            ndim = 1;
-            numel = C;
-        } else {
-            size_t layer = (t - 2) / FS_LAYER_TENSORS, k = (t - 2) % FS_LAYER_TENSORS;
-            snprintf(name, sizeof name, "transformer.h.%zu.%s", layer, layer_tensors[k].suffix);
-            ndim = layer_tensors[k].ndim;
-            numel = layer_tensors[k].r * C * (layer_tensors[k].c ? layer_tensors[k].c * C : 1);
+    for (size_t t = 0; t < m->n_full_views; t++) {
+        const fs_param_view *fv = &m->full_views[t], *v = NULL;
+        if (vi < m->n_views && !strcmp(m->views[vi].name, fv->name)) v = &m->views[vi++]; /* a subset, in order */
+        float *p = v ? m->params + v->offset : NULL;
+        if (fv->ndim == 1) { /* LayerNorm weights 1, biases 0: nothing drawn */
+            float one = strstr(fv->name, "ln_") && strstr(fv->name, ".weight") ? 1.0f : 0.0f;
+            for (size_t j = 0; p && j < v->numel; j++) p[j] = one;
+            continue;
         }
-        init_tensor(full, name, ndim, numel, proj_std, &rng);
-        /* views are in the same order, a subset */
-        if (vi < m->n_views && !strcmp(m->views[vi].name, name)) {
-            const fs_param_view *v = &m->views[vi++];
-            fs_param_view_extract(v, m->tp_rank, m->tp_size, full, m->params + v->offset);
-        }
+        float std = strstr(fv->name, "c_proj.weight") ? proj_std : 0.02f;
+        for (size_t r = 0; r < fv->shape[0]; r++)
+            for (size_t c = 0; c < fv->shape[1]; c++) {
+                float x = std * fs_rng_normal(&rng);
+                ptrdiff_t i = p ? part_index(v, m->tp_rank, r, c) : -1;
+                if (i >= 0) p[i] = x;
+            }
     }
-    free(full);
 }
 
 /* ---- activations ---- */
@@ -394,7 +374,6 @@ static void point_acts(fs_model *m, float *base, size_t B, size_t T) {
         p += (sizes[i] + 15) & ~(size_t)15;
     }
     m->encoded = m->chunk_in;
-    m->act_block = base;
 }
 
 int fs_model_set_slots(fs_model *m, size_t n, fs_error *err) {
@@ -461,7 +440,6 @@ static int ensure_acts(fs_model *m, size_t B, size_t T, fs_error *err) {
     m->dfch_gelu = g;
     m->act_B = B;
     m->act_T = T;
-    m->L_act = m->cfg.reversible ? 1 : m->L;
     m->ff_rows = FR;
     m->act_bytes = (total * m->n_slots + gtotal) * sizeof(float);
     point_acts(m, m->act_blocks[m->slot], B, T);

@@ -91,11 +91,6 @@ typedef struct fs_param_view {
     int split;            /* FS_SPLIT_* */
 } fs_param_view;
 
-/* The tensor table of the whole, unsharded model of cfg (cfg->shard is
- * ignored): what a checkpoint holds. *views is malloc'ed. */
-int fs_model_full_layout(const fs_model_config *cfg, fs_param_view **views, size_t *n_views, size_t *n_params,
-                         fs_error *err);
-
 /* FS_SPLIT_* of a tensor by its name under tensor parallelism. */
 int fs_model_tensor_split(const char *name);
 /* The view of one tensor rank's part of `whole` (an unsharded view). */
@@ -132,6 +127,8 @@ typedef struct fs_model {
     fs_layer_params *lp, *lg;           /* (L) into params / grads */
     fs_param_view *views;
     size_t n_views;
+    fs_param_view *full_views; /* the whole, unsharded model's table: what a checkpoint holds */
+    size_t n_full_views, n_full_params;
     fs_attention_slot *attn; /* (L) */
 
     /* Activations for the last forward, sized for act_B x act_T, in n_slots
@@ -141,7 +138,6 @@ typedef struct fs_model {
     size_t act_B, act_T, B, T;
     size_t n_slots, slot;
     float **act_blocks;
-    float *act_block;
     float *chunk_in;                   // (n_chunks,B,T,C): each chunk's input
     float *encoded;                    // (B,T,C) = chunk_in of chunk 0
     float *ln1, *ln1_mean, *ln1_rstd;  // (L,B,T,C), (L,B,T)
@@ -154,7 +150,6 @@ typedef struct fs_model {
     float *lnf, *lnf_mean, *lnf_rstd;  // (B,T,C), (B,T)
     float *logits, *dlogits;           // (B,T,V)
     float *scratch;                    // (B,T,4C) forward scratch ((B,T,3C) with ff_chunk)
-    size_t L_act;                      /* layers with stored activations: L, or 1 when reversible */
     size_t ff_rows;                    /* rows of one MLP chunk: ff_chunk, or B*T */
     float *ff_h, *ff_hg;               // (ff_rows,4C) each: one chunk's fc and GELU outputs (ff_chunk)
     float *rev_x1, *rev_x2, *rev_mean; // (B,T,C) each: the reversible stream and its final mean

@@ -50,4 +50,12 @@ struct fs_dataset;
 int fs_evaluate(fs_model *m, const struct fs_dataset *d, size_t B, size_t max_windows, double *loss,
                 size_t *n_tokens, fs_error *err);
 
+/* The same walk over the windows with the summed (not mean) token loss of
+ * each batch of nb windows from `batch_sum` (a pipeline computes it across
+ * its stages): *sum gets their total, *n_tokens the tokens predicted. */
+typedef int (*fs_batch_loss_fn)(void *arg, const int32_t *inputs, const int32_t *targets, size_t nb, size_t T,
+                                double *sum, fs_error *err);
+int fs_evaluate_sum(const struct fs_dataset *d, size_t T, size_t B, size_t max_windows, fs_batch_loss_fn batch_sum,
+                    void *arg, double *sum, size_t *n_tokens, fs_error *err);
+
 #endif

@@ -30,14 +30,11 @@ static int step_backward(void *ctx, size_t chunk, size_t micro, size_t slot, con
                          fs_error *err) {
     fs_pipeline_step *st = ctx;
     fs_model *m = st->m;
+    (void)micro;
     fs_model_use_slot(m, slot);
-    /* gradients are final only after the last micro-batch's backward */
-    fs_grads_ready_fn keep = m->grads_ready;
-    if ((int)micro != st->hook_last) m->grads_ready = NULL;
     double t0 = fs_now();
     int rc = fs_model_stage_backward(m, chunk, dout, din, err);
     st->busy_s += fs_now() - t0;
-    m->grads_ready = keep;
     return rc;
 }
 

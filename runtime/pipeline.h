@@ -20,7 +20,6 @@ typedef struct fs_pipeline_step {
     float dscale;                    /* each micro-batch's loss weight in the step's gradient */
     double loss_sum;                 /* of the micro-batches' mean losses (last stage only) */
     size_t n_loss;
-    int hook_last;                   /* micro-batch whose backward may fire grads_ready (none: -1) */
     double busy_s;                   /* seconds spent computing (the rest of the schedule is waiting) */
 } fs_pipeline_step;
 

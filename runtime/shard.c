@@ -82,7 +82,10 @@ int fs_shard_map_build(fs_shard_map *map, const fs_parallel_topology *t, const f
     return FS_OK;
 }
 
-int fs_shard_owner(const fs_shard_map *map, const fs_parallel_topology *t, size_t layer, int tr) {
+/* The world rank of data rank 0 that holds global layer `layer` (SIZE_MAX:
+ * the embeddings, on pipeline rank 0; SIZE_MAX - 1: ln_f, on the last) at
+ * tensor rank tr. */
+static int owner_of(const fs_shard_map *map, size_t layer, int tr) {
     size_t p = (size_t)map->pipeline, pr = 0;
     if (layer == SIZE_MAX) {
         pr = 0;
@@ -92,7 +95,6 @@ int fs_shard_owner(const fs_shard_map *map, const fs_parallel_topology *t, size_
         for (size_t vs = 0; vs < map->n_vstages; vs++)
             if (layer >= map->vstage_first[vs] && layer < map->vstage_first[vs] + map->vstage_count[vs]) pr = vs % p;
     }
-    (void)t;
     return (int)(pr * (size_t)map->tensor) + tr; /* data rank 0 */
 }
 
@@ -131,7 +133,7 @@ int fs_shard_gather(const fs_shard_map *map, const fs_parallel_topology *t, fs_c
         size_t layer = tensor_layer(fv->name);
         fs_param_view pv;
         for (int tr = 0; tr < parts && !rc; tr++) {
-            int owner = fs_shard_owner(map, t, layer, tr);
+            int owner = owner_of(map, layer, tr);
             fs_param_view_part(fv, split, (size_t)map->tensor, &pv);
             const fs_param_view *lv = owner == me ? find_view(m->views, m->n_views, fv->name) : NULL;
             if (owner == me && !lv)

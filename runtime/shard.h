@@ -31,11 +31,6 @@ int fs_shard_map_build(fs_shard_map *map, const fs_parallel_topology *t, const f
                        size_t vt_size, void *self, size_t n_layer, fs_error *err);
 void fs_shard_map_release(fs_shard_map *map);
 
-/* The world rank of data rank 0 that holds global layer `layer` (or, for
- * layer == SIZE_MAX, the embeddings: pipeline rank 0; for layer ==
- * SIZE_MAX - 1, ln_f: the last pipeline rank) at tensor rank `tr`. */
-int fs_shard_owner(const fs_shard_map *map, const fs_parallel_topology *t, size_t layer, int tr);
-
 /* Collective over every rank of data rank 0 (others return at once):
  * rank 0 receives every part of n_vec vectors laid out like m's parameter
  * block (the parameters, the AdamW moments) and assembles whole[k] (each

@@ -86,34 +86,27 @@ static double owned_sumsq(const fs_session *s, const fs_optimizer *opt) {
     return sum + (data_speaker ? fs_optimizer_sumsq(opt, split, opt->numel) : 0.0);
 }
 
-/* Held-out loss of a pipelined model: windows in batches of B go through
- * the stages forward only; the last stage's sum reaches every rank. */
+/* One batch's summed loss through the pipeline's stages, counted once:
+ * by the last stage of tensor rank 0 and data rank 0. */
+static int pipeline_batch_sum(void *arg, const int32_t *inputs, const int32_t *targets, size_t nb, size_t T,
+                              double *sum, fs_error *err) {
+    fs_session *s = arg;
+    int rc = fs_pipeline_loss(s->model, &s->topo, s->comm, inputs, targets, nb, T, sum, err);
+    if (s->topo.tensor_rank != 0 || s->topo.data_rank != 0) *sum = 0;
+    return rc;
+}
+
+/* Held-out loss of a pipelined model: the stages forward only, the sum
+ * then reaching every rank. */
 static int evaluate_pipeline(fs_session *s, const fs_dataset *d, size_t B, size_t max_windows, double *loss,
                              fs_error *err) {
-    fs_model *m = s->model;
-    size_t T = m->cfg.max_seq, windows = fs_dataset_windows(d, T);
-    if (max_windows && windows > max_windows) windows = max_windows;
-    *loss = 0;
-    if (windows == 0) return FS_OK;
-    if (B > windows) B = windows;
-    int32_t *in = malloc(B * T * sizeof(int32_t)), *tg = malloc(B * T * sizeof(int32_t));
-    int rc = in && tg ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    double sum = 0;
-    for (size_t w = 0; w < windows && !rc; w += B) {
-        size_t nb = windows - w < B ? windows - w : B, one;
-        for (size_t b = 0; b < nb; b++) fs_dataset_window(d, w + b, in + b * T, tg + b * T, T);
-        double part;
-        rc = fs_pipeline_loss(m, &s->topo, s->comm, in, tg, nb, T, &part, err);
-        one = s->topo.tensor_rank == 0 && s->topo.data_rank == 0; /* one copy of each sum */
-        sum += one ? part : 0.0;
-    }
-    free(in);
-    free(tg);
-    if (rc) return rc;
+    double sum;
+    size_t n;
+    int rc = fs_evaluate_sum(d, s->model->cfg.max_seq, B, max_windows, pipeline_batch_sum, s, &sum, &n, err);
     const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
-    if ((rc = vt->reduce_sum(s->parallel.self, &sum, 1, err))) return rc;
-    *loss = sum / (double)(windows * T);
-    return FS_OK;
+    if (!rc) rc = vt->reduce_sum(s->parallel.self, &sum, 1, err);
+    *loss = n ? sum / (double)n : 0.0;
+    return rc;
 }
 
 /* Plugin-owned gradients (outside the flat vector) through the strategy,
@@ -286,9 +279,11 @@ setup_done: {
                 /* the strategy runs the schedule; the model computes each
                  * chunk's micro-batch; gradients are final after the schedule */
                 fs_pipeline_step ps = {m, inputs + off * T, targets + off * T, local_B / n_micro, T,
-                                       1.0f / (float)(accum * n_micro), 0, 0, -1, 0};
+                                       1.0f / (float)(accum * n_micro), 0, 0, 0};
                 fs_stage_ops ops;
                 fs_pipeline_step_ops(&ps, &ops);
+                /* gradients are final only after the whole schedule (and the tied
+                 * embedding's sum): the strategy hears of them in grads_finish */
                 m->grads_ready = NULL;
                 double ts0 = fs_now();
                 rc = pvt->run_schedule(pself, &ops, err);
@@ -407,18 +402,10 @@ setup_done: {
     else
         printf("null");
     /* the model's size; a tensor or pipeline shard also says its own */
-    size_t whole_params = m->n_params;
-    if (m->L != m->cfg.n_layer || m->tp_size > 1) {
-        fs_param_view *fv = NULL;
-        size_t nfv = 0;
-        fs_error ignored = {0};
-        if (!fs_model_full_layout(&m->cfg, &fv, &nfv, &whole_params, &ignored))
-            printf(", \"params_per_rank\": %zu", m->n_params);
-        free(fv);
-    }
+    if (m->n_params != m->n_full_params) printf(", \"params_per_rank\": %zu", m->n_params);
     printf(", \"tokens_per_s\": %.1f, \"params\": %zu, \"matmul_gflops\": %.1f, \"matmul_share\": %.3f, "
            "\"threads\": %d, \"blas_core\": \"%s\", ",
-           tps, whole_params + plugin_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
+           tps, m->n_full_params + plugin_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
            fs_threads_get(), fs_blas_corename());
     /* where the step's communication went, per timed step: grads_finish_ms
      * is the runtime's wait for the strategy after backward (what overlap

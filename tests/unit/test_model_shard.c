@@ -256,6 +256,38 @@ static void test_pipeline_interleaved_chunks(void **state) {
     pipeline_case(1);
 }
 
+/* The parts by hand, 2 tensor ranks: c_attn (2, 6) is [Q | K | V], 2
+ * columns each; rank 1 holds the second column of each block. c_proj
+ * (4, 2) by rows: rank 1 holds rows 2 and 3. c_fc's bias (4): its last 2. */
+static void test_parts_by_hand(void **state) {
+    (void)state;
+    float qkv[12] = {0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}, part[6], back[12] = {0};
+    fs_param_view whole = {.name = "transformer.h.0.attn.c_attn.weight", .ndim = 2, .shape = {2, 6},
+                           .full_shape = {2, 6}, .numel = 12}, v;
+    fs_param_view_part(&whole, FS_SPLIT_QKV, 2, &v);
+    assert_int_equal(v.shape[1], 3);
+    fs_param_view_extract(&v, 1, 2, qkv, part);
+    const float want_qkv[6] = {1, 3, 5, 11, 13, 15};
+    test_close("c_attn rank 1", part, want_qkv, 6, 0, 0);
+    fs_param_view_insert(&v, 1, 2, part, back);
+    const float want_back[12] = {0, 1, 0, 3, 0, 5, 0, 11, 0, 13, 0, 15};
+    test_close("c_attn rank 1 back", back, want_back, 12, 0, 0);
+    float proj[8] = {0, 1, 2, 3, 4, 5, 6, 7}, bias[4] = {7, 8, 9, 10};
+    whole = (fs_param_view){.ndim = 2, .shape = {4, 2}, .full_shape = {4, 2}, .numel = 8};
+    fs_param_view_part(&whole, FS_SPLIT_ROWS, 2, &v);
+    fs_param_view_extract(&v, 1, 2, proj, part);
+    const float want_proj[4] = {4, 5, 6, 7};
+    test_close("c_proj rank 1", part, want_proj, 4, 0, 0);
+    whole = (fs_param_view){.ndim = 1, .shape = {4, 1}, .full_shape = {4, 1}, .numel = 4};
+    fs_param_view_part(&whole, FS_SPLIT_COLS, 2, &v);
+    fs_param_view_extract(&v, 1, 2, bias, part);
+    const float want_bias[2] = {9, 10};
+    test_close("c_fc bias rank 1", part, want_bias, 2, 0, 0);
+    assert_int_equal(fs_model_tensor_split("transformer.h.3.attn.c_attn.bias"), FS_SPLIT_QKV);
+    assert_int_equal(fs_model_tensor_split("transformer.h.3.attn.c_proj.bias"), FS_SPLIT_NONE);
+    assert_int_equal(fs_model_tensor_split("transformer.wte.weight"), FS_SPLIT_NONE);
+}
+
 /* Bad shards are refused with a reason. */
 static void test_bad_shards(void **state) {
     (void)state;
@@ -297,6 +329,7 @@ int main(void) {
         cmocka_unit_test(test_tensor_parallel_reversible_chunked),
         cmocka_unit_test(test_pipeline_stages),
         cmocka_unit_test(test_pipeline_interleaved_chunks),
+        cmocka_unit_test(test_parts_by_hand),
         cmocka_unit_test(test_bad_shards),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
