@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""FastServe benchmark: fsrun vs PyTorch on CPU, side by side (DESIGN.md s.5).
+"""FastServe benchmark: fsrun vs PyTorch on CPU, side by side.
 
 Prints three tables:
   1. training tokens/s, quickstart.ini (L=4 H=4 C=256 T=256 B=8)

@@ -26,11 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "blas.h"
+#include "model/blas.h"
 #include "fastserve/attention.h"
-#include "host.h"
-#include "rng.h"
-#include "session.h"
+#include "core/host.h"
+#include "core/rng.h"
+#include "core/session.h"
 
 typedef struct opts {
     size_t Ts[16], nT, H, D, B, window, block, reps, chunk, bucket_size, hashes[8], nh;

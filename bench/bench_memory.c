@@ -16,8 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "optim.h"
-#include "session.h"
+#include "model/optim.h"
+#include "core/session.h"
 
 typedef struct result {
     size_t act_bytes, param_bytes;

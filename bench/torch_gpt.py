@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch peer benchmark: GPT-2 training step on CPU (DESIGN.md section 5).
+"""PyTorch peer benchmark: GPT-2 training step on CPU.
 
 The same architecture as the FastServe runtime (and tests/reference/
 make_fixtures.py): wte + learned wpe, pre-LN blocks (causal multi-head

@@ -16,16 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "blas.h"
-#include "comm_mpi.h"
-#include "graph.h"
-#include "host.h"
-#include "modes.h"
-#include "plan.h"
-#include "plugin_loader.h"
-#include "schema.h"
-#include "session.h"
-#include "world.h"
+#include "model/blas.h"
+#include "dist/comm_mpi.h"
+#include "core/graph.h"
+#include "core/host.h"
+#include "modes/modes.h"
+#include "dist/plan.h"
+#include "core/plugin_loader.h"
+#include "core/schema.h"
+#include "core/session.h"
+#include "dist/world.h"
 
 static void usage(FILE *f) {
     fputs("usage: fsrun GRAPH.ini [--set section.key=value ...] [--mode train|distill|generate|eval]\n"

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Reference fixtures for the FastServe GPT-2 runtime (DESIGN.md section 5).
+"""Reference fixtures for the FastServe GPT-2 runtime.
 
 README
 ======

@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "distill_internal.h"
+#include "modes/distill/distill_internal.h"
 #include "test_util.h"
 
 static char dir[256];

@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "graph.h"
+#include "core/graph.h"
 
 #define BIG 1e18
 

@@ -19,7 +19,7 @@
 #include "fastserve/attention.h"
 #include "fastserve/distill.h"
 #include "fastserve/parallel.h"
-#include "plugin_loader.h"
+#include "core/plugin_loader.h"
 
 #define GOOD_DIR FS_BINARY_DIR "/plugins"
 #define BROKEN_DIR FS_BINARY_DIR "/tests/plugins"

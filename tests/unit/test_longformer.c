@@ -10,7 +10,7 @@
 #include <sys/resource.h>
 
 #include "fastserve/attention.h"
-#include "modes.h"
+#include "modes/modes.h"
 #include "test_util.h"
 
 /* What the reference needs to know about a configuration. */

@@ -9,7 +9,7 @@
 
 #include "../../plugins/attention/lsh.h"
 #include "fastserve/attention.h"
-#include "modes.h"
+#include "modes/modes.h"
 #include "test_util.h"
 
 typedef struct spec {

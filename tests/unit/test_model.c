@@ -7,8 +7,8 @@
  * runtime's own graph, plugin loader and dense attention plugin. */
 #include <string.h>
 
-#include "optim.h"
-#include "safetensors.h"
+#include "model/optim.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 #define TINY "[attention]\nplugin = dense\n[model]\nvocab_size = 64\nn_head = 2\nn_embd = 16\nmax_seq = 16\n"

@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "optim.h"
+#include "model/optim.h"
 #include "test_util.h"
 
 /* a flat vector of 3 tensors (6 + 5 + 7 floats) and one plugin parameter (4) */

@@ -15,11 +15,11 @@
 #include <string.h>
 
 #include "fastserve/parallel.h"
-#include "host.h"
-#include "schema.h"
-#include "session.h"
+#include "core/host.h"
+#include "core/schema.h"
+#include "core/session.h"
 #include "test_util.h"
-#include "world.h"
+#include "dist/world.h"
 
 static fs_comm *C;
 static int R, W;

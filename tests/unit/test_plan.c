@@ -1,4 +1,4 @@
-/* test_plan.c — `fsrun --plan`'s estimates (runtime/plan.c) against
+/* test_plan.c — `fsrun --plan`'s estimates (runtime/dist/plan.c) against
  * numbers worked out by hand in the comments, its reasons for invalid
  * splits, the enumeration and recommendation, and reading the graph.
  *
@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "pipe_schedule.h"
-#include "plan.h"
+#include "dist/plan.h"
 #include "test_util.h"
 
 static fs_plan_model small(size_t n_layer) {

@@ -15,8 +15,8 @@
 #include <cmocka.h>
 
 #include "fastserve/attention.h"
-#include "rng.h"
-#include "session.h"
+#include "core/rng.h"
+#include "core/session.h"
 
 static inline fs_session *test_session(const char *ini) {
     fs_graph *g;

@@ -1,0 +1,246 @@
+/* host.c — the fs_host_api table handed to plugins, threads, logging. */
+#include "core/host.h"
+
+#include <omp.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model/blas.h"
+
+static int g_log_level = FS_LOG_INFO;
+static int g_threads = 1;
+static int g_local_ranks = 1;
+
+void fs_log_set_level(int level) { g_log_level = level; }
+
+static void vlog(int level, const char *who, const char *fmt, va_list ap) {
+    if (level < g_log_level) return;
+    static const char *names[] = {"debug", "info", "warning", "error"};
+    const char *lv = names[level < 0 ? 0 : level > 3 ? 3 : level];
+    if (who && *who)
+        fprintf(stderr, "fsrun: %s: %s: ", who, lv);
+    else
+        fprintf(stderr, "fsrun: %s: ", lv);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void fs_log(int level, const char *who, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level, who, fmt, ap);
+    va_end(ap);
+}
+
+int fs_error_set(fs_error *err, int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fs_error_vset(err, status, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void *fs_alloc(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) bytes = 64;
+    if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) != 0) return NULL;
+    return p;
+}
+
+void *fs_calloc(size_t bytes) {
+    void *p = fs_alloc(bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void fs_free(void *p) { free(p); }
+
+void fs_threads_share(int ranks) { g_local_ranks = ranks > 0 ? ranks : 1; }
+
+void fs_threads_set(int n) {
+    int cores = omp_get_num_procs(); /* the cores this process may run on */
+    if (n <= 0 && g_local_ranks > 1) {
+        /* Ranks on this machine share its cores, unless the launcher bound
+         * each one to its own (then `cores` already counts only those). */
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online > 0 && cores < online ? cores : cores / g_local_ranks;
+        if (n < 1) n = 1;
+    }
+    if (n <= 0 || n > cores) n = cores;
+    g_threads = n;
+    omp_set_num_threads(n);
+    fs_blas_set_threads(n);
+}
+
+int fs_threads_get(void) { return g_threads; }
+
+void fs_parallel_for(size_t n, size_t grain, fs_parallel_fn fn, void *arg) {
+    if (n == 0) return;
+    if (grain == 0) grain = 1;
+    size_t chunks = (n + grain - 1) / grain;
+    if (chunks > (size_t)g_threads * 4) chunks = (size_t)g_threads * 4;
+    if (chunks <= 1 || g_threads == 1) {
+        fn(arg, 0, n);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t c = 0; c < chunks; c++) {
+        size_t b = n * c / chunks, e = n * (c + 1) / chunks;
+        if (b < e) fn(arg, b, e);
+    }
+}
+
+/* ---- the host API as plugins see it ---- */
+
+static int64_t api_config_int(const fs_plugin_ctx *ctx, const char *key) {
+    return ctx && ctx->config ? fs_config_int(ctx->config, key) : 0;
+}
+static double api_config_float(const fs_plugin_ctx *ctx, const char *key) {
+    return ctx && ctx->config ? fs_config_float(ctx->config, key) : 0.0;
+}
+static int api_config_bool(const fs_plugin_ctx *ctx, const char *key) {
+    return ctx && ctx->config ? fs_config_bool(ctx->config, key) : 0;
+}
+static const char *api_config_string(const fs_plugin_ctx *ctx, const char *key) {
+    return ctx && ctx->config ? fs_config_string(ctx->config, key) : NULL;
+}
+static size_t api_config_int_list(const fs_plugin_ctx *ctx, const char *key, int64_t *out, size_t cap) {
+    return ctx && ctx->config ? fs_config_int_list(ctx->config, key, out, cap) : 0;
+}
+static const char *api_config_where(const fs_plugin_ctx *ctx, const char *key) {
+    return ctx && ctx->config ? fs_config_where(ctx->config, key) : key;
+}
+
+static void api_log(const fs_plugin_ctx *ctx, int level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level, ctx ? ctx->plugin_name : "plugin", fmt, ap);
+    va_end(ap);
+}
+
+static void *api_alloc(fs_device dev, size_t bytes) {
+    if (dev.type != FS_DEVICE_CPU) return NULL;
+    return fs_calloc(bytes);
+}
+
+static void api_free(fs_device dev, void *p) {
+    (void)dev;
+    fs_free(p);
+}
+
+static int api_n_threads(void) { return g_threads; }
+
+static int api_sgemm(fs_device dev, int ta, int tb, size_t m, size_t n, size_t k, float alpha, const float *a,
+                     size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc) {
+    if (dev.type != FS_DEVICE_CPU) return FS_ERR_UNSUPPORTED;
+    fs_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return FS_OK;
+}
+
+static int api_register_param(fs_plugin_ctx *ctx, const char *name, int32_t ndim, const size_t *shape,
+                              int weight_decay, fs_tensor *param, fs_tensor *grad, fs_error *err) {
+    fs_host *h = ctx->host;
+    if (ndim < 1 || ndim > FS_TENSOR_MAX_DIMS)
+        return fs_error_set(err, FS_ERR_INVALID, "%s: parameter '%s': ndim %d outside 1..%d", ctx->scope, name,
+                            (int)ndim, FS_TENSOR_MAX_DIMS);
+    char full[256];
+    snprintf(full, sizeof full, "%s.%s", ctx->scope, name);
+    for (size_t i = 0; i < h->n_params; i++)
+        if (strcmp(h->params[i].name, full) == 0)
+            return fs_error_set(err, FS_ERR_INVALID, "%s: parameter '%s' registered twice", ctx->scope, name);
+    if (h->n_params == h->cap_params) {
+        size_t cap = h->cap_params ? h->cap_params * 2 : 8;
+        fs_plugin_param *p = realloc(h->params, cap * sizeof *p);
+        if (!p) return fs_error_set(err, FS_ERR_NOMEM, "out of memory registering %s", full);
+        h->params = p;
+        h->cap_params = cap;
+    }
+    fs_plugin_param *p = &h->params[h->n_params];
+    memset(p, 0, sizeof *p);
+    p->ndim = ndim;
+    p->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        p->shape[i] = shape[i];
+        p->numel *= shape[i];
+    }
+    p->weight_decay = weight_decay;
+    p->name = strdup(full);
+    p->data = fs_calloc(p->numel * sizeof(float));
+    p->grad = fs_calloc(p->numel * sizeof(float));
+    if (!p->name || !p->data || !p->grad) {
+        free(p->name);
+        fs_free(p->data);
+        fs_free(p->grad);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory for parameter %s", full);
+    }
+    h->n_params++;
+    fs_device cpu = {FS_DEVICE_CPU, 0};
+    *param = fs_tensor_cpu_f32(p->data, ndim, 0, 0, 0, 0);
+    *grad = fs_tensor_cpu_f32(p->grad, ndim, 0, 0, 0, 0);
+    for (int i = 0; i < ndim; i++) param->shape[i] = grad->shape[i] = shape[i];
+    param->device = grad->device = cpu;
+    return FS_OK;
+}
+
+static uint64_t api_seed(const fs_plugin_ctx *ctx) {
+    /* FNV-1a of the scope mixed into the run seed: stable across runs and
+     * different for every instance. */
+    uint64_t x = 1469598103934665603ull;
+    for (const char *s = ctx->scope; *s; s++) x = (x ^ (unsigned char)*s) * 1099511628211ull;
+    return x ^ (ctx->host->seed * 0x9E3779B97F4A7C15ull);
+}
+
+static int api_error_set(fs_error *err, int status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fs_error_vset(err, status, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void fs_host_init(fs_host *h, uint64_t seed) {
+    memset(h, 0, sizeof *h);
+    h->seed = seed;
+    h->api = (fs_host_api){
+        .abi_version = FS_ABI_VERSION,
+        .struct_size = sizeof(fs_host_api),
+        .config_int = api_config_int,
+        .config_float = api_config_float,
+        .config_bool = api_config_bool,
+        .config_string = api_config_string,
+        .config_int_list = api_config_int_list,
+        .config_where = api_config_where,
+        .log = api_log,
+        .alloc = api_alloc,
+        .free = api_free,
+        .parallel_for = fs_parallel_for,
+        .n_threads = api_n_threads,
+        .sgemm = api_sgemm,
+        .register_param = api_register_param,
+        .seed = api_seed,
+        .error_set = api_error_set,
+    };
+}
+
+void fs_host_release(fs_host *h) {
+    if (!h) return;
+    for (size_t i = 0; i < h->n_params; i++) {
+        free(h->params[i].name);
+        fs_free(h->params[i].data);
+        fs_free(h->params[i].grad);
+    }
+    free(h->params);
+    h->params = NULL;
+    h->n_params = h->cap_params = 0;
+}
+
+void fs_plugin_ctx_init(fs_plugin_ctx *ctx, fs_host *h, const fs_config *cfg, const char *scope,
+                        const char *plugin_name) {
+    memset(ctx, 0, sizeof *ctx);
+    ctx->host = h;
+    ctx->config = cfg;
+    snprintf(ctx->scope, sizeof ctx->scope, "%s", scope);
+    ctx->plugin_name = plugin_name;
+}

@@ -1,0 +1,61 @@
+/* host.h — the services fsrun offers plugins (the fs_host_api table) and
+ * the per-instance plugin context behind it.
+ *
+ * One fs_host per process: it owns the thread count, the run's seed and the
+ * list of trainable parameters plugins registered (the optimizer and the
+ * checkpoint code walk that list next to the model's own parameter block). */
+#ifndef FS_HOST_H
+#define FS_HOST_H
+
+#include <stdio.h>
+
+#include "fastserve/plugin.h"
+#include "core/graph.h"
+
+typedef struct fs_plugin_param {
+    char *name; /* "<scope>.<name>", the checkpoint tensor name */
+    int32_t ndim;
+    size_t shape[FS_TENSOR_MAX_DIMS];
+    size_t numel;
+    int weight_decay;
+    float *data, *grad;
+} fs_plugin_param;
+
+typedef struct fs_host {
+    fs_host_api api;
+    uint64_t seed;
+    int verbose;
+    fs_plugin_param *params;
+    size_t n_params, cap_params;
+} fs_host;
+
+struct fs_plugin_ctx {
+    fs_host *host;
+    const fs_config *config; /* the instance's resolved keys (not owned) */
+    char scope[96];          /* "plugin.layer3.attention" etc.: names params and logs */
+    const char *plugin_name;
+};
+
+void fs_host_init(fs_host *h, uint64_t seed);
+void fs_host_release(fs_host *h); /* frees registered parameters */
+void fs_plugin_ctx_init(fs_plugin_ctx *ctx, fs_host *h, const fs_config *cfg, const char *scope,
+                        const char *plugin_name);
+
+/* Threads: the pool and BLAS share the cores (never both at once). */
+void fs_threads_set(int n); /* 0 = all cores (shared by the ranks on this machine, see below) */
+/* `ranks` processes of the run share this machine: threads = 0 then means
+ * cores / ranks, at least 1. Call before fs_threads_set. */
+void fs_threads_share(int ranks);
+int fs_threads_get(void);
+void fs_parallel_for(size_t n, size_t grain, fs_parallel_fn fn, void *arg);
+
+int fs_error_set(fs_error *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void fs_log(int level, const char *who, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void fs_log_set_level(int level);
+
+/* 64-byte aligned host memory, NULL on failure; fs_free(NULL) is a no-op. */
+void *fs_alloc(size_t bytes);
+void *fs_calloc(size_t bytes);
+void fs_free(void *p);
+
+#endif

@@ -1,0 +1,395 @@
+/* plugin_loader.c — see plugin_loader.h for the order of checks. */
+#include "core/plugin_loader.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fastserve/attention.h"
+#include "fastserve/distill.h"
+#include "fastserve/parallel.h"
+#include "core/host.h"
+
+const char *fs_plugin_kind_name(int kind) {
+    switch (kind) {
+    case FS_PLUGIN_ATTENTION: return "attention";
+    case FS_PLUGIN_PARALLEL: return "parallel";
+    case FS_PLUGIN_DISTILL: return "distill";
+    default: return "unknown";
+    }
+}
+
+int fs_plugin_kind_from_name(const char *name) {
+    for (int k = FS_PLUGIN_ATTENTION; k <= FS_PLUGIN_DISTILL; k++)
+        if (strcmp(name, fs_plugin_kind_name(k)) == 0) return k;
+    return 0;
+}
+
+#define END_OF(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
+
+size_t fs_plugin_min_vtable_size(int kind) {
+    switch (kind) {
+    case FS_PLUGIN_ATTENTION: return END_OF(fs_attention_vtable, decode);
+    case FS_PLUGIN_PARALLEL: return END_OF(fs_parallel_vtable, reduce_sum);
+    case FS_PLUGIN_DISTILL: return END_OF(fs_distill_vtable, loss);
+    default: return 0;
+    }
+}
+
+static const char *article(const char *word) { return strchr("aeiou", word[0]) ? "an" : "a"; }
+
+static int kind_mismatch(fs_error *err, const char *path, const char *name, int have, int want) {
+    const char *h = fs_plugin_kind_name(have), *w = fs_plugin_kind_name(want);
+    return fs_error_set(err, FS_ERR_INVALID, "%s: plugin '%s' is %s %s plugin, but %s %s plugin is needed here", path,
+                        name ? name : "?", article(h), h, article(w), w);
+}
+
+static void version_text(char *buf, size_t cap, uint32_t v) {
+    snprintf(buf, cap, "%u.%u", FS_ABI_VERSION_MAJOR_OF(v), FS_ABI_VERSION_MINOR_OF(v));
+}
+
+/* The members a host calls unconditionally must be non-NULL. */
+static const char *missing_member(int kind, const void *vt) {
+    switch (kind) {
+    case FS_PLUGIN_ATTENTION: {
+        const fs_attention_vtable *a = vt;
+        if (!a->create) return "create";
+        if (!a->destroy) return "destroy";
+        if (!a->saved_bytes) return "saved_bytes";
+        if (!a->forward) return "forward";
+        if (!a->backward) return "backward";
+        if ((a->flags & FS_ATTENTION_DECODE) && (!a->cache_bytes || !a->cache_reset || !a->decode))
+            return "cache_bytes/cache_reset/decode (the plugin sets FS_ATTENTION_DECODE)";
+        return NULL;
+    }
+    case FS_PLUGIN_PARALLEL: {
+        const fs_parallel_vtable *p = vt;
+        if (!p->create) return "create";
+        if (!p->destroy) return "destroy";
+        if (!p->topology) return "topology";
+        if (!p->batch_slice) return "batch_slice";
+        if (!p->grads_ready) return "grads_ready";
+        if (!p->grads_finish) return "grads_finish";
+        if (!p->reduce_sum) return "reduce_sum";
+        return NULL;
+    }
+    case FS_PLUGIN_DISTILL: {
+        const fs_distill_vtable *d = vt;
+        if (!d->create) return "create";
+        if (!d->destroy) return "destroy";
+        if (!d->needs) return "needs";
+        if (!d->loss) return "loss";
+        return NULL;
+    }
+    }
+    return NULL;
+}
+
+int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *err) {
+    *out = NULL;
+    char host_v[32], plug_v[32], min_v[32];
+    version_text(host_v, sizeof host_v, FS_ABI_VERSION);
+    version_text(min_v, sizeof min_v, FS_ABI_VERSION_MIN);
+
+    if (access(path, R_OK) != 0) return fs_error_set(err, FS_ERR_NOT_FOUND, "%s: plugin file not found", path);
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle)
+        return fs_error_set(err, FS_ERR_ABI,
+                            "%s: cannot load plugin (not a shared object built for this system, or a library it "
+                            "needs is missing): %s",
+                            path, dlerror());
+    int status;
+    dlerror();
+    fs_plugin_entry_fn entry;
+    *(void **)&entry = dlsym(handle, FS_PLUGIN_ENTRY_SYMBOL);
+    if (!entry) {
+        status = fs_error_set(err, FS_ERR_ABI,
+                              "%s: not a FastServe plugin: it exports no '%s' symbol (define it with "
+                              "FS_PLUGIN_DEFINE_ENTRY from <fastserve/plugin.h>)",
+                              path, FS_PLUGIN_ENTRY_SYMBOL);
+        goto fail;
+    }
+    const fs_plugin_descriptor *d = entry();
+    if (!d) {
+        status = fs_error_set(err, FS_ERR_ABI, "%s: %s() returned NULL; it must return its static descriptor", path,
+                              FS_PLUGIN_ENTRY_SYMBOL);
+        goto fail;
+    }
+    version_text(plug_v, sizeof plug_v, d->abi_version);
+    if (d->abi_version > FS_ABI_VERSION) {
+        status = fs_error_set(err, FS_ERR_ABI,
+                              "%s: plugin ABI %s is newer than this fsrun's ABI %s (accepted %s to %s); upgrade "
+                              "fsrun or rebuild the plugin against SDK %s",
+                              path, plug_v, host_v, min_v, host_v, host_v);
+        goto fail;
+    }
+    if (d->abi_version < FS_ABI_VERSION_MIN) {
+        status = fs_error_set(err, FS_ERR_ABI,
+                              "%s: plugin ABI %s is older than this fsrun accepts (%s to %s); rebuild the plugin "
+                              "against SDK %s",
+                              path, plug_v, min_v, host_v, host_v);
+        goto fail;
+    }
+    if (d->struct_size < END_OF(fs_plugin_descriptor, vtable_size)) {
+        status = fs_error_set(err, FS_ERR_ABI,
+                              "%s: plugin descriptor is %u bytes, ABI %s needs at least %zu; rebuild the plugin "
+                              "against SDK %s",
+                              path, d->struct_size, host_v, END_OF(fs_plugin_descriptor, vtable_size), host_v);
+        goto fail;
+    }
+    if (d->kind < FS_PLUGIN_ATTENTION || d->kind > FS_PLUGIN_DISTILL) {
+        status = fs_error_set(err, FS_ERR_ABI,
+                              "%s: plugin declares unknown kind %d (expected attention, parallel or distill)", path,
+                              (int)d->kind);
+        goto fail;
+    }
+    if (want_kind && d->kind != want_kind) {
+        status = kind_mismatch(err, path, d->name, d->kind, want_kind);
+        goto fail;
+    }
+    if (!d->name || !*d->name || (d->n_params && !d->params)) {
+        status = fs_error_set(err, FS_ERR_ABI, "%s: plugin descriptor has no name or a NULL parameter table", path);
+        goto fail;
+    }
+    size_t need = fs_plugin_min_vtable_size(d->kind);
+    size_t vt_self = d->vtable ? *(const uint32_t *)d->vtable : 0; /* the vtable's own struct_size */
+    size_t vt_have = d->vtable_size < vt_self ? d->vtable_size : vt_self;
+    if (vt_have < need) {
+        status = fs_error_set(err, FS_ERR_ABI,
+                              "%s: %s vtable of plugin '%s' is %zu bytes, fsrun (ABI %s) needs at least %zu; the "
+                              "plugin was built against an older SDK: rebuild it against SDK %s",
+                              path, fs_plugin_kind_name(d->kind), d->name, vt_have, host_v, need, host_v);
+        goto fail;
+    }
+    const char *miss = missing_member(d->kind, d->vtable);
+    if (miss) {
+        status = fs_error_set(err, FS_ERR_ABI, "%s: %s plugin '%s' leaves vtable member %s NULL", path,
+                              fs_plugin_kind_name(d->kind), d->name, miss);
+        goto fail;
+    }
+    fs_plugin *p = calloc(1, sizeof *p);
+    if (!p || !(p->path = strdup(path))) {
+        free(p);
+        status = fs_error_set(err, FS_ERR_NOMEM, "out of memory loading %s", path);
+        goto fail;
+    }
+    p->handle = handle;
+    p->desc = d;
+    *out = p;
+    return FS_OK;
+fail:
+    dlclose(handle);
+    return status;
+}
+
+void fs_plugin_close(fs_plugin *p) {
+    if (!p) return;
+    if (p->handle) dlclose(p->handle);
+    free(p->path);
+    free(p);
+}
+
+/* ---- search ---- */
+
+/* Where an installed fsrun finds the installed plugins, relative to its own
+ * directory (CMake passes the real layout: bin/ to lib/ or lib64/ or
+ * lib/<multiarch>/). */
+#ifndef FS_PLUGIN_INSTALL_RELDIR
+#define FS_PLUGIN_INSTALL_RELDIR "../lib/fastserve/plugins"
+#endif
+
+static char g_dirs_buf[16][PATH_MAX];
+static const char *g_dirs[16];
+
+/* Appends `dir` (canonical when it exists, so messages show plain paths)
+ * unless it is already listed. */
+static void add_dir(size_t *n, const char *dir) {
+    size_t len = strlen(dir);
+    if (*n >= 15 || len >= PATH_MAX) return;
+    char *buf = g_dirs_buf[*n];
+    if (!realpath(dir, buf)) memcpy(buf, dir, len + 1);
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(g_dirs[i], buf) == 0) return;
+    g_dirs[(*n)++] = buf;
+}
+
+const char *const *fs_plugin_dirs(void) {
+    if (g_dirs[0]) return g_dirs;
+    size_t n = 0;
+    const char *env = getenv("FS_PLUGIN_PATH");
+    static char envcopy[4096];
+    if (env && *env) {
+        snprintf(envcopy, sizeof envcopy, "%s", env);
+        size_t n_env = 0;
+        for (char *save = NULL, *tok = strtok_r(envcopy, ":", &save); tok && n_env < 8;
+             tok = strtok_r(NULL, ":", &save), n_env++)
+            if (*tok) add_dir(&n, tok);
+    }
+    char exe[PATH_MAX], buf[PATH_MAX + 64];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = '\0';
+        char *dir = dirname(exe);
+        snprintf(buf, sizeof buf, "%s/plugins", dir);
+        add_dir(&n, buf);
+        snprintf(buf, sizeof buf, "%s/%s", dir, FS_PLUGIN_INSTALL_RELDIR);
+        add_dir(&n, buf);
+    }
+    add_dir(&n, FS_PLUGIN_INSTALL_DIR);
+    add_dir(&n, FS_PLUGIN_BUILD_DIR);
+    g_dirs[n] = NULL;
+    return g_dirs;
+}
+
+/* True when the ", "-separated `list` holds the `len` bytes of `name`. */
+static int list_has(const char *list, const char *name, size_t len) {
+    for (const char *p = list; *p;) {
+        const char *end = strstr(p, ", ");
+        size_t l = end ? (size_t)(end - p) : strlen(p);
+        if (l == len && strncmp(p, name, len) == 0) return 1;
+        if (!end) break;
+        p = end + 2;
+    }
+    return 0;
+}
+
+int fs_plugin_find(char *path, size_t cap, int kind, const char *name, fs_error *err) {
+    if (strchr(name, '/')) {
+        if (access(name, R_OK) != 0)
+            return fs_error_set(err, FS_ERR_NOT_FOUND, "%s: plugin file not found", name);
+        snprintf(path, cap, "%s", name);
+        return FS_OK;
+    }
+    const char *const *dirs = fs_plugin_dirs();
+    for (size_t i = 0; dirs[i]; i++) {
+        snprintf(path, cap, "%s/fsplugin_%s_%s.so", dirs[i], fs_plugin_kind_name(kind), name);
+        if (access(path, R_OK) == 0) return FS_OK;
+    }
+    /* Say what exists (each name once) so a typo is easy to spot. */
+    char avail[240] = "", where[400] = "";
+    size_t used = 0, wused = 0;
+    int more = 0;
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "fsplugin_%s_", fs_plugin_kind_name(kind));
+    size_t lp = strlen(prefix);
+    for (size_t i = 0; dirs[i]; i++) {
+        int w = snprintf(where + wused, sizeof where - wused, "%s%s", i ? ", " : "", dirs[i]);
+        if (w > 0) wused = (size_t)w < sizeof where - wused ? wused + (size_t)w : sizeof where - 1;
+        DIR *dir = opendir(dirs[i]);
+        if (!dir) continue;
+        struct dirent *e;
+        while ((e = readdir(dir))) {
+            size_t l = strlen(e->d_name);
+            if (l <= lp + 3 || strncmp(e->d_name, prefix, lp) != 0 || strcmp(e->d_name + l - 3, ".so") != 0)
+                continue;
+            const char *nm = e->d_name + lp;
+            size_t nl = l - lp - 3;
+            if (list_has(avail, nm, nl)) continue;
+            if (used + 2 + nl + 6 > sizeof avail) { /* keep room for ", ..." */
+                more = 1;
+                continue;
+            }
+            used += (size_t)snprintf(avail + used, sizeof avail - used, "%s%.*s", used ? ", " : "", (int)nl, nm);
+        }
+        closedir(dir);
+    }
+    if (more) snprintf(avail + used, sizeof avail - used, ", ...");
+    return fs_error_set(err, FS_ERR_NOT_FOUND,
+                        "no %s plugin named '%s' (available: %s); put fsplugin_%s_%s.so in a directory of "
+                        "FS_PLUGIN_PATH or give the file's path; searched %s",
+                        fs_plugin_kind_name(kind), name, used ? avail : "none", fs_plugin_kind_name(kind), name,
+                        where);
+}
+
+int fs_plugin_registry_get(fs_plugin_registry *r, int kind, const char *name, const fs_plugin **out,
+                           fs_error *err) {
+    char path[PATH_MAX];
+    int rc = fs_plugin_find(path, sizeof path, kind, name, err);
+    if (rc) return rc;
+    char real[PATH_MAX];
+    if (!realpath(path, real)) snprintf(real, sizeof real, "%s", path);
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->items[i]->path, real) == 0) {
+            if (r->items[i]->desc->kind != kind)
+                return kind_mismatch(err, real, r->items[i]->desc->name, r->items[i]->desc->kind, kind);
+            *out = r->items[i];
+            return FS_OK;
+        }
+    fs_plugin *p;
+    rc = fs_plugin_open(&p, real, kind, err);
+    if (rc) return rc;
+    for (size_t i = 0; i < r->n; i++)
+        if (r->items[i]->desc->kind == p->desc->kind && strcmp(r->items[i]->desc->name, p->desc->name) == 0) {
+            fs_error_set(err, FS_ERR_INVALID,
+                         "%s: duplicate %s plugin name '%s', already loaded from %s; rename one of them or remove "
+                         "it from the plugin path",
+                         real, fs_plugin_kind_name(kind), p->desc->name, r->items[i]->path);
+            fs_plugin_close(p);
+            return FS_ERR_INVALID;
+        }
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 8;
+        fs_plugin **items = realloc(r->items, cap * sizeof *items);
+        if (!items) {
+            fs_plugin_close(p);
+            return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+        }
+        r->items = items;
+        r->cap = cap;
+    }
+    r->items[r->n++] = p;
+    *out = p;
+    return FS_OK;
+}
+
+void fs_plugin_registry_release(fs_plugin_registry *r) {
+    if (!r) return;
+    for (size_t i = 0; i < r->n; i++) fs_plugin_close(r->items[i]);
+    free(r->items);
+    r->items = NULL;
+    r->n = r->cap = 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+void fs_plugin_scan(fs_plugin_visit_fn fn, void *arg) {
+    const char *const *dirs = fs_plugin_dirs();
+    char *seen_real[256];
+    size_t n_seen = 0;
+    for (size_t i = 0; dirs[i]; i++) {
+        DIR *dir = opendir(dirs[i]);
+        if (!dir) continue;
+        char *names[256];
+        size_t n = 0;
+        struct dirent *e;
+        while ((e = readdir(dir)) && n < 256) {
+            size_t l = strlen(e->d_name);
+            if (strncmp(e->d_name, "fsplugin_", 9) == 0 && l > 3 && strcmp(e->d_name + l - 3, ".so") == 0)
+                names[n++] = strdup(e->d_name);
+        }
+        closedir(dir);
+        qsort(names, n, sizeof *names, cmp_str);
+        for (size_t j = 0; j < n; j++) {
+            char path[PATH_MAX], real[PATH_MAX];
+            snprintf(path, sizeof path, "%s/%s", dirs[i], names[j]);
+            free(names[j]);
+            if (!realpath(path, real)) continue;
+            int dup = 0;
+            for (size_t s = 0; s < n_seen; s++)
+                if (strcmp(seen_real[s], real) == 0) dup = 1;
+            if (dup || n_seen == 256) continue;
+            seen_real[n_seen++] = strdup(real);
+            fs_plugin *p = NULL;
+            fs_error err = {0};
+            fs_plugin_open(&p, real, 0, &err);
+            fn(arg, real, p, p ? NULL : &err);
+            fs_plugin_close(p);
+        }
+    }
+    for (size_t s = 0; s < n_seen; s++) free(seen_real[s]);
+}

@@ -1,0 +1,124 @@
+/* schema.c — the runtime's graph keys (see schema.h). */
+#include "core/schema.h"
+
+#define BIG 1e15
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static const fs_param_spec model_keys[] = {
+    {"vocab_size", FS_PARAM_INT, "256", 2, 256, NULL, "vocabulary size; the byte-level tokenizer uses 256"},
+    {"n_layer", FS_PARAM_INT, "4", 1, 256, NULL, "number of transformer blocks"},
+    {"n_head", FS_PARAM_INT, "4", 1, 256, NULL, "attention heads per block (n_embd must be a multiple)"},
+    {"n_embd", FS_PARAM_INT, "256", 8, 65536, NULL, "model width C"},
+    {"max_seq", FS_PARAM_INT, "256", 2, 1048576, NULL, "context length T (learned positions)"},
+    {"tokenizer", FS_PARAM_ENUM, "byte", 0, 0, "byte", "tokenizer: byte-level (token = byte)"},
+    {"reversible", FS_PARAM_BOOL, "false", 0, 0, NULL,
+     "reversible residual layers (Reformer): backward rebuilds each layer's input, so activation memory "
+     "does not grow with n_layer"},
+    {"ff_chunk", FS_PARAM_INT, "0", 0, BIG, NULL,
+     "apply the MLP this many tokens at a time (0 = all at once): its 4C-wide activation is never whole"},
+};
+
+static const fs_param_spec attention_keys[] = {
+    {"plugin", FS_PARAM_STRING, "dense", 0, 0, NULL, "attention plugin name (fsrun --list-plugins) or a path"},
+    {"causal", FS_PARAM_BOOL, "true", 0, 0, NULL, "causal mask (a language model needs true)"},
+};
+
+static const fs_param_spec parallel_keys[] = {
+    {"plugin", FS_PARAM_STRING, "single", 0, 0, NULL, "parallel strategy plugin"},
+};
+
+/* [distill] keys a [distill.stage.N] section may set too */
+#define DISTILL_SHARED_KEYS                                                                                   \
+    {"init", FS_PARAM_STRING, "random", 0, 0, NULL,                                                          \
+     "student start: random, teacher-every-other-layer, or teacher-layers = A,B,... (needs equal widths)"},  \
+    {"augment", FS_PARAM_STRING, "none", 0, 0, NULL,                                                         \
+     "none, generate:R (R teacher-sampled sequences per real one, cached) or replace:P,K (teacher's top K)"},\
+    {"augment_prompt", FS_PARAM_INT, "32", 1, BIG, NULL, "augment = generate: real tokens prompting the teacher"}, \
+    {"augment_temperature", FS_PARAM_FLOAT, "1.0", 0, 100, NULL,                                             \
+     "augment = generate: the teacher's sampling temperature (0 = greedy)"},                                  \
+    {"augment_cache", FS_PARAM_STRING, "", 0, 0, NULL,                                                       \
+     "augment = generate: the cache file (default: beside the teacher's checkpoint)"},                        \
+    {"teacher_cache", FS_PARAM_STRING, "", 0, 0, NULL,                                                       \
+     "file of the teacher's top-k logits per position, reused by students (loss sees top-k renormalised)"},  \
+    {"teacher_cache_k", FS_PARAM_INT, "32", 1, 4096, NULL, "logits per position that teacher_cache keeps"}
+
+static const fs_param_spec distill_keys[] = {
+    {"plugin", FS_PARAM_STRING, "soft_kd", 0, 0, NULL, "distillation loss plugin"},
+    {"teacher", FS_PARAM_STRING, "", 0, 0, NULL, "the teacher's graph file (required in distill mode)"},
+    {"teacher_checkpoint", FS_PARAM_STRING, "", 0, 0, NULL,
+     "the teacher's checkpoint (default: model.safetensors in the teacher's [run] out)"},
+    DISTILL_SHARED_KEYS,
+};
+
+/* [distill.stage.N]: one stage of a chain. Its student is the graph's
+ * [model] with these changes, its teacher the previous stage's student;
+ * keys it does not set come from [distill]. */
+static const fs_param_spec distill_stage_keys[] = {
+    {"plugin", FS_PARAM_STRING, "soft_kd", 0, 0, NULL, "distillation loss plugin (default: [distill] plugin)"},
+    {"n_layer", FS_PARAM_INT, "0", 0, 256, NULL, "the stage student's layers (0 = [model] n_layer)"},
+    {"n_head", FS_PARAM_INT, "0", 0, 256, NULL, "its attention heads (0 = [model] n_head)"},
+    {"n_embd", FS_PARAM_INT, "0", 0, 65536, NULL, "its width (0 = [model] n_embd)"},
+    {"steps", FS_PARAM_INT, "0", 0, BIG, NULL, "its optimizer steps (0 = [train] steps)"},
+    {"out", FS_PARAM_STRING, "", 0, 0, NULL, "its directory (default: <[run] out>/stage<N>)"},
+    {"stop_after", FS_PARAM_INT, "0", 0, BIG, NULL, "end the invocation after this step of the stage (0 = never)"},
+    DISTILL_SHARED_KEYS,
+};
+
+static const fs_param_spec data_keys[] = {
+    {"train", FS_PARAM_STRING, "", 0, 0, NULL, "training text file (required to train)"},
+    {"val", FS_PARAM_STRING, "", 0, 0, NULL, "held-out text file for validation and eval"},
+};
+
+static const fs_param_spec train_keys[] = {
+    {"steps", FS_PARAM_INT, "100", 1, BIG, NULL, "optimizer steps"},
+    {"batch", FS_PARAM_INT, "8", 1, 65536, NULL, "sequences per micro-batch"},
+    {"grad_accum", FS_PARAM_INT, "1", 1, 65536, NULL, "micro-batches per optimizer step"},
+    {"lr", FS_PARAM_FLOAT, "3e-4", 0, 10, NULL, "peak learning rate"},
+    {"min_lr_ratio", FS_PARAM_FLOAT, "0.1", 0, 1, NULL, "final lr as a fraction of lr (cosine decay)"},
+    {"warmup", FS_PARAM_INT, "10", 0, BIG, NULL, "linear warm-up steps"},
+    {"weight_decay", FS_PARAM_FLOAT, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (matrices only)"},
+    {"beta1", FS_PARAM_FLOAT, "0.9", 0, 0.999999, NULL, "AdamW beta1"},
+    {"beta2", FS_PARAM_FLOAT, "0.95", 0, 0.999999, NULL, "AdamW beta2"},
+    {"eps", FS_PARAM_FLOAT, "1e-8", 1e-30, 1, NULL, "AdamW epsilon"},
+    {"grad_clip", FS_PARAM_FLOAT, "1.0", 0, 1e9, NULL, "clip the global gradient norm to this (0 = off)"},
+    {"val_every", FS_PARAM_INT, "50", 0, BIG, NULL, "validation loss every N steps (0 = only at the end)"},
+    {"val_batches", FS_PARAM_INT, "8", 1, BIG, NULL, "batches of the val file per validation"},
+    {"checkpoint_every", FS_PARAM_INT, "0", 0, BIG, NULL, "also checkpoint every N steps (0 = only at the end)"},
+    {"seed", FS_PARAM_INT, "1337", 0, BIG, NULL, "seed of initialisation and batch sampling"},
+    {"resume", FS_PARAM_BOOL, "false", 0, 0, NULL, "continue from the checkpoint in [run] out"},
+};
+
+static const fs_param_spec generate_keys[] = {
+    {"max_tokens", FS_PARAM_INT, "200", 0, BIG, NULL, "tokens to generate (a sample after training too; 0 = none)"},
+    {"temperature", FS_PARAM_FLOAT, "0.8", 0, 100, NULL, "sampling temperature (0 = greedy)"},
+    {"top_k", FS_PARAM_INT, "0", 0, BIG, NULL, "sample from the k most likely tokens (0 = all)"},
+    {"top_p", FS_PARAM_FLOAT, "1.0", 0, 1, NULL, "nucleus sampling: smallest set with this probability mass"},
+    {"seed", FS_PARAM_INT, "42", 0, BIG, NULL, "sampling seed"},
+    {"prompt", FS_PARAM_STRING, "", 0, 0, NULL, "text to continue (--prompt overrides)"},
+};
+
+static const fs_param_spec run_keys[] = {
+    {"out", FS_PARAM_STRING, "runs/default", 0, 0, NULL, "directory for model.safetensors and metrics.jsonl"},
+    {"threads", FS_PARAM_INT, "0", 0, 4096, NULL,
+     "threads (0 = all cores; under mpirun the cores / the ranks on this machine); BLAS uses the same cores"},
+    {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval", "what to do (--mode overrides)"},
+    {"stop_after", FS_PARAM_INT, "0", 0, BIG, NULL,
+     "end this invocation after this step, checkpointed (the schedule still spans [train] steps)"},
+    {"progress", FS_PARAM_ENUM, "auto", 0, 0, "auto|on|off", "progress line: auto = only on a terminal"},
+    {"log_every", FS_PARAM_INT, "10", 1, BIG, NULL, "plain progress lines every N steps when not a terminal"},
+};
+
+const fs_section_schema fs_schema_model = {"model", model_keys, N(model_keys)};
+const fs_section_schema fs_schema_attention = {"attention", attention_keys, N(attention_keys)};
+const fs_section_schema fs_schema_parallel = {"parallel", parallel_keys, N(parallel_keys)};
+const fs_section_schema fs_schema_distill = {"distill", distill_keys, N(distill_keys)};
+const fs_section_schema fs_schema_distill_stage = {"distill.stage.N", distill_stage_keys, N(distill_stage_keys)};
+const fs_section_schema fs_schema_data = {"data", data_keys, N(data_keys)};
+const fs_section_schema fs_schema_train = {"train", train_keys, N(train_keys)};
+const fs_section_schema fs_schema_generate = {"generate", generate_keys, N(generate_keys)};
+const fs_section_schema fs_schema_run = {"run", run_keys, N(run_keys)};
+
+const fs_section_schema *const fs_schemas[] = {&fs_schema_model,     &fs_schema_attention, &fs_schema_parallel,
+                                               &fs_schema_distill,   &fs_schema_distill_stage,
+                                               &fs_schema_data,      &fs_schema_train,     &fs_schema_generate,
+                                               &fs_schema_run,       NULL};

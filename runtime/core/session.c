@@ -1,0 +1,356 @@
+/* session.c — graph to live objects (see session.h). */
+#include "core/session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist/comm_self.h"
+#include "fastserve/attention.h"
+#include "fastserve/parallel.h"
+#include "core/schema.h"
+#include "dist/shard.h"
+#include "dist/world.h"
+
+static int resolve(fs_config **out, const fs_graph *g, const fs_section_schema *s, fs_error *err) {
+    const char *sections[] = {s->section};
+    return fs_config_resolve(out, g, sections, 1, s->spec, s->n, NULL, err);
+}
+
+static const char *plugin_name_for(const fs_graph *g, const char *const *sections, size_t n, const char *fallback,
+                                   const char **where_file, int *where_line) {
+    for (size_t i = 0; i < n; i++) {
+        const fs_graph_entry *e = fs_graph_find(g, sections[i], "plugin");
+        if (e) {
+            *where_file = e->file;
+            *where_line = e->line;
+            return e->value;
+        }
+    }
+    *where_file = NULL;
+    *where_line = 0;
+    return fallback;
+}
+
+int fs_session_plugin_config(fs_session *s, fs_plugin_instance *inst, int kind, const char *const *sections,
+                             size_t n_sections, const fs_param_spec *core, size_t n_core, fs_error *err) {
+    const char *file;
+    int line;
+    const char *name = plugin_name_for(s->graph, sections, n_sections, core[0].default_value, &file, &line);
+    fs_error perr = {0};
+    int rc = fs_plugin_registry_get(&s->registry, kind, name, &inst->plugin, &perr);
+    if (rc) {
+        if (file)
+            return fs_error_set(err, rc, "%s:%d: [%s] plugin = %s: %s", file, line, sections[0], name,
+                                perr.message);
+        return fs_error_set(err, rc, "[%s] plugin = %s (default): %s", sections[0], name, perr.message);
+    }
+    const fs_plugin_descriptor *d = inst->plugin->desc;
+    /* schema = runtime keys, then the plugin's; a clash is the plugin's bug */
+    inst->spec = calloc(n_core + d->n_params, sizeof *inst->spec);
+    if (!inst->spec) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    memcpy(inst->spec, core, n_core * sizeof *core);
+    for (size_t i = 0; i < d->n_params; i++) {
+        for (size_t j = 0; j < n_core; j++)
+            if (strcmp(d->params[i].name, core[j].name) == 0)
+                return fs_error_set(err, FS_ERR_ABI, "%s: plugin '%s' declares key '%s', which fsrun reserves",
+                                    inst->plugin->path, d->name, core[j].name);
+        inst->spec[n_core + i] = d->params[i];
+    }
+    return fs_config_resolve(&inst->config, s->graph, sections, n_sections, inst->spec, n_core + d->n_params, NULL,
+                             err);
+}
+
+static void release_instance(fs_plugin_instance *inst) {
+    fs_config_destroy(inst->config);
+    free(inst->spec);
+    memset(inst, 0, sizeof *inst);
+}
+
+/* Every [layer.*] section must name existing layers. */
+static int check_layer_sections(fs_session *s, fs_error *err) {
+    const fs_graph *g = s->graph;
+    for (size_t i = 0; i < fs_graph_count(g); i++) {
+        const fs_graph_entry *e = fs_graph_at(g, i);
+        int first, last;
+        if (fs_graph_layer_range(e->section, &first, &last) != 0) continue;
+        if (last >= (int)s->mcfg.n_layer || first > last)
+            return fs_error_set(err, FS_ERR_INVALID,
+                                "%s:%d: [%s]: layers %d-%d do not exist: [model] n_layer = %zu (layers 0-%zu)",
+                                e->file, e->line, e->section, first, last, s->mcfg.n_layer, s->mcfg.n_layer - 1);
+    }
+    return FS_OK;
+}
+
+static int build_attention(fs_session *s, fs_error *err) {
+    size_t L = s->mcfg.n_layer;
+    s->layers = calloc(L, sizeof *s->layers);
+    if (!s->layers) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    /* [attention] on its own first, so its unknown keys are reported */
+    {
+        fs_plugin_instance base = {0};
+        const char *sec[] = {"attention"};
+        int rc = fs_session_plugin_config(s, &base, FS_PLUGIN_ATTENTION, sec, 1, fs_schema_attention.spec,
+                                          fs_schema_attention.n, err);
+        release_instance(&base);
+        if (rc) return rc;
+    }
+    /* each [layer.*] section alone, against the plugin of its first layer */
+    char names[64][32];
+    size_t n_layer_sections = 0;
+    for (size_t i = 0; i < fs_graph_count(s->graph); i++) {
+        const char *sec = fs_graph_at(s->graph, i)->section;
+        int f, l;
+        if (fs_graph_layer_range(sec, &f, &l) != 0) continue;
+        int seen = 0;
+        for (size_t j = 0; j < n_layer_sections; j++) seen |= strcmp(names[j], sec) == 0;
+        if (seen || n_layer_sections == 64) continue;
+        snprintf(names[n_layer_sections++], sizeof names[0], "%s", sec);
+        fs_plugin_instance one = {0};
+        const char *secs[] = {sec, "attention"};
+        int rc = fs_session_plugin_config(s, &one, FS_PLUGIN_ATTENTION, secs, 2, fs_schema_attention.spec,
+                                          fs_schema_attention.n, err);
+        release_instance(&one);
+        if (rc) return rc;
+    }
+    fs_model_config mc = s->mcfg;
+    fs_model *model = s->model;
+    for (size_t li = 0; li < model->L; li++) {
+        size_t l = model->layer_ids[li]; /* [layer.N] sections name global layers */
+        /* priority: single-layer sections, then ranges (narrowest first), then [attention] */
+        const char *secs[66];
+        size_t n = 0;
+        size_t widths[64];
+        for (size_t j = 0; j < n_layer_sections; j++) {
+            int f, la;
+            fs_graph_layer_range(names[j], &f, &la);
+            if ((int)l < f || (int)l > la) continue;
+            size_t w = (size_t)(la - f), k = n;
+            while (k > 0 && widths[k - 1] > w) {
+                widths[k] = widths[k - 1];
+                secs[k] = secs[k - 1];
+                k--;
+            }
+            widths[k] = w;
+            secs[k] = names[j];
+            n++;
+        }
+        secs[n++] = "attention";
+        fs_plugin_instance *inst = &s->layers[li];
+        int rc = fs_session_plugin_config(s, inst, FS_PLUGIN_ATTENTION, secs, n, fs_schema_attention.spec,
+                                          fs_schema_attention.n, err);
+        if (rc) return rc;
+        const fs_attention_vtable *vt = inst->plugin->desc->vtable;
+        int causal = fs_config_bool(inst->config, "causal");
+        if (causal && !(vt->flags & FS_ATTENTION_CAUSAL))
+            return fs_error_set(err, FS_ERR_INVALID, "%s: plugin '%s' cannot do causal attention",
+                                fs_config_where(inst->config, "causal"), inst->plugin->desc->name);
+        if (!causal && !(vt->flags & FS_ATTENTION_BIDIRECTIONAL))
+            return fs_error_set(err, FS_ERR_INVALID, "%s: plugin '%s' only does causal attention",
+                                fs_config_where(inst->config, "causal"), inst->plugin->desc->name);
+        char scope[64];
+        snprintf(scope, sizeof scope, "plugin.layer%zu.attention", l);
+        fs_plugin_ctx_init(&inst->ctx, &s->host, inst->config, scope, inst->plugin->desc->name);
+        fs_attention_config ac = {
+            .struct_size = sizeof ac,
+            .layer = (int32_t)l,
+            .n_head = model->Ha, /* this rank's heads under tensor parallelism */
+            .head_dim = mc.n_embd / mc.n_head,
+            .n_embd = model->Ca,
+            .max_seq = mc.max_seq,
+            .causal = causal,
+            .device = {FS_DEVICE_CPU, 0},
+        };
+        fs_error perr = {0};
+        rc = vt->create(&inst->self, &s->host.api, &inst->ctx, &ac, &perr);
+        if (rc) return fs_error_set(err, rc, "layer %zu: attention plugin '%s': %s", l, inst->plugin->desc->name,
+                                    perr.message);
+        fs_model_attach_attention(s->model, li, vt, inst->self);
+    }
+    return FS_OK;
+}
+
+/* The strategy comes before the model: the model's shape may depend on
+ * the topology (tensor and pipeline shards), so n_params is not known yet
+ * and strategies size their buffers from the n of later calls. */
+static int build_parallel(fs_session *s, fs_error *err) {
+    if (s->local) fs_comm_self_init(&s->local_comm);
+    s->comm = s->local ? &s->local_comm : fs_world_comm();
+    fs_plugin_ctx_init(&s->parallel.ctx, &s->host, s->parallel.config, "plugin.parallel",
+                       s->parallel.plugin->desc->name);
+    fs_parallel_config pc = {
+        .struct_size = sizeof pc,
+        .comm = s->comm,
+        .n_params = 0,
+        .n_layer = s->mcfg.n_layer,
+        .n_head = s->mcfg.n_head,
+        .batch = (size_t)fs_config_int(s->train_cfg, "batch"),
+        .device = {FS_DEVICE_CPU, 0},
+        .seq = s->mcfg.max_seq,
+        .n_embd = s->mcfg.n_embd,
+        .vocab = s->mcfg.vocab,
+    };
+    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
+    fs_error perr = {0};
+    int rc = vt->create(&s->parallel.self, &s->host.api, &s->parallel.ctx, &pc, &perr);
+    if (rc) return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
+    /* a strategy older than ABI 1.1 leaves the coordinates out: one rank
+     * per dimension it does not split */
+    fs_parallel_topology *t = &s->topo;
+    memset(t, 0, sizeof *t);
+    if ((rc = vt->topology(s->parallel.self, t, &perr)))
+        return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
+    if (!FS_HAS_MEMBER(t, t->struct_size, fs_parallel_topology, microbatches)) {
+        t->data_rank = t->rank;
+        t->tensor_rank = t->pipeline_rank = 0;
+        t->interleave = t->microbatches = 1;
+    }
+    int world = s->local ? 1 : fs_world_size();
+    if (t->world != world || t->data < 1 || t->tensor < 1 || t->pipeline < 1 ||
+        t->data * t->tensor * t->pipeline != t->world)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "parallel plugin '%s' reports %d ranks as data %d x tensor %d x pipeline %d, but the "
+                            "world has %d: the plugin is broken",
+                            s->parallel.plugin->desc->name, t->world, t->data, t->tensor, t->pipeline,
+                            world);
+    /* this rank's part of the model: its tensor shard and pipeline layers */
+    if ((rc = fs_shard_map_build(&s->shard, t, vt, s->parallel.plugin->desc->vtable_size, s->parallel.self,
+                                 s->mcfg.n_layer, &perr)))
+        return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
+    s->mcfg.shard = s->shard.shard;
+    if (s->mcfg.reversible && t->pipeline > 1)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: [parallel] pipeline = %d cannot cut a reversible model (its stream is a pair): set "
+                            "[model] reversible = false, or use data and tensor parallelism",
+                            fs_config_where(s->model_cfg, "reversible"), t->pipeline);
+    return FS_OK;
+}
+
+/* Megatron's all-reduce between the model's tensor shards, through the strategy. */
+static int tensor_reduce(void *arg, float *x, size_t n, fs_error *err) {
+    fs_session *s = arg;
+    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
+    return vt->tensor_all_reduce(s->parallel.self, x, n, err);
+}
+
+/* Tensor and pipeline splits cut the layers' tensors; parameters an
+ * attention plugin owns are not cut with them. */
+static int check_sharded_plugins(fs_session *s, fs_error *err) {
+    if (s->topo.tensor == 1 && s->topo.pipeline == 1) return FS_OK;
+    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
+    if (s->topo.tensor > 1 && (!FS_HAS_MEMBER(vt, s->parallel.plugin->desc->vtable_size, fs_parallel_vtable,
+                                              tensor_all_reduce) ||
+                               !vt->tensor_all_reduce))
+        return fs_error_set(err, FS_ERR_INVALID, "parallel plugin '%s' splits tensors but has no tensor_all_reduce",
+                            s->parallel.plugin->desc->name);
+    if (s->host.n_params)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "[parallel] tensor = %d, pipeline = %d: an attention plugin owns parameters ('%s') that "
+                            "tensor and pipeline parallelism do not split (longformer's global projections): use "
+                            "data parallelism, or no global tokens",
+                            s->topo.tensor, s->topo.pipeline, s->host.params[0].name);
+    s->model->tensor_reduce = tensor_reduce;
+    s->model->tensor_reduce_arg = s;
+    return FS_OK;
+}
+
+/* Every rank reaches every agreement point, failed or not, so no rank
+ * enters a collective that a failed rank will never join (see world.h). */
+static int agree(int rc, fs_error *err) {
+    int code;
+    return fs_world_agree(rc, rc == FS_ERR_NOMEM ? 1 : 2, &code, err);
+}
+
+static int open_session(fs_session **out, fs_graph *g, int local, fs_error *err) {
+    *out = NULL;
+    fs_session *s = calloc(1, sizeof *s);
+    if (!s) {
+        fs_graph_destroy(g);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    }
+    s->graph = g;
+    s->local = local;
+    int rc;
+    if ((rc = resolve(&s->model_cfg, g, &fs_schema_model, err)) || (rc = resolve(&s->data_cfg, g, &fs_schema_data, err)) ||
+        (rc = resolve(&s->train_cfg, g, &fs_schema_train, err)) ||
+        (rc = resolve(&s->gen_cfg, g, &fs_schema_generate, err)) || (rc = resolve(&s->run_cfg, g, &fs_schema_run, err)))
+        goto checked;
+    /* [distill] with its plugin's keys; the plugin itself is created by the
+     * distill mode, which also needs the teacher */
+    {
+        const char *sec[] = {"distill"};
+        if ((rc = fs_session_plugin_config(s, &s->distill, FS_PLUGIN_DISTILL, sec, 1, fs_schema_distill.spec,
+                                           fs_schema_distill.n, err)))
+            goto checked;
+        s->distill_cfg = s->distill.config;
+    }
+    s->mcfg = (fs_model_config){
+        .vocab = (size_t)fs_config_int(s->model_cfg, "vocab_size"),
+        .max_seq = (size_t)fs_config_int(s->model_cfg, "max_seq"),
+        .n_layer = (size_t)fs_config_int(s->model_cfg, "n_layer"),
+        .n_head = (size_t)fs_config_int(s->model_cfg, "n_head"),
+        .n_embd = (size_t)fs_config_int(s->model_cfg, "n_embd"),
+        .reversible = fs_config_bool(s->model_cfg, "reversible"),
+        .ff_chunk = (size_t)fs_config_int(s->model_cfg, "ff_chunk"),
+    };
+    if (s->mcfg.n_embd % s->mcfg.n_head) {
+        rc = fs_error_set(err, FS_ERR_INVALID, "%s: must be a multiple of [model] n_head = %zu",
+                          fs_config_where(s->model_cfg, "n_embd"), s->mcfg.n_head);
+        goto checked;
+    }
+    if ((rc = check_layer_sections(s, err))) goto checked;
+    {
+        const char *sec[] = {"parallel"};
+        rc = fs_session_plugin_config(s, &s->parallel, FS_PLUGIN_PARALLEL, sec, 1, fs_schema_parallel.spec,
+                                      fs_schema_parallel.n, err);
+    }
+checked:
+    if ((rc = agree(rc, err))) goto fail;
+    fs_host_init(&s->host, (uint64_t)fs_config_int(s->train_cfg, "seed"));
+    if ((rc = agree(build_parallel(s, err), err))) goto fail;
+    rc = fs_model_create(&s->model, &s->mcfg, err);
+    if (!rc) rc = build_attention(s, err);
+    if (!rc) rc = check_sharded_plugins(s, err);
+    if ((rc = agree(rc, err))) goto fail;
+    *out = s;
+    return FS_OK;
+fail:
+    fs_session_close(s);
+    return rc;
+}
+
+int fs_session_open(fs_session **out, fs_graph *g, fs_error *err) { return open_session(out, g, 0, err); }
+int fs_session_open_local(fs_session **out, fs_graph *g, fs_error *err) { return open_session(out, g, 1, err); }
+
+void fs_session_close(fs_session *s) {
+    if (!s) return;
+    if (s->parallel.self) ((const fs_parallel_vtable *)s->parallel.plugin->desc->vtable)->destroy(s->parallel.self);
+    release_instance(&s->parallel);
+    fs_model_destroy(s->model); /* destroys the attention instances */
+    for (size_t l = 0; s->layers && l < s->mcfg.n_layer; l++) release_instance(&s->layers[l]);
+    free(s->layers);
+    fs_host_release(&s->host);
+    fs_config_destroy(s->model_cfg);
+    fs_config_destroy(s->data_cfg);
+    fs_config_destroy(s->train_cfg);
+    fs_config_destroy(s->gen_cfg);
+    fs_config_destroy(s->run_cfg);
+    release_instance(&s->distill);
+    fs_shard_map_release(&s->shard);
+    fs_plugin_registry_release(&s->registry);
+    fs_graph_destroy(s->graph);
+    free(s);
+}
+
+int fs_session_require_whole(const fs_session *s, const char *mode, fs_error *err) {
+    if (s->topo.tensor <= 1 && s->topo.pipeline <= 1) return FS_OK;
+    return fs_error_set(err, FS_ERR_INVALID,
+                        "%s: --mode %s runs in one process, but [parallel] splits the model (tensor = %d, pipeline = "
+                        "%d): run fsrun without mpirun (the checkpoint holds the whole model), or use [parallel] "
+                        "plugin = data",
+                        fs_config_where(s->parallel.config, "plugin"), mode, s->topo.tensor, s->topo.pipeline);
+}
+
+void fs_session_checkpoint_path(const fs_session *s, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s/model.safetensors", fs_config_string(s->run_cfg, "out"));
+}
