@@ -1,17 +1,14 @@
 /* host.c — the fs_host_api table handed to plugins, threads, logging. */
 #include "core/host.h"
 
-#include <omp.h>
+#include "model/blas.h"
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "model/blas.h"
 
 static int g_log_level = FS_LOG_INFO;
-static int g_threads = 1;
-static int g_local_ranks = 1;
 
 void fs_log_set_level(int level) { g_log_level = level; }
 
@@ -57,41 +54,6 @@ void *fs_calloc(size_t bytes) {
 
 void fs_free(void *p) { free(p); }
 
-void fs_threads_share(int ranks) { g_local_ranks = ranks > 0 ? ranks : 1; }
-
-void fs_threads_set(int n) {
-    int cores = omp_get_num_procs(); /* the cores this process may run on */
-    if (n <= 0 && g_local_ranks > 1) {
-        /* Ranks on this machine share its cores, unless the launcher bound
-         * each one to its own (then `cores` already counts only those). */
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n = online > 0 && cores < online ? cores : cores / g_local_ranks;
-        if (n < 1) n = 1;
-    }
-    if (n <= 0 || n > cores) n = cores;
-    g_threads = n;
-    omp_set_num_threads(n);
-    fs_blas_set_threads(n);
-}
-
-int fs_threads_get(void) { return g_threads; }
-
-void fs_parallel_for(size_t n, size_t grain, fs_parallel_fn fn, void *arg) {
-    if (n == 0) return;
-    if (grain == 0) grain = 1;
-    size_t chunks = (n + grain - 1) / grain;
-    if (chunks > (size_t)g_threads * 4) chunks = (size_t)g_threads * 4;
-    if (chunks <= 1 || g_threads == 1) {
-        fn(arg, 0, n);
-        return;
-    }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (size_t c = 0; c < chunks; c++) {
-        size_t b = n * c / chunks, e = n * (c + 1) / chunks;
-        if (b < e) fn(arg, b, e);
-    }
-}
-
 /* ---- the host API as plugins see it ---- */
 
 static int64_t api_config_int(const fs_plugin_ctx *ctx, const char *key) {
@@ -130,7 +92,7 @@ static void api_free(fs_device dev, void *p) {
     fs_free(p);
 }
 
-static int api_n_threads(void) { return g_threads; }
+static int api_n_threads(void) { return fs_threads_get(); }
 
 static int api_sgemm(fs_device dev, int ta, int tb, size_t m, size_t n, size_t k, float alpha, const float *a,
                      size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc) {

@@ -11,6 +11,7 @@
 
 #include "fastserve/plugin.h"
 #include "core/graph.h"
+#include "core/threads.h"
 
 typedef struct fs_plugin_param {
     char *name; /* "<scope>.<name>", the checkpoint tensor name */
@@ -41,13 +42,6 @@ void fs_host_release(fs_host *h); /* frees registered parameters */
 void fs_plugin_ctx_init(fs_plugin_ctx *ctx, fs_host *h, const fs_config *cfg, const char *scope,
                         const char *plugin_name);
 
-/* Threads: the pool and BLAS share the cores (never both at once). */
-void fs_threads_set(int n); /* 0 = all cores (shared by the ranks on this machine, see below) */
-/* `ranks` processes of the run share this machine: threads = 0 then means
- * cores / ranks, at least 1. Call before fs_threads_set. */
-void fs_threads_share(int ranks);
-int fs_threads_get(void);
-void fs_parallel_for(size_t n, size_t grain, fs_parallel_fn fn, void *arg);
 
 int fs_error_set(fs_error *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void fs_log(int level, const char *who, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
