@@ -44,9 +44,9 @@ static int run_one(size_t L, int reversible, size_t T, size_t C, size_t B, const
     fs_optimizer opt;
     fs_adamw_config ac = {1e-3, 0.9, 0.95, 1e-8, 0.1};
     fs_optimizer_init(&opt, &ac);
-    for (size_t i = 0; i < m->n_views; i++)
-        fs_optimizer_add(&opt, m->params + m->views[i].offset, m->grads + m->views[i].offset, m->views[i].numel,
-                         m->views[i].weight_decay, &err);
+    for (size_t i = 0; i < fs_model_block(m)->n_views; i++)
+        fs_optimizer_add(&opt, fs_model_block(m)->params + fs_model_block(m)->views[i].offset, fs_model_block(m)->grads + fs_model_block(m)->views[i].offset, fs_model_block(m)->views[i].numel,
+                         fs_model_block(m)->views[i].weight_decay, &err);
     if (fs_optimizer_ready(&opt, &err)) return 1;
     int32_t *tok = malloc(B * (T + 1) * sizeof(int32_t));
     for (size_t i = 0; i < B * (T + 1); i++) tok[i] = (int32_t)((i * 2654435761u) % 256);
@@ -61,7 +61,7 @@ static int run_one(size_t L, int reversible, size_t T, size_t C, size_t B, const
     }
     fs_optimizer_step(&opt, 1e-3);
     out->act_bytes = fs_model_activation_bytes(m);
-    out->param_bytes = m->n_params * 4 * sizeof(float); /* params, grads, two moments */
+    out->param_bytes = fs_model_block(m)->n * 4 * sizeof(float); /* params, grads, two moments */
     out->ok = 1;
     free(tok);
     fs_optimizer_release(&opt);

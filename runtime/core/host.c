@@ -1,12 +1,11 @@
-/* host.c — the fs_host_api table handed to plugins, threads, logging. */
+/* host.c — the fs_host_api table handed to plugins, logging, memory. */
 #include "core/host.h"
-
-#include "model/blas.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/blas.h"
 
 static int g_log_level = FS_LOG_INFO;
 
@@ -107,42 +106,18 @@ static int api_register_param(fs_plugin_ctx *ctx, const char *name, int32_t ndim
     if (ndim < 1 || ndim > FS_TENSOR_MAX_DIMS)
         return fs_error_set(err, FS_ERR_INVALID, "%s: parameter '%s': ndim %d outside 1..%d", ctx->scope, name,
                             (int)ndim, FS_TENSOR_MAX_DIMS);
+    if (!h->place_param)
+        return fs_error_set(err, FS_ERR_INVALID, "%s: parameter '%s': this instance has no model to hold it",
+                            ctx->scope, name);
     char full[256];
     snprintf(full, sizeof full, "%s.%s", ctx->scope, name);
-    for (size_t i = 0; i < h->n_params; i++)
-        if (strcmp(h->params[i].name, full) == 0)
-            return fs_error_set(err, FS_ERR_INVALID, "%s: parameter '%s' registered twice", ctx->scope, name);
-    if (h->n_params == h->cap_params) {
-        size_t cap = h->cap_params ? h->cap_params * 2 : 8;
-        fs_plugin_param *p = realloc(h->params, cap * sizeof *p);
-        if (!p) return fs_error_set(err, FS_ERR_NOMEM, "out of memory registering %s", full);
-        h->params = p;
-        h->cap_params = cap;
-    }
-    fs_plugin_param *p = &h->params[h->n_params];
-    memset(p, 0, sizeof *p);
-    p->ndim = ndim;
-    p->numel = 1;
-    for (int i = 0; i < ndim; i++) {
-        p->shape[i] = shape[i];
-        p->numel *= shape[i];
-    }
-    p->weight_decay = weight_decay;
-    p->name = strdup(full);
-    p->data = fs_calloc(p->numel * sizeof(float));
-    p->grad = fs_calloc(p->numel * sizeof(float));
-    if (!p->name || !p->data || !p->grad) {
-        free(p->name);
-        fs_free(p->data);
-        fs_free(p->grad);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory for parameter %s", full);
-    }
-    h->n_params++;
-    fs_device cpu = {FS_DEVICE_CPU, 0};
-    *param = fs_tensor_cpu_f32(p->data, ndim, 0, 0, 0, 0);
-    *grad = fs_tensor_cpu_f32(p->grad, ndim, 0, 0, 0, 0);
+    float *p, *g;
+    fs_error perr = {0};
+    int rc = h->place_param(h->place_arg, full, ndim, shape, weight_decay, &p, &g, &perr);
+    if (rc) return fs_error_set(err, rc, "%s: %s", ctx->scope, perr.message);
+    *param = fs_tensor_cpu_f32(p, ndim, 0, 0, 0, 0);
+    *grad = fs_tensor_cpu_f32(g, ndim, 0, 0, 0, 0);
     for (int i = 0; i < ndim; i++) param->shape[i] = grad->shape[i] = shape[i];
-    param->device = grad->device = cpu;
     return FS_OK;
 }
 
@@ -184,18 +159,6 @@ void fs_host_init(fs_host *h, uint64_t seed) {
         .seed = api_seed,
         .error_set = api_error_set,
     };
-}
-
-void fs_host_release(fs_host *h) {
-    if (!h) return;
-    for (size_t i = 0; i < h->n_params; i++) {
-        free(h->params[i].name);
-        fs_free(h->params[i].data);
-        fs_free(h->params[i].grad);
-    }
-    free(h->params);
-    h->params = NULL;
-    h->n_params = h->cap_params = 0;
 }
 
 void fs_plugin_ctx_init(fs_plugin_ctx *ctx, fs_host *h, const fs_config *cfg, const char *scope,

@@ -1,9 +1,8 @@
 /* host.h — the services fsrun offers plugins (the fs_host_api table) and
  * the per-instance plugin context behind it.
  *
- * One fs_host per process: it owns the thread count, the run's seed and the
- * list of trainable parameters plugins registered (the optimizer and the
- * checkpoint code walk that list next to the model's own parameter block). */
+ * One fs_host per session: the run's seed, and where plugin tensors are
+ * placed (its model's parameter block). */
 #ifndef FS_HOST_H
 #define FS_HOST_H
 
@@ -13,21 +12,19 @@
 #include "core/graph.h"
 #include "core/threads.h"
 
-typedef struct fs_plugin_param {
-    char *name; /* "<scope>.<name>", the checkpoint tensor name */
-    int32_t ndim;
-    size_t shape[FS_TENSOR_MAX_DIMS];
-    size_t numel;
-    int weight_decay;
-    float *data, *grad;
-} fs_plugin_param;
+/* Where the tensors plugins register go: the session points this at its
+ * model's parameter block (fs_model_add_plugin_param), so plugin tensors
+ * live in the one flat vector the optimizer, the strategies and
+ * checkpoints walk. */
+typedef int (*fs_param_place_fn)(void *arg, const char *name, int32_t ndim, const size_t *shape, int weight_decay,
+                                 float **param, float **grad, fs_error *err);
 
 typedef struct fs_host {
     fs_host_api api;
     uint64_t seed;
     int verbose;
-    fs_plugin_param *params;
-    size_t n_params, cap_params;
+    fs_param_place_fn place_param;
+    void *place_arg;
 } fs_host;
 
 struct fs_plugin_ctx {
@@ -38,7 +35,6 @@ struct fs_plugin_ctx {
 };
 
 void fs_host_init(fs_host *h, uint64_t seed);
-void fs_host_release(fs_host *h); /* frees registered parameters */
 void fs_plugin_ctx_init(fs_plugin_ctx *ctx, fs_host *h, const fs_config *cfg, const char *scope,
                         const char *plugin_name);
 

@@ -14,6 +14,11 @@ void fs_rng_seed(fs_rng *r, uint64_t seed) {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
 }
 
+uint64_t fs_rng_mix(uint64_t seed, uint64_t i) {
+    uint64_t x = seed ^ (i * 0xD1B54A32D192ED03ull);
+    return splitmix64(&x);
+}
+
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 uint64_t fs_rng_u64(fs_rng *r) {

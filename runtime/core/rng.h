@@ -16,6 +16,9 @@ uint64_t fs_rng_u64(fs_rng *r);
 float fs_rng_float(fs_rng *r);
 /* uniform integer in [0, n) without modulo bias */
 uint64_t fs_rng_below(fs_rng *r, uint64_t n);
+/* A seed for stream `i` derived from `seed` (splitmix64 of both): the
+ * rows of one request, or the samples of one window, each get their own. */
+uint64_t fs_rng_mix(uint64_t seed, uint64_t i);
 /* standard normal (Box-Muller) */
 float fs_rng_normal(fs_rng *r);
 

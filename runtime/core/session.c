@@ -114,9 +114,9 @@ static int build_attention(fs_session *s, fs_error *err) {
         if (rc) return rc;
     }
     fs_model_config mc = s->mcfg;
-    fs_model *model = s->model;
-    for (size_t li = 0; li < model->L; li++) {
-        size_t l = model->layer_ids[li]; /* [layer.N] sections name global layers */
+    const fs_model_part *part = fs_model_held(s->model);
+    for (size_t li = 0; li < part->n_layers; li++) {
+        size_t l = part->layer_ids[li]; /* [layer.N] sections name global layers */
         /* priority: single-layer sections, then ranges (narrowest first), then [attention] */
         const char *secs[66];
         size_t n = 0;
@@ -154,9 +154,9 @@ static int build_attention(fs_session *s, fs_error *err) {
         fs_attention_config ac = {
             .struct_size = sizeof ac,
             .layer = (int32_t)l,
-            .n_head = model->Ha, /* this rank's heads under tensor parallelism */
+            .n_head = part->n_head, /* this rank's heads under tensor parallelism */
             .head_dim = mc.n_embd / mc.n_head,
-            .n_embd = model->Ca,
+            .n_embd = part->attn_width,
             .max_seq = mc.max_seq,
             .causal = causal,
             .device = {FS_DEVICE_CPU, 0},
@@ -243,15 +243,22 @@ static int check_sharded_plugins(fs_session *s, fs_error *err) {
                                !vt->tensor_all_reduce))
         return fs_error_set(err, FS_ERR_INVALID, "parallel plugin '%s' splits tensors but has no tensor_all_reduce",
                             s->parallel.plugin->desc->name);
-    if (s->host.n_params)
-        return fs_error_set(err, FS_ERR_INVALID,
-                            "[parallel] tensor = %d, pipeline = %d: an attention plugin owns parameters ('%s') that "
-                            "tensor and pipeline parallelism do not split (longformer's global projections): use "
-                            "data parallelism, or no global tokens",
-                            s->topo.tensor, s->topo.pipeline, s->host.params[0].name);
-    s->model->tensor_reduce = tensor_reduce;
-    s->model->tensor_reduce_arg = s;
+    const fs_param_block *pb = fs_model_block(s->model);
+    for (size_t i = 0; i < pb->n_views; i++)
+        if (pb->views[i].plugin)
+            return fs_error_set(err, FS_ERR_INVALID,
+                                "[parallel] tensor = %d, pipeline = %d: an attention plugin owns parameters ('%s') "
+                                "that tensor and pipeline parallelism do not split (longformer's global "
+                                "projections): use data parallelism, or no global tokens",
+                                s->topo.tensor, s->topo.pipeline, pb->views[i].name);
+    fs_model_set_tensor_reduce(s->model, tensor_reduce, s);
     return FS_OK;
+}
+
+/* Plugin tensors go into the model's parameter block. */
+static int place_param(void *arg, const char *name, int32_t ndim, const size_t *shape, int weight_decay, float **param,
+                       float **grad, fs_error *err) {
+    return fs_model_add_plugin_param(arg, name, ndim, shape, weight_decay, param, grad, err);
 }
 
 /* Every rank reaches every agreement point, failed or not, so no rank
@@ -309,7 +316,11 @@ checked:
     fs_host_init(&s->host, (uint64_t)fs_config_int(s->train_cfg, "seed"));
     if ((rc = agree(build_parallel(s, err), err))) goto fail;
     rc = fs_model_create(&s->model, &s->mcfg, err);
-    if (!rc) rc = build_attention(s, err);
+    if (!rc) {
+        s->host.place_param = place_param;
+        s->host.place_arg = s->model;
+        rc = build_attention(s, err);
+    }
     if (!rc) rc = check_sharded_plugins(s, err);
     if ((rc = agree(rc, err))) goto fail;
     *out = s;
@@ -329,7 +340,6 @@ void fs_session_close(fs_session *s) {
     fs_model_destroy(s->model); /* destroys the attention instances */
     for (size_t l = 0; s->layers && l < s->mcfg.n_layer; l++) release_instance(&s->layers[l]);
     free(s->layers);
-    fs_host_release(&s->host);
     fs_config_destroy(s->model_cfg);
     fs_config_destroy(s->data_cfg);
     fs_config_destroy(s->train_cfg);

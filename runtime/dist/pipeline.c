@@ -42,7 +42,7 @@ void fs_pipeline_step_ops(fs_pipeline_step *st, fs_stage_ops *ops) {
     memset(ops, 0, sizeof *ops);
     ops->struct_size = sizeof *ops;
     ops->ctx = st;
-    ops->act_numel = st->micro_rows * st->T * st->m->cfg.n_embd;
+    ops->act_numel = st->micro_rows * st->T * fs_model_cfg(st->m)->n_embd;
     ops->forward = step_forward;
     ops->backward = step_backward;
 }
@@ -55,7 +55,8 @@ static int vstage_rank(const fs_parallel_topology *t, size_t vs) {
 
 int fs_pipeline_loss(fs_model *m, const fs_parallel_topology *topo, fs_comm *comm, const int32_t *inputs,
                      const int32_t *targets, size_t rows, size_t T, double *sum, fs_error *err) {
-    size_t C = m->cfg.n_embd, p = (size_t)topo->pipeline, nv = p * m->n_chunks, BTC = rows * T * C;
+    size_t C = fs_model_cfg(m)->n_embd, p = (size_t)topo->pipeline, nv = p * fs_model_held(m)->n_chunks;
+    size_t BTC = rows * T * C;
     *sum = 0;
     float *a = malloc(BTC * sizeof(float)), *b = malloc(BTC * sizeof(float));
     int rc = a && b ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory for stage activations");

@@ -135,7 +135,7 @@ int fs_shard_gather(const fs_shard_map *map, const fs_parallel_topology *t, fs_c
         for (int tr = 0; tr < parts && !rc; tr++) {
             int owner = owner_of(map, layer, tr);
             fs_param_view_part(fv, split, (size_t)map->tensor, &pv);
-            const fs_param_view *lv = owner == me ? find_view(m->views, m->n_views, fv->name) : NULL;
+            const fs_param_view *lv = owner == me ? fs_model_find(m, fv->name) : NULL;
             if (owner == me && !lv)
                 return fs_error_set(err, FS_ERR_RUNTIME, "rank %d should hold %s but does not", me, fv->name);
             for (size_t k = 0; k < n_vec && !rc; k++) {
@@ -165,8 +165,10 @@ int fs_shard_gather(const fs_shard_map *map, const fs_parallel_topology *t, fs_c
 
 void fs_shard_scatter(const fs_model *m, const fs_param_view *full_views, size_t n_full_views, const float *whole,
                       float *local) {
-    for (size_t i = 0; i < m->n_views; i++) {
-        const fs_param_view *lv = &m->views[i], *fv = find_view(full_views, n_full_views, lv->name);
-        if (fv) fs_param_view_extract(lv, m->tp_rank, m->tp_size, whole + fv->offset, local + lv->offset);
+    const fs_param_block *pb = fs_model_block(m);
+    const fs_model_part *part = fs_model_held(m);
+    for (size_t i = 0; i < pb->n_views; i++) {
+        const fs_param_view *lv = &pb->views[i], *fv = find_view(full_views, n_full_views, lv->name);
+        if (fv) fs_param_view_extract(lv, part->tp_rank, part->tp_size, whole + fv->offset, local + lv->offset);
     }
 }

@@ -59,13 +59,13 @@ static int gather_moments(const fs_session *s, const fs_optimizer *opt, float **
     return FS_OK;
 }
 
-static int is_sharded(const fs_model *m) { return m->L != m->cfg.n_layer || m->tp_size > 1; }
+static int is_sharded(const fs_model *m) { return fs_model_block(m)->full_views != fs_model_block(m)->views; }
 
 /* The whole model's tensors on rank 0, from every tensor and pipeline
  * shard (data rank 0's). Tensor and pipeline splits refuse plugin-owned
- * parameters (session.c), so the moments are the flat vector's alone. */
+ * parameters (session.c), so the whole table is the model's own. */
 typedef struct whole_model {
-    float *vec[3]; /* parameters, exp_avg, exp_avg_sq in m->full_views' layout (rank 0) */
+    float *vec[3]; /* parameters, exp_avg, exp_avg_sq in the whole table's layout (rank 0) */
 } whole_model;
 
 static void whole_release(whole_model *w) {
@@ -76,36 +76,37 @@ static void whole_release(whole_model *w) {
 static int whole_gather(whole_model *w, const fs_session *s, const float *exp_avg, const float *exp_avg_sq,
                         fs_error *err) {
     memset(w, 0, sizeof *w);
-    const fs_model *m = s->model;
-    const float *local[3] = {m->params, exp_avg, exp_avg_sq};
-    return fs_shard_gather(&s->shard, &s->topo, s->comm, m, local, exp_avg ? 3 : 1, m->full_views, m->n_full_views,
-                           m->n_full_params, w->vec, err);
+    const fs_param_block *pb = fs_model_block(s->model);
+    const float *local[3] = {pb->params, exp_avg, exp_avg_sq};
+    return fs_shard_gather(&s->shard, &s->topo, s->comm, s->model, local, exp_avg ? 3 : 1, pb->full_views,
+                           pb->n_full_views, pb->n_full, w->vec, err);
 }
 
 int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
                        fs_error *err) {
     const fs_model *m = s->model;
+    const fs_param_block *pb = fs_model_block(m);
     float *gathered;
     int rc = gather_moments(s, opt, &gathered, err);
     if (rc) return rc;
     const float *exp_avg = gathered ? gathered : opt ? opt->m : NULL;
     const float *exp_avg_sq = gathered ? gathered + opt->numel : opt ? opt->v : NULL;
     /* what goes in the file: this model's tensors, or the whole model's */
-    const fs_param_view *views = m->views;
-    size_t n_views = m->n_views, n_moments = opt ? opt->numel : 0;
-    const float *params = m->params;
+    const fs_param_view *views = pb->views;
+    size_t n_views = pb->n_views, n_moments = opt ? opt->numel : 0;
+    const float *params = pb->params;
     whole_model whole = {0};
     if (is_sharded(m)) {
         if ((rc = whole_gather(&whole, s, opt && opt->m ? exp_avg : NULL, exp_avg_sq, err))) {
             fs_free(gathered);
             return rc;
         }
-        views = m->full_views;
-        n_views = m->n_full_views;
+        views = pb->full_views;
+        n_views = pb->n_full_views;
         params = whole.vec[0];
         exp_avg = whole.vec[1];
         exp_avg_sq = whole.vec[2];
-        n_moments = m->n_full_params;
+        n_moments = pb->n_full;
     }
     if (fs_world_rank() != 0) { /* rank 0 writes */
         fs_free(gathered);
@@ -123,10 +124,6 @@ int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer
     for (size_t i = 0; i < n_views && !rc; i++) {
         const fs_param_view *v = &views[i];
         rc = fs_safetensors_writer_add(w, v->name, FS_DTYPE_F32, v->ndim, v->shape, params + v->offset, err);
-    }
-    for (size_t i = 0; i < s->host.n_params && !rc; i++) {
-        const fs_plugin_param *p = &s->host.params[i];
-        rc = fs_safetensors_writer_add(w, p->name, FS_DTYPE_F32, p->ndim, p->shape, p->data, err);
     }
     if (!rc && opt && opt->m) {
         size_t shape[1] = {n_moments};
@@ -198,10 +195,12 @@ static int expect(const fs_safetensors *st, const char *path, const char *name, 
 
 int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err) {
     fs_model *m = s->model;
+    const fs_param_block *pb = fs_model_block(m);
+    const fs_model_part *part = fs_model_held(m);
     fs_safetensors *st;
     int rc = fs_safetensors_open(&st, path, err);
     if (rc) return rc;
-    size_t n_sources = m->n_views + s->host.n_params;
+    size_t n_sources = pb->n_views;
     const float **src = calloc(n_sources + 2, sizeof *src);
     if (!src) {
         fs_safetensors_close(st);
@@ -209,19 +208,15 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
     }
     /* check everything first, copy after: a bad file leaves the model as it
      * was. The file holds whole tensors; a shard takes its part. */
-    for (size_t i = 0; i < m->n_views && !rc; i++)
-        rc = expect(st, path, m->views[i].name, m->views[i].ndim, m->views[i].full_shape, &src[i], err);
+    for (size_t i = 0; i < pb->n_views && !rc; i++)
+        rc = expect(st, path, pb->views[i].name, pb->views[i].ndim, pb->views[i].full_shape, &src[i], err);
     whole_model whole = {0};
     size_t n_moments = opt ? opt->numel : 0;
     if (!rc && is_sharded(m) && opt) {
-        n_moments = m->n_full_params;
+        n_moments = pb->n_full;
         for (int k = 1; k < 3 && !rc; k++)
-            if (!(whole.vec[k] = malloc(m->n_params * sizeof(float))))
+            if (!(whole.vec[k] = malloc(pb->n * sizeof(float))))
                 rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    }
-    for (size_t i = 0; i < s->host.n_params && !rc; i++) {
-        const fs_plugin_param *p = &s->host.params[i];
-        rc = expect(st, path, p->name, p->ndim, p->shape, &src[m->n_views + i], err);
     }
     uint64_t step = 0, opt_t = 0;
     fs_rng rng = {{0}};
@@ -245,13 +240,11 @@ int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_tr
         }
     }
     if (!rc) {
-        for (size_t i = 0; i < m->n_views; i++)
-            fs_param_view_extract(&m->views[i], m->tp_rank, m->tp_size, src[i], m->params + m->views[i].offset);
-        for (size_t i = 0; i < s->host.n_params; i++)
-            memcpy(s->host.params[i].data, src[m->n_views + i], s->host.params[i].numel * sizeof(float));
+        for (size_t i = 0; i < pb->n_views; i++)
+            fs_param_view_extract(&pb->views[i], part->tp_rank, part->tp_size, src[i], pb->params + pb->views[i].offset);
         if (opt && whole.vec[1]) { /* a tensor or pipeline shard: its parts of the whole moments */
-            fs_shard_scatter(m, m->full_views, m->n_full_views, src[n_sources], whole.vec[1]);
-            fs_shard_scatter(m, m->full_views, m->n_full_views, src[n_sources + 1], whole.vec[2]);
+            fs_shard_scatter(m, pb->full_views, pb->n_full_views, src[n_sources], whole.vec[1]);
+            fs_shard_scatter(m, pb->full_views, pb->n_full_views, src[n_sources + 1], whole.vec[2]);
             fs_optimizer_import(opt, whole.vec[1], whole.vec[2]);
             opt->t = opt_t;
         } else if (opt) { /* this rank's part of the full state (all of it without ZeRO) */

@@ -63,9 +63,10 @@ size_t fs_tokenize(int32_t *out, const char *text, size_t len) {
     return len;
 }
 
-void fs_detokenize(char *out, const int32_t *tokens, size_t n) {
+size_t fs_detokenize(char *out, const int32_t *tokens, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = tokens[i] >= 0 && tokens[i] < 256 ? (char)tokens[i] : '?';
     out[n] = '\0';
+    return n;
 }
 
 void fs_dataset_sample(const fs_dataset *d, fs_rng *rng, int32_t *inputs, int32_t *targets, size_t B, size_t T) {

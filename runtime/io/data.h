@@ -26,8 +26,9 @@ void fs_dataset_release(fs_dataset *d);
 
 /* Byte-level tokenizer. */
 size_t fs_tokenize(int32_t *out, const char *text, size_t len);
-/* Appends the bytes of tokens to buf (tokens >= 256 become '?'). */
-void fs_detokenize(char *out, const int32_t *tokens, size_t n);
+/* Writes the bytes of tokens to out (tokens >= 256 become '?'), NUL-terminated;
+ * returns how many bytes. */
+size_t fs_detokenize(char *out, const int32_t *tokens, size_t n);
 
 /* B random windows: inputs (B,T) and targets (B,T) = inputs shifted by one. */
 void fs_dataset_sample(const fs_dataset *d, fs_rng *rng, int32_t *inputs, int32_t *targets, size_t B, size_t T);

@@ -1,4 +1,7 @@
-/* model.c — GPT-2 forward, backward and decode over the attention plugins. */
+/* model.c — the model's parameter block: its layout and table of named
+ * tensors, the address space it grows into for plugin tensors, creation
+ * and destruction, weight initialisation, and the accessors the rest of
+ * the runtime reads the model through. */
 #include "model/model.h"
 
 #include <math.h>
@@ -6,11 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
-#include "model/blas.h"
 #include "core/host.h"
-#include "model/ops.h"
 #include "core/rng.h"
+#include "model/model_internal.h"
 
 /* ---- parameter layout ---- */
 
@@ -47,68 +51,58 @@ void fs_param_view_part(const fs_param_view *whole, int split, size_t tp_size, f
         else
             part->shape[0] /= tp_size;
     }
-    part->numel = part->shape[0] * part->shape[1];
+    part->numel = 1;
+    for (int i = 0; i < part->ndim; i++) part->numel *= part->shape[i];
 }
 
-static void add_view(fs_model *m, size_t *off, const char *name, int ndim, size_t d0, size_t d1, int decay,
-                     int split) {
+static void view_init(fs_param_view *v, const char *name, int ndim, const size_t *shape, int decay) {
+    memset(v, 0, sizeof *v);
+    snprintf(v->name, sizeof v->name, "%s", name);
+    v->ndim = ndim;
+    v->numel = 1;
+    for (int i = 0; i < 4; i++) {
+        v->shape[i] = v->full_shape[i] = i < ndim ? shape[i] : 1;
+        v->numel *= v->shape[i];
+    }
+    v->weight_decay = decay;
+}
+
+/* Appends a model tensor (whole shape d0 x d1, or d0 when 1-D) to views,
+ * cut for tensor rank tp_size's part, at *off. */
+static void add_view(fs_param_view *views, size_t *n, size_t tp_size, size_t *off, const char *name, int ndim,
+                     size_t d0, size_t d1, int decay, int split) {
     fs_param_view whole;
-    memset(&whole, 0, sizeof whole);
-    snprintf(whole.name, sizeof whole.name, "%s", name);
-    whole.ndim = ndim;
-    whole.shape[0] = whole.full_shape[0] = d0;
-    whole.shape[1] = whole.full_shape[1] = ndim > 1 ? d1 : 1;
-    whole.weight_decay = decay;
-    fs_param_view *v = &m->views[m->n_views++];
-    fs_param_view_part(&whole, split, m->tp_size, v);
+    size_t shape[4] = {d0, d1, 1, 1};
+    view_init(&whole, name, ndim, shape, decay);
+    fs_param_view *v = &views[(*n)++];
+    fs_param_view_part(&whole, split, tp_size, v);
     v->offset = *off;
     *off += v->numel;
 }
 
-/* Builds the name table and the total size; the order is the block layout:
- * [wte][wpe][held layers][ln_f], each part present only where held. */
-static void layout(fs_model *m) {
-    size_t V = m->cfg.vocab, C = m->cfg.n_embd, off = 0;
+/* The table of the model's own tensors in block order, [wte][wpe][held
+ * layers][ln_f], each part present only where held; returns the floats.
+ * whole: as if nothing were split (what a checkpoint holds). views has
+ * room for 4 + L * FS_LAYER_TENSORS. */
+static size_t layout(const fs_model *m, int whole, fs_param_view *views, size_t *n_views) {
+    size_t V = m->cfg.vocab, C = m->cfg.n_embd, off = 0, n = 0;
+    size_t L = whole ? m->cfg.n_layer : m->L, tp = whole ? 1 : m->tp_size;
+    int embed = whole || m->has_embed, head = whole || m->has_head;
     char name[96];
-    m->n_views = 0;
-    if (m->has_embed || m->has_head) add_view(m, &off, "transformer.wte.weight", 2, V, C, 1, FS_SPLIT_NONE);
-    if (m->has_embed) add_view(m, &off, "transformer.wpe.weight", 2, m->cfg.max_seq, C, 1, FS_SPLIT_NONE);
-    for (size_t l = 0; l < m->L; l++)
+    if (embed || head) add_view(views, &n, tp, &off, "transformer.wte.weight", 2, V, C, 1, FS_SPLIT_NONE);
+    if (embed) add_view(views, &n, tp, &off, "transformer.wpe.weight", 2, m->cfg.max_seq, C, 1, FS_SPLIT_NONE);
+    for (size_t l = 0; l < L; l++)
         for (int i = 0; i < FS_LAYER_TENSORS; i++) {
-            snprintf(name, sizeof name, "transformer.h.%zu.%s", m->layer_ids[l], layer_tensors[i].suffix);
-            add_view(m, &off, name, layer_tensors[i].ndim, layer_tensors[i].r * C, layer_tensors[i].c * C,
+            snprintf(name, sizeof name, "transformer.h.%zu.%s", whole ? l : m->layer_ids[l], layer_tensors[i].suffix);
+            add_view(views, &n, tp, &off, name, layer_tensors[i].ndim, layer_tensors[i].r * C, layer_tensors[i].c * C,
                      layer_tensors[i].decay, layer_tensors[i].split);
         }
-    if (m->has_head) {
-        add_view(m, &off, "transformer.ln_f.weight", 1, C, 0, 0, FS_SPLIT_NONE);
-        add_view(m, &off, "transformer.ln_f.bias", 1, C, 0, 0, FS_SPLIT_NONE);
+    if (head) {
+        add_view(views, &n, tp, &off, "transformer.ln_f.weight", 1, C, 0, 0, FS_SPLIT_NONE);
+        add_view(views, &n, tp, &off, "transformer.ln_f.bias", 1, C, 0, 0, FS_SPLIT_NONE);
     }
-    m->n_params = off;
-}
-
-/* The table of the whole, unsharded model (what a checkpoint holds), into
- * m->full_views: the same layout() run as if m held everything. */
-static int full_layout(fs_model *m) {
-    fs_model full;
-    memset(&full, 0, sizeof full);
-    full.cfg = m->cfg;
-    full.L = m->cfg.n_layer;
-    full.tp_size = 1;
-    full.has_embed = full.has_head = 1;
-    full.layer_ids = malloc((full.L ? full.L : 1) * sizeof *full.layer_ids);
-    full.views = calloc(4 + full.L * FS_LAYER_TENSORS, sizeof *full.views);
-    if (!full.layer_ids || !full.views) {
-        free(full.layer_ids);
-        free(full.views);
-        return FS_ERR_NOMEM;
-    }
-    for (size_t l = 0; l < full.L; l++) full.layer_ids[l] = l;
-    layout(&full);
-    free(full.layer_ids);
-    m->full_views = full.views;
-    m->n_full_views = full.n_views;
-    m->n_full_params = full.n_params;
-    return FS_OK;
+    *n_views = n;
+    return off;
 }
 
 static void point_layers(fs_model *m, float *base, fs_layer_params *lp, float **wte, float **wpe, float **lnfw,
@@ -193,17 +187,99 @@ static int check_shard(const fs_model_config *cfg, fs_error *err) {
     return FS_OK;
 }
 
-int fs_model_create(fs_model **out, const fs_model_config *cfg, fs_error *err) {
-    *out = NULL;
-    if (!cfg->n_head || cfg->n_embd % cfg->n_head)
-        return fs_error_set(err, FS_ERR_INVALID, "[model] n_embd = %zu must be a multiple of n_head = %zu",
-                            cfg->n_embd, cfg->n_head);
-    int rc = check_shard(cfg, err);
-    if (rc) return rc;
-    fs_model *m = calloc(1, sizeof *m);
-    if (!m) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    m->cfg = *cfg;
+/* ---- the block's address space ----
+ *
+ * Plugins register their tensors while they are created, after the model
+ * exists, and keep the pointers they get. So the block reserves address
+ * space for as much as the machine's memory up front (PROT_NONE: no memory
+ * is committed) and makes pages usable as it grows: the tensors of earlier
+ * calls never move, and plugin tensors sit in the same flat vector as the
+ * model's, which the optimizer, the parallel strategies and checkpoints
+ * walk without knowing who owns what. */
+
+static size_t page_floats(void) {
+    long page = sysconf(_SC_PAGESIZE);
+    return (size_t)(page > 0 ? page : 4096) / sizeof(float);
+}
+
+static int arena_reserve(fs_float_arena *a, size_t floats, fs_error *err) {
+    long pages = sysconf(_SC_PHYS_PAGES);
+    size_t pf = page_floats(), room = pages > 0 ? (size_t)pages * pf : (size_t)1 << 32;
+    a->reserved = (floats + room + pf - 1) / pf * pf;
+    void *p = mmap(NULL, a->reserved * sizeof(float), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        a->base = NULL;
+        return fs_error_set(err, FS_ERR_NOMEM, "cannot reserve address space for %zu parameters", floats);
+    }
+    a->base = p;
+    a->used = a->committed = 0;
+    return FS_OK;
+}
+
+/* Makes `floats` more usable after what is used (zero-filled: fresh
+ * anonymous pages). */
+static int arena_grow(fs_float_arena *a, size_t floats, fs_error *err) {
+    size_t need = a->used + floats, pf = page_floats();
+    if (need > a->reserved)
+        return fs_error_set(err, FS_ERR_NOMEM, "parameters: %zu floats exceed the %zu reserved (the machine's memory)",
+                            need, a->reserved);
+    if (need > a->committed) {
+        size_t to = (need + pf - 1) / pf * pf;
+        if (mprotect(a->base + a->committed, (to - a->committed) * sizeof(float), PROT_READ | PROT_WRITE) != 0)
+            return fs_error_set(err, FS_ERR_NOMEM, "out of memory for %zu parameters", need);
+        a->committed = to;
+    }
+    a->used = need;
+    return FS_OK;
+}
+
+static void arena_release(fs_float_arena *a) {
+    if (a->base) munmap(a->base, a->reserved * sizeof(float));
+    memset(a, 0, sizeof *a);
+}
+
+/* The table fs_model_block hands out, after any change to views. */
+static void refresh_block(fs_model *m) {
+    fs_param_block *b = &m->block;
+    b->params = m->param_arena.base;
+    b->grads = m->grad_arena.base;
+    b->n = m->param_arena.used;
+    b->views = m->views;
+    b->n_views = m->n_views;
+    int sharded = m->L != m->cfg.n_layer || m->tp_size > 1 || !m->has_embed || !m->has_head;
+    b->full_views = sharded ? m->full_views : m->views;
+    b->n_full_views = sharded ? m->n_full_views : m->n_views;
+    b->n_full = sharded ? m->n_full_params : b->n;
+    b->n_plugin = 0;
+    for (size_t i = m->n_model_views; i < m->n_views; i++) b->n_plugin += m->views[i].numel;
+}
+
+static int alloc_tables(fs_model *m) {
+    size_t L = m->L, nv = 4 + L * FS_LAYER_TENSORS;
+    m->layer_ids = calloc(L ? L : 1, sizeof *m->layer_ids);
+    m->chunk_first = calloc(m->n_chunks + 1, sizeof *m->chunk_first);
+    m->views = calloc(nv, sizeof *m->views);
+    m->cap_views = nv;
+    m->full_views = calloc(4 + m->cfg.n_layer * FS_LAYER_TENSORS, sizeof *m->full_views);
+    m->lp = calloc(L ? L : 1, sizeof *m->lp);
+    m->lg = calloc(L ? L : 1, sizeof *m->lg);
+    m->attn = calloc(L ? L : 1, sizeof *m->attn);
+    m->act_blocks = calloc(1, sizeof *m->act_blocks);
+    if (!m->layer_ids || !m->chunk_first || !m->views || !m->full_views || !m->lp || !m->lg || !m->attn ||
+        !m->act_blocks)
+        return FS_ERR_NOMEM;
+    for (size_t l = 0; l < L; l++) {
+        m->attn[l].saved = calloc(1, sizeof(void *));
+        m->attn[l].saved_cap = calloc(1, sizeof(size_t));
+        if (!m->attn[l].saved || !m->attn[l].saved_cap) return FS_ERR_NOMEM;
+    }
+    return FS_OK;
+}
+
+/* Where this model stands in a split, from cfg->shard. */
+static void place_part(fs_model *m, const fs_model_config *cfg) {
     const fs_model_shard *sh = &cfg->shard;
+    m->cfg = *cfg;
     m->tp_rank = sh->tp_size > 1 ? sh->tp_rank : 0;
     m->tp_size = sh->tp_size > 1 ? sh->tp_size : 1;
     m->Ha = cfg->n_head / m->tp_size;
@@ -214,62 +290,57 @@ int fs_model_create(fs_model **out, const fs_model_config *cfg, fs_error *err) {
     m->has_head = sh->n_local ? sh->has_head : 1;
     m->n_chunks = sh->n_local && sh->n_chunks ? sh->n_chunks : 1;
     m->n_slots = 1;
-    m->cfg.shard.layer_ids = NULL; /* the caller's arrays: copied below */
+    m->cfg.shard.layer_ids = NULL; /* the caller's arrays: copied by fs_model_create */
     m->cfg.shard.chunk_first = NULL;
-    size_t L = m->L;
-    m->layer_ids = calloc(L ? L : 1, sizeof *m->layer_ids);
-    m->chunk_first = calloc(m->n_chunks + 1, sizeof *m->chunk_first);
-    m->views = calloc(4 + L * FS_LAYER_TENSORS, sizeof *m->views);
-    m->lp = calloc(L ? L : 1, sizeof *m->lp);
-    m->lg = calloc(L ? L : 1, sizeof *m->lg);
-    m->attn = calloc(L ? L : 1, sizeof *m->attn);
-    m->act_blocks = calloc(1, sizeof *m->act_blocks);
-    if (!m->layer_ids || !m->chunk_first || !m->views || !m->lp || !m->lg || !m->attn || !m->act_blocks) goto nomem;
-    for (size_t l = 0; l < L; l++) m->layer_ids[l] = sh->n_local ? sh->layer_ids[l] : l;
-    for (size_t c = 0; c <= m->n_chunks; c++) m->chunk_first[c] = m->n_chunks > 1 ? sh->chunk_first[c] : c * L;
-    for (size_t l = 0; l < L; l++) {
-        m->attn[l].saved = calloc(1, sizeof(void *));
-        m->attn[l].saved_cap = calloc(1, sizeof(size_t));
-        if (!m->attn[l].saved || !m->attn[l].saved_cap) goto nomem;
-    }
-    layout(m);
-    if (full_layout(m)) goto nomem;
-    m->params = fs_calloc(m->n_params * sizeof(float));
-    m->grads = fs_calloc(m->n_params * sizeof(float));
-    if (!m->params || !m->grads) goto nomem;
-    point_layers(m, m->params, m->lp, &m->wte, &m->wpe, &m->lnfw, &m->lnfb);
-    point_layers(m, m->grads, m->lg, &m->dwte, &m->dwpe, &m->dlnfw, &m->dlnfb);
-    *out = m;
-    return FS_OK;
-nomem:
-    fs_model_destroy(m);
-    return fs_error_set(err, FS_ERR_NOMEM, "out of memory for a model of %zu parameters", m ? m->n_params : 0);
 }
 
-static void free_acts(fs_model *m) {
-    for (size_t k = 0; m->act_blocks && k < m->n_slots; k++) {
-        fs_free(m->act_blocks[k]);
-        m->act_blocks[k] = NULL;
+int fs_model_create(fs_model **out, const fs_model_config *cfg, fs_error *err) {
+    *out = NULL;
+    if (!cfg->n_head || cfg->n_embd % cfg->n_head)
+        return fs_error_set(err, FS_ERR_INVALID, "[model] n_embd = %zu must be a multiple of n_head = %zu",
+                            cfg->n_embd, cfg->n_head);
+    int rc = check_shard(cfg, err);
+    if (rc) return rc;
+    fs_model *m = calloc(1, sizeof *m);
+    if (!m) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    place_part(m, cfg);
+    const fs_model_shard *sh = &cfg->shard;
+    if (alloc_tables(m)) {
+        fs_model_destroy(m);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
+    for (size_t l = 0; l < m->L; l++) m->layer_ids[l] = sh->n_local ? sh->layer_ids[l] : l;
+    for (size_t c = 0; c <= m->n_chunks; c++) m->chunk_first[c] = m->n_chunks > 1 ? sh->chunk_first[c] : c * m->L;
+    size_t n = layout(m, 0, m->views, &m->n_views);
+    m->n_model_views = m->n_views;
+    m->n_full_params = layout(m, 1, m->full_views, &m->n_full_views);
+    if ((rc = arena_reserve(&m->param_arena, n, err)) || (rc = arena_reserve(&m->grad_arena, n, err)) ||
+        (rc = arena_grow(&m->param_arena, n, err)) || (rc = arena_grow(&m->grad_arena, n, err))) {
+        fs_model_destroy(m);
+        return rc;
+    }
+    point_layers(m, m->param_arena.base, m->lp, &m->wte, &m->wpe, &m->lnfw, &m->lnfb);
+    point_layers(m, m->grad_arena.base, m->lg, &m->dwte, &m->dwpe, &m->dlnfw, &m->dlnfb);
+    m->part = (fs_model_part){.n_layers = m->L, .layer_ids = m->layer_ids, .n_chunks = m->n_chunks,
+                              .has_embed = m->has_embed, .has_head = m->has_head, .tp_rank = m->tp_rank,
+                              .tp_size = m->tp_size, .n_head = m->Ha, .attn_width = m->Ca, .ff_width = m->F};
+    refresh_block(m);
+    *out = m;
+    return FS_OK;
 }
 
 void fs_model_destroy(fs_model *m) {
     if (!m) return;
+    fs_model_release_activations(m);
     for (size_t l = 0; m->attn && l < m->L; l++) {
         fs_attention_slot *s = &m->attn[l];
         if (s->vt && s->self) s->vt->destroy(s->self);
-        for (size_t k = 0; s->saved && k < m->n_slots; k++) fs_free(s->saved[k]);
         free(s->saved);
         free(s->saved_cap);
-        fs_free(s->cache);
     }
-    free_acts(m);
     free(m->act_blocks);
-    fs_free(m->params);
-    fs_free(m->grads);
-    fs_free(m->grad_block);
-    fs_free(m->dec_block);
-    fs_free(m->rev_saved);
+    arena_release(&m->param_arena);
+    arena_release(&m->grad_arena);
     free(m->views);
     free(m->full_views);
     free(m->lp);
@@ -280,9 +351,65 @@ void fs_model_destroy(fs_model *m) {
     free(m);
 }
 
+/* ---- accessors ---- */
+
+const fs_model_config *fs_model_cfg(const fs_model *m) { return &m->cfg; }
+const fs_model_part *fs_model_held(const fs_model *m) { return &m->part; }
+const fs_param_block *fs_model_block(const fs_model *m) { return &m->block; }
+
+const fs_param_view *fs_model_find(const fs_model *m, const char *name) {
+    for (size_t i = 0; i < m->n_views; i++)
+        if (!strcmp(m->views[i].name, name)) return &m->views[i];
+    return NULL;
+}
+
 void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self) {
     m->attn[layer].vt = vt;
     m->attn[layer].self = self;
+}
+
+const fs_attention_vtable *fs_model_attention(const fs_model *m, size_t layer, void **self) {
+    if (self) *self = m->attn[layer].self;
+    return m->attn[layer].vt;
+}
+
+void fs_model_on_grads_ready(fs_model *m, fs_grads_ready_fn fn, void *arg) {
+    m->grads_ready = fn;
+    m->grads_ready_arg = arg;
+}
+
+void fs_model_set_tensor_reduce(fs_model *m, fs_tensor_reduce_fn fn, void *arg) {
+    m->tensor_reduce = fn;
+    m->tensor_reduce_arg = arg;
+}
+
+int fs_model_add_plugin_param(fs_model *m, const char *name, int32_t ndim, const size_t *shape, int weight_decay,
+                              float **param, float **grad, fs_error *err) {
+    if (ndim < 1 || ndim > 4)
+        return fs_error_set(err, FS_ERR_INVALID, "parameter '%s': ndim %d outside 1..4", name, (int)ndim);
+    if (strlen(name) >= sizeof m->views[0].name)
+        return fs_error_set(err, FS_ERR_INVALID, "parameter '%s': the name is longer than %zu characters", name,
+                            sizeof m->views[0].name - 1);
+    if (fs_model_find(m, name)) return fs_error_set(err, FS_ERR_INVALID, "parameter '%s' registered twice", name);
+    fs_param_view v;
+    view_init(&v, name, ndim, shape, weight_decay);
+    v.plugin = 1;
+    v.offset = m->param_arena.used;
+    if (m->n_views == m->cap_views) {
+        size_t cap = m->cap_views * 2;
+        fs_param_view *nv = realloc(m->views, cap * sizeof *nv);
+        if (!nv) return fs_error_set(err, FS_ERR_NOMEM, "out of memory registering %s", name);
+        m->views = nv;
+        m->cap_views = cap;
+    }
+    int rc = arena_grow(&m->param_arena, v.numel, err);
+    if (!rc && (rc = arena_grow(&m->grad_arena, v.numel, err))) m->param_arena.used -= v.numel;
+    if (rc) return rc;
+    m->views[m->n_views++] = v;
+    *param = m->param_arena.base + v.offset;
+    *grad = m->grad_arena.base + v.offset;
+    refresh_block(m);
+    return FS_OK;
 }
 
 int fs_model_init_plugin_params(fs_model *m, fs_error *err) {
@@ -303,14 +430,16 @@ void fs_model_init_weights(fs_model *m, uint64_t seed) {
     fs_rng rng;
     fs_rng_seed(&rng, seed);
     float proj_std = 0.02f / sqrtf(2.0f * (float)m->cfg.n_layer);
+    float *params = m->param_arena.base;
     /* Walk the whole model's tensors in checkpoint order, drawing every
      * matrix element, and keep those this model holds: every split of the
-     * model starts from the same numbers as one process. */
+     * model starts from the same numbers as one process. Plugin tensors
+     * (after the model's own) are their plugins' to initialise. */
     size_t vi = 0;
     for (size_t t = 0; t < m->n_full_views; t++) {
         const fs_param_view *fv = &m->full_views[t], *v = NULL;
-        if (vi < m->n_views && !strcmp(m->views[vi].name, fv->name)) v = &m->views[vi++]; /* a subset, in order */
-        float *p = v ? m->params + v->offset : NULL;
+        if (vi < m->n_model_views && !strcmp(m->views[vi].name, fv->name)) v = &m->views[vi++]; /* a subset, in order */
+        float *p = v ? params + v->offset : NULL;
         if (fv->ndim == 1) { /* LayerNorm weights 1, biases 0: nothing drawn */
             float one = strstr(fv->name, "ln_") && strstr(fv->name, ".weight") ? 1.0f : 0.0f;
             for (size_t j = 0; p && j < v->numel; j++) p[j] = one;
@@ -324,675 +453,4 @@ void fs_model_init_weights(fs_model *m, uint64_t seed) {
                 if (i >= 0) p[i] = x;
             }
     }
-}
-
-/* ---- activations ---- */
-
-enum { N_ACTS = 28 };
-
-/* Sizes (floats) of the activation arrays of one slot, in block order. */
-static void act_sizes(const fs_model *m, size_t B, size_t T, size_t *sizes) {
-    size_t C = m->cfg.n_embd, V = m->cfg.vocab, BT = B * T, Ca = m->Ca, F = m->F;
-    /* Reversible: one layer's activations, rebuilt per layer in backward.
-     * ff_chunk: the MLP's wide activations exist one chunk at a time. */
-    size_t LA = m->cfg.reversible ? 1 : m->L, chunked = m->cfg.ff_chunk > 0 && m->cfg.ff_chunk < BT;
-    size_t FR = chunked ? m->cfg.ff_chunk : BT;
-    size_t wide = chunked ? 0 : LA * BT * F, rev = m->cfg.reversible ? BT * C : 0, head = m->has_head;
-    size_t scratch = 3 * Ca > C ? 3 * Ca : C;
-    if (!chunked && F > scratch) scratch = F;
-    size_t s[N_ACTS] = {
-        m->n_chunks * BT * C,                    /* chunk_in */
-        LA * BT * C, LA * BT, LA * BT,           /* ln1, mean, rstd */
-        LA * BT * Ca, LA * BT * Ca, LA * BT * Ca, /* q k v */
-        LA * BT * Ca, LA * BT * Ca,              /* atty attmerged */
-        LA * BT * C,                             /* residual2 */
-        LA * BT * C, LA * BT, LA * BT,           /* ln2 */
-        wide, wide,                              /* fch fch_gelu */
-        LA * BT * C,                             /* residual3 */
-        head * BT * C, head * BT, head * BT,     /* lnf */
-        head * BT * V, head * BT * V,            /* logits dlogits */
-        BT * scratch,                            /* scratch */
-        chunked ? FR * F : 0, chunked ? FR * F : 0, /* ff_h ff_hg */
-        rev, rev, rev,                           /* rev_x1 rev_x2 rev_mean */
-        BT,                                      /* inputs (int32) */
-    };
-    memcpy(sizes, s, sizeof s);
-}
-
-static void point_acts(fs_model *m, float *base, size_t B, size_t T) {
-    size_t sizes[N_ACTS];
-    act_sizes(m, B, T, sizes);
-    float **ptrs[N_ACTS] = {&m->chunk_in,  &m->ln1,      &m->ln1_mean,  &m->ln1_rstd, &m->q,         &m->k,
-                            &m->v,         &m->atty,     &m->attmerged, &m->residual2, &m->ln2,      &m->ln2_mean,
-                            &m->ln2_rstd,  &m->fch,      &m->fch_gelu,  &m->residual3, &m->lnf,      &m->lnf_mean,
-                            &m->lnf_rstd,  &m->logits,   &m->dlogits,   &m->scratch,   &m->ff_h,     &m->ff_hg,
-                            &m->rev_x1,    &m->rev_x2,   &m->rev_mean,  NULL};
-    float *p = base;
-    for (size_t i = 0; i < N_ACTS; i++) {
-        if (ptrs[i]) *ptrs[i] = sizes[i] ? p : NULL;
-        else m->inputs = (int32_t *)p;
-        p += (sizes[i] + 15) & ~(size_t)15;
-    }
-    m->encoded = m->chunk_in;
-}
-
-int fs_model_set_slots(fs_model *m, size_t n, fs_error *err) {
-    if (n == m->n_slots) return FS_OK;
-    if (n == 0) return fs_error_set(err, FS_ERR_INVALID, "a model needs at least one activation slot");
-    free_acts(m);
-    float **blocks = calloc(n, sizeof *blocks);
-    if (!blocks) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    free(m->act_blocks);
-    m->act_blocks = blocks;
-    for (size_t l = 0; l < m->L; l++) {
-        fs_attention_slot *s = &m->attn[l];
-        for (size_t k = 0; k < m->n_slots; k++) fs_free(s->saved[k]);
-        free(s->saved);
-        free(s->saved_cap);
-        s->saved = calloc(n, sizeof(void *));
-        s->saved_cap = calloc(n, sizeof(size_t));
-        if (!s->saved || !s->saved_cap) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    }
-    m->n_slots = n;
-    m->slot = 0;
-    m->act_B = m->act_T = 0;
-    return FS_OK;
-}
-
-void fs_model_use_slot(fs_model *m, size_t slot) {
-    m->slot = slot;
-    if (m->act_blocks[slot]) point_acts(m, m->act_blocks[slot], m->act_B, m->act_T);
-}
-
-static int ensure_acts(fs_model *m, size_t B, size_t T, fs_error *err) {
-    if (B <= m->act_B && T <= m->act_T && B * T <= m->act_B * m->act_T) {
-        point_acts(m, m->act_blocks[m->slot], m->act_B, m->act_T);
-        return FS_OK;
-    }
-    size_t C = m->cfg.n_embd, BT = B * T, Ca = m->Ca, sizes[N_ACTS], total = 0;
-    act_sizes(m, B, T, sizes);
-    for (size_t i = 0; i < N_ACTS; i++) total += (sizes[i] + 15) & ~(size_t)15;
-    size_t FR = m->cfg.ff_chunk > 0 && m->cfg.ff_chunk < BT ? m->cfg.ff_chunk : BT;
-    free_acts(m);
-    fs_free(m->grad_block);
-    int ok = 1;
-    for (size_t k = 0; k < m->n_slots; k++) ok = ok && (m->act_blocks[k] = fs_alloc(total * sizeof(float))) != NULL;
-    /* backward scratch: dres dln dtmp (C each), dattmerged datty dq dk dv
-     * (Ca each), dqkv (3Ca), dfch dfch_gelu (F each, one chunk's rows with
-     * ff_chunk) */
-    size_t gtotal = BT * C * 3 + BT * Ca * 5 + BT * 3 * Ca + 2 * FR * m->F;
-    m->grad_block = fs_alloc(gtotal * sizeof(float));
-    if (!ok || !m->grad_block) {
-        m->act_B = m->act_T = 0;
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory for activations (B = %zu, T = %zu: %.1f MiB)", B, T,
-                            (double)(total * m->n_slots + gtotal) * 4.0 / 1048576.0);
-    }
-    float *g = m->grad_block;
-    m->dres = g, g += BT * C;
-    m->dln = g, g += BT * C;
-    m->dtmp = g, g += BT * C;
-    float **gp[] = {&m->dattmerged, &m->datty, &m->dq, &m->dk, &m->dv};
-    for (size_t i = 0; i < 5; i++, g += BT * Ca) *gp[i] = g;
-    m->dqkv = g;
-    g += BT * 3 * Ca;
-    m->dfch = g;
-    g += FR * m->F;
-    m->dfch_gelu = g;
-    m->act_B = B;
-    m->act_T = T;
-    m->ff_rows = FR;
-    m->act_bytes = (total * m->n_slots + gtotal) * sizeof(float);
-    point_acts(m, m->act_blocks[m->slot], B, T);
-    return FS_OK;
-}
-
-size_t fs_model_activation_bytes(const fs_model *m) {
-    size_t total = m->act_bytes + m->rev_saved_cap;
-    for (size_t l = 0; l < m->L; l++)
-        for (size_t k = 0; k < m->n_slots; k++) total += m->attn[l].saved_cap[k];
-    return total;
-}
-
-/* out (N, OC) with row stride ldo = inp (N, C) @ w (C, OC) with row stride
- * ldw + bias: a block of columns of a wider matmul (shared-QK plugins use
- * the Q and V blocks of the QKV projection only). */
-static void matmul_forward_strided(float *out, size_t ldo, const float *inp, const float *w, size_t ldw,
-                                   const float *bias, size_t N, size_t C, size_t OC) {
-    for (size_t n = 0; n < N; n++) memcpy(out + n * ldo, bias, OC * sizeof(float));
-    fs_sgemm(0, 0, N, OC, C, 1.0f, inp, C, w, ldw, 1.0f, out, ldo);
-}
-
-/* Its backward: dinp (N, C) = beta * dinp + dout @ w^T; dw += inp^T @ dout;
- * dbias += colsum(dout); dout and w/dw have row strides ldd and ldw. */
-static void matmul_backward_strided(float *dinp, float beta, float *dw, float *dbias, const float *dout, size_t ldd,
-                                    const float *inp, const float *w, size_t ldw, size_t N, size_t C, size_t OC) {
-    fs_sgemm(0, 1, N, C, OC, 1.0f, dout, ldd, w, ldw, beta, dinp, C);
-    fs_sgemm(1, 0, C, OC, N, 1.0f, inp, C, dout, ldd, 1.0f, dw, ldw);
-    for (size_t n = 0; n < N; n++)
-        for (size_t o = 0; o < OC; o++) dbias[o] += dout[n * ldd + o];
-}
-
-static fs_tensor bhtd(float *p, size_t B, size_t H, size_t T, size_t D) {
-    return fs_tensor_cpu_f32(p, 4, B, H, T, D);
-}
-
-/* Layer l's attention call on activation slot a (l, or 0 when reversible). */
-static fs_attention_args attention_args(fs_model *m, size_t l, size_t a_slot) {
-    size_t B = m->B, T = m->T, H = m->Ha, C = m->cfg.n_embd, D = C / m->cfg.n_head, BTA = B * T * m->Ca;
-    size_t o = a_slot * BTA;
-    fs_attention_args a;
-    memset(&a, 0, sizeof a);
-    a.struct_size = sizeof a;
-    a.B = B;
-    a.T = T;
-    a.q = bhtd(m->q + o, B, H, T, D);
-    a.k = bhtd(m->k + o, B, H, T, D);
-    a.v = bhtd(m->v + o, B, H, T, D);
-    a.out = bhtd(m->atty + o, B, H, T, D);
-    a.saved = m->cfg.reversible ? m->rev_saved : m->attn[l].saved[m->slot];
-    a.tokens = m->inputs;
-    if (m->attn[l].vt->flags & FS_ATTENTION_USES_INPUT)
-        a.x = fs_tensor_cpu_f32(m->ln1 + a_slot * B * T * C, 3, B, T, C, 0);
-    return a;
-}
-
-static int ensure_saved(fs_model *m, size_t l, fs_error *err) {
-    fs_attention_slot *s = &m->attn[l];
-    size_t need = s->vt->saved_bytes(s->self, m->B, m->T);
-    void **buf = m->cfg.reversible ? &m->rev_saved : &s->saved[m->slot];
-    size_t *cap = m->cfg.reversible ? &m->rev_saved_cap : &s->saved_cap[m->slot];
-    if (need <= *cap) return FS_OK;
-    fs_free(*buf);
-    *buf = fs_alloc(need);
-    *cap = *buf ? need : 0;
-    if (!*buf) return fs_error_set(err, FS_ERR_NOMEM, "layer %zu attention: out of memory for %zu saved bytes", l, need);
-    return FS_OK;
-}
-
-static int shared_qk(const fs_model *m, size_t l) {
-    return (m->attn[l].vt->flags & FS_ATTENTION_SHARED_QK) != 0;
-}
-
-/* Megatron's all-reduce of a row-parallel output (forward) or a
- * column-parallel input gradient (backward). */
-static int tp_sum(fs_model *m, float *x, size_t n, fs_error *err) {
-    if (m->tp_size == 1 || !m->tensor_reduce) return FS_OK;
-    return m->tensor_reduce(m->tensor_reduce_arg, x, n, err);
-}
-
-/* out (B,T,C) = attproj(merge(attention(split(qkv(ln1(in)))))), keeping
- * what backward needs in activation slot a. out may be m->scratch. A
- * shared-QK plugin ignores K, so its columns of the projection are skipped
- * (forward and backward): their weights stay in the checkpoint, untouched. */
-static int attn_forward(fs_model *m, size_t l, size_t a, const float *in, float *out, fs_error *err) {
-    size_t B = m->B, T = m->T, C = m->cfg.n_embd, Ca = m->Ca, H = m->Ha, D = C / m->cfg.n_head, BT = B * T;
-    size_t BTC = BT * C, BTA = BT * Ca;
-    fs_layer_params *p = &m->lp[l];
-    fs_attention_slot *s = &m->attn[l];
-    float *ln1 = m->ln1 + a * BTC;
-    layernorm_forward(ln1, m->ln1_mean + a * BT, m->ln1_rstd + a * BT, in, p->ln1w, p->ln1b, BT, C);
-    if (shared_qk(m, l)) {
-        for (size_t part = 0; part < 3; part += 2) /* Q and V column blocks of the (C, 3Ca) weight */
-            matmul_forward_strided(m->scratch + part * Ca, 3 * Ca, ln1, p->qkvw + part * Ca, 3 * Ca,
-                                   p->qkvb + part * Ca, BT, C, Ca);
-    } else {
-        matmul_forward(m->scratch, ln1, p->qkvw, p->qkvb, BT, C, 3 * Ca);
-    }
-    /* with a shared-QK plugin K's columns were not computed: it never reads them */
-    attention_split_heads(m->q + a * BTA, m->k + a * BTA, m->v + a * BTA, m->scratch, B, T, H, D);
-    int rc = ensure_saved(m, l, err);
-    if (rc) return rc;
-    fs_attention_args args = attention_args(m, l, a);
-    if ((rc = s->vt->forward(s->self, &args, err))) return rc;
-    attention_merge_heads(m->attmerged + a * BTA, m->atty + a * BTA, B, T, H, D);
-    /* row-parallel: the bias is added once, by tensor rank 0 */
-    matmul_forward(out, m->attmerged + a * BTA, p->attprojw, m->tp_rank == 0 ? p->attprojb : NULL, BT, Ca, C);
-    return tp_sum(m, out, BTC, err);
-}
-
-/* out (B,T,C) = fcproj(gelu(fc(ln2(in)))), ff_rows rows at a time. out may
- * be m->scratch. */
-static int mlp_forward(fs_model *m, size_t l, size_t a, const float *in, float *out, fs_error *err) {
-    size_t BT = m->B * m->T, C = m->cfg.n_embd, BTC = BT * C, FR = m->ff_rows, F = m->F;
-    fs_layer_params *p = &m->lp[l];
-    const float *bias = m->tp_rank == 0 ? p->fcprojb : NULL;
-    float *ln2 = m->ln2 + a * BTC;
-    layernorm_forward(ln2, m->ln2_mean + a * BT, m->ln2_rstd + a * BT, in, p->ln2w, p->ln2b, BT, C);
-    if (m->fch) { /* whole: kept for backward */
-        float *fch = m->fch + a * BT * F, *fchg = m->fch_gelu + a * BT * F;
-        matmul_forward(fch, ln2, p->fcw, p->fcb, BT, C, F);
-        gelu_forward(fchg, fch, BT * F);
-        matmul_forward(out, fchg, p->fcprojw, bias, BT, F, C);
-    } else {
-        for (size_t r0 = 0; r0 < BT; r0 += FR) {
-            size_t n = r0 + FR <= BT ? FR : BT - r0;
-            matmul_forward(m->ff_h, ln2 + r0 * C, p->fcw, p->fcb, n, C, F);
-            gelu_forward(m->ff_hg, m->ff_h, n * F);
-            matmul_forward(out + r0 * C, m->ff_hg, p->fcprojw, bias, n, F, C);
-        }
-    }
-    return tp_sum(m, out, BTC, err);
-}
-
-/* Backward of attn_forward from dout (gradient of out): parameter
- * gradients accumulate, d(in) is ADDED to din (din may alias dout: dout is
- * consumed first). */
-static int attn_backward(fs_model *m, size_t l, size_t a, const float *in, const float *dout, float *din,
-                         const float *dscores, int probs, fs_error *err) {
-    size_t B = m->B, T = m->T, C = m->cfg.n_embd, Ca = m->Ca, H = m->Ha, D = C / m->cfg.n_head, BT = B * T;
-    size_t BTC = BT * C, BTA = BT * Ca;
-    fs_layer_params *p = &m->lp[l], *g = &m->lg[l];
-    fs_attention_slot *s = &m->attn[l];
-    float *ln1 = m->ln1 + a * BTC;
-    matmul_backward(m->dattmerged, g->attprojw, g->attprojb, dout, m->attmerged + a * BTA, p->attprojw, BT, Ca, C);
-    attention_merge_heads_backward(m->datty, m->dattmerged, B, T, H, D);
-    fs_attention_args args = attention_args(m, l, a);
-    args.dout = bhtd(m->datty, B, H, T, D);
-    args.dq = bhtd(m->dq, B, H, T, D);
-    args.dk = bhtd(m->dk, B, H, T, D);
-    args.dv = bhtd(m->dv, B, H, T, D);
-    int uses_input = (s->vt->flags & FS_ATTENTION_USES_INPUT) != 0, sqk = shared_qk(m, l);
-    if (uses_input) {
-        memset(m->dtmp, 0, BTC * sizeof(float));
-        args.dx = fs_tensor_cpu_f32(m->dtmp, 3, B, T, C, 0);
-    }
-    int rc = s->vt->backward(s->self, &args, err);
-    if (rc) return rc;
-    if (dscores) { /* a loss on this layer's attention map (distillation) */
-        if (!FS_HAS_MEMBER(s->vt, s->vt->struct_size, fs_attention_vtable, scores_backward) || !s->vt->scores_backward)
-            return fs_error_set(err, FS_ERR_UNSUPPORTED, "layer %zu: the attention plugin has no backward for its scores",
-                                l);
-        fs_attention_scores_args sa;
-        memset(&sa, 0, sizeof sa);
-        sa.struct_size = sizeof sa;
-        sa.fwd = &args;
-        sa.probs = probs;
-        sa.scores = fs_tensor_cpu_f32((float *)dscores, 4, B, H, T, T);
-        if ((rc = s->vt->scores_backward(s->self, &sa, err))) return rc;
-    }
-    attention_split_heads_backward(m->dqkv, m->dq, m->dk, m->dv, B, T, H, D);
-    if (sqk) { /* K's block of dqkv is not used */
-        for (size_t part = 0; part < 3; part += 2)
-            matmul_backward_strided(m->dln, part ? 1.0f : 0.0f, g->qkvw + part * Ca, g->qkvb + part * Ca,
-                                    m->dqkv + part * Ca, 3 * Ca, ln1, p->qkvw + part * Ca, 3 * Ca, BT, C, Ca);
-    } else {
-        matmul_backward(m->dln, g->qkvw, g->qkvb, m->dqkv, ln1, p->qkvw, BT, C, 3 * Ca);
-    }
-    if (uses_input) add_inplace(m->dln, m->dtmp, BTC); /* this rank's heads' share of it, too */
-    if ((rc = tp_sum(m, m->dln, BTC, err))) return rc;
-    layernorm_backward(m->dtmp, g->ln1w, g->ln1b, m->dln, in, p->ln1w, m->ln1_mean + a * BT, m->ln1_rstd + a * BT, BT,
-                       C);
-    add_inplace(din, m->dtmp, BTC);
-    return FS_OK;
-}
-
-/* Backward of mlp_forward; same contract as attn_backward. With ff_chunk
- * each chunk's fc and GELU are recomputed from the stored ln2 output. */
-static int mlp_backward(fs_model *m, size_t l, size_t a, const float *in, const float *dout, float *din,
-                        fs_error *err) {
-    size_t BT = m->B * m->T, C = m->cfg.n_embd, BTC = BT * C, FR = m->ff_rows, F = m->F;
-    fs_layer_params *p = &m->lp[l], *g = &m->lg[l];
-    float *ln2 = m->ln2 + a * BTC;
-    for (size_t r0 = 0; r0 < BT; r0 += FR) {
-        size_t n = r0 + FR <= BT ? FR : BT - r0;
-        const float *fch, *fchg;
-        if (m->fch) {
-            fch = m->fch + a * BT * F;
-            fchg = m->fch_gelu + a * BT * F;
-        } else {
-            matmul_forward(m->ff_h, ln2 + r0 * C, p->fcw, p->fcb, n, C, F);
-            gelu_forward(m->ff_hg, m->ff_h, n * F);
-            fch = m->ff_h;
-            fchg = m->ff_hg;
-        }
-        matmul_backward(m->dfch_gelu, g->fcprojw, g->fcprojb, dout + r0 * C, fchg, p->fcprojw, n, F, C);
-        gelu_backward(m->dfch, fch, m->dfch_gelu, n * F);
-        matmul_backward(m->dln + r0 * C, g->fcw, g->fcb, m->dfch, ln2 + r0 * C, p->fcw, n, C, F);
-    }
-    int rc = tp_sum(m, m->dln, BTC, err);
-    if (rc) return rc;
-    layernorm_backward(m->dtmp, g->ln2w, g->ln2b, m->dln, in, p->ln2w, m->ln2_mean + a * BT, m->ln2_rstd + a * BT, BT,
-                       C);
-    add_inplace(din, m->dtmp, BTC);
-    return FS_OK;
-}
-
-/* ---- forward ---- */
-
-static int check_batch(fs_model *m, const int32_t *tokens, size_t B, size_t T, fs_error *err) {
-    if (T > m->cfg.max_seq || T == 0 || B == 0)
-        return fs_error_set(err, FS_ERR_INVALID, "sequence of %zu tokens: must be 1..max_seq = %zu", T,
-                            m->cfg.max_seq);
-    for (size_t i = 0; tokens && i < B * T; i++)
-        if (tokens[i] < 0 || (size_t)tokens[i] >= m->cfg.vocab)
-            return fs_error_set(err, FS_ERR_INVALID, "token id %d at position %zu outside the vocabulary [0, %zu)",
-                                (int)tokens[i], i, m->cfg.vocab);
-    int rc = ensure_acts(m, B, T, err);
-    if (rc) return rc;
-    m->B = B;
-    m->T = T;
-    return FS_OK;
-}
-
-int fs_model_chunk_embeds(const fs_model *m, size_t chunk) { return chunk == 0 && m->has_embed; }
-int fs_model_chunk_has_head(const fs_model *m, size_t chunk) { return chunk + 1 == m->n_chunks && m->has_head; }
-
-/* The layers of `chunk` from its input in chunk_in; returns the output. */
-static int chunk_forward(fs_model *m, size_t chunk, const float **final, fs_error *err) {
-    size_t BTC = m->B * m->T * m->cfg.n_embd, l0 = m->chunk_first[chunk], l1 = m->chunk_first[chunk + 1];
-    const float *x = m->chunk_in + chunk * BTC;
-    int rc;
-    if (m->cfg.reversible) {
-        float *x1 = m->rev_x1, *x2 = m->rev_x2;
-        memcpy(x1, x, BTC * sizeof(float));
-        memcpy(x2, x, BTC * sizeof(float));
-        for (size_t l = l0; l < l1; l++) {
-            if ((rc = attn_forward(m, l, 0, x2, m->scratch, err))) return rc;
-            add_inplace(x1, m->scratch, BTC); /* y1 = x1 + Attention(x2) */
-            if ((rc = mlp_forward(m, l, 0, x1, m->scratch, err))) return rc;
-            add_inplace(x2, m->scratch, BTC); /* y2 = x2 + MLP(y1) */
-        }
-        for (size_t i = 0; i < BTC; i++) m->rev_mean[i] = 0.5f * (x1[i] + x2[i]);
-        *final = m->rev_mean;
-        return FS_OK;
-    }
-    for (size_t l = l0; l < l1; l++) {
-        const float *res = l == l0 ? x : m->residual3 + (l - 1) * BTC;
-        float *res2 = m->residual2 + l * BTC, *res3 = m->residual3 + l * BTC;
-        if ((rc = attn_forward(m, l, l, res, m->scratch, err))) return rc;
-        residual_forward(res2, res, m->scratch, BTC);
-        if ((rc = mlp_forward(m, l, l, res2, m->scratch, err))) return rc;
-        residual_forward(res3, res2, m->scratch, BTC);
-    }
-    *final = l1 > l0 ? m->residual3 + (l1 - 1) * BTC : x;
-    return FS_OK;
-}
-
-static void head_forward(fs_model *m, const float *final) {
-    size_t BT = m->B * m->T, C = m->cfg.n_embd, V = m->cfg.vocab;
-    layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, final, m->lnfw, m->lnfb, BT, C);
-    /* tied head: logits = lnf @ wte^T */
-    fs_sgemm(0, 1, BT, V, C, 1.0f, m->lnf, C, m->wte, C, 0.0f, m->logits, V);
-}
-
-int fs_model_forward(fs_model *m, const int32_t *inputs, size_t B, size_t T, fs_error *err) {
-    if (!m->has_embed || !m->has_head || m->n_chunks != 1)
-        return fs_error_set(err, FS_ERR_UNSUPPORTED, "this model is one pipeline stage: use its stage steps");
-    int rc = check_batch(m, inputs, B, T, err);
-    if (rc) return rc;
-    memcpy(m->inputs, inputs, B * T * sizeof(int32_t));
-    encoder_forward(m->encoded, inputs, m->wte, m->wpe, B, T, m->cfg.n_embd, 0);
-    const float *final;
-    if ((rc = chunk_forward(m, 0, &final, err))) return rc;
-    head_forward(m, final);
-    return FS_OK;
-}
-
-int fs_model_stage_forward(fs_model *m, size_t chunk, const int32_t *tokens, const float *x_in,
-                           const int32_t *targets, size_t B, size_t T, float dscale, double *loss, float *x_out,
-                           fs_error *err) {
-    int embeds = fs_model_chunk_embeds(m, chunk), head = fs_model_chunk_has_head(m, chunk);
-    if (chunk >= m->n_chunks || !tokens || (!embeds && !x_in) || (head ? !targets || !loss : !x_out))
-        return fs_error_set(err, FS_ERR_INVALID, "stage forward of chunk %zu: wrong inputs for this chunk", chunk);
-    int rc = check_batch(m, tokens, B, T, err);
-    if (rc) return rc;
-    size_t BTC = B * T * m->cfg.n_embd;
-    memcpy(m->inputs, tokens, B * T * sizeof(int32_t)); /* plugins may read token ids in any chunk */
-    if (embeds) {
-        encoder_forward(m->chunk_in, tokens, m->wte, m->wpe, B, T, m->cfg.n_embd, 0);
-    } else {
-        memcpy(m->chunk_in + chunk * BTC, x_in, BTC * sizeof(float));
-    }
-    const float *final;
-    if ((rc = chunk_forward(m, chunk, &final, err))) return rc;
-    if (head) {
-        head_forward(m, final);
-        *loss = fs_model_loss(m, targets, dscale);
-    } else {
-        memcpy(x_out, final, BTC * sizeof(float));
-    }
-    return FS_OK;
-}
-
-double fs_model_loss(fs_model *m, const int32_t *targets, float dscale) {
-    size_t N = m->B * m->T;
-    double sum = crossentropy_softmax_forward_backward(m->dlogits, m->logits, targets, N, m->cfg.vocab,
-                                                       dscale / (float)N);
-    return sum / (double)N;
-}
-
-void fs_model_zero_grad(fs_model *m) {
-    memset(m->grads, 0, m->n_params * sizeof(float));
-}
-
-const float *fs_model_hidden(const fs_model *m, size_t i) {
-    if (i == 0) return m->encoded;
-    if (m->cfg.reversible) return i == m->L ? m->rev_mean : NULL; /* inner layers are not kept */
-    return m->residual3 + (i - 1) * m->B * m->T * m->cfg.n_embd;
-}
-
-static void ready(fs_model *m, const float *first, const float *end) {
-    if (m->grads_ready) m->grads_ready(m->grads_ready_arg, (size_t)(first - m->grads), (size_t)(end - first));
-}
-
-int fs_model_attention_scores(fs_model *m, size_t layer, int probs, float *out, fs_error *err) {
-    fs_attention_slot *s = &m->attn[layer];
-    if (!(s->vt->flags & FS_ATTENTION_SCORES) || !s->vt->scores)
-        return fs_error_set(err, FS_ERR_UNSUPPORTED, "layer %zu: the attention plugin cannot expose its scores",
-                            layer);
-    if (m->cfg.reversible)
-        return fs_error_set(err, FS_ERR_UNSUPPORTED,
-                            "layer %zu: a reversible model keeps no attention maps: set [model] reversible = false",
-                            layer);
-    fs_attention_args a = attention_args(m, layer, layer);
-    fs_attention_scores_args sa;
-    memset(&sa, 0, sizeof sa);
-    sa.struct_size = sizeof sa;
-    sa.fwd = &a;
-    sa.probs = probs;
-    sa.scores = fs_tensor_cpu_f32(out, 4, m->B, m->Ha, m->T, m->T);
-    return s->vt->scores(s->self, &sa, err);
-}
-
-/* ---- backward ---- */
-
-/* Reversible backward of a chunk: dres holds d(y1 + y2)/2. */
-static int reversible_backward(fs_model *m, size_t l0, size_t l1, fs_error *err) {
-    size_t BTC = m->B * m->T * m->cfg.n_embd;
-    float *y1 = m->rev_x1, *y2 = m->rev_x2, *dy1 = m->dres, *dy2 = m->residual2; /* slot 0 is free now */
-    for (size_t i = 0; i < BTC; i++) dy2[i] = dy1[i] = 0.5f * dy1[i];
-    int rc;
-    for (size_t l = l1; l-- > l0;) {
-        fs_layer_params *g = &m->lg[l];
-        /* y2 = x2 + MLP(y1): recompute, rebuild x2, backward (dy1 += dMLP^T dy2) */
-        if ((rc = mlp_forward(m, l, 0, y1, m->scratch, err))) return rc;
-        for (size_t i = 0; i < BTC; i++) y2[i] -= m->scratch[i];
-        if ((rc = mlp_backward(m, l, 0, y1, dy2, dy1, err))) return rc;
-        /* y1 = x1 + Attention(x2): the same with x2 now in y2 */
-        if ((rc = attn_forward(m, l, 0, y2, m->scratch, err))) return rc;
-        for (size_t i = 0; i < BTC; i++) y1[i] -= m->scratch[i];
-        if ((rc = attn_backward(m, l, 0, y2, dy1, dy2, NULL, 0, err))) return rc;
-        ready(m, g->ln1w, g->fcprojb + m->cfg.n_embd);
-    }
-    add_inplace(m->dres, dy2, BTC); /* both halves started as the chunk's input */
-    return FS_OK;
-}
-
-/* Backward of a chunk's layers from m->dres (d of its output); leaves d of
- * its input in m->dres. */
-static int chunk_backward(fs_model *m, size_t chunk, const float *const *dhidden, const float *const *dscores,
-                          int probs, fs_error *err) {
-    size_t C = m->cfg.n_embd, BTC = m->B * m->T * C, l0 = m->chunk_first[chunk], l1 = m->chunk_first[chunk + 1];
-    int rc;
-    if (m->cfg.reversible) {
-        if (dhidden && dhidden[l1]) add_inplace(m->dres, dhidden[l1], BTC);
-        return reversible_backward(m, l0, l1, err);
-    }
-    for (size_t l = l1; l-- > l0;) {
-        fs_layer_params *g = &m->lg[l];
-        if (dhidden && dhidden[l + 1]) add_inplace(m->dres, dhidden[l + 1], BTC);
-        const float *res = l == l0 ? m->chunk_in + chunk * BTC : m->residual3 + (l - 1) * BTC;
-        /* res3 = res2 + mlp(res2); res2 = res + attn(res): dres accumulates both paths */
-        if ((rc = mlp_backward(m, l, l, m->residual2 + l * BTC, m->dres, m->dres, err))) return rc;
-        if ((rc = attn_backward(m, l, l, res, m->dres, m->dres, dscores ? dscores[l] : NULL, probs, err))) return rc;
-        ready(m, g->ln1w, g->fcprojb + C);
-    }
-    return FS_OK;
-}
-
-/* dres = d loss / d (the final hidden state), from m->dlogits. */
-static void head_backward(fs_model *m, const float *final) {
-    size_t BT = m->B * m->T, C = m->cfg.n_embd, V = m->cfg.vocab;
-    /* dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
-    fs_sgemm(0, 0, BT, C, V, 1.0f, m->dlogits, V, m->wte, C, 0.0f, m->dln, C);
-    fs_sgemm(1, 0, V, C, BT, 1.0f, m->dlogits, V, m->lnf, C, 1.0f, m->dwte, C);
-    layernorm_backward(m->dres, m->dlnfw, m->dlnfb, m->dln, final, m->lnfw, m->lnf_mean, m->lnf_rstd, BT, C);
-    ready(m, m->dlnfw, m->dlnfb + C);
-}
-
-static const float *chunk_output(const fs_model *m, size_t chunk) {
-    size_t BTC = m->B * m->T * m->cfg.n_embd, l0 = m->chunk_first[chunk], l1 = m->chunk_first[chunk + 1];
-    if (m->cfg.reversible) return m->rev_mean;
-    return l1 > l0 ? m->residual3 + (l1 - 1) * BTC : m->chunk_in + chunk * BTC;
-}
-
-static void embed_backward(fs_model *m) {
-    size_t C = m->cfg.n_embd;
-    encoder_backward(m->dwte, m->dwpe, m->dres, m->inputs, m->B, m->T, C, 0);
-    ready(m, m->dwte, m->dwpe + m->cfg.max_seq * C);
-}
-
-int fs_model_backward(fs_model *m, const float *const *dhidden, fs_error *err) {
-    return fs_model_backward_ex(m, dhidden, NULL, 0, err);
-}
-
-int fs_model_backward_ex(fs_model *m, const float *const *dhidden, const float *const *dscores, int probs,
-                         fs_error *err) {
-    size_t L = m->L, BTC = m->B * m->T * m->cfg.n_embd;
-    if (!m->has_embed || !m->has_head || m->n_chunks != 1)
-        return fs_error_set(err, FS_ERR_UNSUPPORTED, "this model is one pipeline stage: use its stage steps");
-    if (m->cfg.reversible) {
-        for (size_t i = 0; i < L; i++)
-            if ((dhidden && dhidden[i + 1] && i + 1 < L) || (dscores && dscores[i]))
-                return fs_error_set(err, FS_ERR_UNSUPPORTED,
-                                    "a reversible model keeps no inner hidden states or attention maps: a loss on "
-                                    "layer %zu needs [model] reversible = false",
-                                    i);
-    }
-    head_backward(m, chunk_output(m, 0));
-    int rc = chunk_backward(m, 0, dhidden, dscores, probs, err);
-    if (rc) return rc;
-    if (dhidden && dhidden[0]) add_inplace(m->dres, dhidden[0], BTC);
-    embed_backward(m);
-    return FS_OK;
-}
-
-int fs_model_stage_backward(fs_model *m, size_t chunk, const float *dout, float *din, fs_error *err) {
-    int embeds = fs_model_chunk_embeds(m, chunk), head = fs_model_chunk_has_head(m, chunk);
-    if (chunk >= m->n_chunks || (head ? 0 : !dout) || (embeds ? 0 : !din))
-        return fs_error_set(err, FS_ERR_INVALID, "stage backward of chunk %zu: wrong inputs for this chunk", chunk);
-    size_t BTC = m->B * m->T * m->cfg.n_embd;
-    if (head)
-        head_backward(m, chunk_output(m, chunk));
-    else
-        memcpy(m->dres, dout, BTC * sizeof(float));
-    int rc = chunk_backward(m, chunk, NULL, NULL, 0, err);
-    if (rc) return rc;
-    if (embeds)
-        embed_backward(m);
-    else
-        memcpy(din, m->dres, BTC * sizeof(float));
-    return FS_OK;
-}
-
-/* ---- decode ---- */
-
-int fs_model_decode_begin(fs_model *m, size_t B, size_t context, fs_error *err) {
-    size_t C = m->cfg.n_embd;
-    if (m->L != m->cfg.n_layer || m->tp_size != 1)
-        return fs_error_set(err, FS_ERR_UNSUPPORTED, "generation needs the whole model in one process (no tensor or "
-                            "pipeline split): load the checkpoint without [parallel]");
-    for (size_t l = 0; l < m->L; l++) {
-        fs_attention_slot *s = &m->attn[l];
-        if (!s->vt->decode || !(s->vt->flags & FS_ATTENTION_DECODE))
-            return fs_error_set(err, FS_ERR_UNSUPPORTED, "layer %zu: the attention plugin has no decode step", l);
-        fs_free(s->cache);
-        size_t bytes = s->vt->cache_bytes(s->self, B, context);
-        s->cache = fs_alloc(bytes);
-        if (!s->cache)
-            return fs_error_set(err, FS_ERR_NOMEM, "layer %zu: out of memory for a %zu-byte KV cache", l, bytes);
-        int rc = s->vt->cache_reset(s->self, s->cache, B, context, err);
-        if (rc) return rc;
-    }
-    fs_free(m->dec_block);
-    /* per sequence: x, ln, y, proj (C each), qkv (3C), fch and fch_gelu (4C each) */
-    m->dec_block = fs_alloc(B * 15 * C * sizeof(float));
-    if (!m->dec_block) return fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
-    m->dec_B = B;
-    m->dec_context = context;
-    return FS_OK;
-}
-
-size_t fs_model_cache_bytes(const fs_model *m) {
-    size_t total = 0;
-    for (size_t l = 0; l < m->L; l++)
-        if (m->attn[l].cache) total += m->attn[l].vt->cache_bytes(m->attn[l].self, m->dec_B, m->dec_context);
-    return total;
-}
-
-int fs_model_cache_bounded(const fs_model *m) {
-    for (size_t l = 0; l < m->L; l++)
-        if (!(m->attn[l].vt->flags & FS_ATTENTION_BOUNDED_CACHE)) return 0;
-    return 1;
-}
-
-int fs_model_decode_step(fs_model *m, const int32_t *tokens, size_t pos, float *logits, fs_error *err) {
-    size_t C = m->cfg.n_embd, V = m->cfg.vocab, H = m->cfg.n_head, D = C / H, B = m->dec_B;
-    size_t pe = pos; /* the row of wpe the token gets */
-    if (pos >= m->cfg.max_seq) {
-        if (!fs_model_cache_bounded(m))
-            return fs_error_set(err, FS_ERR_INVALID, "position %zu is past [model] max_seq = %zu", pos,
-                                m->cfg.max_seq);
-        /* cycle through the second half of the table (attention.h) */
-        size_t h = m->cfg.max_seq / 2;
-        pe = h + (pos - h) % (m->cfg.max_seq - h);
-    }
-    float *x = m->dec_block, *ln = x + B * C, *y = ln + B * C, *proj = y + B * C, *qkv = proj + B * C;
-    float *fch = qkv + B * 3 * C, *fchg = fch + B * 4 * C;
-    for (size_t b = 0; b < B; b++)
-        if (tokens[b] < 0 || (size_t)tokens[b] >= V)
-            return fs_error_set(err, FS_ERR_INVALID, "token id %d outside the vocabulary [0, %zu)", (int)tokens[b], V);
-    encoder_forward(x, tokens, m->wte, m->wpe, B, 1, C, pe);
-    float *q = fch, *k = q + B * C, *v = k + B * C; /* fch is free until the MLP */
-    for (size_t l = 0; l < m->L; l++) {
-        fs_layer_params *p = &m->lp[l];
-        fs_attention_slot *s = &m->attn[l];
-        layernorm_forward(ln, NULL, NULL, x, p->ln1w, p->ln1b, B, C);
-        matmul_forward(qkv, ln, p->qkvw, p->qkvb, B, C, 3 * C);
-        attention_split_heads(q, k, v, qkv, B, 1, H, D);
-        fs_attention_decode_args a;
-        memset(&a, 0, sizeof a);
-        a.struct_size = sizeof a;
-        a.B = B;
-        a.pos = pos;
-        a.q = bhtd(q, B, H, 1, D);
-        a.k = bhtd(k, B, H, 1, D);
-        a.v = bhtd(v, B, H, 1, D);
-        a.out = bhtd(proj, B, H, 1, D);
-        a.token = B == 1 ? tokens[0] : -1;
-        if (s->vt->flags & FS_ATTENTION_USES_INPUT) a.x = fs_tensor_cpu_f32(ln, 3, B, 1, C, 0);
-        int rc = s->vt->decode(s->self, s->cache, &a, err);
-        if (rc) return rc;
-        attention_merge_heads(y, proj, B, 1, H, D);
-        matmul_forward(proj, y, p->attprojw, p->attprojb, B, C, C);
-        add_inplace(x, proj, B * C);
-        layernorm_forward(ln, NULL, NULL, x, p->ln2w, p->ln2b, B, C);
-        matmul_forward(fch, ln, p->fcw, p->fcb, B, C, 4 * C);
-        gelu_forward(fchg, fch, B * 4 * C);
-        matmul_forward(proj, fchg, p->fcprojw, p->fcprojb, B, 4 * C, C);
-        add_inplace(x, proj, B * C);
-    }
-    layernorm_forward(ln, NULL, NULL, x, m->lnfw, m->lnfb, B, C);
-    fs_sgemm(0, 1, B, V, C, 1.0f, ln, C, m->wte, C, 0.0f, logits, V);
-    return FS_OK;
 }

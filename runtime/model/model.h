@@ -1,4 +1,5 @@
-/* model.h — the GPT-2 model: parameters, forward, backward, decode.
+/* model.h — the GPT-2 model: its weights, forward, backward and the
+ * pieces a parallel strategy cuts it into.
  *
  * Architecture: token + learned position embeddings, pre-LayerNorm blocks
  * (eps 1e-5) of causal multi-head attention through each layer's attention
@@ -6,12 +7,22 @@
  * to the token embedding. fp32.
  *
  * All parameters live in one block (and their gradients in another) laid
- * out as [wte][wpe][layer 0]...[layer L-1][ln_f], each layer's tensors
- * contiguous, so the gradients of a layer form one range that becomes final
- * as soon as that layer's backward is done: the hook a data-parallel
- * strategy overlaps its all-reduce with. Tensor layouts follow Hugging
- * Face's GPT2LMHeadModel (Conv1D weights stored (in, out)), so checkpoints
- * need no transposes. */
+ * out as [wte][wpe][layer 0]...[layer L-1][ln_f][plugin-owned tensors],
+ * each layer's tensors contiguous, so the gradients of a layer form one
+ * range that becomes final as soon as that layer's backward is done: the
+ * hook a data-parallel strategy overlaps its all-reduce with. Tensors that
+ * plugins register (fs_host_api.register_param) are placed at the end of
+ * the same block, so the optimizer, the strategies and checkpoints treat
+ * them like the model's own. Tensor layouts follow Hugging Face's
+ * GPT2LMHeadModel (Conv1D weights stored (in, out)), so checkpoints need no
+ * transposes.
+ *
+ * fs_model is opaque: the rest of the runtime reads the parameter block
+ * through fs_model_block() and the shape through fs_model_cfg() and
+ * fs_model_held(). The weights are read-only while generating: each
+ * sequence keeps its own decoding state (seq.h), so several sequences run
+ * over one model. Training state (activations of the last forward) is the
+ * model's, one forward/backward at a time. */
 #ifndef FS_MODEL_H
 #define FS_MODEL_H
 
@@ -60,16 +71,6 @@ typedef struct fs_model_config {
     size_t ff_chunk;
 } fs_model_config;
 
-/* The tensors of one block; the same struct points into params or grads. */
-typedef struct fs_layer_params {
-    float *ln1w, *ln1b;         // (C)
-    float *qkvw, *qkvb;         // (C, 3C), (3C)
-    float *attprojw, *attprojb; // (C, C), (C)
-    float *ln2w, *ln2b;         // (C)
-    float *fcw, *fcb;           // (C, 4C), (4C)
-    float *fcprojw, *fcprojb;   // (4C, C), (C)
-} fs_layer_params;
-
 #define FS_LAYER_TENSORS 12
 
 /* How a tensor is cut by tensor parallelism. */
@@ -83,13 +84,38 @@ enum {
 /* One named tensor of the parameter block, for checkpoints and tests. */
 typedef struct fs_param_view {
     char name[96]; /* Hugging Face name, e.g. transformer.h.0.attn.c_attn.weight */
-    int ndim;
-    size_t shape[2];      /* what this model holds */
+    int ndim;      /* 1..4 (the model's own tensors: 1 or 2) */
+    size_t shape[4];      /* what this model holds (unused trailing dimensions 1) */
     size_t offset, numel; /* into the block, in floats */
     int weight_decay;     /* matrices and embeddings yes; biases and LayerNorm no */
-    size_t full_shape[2]; /* the whole tensor (= shape without tensor parallelism) */
+    size_t full_shape[4]; /* the whole tensor (= shape without tensor parallelism) */
     int split;            /* FS_SPLIT_* */
+    int plugin;           /* registered by a plugin (fs_host_api.register_param) */
 } fs_param_view;
+
+/* The parameter block as the rest of the runtime sees it: parameters and
+ * gradients (n floats each, 64-byte aligned), the table of the tensors this
+ * model holds in block order, and the table of the whole, unsharded model
+ * (what a checkpoint holds; the same as views without a split). */
+typedef struct fs_param_block {
+    float *params, *grads;
+    size_t n;
+    const fs_param_view *views;
+    size_t n_views;
+    const fs_param_view *full_views;
+    size_t n_full_views, n_full;
+    size_t n_plugin; /* floats of plugin-registered tensors (the block's tail) */
+} fs_param_block;
+
+/* What this process holds of the model under a parallel split. */
+typedef struct fs_model_part {
+    size_t n_layers;          /* layers held (cfg.n_layer unless pipelined) */
+    const size_t *layer_ids;  /* (n_layers) their global indices */
+    size_t n_chunks;          /* model chunks (virtual pipeline stages) held */
+    int has_embed, has_head;  /* embeds tokens / holds ln_f, the head and the loss */
+    size_t tp_rank, tp_size;  /* tensor split (tp_size 1 = none) */
+    size_t n_head, attn_width, ff_width; /* heads, attention width and MLP width held: H, C, 4C over tp_size */
+} fs_model_part;
 
 /* FS_SPLIT_* of a tensor by its name under tensor parallelism. */
 int fs_model_tensor_split(const char *name);
@@ -100,86 +126,44 @@ void fs_param_view_part(const fs_param_view *whole, int split, size_t tp_size, f
 void fs_param_view_extract(const fs_param_view *v, size_t tp_rank, size_t tp_size, const float *full, float *part);
 void fs_param_view_insert(const fs_param_view *v, size_t tp_rank, size_t tp_size, const float *part, float *full);
 
-typedef struct fs_attention_slot {
-    const fs_attention_vtable *vt;
-    void *self;
-    void **saved; /* (n_slots) what forward saved for backward, per activation slot */
-    size_t *saved_cap;
-    void *cache;
-} fs_attention_slot;
+typedef struct fs_model fs_model;
 
 typedef void (*fs_grads_ready_fn)(void *arg, size_t offset, size_t count);
 /* Sums x (n floats) over the tensor-parallel group, in place. */
 typedef int (*fs_tensor_reduce_fn)(void *arg, float *x, size_t n, fs_error *err);
 
-typedef struct fs_model {
-    fs_model_config cfg;
-    size_t L;                 /* layers held (cfg.n_layer unless pipelined) */
-    size_t *layer_ids;        /* (L) their global indices */
-    size_t n_chunks, *chunk_first;
-    int has_embed, has_head;
-    size_t tp_rank, tp_size;  /* tensor split (1 = none) */
-    size_t Ha, Ca, F;         /* heads, attention width and MLP width held: H, C, 4C over tp_size */
-    size_t n_params;
-    float *params, *grads;
-    float *wte, *wpe, *lnfw, *lnfb;     /* into params */
-    float *dwte, *dwpe, *dlnfw, *dlnfb; /* into grads */
-    fs_layer_params *lp, *lg;           /* (L) into params / grads */
-    fs_param_view *views;
-    size_t n_views;
-    fs_param_view *full_views; /* the whole, unsharded model's table: what a checkpoint holds */
-    size_t n_full_views, n_full_params;
-    fs_attention_slot *attn; /* (L) */
-
-    /* Activations for the last forward, sized for act_B x act_T, in n_slots
-     * independent blocks (a pipeline keeps several micro-batches between
-     * their forward and backward); the pointers below are the current
-     * slot's. Widths are the held ones (Ca, F) under tensor parallelism. */
-    size_t act_B, act_T, B, T;
-    size_t n_slots, slot;
-    float **act_blocks;
-    float *chunk_in;                   // (n_chunks,B,T,C): each chunk's input
-    float *encoded;                    // (B,T,C) = chunk_in of chunk 0
-    float *ln1, *ln1_mean, *ln1_rstd;  // (L,B,T,C), (L,B,T)
-    float *q, *k, *v;                  // (L,B,H,T,D) each
-    float *atty, *attmerged;           // (L,B,H,T,D), (L,B,T,C)
-    float *residual2;                  // (L,B,T,C)
-    float *ln2, *ln2_mean, *ln2_rstd;  // (L,B,T,C), (L,B,T)
-    float *fch, *fch_gelu;             // (L,B,T,4C)
-    float *residual3;                  // (L,B,T,C): layer outputs
-    float *lnf, *lnf_mean, *lnf_rstd;  // (B,T,C), (B,T)
-    float *logits, *dlogits;           // (B,T,V)
-    float *scratch;                    // (B,T,4C) forward scratch ((B,T,3C) with ff_chunk)
-    size_t ff_rows;                    /* rows of one MLP chunk: ff_chunk, or B*T */
-    float *ff_h, *ff_hg;               // (ff_rows,4C) each: one chunk's fc and GELU outputs (ff_chunk)
-    float *rev_x1, *rev_x2, *rev_mean; // (B,T,C) each: the reversible stream and its final mean
-    void *rev_saved;                   /* one attention saved buffer shared by all layers (reversible) */
-    size_t rev_saved_cap;
-    size_t act_bytes;                  /* activations + backward scratch, for the memory benchmark */
-    int32_t *inputs;                   // (B,T)
-    /* backward scratch, one layer's worth */
-    float *grad_block;
-    float *dres, *dln, *dtmp, *dattmerged, *datty, *dq, *dk, *dv, *dqkv, *dfch, *dfch_gelu;
-
-    /* decode (generation) state */
-    size_t dec_B, dec_context;
-    float *dec_block;
-
-    fs_grads_ready_fn grads_ready;
-    void *grads_ready_arg;
-    fs_tensor_reduce_fn tensor_reduce;
-    void *tensor_reduce_arg;
-} fs_model;
-
 int fs_model_create(fs_model **out, const fs_model_config *cfg, fs_error *err);
+void fs_model_destroy(fs_model *m); /* accepts NULL; also destroys attached attention instances */
+
+const fs_model_config *fs_model_cfg(const fs_model *m);
+/* What this process holds of the model. */
+const fs_model_part *fs_model_held(const fs_model *m);
+const fs_param_block *fs_model_block(const fs_model *m);
+/* A held tensor by name (NULL when this model does not hold it). */
+const fs_param_view *fs_model_find(const fs_model *m, const char *name);
+
+/* Hands layer `layer` (local index) its attention instance (the model
+ * destroys it), and reads it back. */
+void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self);
+const fs_attention_vtable *fs_model_attention(const fs_model *m, size_t layer, void **self);
+
+/* Places a plugin's tensor in the block's tail (zero-filled; param and
+ * grad point into the parameter and gradient blocks). For the host's
+ * register_param: the block reserves address space up front, so the
+ * tensors of earlier calls never move. */
+int fs_model_add_plugin_param(fs_model *m, const char *name, int32_t ndim, const size_t *shape, int weight_decay,
+                              float **param, float **grad, fs_error *err);
+
+/* Called with each range of the gradient block as soon as backward has
+ * made it final (NULL: nobody listens). */
+void fs_model_on_grads_ready(fs_model *m, fs_grads_ready_fn fn, void *arg);
+/* The tensor-parallel all-reduce (required when tp_size > 1). */
+void fs_model_set_tensor_reduce(fs_model *m, fs_tensor_reduce_fn fn, void *arg);
+
 /* Bytes of activation storage the last forward/backward used: the
  * activation block, backward scratch and the attention plugins' saved
  * buffers (parameters, gradients and optimizer state excluded). */
 size_t fs_model_activation_bytes(const fs_model *m);
-void fs_model_destroy(fs_model *m); /* also destroys attached attention instances */
-
-/* Hands layer `layer`'s attention instance to the model (it destroys it). */
-void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self);
 
 /* Activation slots (default 1); call before the first forward. */
 int fs_model_set_slots(fs_model *m, size_t n, fs_error *err);
@@ -203,23 +187,28 @@ int fs_model_chunk_has_head(const fs_model *m, size_t chunk);
 /* GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by
  * 1/sqrt(2 L), zero biases, unit LayerNorm weights. A sharded model draws
  * the whole model's numbers in the same order and keeps its part, so every
- * split starts from the weights of the single-process run. */
+ * split starts from the weights of the single-process run. Plugin tensors
+ * are left to their plugins. */
 void fs_model_init_weights(fs_model *m, uint64_t seed);
 
 /* Lets attention plugins initialise their own parameters from the freshly
  * initialised layer weights (fs_attention_vtable.init_params). */
 int fs_model_init_plugin_params(fs_model *m, fs_error *err);
 
-/* inputs (B,T) token ids < vocab, T <= max_seq. Fills m->logits. */
+/* inputs (B,T) token ids < vocab, T <= max_seq. Fills the logits. */
 int fs_model_forward(fs_model *m, const int32_t *inputs, size_t B, size_t T, fs_error *err);
+/* The last forward's logits (B,T,V), and d loss / d logits for backward
+ * (written by fs_model_loss, or by a caller with its own loss). */
+const float *fs_model_logits(const fs_model *m);
+float *fs_model_dlogits(fs_model *m);
 /* Mean cross-entropy of the last forward against targets (B,T); writes
- * m->dlogits = d(loss * dscale) / dlogits. Returns the mean loss. */
+ * dlogits = d(loss * dscale) / dlogits. Returns the mean loss. */
 double fs_model_loss(fs_model *m, const int32_t *targets, float dscale);
 void fs_model_zero_grad(fs_model *m);
-/* Backward from m->dlogits, accumulating into m->grads. dhidden, when not
- * NULL, holds L + 1 extra gradients (B,T,C) for the embedding output and each
- * layer's output (NULL entries are skipped): distillation losses on hidden
- * states enter here. */
+/* Backward from the dlogits, accumulating into the gradient block.
+ * dhidden, when not NULL, holds L + 1 extra gradients (B,T,C) for the
+ * embedding output and each layer's output (NULL entries are skipped):
+ * distillation losses on hidden states enter here. */
 int fs_model_backward(fs_model *m, const float *const *dhidden, fs_error *err);
 /* The same with, when dscores is not NULL, d loss / d attention scores
  * (B,H,T,T) per layer (NULL entries skipped; `probs` as in
@@ -237,12 +226,6 @@ int fs_model_attention_scores(fs_model *m, size_t layer, int probs, float *out, 
  * layer l - 1 (B,T,C). */
 const float *fs_model_hidden(const fs_model *m, size_t i);
 
-/* Generation: caches for B sequences of up to `context` tokens (0 = the
- * plugins' own bound), then one token per call at consecutive positions. */
-int fs_model_decode_begin(fs_model *m, size_t B, size_t context, fs_error *err);
-/* tokens (B) at position pos -> logits (B,V). */
-int fs_model_decode_step(fs_model *m, const int32_t *tokens, size_t pos, float *logits, fs_error *err);
-size_t fs_model_cache_bytes(const fs_model *m);
 /* 1 when every layer's plugin keeps a bounded cache
  * (FS_ATTENTION_BOUNDED_CACHE): decoding may then go past max_seq. */
 int fs_model_cache_bounded(const fs_model *m);

@@ -40,14 +40,14 @@ static int model_batch_sum(void *arg, const int32_t *inputs, const int32_t *targ
                            fs_error *err) {
     fs_model *m = arg;
     int rc = fs_model_forward(m, inputs, nb, T, err);
-    if (!rc) *sum = crossentropy_softmax_forward_backward(NULL, m->logits, targets, nb * T, m->cfg.vocab, 0.0f);
+    if (!rc) *sum = crossentropy_softmax_forward_backward(NULL, fs_model_logits(m), targets, nb * T, fs_model_cfg(m)->vocab, 0.0f);
     return rc;
 }
 
 int fs_evaluate(fs_model *m, const fs_dataset *d, size_t B, size_t max_windows, double *loss, size_t *n_tokens,
                 fs_error *err) {
     double sum;
-    int rc = fs_evaluate_sum(d, m->cfg.max_seq, B, max_windows, model_batch_sum, m, &sum, n_tokens, err);
+    int rc = fs_evaluate_sum(d, fs_model_cfg(m)->max_seq, B, max_windows, model_batch_sum, m, &sum, n_tokens, err);
     *loss = *n_tokens ? sum / (double)*n_tokens : 0.0;
     return rc;
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "core/session.h"
+#include "model/seq.h"
 
 typedef struct fs_run_options {
     const char *checkpoint; /* --checkpoint FILE, or NULL for <out>/model.safetensors */
@@ -24,24 +25,34 @@ int fs_mode_distill(fs_session *s, const fs_run_options *o, int *config_error, f
 int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err);
 int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err);
 
-/* Sampling parameters of [generate]. */
-typedef struct fs_sampler {
-    double temperature; /* 0 = greedy */
-    size_t top_k;       /* 0 = off */
-    double top_p;       /* 1 = off */
-    uint64_t seed;
-} fs_sampler;
+/* [generate]'s sampling keys. */
+fs_sampler fs_generate_sampler(const fs_config *gen_cfg);
+/* Threads for decoding with m: 1 for a model whose token is too little
+ * work to share, 0 (the process's count) otherwise. */
+int fs_generate_threads(const fs_model *m);
 
-/* Runs the prompt through the decode step and samples up to max_tokens
- * more, stopping early at the context limit of the attention plugins
- * (*stopped_at_context set). out receives the new tokens; returns how many
- * were generated in *n_out; *seconds is the time spent generating. */
-int fs_generate(fs_model *m, const int32_t *prompt, size_t n_prompt, size_t max_tokens, const fs_sampler *sp,
-                int32_t *out, size_t *n_out, double *seconds, int *stopped_at_context, fs_error *err);
+/* Runs the prompt through the sequence and samples up to max_tokens more
+ * (row 0), stopping early when an unbounded cache is full
+ * (*stopped_at_context set). out receives the new tokens, *n_out how many
+ * were generated; *seconds is the time spent generating. */
+int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_tokens, int32_t *out,
+                size_t *n_out, double *seconds, int *stopped_at_context, fs_error *err);
 
-/* Picks a token from logits (V) with temperature, top-k and top-p; work is
- * 2 V floats of scratch. */
-int32_t fs_sample_token(const float *logits, size_t V, const fs_sampler *sp, uint64_t *rng_state, float *work);
+/* A generation from prompt text with the session's model and [generate]
+ * sampler: the prompt's tokens, the new tokens and their text. */
+typedef struct fs_generation {
+    int32_t *prompt, *tokens;
+    size_t n_prompt, n;
+    char *text; /* the new tokens' bytes */
+    size_t text_len;
+    double seconds;
+    int stopped_at_context;
+    size_t cache_bytes; /* of the sequence's KV caches */
+} fs_generation;
+
+int fs_generate_text(const fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
+                     fs_error *err);
+void fs_generation_release(fs_generation *g);
 
 /* Mean cross-entropy over up to max_windows consecutive windows of T tokens
  * of `tokens`, computed B windows at a time; *n_tokens receives the number

@@ -1,20 +1,27 @@
-/* train.c — the training loop (see train.h) and the train mode. */
+/* train.c — the training loop (see train.h) and the train mode.
+ *
+ * The loop is a run object (train_run) walked through four phases: set-up
+ * (every check before any collective), the steps, a sample of generated
+ * text, and the JSON summary. A step is its micro-batches, the gradients
+ * finished across ranks, the optimizer, then metrics, validation and the
+ * checkpoint. */
 #include "modes/train.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "model/blas.h"
-#include "io/checkpoint.h"
-#include "io/data.h"
-#include "fastserve/parallel.h"
-#include "io/metrics.h"
 #include "dist/pipeline.h"
 #include "dist/world.h"
+#include "fastserve/parallel.h"
+#include "io/checkpoint.h"
+#include "io/data.h"
+#include "io/metrics.h"
+#include "model/blas.h"
 
 int fs_objective_lm(void *arg, fs_session *s, const int32_t *inputs, const int32_t *targets, size_t B, size_t T,
                     float dscale, double *loss, fs_error *err) {
@@ -38,6 +45,81 @@ static void on_grads_ready(void *arg, size_t offset, size_t count) {
     if (!h->failed && h->vt->grads_ready(h->self, h->grads, offset, count, &h->err)) h->failed = 1;
 }
 
+/* A parallel vtable member that exists (the plugin is new enough) and is set. */
+#define PAR_HAS(s, member)                                                                                    \
+    (FS_HAS_MEMBER((const fs_parallel_vtable *)(s)->parallel.plugin->desc->vtable,                           \
+                   (s)->parallel.plugin->desc->vtable_size, fs_parallel_vtable, member) &&                    \
+     ((const fs_parallel_vtable *)(s)->parallel.plugin->desc->vtable)->member)
+
+/* Counters of the timed steps (the first step warms caches: not timed). */
+typedef struct train_timing {
+    double train_s, mm_flops, mm_s, finish_s; /* step time, matmul FLOPs and time, waits for the strategy */
+    double sched_s, busy_s;                   /* inside the pipeline schedule: all of it, and computing */
+    uint64_t tokens, steps;
+    fs_parallel_stats st0, st1;               /* the strategy's counters at the first and last timed step */
+} train_timing;
+
+/* One invocation of the loop. */
+typedef struct train_run {
+    fs_session *s;
+    fs_model *m;
+    const fs_objective *obj;
+    const fs_parallel_vtable *pvt;
+    void *pself;
+    size_t B, T, accum, val_batches;
+    size_t off, local_B, n_micro; /* this data rank's rows of the batch; pipeline micro-batches */
+    uint64_t total, warmup, val_every, ckpt_every, first, end;
+    int resume, lead, loss_here;
+    const char *out;
+    char ckpt[PATH_MAX];
+    fs_dataset train, val;
+    fs_adamw_config ac;
+    fs_optimizer opt;
+    fs_metrics met;
+    fs_train_state ts;
+    int32_t *inputs, *targets;
+    grads_hook hook;
+    double loss, val_loss;
+    train_timing t;
+} train_run;
+
+static void stats_get(fs_session *s, fs_parallel_stats *st) {
+    memset(st, 0, sizeof *st);
+    st->struct_size = sizeof *st;
+    fs_error ignored = {0};
+    if (PAR_HAS(s, stats))
+        ((const fs_parallel_vtable *)s->parallel.plugin->desc->vtable)->stats(s->parallel.self, st, &ignored);
+}
+
+/* ---- set-up ---- */
+
+static void read_settings(train_run *r, fs_session *s, const fs_run_options *o, const fs_objective *obj) {
+    const fs_config *tc = s->train_cfg;
+    r->s = s;
+    r->m = s->model;
+    r->obj = obj;
+    r->pvt = s->parallel.plugin->desc->vtable;
+    r->pself = s->parallel.self;
+    r->B = (size_t)fs_config_int(tc, "batch");
+    r->T = s->mcfg.max_seq;
+    r->accum = (size_t)fs_config_int(tc, "grad_accum");
+    r->total = (uint64_t)fs_config_int(tc, "steps");
+    r->warmup = (uint64_t)fs_config_int(tc, "warmup");
+    r->val_every = (uint64_t)fs_config_int(tc, "val_every");
+    r->ckpt_every = (uint64_t)fs_config_int(tc, "checkpoint_every");
+    r->val_batches = (size_t)fs_config_int(tc, "val_batches");
+    r->resume = o->resume || fs_config_bool(tc, "resume");
+    r->out = fs_config_string(s->run_cfg, "out");
+    fs_session_checkpoint_path(s, r->ckpt, sizeof r->ckpt);
+    r->lead = fs_world_rank() == 0; /* writes files, prints */
+    r->ac = (fs_adamw_config){fs_config_float(tc, "lr"), fs_config_float(tc, "beta1"), fs_config_float(tc, "beta2"),
+                              fs_config_float(tc, "eps"), fs_config_float(tc, "weight_decay")};
+    fs_optimizer_init(&r->opt, &r->ac);
+    r->local_B = r->B;
+    r->n_micro = 1;
+    r->ts.val_loss = -1;
+}
+
 static int load_data(fs_session *s, const char *key, int required, fs_dataset *d, fs_error *err) {
     const char *path = fs_config_string(s->data_cfg, key);
     if (!path || !*path) {
@@ -48,395 +130,430 @@ static int load_data(fs_session *s, const char *key, int required, fs_dataset *d
     return fs_dataset_load(d, path, fs_config_where(s->data_cfg, key), s->mcfg.max_seq + 1, err);
 }
 
-/* A parallel vtable member that exists (the plugin is new enough) and is set. */
-#define PAR_HAS(s, member)                                                                                    \
-    (FS_HAS_MEMBER((const fs_parallel_vtable *)(s)->parallel.plugin->desc->vtable,                           \
-                   (s)->parallel.plugin->desc->vtable_size, fs_parallel_vtable, member) &&                    \
-     ((const fs_parallel_vtable *)(s)->parallel.plugin->desc->vtable)->member)
-
-static void stats_get(fs_session *s, fs_parallel_stats *st) {
-    memset(st, 0, sizeof *st);
-    st->struct_size = sizeof *st;
-    fs_error ignored = {0};
-    if (PAR_HAS(s, stats))
-        ((const fs_parallel_vtable *)s->parallel.plugin->desc->vtable)->stats(s->parallel.self, st, &ignored);
+/* What the graph and the command line ask for exists: a failure here is a
+ * configuration error (exit status 2). */
+static int check_inputs(train_run *r, fs_error *err) {
+    int rc;
+    if ((rc = load_data(r->s, "train", 1, &r->train, err)) || (rc = load_data(r->s, "val", 0, &r->val, err)))
+        return rc;
+    if (!r->out || !*r->out)
+        return fs_error_set(err, FS_ERR_INVALID, "%s: must name a directory for the checkpoint and metrics",
+                            fs_config_where(r->s->run_cfg, "out"));
+    if (r->resume && access(r->ckpt, F_OK) != 0)
+        return fs_error_set(err, FS_ERR_NOT_FOUND, "resume: %s does not exist: train without resume first", r->ckpt);
+    return FS_OK;
 }
+
+/* Fails now, not after an hour of training, if out is not writable. */
+static int prepare_out_dir(const train_run *r, fs_error *err) {
+    if (!r->lead) return FS_OK;
+    int rc = fs_mkdirs(r->out, err);
+    if (rc) return rc;
+    if (access(r->out, W_OK) != 0)
+        return fs_error_set(err, FS_ERR_IO, "[run] out = %s: directory is not writable: %s", r->out, strerror(errno));
+    return FS_OK;
+}
+
+/* One optimizer group per tensor of the block (plugins' tensors included);
+ * ZeRO-1 owns this rank's range of the flat vector. */
+static int build_optimizer(train_run *r, fs_error *err) {
+    const fs_param_block *pb = fs_model_block(r->m);
+    int rc = FS_OK;
+    for (size_t i = 0; i < pb->n_views && !rc; i++)
+        rc = fs_optimizer_add(&r->opt, pb->params + pb->views[i].offset, pb->grads + pb->views[i].offset,
+                              pb->views[i].numel, pb->views[i].weight_decay, err);
+    if (!rc && PAR_HAS(r->s, optimizer_shard)) {
+        size_t lo = 0, hi = pb->n;
+        if (!(rc = r->pvt->optimizer_shard(r->pself, pb->n, &lo, &hi, err)))
+            rc = fs_optimizer_shard(&r->opt, lo, hi, pb->n, err);
+    }
+    return rc ? rc : fs_optimizer_ready(&r->opt, err);
+}
+
+/* A pipeline keeps the micro-batches between their forward and backward
+ * in activation slots: as many as the schedule has in flight. */
+static int set_pipeline_slots(train_run *r, fs_error *err) {
+    const fs_parallel_topology *t = &r->s->topo;
+    r->n_micro = t->pipeline > 1 ? (size_t)t->microbatches : 1;
+    if (t->pipeline == 1) return FS_OK;
+    size_t slots = r->n_micro;
+    if (!PAR_HAS(r->s, run_schedule) || !PAR_HAS(r->s, pipeline_slots))
+        return fs_error_set(err, FS_ERR_INVALID, "parallel plugin '%s' pipelines but cannot run a schedule",
+                            r->s->parallel.plugin->desc->name);
+    int rc = r->pvt->pipeline_slots(r->pself, &slots, err);
+    return rc ? rc : fs_model_set_slots(r->m, slots, err);
+}
+
+/* Fresh weights from the seed, then the checkpoint's when resuming. */
+static int init_or_resume(train_run *r, fs_error *err) {
+    uint64_t seed = (uint64_t)fs_config_int(r->s->train_cfg, "seed");
+    fs_model_init_weights(r->m, seed);
+    int rc = fs_model_init_plugin_params(r->m, err);
+    if (rc) return rc;
+    fs_rng_seed(&r->ts.rng, seed ^ 0x5DEECE66Dull);
+    if (!r->resume) return FS_OK;
+    if ((rc = fs_checkpoint_load(r->ckpt, r->s, &r->opt, &r->ts, err))) return rc;
+    if (r->lead)
+        fs_log(FS_LOG_INFO, NULL, "resuming %s at step %llu of %llu", r->ckpt, (unsigned long long)r->ts.step,
+               (unsigned long long)r->total);
+    return FS_OK;
+}
+
+/* Metrics (rank 0), this rank's rows of each batch, the batch buffers. */
+static int open_outputs(train_run *r, fs_error *err) {
+    int rc;
+    if (r->lead) {
+        if ((rc = fs_metrics_open(&r->met, r->out, fs_config_string(r->s->run_cfg, "progress"),
+                                  (uint64_t)fs_config_int(r->s->run_cfg, "log_every"), r->resume, err)))
+            return rc;
+    } else {
+        r->met.quiet = 1; /* no file, no progress: rank 0 reports */
+    }
+    if ((rc = r->pvt->batch_slice(r->pself, r->B, &r->off, &r->local_B, err))) return rc;
+    r->inputs = malloc(r->B * r->T * sizeof(int32_t));
+    r->targets = malloc(r->B * r->T * sizeof(int32_t));
+    if (!r->inputs || !r->targets) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    return FS_OK;
+}
+
+/* Everything before the first step. Nothing collective happens until every
+ * rank agrees it succeeded (world.h); *config_error tells a configuration
+ * error (exit status 2) from a failure of the work. */
+static int train_setup(train_run *r, int *config_error, fs_error *err) {
+    *config_error = 1;
+    int rc = check_inputs(r, err);
+    if (!rc) {
+        *config_error = 0;
+        rc = prepare_out_dir(r, err);
+    }
+    if (!rc) rc = build_optimizer(r, err);
+    if (!rc) rc = set_pipeline_slots(r, err);
+    if (!rc) rc = init_or_resume(r, err);
+    if (!rc) rc = open_outputs(r, err);
+    int code;
+    if ((rc = fs_world_agree(rc, *config_error ? 2 : 1, &code, err))) {
+        *config_error = code == 2;
+        return rc;
+    }
+    fs_world_begin_work();
+    r->hook = (grads_hook){r->pvt, r->pself, fs_model_block(r->m)->grads, 0, {0}};
+    /* the loss is counted once per data rank: tensor ranks hold copies of
+     * it, and only the last pipeline stage computes one */
+    r->loss_here = r->s->topo.tensor_rank == 0 && r->s->topo.pipeline_rank == r->s->topo.pipeline - 1;
+    uint64_t stop_after = (uint64_t)fs_config_int(r->s->run_cfg, "stop_after");
+    r->first = r->ts.step;
+    r->end = stop_after && stop_after < r->total ? stop_after : r->total;
+    r->loss = r->ts.loss;
+    r->val_loss = r->ts.val_loss;
+    return FS_OK;
+}
+
+static void announce(const train_run *r) {
+    if (!r->lead) return;
+    const fs_session *s = r->s;
+    fprintf(stderr, "fsrun: %s: %zu parameters, %zu layers, T = %zu, batch %zu x %zu, %llu steps, %d threads\n",
+            r->obj->mode, fs_model_block(r->m)->n - fs_model_block(r->m)->n_plugin, s->mcfg.n_layer, r->T, r->B, r->accum,
+            (unsigned long long)r->total, fs_threads_get());
+    if (fs_world_size() > 1)
+        fprintf(stderr, "fsrun: %d ranks (%s): data %d x tensor %d x pipeline %d, %d threads each\n",
+                fs_world_size(), s->comm->engine, s->topo.data, s->topo.tensor, s->topo.pipeline, fs_threads_get());
+}
+
+/* ---- one step ---- */
 
 /* This rank's share of the squared global gradient norm, so that the sum
  * over every rank counts each gradient once: a ZeRO shard is the only
  * place its range is final, so every data rank adds its own; without
  * shards the data ranks hold identical replicas and data rank 0 speaks for
- * them; plugin-owned parameters are replicated too. Under tensor
- * parallelism a replicated tensor (LayerNorms, row-parallel biases,
- * embeddings) is the same on every tensor rank and tensor rank 0 counts
- * it; under pipeline parallelism the last stage's copy of the tied wte is
- * the first stage's. */
-static double owned_sumsq(const fs_session *s, const fs_optimizer *opt) {
-    const fs_model *m = s->model;
-    size_t split = m->n_params;
-    int data_speaker = s->topo.data_rank == 0, sharded = fs_optimizer_sharded(opt);
+ * them. Under tensor parallelism a replicated tensor (LayerNorms,
+ * row-parallel biases, embeddings) is the same on every tensor rank and
+ * tensor rank 0 counts it; under pipeline parallelism the last stage's copy
+ * of the tied wte is the first stage's. */
+static double owned_sumsq(const train_run *r) {
+    const fs_param_block *pb = fs_model_block(r->m);
+    int data_speaker = r->s->topo.data_rank == 0;
+    if (!fs_optimizer_sharded(&r->opt) && !data_speaker) return 0.0;
     double sum = 0;
-    if (!sharded && !data_speaker) return 0.0;
-    for (size_t i = 0; i < m->n_views; i++) {
-        const fs_param_view *v = &m->views[i];
-        if (v->split == FS_SPLIT_NONE && s->topo.tensor_rank != 0) continue;
-        if (!m->has_embed && !strcmp(v->name, "transformer.wte.weight")) continue; /* the head's copy */
-        sum += fs_optimizer_sumsq(opt, v->offset, v->offset + v->numel);
+    for (size_t i = 0; i < pb->n_views; i++) {
+        const fs_param_view *v = &pb->views[i];
+        if (v->split == FS_SPLIT_NONE && r->s->topo.tensor_rank != 0) continue;
+        if (!fs_model_held(r->m)->has_embed && !strcmp(v->name, "transformer.wte.weight")) continue; /* the head's copy */
+        sum += fs_optimizer_sumsq(&r->opt, v->offset, v->offset + v->numel);
     }
-    return sum + (data_speaker ? fs_optimizer_sumsq(opt, split, opt->numel) : 0.0);
+    return sum;
 }
 
-/* One batch's summed loss through the pipeline's stages, counted once:
- * by the last stage of tensor rank 0 and data rank 0. */
-static int pipeline_batch_sum(void *arg, const int32_t *inputs, const int32_t *targets, size_t nb, size_t T,
-                              double *sum, fs_error *err) {
-    fs_session *s = arg;
-    int rc = fs_pipeline_loss(s->model, &s->topo, s->comm, inputs, targets, nb, T, sum, err);
-    if (s->topo.tensor_rank != 0 || s->topo.data_rank != 0) *sum = 0;
+/* Micro-batch a of the step: forward, loss and backward of this rank's rows
+ * (through the strategy's schedule when pipelined). */
+static int micro_batch(train_run *r, size_t a, double *loss, fs_error *err) {
+    fs_dataset_sample(&r->train, &r->ts.rng, r->inputs, r->targets, r->B, r->T); /* every rank draws the whole
+                                                                                      batch: the RNG stays in step */
+    /* the strategy hears of final gradients only in the last micro-step:
+     * earlier ones accumulate locally (DDP's no_sync) */
+    fs_model_on_grads_ready(r->m, a + 1 == r->accum ? on_grads_ready : NULL, &r->hook);
+    const int32_t *in = r->inputs + r->off * r->T, *tg = r->targets + r->off * r->T;
+    int rc;
+    if (r->s->topo.pipeline > 1) {
+        /* the strategy runs the schedule; the model computes each chunk's
+         * micro-batch; gradients are final only after the whole schedule
+         * (and the tied embedding's sum): the strategy hears of them in
+         * grads_finish */
+        fs_pipeline_step ps = {r->m, in, tg, r->local_B / r->n_micro, r->T, 1.0f / (float)(r->accum * r->n_micro),
+                               0, 0, 0};
+        fs_stage_ops ops;
+        fs_pipeline_step_ops(&ps, &ops);
+        fs_model_on_grads_ready(r->m, NULL, NULL);
+        double t0 = fs_now();
+        rc = r->pvt->run_schedule(r->pself, &ops, err);
+        r->t.sched_s += fs_now() - t0;
+        r->t.busy_s += ps.busy_s;
+        *loss = ps.n_loss ? ps.loss_sum / (double)ps.n_loss : 0.0;
+    } else {
+        rc = r->obj->fn(r->obj->arg, r->s, in, tg, r->local_B, r->T, 1.0f / (float)r->accum, loss, err);
+    }
+    if (!rc && r->hook.failed) {
+        *err = r->hook.err;
+        rc = err->status;
+    }
     return rc;
+}
+
+/* The step's gradients made final across ranks (the tied embedding's two
+ * pipeline copies summed, the strategy's reduction), then the global loss
+ * and gradient norm, and clipping. */
+static int finish_gradients(train_run *r, double step_loss, double *norm, double *wait_s, fs_error *err) {
+    const fs_param_block *pb = fs_model_block(r->m);
+    const fs_model_part *part = fs_model_held(r->m);
+    fs_session *s = r->s;
+    int rc;
+    double t0 = fs_now();
+    if (s->topo.pipeline > 1 && (part->has_embed || part->has_head)) {
+        const fs_param_view *wte = fs_model_find(r->m, "transformer.wte.weight");
+        if ((rc = r->pvt->embedding_all_reduce(r->pself, pb->grads + wte->offset, wte->numel, err))) return rc;
+    }
+    if ((rc = r->pvt->grads_finish(r->pself, pb->grads, pb->n, err))) return rc;
+    *wait_s += fs_now() - t0;
+    double sums[3] = {r->loss_here ? step_loss * (double)r->local_B : 0.0, r->loss_here ? (double)r->local_B : 0.0,
+                      owned_sumsq(r)};
+    if ((rc = r->pvt->reduce_sum(r->pself, sums, 3, err))) return rc;
+    r->loss = r->ts.loss = sums[0] / sums[1];
+    *norm = sqrt(sums[2]);
+    fs_optimizer_clip_to(&r->opt, fs_config_float(s->train_cfg, "grad_clip"), *norm);
+    return FS_OK;
+}
+
+/* AdamW at the scheduled lr; a ZeRO shard's update reaches every rank. */
+static int optimizer_step(train_run *r, double *lr, double *wait_s, fs_error *err) {
+    *lr = fs_lr_schedule(r->ac.lr, fs_config_float(r->s->train_cfg, "min_lr_ratio"), r->ts.step, r->warmup,
+                         r->total);
+    fs_optimizer_step(&r->opt, *lr);
+    const fs_param_block *pb = fs_model_block(r->m);
+    if (!PAR_HAS(r->s, params_updated)) return FS_OK;
+    double t0 = fs_now();
+    int rc = r->pvt->params_updated(r->pself, pb->params, pb->n, err);
+    *wait_s += fs_now() - t0;
+    return rc;
+}
+
+/* Adds a finished step to the timed counters (not the first: it warms
+ * caches, unless it is the only one). */
+static void account_step(train_run *r, double step_s, double finish_s) {
+    if (r->ts.step > r->first + 1 || r->end - r->first == 1) {
+        double f, sec;
+        fs_blas_stats(&f, &sec);
+        r->t.mm_flops += f;
+        r->t.mm_s += sec;
+        r->t.train_s += step_s;
+        r->t.finish_s += finish_s;
+        r->t.steps++;
+        r->t.tokens += (uint64_t)(r->B * r->T * r->accum);
+        stats_get(r->s, &r->t.st1); /* before validation and checkpoints, which are not steps */
+    } else {
+        stats_get(r->s, &r->t.st0); /* counters start with the timed steps too */
+        r->t.sched_s = r->t.busy_s = 0;
+    }
 }
 
 /* Held-out loss of a pipelined model: the stages forward only, the sum
  * then reaching every rank. */
-static int evaluate_pipeline(fs_session *s, const fs_dataset *d, size_t B, size_t max_windows, double *loss,
-                             fs_error *err) {
+static int pipeline_batch_sum(void *arg, const int32_t *inputs, const int32_t *targets, size_t nb, size_t T,
+                              double *sum, fs_error *err) {
+    fs_session *s = arg;
+    int rc = fs_pipeline_loss(s->model, &s->topo, s->comm, inputs, targets, nb, T, sum, err);
+    if (s->topo.tensor_rank != 0 || s->topo.data_rank != 0) *sum = 0; /* counted once */
+    return rc;
+}
+
+static int evaluate(train_run *r, double *loss, fs_error *err) {
+    size_t max_windows = r->val_batches * r->B, n;
+    if (r->s->topo.pipeline == 1) return fs_evaluate(r->m, &r->val, r->B, max_windows, loss, &n, err);
     double sum;
-    size_t n;
-    int rc = fs_evaluate_sum(d, s->model->cfg.max_seq, B, max_windows, pipeline_batch_sum, s, &sum, &n, err);
-    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
-    if (!rc) rc = vt->reduce_sum(s->parallel.self, &sum, 1, err);
+    int rc = fs_evaluate_sum(&r->val, r->T, r->B, max_windows, pipeline_batch_sum, r->s, &sum, &n, err);
+    if (!rc) rc = r->pvt->reduce_sum(r->pself, &sum, 1, err);
     *loss = n ? sum / (double)n : 0.0;
     return rc;
 }
 
-/* Plugin-owned gradients (outside the flat vector) through the strategy,
- * packed into `buf` and back. */
-static int sync_extra(fs_session *s, float *buf, size_t n, fs_error *err) {
-    if (!n || fs_world_size() == 1) return FS_OK;
-    size_t off = 0;
-    for (size_t i = 0; i < s->host.n_params; off += s->host.params[i].numel, i++)
-        memcpy(buf + off, s->host.params[i].grad, s->host.params[i].numel * sizeof(float));
-    const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
-    int rc = vt->grads_extra(s->parallel.self, buf, n, err);
-    if (rc) return rc;
-    off = 0;
-    for (size_t i = 0; i < s->host.n_params; off += s->host.params[i].numel, i++)
-        memcpy(s->host.params[i].grad, buf + off, s->host.params[i].numel * sizeof(float));
+/* After the optimizer: the metrics line, validation and the checkpoint when
+ * due. Not training time. */
+static int after_step(train_run *r, double lr, double norm, double step_s, fs_error *err) {
+    uint64_t step_tokens = (uint64_t)(r->B * r->T * r->accum);
+    double tps = r->t.train_s > 0 ? (double)r->t.tokens / r->t.train_s : (double)step_tokens / step_s;
+    fs_metrics_step(&r->met, r->ts.step, r->total, r->loss, lr, norm, tps,
+                    (double)(r->end - r->ts.step) * (double)step_tokens / tps);
+    int rc;
+    if (r->val.tokens && ((r->val_every && r->ts.step % r->val_every == 0) || r->ts.step == r->end)) {
+        if ((rc = evaluate(r, &r->val_loss, err))) return rc;
+        r->ts.val_loss = r->val_loss;
+        fs_metrics_val(&r->met, r->ts.step, r->val_loss);
+    }
+    if ((r->ckpt_every && r->ts.step % r->ckpt_every == 0) || r->ts.step == r->end)
+        return fs_checkpoint_save(r->ckpt, r->s, &r->opt, &r->ts, err);
     return FS_OK;
+}
+
+static int train_step(train_run *r, fs_error *err) {
+    double t0 = fs_now(), step_loss = 0, l = 0, norm, lr;
+    fs_blas_stats_reset();
+    fs_model_zero_grad(r->m);
+    int rc = FS_OK;
+    for (size_t a = 0; a < r->accum && !rc; a++) {
+        rc = micro_batch(r, a, &l, err);
+        step_loss += l / (double)r->accum;
+    }
+    fs_model_on_grads_ready(r->m, NULL, NULL);
+    if (rc) return rc;
+    double wait_s = 0; /* for the strategy after backward: finishing the gradients, gathering ZeRO's shards */
+    if ((rc = finish_gradients(r, step_loss, &norm, &wait_s, err)) || (rc = optimizer_step(r, &lr, &wait_s, err)))
+        return rc;
+    r->ts.step++;
+    double step_s = fs_now() - t0;
+    account_step(r, step_s, wait_s);
+    fs_blas_stats_enable(0); /* validation and checkpoints are not training time */
+    rc = after_step(r, lr, norm, step_s, err);
+    fs_blas_stats_enable(1);
+    return rc;
+}
+
+/* ---- after the steps ---- */
+
+/* A sample from the trained model, as a person would want to see. */
+static int print_sample(const train_run *r, fs_error *err) {
+    const fs_session *s = r->s;
+    size_t sample = (size_t)fs_config_int(s->gen_cfg, "max_tokens");
+    if (sample == 0 || r->ts.step != r->total) return FS_OK;
+    if (s->topo.tensor > 1 || s->topo.pipeline > 1) {
+        if (r->lead)
+            fprintf(stderr, "fsrun: no sample: generation runs in one process (fsrun GRAPH.ini --mode generate, "
+                            "without mpirun, loads the checkpoint)\n");
+        return FS_OK;
+    }
+    const char *text = fs_config_string(s->gen_cfg, "prompt");
+    size_t len = strlen(text);
+    if (len >= r->T) len = r->T - 1;
+    fs_generation g;
+    int rc = fs_generate_text(s, text, len, sample, &g, err);
+    if (rc) return rc;
+    printf("--- sample (%zu tokens, %.0f tok/s) ---\n%.*s", g.n, g.seconds > 0 ? (double)g.n / g.seconds : 0.0,
+           (int)len, text);
+    fwrite(g.text, 1, g.text_len, stdout);
+    printf("\n---\n");
+    fs_generation_release(&g);
+    return FS_OK;
+}
+
+/* x rounded to `decimals` as a JSON number (printed with 15 significant
+ * digits, so the rounded value reads back as written), or null for a
+ * value JSON cannot hold (NaN, Inf). */
+static json_t *json_fixed(double x, int decimals) {
+    if (!isfinite(x)) return json_null();
+    double scale = pow(10.0, decimals);
+    return json_real(round(x * scale) / scale);
+}
+
+/* Where the step's communication went, per timed step: grads_finish_ms is
+ * the runtime's wait for the strategy after backward (what overlap did not
+ * hide); comm_* are the strategy's own counters; the pipeline bubble is
+ * rank 0's share of the schedule spent waiting for other stages, next to
+ * the ideal (p - 1) / (v m + p - 1) of equal stages. */
+static void summary_parallel(json_t *o, const train_run *r) {
+    const fs_session *s = r->s;
+    const train_timing *t = &r->t;
+    double per = t->steps ? 1.0 / (double)t->steps : 0.0;
+    json_object_set_new(o, "ranks", json_integer(fs_world_size()));
+    json_object_set_new(o, "parallel", json_string(s->parallel.plugin->desc->name));
+    json_object_set_new(o, "data", json_integer(s->topo.data));
+    json_object_set_new(o, "tensor", json_integer(s->topo.tensor));
+    json_object_set_new(o, "pipeline", json_integer(s->topo.pipeline));
+    json_object_set_new(o, "grads_finish_ms", json_fixed(1e3 * t->finish_s * per, 3));
+    json_object_set_new(o, "comm_ms", json_fixed(1e3 * (t->st1.comm_s - t->st0.comm_s) * per, 3));
+    json_object_set_new(o, "comm_wait_ms", json_fixed(1e3 * (t->st1.wait_s - t->st0.wait_s) * per, 3));
+    json_object_set_new(o, "comm_bytes", json_fixed((t->st1.bytes - t->st0.bytes) * per, 0));
+    json_object_set_new(o, "comm_collectives",
+                        json_fixed((double)(t->st1.collectives - t->st0.collectives) * per, 1));
+    if (s->topo.pipeline > 1 && t->sched_s > 0) {
+        double p = s->topo.pipeline, mv = (double)s->topo.microbatches * s->topo.interleave;
+        json_object_set_new(o, "pipeline_bubble", json_fixed(1.0 - t->busy_s / t->sched_s, 4));
+        json_object_set_new(o, "pipeline_bubble_ideal", json_fixed((p - 1) / (mv + p - 1), 4));
+    }
+}
+
+/* The last stdout line: one JSON object (jansson writes it). */
+static void print_summary(const train_run *r) {
+    const fs_param_block *pb = fs_model_block(r->m);
+    const train_timing *t = &r->t;
+    json_t *o = json_object();
+    json_object_set_new(o, "mode", json_string(r->obj->mode));
+    json_object_set_new(o, "steps", json_integer((json_int_t)r->ts.step));
+    json_object_set_new(o, "loss", json_fixed(r->loss, 6));
+    json_object_set_new(o, "val_loss", r->val_loss >= 0 ? json_fixed(r->val_loss, 6) : json_null());
+    /* the model's size; a tensor or pipeline shard also says its own */
+    if (pb->n != pb->n_full) json_object_set_new(o, "params_per_rank", json_integer((json_int_t)pb->n));
+    json_object_set_new(o, "tokens_per_s", json_fixed(t->train_s > 0 ? (double)t->tokens / t->train_s : 0, 1));
+    json_object_set_new(o, "params", json_integer((json_int_t)pb->n_full));
+    json_object_set_new(o, "matmul_gflops", json_fixed(t->mm_s > 0 ? t->mm_flops / t->mm_s * 1e-9 : 0.0, 1));
+    json_object_set_new(o, "matmul_share", json_fixed(t->train_s > 0 ? t->mm_s / t->train_s : 0.0, 3));
+    json_object_set_new(o, "threads", json_integer(fs_threads_get()));
+    json_object_set_new(o, "blas_core", json_string(fs_blas_corename()));
+    summary_parallel(o, r);
+    json_object_set_new(o, "checkpoint", json_string(r->ckpt));
+    json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    fputc('\n', stdout);
+    fflush(stdout);
+    json_decref(o);
+}
+
+static void train_release(train_run *r) {
+    fs_model_on_grads_ready(r->m, NULL, NULL);
+    fs_metrics_close(&r->met);
+    fs_optimizer_release(&r->opt);
+    fs_dataset_release(&r->train);
+    fs_dataset_release(&r->val);
+    free(r->inputs);
+    free(r->targets);
 }
 
 int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *obj, int *config_error,
                   fs_error *err) {
-    *config_error = 1;
-    fs_model *m = s->model;
-    const fs_config *tc = s->train_cfg;
-    size_t B = (size_t)fs_config_int(tc, "batch"), T = s->mcfg.max_seq;
-    size_t accum = (size_t)fs_config_int(tc, "grad_accum");
-    uint64_t total = (uint64_t)fs_config_int(tc, "steps"), warmup = (uint64_t)fs_config_int(tc, "warmup");
-    uint64_t val_every = (uint64_t)fs_config_int(tc, "val_every"), ckpt_every = (uint64_t)fs_config_int(tc, "checkpoint_every");
-    uint64_t stop_after = (uint64_t)fs_config_int(s->run_cfg, "stop_after");
-    size_t val_batches = (size_t)fs_config_int(tc, "val_batches");
-    int resume = o->resume || fs_config_bool(tc, "resume");
-    const char *out = fs_config_string(s->run_cfg, "out");
-    char ckpt[PATH_MAX];
-    fs_session_checkpoint_path(s, ckpt, sizeof ckpt);
-    int lead = fs_world_rank() == 0; /* writes files, prints */
-    const fs_parallel_vtable *pvt = s->parallel.plugin->desc->vtable;
-    void *pself = s->parallel.self;
-
-    fs_dataset train = {0}, val = {0};
-    fs_optimizer opt;
-    fs_metrics met = {0};
-    int32_t *inputs = NULL, *targets = NULL;
-    float *extra = NULL;
-    size_t n_extra = 0;
-    fs_adamw_config ac = {fs_config_float(tc, "lr"), fs_config_float(tc, "beta1"), fs_config_float(tc, "beta2"),
-                          fs_config_float(tc, "eps"), fs_config_float(tc, "weight_decay")};
-    fs_optimizer_init(&opt, &ac);
-    fs_train_state ts = {0};
-    size_t off = 0, local_B = B, n_micro = 1;
-    int rc;
-    /* ---- set-up: nothing collective until every rank agrees it succeeded ---- */
-    if ((rc = load_data(s, "train", 1, &train, err)) || (rc = load_data(s, "val", 0, &val, err))) goto setup_done;
-    if (!out || !*out) {
-        rc = fs_error_set(err, FS_ERR_INVALID, "%s: must name a directory for the checkpoint and metrics",
-                          fs_config_where(s->run_cfg, "out"));
-        goto setup_done;
+    train_run r;
+    memset(&r, 0, sizeof r);
+    read_settings(&r, s, o, obj);
+    int rc = train_setup(&r, config_error, err);
+    if (rc) {
+        train_release(&r);
+        return rc;
     }
-    if (resume && access(ckpt, F_OK) != 0) {
-        rc = fs_error_set(err, FS_ERR_NOT_FOUND, "resume: %s does not exist: train without resume first", ckpt);
-        goto setup_done;
-    }
-    for (size_t i = 0; i < s->host.n_params; i++) n_extra += s->host.params[i].numel;
-    if (n_extra && fs_world_size() > 1 && !PAR_HAS(s, grads_extra)) {
-        rc = fs_error_set(err, FS_ERR_INVALID,
-                          "%s: plugin '%s' cannot combine the gradients of plugin-owned parameters across ranks "
-                          "(it lacks grads_extra): use [parallel] plugin = data",
-                          fs_config_where(s->parallel.config, "plugin"), s->parallel.plugin->desc->name);
-        goto setup_done;
-    }
-    *config_error = 0;
-    if (lead) {
-        if ((rc = fs_mkdirs(out, err))) goto setup_done;
-        /* Fail now, not after an hour of training, if out is not writable. */
-        if (access(out, W_OK) != 0) {
-            rc = fs_error_set(err, FS_ERR_IO, "[run] out = %s: directory is not writable: %s", out, strerror(errno));
-            goto setup_done;
-        }
-    }
-
-    for (size_t i = 0; i < m->n_views && !rc; i++)
-        rc = fs_optimizer_add(&opt, m->params + m->views[i].offset, m->grads + m->views[i].offset, m->views[i].numel,
-                              m->views[i].weight_decay, err);
-    for (size_t i = 0; i < s->host.n_params && !rc; i++)
-        rc = fs_optimizer_add(&opt, s->host.params[i].data, s->host.params[i].grad, s->host.params[i].numel,
-                              s->host.params[i].weight_decay, err);
-    if (!rc && PAR_HAS(s, optimizer_shard)) { /* ZeRO-1: this rank's range of the flat vector */
-        size_t lo = 0, hi = m->n_params;
-        if (!(rc = pvt->optimizer_shard(pself, m->n_params, &lo, &hi, err)))
-            rc = fs_optimizer_shard(&opt, lo, hi, m->n_params, err);
-    }
-    if (rc || (rc = fs_optimizer_ready(&opt, err))) goto setup_done;
-
-    /* a pipeline keeps the micro-batches between their forward and backward
-     * in activation slots: as many as the schedule has in flight */
-    n_micro = s->topo.pipeline > 1 ? (size_t)s->topo.microbatches : 1;
-    if (s->topo.pipeline > 1) {
-        size_t slots = n_micro;
-        if (!PAR_HAS(s, run_schedule) || !PAR_HAS(s, pipeline_slots))
-            rc = fs_error_set(err, FS_ERR_INVALID, "parallel plugin '%s' pipelines but cannot run a schedule",
-                              s->parallel.plugin->desc->name);
-        else if (!(rc = pvt->pipeline_slots(pself, &slots, err)))
-            rc = fs_model_set_slots(m, slots, err);
-        if (rc) goto setup_done;
-    }
-    ts.val_loss = -1;
-    uint64_t seed = (uint64_t)fs_config_int(tc, "seed");
-    fs_model_init_weights(m, seed);
-    if ((rc = fs_model_init_plugin_params(m, err))) goto setup_done;
-    fs_rng_seed(&ts.rng, seed ^ 0x5DEECE66Dull);
-    if (resume) {
-        if ((rc = fs_checkpoint_load(ckpt, s, &opt, &ts, err))) goto setup_done;
-        if (lead)
-            fs_log(FS_LOG_INFO, NULL, "resuming %s at step %llu of %llu", ckpt, (unsigned long long)ts.step,
-                   (unsigned long long)total);
-    }
-    if (lead) {
-        if ((rc = fs_metrics_open(&met, out, fs_config_string(s->run_cfg, "progress"),
-                                  (uint64_t)fs_config_int(s->run_cfg, "log_every"), resume, err)))
-            goto setup_done;
-    } else {
-        met.quiet = 1; /* no file, no progress: rank 0 reports */
-    }
-    if ((rc = pvt->batch_slice(pself, B, &off, &local_B, err))) goto setup_done;
-    inputs = malloc(B * T * sizeof(int32_t));
-    targets = malloc(B * T * sizeof(int32_t));
-    extra = malloc((n_extra + 1) * sizeof(float));
-    if (!inputs || !targets || !extra) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-setup_done: {
-    int code;
-    if ((rc = fs_world_agree(rc, *config_error ? 2 : 1, &code, err))) {
-        *config_error = code == 2;
-        goto done;
-    }
-}
-    fs_world_begin_work();
-
-    grads_hook hook = {pvt, pself, m->grads, 0, {0}};
-    /* the loss is counted once per data rank: tensor ranks hold copies of
-     * it, and only the last pipeline stage computes one */
-    int loss_here = s->topo.tensor_rank == 0 && s->topo.pipeline_rank == s->topo.pipeline - 1;
-    if (lead)
-        fprintf(stderr, "fsrun: %s: %zu parameters, %zu layers, T = %zu, batch %zu x %zu, %llu steps, %d threads\n",
-                obj->mode, m->n_params, s->mcfg.n_layer, T, B, accum, (unsigned long long)total, fs_threads_get());
-    if (lead && fs_world_size() > 1)
-        fprintf(stderr, "fsrun: %d ranks (%s): data %d x tensor %d x pipeline %d, %d threads each\n",
-                fs_world_size(), s->comm->engine, s->topo.data, s->topo.tensor, s->topo.pipeline, fs_threads_get());
-    double loss = ts.loss, val_loss = ts.val_loss, train_time = 0, mm_flops = 0, mm_secs = 0, finish_time = 0;
-    double pipe_sched = 0, pipe_busy = 0; /* inside the pipeline schedule: all of it, and computing */
-    fs_parallel_stats st0, st1;
-    stats_get(s, &st0);
-    st1 = st0;
+    announce(&r);
+    stats_get(s, &r.t.st0);
+    r.t.st1 = r.t.st0;
     fs_blas_stats_enable(1);
-    uint64_t timed_tokens = 0, timed_steps = 0, first = ts.step;
-    uint64_t end = stop_after && stop_after < total ? stop_after : total;
-    while (ts.step < end) {
-        double t0 = fs_now();
-        fs_blas_stats_reset();
-        fs_model_zero_grad(m);
-        for (size_t i = 0; i < s->host.n_params; i++)
-            memset(s->host.params[i].grad, 0, s->host.params[i].numel * sizeof(float));
-        double step_loss = 0, step_sched = 0, step_busy = 0;
-        for (size_t a = 0; a < accum; a++) {
-            /* every rank draws the whole global batch, so the RNG stays in step */
-            fs_dataset_sample(&train, &ts.rng, inputs, targets, B, T);
-            /* the strategy hears of final gradients only in the last
-             * micro-step: earlier ones accumulate locally (DDP's no_sync) */
-            m->grads_ready = a + 1 == accum ? on_grads_ready : NULL;
-            m->grads_ready_arg = &hook;
-            double l = 0;
-            if (s->topo.pipeline > 1) {
-                /* the strategy runs the schedule; the model computes each
-                 * chunk's micro-batch; gradients are final after the schedule */
-                fs_pipeline_step ps = {m, inputs + off * T, targets + off * T, local_B / n_micro, T,
-                                       1.0f / (float)(accum * n_micro), 0, 0, 0};
-                fs_stage_ops ops;
-                fs_pipeline_step_ops(&ps, &ops);
-                /* gradients are final only after the whole schedule (and the tied
-                 * embedding's sum): the strategy hears of them in grads_finish */
-                m->grads_ready = NULL;
-                double ts0 = fs_now();
-                rc = pvt->run_schedule(pself, &ops, err);
-                step_sched += fs_now() - ts0;
-                step_busy += ps.busy_s;
-                l = ps.n_loss ? ps.loss_sum / (double)ps.n_loss : 0.0;
-            } else {
-                rc = obj->fn(obj->arg, s, inputs + off * T, targets + off * T, local_B, T, 1.0f / (float)accum, &l,
-                             err);
-            }
-            if (rc) goto done;
-            if (hook.failed) {
-                *err = hook.err;
-                rc = err->status;
-                goto done;
-            }
-            step_loss += l / (double)accum;
-        }
-        m->grads_ready = NULL;
-        double tf = fs_now();
-        /* the tied embedding's two copies (first and last stage) sum their gradients */
-        if (s->topo.pipeline > 1 && (m->has_embed || m->has_head) &&
-            (rc = pvt->embedding_all_reduce(pself, m->dwte, m->cfg.vocab * m->cfg.n_embd, err)))
-            goto done;
-        if ((rc = pvt->grads_finish(pself, m->grads, m->n_params, err)) || (rc = sync_extra(s, extra, n_extra, err)))
-            goto done;
-        double tf_end = fs_now();
-        double sums[3] = {loss_here ? step_loss * (double)local_B : 0.0, loss_here ? (double)local_B : 0.0,
-                          owned_sumsq(s, &opt)};
-        if ((rc = pvt->reduce_sum(pself, sums, 3, err))) goto done;
-        loss = ts.loss = sums[0] / sums[1];
-        double norm = sqrt(sums[2]);
-        fs_optimizer_clip_to(&opt, fs_config_float(tc, "grad_clip"), norm);
-        double lr = fs_lr_schedule(ac.lr, fs_config_float(tc, "min_lr_ratio"), ts.step, warmup, total);
-        fs_optimizer_step(&opt, lr);
-        double tp = fs_now();
-        if (PAR_HAS(s, params_updated) && (rc = pvt->params_updated(pself, m->params, m->n_params, err))) goto done;
-        tf_end += fs_now() - tp;
-        ts.step++;
-        double dt = fs_now() - t0;
-        if (ts.step > first + 1 || end - first == 1) { /* the first step warms caches: not timed */
-            double f, sec;
-            fs_blas_stats(&f, &sec);
-            mm_flops += f;
-            mm_secs += sec;
-            train_time += dt;
-            finish_time += tf_end - tf;
-            pipe_sched += step_sched;
-            pipe_busy += step_busy;
-            timed_steps++;
-            timed_tokens += (uint64_t)(B * T * accum);
-            stats_get(s, &st1); /* before validation and checkpoints, which are not steps */
-        } else {
-            stats_get(s, &st0); /* counters start with the timed steps too */
-        }
-        double tps = train_time > 0 ? (double)timed_tokens / train_time : (double)(B * T * accum) / dt;
-        fs_blas_stats_enable(0); /* validation and checkpoints are not training time */
-        fs_metrics_step(&met, ts.step, total, loss, lr, norm, tps, (double)(end - ts.step) * (B * T * accum) / tps);
-        if (val.tokens && ((val_every && ts.step % val_every == 0) || ts.step == end)) {
-            size_t ntok;
-            if (s->topo.pipeline > 1)
-                rc = evaluate_pipeline(s, &val, B, val_batches * B, &val_loss, err);
-            else
-                rc = fs_evaluate(m, &val, B, val_batches * B, &val_loss, &ntok, err);
-            if (rc) goto done;
-            ts.val_loss = val_loss;
-            fs_metrics_val(&met, ts.step, val_loss);
-        }
-        if ((ckpt_every && ts.step % ckpt_every == 0) || ts.step == end)
-            if ((rc = fs_checkpoint_save(ckpt, s, &opt, &ts, err))) goto done;
-        fs_blas_stats_enable(1);
-    }
+    while (!rc && r.ts.step < r.end) rc = train_step(&r, err);
     fs_blas_stats_enable(0);
-    if (!timed_steps) st1 = st0;
-    fs_metrics_close(&met);
-    size_t plugin_params = 0;
-    for (size_t i = 0; i < s->host.n_params; i++) plugin_params += s->host.params[i].numel;
-    double tps = train_time > 0 ? (double)timed_tokens / train_time : 0;
-
-    /* a sample from the trained model, as a person would want to see */
-    size_t sample = (size_t)fs_config_int(s->gen_cfg, "max_tokens");
-    if (sample > 0 && ts.step == total && (s->topo.tensor > 1 || s->topo.pipeline > 1)) {
-        if (lead)
-            fprintf(stderr, "fsrun: no sample: generation runs in one process (fsrun GRAPH.ini --mode generate, "
-                    "without mpirun, loads the checkpoint)\n");
-    } else if (sample > 0 && ts.step == total) {
-        const char *text = fs_config_string(s->gen_cfg, "prompt");
-        size_t len = strlen(text);
-        if (len >= T) len = T - 1;
-        int32_t *prompt = malloc((len + 1) * sizeof(int32_t)), *gen = malloc((sample + 1) * sizeof(int32_t));
-        char *textout = malloc(sample + 1);
-        fs_sampler sp = {fs_config_float(s->gen_cfg, "temperature"), (size_t)fs_config_int(s->gen_cfg, "top_k"),
-                         fs_config_float(s->gen_cfg, "top_p"), (uint64_t)fs_config_int(s->gen_cfg, "seed")};
-        if (prompt && gen && textout) {
-            size_t n_prompt = fs_tokenize(prompt, text, len), n = 0;
-            if (n_prompt == 0) prompt[n_prompt++] = '\n';
-            double secs;
-            int stopped;
-            if ((rc = fs_generate(m, prompt, n_prompt, sample, &sp, gen, &n, &secs, &stopped, err)) == 0) {
-                fs_detokenize(textout, gen, n);
-                printf("--- sample (%zu tokens, %.0f tok/s) ---\n%.*s", n, secs > 0 ? (double)n / secs : 0.0, (int)len,
-                       text);
-                fwrite(textout, 1, n, stdout);
-                printf("\n---\n");
-            }
-        }
-        free(prompt);
-        free(gen);
-        free(textout);
-        if (rc) goto done;
-    }
-    printf("{\"mode\": \"%s\", \"steps\": %llu, \"loss\": %.6f, \"val_loss\": ", obj->mode,
-           (unsigned long long)ts.step, loss);
-    if (val_loss >= 0)
-        printf("%.6f", val_loss);
-    else
-        printf("null");
-    /* the model's size; a tensor or pipeline shard also says its own */
-    if (m->n_params != m->n_full_params) printf(", \"params_per_rank\": %zu", m->n_params);
-    printf(", \"tokens_per_s\": %.1f, \"params\": %zu, \"matmul_gflops\": %.1f, \"matmul_share\": %.3f, "
-           "\"threads\": %d, \"blas_core\": \"%s\", ",
-           tps, m->n_full_params + plugin_params, mm_secs > 0 ? mm_flops / mm_secs * 1e-9 : 0.0, train_time > 0 ? mm_secs / train_time : 0.0,
-           fs_threads_get(), fs_blas_corename());
-    /* where the step's communication went, per timed step: grads_finish_ms
-     * is the runtime's wait for the strategy after backward (what overlap
-     * did not hide); comm_* are the strategy's own counters */
-    double per = timed_steps ? 1.0 / (double)timed_steps : 0.0;
-    printf("\"ranks\": %d, \"parallel\": \"%s\", \"data\": %d, \"tensor\": %d, \"pipeline\": %d, "
-           "\"grads_finish_ms\": %.3f, \"comm_ms\": %.3f, \"comm_wait_ms\": %.3f, \"comm_bytes\": %.0f, "
-           "\"comm_collectives\": %.1f, ",
-           fs_world_size(), s->parallel.plugin->desc->name, s->topo.data, s->topo.tensor, s->topo.pipeline,
-           1e3 * finish_time * per, 1e3 * (st1.comm_s - st0.comm_s) * per, 1e3 * (st1.wait_s - st0.wait_s) * per,
-           (st1.bytes - st0.bytes) * per, (double)(st1.collectives - st0.collectives) * per);
-    /* rank 0's share of the schedule spent waiting for other stages, and
-     * the ideal (p - 1) / (v m + p - 1) of equal stages */
-    if (s->topo.pipeline > 1 && pipe_sched > 0) {
-        double p = s->topo.pipeline, mv = (double)s->topo.microbatches * s->topo.interleave;
-        printf("\"pipeline_bubble\": %.4f, \"pipeline_bubble_ideal\": %.4f, ", 1.0 - pipe_busy / pipe_sched,
-               (p - 1) / (mv + p - 1));
-    }
-    printf("\"checkpoint\": ");
-    fs_json_string(stdout, ckpt);
-    printf("}\n");
-    fflush(stdout);
-done:
-    m->grads_ready = NULL;
-    fs_metrics_close(&met);
-    fs_optimizer_release(&opt);
-    fs_dataset_release(&train);
-    fs_dataset_release(&val);
-    free(inputs);
-    free(targets);
-    free(extra);
+    if (!r.t.steps) r.t.st1 = r.t.st0;
+    fs_metrics_close(&r.met);
+    if (!rc) rc = print_sample(&r, err);
+    if (!rc) print_summary(&r);
+    train_release(&r);
     return rc;
 }
 

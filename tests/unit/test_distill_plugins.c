@@ -56,13 +56,29 @@ static void release(inst *k) {
     fs_session_close(k->s);
 }
 
-/* the plugin's registered parameter `name` (plugin.distill.<name>) */
-static fs_plugin_param *param(inst *k, const char *name) {
+/* A registered parameter as a test reads it: its view in the model's block. */
+typedef struct tparam {
+    int ndim;
+    size_t shape[4], numel;
+    float *data, *grad;
+} tparam;
+
+/* the plugin's registered parameter `name` (plugin.distill.<name>), or NULL */
+static tparam *param(inst *k, const char *name) {
+    static tparam slots[4];
+    static size_t next;
     char full[128];
     snprintf(full, sizeof full, "plugin.distill.%s", name);
-    for (size_t i = 0; i < k->s->host.n_params; i++)
-        if (!strcmp(k->s->host.params[i].name, full)) return &k->s->host.params[i];
-    return NULL;
+    const fs_param_view *v = fs_model_find(k->s->model, full);
+    if (!v) return NULL;
+    const fs_param_block *pb = fs_model_block(k->s->model);
+    tparam *p = &slots[next++ % 4];
+    p->ndim = v->ndim;
+    memcpy(p->shape, v->shape, sizeof p->shape);
+    p->numel = v->numel;
+    p->data = pb->params + v->offset;
+    p->grad = pb->grads + v->offset;
+    return p;
 }
 
 /* One batch of everything a distill plugin may read. */
@@ -98,8 +114,9 @@ static double run(inst *k, batch *b) {
         b->dsat[i] = fs_tensor_cpu_f32(b->dsa[i], 4, B, b->Hs, T, T);
         memset(b->dsa[i], 0, sizeof b->dsa[i]);
     }
-    for (size_t i = 0; i < k->s->host.n_params; i++)
-        memset(k->s->host.params[i].grad, 0, k->s->host.params[i].numel * sizeof(float));
+    const fs_param_block *pb = fs_model_block(k->s->model);
+    for (size_t i = 0; i < pb->n_views; i++)
+        if (pb->views[i].plugin) memset(pb->grads + pb->views[i].offset, 0, pb->views[i].numel * sizeof(float));
     fs_distill_args a;
     memset(&a, 0, sizeof a);
     a.struct_size = sizeof a;
@@ -304,7 +321,7 @@ static void test_tinybert_projection_values(void **state) {
     memcpy(b.th[2], t2, sizeof t2);
     inst k;
     make_ok(&k, "tinybert", "stages = intermediate\nw_attention = 0\nw_embedding = 0\n", c);
-    fs_plugin_param *w = param(&k, "proj_hidden");
+    tparam *w = param(&k, "proj_hidden");
     assert_non_null(w);
     assert_null(param(&k, "proj_embedding")); /* w_embedding = 0: none registered */
     assert_int_equal(w->ndim, 2);
@@ -398,7 +415,7 @@ static void test_tinybert_gradients(void **state) {
         for (size_t l = 0; l < 2; l++) test_fill(b.sa[l], 18, 1.0f, 80 + l);
         inst k;
         make_ok(&k, "tinybert", keys[t], c);
-        fs_plugin_param *we = param(&k, "proj_embedding"), *wh = param(&k, "proj_hidden");
+        tparam *we = param(&k, "proj_embedding"), *wh = param(&k, "proj_hidden");
         assert_non_null(we);
         assert_non_null(wh);
         run(&k, &b);

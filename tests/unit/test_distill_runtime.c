@@ -102,13 +102,13 @@ static void test_topk_cache(void **state) {
     assert_int_equal(fs_model_forward(s->model, in, N, T, &err), 0);
     for (size_t p = 0; p < 2 * T; p++) {
         int32_t idx[K];
-        fs_topk(s->model->logits + p * V, V, K, idx);
+        fs_topk(fs_model_logits(s->model) + p * V, V, K, idx);
         size_t kept = 0;
         for (size_t v = 0; v < V; v++) {
             int top = 0;
             for (size_t j = 0; j < K; j++) top |= idx[j] == (int32_t)v;
             if (top)
-                assert_true(a[p * V + v] == s->model->logits[p * V + v]), kept++;
+                assert_true(a[p * V + v] == fs_model_logits(s->model)[p * V + v]), kept++;
             else
                 assert_true(a[p * V + v] == -1e30f);
         }
@@ -122,7 +122,7 @@ static void test_topk_cache(void **state) {
     assert_memory_equal(a, b, N * T * V * sizeof(float));
     fs_topk_cache_close(&c);
     /* another teacher: the file starts afresh */
-    s->model->params[0] += 1.0f;
+    fs_model_block(s->model)->params[0] += 1.0f;
     assert_int_equal(fs_topk_cache_open(&c, path, K, T, s->model, &err), 0);
     assert_int_equal(fs_dcache_count(c.file), 0);
     fs_topk_cache_close(&c);
@@ -169,7 +169,7 @@ static void test_student_init(void **state) {
         assert_int_equal(in.layers[2], 3);
     }
     fs_student_init_apply(&in, st->model, tt->model);
-    fs_model *s = st->model, *t = tt->model;
+    const fs_param_block *s = fs_model_block(st->model), *t = fs_model_block(tt->model);
     /* student layer i holds teacher layer 5, 0, 3; embeddings and ln_f copied */
     int64_t from[3] = {5, 0, 3};
     for (size_t v = 0; v < s->n_views; v++) {

@@ -32,7 +32,7 @@ static void check(int probs) {
     fs_model_init_weights(m, 7);
     /* larger weights than GPT-2's 0.02, so the maps are not all ~uniform, but not so large that
      * the softmax saturates and a float finite difference stops being accurate */
-    for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 4.0f;
+    for (size_t i = 0; i < fs_model_block(m)->n; i++) fs_model_block(m)->params[i] *= 4.0f;
     int32_t tok[B * T];
     for (size_t i = 0; i < B * T; i++) tok[i] = (int32_t)((i * 7 + 3) % 16);
     size_t n = (size_t)B * H * T * T;
@@ -45,7 +45,7 @@ static void check(int probs) {
         for (size_t t = 0; t < T; t++)
             for (size_t j = t + 1; j < T; j++) assert_true(scores[(bh * T + t) * T + j] == 0.0f);
     fs_model_zero_grad(m);
-    memset(m->dlogits, 0, (size_t)B * T * 16 * sizeof(float));
+    memset(fs_model_dlogits(m), 0, (size_t)B * T * 16 * sizeof(float));
     const float *dscores[L] = {G, G + n};
     fs_error err = {0};
     assert_int_equal(fs_model_backward_ex(m, NULL, dscores, probs, &err), 0);
@@ -55,12 +55,12 @@ static void check(int probs) {
                            "transformer.h.1.attn.c_attn.bias", "transformer.h.0.ln_1.weight", "transformer.wte.weight",
                            "transformer.h.0.mlp.c_fc.weight"};
     size_t checked = 0, nonzero = 0;
-    for (size_t v = 0; v < m->n_views; v++) {
+    for (size_t v = 0; v < fs_model_block(m)->n_views; v++) {
         int want = 0;
-        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) want |= !strcmp(m->views[v].name, names[i]);
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) want |= !strcmp(fs_model_block(m)->views[v].name, names[i]);
         if (!want) continue;
-        for (size_t j = 0; j < m->views[v].numel; j += 7) {
-            float *p = m->params + m->views[v].offset + j;
+        for (size_t j = 0; j < fs_model_block(m)->views[v].numel; j += 7) {
+            float *p = fs_model_block(m)->params + fs_model_block(m)->views[v].offset + j;
             float keep = *p, h = 1e-3f;
             *p = keep + h;
             float up = *p;
@@ -69,9 +69,9 @@ static void check(int probs) {
             float dn = *p;
             double lm = objective(m, tok, G, probs, scores);
             *p = keep;
-            double fd = (lp - lm) / ((double)up - (double)dn), an = m->grads[m->views[v].offset + j];
+            double fd = (lp - lm) / ((double)up - (double)dn), an = fs_model_block(m)->grads[fs_model_block(m)->views[v].offset + j];
             if (fabs(fd - an) > 2e-3 + 1e-2 * fabs(fd)) {
-                fprintf(stderr, "probs=%d %s[%zu]: analytic %.7g, finite difference %.7g\n", probs, m->views[v].name,
+                fprintf(stderr, "probs=%d %s[%zu]: analytic %.7g, finite difference %.7g\n", probs, fs_model_block(m)->views[v].name,
                         j, an, fd);
                 fail();
             }
@@ -105,16 +105,16 @@ static void test_backward_ex_plain(void **state) {
     int32_t tok[B * T], tg[B * T];
     for (size_t i = 0; i < B * T; i++) tok[i] = (int32_t)(i % 16), tg[i] = (int32_t)((i + 1) % 16);
     fs_error err = {0};
-    float *g1 = malloc(m->n_params * sizeof(float));
+    float *g1 = malloc(fs_model_block(m)->n * sizeof(float));
     assert_int_equal(fs_model_forward(m, tok, B, T, &err), 0);
     fs_model_loss(m, tg, 1.0f);
     fs_model_zero_grad(m);
     assert_int_equal(fs_model_backward(m, NULL, &err), 0);
-    memcpy(g1, m->grads, m->n_params * sizeof(float));
+    memcpy(g1, fs_model_block(m)->grads, fs_model_block(m)->n * sizeof(float));
     fs_model_zero_grad(m);
     const float *none[L] = {NULL, NULL};
     assert_int_equal(fs_model_backward_ex(m, NULL, none, 0, &err), 0);
-    assert_memory_equal(g1, m->grads, m->n_params * sizeof(float));
+    assert_memory_equal(g1, fs_model_block(m)->grads, fs_model_block(m)->n * sizeof(float));
     free(g1);
     fs_session_close(s);
 }

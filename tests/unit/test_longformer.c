@@ -70,11 +70,13 @@ static lfx make_layer(const char *plugin, int causal, const char *keys, size_t B
     assert_non_null(a.saved);
     char prefix[64];
     snprintf(prefix, sizeof prefix, "plugin.layer%zu.attention.", layer);
-    for (size_t i = 0; i < a.s->host.n_params; i++) {
-        fs_plugin_param *p = &a.s->host.params[i];
+    const fs_param_block *pb = fs_model_block(a.s->model);
+    for (size_t i = 0; i < pb->n_views; i++) {
+        const fs_param_view *p = &pb->views[i];
         if (strncmp(p->name, prefix, strlen(prefix)) != 0) continue;
-        if (strstr(p->name, "c_attn_global.weight")) a.wg = p->data, a.dwg = p->grad, a.n_wg = p->numel;
-        if (strstr(p->name, "c_attn_global.bias")) a.bg = p->data, a.dbg = p->grad;
+        if (strstr(p->name, "c_attn_global.weight"))
+            a.wg = pb->params + p->offset, a.dwg = pb->grads + p->offset, a.n_wg = p->numel;
+        if (strstr(p->name, "c_attn_global.bias")) a.bg = pb->params + p->offset, a.dbg = pb->grads + p->offset;
     }
     if (a.wg) { /* not a copy of anything: the test must tell them apart */
         test_fill(a.wg, a.n_wg, 0.3f, 37);
@@ -415,24 +417,30 @@ static void test_model_equals_dense(void **state) {
     for (size_t i = 0; i < 26; i++) in[i] = (int32_t)((i * 7 + 3) % 32), tg[i] = (int32_t)((i * 5 + 1) % 32);
     fs_error err = {0};
     fs_model_zero_grad(dm);
-    fs_model_zero_grad(lm);
-    for (size_t i = 0; i < ls->host.n_params; i++)
-        memset(ls->host.params[i].grad, 0, ls->host.params[i].numel * sizeof(float));
+    fs_model_zero_grad(lm); /* the plugins' gradients too: they are in the model's block */
     assert_int_equal(fs_model_forward(dm, in, 2, 13, &err), 0);
     assert_int_equal(fs_model_forward(lm, in, 2, 13, &err), 0);
-    test_close("logits vs dense", lm->logits, dm->logits, 2 * 13 * 32, 1e-5, 1e-4);
+    test_close("logits vs dense", fs_model_logits(lm), fs_model_logits(dm), 2 * 13 * 32, 1e-5, 1e-4);
     double l1 = fs_model_loss(dm, tg, 1.0f), l2 = fs_model_loss(lm, tg, 1.0f);
     assert_true(fabs(l1 - l2) < 1e-5);
     assert_int_equal(fs_model_backward(dm, NULL, &err), 0);
     assert_int_equal(fs_model_backward(lm, NULL, &err), 0);
-    assert_int_equal(ls->host.n_params, 4); /* weight and bias of both layers */
+    /* the global projections' gradients add to c_attn's: with every token
+     * global, longformer is dense attention through c_attn_global */
+    const fs_param_block *lb = fs_model_block(lm), *db = fs_model_block(dm);
+    assert_int_equal(lb->n_views, db->n_views + 4); /* weight and bias of both layers, after the model's */
     for (size_t l = 0; l < 2; l++) {
-        size_t C = 8;
-        float *gw = ls->host.params[2 * l].grad, *gb = ls->host.params[2 * l + 1].grad;
-        for (size_t i = 0; i < C * 3 * C; i++) lm->lg[l].qkvw[i] += gw[i];
-        for (size_t i = 0; i < 3 * C; i++) lm->lg[l].qkvb[i] += gb[i];
+        char name[96];
+        const fs_param_view *pw = &lb->views[db->n_views + 2 * l], *pbias = &lb->views[db->n_views + 2 * l + 1];
+        snprintf(name, sizeof name, "transformer.h.%zu.attn.c_attn.weight", l);
+        const fs_param_view *w = fs_model_find(lm, name);
+        snprintf(name, sizeof name, "transformer.h.%zu.attn.c_attn.bias", l);
+        const fs_param_view *b = fs_model_find(lm, name);
+        assert_int_equal(pw->numel, w->numel);
+        for (size_t i = 0; i < w->numel; i++) lb->grads[w->offset + i] += lb->grads[pw->offset + i];
+        for (size_t i = 0; i < b->numel; i++) lb->grads[b->offset + i] += lb->grads[pbias->offset + i];
     }
-    test_close("gradients vs dense", lm->grads, dm->grads, dm->n_params, 1e-5, 1e-3);
+    test_close("gradients vs dense", lb->grads, db->grads, db->n, 1e-5, 1e-3);
     fs_session_close(ds);
     fs_session_close(ls);
 }
@@ -546,19 +554,22 @@ static long max_rss_kb(void) {
 static void test_model_decode_equals_forward(void **state) {
     (void)state;
     fs_session *s = model_session("longformer", "window = 3\ndilation = 1,2\nglobal = first:2\n[layer.1]\nwindow = 5\n");
-    for (size_t i = 0; i < s->host.n_params; i++) test_fill(s->host.params[i].data, s->host.params[i].numel, 0.05f, 40 + i);
+    const fs_param_block *pb = fs_model_block(s->model);
+    for (size_t i = 0, k = 0; i < pb->n_views; i++)
+        if (pb->views[i].plugin) test_fill(pb->params + pb->views[i].offset, pb->views[i].numel, 0.05f, 40 + k++);
     fs_model *m = s->model;
     int32_t in[16];
     for (size_t i = 0; i < 16; i++) in[i] = (int32_t)((i * 11 + 5) % 32);
     fs_error err = {0};
     assert_int_equal(fs_model_forward(m, in, 1, 16, &err), 0);
     float *want = test_fvec(16 * 32), logits[32];
-    memcpy(want, m->logits, 16 * 32 * sizeof(float));
-    assert_int_equal(fs_model_decode_begin(m, 1, 0, &err), 0);
+    memcpy(want, fs_model_logits(m), 16 * 32 * sizeof(float));
+    fs_seq *seq = test_seq(m, 1, 0);
     for (size_t t = 0; t < 16; t++) {
-        assert_int_equal(fs_model_decode_step(m, &in[t], t, logits, &err), 0);
+        assert_int_equal(fs_seq_decode(seq, &in[t], logits, &err), 0);
         test_close("decoded logits", logits, want + t * 32, 32, 1e-5, 1e-4);
     }
+    fs_seq_destroy(seq);
     free(want);
     fs_session_close(s);
 }
@@ -568,25 +579,28 @@ static void check_generate_far(const char *keys) {
     fs_model *m = s->model;
     size_t max_seq = 16, n = 4 * max_seq;
     int32_t prompt[3] = {1, 2, 3}, *out = calloc(n, sizeof(int32_t));
-    fs_sampler sp = {1.0, 0, 1.0, 5};
+    fs_seq_config sc = {.B = 1, .sampler = {1.0, 0, 1.0, 5}};
+    fs_seq *seq = NULL;
     size_t n_out = 0;
     double secs = 0;
     int stopped = 1;
     fs_error err = {0};
-    int rc = fs_generate(m, prompt, 3, n, &sp, out, &n_out, &secs, &stopped, &err);
+    assert_int_equal(fs_seq_create(&seq, m, &sc, &err), 0);
+    int rc = fs_generate(seq, prompt, 3, n, out, &n_out, &secs, &stopped, &err);
     if (rc) fprintf(stderr, "generate: %s\n", err.message);
     assert_int_equal(rc, 0);
     assert_int_equal(n_out, n);
     assert_int_equal(stopped, 0);
     for (size_t i = 0; i < n; i++) assert_true(out[i] >= 0 && out[i] < 32);
     /* the cache's size does not depend on the length asked for */
-    size_t bytes = fs_model_cache_bytes(m), per_layer = 0;
+    size_t bytes = fs_seq_cache_bytes(seq), per_layer = 0;
     for (size_t l = 0; l < 2; l++) {
-        const fs_attention_slot *a = &m->attn[l];
-        assert_true(a->vt->flags & FS_ATTENTION_BOUNDED_CACHE);
-        size_t c0 = a->vt->cache_bytes(a->self, 1, 0);
-        assert_int_equal(a->vt->cache_bytes(a->self, 1, max_seq), c0);
-        assert_int_equal(a->vt->cache_bytes(a->self, 1, 1u << 20), c0);
+        void *self;
+        const fs_attention_vtable *vt = fs_model_attention(m, l, &self);
+        assert_true(vt->flags & FS_ATTENTION_BOUNDED_CACHE);
+        size_t c0 = vt->cache_bytes(self, 1, 0);
+        assert_int_equal(vt->cache_bytes(self, 1, max_seq), c0);
+        assert_int_equal(vt->cache_bytes(self, 1, 1u << 20), c0);
         per_layer += c0;
     }
     assert_int_equal(bytes, per_layer);
@@ -598,12 +612,14 @@ static void check_generate_far(const char *keys) {
     for (size_t pos = 3 + n - 1; pos < 4096; pos++) {
         if (pos == 3 + n + 63) before = max_rss_kb();
         int32_t tok = (int32_t)(pos % 32);
-        rc = fs_model_decode_step(m, &tok, pos, logits, &err);
+        assert_int_equal(fs_seq_pos(seq), pos);
+        rc = fs_seq_decode(seq, &tok, logits, &err);
         if (rc) fprintf(stderr, "decode at %zu: %s\n", pos, err.message);
         assert_int_equal(rc, 0);
         for (size_t i = 0; i < 32; i++) assert_true(isfinite(logits[i]));
     }
-    assert_int_equal(fs_model_cache_bytes(m), bytes);
+    assert_int_equal(fs_seq_cache_bytes(seq), bytes);
+    fs_seq_destroy(seq);
 #ifndef __SANITIZE_ADDRESS__ /* ASan's quarantine keeps freed blocks resident: RSS says nothing there */
     assert_true(max_rss_kb() - before < 1024);
 #else
@@ -627,10 +643,11 @@ static void test_dense_still_stops_at_max_seq(void **state) {
     fs_error err = {0};
     float logits[32];
     int32_t tok = 1;
-    assert_int_equal(fs_model_decode_begin(s->model, 1, 16, &err), 0);
-    for (size_t t = 0; t < 16; t++) assert_int_equal(fs_model_decode_step(s->model, &tok, t, logits, &err), 0);
-    assert_int_equal(fs_model_decode_step(s->model, &tok, 16, logits, &err), FS_ERR_INVALID);
+    fs_seq *seq = test_seq(s->model, 1, 16);
+    for (size_t t = 0; t < 16; t++) assert_int_equal(fs_seq_decode(seq, &tok, logits, &err), 0);
+    assert_int_equal(fs_seq_decode(seq, &tok, logits, &err), FS_ERR_INVALID);
     assert_non_null(strstr(err.message, "max_seq"));
+    fs_seq_destroy(seq);
     fs_session_close(s);
 }
 

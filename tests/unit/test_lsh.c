@@ -51,8 +51,8 @@ static lx make_layer(int causal, const char *keys, size_t B, size_t H, size_t T,
     assert_non_null(a.saved);
     char name[96];
     snprintf(name, sizeof name, "plugin.layer%zu.attention.rotations", layer);
-    for (size_t i = 0; i < a.s->host.n_params; i++)
-        if (strcmp(a.s->host.params[i].name, name) == 0) a.rot = a.s->host.params[i].data;
+    const fs_param_view *rv = fs_model_find(a.s->model, name);
+    if (rv) a.rot = fs_model_block(a.s->model)->params + rv->offset;
     assert_non_null(a.rot);
     return a;
 }
@@ -479,15 +479,21 @@ static void test_model(void **state) {
     double loss = fs_model_loss(m, tg, 1.0f);
     assert_true(isfinite(loss) && loss > 0);
     assert_int_equal(fs_model_backward(m, NULL, &err), 0);
-    assert_int_equal(s->host.n_params, 2); /* the rotations of both layers */
-    for (size_t i = 0; i < 2; i++)
-        for (size_t j = 0; j < s->host.params[i].numel; j++) assert_true(s->host.params[i].grad[j] == 0.0f);
+    const fs_param_block *pb = fs_model_block(m);
+    size_t n_plugin = 0;
+    for (size_t i = 0; i < pb->n_views; i++) {
+        if (!pb->views[i].plugin) continue;
+        n_plugin++; /* the rotations of both layers: not trained */
+        for (size_t j = 0; j < pb->views[i].numel; j++) assert_true(pb->grads[pb->views[i].offset + j] == 0.0f);
+    }
+    assert_int_equal(n_plugin, 2);
     float logits[32];
-    assert_int_equal(fs_model_decode_begin(m, 1, 0, &err), 0);
+    fs_seq *seq = test_seq(m, 1, 0);
     for (size_t t = 0; t < 24; t++) {
-        assert_int_equal(fs_model_decode_step(m, &in[t], t, logits, &err), 0);
+        assert_int_equal(fs_seq_decode(seq, &in[t], logits, &err), 0);
         for (size_t i = 0; i < 32; i++) assert_true(isfinite(logits[i]));
     }
+    fs_seq_destroy(seq);
     fs_session_close(s);
 }
 

@@ -38,10 +38,10 @@ static int setup_with(void **state, const char *path, const char *ini) {
     }
     f->s = test_session(ini);
     fs_model *m = f->s->model;
-    for (size_t i = 0; i < m->n_views; i++) {
-        const fs_st_tensor *t = get(f, m->views[i].name);
-        assert_int_equal(t->nbytes, m->views[i].numel * sizeof(float));
-        memcpy(m->params + m->views[i].offset, t->data, t->nbytes);
+    for (size_t i = 0; i < fs_model_block(m)->n_views; i++) {
+        const fs_st_tensor *t = get(f, fs_model_block(m)->views[i].name);
+        assert_int_equal(t->nbytes, fs_model_block(m)->views[i].numel * sizeof(float));
+        memcpy(fs_model_block(m)->params + fs_model_block(m)->views[i].offset, t->data, t->nbytes);
     }
     const fs_st_tensor *in = get(f, "input_ids");
     f->B = in->shape[0];
@@ -85,7 +85,7 @@ static void test_forward_logits_and_loss(void **state) {
     fs_error err = {0};
     assert_int_equal(fs_model_forward(m, f->inputs, f->B, f->T, &err), 0);
     const fs_st_tensor *logits = get(f, "logits");
-    test_close("logits", m->logits, logits->data, f->B * f->T * 64, 2e-5, 1e-4);
+    test_close("logits", fs_model_logits(m), logits->data, f->B * f->T * 64, 2e-5, 1e-4);
     double loss = fs_model_loss(m, f->targets, 1.0f);
     float want = *(const float *)get(f, "loss")->data;
     assert_true(fabs(loss - want) < 1e-5);
@@ -100,14 +100,14 @@ static void test_all_gradients(void **state) {
     fs_model_loss(m, f->targets, 1.0f);
     assert_int_equal(fs_model_backward(m, NULL, &err), 0);
     char name[160];
-    for (size_t i = 0; i < m->n_views; i++) {
-        snprintf(name, sizeof name, "grad.%s", m->views[i].name);
+    for (size_t i = 0; i < fs_model_block(m)->n_views; i++) {
+        snprintf(name, sizeof name, "grad.%s", fs_model_block(m)->views[i].name);
         const fs_st_tensor *g = get(f, name);
         /* gradients are O(1e-2..1): absolute tolerance scaled to the tensor */
         float mx = 0;
         const float *want = g->data;
-        for (size_t j = 0; j < m->views[i].numel; j++) mx = fabsf(want[j]) > mx ? fabsf(want[j]) : mx;
-        test_close(name, m->grads + m->views[i].offset, want, m->views[i].numel, 1e-6 + 2e-4 * mx, 1e-3);
+        for (size_t j = 0; j < fs_model_block(m)->views[i].numel; j++) mx = fabsf(want[j]) > mx ? fabsf(want[j]) : mx;
+        test_close(name, fs_model_block(m)->grads + fs_model_block(m)->views[i].offset, want, fs_model_block(m)->views[i].numel, 1e-6 + 2e-4 * mx, 1e-3);
     }
 }
 
@@ -118,9 +118,9 @@ static void test_two_adamw_steps(void **state) {
     fs_adamw_config ac = {1e-2, 0.9, 0.95, 1e-8, 0.1};
     fs_optimizer opt;
     fs_optimizer_init(&opt, &ac);
-    for (size_t i = 0; i < m->n_views; i++)
-        assert_int_equal(fs_optimizer_add(&opt, m->params + m->views[i].offset, m->grads + m->views[i].offset,
-                                          m->views[i].numel, m->views[i].weight_decay, &err),
+    for (size_t i = 0; i < fs_model_block(m)->n_views; i++)
+        assert_int_equal(fs_optimizer_add(&opt, fs_model_block(m)->params + fs_model_block(m)->views[i].offset, fs_model_block(m)->grads + fs_model_block(m)->views[i].offset,
+                                          fs_model_block(m)->views[i].numel, fs_model_block(m)->views[i].weight_decay, &err),
                          0);
     assert_int_equal(fs_optimizer_ready(&opt, &err), 0);
     for (int step = 0; step < 2; step++) {
@@ -137,11 +137,11 @@ static void test_two_adamw_steps(void **state) {
      * (zero) was checked by test_all_gradients. */
     char name[160];
     const size_t C = 16;
-    for (size_t i = 0; i < m->n_views; i++) {
-        snprintf(name, sizeof name, "adamw2.%s", m->views[i].name);
-        const float *want = get(f, name)->data, *got = m->params + m->views[i].offset;
+    for (size_t i = 0; i < fs_model_block(m)->n_views; i++) {
+        snprintf(name, sizeof name, "adamw2.%s", fs_model_block(m)->views[i].name);
+        const float *want = get(f, name)->data, *got = fs_model_block(m)->params + fs_model_block(m)->views[i].offset;
         int key_bias = strstr(name, "c_attn.bias") != NULL;
-        for (size_t j = 0; j < m->views[i].numel; j++) {
+        for (size_t j = 0; j < fs_model_block(m)->views[i].numel; j++) {
             if (key_bias && j >= C && j < 2 * C) continue;
             char what[200];
             snprintf(what, sizeof what, "%s[%zu]", name, j);

@@ -213,7 +213,6 @@ static void strat_close(strat *st) {
     if (st->self) st->vt->destroy(st->self);
     fs_config_destroy(st->inst.config);
     free(st->inst.spec);
-    fs_host_release(&st->host);
     if (st->s) {
         fs_plugin_registry_release(&st->s->registry);
         fs_graph_destroy(st->s->graph);

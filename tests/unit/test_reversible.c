@@ -36,10 +36,10 @@ static fs_session *model_session(const char *ini, uint64_t seed) {
      * and give LayerNorm weights and biases structure */
     fs_rng r;
     fs_rng_seed(&r, seed + 7);
-    for (size_t i = 0; i < m->n_views; i++) {
-        float *p = m->params + m->views[i].offset;
-        for (size_t j = 0; j < m->views[i].numel; j++)
-            p[j] = m->views[i].ndim == 2 ? 10.0f * p[j] : p[j] + 0.1f * fs_rng_normal(&r);
+    for (size_t i = 0; i < fs_model_block(m)->n_views; i++) {
+        float *p = fs_model_block(m)->params + fs_model_block(m)->views[i].offset;
+        for (size_t j = 0; j < fs_model_block(m)->views[i].numel; j++)
+            p[j] = fs_model_block(m)->views[i].ndim == 2 ? 10.0f * p[j] : p[j] + 0.1f * fs_rng_normal(&r);
     }
     return s;
 }
@@ -58,20 +58,20 @@ static void check_gradients(fs_session *s, const batch *b) {
     fs_model_zero_grad(m);
     loss_of(m, b);
     assert_int_equal(fs_model_backward(m, NULL, &err), 0);
-    float *g = malloc(m->n_params * sizeof(float));
-    memcpy(g, m->grads, m->n_params * sizeof(float));
+    float *g = malloc(fs_model_block(m)->n * sizeof(float));
+    memcpy(g, fs_model_block(m)->grads, fs_model_block(m)->n * sizeof(float));
     fs_rng r;
     fs_rng_seed(&r, 99);
     const double h = 1e-3;
-    for (size_t i = 0; i < m->n_views; i++) {
-        const fs_param_view *v = &m->views[i];
+    for (size_t i = 0; i < fs_model_block(m)->n_views; i++) {
+        const fs_param_view *v = &fs_model_block(m)->views[i];
         if (strstr(v->name, "wpe")) continue; /* rows past T have no gradient: covered by test_model */
         size_t pick[3] = {0, fs_rng_below(&r, v->numel), fs_rng_below(&r, v->numel)};
         for (size_t j = 1; j < v->numel; j++)
             if (fabsf(g[v->offset + j]) > fabsf(g[v->offset + pick[0]])) pick[0] = j;
         float gmax = fabsf(g[v->offset + pick[0]]);
         for (int k = 0; k < 3; k++) {
-            float *p = m->params + v->offset + pick[k], keep = *p;
+            float *p = fs_model_block(m)->params + v->offset + pick[k], keep = *p;
             *p = keep + (float)h;
             double lp = loss_of(m, b);
             *p = keep - (float)h;
@@ -129,16 +129,21 @@ static void test_shared_qk_skips_k(void **state) {
     assert_int_equal(fs_model_backward(m, NULL, &err), 0);
     const size_t C = 16;
     for (size_t l = 0; l < 2; l++) {
+        char name[96];
+        snprintf(name, sizeof name, "transformer.h.%zu.attn.c_attn.weight", l);
+        const float *dw = fs_model_block(m)->grads + fs_model_find(m, name)->offset;
+        snprintf(name, sizeof name, "transformer.h.%zu.attn.c_attn.bias", l);
+        const float *db = fs_model_block(m)->grads + fs_model_find(m, name)->offset;
         float qv = 0;
         for (size_t r = 0; r < C; r++)
             for (size_t c = 0; c < 3 * C; c++) {
-                float d = m->lg[l].qkvw[r * 3 * C + c];
+                float d = dw[r * 3 * C + c];
                 if (c >= C && c < 2 * C)
                     assert_true(d == 0.0f);
                 else
                     qv += fabsf(d);
             }
-        for (size_t c = C; c < 2 * C; c++) assert_true(m->lg[l].qkvb[c] == 0.0f);
+        for (size_t c = C; c < 2 * C; c++) assert_true(db[c] == 0.0f);
         assert_true(qv > 0);
     }
     fs_session_close(s);

@@ -17,6 +17,7 @@
 #include "fastserve/attention.h"
 #include "core/rng.h"
 #include "core/session.h"
+#include "model/seq.h"
 
 static inline fs_session *test_session(const char *ini) {
     fs_graph *g;
@@ -31,6 +32,17 @@ static inline fs_session *test_session(const char *ini) {
         fail();
     }
     return s;
+}
+
+/* A decoding sequence of B rows over m (context 0: the plugins' bound). */
+static inline fs_seq *test_seq(const fs_model *m, size_t B, size_t context) {
+    fs_seq_config sc = {.B = B, .context = context};
+    fs_seq *seq = NULL;
+    fs_error err = {0};
+    int rc = fs_seq_create(&seq, m, &sc, &err);
+    if (rc) fprintf(stderr, "fs_seq_create: %s\n", err.message);
+    assert_int_equal(rc, 0);
+    return seq;
 }
 
 static inline void test_fill(float *x, size_t n, float scale, uint64_t seed) {

@@ -24,14 +24,14 @@
 fs_distill_config fs_distill_config_of(const fs_model *sm, const fs_model *tm) {
     fs_distill_config cfg = {
         .struct_size = sizeof cfg,
-        .vocab = sm->cfg.vocab,
-        .student_layers = sm->cfg.n_layer,
-        .teacher_layers = tm->cfg.n_layer,
-        .student_embd = sm->cfg.n_embd,
-        .teacher_embd = tm->cfg.n_embd,
-        .student_heads = sm->cfg.n_head,
-        .teacher_heads = tm->cfg.n_head,
-        .max_seq = sm->cfg.max_seq,
+        .vocab = fs_model_cfg(sm)->vocab,
+        .student_layers = fs_model_cfg(sm)->n_layer,
+        .teacher_layers = fs_model_cfg(tm)->n_layer,
+        .student_embd = fs_model_cfg(sm)->n_embd,
+        .teacher_embd = fs_model_cfg(tm)->n_embd,
+        .student_heads = fs_model_cfg(sm)->n_head,
+        .teacher_heads = fs_model_cfg(tm)->n_head,
+        .max_seq = fs_model_cfg(sm)->max_seq,
         .device = {FS_DEVICE_CPU, 0},
     };
     return cfg;
@@ -115,12 +115,11 @@ static void note(const char *fmt, ...) {
 static int attention_check(const fs_session *sess, const char *who, int need_backward, const char *plugin,
                            fs_error *err) {
     const fs_model *m = sess->model;
-    for (size_t l = 0; l < m->cfg.n_layer; l++) {
-        const fs_attention_slot *s = &m->attn[l];
-        int ok = (s->vt->flags & FS_ATTENTION_SCORES) && s->vt->scores;
+    for (size_t l = 0; l < fs_model_cfg(m)->n_layer; l++) {
+        const fs_attention_vtable *vt = fs_model_attention(m, l, NULL);
+        int ok = (vt->flags & FS_ATTENTION_SCORES) && vt->scores;
         if (ok && need_backward)
-            ok = FS_HAS_MEMBER(s->vt, s->vt->struct_size, fs_attention_vtable, scores_backward) &&
-                 s->vt->scores_backward;
+            ok = FS_HAS_MEMBER(vt, vt->struct_size, fs_attention_vtable, scores_backward) && vt->scores_backward;
         if (!ok)
             return fs_error_set(err, FS_ERR_UNSUPPORTED,
                                 "distill plugin '%s' needs attention maps, but layer %zu of the %s uses attention "
@@ -146,23 +145,23 @@ int fs_distill_plan_make(fs_distill_plan *p, fs_session *student, const fs_confi
     const char *name = plugin->desc->name;
     const char *twhere = fs_config_where(dc, "teacher");
     if (!twhere || !fs_config_is_set(dc, "teacher")) twhere = "the teacher";
-    if (tm->cfg.vocab != sm->cfg.vocab)
+    if (fs_model_cfg(tm)->vocab != fs_model_cfg(sm)->vocab)
         return fs_error_set(err, FS_ERR_INVALID,
                             "%s: the teacher's vocabulary has %zu tokens, the student's %zu: they must be equal", twhere,
-                            tm->cfg.vocab, sm->cfg.vocab);
-    if (tm->cfg.max_seq < sm->cfg.max_seq)
+                            fs_model_cfg(tm)->vocab, fs_model_cfg(sm)->vocab);
+    if (fs_model_cfg(tm)->max_seq < fs_model_cfg(sm)->max_seq)
         return fs_error_set(err, FS_ERR_INVALID, "%s: the teacher's max_seq %zu is shorter than the student's %zu",
-                            twhere, tm->cfg.max_seq, sm->cfg.max_seq);
+                            twhere, fs_model_cfg(tm)->max_seq, fs_model_cfg(sm)->max_seq);
     fs_plugin_ctx_init(&p->ctx, &student->host, dc, "plugin.distill", name);
     fs_distill_config cfg = fs_distill_config_of(sm, tm);
     fs_error perr = {0};
-    p->param_first = student->host.n_params;
+    p->param_first = fs_model_block(sm)->n_views;
     int rc = p->vt->create(&p->self, &student->host.api, &p->ctx, &cfg, &perr);
     if (rc) {
         p->self = NULL;
         return fs_error_set(err, rc, "distill plugin '%s': %s", name, perr.message);
     }
-    p->param_count = student->host.n_params - p->param_first;
+    p->param_count = fs_model_block(sm)->n_views - p->param_first;
     uint64_t total = (uint64_t)fs_config_int(student->train_cfg, "steps");
     size_t vt_size = p->plugin->desc->vtable_size < p->vt->struct_size ? p->plugin->desc->vtable_size
                                                                         : p->vt->struct_size;
@@ -197,13 +196,13 @@ int fs_distill_plan_make(fs_distill_plan *p, fs_session *student, const fs_confi
     const char *init = fs_config_string(dc, "init");
     snprintf(p->init_text, sizeof p->init_text, "%s", init && *init ? init : "random");
     if ((rc = fs_student_init_plan(&p->init, init, fs_config_where(dc, "init"), sm, tm, err))) return rc;
-    if ((rc = fs_augment_plan(&p->aug, dc, tm, teacher_ckpt, sm->cfg.max_seq, err))) return rc;
-    if ((all_needs & (FS_DISTILL_NEEDS_HIDDEN | FS_DISTILL_NEEDS_ATTENTION)) && (sm->cfg.reversible || tm->cfg.reversible))
+    if ((rc = fs_augment_plan(&p->aug, dc, tm, teacher_ckpt, fs_model_cfg(sm)->max_seq, err))) return rc;
+    if ((all_needs & (FS_DISTILL_NEEDS_HIDDEN | FS_DISTILL_NEEDS_ATTENTION)) && (fs_model_cfg(sm)->reversible || fs_model_cfg(tm)->reversible))
         return fs_error_set(err, FS_ERR_INVALID,
                             "distill plugin '%s' needs %s, which a reversible model does not keep: set [model] "
                             "reversible = false in the %s's graph, or use a logits-only loss (soft_kd)",
                             name, all_needs & FS_DISTILL_NEEDS_HIDDEN ? "hidden states" : "attention maps",
-                            sm->cfg.reversible ? "student" : "teacher");
+                            fs_model_cfg(sm)->reversible ? "student" : "teacher");
     const char *tc = fs_config_string(dc, "teacher_cache");
     if (fs_world_size() > 1 && ((tc && *tc) || p->aug.kind == FS_AUG_GENERATE))
         return fs_error_set(err, FS_ERR_INVALID,
@@ -219,7 +218,7 @@ int fs_distill_plan_make(fs_distill_plan *p, fs_session *student, const fs_confi
                                 fs_config_where(dc, "teacher_cache"), name,
                                 all_needs & FS_DISTILL_NEEDS_HIDDEN ? "hidden states" : "attention maps");
         p->teacher_cache_k = (size_t)fs_config_int(dc, "teacher_cache_k");
-        if (p->teacher_cache_k > sm->cfg.vocab) p->teacher_cache_k = sm->cfg.vocab;
+        if (p->teacher_cache_k > fs_model_cfg(sm)->vocab) p->teacher_cache_k = fs_model_cfg(sm)->vocab;
         snprintf(p->teacher_cache, sizeof p->teacher_cache, "%s", tc);
     }
     return FS_OK;
@@ -238,8 +237,7 @@ typedef struct distill_run {
     fs_model *teacher;
     const fs_distill_vtable *vt;
     void *self;
-    fs_host *host;
-    size_t pfirst, pcount;
+    size_t pfirst, pcount; /* the plugin's tensors: views [pfirst, pfirst + pcount) of the student's block */
     uint32_t needs;
     int probs;
     /* first call: the student's starting point (after the loop's own init,
@@ -261,7 +259,7 @@ typedef struct distill_run {
 static int grow(distill_run *d, fs_session *s, size_t rows, fs_error *err) {
     if (rows <= d->rows_cap) return FS_OK;
     fs_model *sm = s->model, *tm = d->teacher;
-    size_t T = sm->cfg.max_seq, Ls = sm->cfg.n_layer, Lt = tm->cfg.n_layer;
+    size_t T = fs_model_cfg(sm)->max_seq, Ls = fs_model_cfg(sm)->n_layer, Lt = fs_model_cfg(tm)->n_layer;
     free(d->in), free(d->tg), free(d->tlogits), free(d->dhidden_block), free(d->sscores), free(d->tscores);
     free(d->dscores_block);
     d->in = d->tg = NULL;
@@ -269,17 +267,23 @@ static int grow(distill_run *d, fs_session *s, size_t rows, fs_error *err) {
     d->in = malloc(rows * T * sizeof(int32_t));
     d->tg = malloc(rows * T * sizeof(int32_t));
     int ok = d->in && d->tg;
-    if (d->topk) ok = ok && (d->tlogits = malloc(rows * T * sm->cfg.vocab * sizeof(float)));
+    if (d->topk) ok = ok && (d->tlogits = malloc(rows * T * fs_model_cfg(sm)->vocab * sizeof(float)));
     if (d->needs & FS_DISTILL_NEEDS_HIDDEN)
-        ok = ok && (d->dhidden_block = malloc((Ls + 1) * rows * T * sm->cfg.n_embd * sizeof(float)));
+        ok = ok && (d->dhidden_block = malloc((Ls + 1) * rows * T * fs_model_cfg(sm)->n_embd * sizeof(float)));
     if (d->needs & FS_DISTILL_NEEDS_ATTENTION) {
-        size_t ss = Ls * rows * sm->cfg.n_head * T * T, ts = Lt * rows * tm->cfg.n_head * T * T;
+        size_t ss = Ls * rows * fs_model_cfg(sm)->n_head * T * T, ts = Lt * rows * fs_model_cfg(tm)->n_head * T * T;
         ok = ok && (d->sscores = malloc(ss * sizeof(float))) && (d->dscores_block = malloc(ss * sizeof(float))) &&
              (d->tscores = malloc(ts * sizeof(float)));
     }
     if (!ok) return fs_error_set(err, FS_ERR_NOMEM, "distill: out of memory for a batch of %zu rows", rows);
     d->rows_cap = rows;
     return FS_OK;
+}
+
+/* The gradients of the plugin's own tensors: one range of the block. */
+static float *plugin_grads(const distill_run *d, const fs_model *sm) {
+    const fs_param_block *pb = fs_model_block(sm);
+    return d->pcount ? pb->grads + pb->views[d->pfirst].offset : pb->grads + pb->n;
 }
 
 static int distill_objective(void *arg, fs_session *s, const int32_t *inputs, const int32_t *targets, size_t B,
@@ -307,12 +311,12 @@ static int distill_objective(void *arg, fs_session *s, const int32_t *inputs, co
         tlogits = d->tlogits;
     } else {
         rc = fs_model_forward(tm, d->in, N, T, err);
-        tlogits = tm->logits;
+        tlogits = fs_model_logits(tm);
     }
     if (!rc) rc = fs_model_forward(sm, d->in, N, T, err);
     if (rc) return rc;
-    size_t V = sm->cfg.vocab, Ls = sm->cfg.n_layer, Lt = tm->cfg.n_layer;
-    size_t Cs = sm->cfg.n_embd, Ct = tm->cfg.n_embd, Hs = sm->cfg.n_head, Ht = tm->cfg.n_head;
+    size_t V = fs_model_cfg(sm)->vocab, Ls = fs_model_cfg(sm)->n_layer, Lt = fs_model_cfg(tm)->n_layer;
+    size_t Cs = fs_model_cfg(sm)->n_embd, Ct = fs_model_cfg(tm)->n_embd, Hs = fs_model_cfg(sm)->n_head, Ht = fs_model_cfg(tm)->n_head;
     fs_distill_args a;
     memset(&a, 0, sizeof a);
     a.struct_size = sizeof a;
@@ -320,9 +324,9 @@ static int distill_objective(void *arg, fs_session *s, const int32_t *inputs, co
     a.T = T;
     a.V = V;
     a.teacher_logits = fs_tensor_cpu_f32((float *)tlogits, 3, N, T, V, 0);
-    a.student_logits = fs_tensor_cpu_f32(sm->logits, 3, N, T, V, 0);
+    a.student_logits = fs_tensor_cpu_f32(fs_model_logits(sm), 3, N, T, V, 0);
     a.labels = d->tg;
-    a.dstudent_logits = fs_tensor_cpu_f32(sm->dlogits, 3, N, T, V, 0);
+    a.dstudent_logits = fs_tensor_cpu_f32(fs_model_dlogits(sm), 3, N, T, V, 0);
     fs_tensor *tens = calloc(2 * (Lt + 1) + 2 * (Ls + 1) + 2 * Ls, sizeof *tens);
     if (!tens) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     fs_tensor *th = tens, *sh = th + Lt + 1, *dsh = sh + Ls + 1, *ta = dsh + Ls + 1, *sa = ta + Lt, *dsa = sa + Ls;
@@ -359,19 +363,17 @@ static int distill_objective(void *arg, fs_session *s, const int32_t *inputs, co
         free(tens);
         return rc;
     }
-    /* the plugin accumulates into its parameters' gradients; scale only its share */
-    for (size_t i = 0, o = 0; i < d->pcount && dscale != 1.0f; i++) {
-        const fs_plugin_param *pp = &d->host->params[d->pfirst + i];
-        memcpy(d->pgrad + o, pp->grad, pp->numel * sizeof(float));
-        o += pp->numel;
-    }
+    /* the plugin accumulates into its parameters' gradients (one range of
+     * the block, the tensors it registered): scale only its share */
+    float *pgrads = plugin_grads(d, sm);
+    if (dscale != 1.0f) memcpy(d->pgrad, pgrads, d->pgrad_n * sizeof(float));
     fs_error perr = {0};
     rc = d->vt->loss(d->self, &a, loss, &perr);
     free(tens);
     if (rc) return fs_error_set(err, rc, "distill plugin '%s': %s", p->plugin->desc->name, perr.message);
     if (dscale != 1.0f) {
         size_t n = N * T * V;
-        for (size_t i = 0; i < n; i++) sm->dlogits[i] *= dscale;
+        for (size_t i = 0; i < n; i++) fs_model_dlogits(sm)[i] *= dscale;
         if (d->needs & FS_DISTILL_NEEDS_HIDDEN) {
             size_t nh = (Ls + 1) * N * T * Cs;
             for (size_t i = 0; i < nh; i++) d->dhidden_block[i] *= dscale;
@@ -380,19 +382,14 @@ static int distill_objective(void *arg, fs_session *s, const int32_t *inputs, co
             size_t na = Ls * N * Hs * T * T;
             for (size_t i = 0; i < na; i++) d->dscores_block[i] *= dscale;
         }
-        for (size_t i = 0, o = 0; i < d->pcount; i++) {
-            const fs_plugin_param *pp = &d->host->params[d->pfirst + i];
-            for (size_t j = 0; j < pp->numel; j++)
-                pp->grad[j] = d->pgrad[o + j] + dscale * (pp->grad[j] - d->pgrad[o + j]);
-            o += pp->numel;
-        }
+        for (size_t j = 0; j < d->pgrad_n; j++) pgrads[j] = d->pgrad[j] + dscale * (pgrads[j] - d->pgrad[j]);
     }
     return fs_model_backward_ex(sm, (d->needs & FS_DISTILL_NEEDS_HIDDEN) ? d->dhidden : NULL,
                                 (d->needs & FS_DISTILL_NEEDS_ATTENTION) ? d->dscores : NULL, d->probs, err);
 }
 
 /* Trains session s with the plugin instance (vt, self) whose parameters are
- * s->host.params[pfirst, pfirst + pcount). */
+ * views [pfirst, pfirst + pcount) of s's model. */
 static int train_run(fs_distill_plan *p, fs_session *s, void *self, size_t pfirst, size_t pcount, const char *carry,
                      fs_topk_cache *topk, const fs_run_options *o, int *config_error, fs_error *err) {
     distill_run d;
@@ -401,7 +398,6 @@ static int train_run(fs_distill_plan *p, fs_session *s, void *self, size_t pfirs
     d.teacher = p->teacher->model;
     d.vt = p->vt;
     d.self = self;
-    d.host = &s->host;
     d.pfirst = pfirst;
     d.pcount = pcount;
     d.needs = p->vt->needs(self);
@@ -410,10 +406,10 @@ static int train_run(fs_distill_plan *p, fs_session *s, void *self, size_t pfirs
     d.topk = topk;
     d.init_pending = !(o->resume || fs_config_bool(s->train_cfg, "resume")) && (carry || p->init.kind != FS_INIT_RANDOM);
     int rc = FS_OK;
-    size_t Ls = s->model->cfg.n_layer;
+    size_t Ls = fs_model_cfg(s->model)->n_layer;
     d.dhidden = calloc(Ls + 1, sizeof *d.dhidden);
     d.dscores = calloc(Ls, sizeof *d.dscores);
-    for (size_t i = 0; i < pcount; i++) d.pgrad_n += s->host.params[pfirst + i].numel;
+    for (size_t i = 0; i < pcount; i++) d.pgrad_n += fs_model_block(s->model)->views[pfirst + i].numel;
     d.pgrad = malloc((d.pgrad_n + 1) * sizeof(float));
     if (!d.dhidden || !d.dscores || !d.pgrad) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     if (!rc) {
@@ -424,6 +420,9 @@ static int train_run(fs_distill_plan *p, fs_session *s, void *self, size_t pfirs
     free(d.sscores), free(d.tscores), free(d.dscores_block), free(d.dscores), free(d.pgrad);
     return rc;
 }
+
+/* The model's own parameters (its plugins' tensors not counted). */
+static size_t own_params(const fs_model *m) { return fs_model_block(m)->n - fs_model_block(m)->n_plugin; }
 
 static int skip_none(const char *section) {
     (void)section;
@@ -442,7 +441,7 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
         rc = fs_topk_cache_open(&topk, p->teacher_cache, p->teacher_cache_k, s->mcfg.max_seq, p->teacher->model, err);
     if (rc) goto done;
     note("teacher %s (%zu parameters) -> student (%zu parameters), plugin %s, init %s\n",
-            p->teacher_ckpt, p->teacher->model->n_params, s->model->n_params, name, p->init_text);
+            p->teacher_ckpt, own_params(p->teacher->model), own_params(s->model), name, p->init_text);
     if (p->aug.kind == FS_AUG_GENERATE)
         note("augment generate:%zu, cache %s (%zu windows)\n", p->aug.R,
                 fs_dcache_path(p->aug.cache), fs_dcache_count(p->aug.cache));
@@ -496,7 +495,7 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
         fs_distill_config cfg = fs_distill_config_of(ps->model, p->teacher->model);
         void *self = NULL;
         fs_error perr = {0};
-        size_t first = ps->host.n_params;
+        size_t first = fs_model_block(ps->model)->n_views;
         rc = p->vt->create(&self, &ps->host.api, &ctx, &cfg, &perr);
         if (!rc) rc = p->vt->set_phase(self, k, &perr);
         if (rc) {
@@ -506,7 +505,7 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
                     p->phase_names[k], (unsigned long long)p->phase_steps[k], pck, have > 0 ? " (resuming)" : "");
             fs_run_options po = *o;
             po.resume = 0;
-            rc = train_run(p, ps, self, first, ps->host.n_params - first, k ? prev : NULL,
+            rc = train_run(p, ps, self, first, fs_model_block(ps->model)->n_views - first, k ? prev : NULL,
                            *p->teacher_cache ? &topk : NULL, &po, config_error, err);
         }
         if (self) p->vt->destroy(self);

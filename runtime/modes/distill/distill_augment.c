@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/seq.h"
 #include "modes/distill/distill_internal.h"
 
 static int parse_uint(const char *s, char **end, size_t *out) {
@@ -46,8 +47,8 @@ int fs_augment_plan(fs_augment *a, const fs_config *dc, const fs_model *teacher,
         a->prompt = (size_t)fs_config_int(dc, "augment_prompt");
         a->temperature = fs_config_float(dc, "augment_temperature");
         if (a->prompt > T) a->prompt = T;
-        for (size_t l = 0; l < teacher->cfg.n_layer; l++)
-            if (!(teacher->attn[l].vt->flags & FS_ATTENTION_DECODE))
+        for (size_t l = 0; l < fs_model_cfg(teacher)->n_layer; l++)
+            if (!(fs_model_attention(teacher, l, NULL)->flags & FS_ATTENTION_DECODE))
                 return fs_error_set(err, FS_ERR_UNSUPPORTED,
                                     "%s: the teacher's layer %zu attention plugin cannot decode, so it cannot "
                                     "generate sequences",
@@ -61,10 +62,10 @@ int fs_augment_plan(fs_augment *a, const fs_config *dc, const fs_model *teacher,
     } else if (strncmp(v, "replace:", 8) == 0) {
         a->p = strtod(v + 8, &end);
         if (end == v + 8 || *end != ',' || !(a->p > 0 && a->p <= 1) || parse_uint(end + 1, &end, &a->K) || *end ||
-            a->K < 1 || a->K > teacher->cfg.vocab)
+            a->K < 1 || a->K > fs_model_cfg(teacher)->vocab)
             return fs_error_set(err, FS_ERR_INVALID,
                                 "%s: replace:P,K needs a probability P in (0, 1] and K in 1..%zu (the vocabulary)",
-                                where, teacher->cfg.vocab);
+                                where, fs_model_cfg(teacher)->vocab);
         a->kind = FS_AUG_REPLACE;
     } else {
         return fs_error_set(err, FS_ERR_INVALID, "%s: must be none, generate:R or replace:P,K", where);
@@ -81,9 +82,6 @@ static uint64_t identity(const fs_augment *a, const fs_model *teacher, size_t T)
 }
 
 int fs_augment_open(fs_augment *a, const fs_model *teacher, size_t T, fs_error *err) {
-    size_t V = teacher->cfg.vocab;
-    a->work = malloc(2 * V * sizeof(float) + 16);
-    if (!a->work) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     if (a->kind != FS_AUG_GENERATE) return FS_OK;
     return fs_dcache_open(&a->cache, a->cache_path, FS_DCACHE_GENERATE, identity(a, teacher, T),
                           a->R * (T + 1) * sizeof(uint16_t), err);
@@ -92,10 +90,8 @@ int fs_augment_open(fs_augment *a, const fs_model *teacher, size_t T, fs_error *
 void fs_augment_close(fs_augment *a) {
     fs_dcache_close(a->cache);
     free(a->buf);
-    free(a->work);
     a->cache = NULL;
     a->buf = NULL;
-    a->work = NULL;
 }
 
 size_t fs_augment_rows(const fs_augment *a, size_t B) { return a->kind == FS_AUG_GENERATE ? B * (1 + a->R) : B; }
@@ -116,7 +112,7 @@ static int grow_buf(fs_augment *a, size_t n, fs_error *err) {
 
 static int replace(fs_augment *a, fs_model *teacher, int32_t *inputs, int32_t *targets, size_t B, size_t T,
                    fs_error *err) {
-    size_t V = teacher->cfg.vocab;
+    size_t V = fs_model_cfg(teacher)->vocab;
     int rc = fs_model_forward(teacher, inputs, B, T, err);
     if (rc || (rc = grow_buf(a, T + 1 + a->K, err))) return rc;
     int32_t *w = a->buf, *top = a->buf + T + 1;
@@ -127,7 +123,7 @@ static int replace(fs_augment *a, fs_model *teacher, int32_t *inputs, int32_t *t
         for (size_t t = 1; t <= T; t++) {
             if (!((double)fs_rng_float(&r) < a->p)) continue;
             /* the teacher's prediction for position t, from the original prefix */
-            fs_topk(teacher->logits + (b * T + t - 1) * V, V, a->K, top);
+            fs_topk(fs_model_logits(teacher) + (b * T + t - 1) * V, V, a->K, top);
             w[t] = top[fs_rng_below(&r, a->K)];
             a->replaced++;
         }
@@ -138,28 +134,29 @@ static int replace(fs_augment *a, fs_model *teacher, int32_t *inputs, int32_t *t
     return FS_OK;
 }
 
-/* Samples R sequences for each window in `win` (n windows of T + 1). */
-static int sample(fs_augment *a, fs_model *teacher, const int32_t *win, const uint64_t *keys, size_t n, size_t T,
-                  int32_t *seqs, fs_error *err) {
-    size_t V = teacher->cfg.vocab, rows = n * a->R, P = a->prompt ? a->prompt : 1;
-    fs_rng *rng = malloc(rows * sizeof *rng);
+/* Samples R sequences for each window in `win` (n windows of T + 1): one
+ * sequence of n R rows decoding in lockstep, row i's random stream a
+ * function of its window and its number alone. */
+static int sample(fs_augment *a, const fs_model *teacher, const int32_t *win, const uint64_t *keys, size_t n,
+                  size_t T, int32_t *seqs, fs_error *err) {
+    size_t V = fs_model_cfg(teacher)->vocab, rows = n * a->R, P = a->prompt ? a->prompt : 1;
     int32_t *tok = malloc(rows * sizeof *tok);
     float *logits = malloc(rows * V * sizeof *logits);
-    int rc = rng && tok && logits ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    fs_sampler sp = {a->temperature, 0, 1.0, 0};
+    fs_seq *seq = NULL;
+    fs_seq_config sc = {.B = rows, .context = T, .sampler = {a->temperature, 0, 1.0, 0}};
+    int rc = tok && logits ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    if (!rc) rc = fs_seq_create(&seq, teacher, &sc, err);
     for (size_t i = 0; i < rows && !rc; i++) {
-        fs_rng_seed(&rng[i], fs_hash_u64(keys[i / a->R], i % a->R));
+        fs_seq_seed_row(seq, i, fs_hash_u64(keys[i / a->R], i % a->R));
         memcpy(seqs + i * (T + 1), win + (i / a->R) * (T + 1), P * sizeof(int32_t));
     }
-    if (!rc) rc = fs_model_decode_begin(teacher, rows, T, err);
     for (size_t pos = 0; pos < T && !rc; pos++) {
         for (size_t i = 0; i < rows; i++) tok[i] = seqs[i * (T + 1) + pos];
-        if ((rc = fs_model_decode_step(teacher, tok, pos, logits, err))) break;
+        if ((rc = fs_seq_decode(seq, tok, logits, err))) break;
         if (pos + 1 < P) continue;
-        for (size_t i = 0; i < rows; i++)
-            seqs[i * (T + 1) + pos + 1] = fs_sample_token(logits + i * V, V, &sp, rng[i].s, a->work);
+        for (size_t i = 0; i < rows; i++) seqs[i * (T + 1) + pos + 1] = fs_seq_sample(seq, i, logits + i * V);
     }
-    free(rng);
+    fs_seq_destroy(seq);
     free(tok);
     free(logits);
     return rc;

@@ -39,15 +39,16 @@ uint64_t fs_hash_tokens(uint64_t h, const int32_t *tokens, size_t n) {
 
 uint64_t fs_model_identity(const fs_model *m) {
     uint64_t h = 0;
-    h = fs_hash_u64(h, m->cfg.vocab);
-    h = fs_hash_u64(h, m->cfg.max_seq);
-    h = fs_hash_u64(h, m->cfg.n_layer);
-    h = fs_hash_u64(h, m->cfg.n_head);
-    h = fs_hash_u64(h, m->cfg.n_embd);
+    h = fs_hash_u64(h, fs_model_cfg(m)->vocab);
+    h = fs_hash_u64(h, fs_model_cfg(m)->max_seq);
+    h = fs_hash_u64(h, fs_model_cfg(m)->n_layer);
+    h = fs_hash_u64(h, fs_model_cfg(m)->n_head);
+    h = fs_hash_u64(h, fs_model_cfg(m)->n_embd);
     /* word-wise: 20 MB of weights hash in a few milliseconds */
-    const uint32_t *w = (const uint32_t *)m->params;
+    const fs_param_block *pb = fs_model_block(m);
+    const uint32_t *w = (const uint32_t *)pb->params;
     uint64_t a = h, b = 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i < m->n_params; i++) {
+    for (size_t i = 0; i < pb->n - pb->n_plugin; i++) { /* the model's own weights */
         a = (a ^ w[i]) * 0x100000001B3ull;
         b = (b + w[i]) * 0xC2B2AE3D27D4EB4Full;
     }
@@ -265,7 +266,7 @@ int fs_topk_cache_open(fs_topk_cache *c, const char *path, size_t k, size_t T, c
     memset(c, 0, sizeof *c);
     c->k = k;
     c->T = T;
-    c->V = teacher->cfg.vocab;
+    c->V = fs_model_cfg(teacher)->vocab;
     uint64_t ident = fs_hash_u64(fs_hash_u64(fs_model_identity(teacher), k), T);
     c->rec = malloc(topk_record_bytes(T, k));
     if (!c->rec) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
@@ -333,7 +334,7 @@ int fs_topk_cache_logits(fs_topk_cache *c, fs_model *teacher, const int32_t *inp
             uint16_t *ids = c->rec;
             unsigned char *val = (unsigned char *)c->rec + T * k * sizeof(uint16_t);
             for (size_t t = 0; t < T; t++) {
-                const float *z = teacher->logits + (i * T + t) * V;
+                const float *z = fs_model_logits(teacher) + (i * T + t) * V;
                 fs_topk(z, V, k, idx);
                 for (size_t j = 0; j < k; j++) {
                     ids[t * k + j] = (uint16_t)idx[j];

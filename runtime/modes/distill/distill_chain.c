@@ -134,8 +134,11 @@ static void human(char *buf, size_t cap, size_t n) {
         snprintf(buf, cap, "%zu", n);
 }
 
+/* The model's own parameters (its plugins' tensors not counted). */
+static size_t own_params(const fs_model *m) { return fs_model_block(m)->n - fs_model_block(m)->n_plugin; }
+
 static void print_table(stage *st, size_t n, fs_session *teacher, const char *tckpt, double tval, int have_val) {
-    size_t P0 = teacher->model->n_params;
+    size_t P0 = own_params(teacher->model);
     printf("distill chain: %zu stage%s\n", n, n == 1 ? "" : "s");
     printf("%-5s  %-10s  %6s  %5s  %5s  %9s  %6s  %11s  %9s  %s\n", "stage", "plugin", "layers", "width", "heads",
            "params", "size", "steps", "val_loss", "checkpoint");
@@ -145,12 +148,12 @@ static void print_table(stage *st, size_t n, fs_session *teacher, const char *tc
         snprintf(vl, sizeof vl, "%.4f", tval);
     else
         snprintf(vl, sizeof vl, "-");
-    const fs_model_config *c = &teacher->model->cfg;
+    const fs_model_config *c = fs_model_cfg(teacher->model);
     printf("%-5d  %-10s  %6zu  %5zu  %5zu  %9s  %6.3f  %11s  %9s  %s\n", 0, "(teacher)", c->n_layer, c->n_embd,
            c->n_head, pn, 1.0, "-", vl, tckpt);
     for (size_t i = 0; i < n; i++) {
         const fs_model *m = st[i].session->model;
-        human(pn, sizeof pn, m->n_params);
+        human(pn, sizeof pn, own_params(m));
         if (st[i].done && have_val)
             snprintf(vl, sizeof vl, "%.4f", st[i].val_loss);
         else
@@ -164,7 +167,7 @@ static void print_table(stage *st, size_t n, fs_session *teacher, const char *tc
             snprintf(steps, sizeof steps, "%lld/%llu", (long long)(st[i].step > 0 ? st[i].step : 0),
                      (unsigned long long)st[i].steps);
         printf("%-5d  %-10s  %6zu  %5zu  %5zu  %9s  %6.3f  %11s  %9s  %s%s\n", st[i].n, st[i].inst.plugin->desc->name,
-               m->cfg.n_layer, m->cfg.n_embd, m->cfg.n_head, pn, (double)m->n_params / (double)P0, steps, vl,
+               fs_model_cfg(m)->n_layer, fs_model_cfg(m)->n_embd, fs_model_cfg(m)->n_head, pn, (double)own_params(m) / (double)P0, steps, vl,
                st[i].ckpt, st[i].done ? "" : " (not finished)");
     }
     printf("{\"mode\": \"distill-chain\", \"done\": %s, \"stages\": [", n && st[n - 1].done ? "true" : "false");
@@ -184,7 +187,7 @@ static void print_table(stage *st, size_t n, fs_session *teacher, const char *tc
         fs_json_string(stdout, st[i].inst.plugin->desc->name);
         printf(", \"n_layer\": %zu, \"n_embd\": %zu, \"n_head\": %zu, \"params\": %zu, \"size_ratio\": %.6f, "
                "\"steps\": %llu, \"step\": %lld, \"val_loss\": ",
-               m->cfg.n_layer, m->cfg.n_embd, m->cfg.n_head, m->n_params, (double)m->n_params / (double)P0,
+               fs_model_cfg(m)->n_layer, fs_model_cfg(m)->n_embd, fs_model_cfg(m)->n_head, own_params(m), (double)own_params(m) / (double)P0,
                (unsigned long long)st[i].steps, (long long)(st[i].step > 0 ? st[i].step : 0));
         if (st[i].done && have_val)
             printf("%.6f", st[i].val_loss);
@@ -248,15 +251,15 @@ int fs_distill_chain(fs_session *s, const fs_run_options *o, int *config_error, 
         if ((rc = stage_session(x, s, err))) goto done;
         fs_session *prev = i ? st[i - 1].session : teacher;
         const fs_model *tm = prev->model, *sm = x->session->model;
-        if (i == 0 && tm->cfg.vocab != sm->cfg.vocab) {
+        if (i == 0 && fs_model_cfg(tm)->vocab != fs_model_cfg(sm)->vocab) {
             rc = fs_error_set(err, FS_ERR_INVALID,
                               "%s: the teacher's vocabulary has %zu tokens, the student's %zu: they must be equal",
-                              fs_config_where(dc, "teacher"), tm->cfg.vocab, sm->cfg.vocab);
+                              fs_config_where(dc, "teacher"), fs_model_cfg(tm)->vocab, fs_model_cfg(sm)->vocab);
             goto done;
         }
-        if (i == 0 && tm->cfg.max_seq < sm->cfg.max_seq) {
+        if (i == 0 && fs_model_cfg(tm)->max_seq < fs_model_cfg(sm)->max_seq) {
             rc = fs_error_set(err, FS_ERR_INVALID, "%s: the teacher's max_seq %zu is shorter than the student's %zu",
-                              fs_config_where(dc, "teacher"), tm->cfg.max_seq, sm->cfg.max_seq);
+                              fs_config_where(dc, "teacher"), fs_model_cfg(tm)->max_seq, fs_model_cfg(sm)->max_seq);
             goto done;
         }
         fs_error perr = {0};

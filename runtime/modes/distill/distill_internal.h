@@ -109,7 +109,6 @@ typedef struct fs_augment {
     size_t generated, reused, replaced, tokens_seen;
     int32_t *buf; /* scratch */
     size_t buf_cap;
-    float *work;
 } fs_augment;
 
 /* Parses [distill] augment ("none", "generate:R", "replace:P,K") and its

@@ -26,7 +26,7 @@ static const char *skip_ws(const char *p) {
 int fs_student_init_plan(fs_student_init *in, const char *value, const char *where, const fs_model *student,
                          const fs_model *teacher, fs_error *err) {
     memset(in, 0, sizeof *in);
-    size_t Ls = student->cfg.n_layer, Lt = teacher->cfg.n_layer;
+    size_t Ls = fs_model_cfg(student)->n_layer, Lt = fs_model_cfg(teacher)->n_layer;
     in->n = Ls;
     const char *v = skip_ws(value ? value : "");
     static const char usage[] =
@@ -78,37 +78,42 @@ int fs_student_init_plan(fs_student_init *in, const char *value, const char *whe
     } else {
         return fs_error_set(err, FS_ERR_INVALID, "%s: %s", where, usage);
     }
-    if (student->cfg.n_embd != teacher->cfg.n_embd)
+    if (fs_model_cfg(student)->n_embd != fs_model_cfg(teacher)->n_embd)
         return fs_error_set(err, FS_ERR_INVALID,
                             "%s: copying teacher layers needs equal widths, but the student's n_embd is %zu and the "
                             "teacher's %zu: set init = random (tinybert can distil across widths through its "
                             "projection)",
-                            where, student->cfg.n_embd, teacher->cfg.n_embd);
-    if (student->cfg.n_head != teacher->cfg.n_head)
+                            where, fs_model_cfg(student)->n_embd, fs_model_cfg(teacher)->n_embd);
+    if (fs_model_cfg(student)->n_head != fs_model_cfg(teacher)->n_head)
         fs_log(FS_LOG_WARN, NULL,
                "%s: the student has %zu heads, the teacher %zu: the copied attention weights are regrouped into the "
                "student's heads",
-               where, student->cfg.n_head, teacher->cfg.n_head);
+               where, fs_model_cfg(student)->n_head, fs_model_cfg(teacher)->n_head);
     return FS_OK;
 }
 
-/* The floats of layer l's tensors: contiguous in the block (model.h). */
-static float *layer_start(const fs_model *m, size_t l) { return m->params + m->views[2 + l * FS_LAYER_TENSORS].offset; }
-
-static size_t layer_floats(const fs_model *m) {
-    size_t n = 0;
-    for (size_t i = 0; i < FS_LAYER_TENSORS; i++) n += m->views[2 + i].numel;
-    return n;
+/* Copies the tensor `name` of the teacher into the student's (both whole
+ * models of equal width, so the shapes agree). */
+static void copy_tensor(fs_model *student, const char *sname, const fs_model *teacher, const char *tname) {
+    const fs_param_view *sv = fs_model_find(student, sname), *tv = fs_model_find(teacher, tname);
+    memcpy(fs_model_block(student)->params + sv->offset, fs_model_block(teacher)->params + tv->offset,
+           sv->numel * sizeof(float));
 }
 
 void fs_student_init_apply(const fs_student_init *in, fs_model *student, const fs_model *teacher) {
     if (in->kind == FS_INIT_RANDOM) return;
-    size_t C = student->cfg.n_embd;
-    memcpy(student->wte, teacher->wte, student->cfg.vocab * C * sizeof(float));
-    memcpy(student->wpe, teacher->wpe, student->cfg.max_seq * C * sizeof(float));
-    memcpy(student->lnfw, teacher->lnfw, C * sizeof(float));
-    memcpy(student->lnfb, teacher->lnfb, C * sizeof(float));
-    size_t n = layer_floats(student);
-    for (size_t i = 0; i < in->n; i++)
-        memcpy(layer_start(student, i), layer_start(teacher, (size_t)in->layers[i]), n * sizeof(float));
+    static const char *const whole[] = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
+                                        "transformer.ln_f.bias"};
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++) copy_tensor(student, whole[i], teacher, whole[i]);
+    /* a layer's tensors are contiguous in the block (model.h): one copy each */
+    for (size_t i = 0; i < in->n; i++) {
+        char sname[96], tname[96];
+        snprintf(sname, sizeof sname, "transformer.h.%zu.ln_1.weight", i);
+        snprintf(tname, sizeof tname, "transformer.h.%lld.ln_1.weight", (long long)in->layers[i]);
+        const fs_param_view *sv = fs_model_find(student, sname), *tv = fs_model_find(teacher, tname);
+        size_t n = 0;
+        for (size_t k = 0; k < FS_LAYER_TENSORS; k++) n += sv[k].numel;
+        memcpy(fs_model_block(student)->params + sv->offset, fs_model_block(teacher)->params + tv->offset,
+               n * sizeof(float));
+    }
 }
