@@ -324,7 +324,7 @@ static int distill_objective(void *arg, fs_session *s, const int32_t *inputs, co
     a.T = T;
     a.V = V;
     a.teacher_logits = fs_tensor_cpu_f32((float *)tlogits, 3, N, T, V, 0);
-    a.student_logits = fs_tensor_cpu_f32(fs_model_logits(sm), 3, N, T, V, 0);
+    a.student_logits = fs_tensor_cpu_f32((float *)fs_model_logits(sm), 3, N, T, V, 0);
     a.labels = d->tg;
     a.dstudent_logits = fs_tensor_cpu_f32(fs_model_dlogits(sm), 3, N, T, V, 0);
     fs_tensor *tens = calloc(2 * (Lt + 1) + 2 * (Ls + 1) + 2 * Ls, sizeof *tens);

@@ -28,16 +28,18 @@
  *   pipeline_slots / run_schedule  the pipeline schedule (GPipe, 1F1B,
  *                    interleaved 1F1B) driven through the runtime's
  *                    fs_stage_ops, moving activations with comm send/recv
- *   grads_extra      gradients outside the flat vector (parameters plugins
- *                    own, s->host.params): combined like the flat vector's
+ *   grads_extra      gradients outside the flat vector, combined like the
+ *                    flat vector's. Kept for the ABI: since the host places
+ *                    plugin-registered tensors in the flat vector itself
+ *                    (plugin.h, register_param), fsrun no longer calls it
  *   stats            counters for the summary and benchmarks
  *
  * Step order the runtime follows (every rank the same):
  *   backward of each accumulation micro-step; grads_ready fires only in the
  *   last one (earlier micro-steps accumulate locally, as DDP's no_sync)
- *   -> grads_finish(flat grads) -> grads_extra(plugin-owned grads, packed in
- *   one buffer; only when there are any) -> reduce_sum(loss, rows, squared
- *   norm) -> clip and step [lo, hi) from optimizer_shard -> params_updated.
+ *   -> grads_finish(the flat vector, plugin-owned tensors included)
+ *   -> reduce_sum(loss, rows, squared norm) -> clip and step [lo, hi) from
+ *   optimizer_shard -> params_updated.
  *   Before a checkpoint the runtime also passes the optimizer's moments
  *   through params_updated: it gathers any vector whose rank-owned ranges
  *   ([lo, hi) as optimizer_shard gave them) hold the valid values.

@@ -170,10 +170,13 @@ typedef struct fs_host_api {
                  const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
                  size_t ldc);
 
-    /* A trainable parameter owned by the plugin. The host allocates it and
-     * its gradient on the model's device, the optimizer updates it, and
-     * checkpoints save it under "<scope>.<name>". Call from create only. The
-     * host zero-fills both; the plugin initialises `param` afterwards. */
+    /* A trainable parameter owned by the plugin. The host places it and
+     * its gradient in the model's parameter block (the flat vector, on the
+     * model's device, after the model's own tensors), so the optimizer,
+     * every parallel strategy and checkpoints treat it like the model's
+     * tensors; checkpoints name it "<scope>.<name>". Call from create only;
+     * the pointers stay valid for the instance's life. The host zero-fills
+     * both; the plugin initialises `param` afterwards. */
     int (*register_param)(fs_plugin_ctx *ctx, const char *name, int32_t ndim, const size_t *shape,
                           int weight_decay, fs_tensor *param, fs_tensor *grad, fs_error *err);
 
