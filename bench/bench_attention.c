@@ -26,11 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "model/blas.h"
+#include "compute/blas.h"
 #include "fastserve/attention.h"
 #include "core/host.h"
 #include "core/rng.h"
-#include "core/session.h"
+#include "session/session.h"
 
 typedef struct opts {
     size_t Ts[16], nT, H, D, B, window, block, reps, chunk, bucket_size, hashes[8], nh;

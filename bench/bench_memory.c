@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "model/optim.h"
-#include "core/session.h"
+#include "session/session.h"
 
 typedef struct result {
     size_t act_bytes, param_bytes;

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/blas.h"
+#include "compute/blas.h"
 #include "dist/comm_mpi.h"
 #include "core/graph.h"
 #include "core/host.h"
@@ -24,7 +24,7 @@
 #include "dist/plan.h"
 #include "core/plugin_loader.h"
 #include "core/schema.h"
-#include "core/session.h"
+#include "session/session.h"
 #include "dist/world.h"
 
 static void usage(FILE *f) {

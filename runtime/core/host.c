@@ -4,8 +4,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "model/blas.h"
+#include "compute/blas.h"
 
 static int g_log_level = FS_LOG_INFO;
 
@@ -36,6 +37,12 @@ int fs_error_set(fs_error *err, int status, const char *fmt, ...) {
     fs_error_vset(err, status, fmt, ap);
     va_end(ap);
     return status;
+}
+
+double fs_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 void *fs_alloc(size_t bytes) {

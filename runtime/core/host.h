@@ -43,6 +43,9 @@ int fs_error_set(fs_error *err, int status, const char *fmt, ...) __attribute__(
 void fs_log(int level, const char *who, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void fs_log_set_level(int level);
 
+/* Monotonic seconds. */
+double fs_now(void);
+
 /* 64-byte aligned host memory, NULL on failure; fs_free(NULL) is a no-op. */
 void *fs_alloc(size_t bytes);
 void *fs_calloc(size_t bytes);

@@ -4,7 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
-#include "model/blas.h"
+#include "compute/blas.h"
 
 static int g_threads = 1;
 static int g_local_ranks = 1;

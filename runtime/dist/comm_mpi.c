@@ -13,7 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "io/metrics.h"
 
 typedef struct mpi_world {
     MPI_Comm world;

@@ -5,8 +5,7 @@
 #include <string.h>
 
 #include "core/host.h"
-#include "io/metrics.h"
-#include "model/ops.h"
+#include "compute/ops.h"
 
 static int step_forward(void *ctx, size_t chunk, size_t micro, size_t slot, const float *in, float *out,
                         fs_error *err) {

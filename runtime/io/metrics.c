@@ -3,16 +3,9 @@
 
 #include <errno.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core/host.h"
-
-double fs_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 void fs_json_string(FILE *f, const char *s) { fs_json_bytes(f, s, strlen(s)); }
 

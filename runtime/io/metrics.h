@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "fastserve/plugin.h"
+#include "core/host.h"
 
 typedef struct fs_metrics {
     FILE *jsonl;
@@ -30,8 +30,6 @@ void fs_metrics_step(fs_metrics *m, uint64_t step, uint64_t total, double loss, 
 void fs_metrics_val(fs_metrics *m, uint64_t step, double val_loss);
 /* Ends an in-place progress line before other output. */
 void fs_metrics_break(fs_metrics *m);
-
-double fs_now(void); /* monotonic seconds */
 
 /* Writes s as a JSON string literal (with quotes) to f. */
 void fs_json_string(FILE *f, const char *s);

@@ -8,9 +8,9 @@
 
 #include "core/host.h"
 #include "core/rng.h"
-#include "model/blas.h"
+#include "compute/blas.h"
 #include "model/model_internal.h"
-#include "model/ops.h"
+#include "compute/ops.h"
 
 struct fs_seq {
     const fs_model *m; /* borrowed: outlives the sequence */

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "core/host.h"
-#include "model/ops.h"
+#include "compute/ops.h"
 
 int fs_optimizer_init(fs_optimizer *o, const fs_adamw_config *cfg) {
     memset(o, 0, sizeof *o);

@@ -8,9 +8,9 @@
 #include <string.h>
 
 #include "core/host.h"
-#include "model/blas.h"
+#include "compute/blas.h"
 #include "model/model_internal.h"
-#include "model/ops.h"
+#include "compute/ops.h"
 
 /* ---- activations ---- */
 

@@ -2,11 +2,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "io/checkpoint.h"
+#include "session/checkpoint.h"
 #include "io/data.h"
 #include "io/metrics.h"
 #include "modes/modes.h"
-#include "model/ops.h"
+#include "compute/ops.h"
 
 int fs_evaluate_sum(const fs_dataset *d, size_t T, size_t B, size_t max_windows, fs_batch_loss_fn batch_sum,
                     void *arg, double *sum, size_t *n_tokens, fs_error *err) {

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "core/host.h"
-#include "io/checkpoint.h"
+#include "session/checkpoint.h"
 #include "io/data.h"
 #include "io/metrics.h"
 #include "model/seq.h"

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/session.h"
+#include "session/session.h"
 #include "model/seq.h"
 
 typedef struct fs_run_options {

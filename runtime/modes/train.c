@@ -18,10 +18,10 @@
 #include "dist/pipeline.h"
 #include "dist/world.h"
 #include "fastserve/parallel.h"
-#include "io/checkpoint.h"
+#include "session/checkpoint.h"
 #include "io/data.h"
 #include "io/metrics.h"
-#include "model/blas.h"
+#include "compute/blas.h"
 
 int fs_objective_lm(void *arg, fs_session *s, const int32_t *inputs, const int32_t *targets, size_t B, size_t T,
                     float dscale, double *loss, fs_error *err) {

@@ -5,7 +5,7 @@
  * input gradient with (L(x + h) - L(x - h)) / 2h, L summed in double. */
 #include <string.h>
 
-#include "model/ops.h"
+#include "compute/ops.h"
 #include "test_util.h"
 
 typedef double (*loss_fn)(void *ctx);

@@ -17,7 +17,7 @@
 #include "fastserve/parallel.h"
 #include "core/host.h"
 #include "core/schema.h"
-#include "core/session.h"
+#include "session/session.h"
 #include "test_util.h"
 #include "dist/world.h"
 

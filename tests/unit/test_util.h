@@ -16,7 +16,7 @@
 
 #include "fastserve/attention.h"
 #include "core/rng.h"
-#include "core/session.h"
+#include "session/session.h"
 #include "model/seq.h"
 
 static inline fs_session *test_session(const char *ini) {

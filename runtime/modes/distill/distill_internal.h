@@ -19,10 +19,10 @@
 #include <limits.h>
 #include <stdint.h>
 
-#include "io/checkpoint.h"
+#include "session/checkpoint.h"
 #include "fastserve/distill.h"
 #include "modes/modes.h"
-#include "core/session.h"
+#include "session/session.h"
 
 /* ---- hashing ---- */
 

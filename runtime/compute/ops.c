@@ -1,12 +1,12 @@
 /* ops.c — GPT-2 kernels on the CPU (see ops.h for conventions). */
-#include "model/ops.h"
+#include "compute/ops.h"
 
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/blas.h"
+#include "compute/blas.h"
 #include "fastserve/fastmath.h"
 
 #define LN_EPS 1e-5f

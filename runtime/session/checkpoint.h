@@ -16,7 +16,7 @@
 
 #include "model/optim.h"
 #include "core/rng.h"
-#include "core/session.h"
+#include "session/session.h"
 
 typedef struct fs_train_state {
     uint64_t step; /* optimizer steps done */

@@ -1,5 +1,5 @@
 /* checkpoint.c — see checkpoint.h. */
-#include "io/checkpoint.h"
+#include "session/checkpoint.h"
 
 #include <errno.h>
 #include <inttypes.h>

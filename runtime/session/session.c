@@ -1,5 +1,5 @@
 /* session.c — graph to live objects (see session.h). */
-#include "core/session.h"
+#include "session/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>

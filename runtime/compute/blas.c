@@ -1,5 +1,5 @@
 /* blas.c — OpenBLAS core-type fix-up and the sgemm wrapper. */
-#include "model/blas.h"
+#include "compute/blas.h"
 
 #include <cblas.h>
 #include <omp.h>
