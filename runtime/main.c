@@ -59,16 +59,11 @@ static const char *type_name(int t) {
 
 static void print_spec(const fs_param_spec *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        char range[96] = "";
+        char range[96];
         if (p[i].type == FS_PARAM_ENUM)
             snprintf(range, sizeof range, "one of %s", p[i].choices);
-        else if ((p[i].type == FS_PARAM_INT || p[i].type == FS_PARAM_FLOAT || p[i].type == FS_PARAM_INT_LIST) &&
-                 p[i].min <= p[i].max) {
-            if (p[i].max >= 1e15)
-                snprintf(range, sizeof range, ">= %g", p[i].min);
-            else
-                snprintf(range, sizeof range, "[%g, %g]", p[i].min, p[i].max);
-        }
+        else
+            fs_param_range_text(range, sizeof range, &p[i]);
         printf("  %-20s %-8s default %-14s %-18s %s\n", p[i].name, type_name(p[i].type),
                p[i].default_value ? (*p[i].default_value ? p[i].default_value : "\"\"") : "(required)", range,
                p[i].help ? p[i].help : "");

@@ -373,7 +373,6 @@ static const fs_attention_vtable lf_vtable = {
     .init_params = lf_init_params,
 };
 
-#define BIG 1e15
 static const fs_param_spec lf_params[] = {
     {"window", FS_PARAM_INT, "256", 1, 1048576, NULL,
      "tokens each side a local token sees (causal: this many earlier tokens and itself); [layer.N] may grow it"},
@@ -381,7 +380,7 @@ static const fs_param_spec lf_params[] = {
      "attend to every d-th token, reaching d * window: one value, or one per head (n_head values)"},
     {"global", FS_PARAM_STRING, "none", 0, 0, NULL,
      "global tokens: none | first:N | token:ID[,ID...] (every occurrence) | P[,P...] (positions < max_seq)"},
-    {"global_cache", FS_PARAM_INT, "64", 1, BIG, NULL,
+    {"global_cache", FS_PARAM_INT, "64", 1, FS_PARAM_UNBOUNDED, NULL,
      "generation with global = token:...: the most recent global tokens the KV cache keeps"},
     {"block", FS_PARAM_INT, "0", 0, 65536, NULL, "query rows per block of the banded kernel (0 = automatic)"},
 };

@@ -39,8 +39,6 @@
 #define SET_FILE "--set"
 /* Room inih's line buffer leaves for text: the '\n' and the NUL. */
 #define MAX_TEXT (INI_MAX_LINE - 2)
-/* Spec bounds at or beyond this are printed as one-sided ranges. */
-#define UNBOUNDED 1e15
 
 struct fs_graph {
     char *path;
@@ -589,25 +587,36 @@ void fs_config_destroy(fs_config *c) {
     free(c);
 }
 
-/* " in [1, 8]", " >= 1", " <= 8" or "" for the spec's range. */
-static void describe_range(char *buf, size_t cap, const fs_param_spec *s, int integer) {
+static int has_min(const fs_param_spec *s) { return s->min <= s->max && s->min > -FS_PARAM_UNBOUNDED; }
+static int has_max(const fs_param_spec *s) { return s->min <= s->max && s->max < FS_PARAM_UNBOUNDED; }
+
+void fs_param_range_text(char *buf, size_t cap, const fs_param_spec *s) {
+    int integer = s->type == FS_PARAM_INT || s->type == FS_PARAM_INT_LIST;
     const char *f = integer ? "%.0f" : "%g";
     char lo[64], hi[64];
     snprintf(lo, sizeof lo, f, s->min);
     snprintf(hi, sizeof hi, f, s->max);
-    int has_lo = s->min > -UNBOUNDED, has_hi = s->max < UNBOUNDED;
-    if (s->min > s->max || (!has_lo && !has_hi))
+    if (!integer && s->type != FS_PARAM_FLOAT)
         buf[0] = '\0';
-    else if (has_lo && has_hi)
-        snprintf(buf, cap, " in [%s, %s]", lo, hi);
-    else if (has_lo)
-        snprintf(buf, cap, " >= %s", lo);
+    else if (has_min(s) && has_max(s))
+        snprintf(buf, cap, "[%s, %s]", lo, hi);
+    else if (has_min(s))
+        snprintf(buf, cap, ">= %s", lo);
+    else if (has_max(s))
+        snprintf(buf, cap, "<= %s", hi);
     else
-        snprintf(buf, cap, " <= %s", hi);
+        buf[0] = '\0';
+}
+
+/* " in [1, 8]", " >= 1", " <= 8" or "": the range as an error message ends. */
+static void describe_range(char *buf, size_t cap, const fs_param_spec *s) {
+    char r[136];
+    fs_param_range_text(r, sizeof r, s);
+    snprintf(buf, cap, "%s%s", !*r ? "" : r[0] == '[' ? " in " : " ", r);
 }
 
 static int in_range(const fs_param_spec *s, double v) {
-    return s->min > s->max || (v >= s->min && v <= s->max);
+    return (!has_min(s) || v >= s->min) && (!has_max(s) || v <= s->max);
 }
 
 static int parse_int(const char *b, const char *e, int64_t *out) {
@@ -631,14 +640,14 @@ static int parse_value(const fs_param_spec *s, const char *text, item *it, char 
     const char *end = text + strlen(text);
     switch (s->type) {
     case FS_PARAM_INT:
-        describe_range(range, sizeof range, s, 1);
+        describe_range(range, sizeof range, s);
         if (parse_int(text, end, &it->i) || !in_range(s, (double)it->i)) {
             snprintf(why, cap, "must be an integer%s", range);
             return -1;
         }
         return 0;
     case FS_PARAM_FLOAT: {
-        describe_range(range, sizeof range, s, 0);
+        describe_range(range, sizeof range, s);
         char *stop = (char *)text;
         /* strtod would skip leading spaces; an empty value is not 0. */
         if (*text && !isspace((unsigned char)*text)) it->f = strtod(text, &stop);
@@ -682,7 +691,7 @@ static int parse_value(const fs_param_spec *s, const char *text, item *it, char 
         return -1;
     }
     case FS_PARAM_INT_LIST: {
-        describe_range(range, sizeof range, s, 1);
+        describe_range(range, sizeof range, s);
         size_t n = 1;
         for (const char *p = text; *p; p++) n += *p == ',';
         it->list = calloc(n, sizeof *it->list);

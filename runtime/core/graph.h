@@ -84,6 +84,12 @@ const char *fs_config_where(const fs_config *c, const char *key);
 /* 1 when the key came from the graph or --set rather than the default. */
 int fs_config_is_set(const fs_config *c, const char *key);
 
+/* A spec's range as --describe and --help-graph print it: "[1, 8]", ">= 1"
+ * or "<= 8" (a bound at FS_PARAM_UNBOUNDED is open), or "" for no range or
+ * a type without one; integers are written without a fraction. Error
+ * messages use the same text. */
+void fs_param_range_text(char *buf, size_t cap, const fs_param_spec *s);
+
 /* Damerau-free Levenshtein distance; used for "did you mean". */
 size_t fs_edit_distance(const char *a, const char *b);
 

@@ -1,7 +1,6 @@
 /* schema.c — the runtime's graph keys (see schema.h). */
 #include "core/schema.h"
 
-#define BIG 1e15
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const fs_param_spec model_keys[] = {
@@ -14,7 +13,7 @@ static const fs_param_spec model_keys[] = {
     {"reversible", FS_PARAM_BOOL, "false", 0, 0, NULL,
      "reversible residual layers (Reformer): backward rebuilds each layer's input, so activation memory "
      "does not grow with n_layer"},
-    {"ff_chunk", FS_PARAM_INT, "0", 0, BIG, NULL,
+    {"ff_chunk", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL,
      "apply the MLP this many tokens at a time (0 = all at once): its 4C-wide activation is never whole"},
 };
 
@@ -33,7 +32,8 @@ static const fs_param_spec parallel_keys[] = {
      "student start: random, teacher-every-other-layer, or teacher-layers = A,B,... (needs equal widths)"},  \
     {"augment", FS_PARAM_STRING, "none", 0, 0, NULL,                                                         \
      "none, generate:R (R teacher-sampled sequences per real one, cached) or replace:P,K (teacher's top K)"},\
-    {"augment_prompt", FS_PARAM_INT, "32", 1, BIG, NULL, "augment = generate: real tokens prompting the teacher"}, \
+    {"augment_prompt", FS_PARAM_INT, "32", 1, FS_PARAM_UNBOUNDED, NULL,                                      \
+     "augment = generate: real tokens prompting the teacher"},                                               \
     {"augment_temperature", FS_PARAM_FLOAT, "1.0", 0, 100, NULL,                                             \
      "augment = generate: the teacher's sampling temperature (0 = greedy)"},                                  \
     {"augment_cache", FS_PARAM_STRING, "", 0, 0, NULL,                                                       \
@@ -58,9 +58,10 @@ static const fs_param_spec distill_stage_keys[] = {
     {"n_layer", FS_PARAM_INT, "0", 0, 256, NULL, "the stage student's layers (0 = [model] n_layer)"},
     {"n_head", FS_PARAM_INT, "0", 0, 256, NULL, "its attention heads (0 = [model] n_head)"},
     {"n_embd", FS_PARAM_INT, "0", 0, 65536, NULL, "its width (0 = [model] n_embd)"},
-    {"steps", FS_PARAM_INT, "0", 0, BIG, NULL, "its optimizer steps (0 = [train] steps)"},
+    {"steps", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL, "its optimizer steps (0 = [train] steps)"},
     {"out", FS_PARAM_STRING, "", 0, 0, NULL, "its directory (default: <[run] out>/stage<N>)"},
-    {"stop_after", FS_PARAM_INT, "0", 0, BIG, NULL, "end the invocation after this step of the stage (0 = never)"},
+    {"stop_after", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL,
+     "end the invocation after this step of the stage (0 = never)"},
     DISTILL_SHARED_KEYS,
 };
 
@@ -70,30 +71,33 @@ static const fs_param_spec data_keys[] = {
 };
 
 static const fs_param_spec train_keys[] = {
-    {"steps", FS_PARAM_INT, "100", 1, BIG, NULL, "optimizer steps"},
+    {"steps", FS_PARAM_INT, "100", 1, FS_PARAM_UNBOUNDED, NULL, "optimizer steps"},
     {"batch", FS_PARAM_INT, "8", 1, 65536, NULL, "sequences per micro-batch"},
     {"grad_accum", FS_PARAM_INT, "1", 1, 65536, NULL, "micro-batches per optimizer step"},
     {"lr", FS_PARAM_FLOAT, "3e-4", 0, 10, NULL, "peak learning rate"},
     {"min_lr_ratio", FS_PARAM_FLOAT, "0.1", 0, 1, NULL, "final lr as a fraction of lr (cosine decay)"},
-    {"warmup", FS_PARAM_INT, "10", 0, BIG, NULL, "linear warm-up steps"},
+    {"warmup", FS_PARAM_INT, "10", 0, FS_PARAM_UNBOUNDED, NULL, "linear warm-up steps"},
     {"weight_decay", FS_PARAM_FLOAT, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (matrices only)"},
     {"beta1", FS_PARAM_FLOAT, "0.9", 0, 0.999999, NULL, "AdamW beta1"},
     {"beta2", FS_PARAM_FLOAT, "0.95", 0, 0.999999, NULL, "AdamW beta2"},
     {"eps", FS_PARAM_FLOAT, "1e-8", 1e-30, 1, NULL, "AdamW epsilon"},
     {"grad_clip", FS_PARAM_FLOAT, "1.0", 0, 1e9, NULL, "clip the global gradient norm to this (0 = off)"},
-    {"val_every", FS_PARAM_INT, "50", 0, BIG, NULL, "validation loss every N steps (0 = only at the end)"},
-    {"val_batches", FS_PARAM_INT, "8", 1, BIG, NULL, "batches of the val file per validation"},
-    {"checkpoint_every", FS_PARAM_INT, "0", 0, BIG, NULL, "also checkpoint every N steps (0 = only at the end)"},
-    {"seed", FS_PARAM_INT, "1337", 0, BIG, NULL, "seed of initialisation and batch sampling"},
+    {"val_every", FS_PARAM_INT, "50", 0, FS_PARAM_UNBOUNDED, NULL,
+     "validation loss every N steps (0 = only at the end)"},
+    {"val_batches", FS_PARAM_INT, "8", 1, FS_PARAM_UNBOUNDED, NULL, "batches of the val file per validation"},
+    {"checkpoint_every", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL,
+     "also checkpoint every N steps (0 = only at the end)"},
+    {"seed", FS_PARAM_INT, "1337", 0, FS_PARAM_UNBOUNDED, NULL, "seed of initialisation and batch sampling"},
     {"resume", FS_PARAM_BOOL, "false", 0, 0, NULL, "continue from the checkpoint in [run] out"},
 };
 
 static const fs_param_spec generate_keys[] = {
-    {"max_tokens", FS_PARAM_INT, "200", 0, BIG, NULL, "tokens to generate (a sample after training too; 0 = none)"},
+    {"max_tokens", FS_PARAM_INT, "200", 0, FS_PARAM_UNBOUNDED, NULL,
+     "tokens to generate (a sample after training too; 0 = none)"},
     {"temperature", FS_PARAM_FLOAT, "0.8", 0, 100, NULL, "sampling temperature (0 = greedy)"},
-    {"top_k", FS_PARAM_INT, "0", 0, BIG, NULL, "sample from the k most likely tokens (0 = all)"},
+    {"top_k", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL, "sample from the k most likely tokens (0 = all)"},
     {"top_p", FS_PARAM_FLOAT, "1.0", 0, 1, NULL, "nucleus sampling: smallest set with this probability mass"},
-    {"seed", FS_PARAM_INT, "42", 0, BIG, NULL, "sampling seed"},
+    {"seed", FS_PARAM_INT, "42", 0, FS_PARAM_UNBOUNDED, NULL, "sampling seed"},
     {"prompt", FS_PARAM_STRING, "", 0, 0, NULL, "text to continue (--prompt overrides)"},
 };
 
@@ -102,10 +106,11 @@ static const fs_param_spec run_keys[] = {
     {"threads", FS_PARAM_INT, "0", 0, 4096, NULL,
      "threads (0 = all cores; under mpirun the cores / the ranks on this machine); BLAS uses the same cores"},
     {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval", "what to do (--mode overrides)"},
-    {"stop_after", FS_PARAM_INT, "0", 0, BIG, NULL,
+    {"stop_after", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL,
      "end this invocation after this step, checkpointed (the schedule still spans [train] steps)"},
     {"progress", FS_PARAM_ENUM, "auto", 0, 0, "auto|on|off", "progress line: auto = only on a terminal"},
-    {"log_every", FS_PARAM_INT, "10", 1, BIG, NULL, "plain progress lines every N steps when not a terminal"},
+    {"log_every", FS_PARAM_INT, "10", 1, FS_PARAM_UNBOUNDED, NULL,
+     "plain progress lines every N steps when not a terminal"},
 };
 
 const fs_section_schema fs_schema_model = {"model", model_keys, N(model_keys)};

@@ -286,7 +286,7 @@ static int window_scores(void *self, fs_attention_scores_args *s, fs_error *err)
 /* ---- what fsrun sees ---- */
 
 static const fs_param_spec window_params[] = {
-    {"window", FS_PARAM_INT, "16", 1, 1e15, NULL,
+    {"window", FS_PARAM_INT, "16", 1, FS_PARAM_UNBOUNDED, NULL,
      "tokens each position attends to, itself included (>= max_seq: dense causal)"},
 };
 

@@ -92,13 +92,21 @@ typedef enum fs_param_type {
     FS_PARAM_INT_LIST = 6, /* comma-separated integers, each in [min, max] */
 } fs_param_type;
 
+/* A range bound at or beyond this magnitude is no bound on that side:
+ * {.min = 1, .max = FS_PARAM_UNBOUNDED} reads ">= 1" and accepts any larger
+ * value, {.min = -FS_PARAM_UNBOUNDED, .max = 8} reads "<= 8". The host reads
+ * any bound beyond it the same way, so a plugin that wrote 1e15 before this
+ * name existed means the same thing. */
+#define FS_PARAM_UNBOUNDED 1e15
+
 /* One configuration key of a plugin. The host validates values against it
  * before the plugin is created and prints it for `fsrun --describe`. */
 typedef struct fs_param_spec {
     const char *name;
     int32_t type;              /* fs_param_type */
     const char *default_value; /* text as it would appear in the INI; NULL = required */
-    double min, max;           /* inclusive range for INT, FLOAT, INT_LIST; min > max = unbounded */
+    double min, max;           /* inclusive range for INT, FLOAT, INT_LIST; min > max = unbounded;
+                                  a bound at or beyond +-FS_PARAM_UNBOUNDED is open on that side */
     const char *choices;       /* ENUM only: "a|b|c" */
     const char *help;          /* one line */
 } fs_param_spec;

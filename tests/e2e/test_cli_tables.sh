@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# test_cli_tables.sh — what fsrun prints from its tables, without a model:
+# key ranges in --help-graph and --describe (a bound at FS_PARAM_UNBOUNDED
+# is an open side: ">= 1", "<= 8"; integers are written whole).
+. "$(dirname "$0")/lib.sh"
+
+# ---- ranges ----
+
+# key_line NAME [SECTION]: the line of key NAME in the last stdout (first
+# match; with SECTION, the first after the line "[SECTION]")
+key_line() {
+    awk -v k="$1" -v s="${2:-}" '
+        BEGIN { in_s = (s == "") }
+        /^\[/ { in_s = (s == "" || $0 == "[" s "]") }
+        in_s && $1 == k { print; exit }' "$E2E_OUT"
+}
+# no_exponent LABEL: no range in the last stdout is written 1e+15, and no
+# integer key's range has an exponent at all
+no_exponent() {
+    assert_not_contains "$(last_out)" "e+15" "$1: no 1e+15 (it is no bound)"
+    assert_eq "$(grep -E '^ +[a-z_0-9]+ +int' "$E2E_OUT" | grep -c 'e+' || true)" 0 "$1: integers are written whole"
+}
+
+assert_exit 0 "$FSRUN" --help-graph
+assert_contains "$(key_line seed train)" "default 1337           >= 0 " "--help-graph: [train] seed is '>= 0'"
+assert_contains "$(key_line steps train)" ">= 1 " "--help-graph: [train] steps is '>= 1'"
+assert_contains "$(key_line steps distill.stage.N)" ">= 0 " "--help-graph: [distill.stage.N] steps is '>= 0'"
+assert_contains "$(key_line max_seq model)" "[2, 1048576]" "--help-graph: [model] max_seq is [2, 1048576]"
+no_exponent --help-graph
+
+assert_exit 0 "$FSRUN" --describe test_ranges
+assert_contains "$(key_line closed)" "[1, 8]" "--describe: a closed range"
+assert_contains "$(key_line at_least)" ">= 1 " "--describe: open above"
+assert_contains "$(key_line at_most)" "<= 8 " "--describe: open below (not [-1e+15, 8])"
+assert_contains "$(key_line legacy_big)" ">= 2 " "--describe: a bound beyond FS_PARAM_UNBOUNDED is open too"
+assert_contains "$(key_line wide)" "[2, 1048576]" "--describe: integers are written whole"
+for k in any_float no_range; do
+    assert_eq "$(key_line $k | grep -cE '\[|>=|<=' || true)" 0 "--describe: $k has no range"
+done
+no_exponent "--describe test_ranges"
+for p in longformer tinybert; do
+    assert_exit 0 "$FSRUN" --describe $p
+    no_exponent "--describe $p"
+done
+
+e2e_finish
