@@ -70,31 +70,36 @@ static void print_spec(const fs_param_spec *p, size_t n) {
     }
 }
 
+/* Prints one plugin file's descriptor and keys (with the runtime's own keys
+ * of its kind's section). Returns 0, or 1 when it does not load. */
+static int describe_file(const char *path) {
+    fs_plugin *p;
+    fs_error err = {0};
+    if (fs_plugin_open(&p, path, 0, &err)) {
+        fprintf(stderr, "fsrun: %s\n", err.message);
+        return 1;
+    }
+    const fs_plugin_descriptor *d = p->desc;
+    const fs_plugin_kind_info *kind = fs_plugin_kind_info_of(d->kind); /* the loader checked it */
+    printf("%s plugin '%s' version %s (ABI %u.%u)\n  %s\n  file: %s\n", kind->name, d->name,
+           d->version ? d->version : "?", FS_ABI_VERSION_MAJOR_OF(d->abi_version),
+           FS_ABI_VERSION_MINOR_OF(d->abi_version), d->summary ? d->summary : "", p->path);
+    printf("keys in %s (with the runtime's own):\n", kind->sections);
+    print_spec(kind->schema->spec, kind->schema->n);
+    print_spec(d->params, d->n_params);
+    fs_plugin_close(p);
+    return 0;
+}
+
+/* --describe NAME: every kind's plugin of that name; a NAME with a '/' is
+ * a file, of whatever kind it declares. */
 static int describe(const char *name) {
+    if (strchr(name, '/')) return describe_file(name);
     int found = 0;
-    for (int kind = FS_PLUGIN_ATTENTION; kind <= FS_PLUGIN_DISTILL; kind++) {
+    for (size_t k = 0; k < fs_n_plugin_kinds; k++) {
         char path[4096];
-        fs_error err = {0};
-        if (strchr(name, '/') ? kind != FS_PLUGIN_ATTENTION : fs_plugin_find(path, sizeof path, kind, name, &err))
-            continue;
-        if (strchr(name, '/')) snprintf(path, sizeof path, "%s", name);
-        fs_plugin *p;
-        if (fs_plugin_open(&p, path, 0, &err)) {
-            fprintf(stderr, "fsrun: %s\n", err.message);
-            return 1;
-        }
-        const fs_plugin_descriptor *d = p->desc;
-        printf("%s plugin '%s' version %s (ABI %u.%u)\n  %s\n  file: %s\n", fs_plugin_kind_name(d->kind), d->name,
-               d->version ? d->version : "?", FS_ABI_VERSION_MAJOR_OF(d->abi_version),
-               FS_ABI_VERSION_MINOR_OF(d->abi_version), d->summary ? d->summary : "", p->path);
-        printf("keys in [%s] (with the runtime's own):\n", d->kind == FS_PLUGIN_ATTENTION ? "attention] and [layer.N"
-                                                           : fs_plugin_kind_name(d->kind));
-        const fs_section_schema *core = d->kind == FS_PLUGIN_ATTENTION  ? &fs_schema_attention
-                                        : d->kind == FS_PLUGIN_PARALLEL ? &fs_schema_parallel
-                                                                        : &fs_schema_distill;
-        print_spec(core->spec, core->n);
-        print_spec(d->params, d->n_params);
-        fs_plugin_close(p);
+        if (fs_plugin_find(path, sizeof path, fs_plugin_kinds[k].kind, name, NULL)) continue;
+        if (describe_file(path)) return 1;
         found = 1;
     }
     if (!found) {

@@ -10,36 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fastserve/attention.h"
-#include "fastserve/distill.h"
-#include "fastserve/parallel.h"
 #include "core/host.h"
 
-const char *fs_plugin_kind_name(int kind) {
-    switch (kind) {
-    case FS_PLUGIN_ATTENTION: return "attention";
-    case FS_PLUGIN_PARALLEL: return "parallel";
-    case FS_PLUGIN_DISTILL: return "distill";
-    default: return "unknown";
-    }
-}
-
-int fs_plugin_kind_from_name(const char *name) {
-    for (int k = FS_PLUGIN_ATTENTION; k <= FS_PLUGIN_DISTILL; k++)
-        if (strcmp(name, fs_plugin_kind_name(k)) == 0) return k;
-    return 0;
-}
-
 #define END_OF(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
-
-size_t fs_plugin_min_vtable_size(int kind) {
-    switch (kind) {
-    case FS_PLUGIN_ATTENTION: return END_OF(fs_attention_vtable, decode);
-    case FS_PLUGIN_PARALLEL: return END_OF(fs_parallel_vtable, reduce_sum);
-    case FS_PLUGIN_DISTILL: return END_OF(fs_distill_vtable, loss);
-    default: return 0;
-    }
-}
 
 static const char *article(const char *word) { return strchr("aeiou", word[0]) ? "an" : "a"; }
 
@@ -51,43 +24,6 @@ static int kind_mismatch(fs_error *err, const char *path, const char *name, int 
 
 static void version_text(char *buf, size_t cap, uint32_t v) {
     snprintf(buf, cap, "%u.%u", FS_ABI_VERSION_MAJOR_OF(v), FS_ABI_VERSION_MINOR_OF(v));
-}
-
-/* The members a host calls unconditionally must be non-NULL. */
-static const char *missing_member(int kind, const void *vt) {
-    switch (kind) {
-    case FS_PLUGIN_ATTENTION: {
-        const fs_attention_vtable *a = vt;
-        if (!a->create) return "create";
-        if (!a->destroy) return "destroy";
-        if (!a->saved_bytes) return "saved_bytes";
-        if (!a->forward) return "forward";
-        if (!a->backward) return "backward";
-        if ((a->flags & FS_ATTENTION_DECODE) && (!a->cache_bytes || !a->cache_reset || !a->decode))
-            return "cache_bytes/cache_reset/decode (the plugin sets FS_ATTENTION_DECODE)";
-        return NULL;
-    }
-    case FS_PLUGIN_PARALLEL: {
-        const fs_parallel_vtable *p = vt;
-        if (!p->create) return "create";
-        if (!p->destroy) return "destroy";
-        if (!p->topology) return "topology";
-        if (!p->batch_slice) return "batch_slice";
-        if (!p->grads_ready) return "grads_ready";
-        if (!p->grads_finish) return "grads_finish";
-        if (!p->reduce_sum) return "reduce_sum";
-        return NULL;
-    }
-    case FS_PLUGIN_DISTILL: {
-        const fs_distill_vtable *d = vt;
-        if (!d->create) return "create";
-        if (!d->destroy) return "destroy";
-        if (!d->needs) return "needs";
-        if (!d->loss) return "loss";
-        return NULL;
-    }
-    }
-    return NULL;
 }
 
 int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *err) {
@@ -142,10 +78,12 @@ int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *e
                               path, d->struct_size, host_v, END_OF(fs_plugin_descriptor, vtable_size), host_v);
         goto fail;
     }
-    if (d->kind < FS_PLUGIN_ATTENTION || d->kind > FS_PLUGIN_DISTILL) {
-        status = fs_error_set(err, FS_ERR_ABI,
-                              "%s: plugin declares unknown kind %d (expected attention, parallel or distill)", path,
-                              (int)d->kind);
+    const fs_plugin_kind_info *kind = fs_plugin_kind_info_of(d->kind);
+    if (!kind) {
+        char kinds[128];
+        fs_plugin_kind_names(kinds, sizeof kinds);
+        status = fs_error_set(err, FS_ERR_ABI, "%s: plugin declares unknown kind %d (expected %s)", path,
+                              (int)d->kind, kinds);
         goto fail;
     }
     if (want_kind && d->kind != want_kind) {
@@ -156,20 +94,20 @@ int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *e
         status = fs_error_set(err, FS_ERR_ABI, "%s: plugin descriptor has no name or a NULL parameter table", path);
         goto fail;
     }
-    size_t need = fs_plugin_min_vtable_size(d->kind);
+    size_t need = kind->min_vtable_size;
     size_t vt_self = d->vtable ? *(const uint32_t *)d->vtable : 0; /* the vtable's own struct_size */
     size_t vt_have = d->vtable_size < vt_self ? d->vtable_size : vt_self;
     if (vt_have < need) {
         status = fs_error_set(err, FS_ERR_ABI,
                               "%s: %s vtable of plugin '%s' is %zu bytes, fsrun (ABI %s) needs at least %zu; the "
                               "plugin was built against an older SDK: rebuild it against SDK %s",
-                              path, fs_plugin_kind_name(d->kind), d->name, vt_have, host_v, need, host_v);
+                              path, kind->name, d->name, vt_have, host_v, need, host_v);
         goto fail;
     }
-    const char *miss = missing_member(d->kind, d->vtable);
+    const char *miss = kind->missing_member(d->vtable);
     if (miss) {
-        status = fs_error_set(err, FS_ERR_ABI, "%s: %s plugin '%s' leaves vtable member %s NULL", path,
-                              fs_plugin_kind_name(d->kind), d->name, miss);
+        status = fs_error_set(err, FS_ERR_ABI, "%s: %s plugin '%s' leaves vtable member %s NULL", path, kind->name,
+                              d->name, miss);
         goto fail;
     }
     fs_plugin *p = calloc(1, sizeof *p);

@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 
+#include "core/plugin_kinds.h"
 #include "fastserve/plugin.h"
 
 typedef struct fs_plugin {
@@ -23,11 +24,6 @@ typedef struct fs_plugin {
     void *handle;
     const fs_plugin_descriptor *desc;
 } fs_plugin;
-
-const char *fs_plugin_kind_name(int kind); /* "attention", "parallel", "distill" */
-int fs_plugin_kind_from_name(const char *name);
-/* Bytes of vtable the host needs at least for `kind`. */
-size_t fs_plugin_min_vtable_size(int kind);
 
 /* want_kind 0 accepts any kind. */
 int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *err);

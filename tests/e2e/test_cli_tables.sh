@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_cli_tables.sh — what fsrun prints from its tables, without a model:
 # key ranges in --help-graph and --describe (a bound at FS_PARAM_UNBOUNDED
-# is an open side: ">= 1", "<= 8"; integers are written whole).
+# is an open side: ">= 1", "<= 8"; integers are written whole); the
+# section --describe names for each plugin kind, with the runtime's keys.
 . "$(dirname "$0")/lib.sh"
 
 # ---- ranges ----
@@ -42,5 +43,22 @@ for p in longformer tinybert; do
     assert_exit 0 "$FSRUN" --describe $p
     no_exponent "--describe $p"
 done
+
+# ---- --describe: one section per plugin kind ----
+
+describe_kind() { # PLUGIN KIND SECTIONS RUNTIME_KEY
+    assert_exit 0 "$FSRUN" --describe "$1"
+    assert_contains "$(head -n 1 "$E2E_OUT")" "$2 plugin '$1'" "--describe $1: a $2 plugin"
+    assert_contains "$(last_out)" "keys in $3 (with the runtime's own):" "--describe $1: keys in $3"
+    assert_contains "$(key_line "$4")" "$4" "--describe $1: the runtime's key '$4'"
+}
+describe_kind dense attention "[attention] and [layer.N]" causal
+describe_kind data parallel "[parallel]" plugin
+describe_kind soft_kd distill "[distill]" teacher
+# a file path: the kind it declares
+assert_exit 0 "$FSRUN" --describe "$FS_BUILD_DIR/plugins/fsplugin_parallel_tensor.so"
+assert_contains "$(head -n 1 "$E2E_OUT")" "parallel plugin 'tensor'" "--describe FILE: the kind the file declares"
+assert_exit 1 "$FSRUN" --describe "$FS_BUILD_DIR/tests/plugins/fsplugin_attention_broken_abi_new.so"
+assert_err "plugin ABI 2.0 is newer"
 
 e2e_finish
