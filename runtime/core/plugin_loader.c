@@ -26,103 +26,141 @@ static void version_text(char *buf, size_t cap, uint32_t v) {
     snprintf(buf, cap, "%u.%u", FS_ABI_VERSION_MAJOR_OF(v), FS_ABI_VERSION_MINOR_OF(v));
 }
 
-int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *err) {
-    *out = NULL;
-    char host_v[32], plug_v[32], min_v[32];
-    version_text(host_v, sizeof host_v, FS_ABI_VERSION);
-    version_text(min_v, sizeof min_v, FS_ABI_VERSION_MIN);
+/* ---- opening: one function per check, in the order plugin_loader.h gives ---- */
 
+/* dlopen: the file must exist and be a shared object for this system. */
+static int load_shared_object(void **handle, const char *path, fs_error *err) {
     if (access(path, R_OK) != 0) return fs_error_set(err, FS_ERR_NOT_FOUND, "%s: plugin file not found", path);
-    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!handle)
+    *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!*handle)
         return fs_error_set(err, FS_ERR_ABI,
                             "%s: cannot load plugin (not a shared object built for this system, or a library it "
                             "needs is missing): %s",
                             path, dlerror());
-    int status;
+    return FS_OK;
+}
+
+/* dlsym(fs_plugin_entry), the call, and a descriptor back from it. */
+static int call_entry(const fs_plugin_descriptor **d, void *handle, const char *path, fs_error *err) {
     dlerror();
     fs_plugin_entry_fn entry;
     *(void **)&entry = dlsym(handle, FS_PLUGIN_ENTRY_SYMBOL);
-    if (!entry) {
-        status = fs_error_set(err, FS_ERR_ABI,
-                              "%s: not a FastServe plugin: it exports no '%s' symbol (define it with "
-                              "FS_PLUGIN_DEFINE_ENTRY from <fastserve/plugin.h>)",
-                              path, FS_PLUGIN_ENTRY_SYMBOL);
-        goto fail;
-    }
-    const fs_plugin_descriptor *d = entry();
-    if (!d) {
-        status = fs_error_set(err, FS_ERR_ABI, "%s: %s() returned NULL; it must return its static descriptor", path,
-                              FS_PLUGIN_ENTRY_SYMBOL);
-        goto fail;
-    }
-    version_text(plug_v, sizeof plug_v, d->abi_version);
-    if (d->abi_version > FS_ABI_VERSION) {
-        status = fs_error_set(err, FS_ERR_ABI,
-                              "%s: plugin ABI %s is newer than this fsrun's ABI %s (accepted %s to %s); upgrade "
-                              "fsrun or rebuild the plugin against SDK %s",
-                              path, plug_v, host_v, min_v, host_v, host_v);
-        goto fail;
-    }
-    if (d->abi_version < FS_ABI_VERSION_MIN) {
-        status = fs_error_set(err, FS_ERR_ABI,
-                              "%s: plugin ABI %s is older than this fsrun accepts (%s to %s); rebuild the plugin "
-                              "against SDK %s",
-                              path, plug_v, min_v, host_v, host_v);
-        goto fail;
-    }
-    if (d->struct_size < END_OF(fs_plugin_descriptor, vtable_size)) {
-        status = fs_error_set(err, FS_ERR_ABI,
-                              "%s: plugin descriptor is %u bytes, ABI %s needs at least %zu; rebuild the plugin "
-                              "against SDK %s",
-                              path, d->struct_size, host_v, END_OF(fs_plugin_descriptor, vtable_size), host_v);
-        goto fail;
-    }
-    const fs_plugin_kind_info *kind = fs_plugin_kind_info_of(d->kind);
-    if (!kind) {
+    if (!entry)
+        return fs_error_set(err, FS_ERR_ABI,
+                            "%s: not a FastServe plugin: it exports no '%s' symbol (define it with "
+                            "FS_PLUGIN_DEFINE_ENTRY from <fastserve/plugin.h>)",
+                            path, FS_PLUGIN_ENTRY_SYMBOL);
+    *d = entry();
+    if (!*d)
+        return fs_error_set(err, FS_ERR_ABI, "%s: %s() returned NULL; it must return its static descriptor", path,
+                            FS_PLUGIN_ENTRY_SYMBOL);
+    return FS_OK;
+}
+
+/* What the checks of a descriptor see. */
+typedef struct opening {
+    const char *path;
+    const fs_plugin_descriptor *d;
+    int want_kind;                          /* 0: any */
+    const fs_plugin_kind_info *kind;        /* set by check_kind */
+    char host_v[16], min_v[16], plug_v[16]; /* ABI versions as text */
+} opening;
+
+static int check_abi_range(opening *o, fs_error *err) {
+    if (o->d->abi_version > FS_ABI_VERSION)
+        return fs_error_set(err, FS_ERR_ABI,
+                            "%s: plugin ABI %s is newer than this fsrun's ABI %s (accepted %s to %s); upgrade "
+                            "fsrun or rebuild the plugin against SDK %s",
+                            o->path, o->plug_v, o->host_v, o->min_v, o->host_v, o->host_v);
+    if (o->d->abi_version < FS_ABI_VERSION_MIN)
+        return fs_error_set(err, FS_ERR_ABI,
+                            "%s: plugin ABI %s is older than this fsrun accepts (%s to %s); rebuild the plugin "
+                            "against SDK %s",
+                            o->path, o->plug_v, o->min_v, o->host_v, o->host_v);
+    return FS_OK;
+}
+
+static int check_descriptor_size(opening *o, fs_error *err) {
+    size_t need = END_OF(fs_plugin_descriptor, vtable_size);
+    if (o->d->struct_size < need)
+        return fs_error_set(err, FS_ERR_ABI,
+                            "%s: plugin descriptor is %u bytes, ABI %s needs at least %zu; rebuild the plugin "
+                            "against SDK %s",
+                            o->path, o->d->struct_size, o->host_v, need, o->host_v);
+    return FS_OK;
+}
+
+/* A kind of the table, the one wanted; then a name and a parameter table. */
+static int check_kind(opening *o, fs_error *err) {
+    const fs_plugin_descriptor *d = o->d;
+    o->kind = fs_plugin_kind_info_of(d->kind);
+    if (!o->kind) {
         char kinds[128];
         fs_plugin_kind_names(kinds, sizeof kinds);
-        status = fs_error_set(err, FS_ERR_ABI, "%s: plugin declares unknown kind %d (expected %s)", path,
-                              (int)d->kind, kinds);
-        goto fail;
+        return fs_error_set(err, FS_ERR_ABI, "%s: plugin declares unknown kind %d (expected %s)", o->path,
+                            (int)d->kind, kinds);
     }
-    if (want_kind && d->kind != want_kind) {
-        status = kind_mismatch(err, path, d->name, d->kind, want_kind);
-        goto fail;
-    }
-    if (!d->name || !*d->name || (d->n_params && !d->params)) {
-        status = fs_error_set(err, FS_ERR_ABI, "%s: plugin descriptor has no name or a NULL parameter table", path);
-        goto fail;
-    }
-    size_t need = kind->min_vtable_size;
+    if (o->want_kind && d->kind != o->want_kind) return kind_mismatch(err, o->path, d->name, d->kind, o->want_kind);
+    if (!d->name || !*d->name || (d->n_params && !d->params))
+        return fs_error_set(err, FS_ERR_ABI, "%s: plugin descriptor has no name or a NULL parameter table", o->path);
+    return FS_OK;
+}
+
+/* The vtable covers what the host calls unchecked (by the smaller of the
+ * descriptor's vtable_size and the vtable's own struct_size). */
+static int check_vtable_size(opening *o, fs_error *err) {
+    const fs_plugin_descriptor *d = o->d;
+    size_t need = o->kind->min_vtable_size;
     size_t vt_self = d->vtable ? *(const uint32_t *)d->vtable : 0; /* the vtable's own struct_size */
     size_t vt_have = d->vtable_size < vt_self ? d->vtable_size : vt_self;
-    if (vt_have < need) {
-        status = fs_error_set(err, FS_ERR_ABI,
-                              "%s: %s vtable of plugin '%s' is %zu bytes, fsrun (ABI %s) needs at least %zu; the "
-                              "plugin was built against an older SDK: rebuild it against SDK %s",
-                              path, kind->name, d->name, vt_have, host_v, need, host_v);
-        goto fail;
+    if (vt_have < need)
+        return fs_error_set(err, FS_ERR_ABI,
+                            "%s: %s vtable of plugin '%s' is %zu bytes, fsrun (ABI %s) needs at least %zu; the "
+                            "plugin was built against an older SDK: rebuild it against SDK %s",
+                            o->path, o->kind->name, d->name, vt_have, o->host_v, need, o->host_v);
+    return FS_OK;
+}
+
+static int check_required_members(opening *o, fs_error *err) {
+    const char *miss = o->kind->missing_member(o->d->vtable);
+    if (miss)
+        return fs_error_set(err, FS_ERR_ABI, "%s: %s plugin '%s' leaves vtable member %s NULL", o->path,
+                            o->kind->name, o->d->name, miss);
+    return FS_OK;
+}
+
+/* Each reads what the ones before it established. */
+static int (*const descriptor_checks[])(opening *, fs_error *) = {
+    check_abi_range, check_descriptor_size, check_kind, check_vtable_size, check_required_members,
+};
+
+int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *err) {
+    *out = NULL;
+    void *handle;
+    opening o = {.path = path, .want_kind = want_kind};
+    int rc = load_shared_object(&handle, path, err);
+    if (rc) return rc;
+    rc = call_entry(&o.d, handle, path, err);
+    if (!rc) {
+        version_text(o.host_v, sizeof o.host_v, FS_ABI_VERSION);
+        version_text(o.min_v, sizeof o.min_v, FS_ABI_VERSION_MIN);
+        version_text(o.plug_v, sizeof o.plug_v, o.d->abi_version);
     }
-    const char *miss = kind->missing_member(d->vtable);
-    if (miss) {
-        status = fs_error_set(err, FS_ERR_ABI, "%s: %s plugin '%s' leaves vtable member %s NULL", path, kind->name,
-                              d->name, miss);
-        goto fail;
-    }
-    fs_plugin *p = calloc(1, sizeof *p);
-    if (!p || !(p->path = strdup(path))) {
+    for (size_t i = 0; !rc && i < sizeof descriptor_checks / sizeof descriptor_checks[0]; i++)
+        rc = descriptor_checks[i](&o, err);
+    fs_plugin *p = NULL;
+    if (!rc && (!(p = calloc(1, sizeof *p)) || !(p->path = strdup(path)))) {
         free(p);
-        status = fs_error_set(err, FS_ERR_NOMEM, "out of memory loading %s", path);
-        goto fail;
+        rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory loading %s", path);
+    }
+    if (rc) {
+        dlclose(handle);
+        return rc;
     }
     p->handle = handle;
-    p->desc = d;
+    p->desc = o.d;
     *out = p;
     return FS_OK;
-fail:
-    dlclose(handle);
-    return status;
 }
 
 void fs_plugin_close(fs_plugin *p) {
