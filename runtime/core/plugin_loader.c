@@ -179,47 +179,76 @@ void fs_plugin_close(fs_plugin *p) {
 #define FS_PLUGIN_INSTALL_RELDIR "../lib/fastserve/plugins"
 #endif
 
-static char g_dirs_buf[16][PATH_MAX];
-static const char *g_dirs[16];
+/* A growable list of strings, NULL-terminated once it holds one. */
+typedef struct str_list {
+    char **items;
+    size_t n, cap;
+} str_list;
+
+/* Appends a copy of `s`; -1 when out of memory (the list is unchanged). */
+static int str_list_add(str_list *l, const char *s) {
+    if (l->n + 2 > l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        char **items = realloc(l->items, cap * sizeof *items);
+        if (!items) return -1;
+        l->items = items;
+        l->cap = cap;
+    }
+    if (!(l->items[l->n] = strdup(s))) return -1;
+    l->items[++l->n] = NULL;
+    return 0;
+}
+
+static int str_list_has(const str_list *l, const char *s) {
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->items[i], s) == 0) return 1;
+    return 0;
+}
+
+static void str_list_release(str_list *l) {
+    for (size_t i = 0; i < l->n; i++) free(l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+/* The search directories, made once per process and kept: as many as
+ * FS_PLUGIN_PATH names, each once. */
+static str_list g_dirs;
+static int g_dirs_made;
 
 /* Appends `dir` (canonical when it exists, so messages show plain paths)
  * unless it is already listed. */
-static void add_dir(size_t *n, const char *dir) {
-    size_t len = strlen(dir);
-    if (*n >= 15 || len >= PATH_MAX) return;
-    char *buf = g_dirs_buf[*n];
-    if (!realpath(dir, buf)) memcpy(buf, dir, len + 1);
-    for (size_t i = 0; i < *n; i++)
-        if (strcmp(g_dirs[i], buf) == 0) return;
-    g_dirs[(*n)++] = buf;
+static void add_dir(const char *dir) {
+    char *real = realpath(dir, NULL);
+    const char *d = real ? real : dir;
+    if (!str_list_has(&g_dirs, d) && str_list_add(&g_dirs, d))
+        fs_log(FS_LOG_WARN, "fsrun", "out of memory: plugin directory %s is not searched", d);
+    free(real);
 }
 
 const char *const *fs_plugin_dirs(void) {
-    if (g_dirs[0]) return g_dirs;
-    size_t n = 0;
+    static const char *const none[] = {NULL};
+    if (g_dirs_made) return g_dirs.n ? (const char *const *)g_dirs.items : none;
+    g_dirs_made = 1;
     const char *env = getenv("FS_PLUGIN_PATH");
-    static char envcopy[4096];
-    if (env && *env) {
-        snprintf(envcopy, sizeof envcopy, "%s", env);
-        size_t n_env = 0;
-        for (char *save = NULL, *tok = strtok_r(envcopy, ":", &save); tok && n_env < 8;
-             tok = strtok_r(NULL, ":", &save), n_env++)
-            if (*tok) add_dir(&n, tok);
-    }
+    char *path = env && *env ? strdup(env) : NULL;
+    if (env && *env && !path) fs_log(FS_LOG_WARN, "fsrun", "out of memory: FS_PLUGIN_PATH is not searched");
+    for (char *save = NULL, *tok = path ? strtok_r(path, ":", &save) : NULL; tok; tok = strtok_r(NULL, ":", &save))
+        add_dir(tok);
+    free(path);
     char exe[PATH_MAX], buf[PATH_MAX + 64];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (len > 0) {
         exe[len] = '\0';
         char *dir = dirname(exe);
         snprintf(buf, sizeof buf, "%s/plugins", dir);
-        add_dir(&n, buf);
+        add_dir(buf);
         snprintf(buf, sizeof buf, "%s/%s", dir, FS_PLUGIN_INSTALL_RELDIR);
-        add_dir(&n, buf);
+        add_dir(buf);
     }
-    add_dir(&n, FS_PLUGIN_INSTALL_DIR);
-    add_dir(&n, FS_PLUGIN_BUILD_DIR);
-    g_dirs[n] = NULL;
-    return g_dirs;
+    add_dir(FS_PLUGIN_INSTALL_DIR);
+    add_dir(FS_PLUGIN_BUILD_DIR);
+    return g_dirs.n ? (const char *const *)g_dirs.items : none;
 }
 
 /* True when the ", "-separated `list` holds the `len` bytes of `name`. */
@@ -234,28 +263,16 @@ static int list_has(const char *list, const char *name, size_t len) {
     return 0;
 }
 
-int fs_plugin_find(char *path, size_t cap, int kind, const char *name, fs_error *err) {
-    if (strchr(name, '/')) {
-        if (access(name, R_OK) != 0)
-            return fs_error_set(err, FS_ERR_NOT_FOUND, "%s: plugin file not found", name);
-        snprintf(path, cap, "%s", name);
-        return FS_OK;
-    }
-    const char *const *dirs = fs_plugin_dirs();
-    for (size_t i = 0; dirs[i]; i++) {
-        snprintf(path, cap, "%s/fsplugin_%s_%s.so", dirs[i], fs_plugin_kind_name(kind), name);
-        if (access(path, R_OK) == 0) return FS_OK;
-    }
-    /* Say what exists (each name once) so a typo is easy to spot. */
-    char avail[240] = "", where[400] = "";
-    size_t used = 0, wused = 0;
+/* The names of `kind`'s plugin files in `dirs`, each once, as "a, b, c";
+ * ", ..." ends a list too long for buf. Returns how many were written. */
+static size_t available_names(char *buf, size_t cap, int kind, const char *const *dirs) {
+    size_t used = 0, n = 0;
     int more = 0;
     char prefix[64];
     snprintf(prefix, sizeof prefix, "fsplugin_%s_", fs_plugin_kind_name(kind));
     size_t lp = strlen(prefix);
+    buf[0] = '\0';
     for (size_t i = 0; dirs[i]; i++) {
-        int w = snprintf(where + wused, sizeof where - wused, "%s%s", i ? ", " : "", dirs[i]);
-        if (w > 0) wused = (size_t)w < sizeof where - wused ? wused + (size_t)w : sizeof where - 1;
         DIR *dir = opendir(dirs[i]);
         if (!dir) continue;
         struct dirent *e;
@@ -265,21 +282,64 @@ int fs_plugin_find(char *path, size_t cap, int kind, const char *name, fs_error 
                 continue;
             const char *nm = e->d_name + lp;
             size_t nl = l - lp - 3;
-            if (list_has(avail, nm, nl)) continue;
-            if (used + 2 + nl + 6 > sizeof avail) { /* keep room for ", ..." */
+            if (list_has(buf, nm, nl)) continue;
+            if (used + 2 + nl + 6 > cap) { /* keep room for ", ..." */
                 more = 1;
                 continue;
             }
-            used += (size_t)snprintf(avail + used, sizeof avail - used, "%s%.*s", used ? ", " : "", (int)nl, nm);
+            used += (size_t)snprintf(buf + used, cap - used, "%s%.*s", used ? ", " : "", (int)nl, nm);
+            n++;
         }
         closedir(dir);
     }
-    if (more) snprintf(avail + used, sizeof avail - used, ", ...");
-    return fs_error_set(err, FS_ERR_NOT_FOUND,
-                        "no %s plugin named '%s' (available: %s); put fsplugin_%s_%s.so in a directory of "
-                        "FS_PLUGIN_PATH or give the file's path; searched %s",
-                        fs_plugin_kind_name(kind), name, used ? avail : "none", fs_plugin_kind_name(kind), name,
-                        where);
+    if (more) snprintf(buf + used, cap - used, ", ...");
+    return n;
+}
+
+/* "A, B, C", or "A, B and 7 more directories" when all would not fit in
+ * buf ("9 directories" when not even the first does). */
+static void searched_text(char *buf, size_t cap, const char *const *dirs) {
+    size_t n = 0, used = 0;
+    while (dirs[n]) n++;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        /* this one, with room after it to say how many follow */
+        char tail[48] = "";
+        if (i + 1 < n) snprintf(tail, sizeof tail, " and %zu more directories", n - i - 1);
+        if (used + 2 + strlen(dirs[i]) + strlen(tail) >= cap) {
+            snprintf(buf + used, cap - used, i ? " and %zu more directories" : "%zu directories", n - i);
+            return;
+        }
+        used += (size_t)snprintf(buf + used, cap - used, "%s%s", i ? ", " : "", dirs[i]);
+    }
+}
+
+int fs_plugin_find(char *path, size_t cap, int kind, const char *name, fs_error *err) {
+    if (strchr(name, '/')) {
+        if (access(name, R_OK) != 0)
+            return fs_error_set(err, FS_ERR_NOT_FOUND, "%s: plugin file not found", name);
+        snprintf(path, cap, "%s", name);
+        return FS_OK;
+    }
+    const char *const *dirs = fs_plugin_dirs();
+    const char *kn = fs_plugin_kind_name(kind);
+    for (size_t i = 0; dirs[i]; i++) {
+        snprintf(path, cap, "%s/fsplugin_%s_%s.so", dirs[i], kn, name);
+        if (access(path, R_OK) == 0) return FS_OK;
+    }
+    /* Say what exists so a typo is easy to spot, and where it looked, in
+     * the room the message has, less what a caller puts before it
+     * ("graph.ini:3: [attention] plugin = x: "). */
+    char avail[160], head[sizeof err->message], where[sizeof err->message];
+    if (!available_names(avail, sizeof avail, kind, dirs)) snprintf(avail, sizeof avail, "none");
+    int lh = snprintf(head, sizeof head,
+                      "no %s plugin named '%s' (available: %s); put fsplugin_%s_%s.so in a directory of "
+                      "FS_PLUGIN_PATH or give the file's path; searched ",
+                      kn, name, avail, kn, name);
+    size_t prefix_room = 96, room = 96;
+    if (lh > 0 && (size_t)lh + prefix_room + room < sizeof where) room = sizeof where - (size_t)lh - prefix_room;
+    searched_text(where, room, dirs);
+    return fs_error_set(err, FS_ERR_NOT_FOUND, "%s%s", head, where);
 }
 
 int fs_plugin_registry_get(fs_plugin_registry *r, int kind, const char *name, const fs_plugin **out,
@@ -333,39 +393,46 @@ void fs_plugin_registry_release(fs_plugin_registry *r) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* The plugin file names in `dir`, sorted; -1 when out of memory. */
+static int plugin_files(str_list *names, const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int rc = 0;
+    while (!rc && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (strncmp(e->d_name, "fsplugin_", 9) == 0 && l > 3 && strcmp(e->d_name + l - 3, ".so") == 0)
+            rc = str_list_add(names, e->d_name);
+    }
+    closedir(d);
+    if (names->n) qsort(names->items, names->n, sizeof *names->items, cmp_str);
+    return rc;
+}
+
 void fs_plugin_scan(fs_plugin_visit_fn fn, void *arg) {
     const char *const *dirs = fs_plugin_dirs();
-    char *seen_real[256];
-    size_t n_seen = 0;
+    str_list seen = {0}; /* real paths visited: a file reached twice is listed once */
     for (size_t i = 0; dirs[i]; i++) {
-        DIR *dir = opendir(dirs[i]);
-        if (!dir) continue;
-        char *names[256];
-        size_t n = 0;
-        struct dirent *e;
-        while ((e = readdir(dir)) && n < 256) {
-            size_t l = strlen(e->d_name);
-            if (strncmp(e->d_name, "fsplugin_", 9) == 0 && l > 3 && strcmp(e->d_name + l - 3, ".so") == 0)
-                names[n++] = strdup(e->d_name);
+        str_list names = {0};
+        if (plugin_files(&names, dirs[i])) {
+            fs_error err = {FS_ERR_NOMEM, ""};
+            snprintf(err.message, sizeof err.message, "%s: out of memory listing its plugins", dirs[i]);
+            fn(arg, dirs[i], NULL, &err);
         }
-        closedir(dir);
-        qsort(names, n, sizeof *names, cmp_str);
-        for (size_t j = 0; j < n; j++) {
+        for (size_t j = 0; j < names.n; j++) {
             char path[PATH_MAX], real[PATH_MAX];
-            snprintf(path, sizeof path, "%s/%s", dirs[i], names[j]);
-            free(names[j]);
-            if (!realpath(path, real)) continue;
-            int dup = 0;
-            for (size_t s = 0; s < n_seen; s++)
-                if (strcmp(seen_real[s], real) == 0) dup = 1;
-            if (dup || n_seen == 256) continue;
-            seen_real[n_seen++] = strdup(real);
+            snprintf(path, sizeof path, "%s/%s", dirs[i], names.items[j]);
+            if (!realpath(path, real) || str_list_has(&seen, real)) continue;
             fs_plugin *p = NULL;
             fs_error err = {0};
-            fs_plugin_open(&p, real, 0, &err);
+            if (str_list_add(&seen, real))
+                fs_error_set(&err, FS_ERR_NOMEM, "%s: out of memory", real);
+            else
+                fs_plugin_open(&p, real, 0, &err);
             fn(arg, real, p, p ? NULL : &err);
             fs_plugin_close(p);
         }
+        str_list_release(&names);
     }
-    for (size_t s = 0; s < n_seen; s++) free(seen_real[s]);
+    str_list_release(&seen);
 }

@@ -231,6 +231,41 @@ static void test_find_by_name(void **state) {
     assert_int_equal(fs_plugin_find(path, sizeof path, FS_PLUGIN_DISTILL, "dense", &err), FS_ERR_NOT_FOUND);
 }
 
+/* FS_PLUGIN_PATH of main(): GOOD_DIR, BROKEN_DIR, GOOD_DIR again, then
+ * N_FILLER directories that do not exist, then last_dir, which alone holds
+ * fsplugin_attention_lastdir.so. Every entry is searched, however many. */
+#define N_FILLER 40
+static char last_dir[PATH_MAX];
+
+static void test_many_path_entries(void **state) {
+    const char *const *dirs = fs_plugin_dirs();
+    char real_last[PATH_MAX], want[PATH_MAX + 64], path[PATH_MAX];
+    assert_non_null(realpath(last_dir, real_last));
+    size_t n = 0;
+    while (dirs[n]) n++;
+    assert_true(n >= 2 + N_FILLER + 1);
+    assert_string_equal(dirs[2], "/nonexistent/fs_test_loader/dir00"); /* as given: it does not exist */
+    assert_string_equal(dirs[2 + N_FILLER - 1], "/nonexistent/fs_test_loader/dir39");
+    assert_string_equal(dirs[2 + N_FILLER], real_last); /* the last entry, in its place */
+    fs_error err = {0};
+    int rc = fs_plugin_find(path, sizeof path, FS_PLUGIN_ATTENTION, "lastdir", &err);
+    if (rc) fail_msg("the plugin in the last FS_PLUGIN_PATH entry was not found: %s", err.message);
+    snprintf(want, sizeof want, "%s/fsplugin_attention_lastdir.so", real_last);
+    assert_string_equal(path, want);
+    fs_plugin_registry r = {0};
+    const fs_plugin *p = NULL;
+    assert_int_equal(fs_plugin_registry_get(&r, FS_PLUGIN_ATTENTION, "lastdir", &p, &err), FS_OK);
+    assert_string_equal(p->desc->name, "dense");
+    fs_plugin_registry_release(&r);
+    /* a not-found message that cannot list every directory says how many it left out */
+    assert_int_equal(fs_plugin_find(path, sizeof path, FS_PLUGIN_ATTENTION, "nosuch", &err), FS_ERR_NOT_FOUND);
+    assert_true(strlen(err.message) < sizeof err.message - 1);
+    const char *more = strstr(err.message, " more directories");
+    if (!more) fail_msg("the message does not say how many directories it left out: %s", err.message);
+    assert_string_equal(more, " more directories");
+    assert_contains(err.message, "; searched ");
+}
+
 /* The names in "(available: a, b, c)" of a not-found message, as ", a, b, c, " */
 static void available_list(const char *m, char *out, size_t cap) {
     const char *a = strstr(m, "(available: ");
@@ -432,7 +467,16 @@ int main(void) {
     snprintf(newer_v, sizeof newer_v, "%d.0", FS_ABI_MAJOR + 1);
     /* before the first fs_plugin_dirs() call, which caches the path; a
      * directory twice is harmless */
-    setenv("FS_PLUGIN_PATH", GOOD_DIR ":" BROKEN_DIR ":" GOOD_DIR, 1);
+    snprintf(last_dir, sizeof last_dir, "/tmp/fs_test_loader_last_XXXXXX");
+    char link[PATH_MAX + 64], env[8192];
+    if (!mkdtemp(last_dir)) return 1;
+    snprintf(link, sizeof link, "%s/fsplugin_attention_lastdir.so", last_dir);
+    if (symlink(GOOD("attention", "dense"), link)) return 1;
+    size_t used = (size_t)snprintf(env, sizeof env, "%s", GOOD_DIR ":" BROKEN_DIR ":" GOOD_DIR);
+    for (int i = 0; i < N_FILLER; i++)
+        used += (size_t)snprintf(env + used, sizeof env - used, ":/nonexistent/fs_test_loader/dir%02d", i);
+    snprintf(env + used, sizeof env - used, ":%s", last_dir);
+    setenv("FS_PLUGIN_PATH", env, 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_not_a_shared_object),
@@ -454,6 +498,10 @@ int main(void) {
         cmocka_unit_test(test_registry_by_name),
         cmocka_unit_test(test_registry_duplicate_name),
         cmocka_unit_test(test_scan),
+        cmocka_unit_test(test_many_path_entries),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    unlink(link);
+    rmdir(last_dir);
+    return failed;
 }
