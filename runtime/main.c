@@ -28,8 +28,10 @@
 #include "dist/world.h"
 
 static void usage(FILE *f) {
-    fputs("usage: fsrun GRAPH.ini [--set section.key=value ...] [--mode train|distill|generate|eval]\n"
-          "             [--prompt TEXT] [--checkpoint FILE] [--resume]\n"
+    char modes[128];
+    fs_mode_names(modes, sizeof modes, "|");
+    fprintf(f, "usage: fsrun GRAPH.ini [--set section.key=value ...] [--mode %s]\n", modes);
+    fputs("             [--prompt TEXT] [--checkpoint FILE] [--resume]\n"
           "       fsrun --describe PLUGIN    keys of a plugin\n"
           "       fsrun --list-plugins       plugins on the plugin path\n"
           "       fsrun --help-graph         every key of the runtime's graph sections\n"
@@ -41,8 +43,11 @@ static void usage(FILE *f) {
           "Results go to stdout (the last line is JSON), progress to stderr, files to [run] out.\n"
           "Plugins are searched in FS_PLUGIN_PATH, then beside fsrun, then the install directory.\n"
           "Several processes or machines: mpirun -np N fsrun GRAPH.ini --set parallel.plugin=data\n"
-          "(or tensor, pipeline; [parallel] keys: fsrun --describe data).\n",
+          "(or tensor, pipeline; [parallel] keys: fsrun --describe data).\n"
+          "\n"
+          "Modes (--mode, or [run] mode in the graph):\n",
           f);
+    for (size_t i = 0; i < fs_n_modes; i++) fprintf(f, "  %-10s %s\n", fs_modes[i].name, fs_modes[i].help);
 }
 
 static const char *type_name(int t) {
@@ -131,129 +136,193 @@ static int finish(int code, const fs_error *err) {
     return code;
 }
 
-int main(int argc, char **argv) {
-    fs_blas_fix_coretype(argv);
-    const char *graph_path = NULL, *mode = NULL;
-    fs_run_options opts = {0};
-    const char **sets = calloc((size_t)argc, sizeof *sets);
-    size_t n_sets = 0;
-    int rc = 0;
-    if (!sets) return 1;
+/* ---- the command line ---- */
+
+/* What the command line asks for. */
+typedef struct cli {
+    int (*action)(const struct cli *c); /* run_graph unless an option names another */
+    int argc;
+    char **argv;
+    const char *graph_path;
+    const char *mode;     /* --mode NAME, or NULL for [run] mode */
+    const char *describe; /* --describe NAME */
+    fs_run_options run;
+    const char **sets; /* the --set assignments, in order */
+    size_t n_sets;
+} cli;
+
+static int print_help(const cli *c) {
+    usage(stdout);
+    return 0;
+}
+
+static int print_version(const cli *c) {
+    printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\nMPI: %s%s\n", FS_VERSION, FS_ABI_MAJOR,
+           FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
+           FS_WITH_CUDA ? "toolkit found at build time (no CUDA kernels yet)" : "not found at build time",
+           fs_comm_mpi_version(), fs_comm_mpi_available() ? " (mpirun -np N fsrun GRAPH.ini ...)" : "");
+    return 0;
+}
+
+static int list_plugins(const cli *c) {
+    printf("%-10s %-12s %-8s %s\n", "kind", "name", "version", "file");
+    fs_plugin_scan(list_one, NULL);
+    return 0;
+}
+
+static int help_graph(const cli *c) {
+    for (size_t s = 0; fs_schemas[s]; s++) {
+        printf("[%s]\n", fs_schemas[s]->section);
+        print_spec(fs_schemas[s]->spec, fs_schemas[s]->n);
+    }
+    printf("[layer.N] / [layer.A-B]: any [attention] key, for those layers\n");
+    return 0;
+}
+
+static int describe_plugin(const cli *c) { return describe(c->describe); }
+
+/* fs_plan_main parses every argument itself. */
+static int plan(const cli *c) { return fs_plan_main(c->argc, c->argv); }
+
+static int run_graph(const cli *c);
+
+/* What an option does: an action (the first one given is done, the rest of
+ * the line unread), or a field of the run it fills. */
+typedef enum opt_field { OPT_ACTION, OPT_SET, OPT_MODE, OPT_PROMPT, OPT_CHECKPOINT, OPT_RESUME } opt_field;
+
+typedef struct cli_option {
+    const char *name;
+    int value;     /* takes the next argument */
+    int eq_value;  /* also --name=VALUE (--plan=GRAPH as --plan GRAPH) */
+    opt_field field;
+    int (*action)(const cli *c);
+} cli_option;
+
+static const cli_option options[] = {
+    {"--help", 0, 0, OPT_ACTION, print_help},
+    {"-h", 0, 0, OPT_ACTION, print_help},
+    {"--version", 0, 0, OPT_ACTION, print_version},
+    {"--list-plugins", 0, 0, OPT_ACTION, list_plugins},
+    {"--help-graph", 0, 0, OPT_ACTION, help_graph},
+    {"--describe", 1, 0, OPT_ACTION, describe_plugin},
+    {"--plan", 0, 1, OPT_ACTION, plan},
+    {"--set", 1, 1, OPT_SET, NULL},
+    {"--mode", 1, 0, OPT_MODE, NULL},
+    {"--prompt", 1, 0, OPT_PROMPT, NULL},
+    {"--checkpoint", 1, 0, OPT_CHECKPOINT, NULL},
+    {"--resume", 0, 0, OPT_RESUME, NULL},
+};
+
+/* The option `arg` names, with *eq pointing at its "=VALUE" text if any. */
+static const cli_option *find_option(const char *arg, const char **eq) {
+    *eq = NULL;
+    for (size_t i = 0; i < sizeof options / sizeof options[0]; i++) {
+        const cli_option *o = &options[i];
+        size_t n = strlen(o->name);
+        if (strncmp(arg, o->name, n) != 0) continue;
+        if (!arg[n]) return o;
+        if (arg[n] == '=' && o->eq_value) {
+            *eq = arg + n + 1;
+            return o;
+        }
+    }
+    return NULL;
+}
+
+/* Puts an option's value (NULL for an option without one) where it goes. */
+static void take_value(cli *c, const cli_option *o, const char *v) {
+    switch (o->field) {
+    case OPT_SET: c->sets[c->n_sets++] = v; break;
+    case OPT_MODE: c->mode = v; break;
+    case OPT_PROMPT: c->run.prompt = v; break;
+    case OPT_CHECKPOINT: c->run.checkpoint = v; break;
+    case OPT_RESUME: c->run.resume = 1; break;
+    case OPT_ACTION: c->describe = v; break;
+    }
+}
+
+/* Reads the command line into c. Returns 0, or the exit status of a usage
+ * error (printed). c->sets is the caller's to free. */
+static int cli_parse(cli *c, int argc, char **argv) {
+    memset(c, 0, sizeof *c);
+    c->action = run_graph;
+    c->argc = argc;
+    c->argv = argv;
+    if (!(c->sets = calloc((size_t)argc, sizeof *c->sets))) return 1;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int has_next = i + 1 < argc;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            goto done;
-        } else if (!strcmp(a, "--version")) {
-            printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\nMPI: %s%s\n", FS_VERSION,
-                   FS_ABI_MAJOR, FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
-                   FS_WITH_CUDA ? "toolkit found at build time (no CUDA kernels yet)" : "not found at build time",
-                   fs_comm_mpi_version(), fs_comm_mpi_available() ? " (mpirun -np N fsrun GRAPH.ini ...)" : "");
-            goto done;
-        } else if (!strcmp(a, "--list-plugins")) {
-            printf("%-10s %-12s %-8s %s\n", "kind", "name", "version", "file");
-            fs_plugin_scan(list_one, NULL);
-            goto done;
-        } else if (!strcmp(a, "--help-graph")) {
-            for (size_t s = 0; fs_schemas[s]; s++) {
-                printf("[%s]\n", fs_schemas[s]->section);
-                print_spec(fs_schemas[s]->spec, fs_schemas[s]->n);
+        const char *a = argv[i], *eq;
+        const cli_option *o = find_option(a, &eq);
+        if (o) {
+            const char *v = eq;
+            if (o->value && !v) {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "fsrun: %s needs a value (fsrun --help)\n", a);
+                    return 2;
+                }
+                v = argv[++i];
             }
-            printf("[layer.N] / [layer.A-B]: any [attention] key, for those layers\n");
-            goto done;
-        } else if (!strcmp(a, "--describe")) {
-            if (!has_next) goto missing;
-            rc = describe(argv[i + 1]);
-            goto done;
-        } else if (!strcmp(a, "--plan") || !strncmp(a, "--plan=", 7)) {
-            rc = fs_plan_main(argc, argv); /* parses every argument itself */
-            goto done;
-        } else if (!strcmp(a, "--set")) {
-            if (!has_next) goto missing;
-            sets[n_sets++] = argv[++i];
-        } else if (!strncmp(a, "--set=", 6)) {
-            sets[n_sets++] = a + 6;
-        } else if (!strcmp(a, "--mode")) {
-            if (!has_next) goto missing;
-            mode = argv[++i];
-        } else if (!strcmp(a, "--prompt")) {
-            if (!has_next) goto missing;
-            opts.prompt = argv[++i];
-        } else if (!strcmp(a, "--checkpoint")) {
-            if (!has_next) goto missing;
-            opts.checkpoint = argv[++i];
-        } else if (!strcmp(a, "--resume")) {
-            opts.resume = 1;
+            take_value(c, o, o->value ? v : NULL);
+            if (o->action) {
+                c->action = o->action;
+                return 0;
+            }
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "fsrun: unknown option '%s' (fsrun --help lists them)\n", a);
-            rc = 2;
-            goto done;
-        } else if (!graph_path) {
-            graph_path = a;
+            return 2;
+        } else if (!c->graph_path) {
+            c->graph_path = a;
         } else {
-            fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", graph_path, a);
-            rc = 2;
-            goto done;
+            fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", c->graph_path, a);
+            return 2;
         }
-        continue;
-    missing:
-        fprintf(stderr, "fsrun: %s needs a value (fsrun --help)\n", a);
-        rc = 2;
-        goto done;
     }
-    if (!graph_path) {
+    if (!c->graph_path) {
         usage(stderr);
-        rc = 2;
-        goto done;
+        return 2;
     }
-    fs_error err = {0};
-    if (fs_world_start(&err)) {
-        fprintf(stderr, "fsrun: %s\n", err.message);
-        rc = 2;
-        goto done;
-    }
+    return 0;
+}
+
+/* ---- fsrun GRAPH.ini ---- */
+
+/* Results are rank 0's to print; the other ranks say only what goes wrong. */
+static void quiet_other_ranks(void) {
     if (fs_world_size() > 1 && fs_world_rank() != 0) {
-        /* results are rank 0's to print; the other ranks say only what goes wrong */
         if (!freopen("/dev/null", "w", stdout)) fclose(stdout);
         fs_log_set_level(FS_LOG_WARN);
     }
-    fs_graph *g = NULL;
-    rc = fs_graph_load(&g, graph_path, &err);
-    for (size_t i = 0; i < n_sets && !rc; i++) rc = fs_graph_set(g, sets[i], &err);
-    free(sets);
-    sets = NULL;
-    if (!rc && mode) {
-        static const char *modes[] = {"train", "distill", "generate", "eval"};
-        int ok = 0;
-        for (int i = 0; i < 4; i++) ok |= !strcmp(mode, modes[i]);
-        if (!ok)
-            rc = fs_error_set(&err, FS_ERR_INVALID, "--mode %s: must be one of train, distill, generate, eval", mode);
+}
+
+/* The graph with the --set assignments applied, and the --mode named. */
+static int load_graph(const cli *c, fs_graph **g, const fs_mode **mode, fs_error *err) {
+    int rc = fs_graph_load(g, c->graph_path, err);
+    for (size_t i = 0; i < c->n_sets && !rc; i++) rc = fs_graph_set(*g, c->sets[i], err);
+    if (!rc && c->mode && !(*mode = fs_mode_find(c->mode))) {
+        char names[128];
+        fs_mode_names(names, sizeof names, ", ");
+        rc = fs_error_set(err, FS_ERR_INVALID, "--mode %s: must be one of %s", c->mode, names);
     }
-    int code = 2;
-    if (fs_world_agree(rc, 2, &code, &err)) {
-        fs_graph_destroy(g);
-        return finish(code, &err);
-    }
-    fs_session *s;
-    if (fs_session_open(&s, g, &err)) {
-        code = fs_world_failed_code();
-        return finish(code ? code : err.status == FS_ERR_NOMEM ? 1 : 2, &err);
-    }
+    return rc;
+}
+
+/* [run] mode's (its schema checked the name against the mode names). */
+static const fs_mode *run_mode_of(const fs_session *s, fs_error *err) {
+    const fs_mode *m = fs_mode_find(fs_config_string(s->run_cfg, "mode"));
+    if (!m)
+        fs_error_set(err, FS_ERR_INVALID, "%s: no such mode (fsrun --help lists them)",
+                     fs_config_where(s->run_cfg, "mode"));
+    return m;
+}
+
+/* Runs the mode on the open session and closes it; returns the exit status. */
+static int run_mode(fs_session *s, const fs_mode *mode, const fs_run_options *o) {
+    fs_error err = {0};
     fs_threads_share(fs_world_local_size());
     fs_threads_set((int)fs_config_int(s->run_cfg, "threads"));
-    if (!mode) mode = fs_config_string(s->run_cfg, "mode");
     int config_error = 0;
-    if (!strcmp(mode, "train"))
-        rc = fs_mode_train(s, &opts, &config_error, &err);
-    else if (!strcmp(mode, "distill"))
-        rc = fs_mode_distill(s, &opts, &config_error, &err);
-    else if (!strcmp(mode, "generate"))
-        rc = fs_mode_generate(s, &opts, &config_error, &err);
-    else
-        rc = fs_mode_eval(s, &opts, &config_error, &err);
+    int rc = mode->run(s, o, &config_error, &err);
     fflush(stdout);
-    code = config_error ? 2 : 1;
+    int code = config_error ? 2 : 1;
     if (!fs_world_in_work() && !fs_world_failed_code()) {
         /* no collective ran (generate, eval, or train failing before its
          * work): every rank got here, so they agree, and an error that all
@@ -264,7 +333,41 @@ int main(int argc, char **argv) {
     }
     fs_session_close(s);
     return rc ? finish(code, &err) : finish(0, NULL);
-done:
-    free(sets);
+}
+
+/* Every rank: the graph, the session, the mode. A configuration error any
+ * rank finds before the work is agreed on, so all exit 2 together. */
+static int run_graph(const cli *c) {
+    fs_error err = {0};
+    if (fs_world_start(&err)) {
+        fprintf(stderr, "fsrun: %s\n", err.message);
+        return 2;
+    }
+    quiet_other_ranks();
+    fs_graph *g = NULL;
+    const fs_mode *mode = NULL;
+    int rc = load_graph(c, &g, &mode, &err), code = 2;
+    if (fs_world_agree(rc, 2, &code, &err)) {
+        fs_graph_destroy(g);
+        return finish(code, &err);
+    }
+    fs_session *s;
+    if (fs_session_open(&s, g, &err)) {
+        code = fs_world_failed_code();
+        return finish(code ? code : err.status == FS_ERR_NOMEM ? 1 : 2, &err);
+    }
+    if (!mode && !(mode = run_mode_of(s, &err))) {
+        fs_session_close(s);
+        return finish(2, &err);
+    }
+    return run_mode(s, mode, &c->run);
+}
+
+int main(int argc, char **argv) {
+    fs_blas_fix_coretype(argv);
+    cli c;
+    int rc = cli_parse(&c, argc, argv);
+    if (!rc) rc = c.action(&c);
+    free(c.sets);
     return rc;
 }

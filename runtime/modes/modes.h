@@ -1,10 +1,15 @@
 /* modes.h — what fsrun does with an open session: train, distill,
- * generate, eval. Each prints its results to stdout (human text first, one
- * JSON line last, so scripts read the last line) and progress to stderr.
+ * generate, eval (the table fs_modes in modes.c). Each prints its results
+ * to stdout (human text first, one JSON line last, so scripts read the last
+ * line) and progress to stderr.
  *
  * A mode returns 0 or a negative fs_status; *config_error tells main()
  * whether the failure was in the set-up checks (exit status 2: the graph,
- * its files, the command line) or during the work (exit status 1). */
+ * its files, the command line) or during the work (exit status 1).
+ *
+ * Adding a mode: a file of its own defining its fs_mode_fn, and its row in
+ * modes.c (with the function's declaration beside it). --mode, [run] mode
+ * and fsrun --help follow from the row. */
 #ifndef FS_MODES_H
 #define FS_MODES_H
 
@@ -20,10 +25,25 @@ typedef struct fs_run_options {
     int resume;             /* --resume */
 } fs_run_options;
 
-int fs_mode_train(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err);
-int fs_mode_distill(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err);
-int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err);
-int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err);
+/* What a mode runs. */
+typedef int fs_mode_fn(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err);
+
+typedef struct fs_mode {
+    const char *name; /* --mode NAME, [run] mode = NAME */
+    fs_mode_fn *run;
+    const char *help; /* one line for fsrun --help */
+} fs_mode;
+
+/* Every mode, in the order --help lists them; [run] mode's default first.
+ * [run] mode's choices in core/schema.c are these names in this order
+ * (tests/unit/test_modes.c checks: core does not look up into modes). */
+extern const fs_mode fs_modes[];
+extern const size_t fs_n_modes;
+
+/* The mode called `name`, or NULL. */
+const fs_mode *fs_mode_find(const char *name);
+/* The names joined by `sep` ("train, distill, generate, eval" with ", "). */
+void fs_mode_names(char *buf, size_t cap, const char *sep);
 
 /* [generate]'s sampling keys. */
 fs_sampler fs_generate_sampler(const fs_config *gen_cfg);

@@ -2,7 +2,8 @@
 # test_cli_tables.sh — what fsrun prints from its tables, without a model:
 # key ranges in --help-graph and --describe (a bound at FS_PARAM_UNBOUNDED
 # is an open side: ">= 1", "<= 8"; integers are written whole); the
-# section --describe names for each plugin kind, with the runtime's keys.
+# section --describe names for each plugin kind, with the runtime's keys;
+# the modes --help lists and --mode / [run] mode accept.
 . "$(dirname "$0")/lib.sh"
 
 # ---- ranges ----
@@ -60,5 +61,29 @@ assert_exit 0 "$FSRUN" --describe "$FS_BUILD_DIR/plugins/fsplugin_parallel_tenso
 assert_contains "$(head -n 1 "$E2E_OUT")" "parallel plugin 'tensor'" "--describe FILE: the kind the file declares"
 assert_exit 1 "$FSRUN" --describe "$FS_BUILD_DIR/tests/plugins/fsplugin_attention_broken_abi_new.so"
 assert_err "plugin ABI 2.0 is newer"
+
+# ---- modes ----
+
+assert_exit 0 "$FSRUN" --help
+assert_contains "$(last_out)" "[--mode train|distill|generate|eval]" "--help: the usage line names every mode"
+for m in train distill generate eval; do
+    assert_eq "$(grep -cE "^  $m +[a-z]" "$E2E_OUT" || true)" 1 "--help: mode $m with its line of help"
+done
+make_text val.txt 600 2
+write_graph g.ini
+assert_exit 2 "$FSRUN" g.ini --mode serve
+assert_one_error_line
+assert_err "--mode serve: must be one of train, distill, generate, eval"
+write_graph g.ini run.mode=serve
+assert_exit 2 "$FSRUN" g.ini
+assert_err "g.ini:$(line_of g.ini '^mode = serve'): [run] mode = serve: must be one of: train, distill, generate, eval"
+# [run] mode dispatches: eval without a checkpoint fails in its own way
+write_graph g.ini run.mode=eval
+assert_exit 1 "$FSRUN" g.ini
+assert_err "model.safetensors"
+assert_not_contains "$(last_err)" "step" "[run] mode = eval does not train"
+# --mode beats [run] mode
+assert_exit 2 "$FSRUN" g.ini --mode distill
+assert_err "[distill] teacher: required by --mode distill"
 
 e2e_finish

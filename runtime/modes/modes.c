@@ -1,0 +1,32 @@
+/* modes.c — the table of modes (see modes.h). */
+#include "modes/modes.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Each mode's run function, defined in the mode's own file. */
+fs_mode_fn fs_mode_train, fs_mode_distill, fs_mode_generate, fs_mode_eval;
+
+const fs_mode fs_modes[] = {
+    {"train", fs_mode_train, "train on [data] train; checkpoint and metrics in [run] out (the default)"},
+    {"distill", fs_mode_distill, "train as the student of [distill] teacher, or a chain of [distill.stage.N]"},
+    {"generate", fs_mode_generate, "continue --prompt or [generate] prompt from the checkpoint"},
+    {"eval", fs_mode_eval, "mean loss of the checkpoint over [data] val"},
+};
+const size_t fs_n_modes = sizeof fs_modes / sizeof fs_modes[0];
+
+const fs_mode *fs_mode_find(const char *name) {
+    for (size_t i = 0; i < fs_n_modes; i++)
+        if (strcmp(fs_modes[i].name, name) == 0) return &fs_modes[i];
+    return NULL;
+}
+
+void fs_mode_names(char *buf, size_t cap, const char *sep) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < fs_n_modes && used < cap; i++) {
+        int n = snprintf(buf + used, cap - used, "%s%s", i ? sep : "", fs_modes[i].name);
+        if (n < 0) break;
+        used += (size_t)n;
+    }
+}
