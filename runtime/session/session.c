@@ -82,92 +82,133 @@ static int check_layer_sections(fs_session *s, fs_error *err) {
     return FS_OK;
 }
 
-static int build_attention(fs_session *s, fs_error *err) {
-    size_t L = s->mcfg.n_layer;
-    s->layers = calloc(L, sizeof *s->layers);
-    if (!s->layers) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    /* [attention] on its own first, so its unknown keys are reported */
-    {
-        fs_plugin_instance base = {0};
-        const char *sec[] = {"attention"};
-        int rc = fs_session_plugin_config(s, &base, FS_PLUGIN_ATTENTION, sec, 1, fs_schema_attention.spec,
-                                          fs_schema_attention.n, err);
-        release_instance(&base);
-        if (rc) return rc;
-    }
-    /* each [layer.*] section alone, against the plugin of its first layer */
-    char names[64][32];
-    size_t n_layer_sections = 0;
-    for (size_t i = 0; i < fs_graph_count(s->graph); i++) {
-        const char *sec = fs_graph_at(s->graph, i)->section;
-        int f, l;
-        if (fs_graph_layer_range(sec, &f, &l) != 0) continue;
+/* The distinct [layer.*] sections of the graph, in the order they first
+ * appear, as many as there are (the names point into the graph). */
+static int layer_sections(const fs_graph *g, const char ***out, size_t *n_out, fs_error *err) {
+    const char **names = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < fs_graph_count(g); i++) {
+        const char *sec = fs_graph_at(g, i)->section;
+        if (fs_graph_layer_range(sec, NULL, NULL) != 0) continue;
         int seen = 0;
-        for (size_t j = 0; j < n_layer_sections; j++) seen |= strcmp(names[j], sec) == 0;
-        if (seen || n_layer_sections == 64) continue;
-        snprintf(names[n_layer_sections++], sizeof names[0], "%s", sec);
-        fs_plugin_instance one = {0};
-        const char *secs[] = {sec, "attention"};
-        int rc = fs_session_plugin_config(s, &one, FS_PLUGIN_ATTENTION, secs, 2, fs_schema_attention.spec,
-                                          fs_schema_attention.n, err);
-        release_instance(&one);
-        if (rc) return rc;
-    }
-    fs_model_config mc = s->mcfg;
-    const fs_model_part *part = fs_model_held(s->model);
-    for (size_t li = 0; li < part->n_layers; li++) {
-        size_t l = part->layer_ids[li]; /* [layer.N] sections name global layers */
-        /* priority: single-layer sections, then ranges (narrowest first), then [attention] */
-        const char *secs[66];
-        size_t n = 0;
-        size_t widths[64];
-        for (size_t j = 0; j < n_layer_sections; j++) {
-            int f, la;
-            fs_graph_layer_range(names[j], &f, &la);
-            if ((int)l < f || (int)l > la) continue;
-            size_t w = (size_t)(la - f), k = n;
-            while (k > 0 && widths[k - 1] > w) {
-                widths[k] = widths[k - 1];
-                secs[k] = secs[k - 1];
-                k--;
+        for (size_t j = 0; j < n && !seen; j++) seen = strcmp(names[j], sec) == 0;
+        if (seen) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            const char **grown = realloc(names, cap * sizeof *names);
+            if (!grown) {
+                free(names);
+                return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
             }
-            widths[k] = w;
-            secs[k] = names[j];
-            n++;
+            names = grown;
         }
-        secs[n++] = "attention";
-        fs_plugin_instance *inst = &s->layers[li];
-        int rc = fs_session_plugin_config(s, inst, FS_PLUGIN_ATTENTION, secs, n, fs_schema_attention.spec,
-                                          fs_schema_attention.n, err);
-        if (rc) return rc;
-        const fs_attention_vtable *vt = inst->plugin->desc->vtable;
-        int causal = fs_config_bool(inst->config, "causal");
-        if (causal && !(vt->flags & FS_ATTENTION_CAUSAL))
-            return fs_error_set(err, FS_ERR_INVALID, "%s: plugin '%s' cannot do causal attention",
-                                fs_config_where(inst->config, "causal"), inst->plugin->desc->name);
-        if (!causal && !(vt->flags & FS_ATTENTION_BIDIRECTIONAL))
-            return fs_error_set(err, FS_ERR_INVALID, "%s: plugin '%s' only does causal attention",
-                                fs_config_where(inst->config, "causal"), inst->plugin->desc->name);
-        char scope[64];
-        snprintf(scope, sizeof scope, "plugin.layer%zu.attention", l);
-        fs_plugin_ctx_init(&inst->ctx, &s->host, inst->config, scope, inst->plugin->desc->name);
-        fs_attention_config ac = {
-            .struct_size = sizeof ac,
-            .layer = (int32_t)l,
-            .n_head = part->n_head, /* this rank's heads under tensor parallelism */
-            .head_dim = mc.n_embd / mc.n_head,
-            .n_embd = part->attn_width,
-            .max_seq = mc.max_seq,
-            .causal = causal,
-            .device = {FS_DEVICE_CPU, 0},
-        };
-        fs_error perr = {0};
-        rc = vt->create(&inst->self, &s->host.api, &inst->ctx, &ac, &perr);
-        if (rc) return fs_error_set(err, rc, "layer %zu: attention plugin '%s': %s", l, inst->plugin->desc->name,
-                                    perr.message);
-        fs_model_attach_attention(s->model, li, vt, inst->self);
+        names[n++] = sec;
     }
+    *out = names;
+    *n_out = n;
     return FS_OK;
+}
+
+/* [attention] on its own first, so its unknown keys are reported, then each
+ * [layer.*] section alone (with [attention] under it), so each is checked
+ * once, at its own lines, against the plugin it names or inherits. */
+static int check_attention_sections(fs_session *s, const char *const *names, size_t n, fs_error *err) {
+    fs_plugin_instance base = {0};
+    const char *sec[] = {"attention"};
+    int rc = fs_session_plugin_config(s, &base, FS_PLUGIN_ATTENTION, sec, 1, fs_schema_attention.spec,
+                                      fs_schema_attention.n, err);
+    release_instance(&base);
+    for (size_t j = 0; j < n && !rc; j++) {
+        fs_plugin_instance one = {0};
+        const char *secs[] = {names[j], "attention"};
+        rc = fs_session_plugin_config(s, &one, FS_PLUGIN_ATTENTION, secs, 2, fs_schema_attention.spec,
+                                      fs_schema_attention.n, err);
+        release_instance(&one);
+    }
+    return rc;
+}
+
+/* The sections layer l reads, in priority order: single-layer sections,
+ * then ranges (narrowest first), then [attention]. secs and widths have
+ * room for n + 1. Returns how many. */
+static size_t sections_of_layer(size_t l, const char *const *names, size_t n, const char **secs, size_t *widths) {
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++) {
+        int f, la;
+        fs_graph_layer_range(names[j], &f, &la);
+        if ((int)l < f || (int)l > la) continue;
+        size_t w = (size_t)(la - f), at = k;
+        while (at > 0 && widths[at - 1] > w) { /* insertion: stable among equal widths */
+            widths[at] = widths[at - 1];
+            secs[at] = secs[at - 1];
+            at--;
+        }
+        widths[at] = w;
+        secs[at] = names[j];
+        k++;
+    }
+    secs[k++] = "attention";
+    return k;
+}
+
+/* Layer li's attention: its configuration from `secs`, the causal check,
+ * the plugin instance, attached to the model. */
+static int create_layer_attention(fs_session *s, size_t li, const char *const *secs, size_t n, fs_error *err) {
+    const fs_model_part *part = fs_model_held(s->model);
+    size_t l = part->layer_ids[li]; /* [layer.N] sections name global layers */
+    fs_plugin_instance *inst = &s->layers[li];
+    int rc = fs_session_plugin_config(s, inst, FS_PLUGIN_ATTENTION, secs, n, fs_schema_attention.spec,
+                                      fs_schema_attention.n, err);
+    if (rc) return rc;
+    const fs_attention_vtable *vt = inst->plugin->desc->vtable;
+    int causal = fs_config_bool(inst->config, "causal");
+    if (causal && !(vt->flags & FS_ATTENTION_CAUSAL))
+        return fs_error_set(err, FS_ERR_INVALID, "%s: plugin '%s' cannot do causal attention",
+                            fs_config_where(inst->config, "causal"), inst->plugin->desc->name);
+    if (!causal && !(vt->flags & FS_ATTENTION_BIDIRECTIONAL))
+        return fs_error_set(err, FS_ERR_INVALID, "%s: plugin '%s' only does causal attention",
+                            fs_config_where(inst->config, "causal"), inst->plugin->desc->name);
+    char scope[64];
+    snprintf(scope, sizeof scope, "plugin.layer%zu.attention", l);
+    fs_plugin_ctx_init(&inst->ctx, &s->host, inst->config, scope, inst->plugin->desc->name);
+    fs_model_config mc = s->mcfg;
+    fs_attention_config ac = {
+        .struct_size = sizeof ac,
+        .layer = (int32_t)l,
+        .n_head = part->n_head, /* this rank's heads under tensor parallelism */
+        .head_dim = mc.n_embd / mc.n_head,
+        .n_embd = part->attn_width,
+        .max_seq = mc.max_seq,
+        .causal = causal,
+        .device = {FS_DEVICE_CPU, 0},
+    };
+    fs_error perr = {0};
+    rc = vt->create(&inst->self, &s->host.api, &inst->ctx, &ac, &perr);
+    if (rc)
+        return fs_error_set(err, rc, "layer %zu: attention plugin '%s': %s", l, inst->plugin->desc->name,
+                            perr.message);
+    fs_model_attach_attention(s->model, li, vt, inst->self);
+    return FS_OK;
+}
+
+static int build_attention(fs_session *s, fs_error *err) {
+    s->layers = calloc(s->mcfg.n_layer, sizeof *s->layers);
+    if (!s->layers) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    const char **names = NULL, **secs = NULL;
+    size_t n = 0, *widths = NULL;
+    int rc = layer_sections(s->graph, &names, &n, err);
+    if (!rc) rc = check_attention_sections(s, names, n, err);
+    if (!rc && (!(secs = malloc((n + 1) * sizeof *secs)) || !(widths = malloc((n + 1) * sizeof *widths))))
+        rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    const fs_model_part *part = fs_model_held(s->model);
+    for (size_t li = 0; li < part->n_layers && !rc; li++) {
+        size_t k = sections_of_layer(part->layer_ids[li], names, n, secs, widths);
+        rc = create_layer_attention(s, li, secs, k, err);
+    }
+    free(names);
+    free(secs);
+    free(widths);
+    return rc;
 }
 
 /* The strategy comes before the model: the model's shape may depend on
