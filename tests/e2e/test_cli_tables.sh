@@ -3,7 +3,8 @@
 # key ranges in --help-graph and --describe (a bound at FS_PARAM_UNBOUNDED
 # is an open side: ">= 1", "<= 8"; integers are written whole); the
 # section --describe names for each plugin kind, with the runtime's keys;
-# the modes --help lists and --mode / [run] mode accept.
+# the modes --help lists and --mode / [run] mode accept; README's table of
+# plugins against the plugins the build makes.
 . "$(dirname "$0")/lib.sh"
 
 # ---- ranges ----
@@ -85,5 +86,16 @@ assert_not_contains "$(last_err)" "step" "[run] mode = eval does not train"
 # --mode beats [run] mode
 assert_exit 2 "$FSRUN" g.ini --mode distill
 assert_err "[distill] teacher: required by --mode distill"
+
+# ---- README's plugin table: every kind, every plugin the build makes ----
+
+FS_PLUGIN_PATH="$FS_BUILD_DIR/plugins" assert_exit 0 "$FSRUN" --list-plugins
+for kind in attention parallel distill; do
+    built=$(awk -v k="$kind" -v d="$FS_BUILD_DIR/plugins/" '$1 == k && index($4, d) == 1 { print $2 }' "$E2E_OUT" |
+        sort | tr '\n' ' ')
+    listed=$(grep -E "^\| $kind \|" "$FS_SOURCE_DIR/README.md" | cut -d'|' -f3 | tr -d '`,' | tr ' ' '\n' |
+        grep -v '^$' | sort | tr '\n' ' ')
+    assert_eq "$listed" "$built" "README's plugin table lists the $kind plugins"
+done
 
 e2e_finish
