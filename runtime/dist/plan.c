@@ -130,34 +130,31 @@ static void stage_estimate(const fs_plan_model *mo, const fs_plan_row *row, cons
     out->exposed_s = data_s > hidden ? data_s - hidden : 0;
 }
 
-void fs_plan_evaluate(const fs_plan_model *mo, const fs_plan_parallel *par, size_t d, size_t t, size_t p,
-                      fs_plan_row *row) {
-    memset(row, 0, sizeof *row);
-    row->data = d;
-    row->tensor = t;
-    row->pipeline = p;
-    /* as the parallel plugins take them (plugins/parallel/strategy.c) */
+/* The rules a split must follow (heads, layers, batch, micro-batches), as
+ * the parallel plugins apply them (plugins/parallel/strategy.c); on a
+ * broken one the row says why and 0 is returned. Sets the row's schedule. */
+static int split_allowed(const fs_plan_model *mo, const fs_plan_parallel *par, fs_plan_row *row) {
+    size_t d = row->data, t = row->tensor, p = row->pipeline;
     size_t v = par->interleave ? par->interleave : 1;
     int type = par->schedule >= 0 ? par->schedule : FS_PIPE_1F1B;
     row->interleave = v;
     row->schedule = type;
     row->microbatches = par->microbatches;
-    row->valid = 1;
     size_t L = mo->n_layer, B = mo->batch;
     if (mo->n_head % t) {
         invalid(row, "tensor = %zu does not divide n_head = %zu", t, mo->n_head);
-        return;
+        return 0;
     }
     if (p * v > L) {
         if (v > 1)
             invalid(row, "pipeline x interleave = %zu x %zu = %zu virtual stages > n_layer = %zu", p, v, p * v, L);
         else
             invalid(row, "pipeline = %zu > n_layer = %zu: every stage needs a layer", p, L);
-        return;
+        return 0;
     }
     if (B % d) {
         invalid(row, "data = %zu does not divide [train] batch = %zu", d, B);
-        return;
+        return 0;
     }
     if (!row->microbatches) {
         row->microbatches = fs_pipe_default_microbatches(B / d, p, type == FS_PIPE_INTERLEAVED);
@@ -166,40 +163,34 @@ void fs_plan_evaluate(const fs_plan_model *mo, const fs_plan_parallel *par, size
                     "no micro-batch count divides batch / data = %zu and is a multiple of pipeline = %zu, "
                     "as schedule = interleaved needs",
                     B / d, p);
-            return;
+            return 0;
         }
     }
-    size_t m = row->microbatches;
-    if ((B / d) % m) {
-        invalid(row, "microbatches = %zu does not divide batch / data = %zu", m, B / d);
-        return;
+    if ((B / d) % row->microbatches) {
+        invalid(row, "microbatches = %zu does not divide batch / data = %zu", row->microbatches, B / d);
+        return 0;
     }
+    return 1;
+}
 
-    size_t n_vs = p * v, *first = malloc(n_vs * sizeof *first), *count = malloc(n_vs * sizeof *count);
+/* Every pipeline stage's costs under its schedule, given the layers of each
+ * virtual stage (count): the row takes the worst stage's memory and the
+ * largest traffic and work. */
+static void estimate_stages(const fs_plan_model *mo, const fs_plan_parallel *par, const size_t *count,
+                            fs_plan_row *row) {
+    size_t d = row->data, p = row->pipeline, v = row->interleave, m = row->microbatches;
     char msg[200];
-    if (!first || !count) {
-        free(first);
-        free(count);
-        invalid(row, "out of memory");
-        return;
-    }
-    double embed_cost, head_cost;
-    fs_pipe_default_costs(mo->n_embd, mo->seq, mo->vocab, &embed_cost, &head_cost);
-    if (fs_pipe_partition(L, n_vs, par->stages, embed_cost, head_cost, first, count, msg, sizeof msg)) {
-        invalid(row, "[parallel] stages = %s: %s", par->stages, msg);
-        goto done;
-    }
     stage_cost worst = {0};
     double work = 0, exposed = 0;
     for (size_t s = 0; s < p; s++) {
         fs_pipe_schedule sched;
-        if (fs_pipe_schedule_build(&sched, type, p, s, m, v, msg, sizeof msg)) {
+        if (fs_pipe_schedule_build(&sched, row->schedule, p, s, m, v, msg, sizeof msg)) {
             invalid(row, "%s", msg);
-            goto done;
+            return;
         }
         stage_cost c;
         stage_estimate(mo, row, count, s, sched.slots,
-                       fs_pipe_workspace_floats(&sched, (B / d / m) * mo->seq * mo->n_embd), par->zero, &c);
+                       fs_pipe_workspace_floats(&sched, (mo->batch / d / m) * mo->seq * mo->n_embd), par->zero, &c);
         fs_pipe_schedule_release(&sched);
         if (s == 0 || c.total > worst.total) worst = c;
         if (c.comm_data > row->comm_data) row->comm_data = c.comm_data;
@@ -216,9 +207,29 @@ void fs_plan_evaluate(const fs_plan_model *mo, const fs_plan_parallel *par, size
     row->mem_optim = worst.optim;
     row->mem_acts = worst.acts;
     row->mem_total = worst.total;
-    row->bubble = p > 1 ? (double)(p - 1) / (double)((type == FS_PIPE_INTERLEAVED ? v : 1) * m + p - 1) : 0;
+    size_t chunks = row->schedule == FS_PIPE_INTERLEAVED ? v : 1;
+    row->bubble = p > 1 ? (double)(p - 1) / (double)(chunks * m + p - 1) : 0;
     row->step_s = work / (1 - row->bubble) + exposed;
-done:
+}
+
+void fs_plan_evaluate(const fs_plan_model *mo, const fs_plan_parallel *par, size_t d, size_t t, size_t p,
+                      fs_plan_row *row) {
+    memset(row, 0, sizeof *row);
+    row->data = d;
+    row->tensor = t;
+    row->pipeline = p;
+    row->valid = 1;
+    if (!split_allowed(mo, par, row)) return;
+    size_t n_vs = p * row->interleave, *first = malloc(n_vs * sizeof *first), *count = malloc(n_vs * sizeof *count);
+    char msg[200];
+    double embed_cost, head_cost;
+    fs_pipe_default_costs(mo->n_embd, mo->seq, mo->vocab, &embed_cost, &head_cost);
+    if (!first || !count)
+        invalid(row, "out of memory");
+    else if (fs_pipe_partition(mo->n_layer, n_vs, par->stages, embed_cost, head_cost, first, count, msg, sizeof msg))
+        invalid(row, "[parallel] stages = %s: %s", par->stages, msg);
+    else
+        estimate_stages(mo, par, count, row);
     free(first);
     free(count);
 }
@@ -498,106 +509,127 @@ static const char *opt_value(int argc, char **argv, int *i, const char *name, in
     return argv[++*i];
 }
 
-int fs_plan_main(int argc, char **argv) {
-    const char *graph_path = NULL, *ranks_s = NULL, *mem_s = NULL, *v;
-    int json = 0, rc = 2;
-    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
-    size_t n_sets = 0;
-    if (!sets) return 1;
+/* What fsrun --plan was given. */
+typedef struct plan_args {
+    const char *graph_path, *ranks_s, *mem_s; /* mem_s NULL: physical memory / ranks */
+    int json;
+    const char **sets; /* --set assignments, n_sets of them */
+    size_t n_sets;
+    size_t ranks;
+    double limit; /* bytes per rank */
+} plan_args;
+
+/* Reads argv into a (a->sets has room for argc entries). Returns 0, or 2
+ * after printing the usage error. */
+static int parse_plan_args(int argc, char **argv, plan_args *a) {
+    const char *v;
     for (int i = 1; i < argc; i++) {
         int missing = 0;
-        const char *a = argv[i];
-        if (!strcmp(a, "--plan") && (i + 1 >= argc || argv[i + 1][0] == '-')) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--plan") && (i + 1 >= argc || argv[i + 1][0] == '-')) {
             continue; /* fsrun GRAPH.ini --plan --ranks N: the graph comes as an operand */
         } else if ((v = opt_value(argc, argv, &i, "--plan", &missing))) {
-            if (graph_path) {
-                fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", graph_path, v);
-                goto out;
+            if (a->graph_path) {
+                fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", a->graph_path, v);
+                return 2;
             }
-            graph_path = v;
+            a->graph_path = v;
         } else if ((v = opt_value(argc, argv, &i, "--ranks", &missing))) {
-            ranks_s = v;
+            a->ranks_s = v;
         } else if ((v = opt_value(argc, argv, &i, "--memory-per-rank", &missing))) {
-            mem_s = v;
+            a->mem_s = v;
         } else if ((v = opt_value(argc, argv, &i, "--set", &missing))) {
-            sets[n_sets++] = v;
-        } else if (!missing && !strcmp(a, "--json")) {
-            json = 1;
+            a->sets[a->n_sets++] = v;
+        } else if (!missing && !strcmp(arg, "--json")) {
+            a->json = 1;
         } else if (missing) {
-            fprintf(stderr, "fsrun: %s needs a value (fsrun --help)\n", a);
-            goto out;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "fsrun: unknown option '%s' with --plan (fsrun --help lists them)\n", a);
-            goto out;
-        } else if (!graph_path) {
-            graph_path = a;
+            fprintf(stderr, "fsrun: %s needs a value (fsrun --help)\n", arg);
+            return 2;
+        } else if (arg[0] == '-' && arg[1]) {
+            fprintf(stderr, "fsrun: unknown option '%s' with --plan (fsrun --help lists them)\n", arg);
+            return 2;
+        } else if (!a->graph_path) {
+            a->graph_path = arg;
         } else {
-            fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", graph_path, a);
-            goto out;
+            fprintf(stderr, "fsrun: more than one graph file ('%s' and '%s')\n", a->graph_path, arg);
+            return 2;
         }
     }
-    if (!graph_path) {
+    return 0;
+}
+
+/* The graph, --ranks and the memory per rank, each present and valid: 0,
+ * or 2 after printing what is wrong. */
+static int check_plan_args(plan_args *a) {
+    if (!a->graph_path) {
         fprintf(stderr, "fsrun: --plan needs a graph file: fsrun --plan GRAPH.ini --ranks N\n");
-        goto out;
+        return 2;
     }
-    if (!ranks_s) {
+    if (!a->ranks_s) {
         fprintf(stderr, "fsrun: --plan needs --ranks N, the number of processes to plan for\n");
-        goto out;
+        return 2;
     }
     char *end;
     errno = 0;
-    long long ranks = strtoll(ranks_s, &end, 10);
-    if (errno || end == ranks_s || *end || ranks < 1 || ranks > (1 << 20)) {
-        fprintf(stderr, "fsrun: --ranks %s: must be a whole number of processes in [1, %d]\n", ranks_s, 1 << 20);
-        goto out;
+    long long ranks = strtoll(a->ranks_s, &end, 10);
+    if (errno || end == a->ranks_s || *end || ranks < 1 || ranks > (1 << 20)) {
+        fprintf(stderr, "fsrun: --ranks %s: must be a whole number of processes in [1, %d]\n", a->ranks_s, 1 << 20);
+        return 2;
     }
-    double limit = 0;
-    if (mem_s && parse_bytes(mem_s, &limit)) {
+    a->ranks = (size_t)ranks;
+    if (a->mem_s && parse_bytes(a->mem_s, &a->limit)) {
         fprintf(stderr,
                 "fsrun: --memory-per-rank %s: expected a number of bytes, optionally with K, M, G or T (x1024)\n",
-                mem_s);
-        goto out;
+                a->mem_s);
+        return 2;
     }
-    if (!mem_s) {
+    if (!a->mem_s) {
         long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-        limit = pages > 0 && page > 0 ? (double)pages * (double)page / (double)ranks : 1e300;
+        a->limit = pages > 0 && page > 0 ? (double)pages * (double)page / (double)ranks : 1e300;
     }
-    fs_error err = {0};
+    return 0;
+}
+
+/* The model and the [parallel] keys of the graph with its --set. */
+static int read_plan_graph(const plan_args *a, fs_plan_model *mo, fs_plan_parallel *par, fs_error *err) {
     fs_graph *g = NULL;
+    int rc = fs_graph_load(&g, a->graph_path, err);
+    for (size_t i = 0; i < a->n_sets && !rc; i++) rc = fs_graph_set(g, a->sets[i], err);
+    if (!rc) rc = fs_plan_read_graph(g, mo, par, err);
+    fs_graph_destroy(g);
+    return rc;
+}
+
+int fs_plan_main(int argc, char **argv) {
+    plan_args a = {0};
+    if (!(a.sets = calloc((size_t)argc + 1, sizeof *a.sets))) return 1;
+    int rc = parse_plan_args(argc, argv, &a);
+    if (!rc) rc = check_plan_args(&a);
+    fs_error err = {0};
     fs_plan_model mo;
     fs_plan_parallel par;
-    if (fs_graph_load(&g, graph_path, &err)) {
+    fs_plan_row *rows = NULL;
+    size_t n = 0;
+    if (!rc && read_plan_graph(&a, &mo, &par, &err)) {
         fprintf(stderr, "fsrun: %s\n", err.message);
-        goto out;
+        rc = 2;
     }
-    for (size_t i = 0; i < n_sets; i++)
-        if (fs_graph_set(g, sets[i], &err)) break;
-    if (err.status || fs_plan_read_graph(g, &mo, &par, &err)) {
-        fprintf(stderr, "fsrun: %s\n", err.message);
-        fs_graph_destroy(g);
-        goto out;
-    }
-    fs_graph_destroy(g);
-    fs_plan_row *rows;
-    size_t n;
-    if (fs_plan_enumerate(&mo, &par, (size_t)ranks, limit, &rows, &n, &err)) {
+    if (!rc && fs_plan_enumerate(&mo, &par, a.ranks, a.limit, &rows, &n, &err)) {
         fprintf(stderr, "fsrun: %s\n", err.message);
         rc = err.status == FS_ERR_NOMEM ? 1 : 2;
-        goto out;
     }
-    if (!json) print_table(graph_path, &mo, &par, rows, n, (size_t)ranks, limit, mem_s != NULL);
-    print_json(stdout, rows, n, (size_t)ranks, limit);
+    free(a.sets);
+    if (rc) return rc;
+    if (!a.json) print_table(a.graph_path, &mo, &par, rows, n, a.ranks, a.limit, a.mem_s != NULL);
+    print_json(stdout, rows, n, a.ranks, a.limit);
     size_t valid = 0;
     for (size_t i = 0; i < n; i++) valid += rows[i].valid;
     free(rows);
-    rc = 0;
     if (!valid) {
         fflush(stdout);
-        fprintf(stderr, "fsrun: no valid (data, tensor, pipeline) split of %lld ranks for %s (the reasons are above)\n",
-                ranks, graph_path);
-        rc = 2;
+        fprintf(stderr, "fsrun: no valid (data, tensor, pipeline) split of %zu ranks for %s (the reasons are above)\n",
+                a.ranks, a.graph_path);
+        return 2;
     }
-out:
-    free(sets);
-    return rc;
+    return 0;
 }
