@@ -201,119 +201,124 @@ static void print_table(stage *st, size_t n, fs_session *teacher, const char *tc
     fflush(stdout);
 }
 
-int fs_distill_chain(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err) {
-    *config_error = 1;
-    size_t n = 0;
-    int rc = count_stages(s->graph, &n, err);
-    if (rc) return rc;
-    const fs_config *dc = s->distill_cfg;
+/* The chain: its stages, the first teacher and the validation text. */
+typedef struct chain {
+    fs_session *s; /* the graph's own session: [distill], [run], [data], [train] */
+    stage *st;
+    size_t n;
+    fs_session *teacher;
+    char tckpt[PATH_MAX];
+    fs_dataset val;
+} chain;
+
+/* The first teacher: [distill] teacher's graph as a session of its own (one
+ * process: teachers are whole replicas), and its checkpoint's path. */
+static int open_teacher(chain *c, fs_error *err) {
+    const fs_config *dc = c->s->distill_cfg;
     const char *tgraph = fs_config_string(dc, "teacher");
     if (!tgraph || !*tgraph)
         return fs_error_set(err, FS_ERR_INVALID,
                             "[distill] teacher: required by a chain of [distill.stage.N]: the first teacher's graph file");
     fs_graph *tg;
     fs_error gerr = {0};
-    if ((rc = fs_graph_load(&tg, tgraph, &gerr)))
-        return fs_error_set(err, rc, "%s: teacher graph: %s", fs_config_where(dc, "teacher"), gerr.message);
-    fs_session *teacher = NULL;
-    stage *st = calloc(n, sizeof *st);
-    fs_dataset val = {0};
-    if (!st) {
-        fs_graph_destroy(tg);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    }
-    if ((rc = fs_session_open_local(&teacher, tg, &gerr))) {
-        rc = fs_error_set(err, rc, "teacher graph %s: %s", tgraph, gerr.message);
-        goto done;
-    }
-    char tckpt[PATH_MAX];
+    int rc = fs_graph_load(&tg, tgraph, &gerr);
+    if (rc) return fs_error_set(err, rc, "%s: teacher graph: %s", fs_config_where(dc, "teacher"), gerr.message);
+    if ((rc = fs_session_open_local(&c->teacher, tg, &gerr)))
+        return fs_error_set(err, rc, "teacher graph %s: %s", tgraph, gerr.message);
     const char *tc = fs_config_string(dc, "teacher_checkpoint");
     if (tc && *tc)
-        snprintf(tckpt, sizeof tckpt, "%s", tc);
+        snprintf(c->tckpt, sizeof c->tckpt, "%s", tc);
     else
-        fs_session_checkpoint_path(teacher, tckpt, sizeof tckpt);
-    const char *out = fs_config_string(s->run_cfg, "out");
-    /* every stage checked before any trains */
-    for (size_t i = 0; i < n; i++) {
-        stage *x = &st[i];
-        x->n = (int)i + 1;
-        snprintf(x->section, sizeof x->section, "distill.stage.%d", x->n);
-        const char *secs[] = {x->section, "distill"};
-        if ((rc = fs_session_plugin_config(s, &x->inst, FS_PLUGIN_DISTILL, secs, 2, fs_schema_distill_stage.spec,
-                                           fs_schema_distill_stage.n, err)))
-            goto done;
-        const char *o_dir = fs_config_string(x->inst.config, "out");
-        if (o_dir && *o_dir)
-            snprintf(x->out, sizeof x->out, "%s", o_dir);
-        else
-            snprintf(x->out, sizeof x->out, "%.4000s/stage%d", out, x->n);
-        snprintf(x->ckpt, sizeof x->ckpt, "%s/model.safetensors", x->out);
-        if ((rc = stage_session(x, s, err))) goto done;
-        fs_session *prev = i ? st[i - 1].session : teacher;
-        const fs_model *tm = prev->model, *sm = x->session->model;
-        if (i == 0 && fs_model_cfg(tm)->vocab != fs_model_cfg(sm)->vocab) {
-            rc = fs_error_set(err, FS_ERR_INVALID,
-                              "%s: the teacher's vocabulary has %zu tokens, the student's %zu: they must be equal",
-                              fs_config_where(dc, "teacher"), fs_model_cfg(tm)->vocab, fs_model_cfg(sm)->vocab);
-            goto done;
-        }
-        if (i == 0 && fs_model_cfg(tm)->max_seq < fs_model_cfg(sm)->max_seq) {
-            rc = fs_error_set(err, FS_ERR_INVALID, "%s: the teacher's max_seq %zu is shorter than the student's %zu",
-                              fs_config_where(dc, "teacher"), fs_model_cfg(tm)->max_seq, fs_model_cfg(sm)->max_seq);
-            goto done;
-        }
-        fs_error perr = {0};
-        rc = fs_distill_plan_make(&x->plan, x->session, x->inst.config, x->inst.plugin, prev, i ? st[i - 1].ckpt : tckpt,
-                                  &perr);
-        x->planned = 1;
-        if (rc) {
-            char tdesc[64];
-            snprintf(tdesc, sizeof tdesc, "stage %d's student", x->n - 1);
-            rc = fs_error_set(err, rc, "[distill.stage.%d] (its teacher: %s): %s", x->n,
-                              i ? tdesc : "[distill] teacher", perr.message);
-            goto done;
-        }
-        x->steps = x->plan.phase_steps[x->plan.n_phases - 1];
+        fs_session_checkpoint_path(c->teacher, c->tckpt, sizeof c->tckpt);
+    return FS_OK;
+}
+
+/* Stage i, checked before any trains: its keys, its directory, its
+ * student's session and its distillation plan against its teacher (the
+ * first teacher, or stage i - 1's student). */
+static int plan_stage(chain *c, size_t i, fs_error *err) {
+    fs_session *s = c->s;
+    const fs_config *dc = s->distill_cfg;
+    stage *x = &c->st[i];
+    x->n = (int)i + 1;
+    snprintf(x->section, sizeof x->section, "distill.stage.%d", x->n);
+    const char *secs[] = {x->section, "distill"};
+    int rc = fs_session_plugin_config(s, &x->inst, FS_PLUGIN_DISTILL, secs, 2, fs_schema_distill_stage.spec,
+                                      fs_schema_distill_stage.n, err);
+    if (rc) return rc;
+    const char *o_dir = fs_config_string(x->inst.config, "out");
+    if (o_dir && *o_dir)
+        snprintf(x->out, sizeof x->out, "%s", o_dir);
+    else
+        snprintf(x->out, sizeof x->out, "%.4000s/stage%d", fs_config_string(s->run_cfg, "out"), x->n);
+    snprintf(x->ckpt, sizeof x->ckpt, "%s/model.safetensors", x->out);
+    if ((rc = stage_session(x, s, err))) return rc;
+    fs_session *prev = i ? c->st[i - 1].session : c->teacher;
+    const fs_model *tm = prev->model, *sm = x->session->model;
+    if (i == 0 && fs_model_cfg(tm)->vocab != fs_model_cfg(sm)->vocab)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: the teacher's vocabulary has %zu tokens, the student's %zu: they must be equal",
+                            fs_config_where(dc, "teacher"), fs_model_cfg(tm)->vocab, fs_model_cfg(sm)->vocab);
+    if (i == 0 && fs_model_cfg(tm)->max_seq < fs_model_cfg(sm)->max_seq)
+        return fs_error_set(err, FS_ERR_INVALID, "%s: the teacher's max_seq %zu is shorter than the student's %zu",
+                            fs_config_where(dc, "teacher"), fs_model_cfg(tm)->max_seq, fs_model_cfg(sm)->max_seq);
+    fs_error perr = {0};
+    rc = fs_distill_plan_make(&x->plan, x->session, x->inst.config, x->inst.plugin, prev,
+                              i ? c->st[i - 1].ckpt : c->tckpt, &perr);
+    x->planned = 1;
+    if (rc) {
+        char tdesc[64];
+        snprintf(tdesc, sizeof tdesc, "stage %d's student", x->n - 1);
+        return fs_error_set(err, rc, "[distill.stage.%d] (its teacher: %s): %s", x->n, i ? tdesc : "[distill] teacher",
+                            perr.message);
     }
-    if (access(tckpt, R_OK) != 0) {
-        rc = fs_error_set(err, FS_ERR_NOT_FOUND, "%s: teacher checkpoint %s: %s (train the teacher first)",
-                          tc && *tc ? fs_config_where(dc, "teacher_checkpoint") : fs_config_where(dc, "teacher"), tckpt,
-                          strerror(errno));
-        goto done;
+    x->steps = x->plan.phase_steps[x->plan.n_phases - 1];
+    return FS_OK;
+}
+
+/* The files the work reads: the first teacher's checkpoint (its existence
+ * is a configuration error) and [data] val for the table. */
+static int open_inputs(chain *c, fs_error *err) {
+    const fs_config *dc = c->s->distill_cfg, *data = c->s->data_cfg;
+    if (access(c->tckpt, R_OK) != 0) {
+        const char *tc = fs_config_string(dc, "teacher_checkpoint");
+        return fs_error_set(err, FS_ERR_NOT_FOUND, "%s: teacher checkpoint %s: %s (train the teacher first)",
+                            tc && *tc ? fs_config_where(dc, "teacher_checkpoint") : fs_config_where(dc, "teacher"),
+                            c->tckpt, strerror(errno));
     }
-    const char *vpath = fs_config_string(s->data_cfg, "val");
-    if (vpath && *vpath &&
-        (rc = fs_dataset_load(&val, vpath, fs_config_where(s->data_cfg, "val"), teacher->mcfg.max_seq + 1, err)))
-        goto done;
-    *config_error = 0;
-    if ((rc = fs_checkpoint_load(tckpt, teacher, NULL, NULL, err))) goto done;
-    int resume = o->resume || fs_config_bool(s->train_cfg, "resume");
-    size_t i = 0;
-    for (; i < n; i++) {
-        stage *x = &st[i];
+    const char *vpath = fs_config_string(data, "val");
+    if (vpath && *vpath)
+        return fs_dataset_load(&c->val, vpath, fs_config_where(data, "val"), c->teacher->mcfg.max_seq + 1, err);
+    return FS_OK;
+}
+
+/* Stage by stage: a finished one (when resuming) loaded, the others
+ * trained; a stage that stops early pauses the chain (rc 0). */
+static int run_stages(chain *c, const fs_run_options *o, fs_error *err) {
+    int resume = o->resume || fs_config_bool(c->s->train_cfg, "resume");
+    for (size_t i = 0; i < c->n; i++) {
+        stage *x = &c->st[i];
         x->step = resume ? fs_checkpoint_step(x->ckpt) : 0;
-        if (x->step < 0) {
-            rc = fs_error_set(err, FS_ERR_INVALID, "%s: cannot read its step to resume stage %d", x->ckpt, x->n);
-            goto done;
-        }
+        if (x->step < 0)
+            return fs_error_set(err, FS_ERR_INVALID, "%s: cannot read its step to resume stage %d", x->ckpt, x->n);
         if (resume && (uint64_t)x->step >= x->steps) {
             fprintf(stderr, "fsrun: distill chain: stage %d is done (%s)\n", x->n, x->ckpt);
-            if ((rc = fs_checkpoint_load(x->ckpt, x->session, NULL, NULL, err))) goto done;
+            int rc = fs_checkpoint_load(x->ckpt, x->session, NULL, NULL, err);
+            if (rc) return rc;
             x->done = 1;
             continue;
         }
-        fprintf(stderr, "fsrun: distill chain: stage %d of %zu: %zu layers x %zu, plugin %s -> %s%s\n", x->n, n,
+        fprintf(stderr, "fsrun: distill chain: stage %d of %zu: %zu layers x %zu, plugin %s -> %s%s\n", x->n, c->n,
                 x->session->mcfg.n_layer, x->session->mcfg.n_embd, x->inst.plugin->desc->name, x->out,
                 x->step > 0 ? " (resuming)" : "");
         fs_run_options so = *o;
         so.resume = resume && x->plan.n_phases == 1 && x->step > 0;
         int cfg_err = 0;
-        rc = fs_distill_execute(&x->plan, &so, resume, &x->done, &cfg_err, err);
+        int rc = fs_distill_execute(&x->plan, &so, resume, &x->done, &cfg_err, err);
         if (rc) {
             char msg[sizeof err->message];
             snprintf(msg, sizeof msg, "%s", err->message);
-            rc = fs_error_set(err, rc, "[distill.stage.%d]: %s", x->n, msg);
-            goto done;
+            return fs_error_set(err, rc, "[distill.stage.%d]: %s", x->n, msg);
         }
         x->step = fs_checkpoint_step(x->ckpt);
         if (!x->done) {
@@ -323,25 +328,51 @@ int fs_distill_chain(fs_session *s, const fs_run_options *o, int *config_error, 
             break;
         }
     }
-    /* the table: every finished model on the same validation windows */
-    int have_val = val.tokens != NULL;
+    return FS_OK;
+}
+
+/* The table: every finished model on the same validation windows. */
+static int evaluate_and_print(chain *c, fs_error *err) {
+    int have_val = c->val.tokens != NULL;
     double tval = 0;
-    size_t B = (size_t)fs_config_int(s->train_cfg, "batch"), nb = (size_t)fs_config_int(s->train_cfg, "val_batches");
-    size_t ntok;
-    if (have_val && (rc = fs_evaluate(teacher->model, &val, B, nb * B, &tval, &ntok, err))) goto done;
-    for (size_t j = 0; j < n && have_val; j++)
-        if (st[j].done && (rc = fs_evaluate(st[j].session->model, &val, B, nb * B, &st[j].val_loss, &ntok, err)))
-            goto done;
-    print_table(st, n, teacher, tckpt, tval, have_val);
-done:
-    for (size_t j = 0; j < n; j++) {
-        if (st[j].planned) fs_distill_plan_release(&st[j].plan);
-        fs_session_close(st[j].session);
-        fs_config_destroy(st[j].inst.config);
-        free(st[j].inst.spec);
+    size_t B = (size_t)fs_config_int(c->s->train_cfg, "batch");
+    size_t windows = (size_t)fs_config_int(c->s->train_cfg, "val_batches") * B, ntok;
+    int rc = FS_OK;
+    if (have_val) rc = fs_evaluate(c->teacher->model, &c->val, B, windows, &tval, &ntok, err);
+    for (size_t j = 0; j < c->n && have_val && !rc; j++)
+        if (c->st[j].done)
+            rc = fs_evaluate(c->st[j].session->model, &c->val, B, windows, &c->st[j].val_loss, &ntok, err);
+    if (!rc) print_table(c->st, c->n, c->teacher, c->tckpt, tval, have_val);
+    return rc;
+}
+
+static void chain_release(chain *c) {
+    for (size_t j = 0; c->st && j < c->n; j++) {
+        if (c->st[j].planned) fs_distill_plan_release(&c->st[j].plan);
+        fs_session_close(c->st[j].session);
+        fs_config_destroy(c->st[j].inst.config);
+        free(c->st[j].inst.spec);
     }
-    free(st);
-    fs_dataset_release(&val);
-    fs_session_close(teacher);
+    free(c->st);
+    fs_dataset_release(&c->val);
+    fs_session_close(c->teacher);
+}
+
+int fs_distill_chain(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err) {
+    *config_error = 1;
+    chain c = {.s = s};
+    int rc = count_stages(s->graph, &c.n, err);
+    if (rc) return rc;
+    if (!(c.st = calloc(c.n, sizeof *c.st))) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    rc = open_teacher(&c, err);
+    for (size_t i = 0; i < c.n && !rc; i++) rc = plan_stage(&c, i, err); /* every stage checked before any trains */
+    if (!rc) rc = open_inputs(&c, err);
+    if (!rc) {
+        *config_error = 0;
+        rc = fs_checkpoint_load(c.tckpt, c.teacher, NULL, NULL, err);
+    }
+    if (!rc) rc = run_stages(&c, o, err);
+    if (!rc) rc = evaluate_and_print(&c, err);
+    chain_release(&c);
     return rc;
 }
