@@ -133,113 +133,184 @@ static void attend(const float *q, const float *const *kp, const float *const *v
     }
 }
 
-int lf_decode(void *self, void *cache, fs_attention_decode_args *a, fs_error *err) {
-    lf_plugin *lf = self;
+/* One decode step's view of the cache and of the new token. */
+typedef struct decode_step {
+    const lf_plugin *lf;
+    cache_layout l;
+    float *ring_k, *ring_v, *ring_g, *sink_g, *glob_k, *glob_v, *glob_g, *qkvg, *score;
+    size_t *glob_pos;
+    const float **kp, **vp;
+    size_t p, B, slot; /* position, batch, its ring slot */
+    size_t kept;       /* token mode: occurrences held */
+    size_t oldest;     /* first position still in the ring */
+    int tokens;        /* global = token:... */
+    int is_global;     /* the new token is global */
+    long gi;           /* positions mode: its index among the global positions, or -1 */
+} decode_step;
+
+static int check_decode_args(const lf_plugin *lf, const cache_header *hd, const fs_attention_decode_args *a,
+                             fs_error *err) {
     const fs_host_api *host = lf->host;
-    cache_header *hd = cache;
-    size_t H = lf->cfg.n_head, D = lf->cfg.head_dim, C = lf->cfg.n_embd, w = lf->window, p = a->pos, B = a->B;
-    if (B != hd->B)
-        return host->error_set(err, FS_ERR_INVALID, "longformer attention: decode batch %zu != cache batch %zu", B,
+    if (a->B != hd->B)
+        return host->error_set(err, FS_ERR_INVALID, "longformer attention: decode batch %zu != cache batch %zu", a->B,
                                hd->B);
-    if (p != hd->len)
-        return host->error_set(err, FS_ERR_INVALID, "longformer attention: decode position %zu, expected %zu", p,
+    if (a->pos != hd->len)
+        return host->error_set(err, FS_ERR_INVALID, "longformer attention: decode position %zu, expected %zu", a->pos,
                                hd->len);
     if (lf->gmode != LF_GLOBAL_NONE && !a->x.data)
         return host->error_set(err, FS_ERR_INVALID, "longformer attention: global tokens need the layer input x");
     if (lf->gmode == LF_GLOBAL_TOKENS && a->token < 0)
         return host->error_set(err, FS_ERR_INVALID, "longformer attention: global = token:... needs the token id");
-    cache_layout l;
-    layout_for(lf, hd->B, &l);
+    return FS_OK;
+}
+
+static void step_init(decode_step *st, const lf_plugin *lf, void *cache, const fs_attention_decode_args *a) {
+    const cache_header *hd = cache;
     char *base = cache;
-    float *ring_k = (float *)(base + l.ring_k), *ring_v = (float *)(base + l.ring_v);
-    float *ring_g = (float *)(base + l.ring_g), *sink_g = (float *)(base + l.sink_g);
-    float *glob_k = (float *)(base + l.glob_k), *glob_v = (float *)(base + l.glob_v);
-    float *glob_g = (float *)(base + l.glob_g), *qkvg = (float *)(base + l.qkvg), *score = (float *)(base + l.score);
-    size_t *glob_pos = (size_t *)(base + l.glob_pos);
-    const float **kp = (const float **)(base + l.kp), **vp = (const float **)(base + l.vp);
-    const float *q = a->q.data, *k = a->k.data, *v = a->v.data;
-    float *out = a->out.data;
-    size_t R = l.R, slot = p % R, kept = hd->n_occ < l.NG ? hd->n_occ : l.NG;
-    int tokens = lf->gmode == LF_GLOBAL_TOKENS;
-    int is_global = tokens ? lf_is_global_token(lf, a->token) : 0;
-    long gi = lf->gmode == LF_GLOBAL_POSITIONS && p < l.S ? global_index(lf, p) : -1;
-    if (gi >= 0) is_global = 1;
-    /* the global projection of the new token, when anything will read it */
-    int need_g = tokens || (lf->gmode == LF_GLOBAL_POSITIONS && p < l.S);
-    if (need_g) {
-        host->sgemm(lf->cfg.device, 0, 0, B, 3 * C, C, 1.0f, a->x.data, C, lf->wg, 3 * C, 0.0f, qkvg, 3 * C);
-        for (size_t b = 0; b < B; b++)
-            for (size_t c = 0; c < 3 * C; c++) qkvg[b * 3 * C + c] += lf->bg[c];
-    }
-    for (size_t b = 0; b < B; b++) {
-        const float *g3 = qkvg + b * 3 * C;
+    memset(st, 0, sizeof *st);
+    st->lf = lf;
+    layout_for(lf, hd->B, &st->l);
+    const cache_layout *l = &st->l;
+    st->ring_k = (float *)(base + l->ring_k), st->ring_v = (float *)(base + l->ring_v);
+    st->ring_g = (float *)(base + l->ring_g), st->sink_g = (float *)(base + l->sink_g);
+    st->glob_k = (float *)(base + l->glob_k), st->glob_v = (float *)(base + l->glob_v);
+    st->glob_g = (float *)(base + l->glob_g), st->qkvg = (float *)(base + l->qkvg);
+    st->score = (float *)(base + l->score);
+    st->glob_pos = (size_t *)(base + l->glob_pos);
+    st->kp = (const float **)(base + l->kp), st->vp = (const float **)(base + l->vp);
+    st->p = a->pos;
+    st->B = a->B;
+    st->slot = st->p % l->R;
+    st->kept = hd->n_occ < l->NG ? hd->n_occ : l->NG;
+    st->oldest = st->p + 1 > l->R ? st->p + 1 - l->R : 0;
+    st->tokens = lf->gmode == LF_GLOBAL_TOKENS;
+    st->is_global = st->tokens ? lf_is_global_token(lf, a->token) : 0;
+    st->gi = lf->gmode == LF_GLOBAL_POSITIONS && st->p < l->S ? global_index(lf, st->p) : -1;
+    if (st->gi >= 0) st->is_global = 1;
+}
+
+/* The global projection of the new token, (B, 3C), when anything will read
+ * it: every token in token mode, the positions below S in positions mode. */
+static void project_global(decode_step *st, const fs_attention_decode_args *a) {
+    const lf_plugin *lf = st->lf;
+    size_t C = lf->cfg.n_embd, B = st->B;
+    if (!st->tokens && !(lf->gmode == LF_GLOBAL_POSITIONS && st->p < st->l.S)) return;
+    lf->host->sgemm(lf->cfg.device, 0, 0, B, 3 * C, C, 1.0f, a->x.data, C, lf->wg, 3 * C, 0.0f, st->qkvg, 3 * C);
+    for (size_t b = 0; b < B; b++)
+        for (size_t c = 0; c < 3 * C; c++) st->qkvg[b * 3 * C + c] += lf->bg[c];
+}
+
+/* The new token's K/V into its ring slot (and its global slot when it is a
+ * global position), its global K/V into the ring or the sinks. */
+static void store_token(decode_step *st, const fs_attention_decode_args *a) {
+    const lf_plugin *lf = st->lf;
+    const cache_layout *l = &st->l;
+    size_t H = lf->cfg.n_head, D = lf->cfg.head_dim, C = lf->cfg.n_embd, R = l->R, slot = st->slot, p = st->p;
+    const float *k = a->k.data, *v = a->v.data;
+    for (size_t b = 0; b < st->B; b++) {
+        const float *g3 = st->qkvg + b * 3 * C;
         for (size_t h = 0; h < H; h++) {
             size_t bh = b * H + h;
-            memcpy(ring_k + (bh * R + slot) * D, k + bh * D, D * sizeof(float));
-            memcpy(ring_v + (bh * R + slot) * D, v + bh * D, D * sizeof(float));
-            if (gi >= 0) {
-                memcpy(glob_k + (bh * l.NG + (size_t)gi) * D, k + bh * D, D * sizeof(float));
-                memcpy(glob_v + (bh * l.NG + (size_t)gi) * D, v + bh * D, D * sizeof(float));
+            memcpy(st->ring_k + (bh * R + slot) * D, k + bh * D, D * sizeof(float));
+            memcpy(st->ring_v + (bh * R + slot) * D, v + bh * D, D * sizeof(float));
+            if (st->gi >= 0) {
+                memcpy(st->glob_k + (bh * l->NG + (size_t)st->gi) * D, k + bh * D, D * sizeof(float));
+                memcpy(st->glob_v + (bh * l->NG + (size_t)st->gi) * D, v + bh * D, D * sizeof(float));
             }
         }
-        if (l.ring_kvg) memcpy(ring_g + (b * R + slot) * 2 * C, g3 + C, 2 * C * sizeof(float));
-        if (lf->gmode == LF_GLOBAL_POSITIONS && p < l.S) memcpy(sink_g + (b * l.S + p) * 2 * C, g3 + C, 2 * C * sizeof(float));
+        if (l->ring_kvg) memcpy(st->ring_g + (b * R + slot) * 2 * C, g3 + C, 2 * C * sizeof(float));
+        if (lf->gmode == LF_GLOBAL_POSITIONS && p < l->S)
+            memcpy(st->sink_g + (b * l->S + p) * 2 * C, g3 + C, 2 * C * sizeof(float));
     }
-    size_t oldest = p + 1 > R ? p + 1 - R : 0; /* first position still in the ring */
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < H; h++) {
-            size_t bh = b * H + h, d = lf->dil[h], n = 0;
-            if (is_global) {
-                /* a global row: every position up to p, through the global K/V */
-                const float *qg = qkvg + b * 3 * C + h * D;
-                if (!tokens) {
-                    for (size_t j = 0; j <= p; j++) {
-                        kp[n] = sink_g + (b * l.S + j) * 2 * C + h * D;
-                        vp[n] = kp[n] + C;
-                        n++;
-                    }
-                } else {
-                    for (size_t j = oldest; j <= p; j++) {
-                        kp[n] = ring_g + (b * R + j % R) * 2 * C + h * D;
-                        vp[n] = kp[n] + C;
-                        n++;
-                    }
-                    for (size_t c = 0; c < kept; c++)
-                        if (glob_pos[c] < oldest) {
-                            kp[n] = glob_g + (b * l.NG + c) * 2 * C + h * D;
-                            vp[n] = kp[n] + C;
-                            n++;
-                        }
-                }
-                attend(qg, kp, vp, n, D, lf->scale, score, out + bh * D);
-                continue;
-            }
-            /* a local row: its dilated band from the ring, then the globals outside it */
-            for (size_t m = 0; m <= w && m * d <= p; m++) {
-                size_t s = (p - m * d) % R;
-                kp[n] = ring_k + (bh * R + s) * D;
-                vp[n++] = ring_v + (bh * R + s) * D;
-            }
-            size_t ng = tokens ? kept : l.NG;
-            for (size_t c = 0; c < ng; c++) {
-                size_t g = tokens ? glob_pos[c] : (size_t)lf->gpos[c];
-                if (g >= p || ((p - g) % d == 0 && (p - g) / d <= w)) continue;
-                kp[n] = glob_k + (bh * l.NG + c) * D;
-                vp[n++] = glob_v + (bh * l.NG + c) * D;
-            }
-            attend(q + bh * D, kp, vp, n, D, lf->scale, score, out + bh * D);
+}
+
+/* A global row of head h: every position up to p, through the global K/V
+ * (the sinks; or the ring and the kept occurrences in token mode). */
+static void attend_global_row(decode_step *st, size_t b, size_t h, float *out) {
+    const lf_plugin *lf = st->lf;
+    const cache_layout *l = &st->l;
+    size_t D = lf->cfg.head_dim, C = lf->cfg.n_embd, R = l->R, n = 0;
+    const float *qg = st->qkvg + b * 3 * C + h * D;
+    if (!st->tokens) {
+        for (size_t j = 0; j <= st->p; j++) {
+            st->kp[n] = st->sink_g + (b * l->S + j) * 2 * C + h * D;
+            st->vp[n] = st->kp[n] + C;
+            n++;
         }
-    if (tokens && is_global) {
-        /* B == 1 here (cache_reset); the oldest occurrence makes room */
-        size_t c = hd->n_occ % l.NG;
-        for (size_t h = 0; h < H; h++) {
-            memcpy(glob_k + (h * l.NG + c) * D, k + h * D, D * sizeof(float));
-            memcpy(glob_v + (h * l.NG + c) * D, v + h * D, D * sizeof(float));
+    } else {
+        for (size_t j = st->oldest; j <= st->p; j++) {
+            st->kp[n] = st->ring_g + (b * R + j % R) * 2 * C + h * D;
+            st->vp[n] = st->kp[n] + C;
+            n++;
         }
-        memcpy(glob_g + c * 2 * C, qkvg + C, 2 * C * sizeof(float));
-        glob_pos[c] = p;
-        hd->n_occ++;
+        for (size_t c = 0; c < st->kept; c++)
+            if (st->glob_pos[c] < st->oldest) {
+                st->kp[n] = st->glob_g + (b * l->NG + c) * 2 * C + h * D;
+                st->vp[n] = st->kp[n] + C;
+                n++;
+            }
     }
+    attend(qg, st->kp, st->vp, n, D, lf->scale, st->score, out);
+}
+
+/* A local row of head h: its dilated band from the ring, then the global
+ * tokens outside the band. */
+static void attend_local_row(decode_step *st, const float *q, size_t b, size_t h, float *out) {
+    const lf_plugin *lf = st->lf;
+    const cache_layout *l = &st->l;
+    size_t H = lf->cfg.n_head, D = lf->cfg.head_dim, R = l->R, w = lf->window, p = st->p;
+    size_t bh = b * H + h, d = lf->dil[h], n = 0;
+    for (size_t m = 0; m <= w && m * d <= p; m++) {
+        size_t s = (p - m * d) % R;
+        st->kp[n] = st->ring_k + (bh * R + s) * D;
+        st->vp[n++] = st->ring_v + (bh * R + s) * D;
+    }
+    size_t ng = st->tokens ? st->kept : l->NG;
+    for (size_t c = 0; c < ng; c++) {
+        size_t g = st->tokens ? st->glob_pos[c] : (size_t)lf->gpos[c];
+        if (g >= p || ((p - g) % d == 0 && (p - g) / d <= w)) continue;
+        st->kp[n] = st->glob_k + (bh * l->NG + c) * D;
+        st->vp[n++] = st->glob_v + (bh * l->NG + c) * D;
+    }
+    attend(q, st->kp, st->vp, n, D, lf->scale, st->score, out);
+}
+
+/* Token mode: a global token joins the kept occurrences (B == 1, see
+ * cache_reset), the oldest making room. */
+static void remember_occurrence(decode_step *st, cache_header *hd, const fs_attention_decode_args *a) {
+    const lf_plugin *lf = st->lf;
+    size_t H = lf->cfg.n_head, D = lf->cfg.head_dim, C = lf->cfg.n_embd, NG = st->l.NG;
+    size_t c = hd->n_occ % NG;
+    for (size_t h = 0; h < H; h++) {
+        memcpy(st->glob_k + (h * NG + c) * D, (const float *)a->k.data + h * D, D * sizeof(float));
+        memcpy(st->glob_v + (h * NG + c) * D, (const float *)a->v.data + h * D, D * sizeof(float));
+    }
+    memcpy(st->glob_g + c * 2 * C, st->qkvg + C, 2 * C * sizeof(float));
+    st->glob_pos[c] = st->p;
+    hd->n_occ++;
+}
+
+int lf_decode(void *self, void *cache, fs_attention_decode_args *a, fs_error *err) {
+    lf_plugin *lf = self;
+    cache_header *hd = cache;
+    int rc = check_decode_args(lf, hd, a, err);
+    if (rc) return rc;
+    decode_step st;
+    step_init(&st, lf, cache, a);
+    project_global(&st, a);
+    store_token(&st, a);
+    size_t H = lf->cfg.n_head, D = lf->cfg.head_dim;
+    const float *q = a->q.data;
+    float *out = a->out.data;
+    for (size_t b = 0; b < st.B; b++)
+        for (size_t h = 0; h < H; h++) {
+            size_t bh = b * H + h;
+            if (st.is_global)
+                attend_global_row(&st, b, h, out + bh * D);
+            else
+                attend_local_row(&st, q + bh * D, b, h, out + bh * D);
+        }
+    if (st.tokens && st.is_global) remember_occurrence(&st, hd, a);
     hd->len++;
     return FS_OK;
 }
