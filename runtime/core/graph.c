@@ -634,14 +634,65 @@ static int parse_int(const char *b, const char *e, int64_t *out) {
     return 0;
 }
 
+/* `text` must be one of the spec's '|'-separated choices. */
+static int parse_enum(const fs_param_spec *s, const char *text, char *why, size_t cap) {
+    const char *c = s->choices ? s->choices : "";
+    size_t lt = strlen(text);
+    for (const char *p = c;;) {
+        const char *bar = strchr(p, '|');
+        size_t lc = bar ? (size_t)(bar - p) : strlen(p);
+        if (lc == lt && strncmp(p, text, lt) == 0) return 0;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    size_t k = (size_t)snprintf(why, cap, "must be one of: ");
+    for (const char *p = c; *p && k + 3 < cap; p++) {
+        if (*p == '|') {
+            why[k++] = ',';
+            why[k++] = ' ';
+        } else {
+            why[k++] = *p;
+        }
+    }
+    why[k] = '\0';
+    return -1;
+}
+
+/* Comma-separated integers, each in the spec's range, into it->list. */
+static int parse_int_list(const fs_param_spec *s, const char *text, item *it, char *why, size_t cap) {
+    char range[160];
+    describe_range(range, sizeof range, s);
+    const char *end = text + strlen(text);
+    size_t n = 1;
+    for (const char *p = text; *p; p++) n += *p == ',';
+    it->list = calloc(n, sizeof *it->list);
+    if (!it->list) {
+        snprintf(why, cap, "out of memory");
+        return -1;
+    }
+    it->n_list = 0;
+    for (const char *p = text;;) {
+        const char *comma = strchr(p, ','), *pe = comma ? comma : end, *pb = p;
+        trim(&pb, &pe);
+        int64_t v;
+        if (parse_int(pb, pe, &v) || !in_range(s, (double)v)) {
+            snprintf(why, cap, "must be a comma-separated list of integers%s", range);
+            return -1;
+        }
+        it->list[it->n_list++] = v;
+        if (!comma) break;
+        p = comma + 1;
+    }
+    return 0;
+}
+
 /* Types and range-checks `text` into `it`; on failure writes the reason. */
 static int parse_value(const fs_param_spec *s, const char *text, item *it, char *why, size_t cap) {
     char range[160];
-    const char *end = text + strlen(text);
     switch (s->type) {
     case FS_PARAM_INT:
         describe_range(range, sizeof range, s);
-        if (parse_int(text, end, &it->i) || !in_range(s, (double)it->i)) {
+        if (parse_int(text, text + strlen(text), &it->i) || !in_range(s, (double)it->i)) {
             snprintf(why, cap, "must be an integer%s", range);
             return -1;
         }
@@ -668,52 +719,10 @@ static int parse_value(const fs_param_spec *s, const char *text, item *it, char 
     }
     case FS_PARAM_STRING:
         return 0;
-    case FS_PARAM_ENUM: {
-        const char *c = s->choices ? s->choices : "";
-        size_t lt = strlen(text);
-        for (const char *p = c;;) {
-            const char *bar = strchr(p, '|');
-            size_t lc = bar ? (size_t)(bar - p) : strlen(p);
-            if (lc == lt && strncmp(p, text, lt) == 0) return 0;
-            if (!bar) break;
-            p = bar + 1;
-        }
-        size_t k = (size_t)snprintf(why, cap, "must be one of: ");
-        for (const char *p = c; *p && k + 3 < cap; p++) {
-            if (*p == '|') {
-                why[k++] = ',';
-                why[k++] = ' ';
-            } else {
-                why[k++] = *p;
-            }
-        }
-        why[k] = '\0';
-        return -1;
-    }
-    case FS_PARAM_INT_LIST: {
-        describe_range(range, sizeof range, s);
-        size_t n = 1;
-        for (const char *p = text; *p; p++) n += *p == ',';
-        it->list = calloc(n, sizeof *it->list);
-        if (!it->list) {
-            snprintf(why, cap, "out of memory");
-            return -1;
-        }
-        it->n_list = 0;
-        for (const char *p = text;;) {
-            const char *comma = strchr(p, ','), *pe = comma ? comma : end, *pb = p;
-            trim(&pb, &pe);
-            int64_t v;
-            if (parse_int(pb, pe, &v) || !in_range(s, (double)v)) {
-                snprintf(why, cap, "must be a comma-separated list of integers%s", range);
-                return -1;
-            }
-            it->list[it->n_list++] = v;
-            if (!comma) break;
-            p = comma + 1;
-        }
-        return 0;
-    }
+    case FS_PARAM_ENUM:
+        return parse_enum(s, text, why, cap);
+    case FS_PARAM_INT_LIST:
+        return parse_int_list(s, text, it, why, cap);
     default:
         snprintf(why, cap, "schema declares unknown type %d", (int)s->type);
         return -1;
