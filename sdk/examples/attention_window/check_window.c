@@ -143,10 +143,91 @@ static double rel_err(double got, double want) { return fabs(got - want) / (1.0 
 
 static fs_tensor bhtd(float *p, size_t t) { return fs_tensor_cpu_f32(p, 4, B, H, t, D); }
 
+/* Largest relative error of the gradients (dq, dk, dv) against central
+ * differences of the reference loss in each input element. */
+static double gradient_error(double *qd, double *kd, double *vd, const double *rd, int64_t window, const float *dq,
+                             const float *dk, const float *dv) {
+    double err = 0.0, h = 1e-5;
+    double *xs[3] = {qd, kd, vd};
+    const float *gs[3] = {dq, dk, dv};
+    for (int x = 0; x < 3; x++)
+        for (size_t i = 0; i < N; i++) {
+            double keep = xs[x][i];
+            xs[x][i] = keep + h;
+            double lp = reference(qd, kd, vd, rd, window, NULL);
+            xs[x][i] = keep - h;
+            double lm = reference(qd, kd, vd, rd, window, NULL);
+            xs[x][i] = keep;
+            double e = rel_err(gs[x][i], (lp - lm) / (2 * h));
+            err = e > err ? e : err;
+        }
+    return err;
+}
+
+/* Decoding q, k, v one token at a time, with a cache sized for `context`
+ * (0: the plugin's bounded size), must give forward's out; *max_err gets
+ * the largest difference. Returns 1 if a call fails. */
+static int decode_error(const fs_attention_vtable *vt, void *self, size_t context, const float *q, const float *k,
+                        const float *v, const float *out, double *max_err) {
+    fs_error err = {0};
+    fs_device cpu = {FS_DEVICE_CPU, 0};
+    void *cache = host_alloc(cpu, vt->cache_bytes(self, B, context));
+    if (!cache || vt->cache_reset(self, cache, B, context, &err)) {
+        fprintf(stderr, "cache_reset: %s\n", err.message);
+        host_free(cpu, cache);
+        return 1;
+    }
+    for (size_t t = 0; t < T; t++) {
+        float qt[B * H * D], kt[B * H * D], vv[B * H * D], ot[B * H * D];
+        for (size_t bh = 0; bh < B * H; bh++) {
+            memcpy(qt + bh * D, q + (bh * T + t) * D, D * sizeof(float));
+            memcpy(kt + bh * D, k + (bh * T + t) * D, D * sizeof(float));
+            memcpy(vv + bh * D, v + (bh * T + t) * D, D * sizeof(float));
+        }
+        fs_attention_decode_args da;
+        memset(&da, 0, sizeof da);
+        da.struct_size = sizeof da;
+        da.B = B;
+        da.pos = t;
+        da.q = bhtd(qt, 1), da.k = bhtd(kt, 1), da.v = bhtd(vv, 1), da.out = bhtd(ot, 1);
+        da.token = -1;
+        if (vt->decode(self, cache, &da, &err)) {
+            fprintf(stderr, "decode %zu: %s\n", t, err.message);
+            host_free(cpu, cache);
+            return 1;
+        }
+        for (size_t bh = 0; bh < B * H; bh++)
+            for (size_t i = 0; i < D; i++) {
+                double e = fabs(ot[bh * D + i] - out[(bh * T + t) * D + i]);
+                *max_err = e > *max_err ? e : *max_err;
+            }
+    }
+    host_free(cpu, cache);
+    return 0;
+}
+
+/* scores() of forward `a` must be the reference probabilities, exactly 0
+ * outside the window; *max_err gets the largest difference. */
+static int scores_error(const fs_attention_vtable *vt, void *self, const fs_attention_args *a, const double *probs,
+                        double *max_err) {
+    static float scores[B * H * T * T];
+    fs_error err = {0};
+    fs_attention_scores_args sa = {sizeof sa, a, 1, fs_tensor_cpu_f32(scores, 4, B, H, T, T)};
+    if (vt->scores(self, &sa, &err)) {
+        fprintf(stderr, "scores: %s\n", err.message);
+        return 1;
+    }
+    for (size_t i = 0; i < B * H * T * T; i++) {
+        double e = fabs(scores[i] - probs[i]);
+        if (probs[i] == 0.0 && scores[i] != 0.0) e = 1.0;
+        *max_err = e > *max_err ? e : *max_err;
+    }
+    return 0;
+}
+
 static int check_window(const fs_attention_vtable *vt, int64_t window) {
     static float q[N], k[N], v[N], out[N], r[N], dq[N], dk[N], dv[N];
     static double qd[N], kd[N], vd[N], rd[N], probs[B * H * T * T];
-    static float scores[B * H * T * T];
     srand((unsigned)window);
     for (size_t i = 0; i < N; i++) {
         qd[i] = q[i] = (float)(2.0 * rand() / RAND_MAX - 1.0) * 2.0f;
@@ -180,72 +261,17 @@ static int check_window(const fs_attention_vtable *vt, int64_t window) {
     double loss = 0.0;
     for (size_t i = 0; i < N; i++) loss += (double)out[i] * r[i];
     double fwd_err = rel_err(loss, reference(qd, kd, vd, rd, window, probs));
-    /* backward: every input element against a central difference */
-    double grad_err = 0.0, h = 1e-5;
-    double *xs[3] = {qd, kd, vd};
-    const float *gs[3] = {dq, dk, dv};
-    for (int x = 0; x < 3; x++)
-        for (size_t i = 0; i < N; i++) {
-            double keep = xs[x][i];
-            xs[x][i] = keep + h;
-            double lp = reference(qd, kd, vd, rd, window, NULL);
-            xs[x][i] = keep - h;
-            double lm = reference(qd, kd, vd, rd, window, NULL);
-            xs[x][i] = keep;
-            double e = rel_err(gs[x][i], (lp - lm) / (2 * h));
-            grad_err = e > grad_err ? e : grad_err;
-        }
-    /* decode: one token at a time reproduces forward */
-    double dec_err = 0.0;
-    size_t contexts[2] = {T, 0};
-    for (int c = 0; c < 2; c++) {
-        void *cache = host_alloc(cfg.device, vt->cache_bytes(self, B, contexts[c]));
-        if (!cache || vt->cache_reset(self, cache, B, contexts[c], &err)) {
-            fprintf(stderr, "window %lld: cache_reset: %s\n", (long long)window, err.message);
-            return 1;
-        }
-        for (size_t t = 0; t < T; t++) {
-            float qt[B * H * D], kt[B * H * D], vv[B * H * D], ot[B * H * D];
-            for (size_t bh = 0; bh < B * H; bh++) {
-                memcpy(qt + bh * D, q + (bh * T + t) * D, D * sizeof(float));
-                memcpy(kt + bh * D, k + (bh * T + t) * D, D * sizeof(float));
-                memcpy(vv + bh * D, v + (bh * T + t) * D, D * sizeof(float));
-            }
-            fs_attention_decode_args da;
-            memset(&da, 0, sizeof da);
-            da.struct_size = sizeof da;
-            da.B = B;
-            da.pos = t;
-            da.q = bhtd(qt, 1), da.k = bhtd(kt, 1), da.v = bhtd(vv, 1), da.out = bhtd(ot, 1);
-            da.token = -1;
-            if (vt->decode(self, cache, &da, &err)) {
-                fprintf(stderr, "window %lld: decode %zu: %s\n", (long long)window, t, err.message);
-                return 1;
-            }
-            for (size_t bh = 0; bh < B * H; bh++)
-                for (size_t i = 0; i < D; i++) {
-                    double e = fabs(ot[bh * D + i] - out[(bh * T + t) * D + i]);
-                    dec_err = e > dec_err ? e : dec_err;
-                }
-        }
-        host_free(cfg.device, cache);
-    }
-    /* scores: the probabilities, exactly 0 outside the window */
-    double sc_err = 0.0;
-    if (vt->flags & FS_ATTENTION_SCORES) {
-        fs_attention_scores_args sa = {sizeof sa, &a, 1, fs_tensor_cpu_f32(scores, 4, B, H, T, T)};
-        if (vt->scores(self, &sa, &err)) {
-            fprintf(stderr, "window %lld: scores: %s\n", (long long)window, err.message);
-            return 1;
-        }
-        for (size_t i = 0; i < B * H * T * T; i++) {
-            double e = fabs(scores[i] - probs[i]);
-            if (probs[i] == 0.0 && scores[i] != 0.0) e = 1.0;
-            sc_err = e > sc_err ? e : sc_err;
-        }
-    }
+    double grad_err = gradient_error(qd, kd, vd, rd, window, dq, dk, dv);
+    /* decode, with a cache for the context and the plugin's bounded one */
+    double dec_err = 0.0, sc_err = 0.0;
+    int failed = decode_error(vt, self, T, q, k, v, out, &dec_err) || decode_error(vt, self, 0, q, k, v, out, &dec_err);
+    if (!failed && (vt->flags & FS_ATTENTION_SCORES)) failed = scores_error(vt, self, &a, probs, &sc_err);
     vt->destroy(self);
     host_free(cfg.device, saved);
+    if (failed) {
+        fprintf(stderr, "window %lld: a call failed (above)\n", (long long)window);
+        return 1;
+    }
     int bad = fwd_err > 1e-5 || grad_err > 1e-4 || dec_err > 1e-5 || sc_err > 1e-5;
     printf("window %3lld (T = %d): forward %.1e  gradients %.1e  decode %.1e  scores %.1e  %s\n", (long long)window,
            T, fwd_err, grad_err, dec_err, sc_err, bad ? "FAIL" : "ok");
