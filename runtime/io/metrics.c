@@ -6,27 +6,11 @@
 #include <unistd.h>
 
 #include "core/host.h"
+#include "io/utf8.h"
 
 void fs_json_string(FILE *f, const char *s) { fs_json_bytes(f, s, strlen(s)); }
 
-void fs_json_bytes(FILE *f, const char *s, size_t n) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s, *end = p + n; p < end; p++) {
-        switch (*p) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        default:
-            if (*p < 0x20 || *p >= 0x80)
-                fprintf(f, "\\u%04x", *p); /* bytes as code points: byte-level text need not be UTF-8 */
-            else
-                fputc(*p, f);
-        }
-    }
-    fputc('"', f);
-}
+void fs_json_bytes(FILE *f, const char *s, size_t n) { fs_json_utf8(f, s, n); }
 
 int fs_metrics_open(fs_metrics *m, const char *out_dir, const char *progress, uint64_t log_every, int append,
                     fs_error *err) {

@@ -34,8 +34,8 @@ void fs_metrics_break(fs_metrics *m);
 /* Writes s as a JSON string literal (with quotes) to f. */
 void fs_json_string(FILE *f, const char *s);
 /* The same for n bytes that may include NUL (generated text can: token 0
- * is byte 0). Bytes >= 0x80 are written as \u00XX, i.e. read as Latin-1,
- * because byte-level text need not be valid UTF-8. */
+ * is byte 0) and need not be UTF-8: always valid UTF-8 out, ill-formed
+ * sequences as U+FFFD (fs_json_utf8, utf8.h). */
 void fs_json_bytes(FILE *f, const char *s, size_t n);
 
 #endif
