@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "core/host.h"
+#include "io/files.h"
 
 #define MAX_DIMS 8
 #define MAX_JSON_DEPTH 64
@@ -787,72 +788,29 @@ static int build_header(const table *tb, sbuf *b) {
     return b->oom ? -1 : 0;
 }
 
-static int write_all(int fd, const void *buf, size_t n) {
-    const unsigned char *p = buf;
-    while (n) {
-        ssize_t r = write(fd, p, n < IO_CHUNK ? n : IO_CHUNK);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            if (r == 0) errno = ENOSPC;
-            return -1;
-        }
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
-/* Makes the rename itself durable: without it a crash can bring back the
- * old directory entry though the new file's data reached the disk. */
-static int sync_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-    free(dir);
-    if (fd < 0) return -1;
-    int rc = fsync(fd), e = errno;
-    close(fd);
-    errno = e;
-    return rc != 0 && e != EINVAL ? -1 : 0; /* EINVAL: this filesystem cannot sync directories */
-}
-
 int fs_safetensors_writer_write(fs_safetensors_writer *w, const char *path, fs_error *err) {
     sbuf hdr = {NULL, 0, 0, 0};
-    size_t tmplen = strlen(path) + 32;
-    char *tmp = malloc(tmplen);
-    if (!tmp || build_header(&w->tb, &hdr)) {
-        free(tmp);
+    const void **parts = malloc((w->tb.n + 2) * sizeof *parts);
+    size_t *lens = malloc((w->tb.n + 2) * sizeof *lens);
+    if (!parts || !lens || build_header(&w->tb, &hdr)) {
+        free(parts);
+        free(lens);
         free(hdr.p);
         return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory building the header", path);
     }
-    snprintf(tmp, tmplen, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        fs_error_set(err, FS_ERR_IO, "%s: cannot create %s: %s (does the directory exist and is it writable?)", path,
-             tmp, strerror(errno));
-        free(tmp);
-        free(hdr.p);
-        return FS_ERR_IO;
-    }
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)((uint64_t)hdr.len >> (8 * i));
-    const char *step = "cannot write";
-    int bad = write_all(fd, lenb, 8) || write_all(fd, hdr.p, hdr.len);
-    for (size_t i = 0; !bad && i < w->tb.n; i++)
-        if (w->tb.e[i].t.nbytes) bad = write_all(fd, w->tb.e[i].t.data, w->tb.e[i].t.nbytes);
-    if (!bad && fsync(fd) != 0) step = "cannot sync", bad = 1;
-    int e = errno;
-    if (close(fd) != 0 && !bad) e = errno, bad = 1;
-    if (!bad && rename(tmp, path) != 0) e = errno, step = "cannot rename the temporary file over it", bad = 1;
+    parts[0] = lenb;
+    lens[0] = 8;
+    parts[1] = hdr.p;
+    lens[1] = hdr.len;
+    for (size_t i = 0; i < w->tb.n; i++) {
+        parts[i + 2] = w->tb.e[i].t.data;
+        lens[i + 2] = w->tb.e[i].t.nbytes;
+    }
+    int rc = fs_file_write_atomic(path, parts, lens, w->tb.n + 2, err);
+    free(parts);
+    free(lens);
     free(hdr.p);
-    if (bad) unlink(tmp);
-    free(tmp);
-    if (bad)
-        return fs_error_set(err, FS_ERR_IO, "%s: %s: %s; the previous file at that path is unchanged", path, step,
-                    strerror(e));
-    if (sync_dir(path) != 0)
-        return fs_error_set(err, FS_ERR_IO,
-                    "%s: written, but syncing its directory failed: %s (the rename may not survive a crash)",
-                    path, strerror(errno));
-    return 0;
+    return rc;
 }
