@@ -4,12 +4,20 @@
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const fs_param_spec model_keys[] = {
-    {"vocab_size", FS_PARAM_INT, "256", 2, 256, NULL, "vocabulary size; the byte-level tokenizer uses 256"},
+    {"vocab_size", FS_PARAM_INT, "256", 2, 16777216, NULL,
+     "vocabulary size (rows of wte): at least the tokenizer's (byte: 256; bpe: its vocabulary)"},
     {"n_layer", FS_PARAM_INT, "4", 1, 256, NULL, "number of transformer blocks"},
     {"n_head", FS_PARAM_INT, "4", 1, 256, NULL, "attention heads per block (n_embd must be a multiple)"},
     {"n_embd", FS_PARAM_INT, "256", 8, 65536, NULL, "model width C"},
     {"max_seq", FS_PARAM_INT, "256", 2, 1048576, NULL, "context length T (learned positions)"},
-    {"tokenizer", FS_PARAM_ENUM, "byte", 0, 0, "byte", "tokenizer: byte-level (token = byte)"},
+    {"tokenizer", FS_PARAM_STRING, "byte", 0, 0, NULL,
+     "byte (token = byte) or bpe:PATH (GPT-2 byte-level BPE: a tokenizer.json, a directory with one or with "
+     "vocab.json + merges.txt; --mode train-tokenizer learns one)"},
+    {"tie_word_embeddings", FS_PARAM_BOOL, "true", 0, 0, NULL,
+     "the LM head is the token embedding wte (GPT-2); false: its own lm_head.weight (V, C)"},
+    {"init", FS_PARAM_STRING, "", 0, 0, NULL,
+     "start training or distillation from these weights: a .safetensors file or a Hugging Face model directory "
+     "(sharded, bare GPT2Model names, F16/BF16 all read); never written"},
     {"reversible", FS_PARAM_BOOL, "false", 0, 0, NULL,
      "reversible residual layers (Reformer): backward rebuilds each layer's input, so activation memory "
      "does not grow with n_layer"},
@@ -68,6 +76,8 @@ static const fs_param_spec distill_stage_keys[] = {
 static const fs_param_spec data_keys[] = {
     {"train", FS_PARAM_STRING, "", 0, 0, NULL, "training text file (required to train)"},
     {"val", FS_PARAM_STRING, "", 0, 0, NULL, "held-out text file for validation and eval"},
+    {"cache", FS_PARAM_BOOL, "true", 0, 0, NULL,
+     "keep a BPE tokenizer's tokens of each file in FILE.bpe-<id>.tokens beside it (memory-mapped next time)"},
 };
 
 static const fs_param_spec train_keys[] = {
@@ -107,7 +117,10 @@ static const fs_param_spec run_keys[] = {
      "threads (0 = all cores; under mpirun the cores / the ranks on this machine); BLAS uses the same cores"},
     /* the names of modes/modes.c's table, in its order (core does not
      * reach up into modes; tests/unit/test_modes.c holds them equal) */
-    {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval", "what to do (--mode overrides)"},
+    {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval|tokenize|train-tokenizer",
+     "what to do (--mode overrides)"},
+    {"overwrite", FS_PARAM_BOOL, "false", 0, 0, NULL,
+     "let a fresh run replace the checkpoint of another run in [run] out (and train-tokenizer an existing file)"},
     {"stop_after", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL,
      "end this invocation after this step, checkpointed (the schedule still spans [train] steps)"},
     {"progress", FS_PARAM_ENUM, "auto", 0, 0, "auto|on|off", "progress line: auto = only on a terminal"},

@@ -1,4 +1,4 @@
-/* data.c — byte-level tokenizer and datasets. */
+/* data.c — datasets: text files through the tokenizer, and batches. */
 #include "io/data.h"
 
 #include <errno.h>
@@ -8,65 +8,65 @@
 #include <sys/stat.h>
 
 #include "core/host.h"
+#include "core/session.h"
+#include "dist/world.h"
+#include "io/files.h"
 
-int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t min_tokens, fs_error *err) {
+int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t min_tokens, fs_tokenizer *tok,
+                    int use_cache, fs_error *err) {
     memset(d, 0, sizeof *d);
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    struct stat st;
+    if (stat(path, &st) != 0)
         return fs_error_set(err, errno == ENOENT ? FS_ERR_NOT_FOUND : FS_ERR_IO, "%s: %s: cannot open data file: %s",
                             where, path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
+    if (!S_ISREG(st.st_mode))
         return fs_error_set(err, FS_ERR_INVALID, "%s: %s: not a regular file: give a text file", where, path);
-    }
-    size_t len = (size_t)st.st_size;
-    if (len < min_tokens) {
-        fclose(f);
+    char *text;
+    size_t len;
+    fs_error ferr = {0};
+    int rc = fs_file_read(path, &text, &len, &ferr);
+    if (rc) return fs_error_set(err, rc, "%s: %s", where, ferr.message);
+    int byte_level = !strcmp(fs_tokenizer_kind(tok), "byte");
+    if (len < min_tokens && byte_level) { /* said before tokenizing: a byte is a token */
+        free(text);
         return fs_error_set(err, FS_ERR_INVALID,
                             "%s: %s: %s (%zu bytes); it needs at least %zu tokens (max_seq + 1) to make one window",
                             where, path, len == 0 ? "the data file is empty" : "the data file is too short", len,
                             min_tokens);
     }
-    unsigned char *bytes = malloc(len + 1);
-    d->tokens = malloc((len + 1) * sizeof(int32_t));
-    if (!bytes || !d->tokens) {
-        free(bytes);
-        free(d->tokens);
-        d->tokens = NULL;
-        fclose(f);
-        return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory for %zu bytes", path, len);
+    rc = fs_token_file_load(&d->file, path, text, len, tok, use_cache && !byte_level, fs_world_rank() == 0, err);
+    free(text);
+    if (rc) return rc;
+    d->tokens = d->file.tokens;
+    d->n = d->file.n;
+    if (d->n < min_tokens) {
+        fs_error_set(err, FS_ERR_INVALID,
+                     "%s: %s: the data file is too short (%zu bytes, %zu tokens); it needs at least %zu tokens "
+                     "(max_seq + 1) to make one window",
+                     where, path, len, d->n, min_tokens);
+        fs_dataset_release(d);
+        return FS_ERR_INVALID;
     }
-    size_t got = fread(bytes, 1, len, f);
-    fclose(f);
-    if (got != len) {
-        free(bytes);
-        free(d->tokens);
-        d->tokens = NULL;
-        return fs_error_set(err, FS_ERR_IO, "%s: %s: short read", where, path);
+    if (!(d->path = strdup(path))) {
+        fs_dataset_release(d);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
-    d->n = fs_tokenize(d->tokens, (const char *)bytes, got);
-    free(bytes);
-    d->path = strdup(path);
     return FS_OK;
 }
 
 void fs_dataset_release(fs_dataset *d) {
     if (!d) return;
-    free(d->tokens);
+    fs_token_file_release(&d->file);
     free(d->path);
     memset(d, 0, sizeof *d);
 }
 
-size_t fs_tokenize(int32_t *out, const char *text, size_t len) {
-    for (size_t i = 0; i < len; i++) out[i] = (unsigned char)text[i];
-    return len;
-}
-
-size_t fs_detokenize(char *out, const int32_t *tokens, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = tokens[i] >= 0 && tokens[i] < 256 ? (char)tokens[i] : '?';
-    out[n] = '\0';
-    return n;
+int fs_session_dataset(fs_session *s, const char *key, size_t min_tokens, fs_dataset *d, fs_error *err) {
+    fs_tokenizer *tok;
+    int rc = fs_session_tokenizer(s, &tok, err);
+    if (rc) return rc;
+    return fs_dataset_load(d, fs_config_string(s->data_cfg, key), fs_config_where(s->data_cfg, key), min_tokens, tok,
+                           fs_config_bool(s->data_cfg, "cache"), err);
 }
 
 void fs_dataset_sample(const fs_dataset *d, fs_rng *rng, int32_t *inputs, int32_t *targets, size_t B, size_t T) {

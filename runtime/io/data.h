@@ -1,10 +1,11 @@
-/* data.h — text to tokens and tokens to training batches.
+/* data.h — text to training batches.
  *
- * The tokenizer is byte-level (vocab 256): token i is byte i, so any file
- * is valid input and decoding is exact. A dataset is a whole file of
- * tokens; training draws windows of T + 1 tokens at random positions (from
- * the run's RNG, so a resumed run draws the same ones), evaluation walks
- * consecutive windows. */
+ * A dataset is a whole text file turned into tokens by the graph's
+ * tokenizer (tokenizer.h): byte-level, token i is byte i, so any file is
+ * valid input; or BPE, whose tokens are cached beside the file and
+ * memory-mapped by later runs (token_cache.h). Training draws windows of
+ * T + 1 tokens at random positions (from the run's RNG, so a resumed run
+ * draws the same ones), evaluation walks consecutive windows. */
 #ifndef FS_DATA_H
 #define FS_DATA_H
 
@@ -13,22 +14,27 @@
 
 #include "fastserve/plugin.h"
 #include "core/rng.h"
+#include "io/token_cache.h"
+#include "io/tokenizer.h"
 
 typedef struct fs_dataset {
     char *path;
-    int32_t *tokens;
+    const int32_t *tokens;
     size_t n;
+    fs_token_file file; /* where the tokens live */
 } fs_dataset;
 
-/* `where` names the graph key that gave the path, for the error message. */
-int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t min_tokens, fs_error *err);
+/* `where` names the graph key that gave the path, for the error message.
+ * use_cache: keep BPE tokens in a cache file beside the text (the byte
+ * tokenizer never needs one). Only rank 0 writes caches. */
+int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t min_tokens, fs_tokenizer *tok,
+                    int use_cache, fs_error *err);
 void fs_dataset_release(fs_dataset *d);
 
-/* Byte-level tokenizer. */
-size_t fs_tokenize(int32_t *out, const char *text, size_t len);
-/* Writes the bytes of tokens to out (tokens >= 256 become '?'), NUL-terminated;
- * returns how many bytes. */
-size_t fs_detokenize(char *out, const int32_t *tokens, size_t n);
+struct fs_session;
+/* [data] key (train, val) of a session, with its tokenizer and [data]
+ * cache; at least min_tokens tokens. */
+int fs_session_dataset(struct fs_session *s, const char *key, size_t min_tokens, fs_dataset *d, fs_error *err);
 
 /* B random windows: inputs (B,T) and targets (B,T) = inputs shifted by one. */
 void fs_dataset_sample(const fs_dataset *d, fs_rng *rng, int32_t *inputs, int32_t *targets, size_t B, size_t T);

@@ -59,7 +59,7 @@ int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_e
     if (!path || !*path)
         return fs_error_set(err, FS_ERR_INVALID, "[data] val: required by --mode eval: set it to a text file");
     fs_dataset val;
-    int rc = fs_dataset_load(&val, path, fs_config_where(s->data_cfg, "val"), s->mcfg.max_seq + 1, err);
+    int rc = fs_session_dataset(s, "val", s->mcfg.max_seq + 1, &val, err);
     if (rc) return rc;
     *config_error = 0;
     char ckpt[PATH_MAX];

@@ -8,6 +8,7 @@
 #include "session/checkpoint.h"
 #include "io/data.h"
 #include "io/metrics.h"
+#include "io/tokenizer.h"
 #include "model/seq.h"
 #include "modes/modes.h"
 
@@ -61,40 +62,56 @@ void fs_generation_release(fs_generation *g) {
     memset(g, 0, sizeof *g);
 }
 
-int fs_generate_text(const fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
+int fs_prompt_tokens(fs_session *s, const char *text, size_t len, fs_tokens *out, fs_error *err) {
+    fs_tokenizer *tok;
+    int rc = fs_session_tokenizer(s, &tok, err);
+    if (!rc) rc = fs_tokenizer_encode(tok, text, len, out, err);
+    /* an empty prompt starts a document: GPT-2's <|endoftext|>, or a new line */
+    if (!rc && out->n == 0) {
+        int32_t eos = fs_tokenizer_eos(tok);
+        rc = eos >= 0 ? fs_tokens_push(out, eos) : fs_tokenizer_encode(tok, "\n", 1, out, err);
+    }
+    return rc;
+}
+
+int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
                      fs_error *err) {
     memset(g, 0, sizeof *g);
     const fs_model *m = s->model;
-    g->prompt = malloc((len + 1) * sizeof(int32_t));
-    g->tokens = malloc((max_tokens + 1) * sizeof(int32_t));
-    g->text = malloc(max_tokens + 1);
-    if (!g->prompt || !g->tokens || !g->text) {
+    fs_tokens prompt = {0};
+    int rc = fs_prompt_tokens(s, text, len, &prompt, err);
+    if (rc) return rc;
+    g->prompt = prompt.ids;
+    g->n_prompt = prompt.n;
+    if (!(g->tokens = malloc((max_tokens + 1) * sizeof(int32_t)))) {
         fs_generation_release(g);
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
-    g->n_prompt = fs_tokenize(g->prompt, text, len);
-    if (g->n_prompt == 0) g->prompt[g->n_prompt++] = '\n'; /* an empty prompt starts a new line */
     fs_seq_config sc = {.B = 1, .threads = fs_generate_threads(m), .sampler = fs_generate_sampler(s->gen_cfg)};
     fs_seq *seq = NULL;
-    int rc = fs_seq_create(&seq, m, &sc, err);
+    rc = fs_seq_create(&seq, m, &sc, err);
     if (!rc) {
         g->cache_bytes = fs_seq_cache_bytes(seq);
         rc = fs_generate(seq, g->prompt, g->n_prompt, max_tokens, g->tokens, &g->n, &g->seconds,
                          &g->stopped_at_context, err);
     }
     fs_seq_destroy(seq);
-    if (!rc) g->text_len = fs_detokenize(g->text, g->tokens, g->n);
+    if (!rc) rc = fs_tokenizer_decode(s->tokenizer, g->tokens, g->n, &g->text, &g->text_len, err);
     if (rc) fs_generation_release(g);
     return rc;
 }
 
 /* The prompt must fit the context unless every cache is bounded. */
-static int check_prompt(const fs_session *s, const fs_run_options *o, const char *text, fs_error *err) {
-    size_t len = strlen(text), ctx = s->mcfg.max_seq;
-    if (len < ctx || fs_model_cache_bounded(s->model)) return FS_OK;
-    return fs_error_set(err, FS_ERR_INVALID,
-                        "%s: the prompt is %zu tokens, but the context ([model] max_seq) is %zu: shorten the prompt",
-                        o->prompt ? "--prompt" : fs_config_where(s->gen_cfg, "prompt"), len, ctx);
+static int check_prompt(fs_session *s, const fs_run_options *o, const char *text, fs_error *err) {
+    size_t ctx = s->mcfg.max_seq;
+    fs_tokens prompt = {0};
+    int rc = fs_prompt_tokens(s, text, strlen(text), &prompt, err);
+    if (!rc && prompt.n >= ctx && !fs_model_cache_bounded(s->model))
+        rc = fs_error_set(err, FS_ERR_INVALID,
+                          "%s: the prompt is %zu tokens, but the context ([model] max_seq) is %zu: shorten the prompt",
+                          o->prompt ? "--prompt" : fs_config_where(s->gen_cfg, "prompt"), prompt.n, ctx);
+    fs_tokens_release(&prompt);
+    return rc;
 }
 
 static void print_generation(const char *text, const fs_generation *g) {

@@ -5,13 +5,15 @@
 #include <string.h>
 
 /* Each mode's run function, defined in the mode's own file. */
-fs_mode_fn fs_mode_train, fs_mode_distill, fs_mode_generate, fs_mode_eval;
+fs_mode_fn fs_mode_train, fs_mode_distill, fs_mode_generate, fs_mode_eval, fs_mode_tokenize, fs_mode_train_tokenizer;
 
 const fs_mode fs_modes[] = {
     {"train", fs_mode_train, "train on [data] train; checkpoint and metrics in [run] out (the default)"},
     {"distill", fs_mode_distill, "train as the student of [distill] teacher, or a chain of [distill.stage.N]"},
     {"generate", fs_mode_generate, "continue --prompt or [generate] prompt from the checkpoint"},
     {"eval", fs_mode_eval, "mean loss of the checkpoint over [data] val"},
+    {"tokenize", fs_mode_tokenize, "tokenize [data] train and val into their token caches; report tokens per byte"},
+    {"train-tokenizer", fs_mode_train_tokenizer, "learn BPE merges on [data] train up to [model] vocab_size"},
 };
 const size_t fs_n_modes = sizeof fs_modes / sizeof fs_modes[0];
 

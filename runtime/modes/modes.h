@@ -1,7 +1,8 @@
 /* modes.h — what fsrun does with an open session: train, distill,
- * generate, eval (the table fs_modes in modes.c). Each prints its results
- * to stdout (human text first, one JSON line last, so scripts read the last
- * line) and progress to stderr.
+ * generate, eval, and the tokenizer's tokenize and train-tokenizer (the
+ * table fs_modes in modes.c). Each prints its results to stdout (human
+ * text first, one JSON line last, so scripts read the last line) and
+ * progress to stderr.
  *
  * A mode returns 0 or a negative fs_status; *config_error tells main()
  * whether the failure was in the set-up checks (exit status 2: the graph,
@@ -58,8 +59,9 @@ int fs_generate_threads(const fs_model *m);
 int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_tokens, int32_t *out,
                 size_t *n_out, double *seconds, int *stopped_at_context, fs_error *err);
 
-/* A generation from prompt text with the session's model and [generate]
- * sampler: the prompt's tokens, the new tokens and their text. */
+/* A generation from prompt text with the session's model, tokenizer and
+ * [generate] sampler: the prompt's tokens, the new tokens and their text
+ * (bytes: a BPE token may end inside a character). */
 typedef struct fs_generation {
     int32_t *prompt, *tokens;
     size_t n_prompt, n;
@@ -70,9 +72,14 @@ typedef struct fs_generation {
     size_t cache_bytes; /* of the sequence's KV caches */
 } fs_generation;
 
-int fs_generate_text(const fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
+int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
                      fs_error *err);
 void fs_generation_release(fs_generation *g);
+
+/* The tokens of a prompt under the session's tokenizer; an empty prompt
+ * is the end-of-text token (or a new line without one). */
+struct fs_tokens;
+int fs_prompt_tokens(fs_session *s, const char *text, size_t len, struct fs_tokens *out, fs_error *err);
 
 /* Mean cross-entropy over up to max_windows consecutive windows of T tokens
  * of `tokens`, computed B windows at a time; *n_tokens receives the number

@@ -127,7 +127,7 @@ static int load_data(fs_session *s, const char *key, int required, fs_dataset *d
             return fs_error_set(err, FS_ERR_INVALID, "[data] %s: required to train: set it to a text file", key);
         return FS_OK;
     }
-    return fs_dataset_load(d, path, fs_config_where(s->data_cfg, key), s->mcfg.max_seq + 1, err);
+    return fs_session_dataset(s, key, s->mcfg.max_seq + 1, d, err);
 }
 
 /* What the graph and the command line ask for exists: a failure here is a
@@ -439,7 +439,7 @@ static int train_step(train_run *r, fs_error *err) {
 
 /* A sample from the trained model, as a person would want to see. */
 static int print_sample(const train_run *r, fs_error *err) {
-    const fs_session *s = r->s;
+    fs_session *s = r->s;
     size_t sample = (size_t)fs_config_int(s->gen_cfg, "max_tokens");
     if (sample == 0 || r->ts.step != r->total) return FS_OK;
     if (s->topo.tensor > 1 || s->topo.pipeline > 1) {

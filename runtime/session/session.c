@@ -11,6 +11,7 @@
 #include "core/schema.h"
 #include "dist/shard.h"
 #include "dist/world.h"
+#include "io/tokenizer.h"
 
 static int resolve(fs_config **out, const fs_graph *g, const fs_section_schema *s, fs_error *err) {
     const char *sections[] = {s->section};
@@ -347,6 +348,9 @@ static int open_session(fs_session **out, fs_graph *g, int local, fs_error *err)
         goto checked;
     }
     if ((rc = check_layer_sections(s, err))) goto checked;
+    if ((rc = fs_tokenizer_spec_check(fs_config_string(s->model_cfg, "tokenizer"),
+                                      fs_config_where(s->model_cfg, "tokenizer"), err)))
+        goto checked;
     {
         const char *sec[] = {"parallel"};
         rc = fs_session_plugin_config(s, &s->parallel, FS_PLUGIN_PARALLEL, sec, 1, fs_schema_parallel.spec,
@@ -388,6 +392,7 @@ void fs_session_close(fs_session *s) {
     fs_config_destroy(s->run_cfg);
     release_instance(&s->distill);
     fs_shard_map_release(&s->shard);
+    fs_tokenizer_destroy(s->tokenizer);
     fs_plugin_registry_release(&s->registry);
     fs_graph_destroy(s->graph);
     free(s);
@@ -400,6 +405,25 @@ int fs_session_require_whole(const fs_session *s, const char *mode, fs_error *er
                         "%d): run fsrun without mpirun (the checkpoint holds the whole model), or use [parallel] "
                         "plugin = data",
                         fs_config_where(s->parallel.config, "plugin"), mode, s->topo.tensor, s->topo.pipeline);
+}
+
+int fs_session_tokenizer(fs_session *s, fs_tokenizer **out, fs_error *err) {
+    if (!s->tokenizer) {
+        int rc = fs_tokenizer_open(&s->tokenizer, fs_config_string(s->model_cfg, "tokenizer"),
+                                   fs_config_where(s->model_cfg, "tokenizer"), err);
+        if (rc) return rc;
+        size_t need = fs_tokenizer_vocab_size(s->tokenizer);
+        if (need > s->mcfg.vocab) {
+            rc = fs_error_set(err, FS_ERR_INVALID, "%s: the tokenizer (%s) has %zu tokens: set it to %zu or more",
+                              fs_config_where(s->model_cfg, "vocab_size"), fs_config_string(s->model_cfg, "tokenizer"),
+                              need, need);
+            fs_tokenizer_destroy(s->tokenizer);
+            s->tokenizer = NULL;
+            return rc;
+        }
+    }
+    *out = s->tokenizer;
+    return FS_OK;
 }
 
 void fs_session_checkpoint_path(const fs_session *s, char *buf, size_t cap) {

@@ -41,6 +41,7 @@ typedef struct fs_session {
     fs_shard_map shard;         /* its part of the model (shard.h) */
     int local;                  /* a whole replica in this process (a teacher): its strategy sees one rank */
     fs_comm local_comm;         /* the self communicator it gets */
+    struct fs_tokenizer *tokenizer; /* [model] tokenizer, opened by fs_session_tokenizer */
 } fs_session;
 
 /* Takes ownership of g (also on failure). Collective when several ranks
@@ -62,6 +63,11 @@ int fs_session_plugin_config(fs_session *s, fs_plugin_instance *inst, int kind, 
  * only a tensor or pipeline shard: generation and eval run in one process
  * (the checkpoint holds the whole model). */
 int fs_session_require_whole(const fs_session *s, const char *mode, fs_error *err);
+
+/* The [model] tokenizer, opened on first use (its file is read then, so
+ * --mode train-tokenizer can run before it exists) and checked against
+ * [model] vocab_size. */
+int fs_session_tokenizer(fs_session *s, struct fs_tokenizer **out, fs_error *err);
 
 /* "<out>/model.safetensors" from [run] out. */
 void fs_session_checkpoint_path(const fs_session *s, char *buf, size_t cap);

@@ -288,7 +288,7 @@ static int open_inputs(chain *c, fs_error *err) {
     }
     const char *vpath = fs_config_string(data, "val");
     if (vpath && *vpath)
-        return fs_dataset_load(&c->val, vpath, fs_config_where(data, "val"), c->teacher->mcfg.max_seq + 1, err);
+        return fs_session_dataset(c->s, "val", c->teacher->mcfg.max_seq + 1, &c->val, err);
     return FS_OK;
 }
 
