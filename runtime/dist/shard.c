@@ -99,11 +99,11 @@ static int owner_of(const fs_shard_map *map, size_t layer, int tr) {
 }
 
 /* The owner layer of a whole tensor by name (SIZE_MAX: embeddings,
- * SIZE_MAX - 1: ln_f). */
+ * SIZE_MAX - 1: ln_f and an untied lm_head, on the last stage). */
 static size_t tensor_layer(const char *name) {
     size_t layer;
     if (sscanf(name, "transformer.h.%zu.", &layer) == 1) return layer;
-    return strstr(name, "ln_f") ? SIZE_MAX - 1 : SIZE_MAX;
+    return strstr(name, "ln_f") || !strcmp(name, "lm_head.weight") ? SIZE_MAX - 1 : SIZE_MAX;
 }
 
 static const fs_param_view *find_view(const fs_param_view *views, size_t n, const char *name) {

@@ -170,7 +170,7 @@ static int decode_tokens(fs_seq *s, const int32_t *tokens, float *logits, fs_err
         add_inplace(x, proj, B * C);
     }
     layernorm_forward(ln, NULL, NULL, x, m->lnfw, m->lnfb, B, C);
-    fs_sgemm(0, 1, B, V, C, 1.0f, ln, C, m->wte, C, 0.0f, logits, V);
+    fs_sgemm(0, 1, B, V, C, 1.0f, ln, C, m->head, C, 0.0f, logits, V);
     return FS_OK;
 }
 

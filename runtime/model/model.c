@@ -81,15 +81,17 @@ static void add_view(fs_param_view *views, size_t *n, size_t tp_size, size_t *of
 }
 
 /* The table of the model's own tensors in block order, [wte][wpe][held
- * layers][ln_f], each part present only where held; returns the floats.
- * whole: as if nothing were split (what a checkpoint holds). views has
- * room for 4 + L * FS_LAYER_TENSORS. */
+ * layers][ln_f][lm_head], each part present only where held (lm_head only
+ * when untied: a tied head is wte); returns the floats. whole: as if
+ * nothing were split (what a checkpoint holds). views has room for
+ * 5 + L * FS_LAYER_TENSORS. */
 static size_t layout(const fs_model *m, int whole, fs_param_view *views, size_t *n_views) {
     size_t V = m->cfg.vocab, C = m->cfg.n_embd, off = 0, n = 0;
     size_t L = whole ? m->cfg.n_layer : m->L, tp = whole ? 1 : m->tp_size;
     int embed = whole || m->has_embed, head = whole || m->has_head;
     char name[96];
-    if (embed || head) add_view(views, &n, tp, &off, "transformer.wte.weight", 2, V, C, 1, FS_SPLIT_NONE);
+    if (embed || (head && !m->cfg.untied_head))
+        add_view(views, &n, tp, &off, "transformer.wte.weight", 2, V, C, 1, FS_SPLIT_NONE);
     if (embed) add_view(views, &n, tp, &off, "transformer.wpe.weight", 2, m->cfg.max_seq, C, 1, FS_SPLIT_NONE);
     for (size_t l = 0; l < L; l++)
         for (int i = 0; i < FS_LAYER_TENSORS; i++) {
@@ -100,15 +102,16 @@ static size_t layout(const fs_model *m, int whole, fs_param_view *views, size_t 
     if (head) {
         add_view(views, &n, tp, &off, "transformer.ln_f.weight", 1, C, 0, 0, FS_SPLIT_NONE);
         add_view(views, &n, tp, &off, "transformer.ln_f.bias", 1, C, 0, 0, FS_SPLIT_NONE);
+        if (m->cfg.untied_head) add_view(views, &n, tp, &off, "lm_head.weight", 2, V, C, 1, FS_SPLIT_NONE);
     }
     *n_views = n;
     return off;
 }
 
 static void point_layers(fs_model *m, float *base, fs_layer_params *lp, float **wte, float **wpe, float **lnfw,
-                         float **lnfb) {
+                         float **lnfb, float **head) {
     size_t i = 0;
-    *wte = m->has_embed || m->has_head ? base + m->views[i++].offset : NULL;
+    *wte = m->has_embed || (m->has_head && !m->cfg.untied_head) ? base + m->views[i++].offset : NULL;
     *wpe = m->has_embed ? base + m->views[i++].offset : NULL;
     for (size_t l = 0; l < m->L; l++) {
         float **dst = (float **)&lp[l];
@@ -116,6 +119,7 @@ static void point_layers(fs_model *m, float *base, fs_layer_params *lp, float **
     }
     *lnfw = m->has_head ? base + m->views[i++].offset : NULL;
     *lnfb = m->has_head ? base + m->views[i++].offset : NULL;
+    *head = !m->has_head ? NULL : m->cfg.untied_head ? base + m->views[i++].offset : *wte;
 }
 
 /* Where element (r, c) of the whole tensor (v->full_shape; a 1-D tensor
@@ -255,12 +259,12 @@ static void refresh_block(fs_model *m) {
 }
 
 static int alloc_tables(fs_model *m) {
-    size_t L = m->L, nv = 4 + L * FS_LAYER_TENSORS;
+    size_t L = m->L, nv = 5 + L * FS_LAYER_TENSORS;
     m->layer_ids = calloc(L ? L : 1, sizeof *m->layer_ids);
     m->chunk_first = calloc(m->n_chunks + 1, sizeof *m->chunk_first);
     m->views = calloc(nv, sizeof *m->views);
     m->cap_views = nv;
-    m->full_views = calloc(4 + m->cfg.n_layer * FS_LAYER_TENSORS, sizeof *m->full_views);
+    m->full_views = calloc(5 + m->cfg.n_layer * FS_LAYER_TENSORS, sizeof *m->full_views);
     m->lp = calloc(L ? L : 1, sizeof *m->lp);
     m->lg = calloc(L ? L : 1, sizeof *m->lg);
     m->attn = calloc(L ? L : 1, sizeof *m->attn);
@@ -319,8 +323,8 @@ int fs_model_create(fs_model **out, const fs_model_config *cfg, fs_error *err) {
         fs_model_destroy(m);
         return rc;
     }
-    point_layers(m, m->param_arena.base, m->lp, &m->wte, &m->wpe, &m->lnfw, &m->lnfb);
-    point_layers(m, m->grad_arena.base, m->lg, &m->dwte, &m->dwpe, &m->dlnfw, &m->dlnfb);
+    point_layers(m, m->param_arena.base, m->lp, &m->wte, &m->wpe, &m->lnfw, &m->lnfb, &m->head);
+    point_layers(m, m->grad_arena.base, m->lg, &m->dwte, &m->dwpe, &m->dlnfw, &m->dlnfb, &m->dhead);
     m->part = (fs_model_part){.n_layers = m->L, .layer_ids = m->layer_ids, .n_chunks = m->n_chunks,
                               .has_embed = m->has_embed, .has_head = m->has_head, .tp_rank = m->tp_rank,
                               .tp_size = m->tp_size, .n_head = m->Ha, .attn_width = m->Ca, .ff_width = m->F};

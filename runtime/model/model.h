@@ -4,7 +4,7 @@
  * Architecture: token + learned position embeddings, pre-LayerNorm blocks
  * (eps 1e-5) of causal multi-head attention through each layer's attention
  * plugin and a 4x MLP with tanh-GELU, a final LayerNorm and an LM head tied
- * to the token embedding. fp32.
+ * to the token embedding (or its own matrix, cfg.untied_head). fp32.
  *
  * All parameters live in one block (and their gradients in another) laid
  * out as [wte][wpe][layer 0]...[layer L-1][ln_f][plugin-owned tensors],
@@ -69,6 +69,10 @@ typedef struct fs_model_config {
      * backward (which recomputes the chunk's fc and GELU): its (B,T,4C)
      * activations never exist whole. 0 = all rows at once. */
     size_t ff_chunk;
+    /* The LM head is its own tensor, lm_head.weight (V, C), after ln_f in
+     * the block, rather than wte (GPT-2 ties them; Hugging Face configs say
+     * tie_word_embeddings = false). 0 = tied. */
+    int untied_head;
 } fs_model_config;
 
 #define FS_LAYER_TENSORS 12

@@ -45,6 +45,7 @@ struct fs_model {
     fs_param_block block;     /* what fs_model_block returns; views point into `views` */
     float *wte, *wpe, *lnfw, *lnfb;     /* into params */
     float *dwte, *dwpe, *dlnfw, *dlnfb; /* into grads */
+    float *head, *dhead;                /* the LM head (V, C): wte, or lm_head.weight when untied */
     fs_layer_params *lp, *lg;           /* (L) into params / grads */
     fs_param_view *views;
     size_t n_views, cap_views;

@@ -413,8 +413,8 @@ static int chunk_forward(fs_model *m, size_t chunk, const float **final, fs_erro
 static void head_forward(fs_model *m, const float *final) {
     size_t BT = m->B * m->T, C = m->cfg.n_embd, V = m->cfg.vocab;
     layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, final, m->lnfw, m->lnfb, BT, C);
-    /* tied head: logits = lnf @ wte^T */
-    fs_sgemm(0, 1, BT, V, C, 1.0f, m->lnf, C, m->wte, C, 0.0f, m->logits, V);
+    /* logits = lnf @ head^T (head = wte when tied) */
+    fs_sgemm(0, 1, BT, V, C, 1.0f, m->lnf, C, m->head, C, 0.0f, m->logits, V);
 }
 
 int fs_model_forward(fs_model *m, const int32_t *inputs, size_t B, size_t T, fs_error *err) {
@@ -548,11 +548,12 @@ static int chunk_backward(fs_model *m, size_t chunk, const float *const *dhidden
 /* dres = d loss / d (the final hidden state), from m->dlogits. */
 static void head_backward(fs_model *m, const float *final) {
     size_t BT = m->B * m->T, C = m->cfg.n_embd, V = m->cfg.vocab;
-    /* dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
-    fs_sgemm(0, 0, BT, C, V, 1.0f, m->dlogits, V, m->wte, C, 0.0f, m->dln, C);
-    fs_sgemm(1, 0, V, C, BT, 1.0f, m->dlogits, V, m->lnf, C, 1.0f, m->dwte, C);
+    /* dlnf = dlogits @ head; dhead += dlogits^T @ lnf */
+    fs_sgemm(0, 0, BT, C, V, 1.0f, m->dlogits, V, m->head, C, 0.0f, m->dln, C);
+    fs_sgemm(1, 0, V, C, BT, 1.0f, m->dlogits, V, m->lnf, C, 1.0f, m->dhead, C);
     layernorm_backward(m->dres, m->dlnfw, m->dlnfb, m->dln, final, m->lnfw, m->lnf_mean, m->lnf_rstd, BT, C);
-    ready(m, m->dlnfw, m->dlnfb + C);
+    /* an untied head follows ln_f in the block: final with it */
+    ready(m, m->dlnfw, m->cfg.untied_head ? m->dhead + V * C : m->dlnfb + C);
 }
 
 static const float *chunk_output(const fs_model *m, size_t chunk) {

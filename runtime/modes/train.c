@@ -327,7 +327,9 @@ static int finish_gradients(train_run *r, double step_loss, double *norm, double
     fs_session *s = r->s;
     int rc;
     double t0 = fs_now();
-    if (s->topo.pipeline > 1 && (part->has_embed || part->has_head)) {
+    /* the tied embedding's two copies (first and last stage) sum their gradients; an untied head is the
+     * last stage's alone */
+    if (s->topo.pipeline > 1 && !s->mcfg.untied_head && (part->has_embed || part->has_head)) {
         const fs_param_view *wte = fs_model_find(r->m, "transformer.wte.weight");
         if ((rc = r->pvt->embedding_all_reduce(r->pself, pb->grads + wte->offset, wte->numel, err))) return rc;
     }

@@ -341,6 +341,7 @@ static int open_session(fs_session **out, fs_graph *g, int local, fs_error *err)
         .n_embd = (size_t)fs_config_int(s->model_cfg, "n_embd"),
         .reversible = fs_config_bool(s->model_cfg, "reversible"),
         .ff_chunk = (size_t)fs_config_int(s->model_cfg, "ff_chunk"),
+        .untied_head = !fs_config_bool(s->model_cfg, "tie_word_embeddings"),
     };
     if (s->mcfg.n_embd % s->mcfg.n_head) {
         rc = fs_error_set(err, FS_ERR_INVALID, "%s: must be a multiple of [model] n_head = %zu",
