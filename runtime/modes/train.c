@@ -141,7 +141,7 @@ static int check_inputs(train_run *r, fs_error *err) {
                             fs_config_where(r->s->run_cfg, "out"));
     if (r->resume && access(r->ckpt, F_OK) != 0)
         return fs_error_set(err, FS_ERR_NOT_FOUND, "resume: %s does not exist: train without resume first", r->ckpt);
-    return FS_OK;
+    return fs_train_check_out(r->s, r->resume, err);
 }
 
 /* Fails now, not after an hour of training, if out is not writable. */
@@ -184,11 +184,11 @@ static int set_pipeline_slots(train_run *r, fs_error *err) {
     return rc ? rc : fs_model_set_slots(r->m, slots, err);
 }
 
-/* Fresh weights from the seed, then the checkpoint's when resuming. */
+/* Fresh weights from the seed (or [model] init's), then the checkpoint's
+ * when resuming. */
 static int init_or_resume(train_run *r, fs_error *err) {
     uint64_t seed = (uint64_t)fs_config_int(r->s->train_cfg, "seed");
-    fs_model_init_weights(r->m, seed);
-    int rc = fs_model_init_plugin_params(r->m, err);
+    int rc = fs_train_init_weights(r->s, seed, r->resume, err);
     if (rc) return rc;
     fs_rng_seed(&r->ts.rng, seed ^ 0x5DEECE66Dull);
     if (!r->resume) return FS_OK;
@@ -228,7 +228,10 @@ static int train_setup(train_run *r, int *config_error, fs_error *err) {
     }
     if (!rc) rc = build_optimizer(r, err);
     if (!rc) rc = set_pipeline_slots(r, err);
+    /* [model] init's weights not fitting the graph is a configuration error */
+    if (!rc && *fs_config_string(r->s->model_cfg, "init") && !r->resume) *config_error = 1;
     if (!rc) rc = init_or_resume(r, err);
+    if (!rc) *config_error = 0;
     if (!rc) rc = open_outputs(r, err);
     int code;
     if ((rc = fs_world_agree(rc, *config_error ? 2 : 1, &code, err))) {

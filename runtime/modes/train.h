@@ -26,6 +26,16 @@ typedef struct fs_objective {
 int fs_train_loop(fs_session *s, const fs_run_options *o, const fs_objective *obj, int *config_error,
                   fs_error *err);
 
+/* Set-up checks of the run's directories (train_start.c): [model] init
+ * exists and is not [run] out (its source is never written); a fresh run
+ * (no resume) refuses an out that holds a checkpoint unless [run]
+ * overwrite = true. */
+int fs_train_check_out(const fs_session *s, int resume, fs_error *err);
+/* The weights a run starts from: GPT-2's initialisation from seed, then
+ * [model] init's weights unless resuming, then the attention plugins' own
+ * parameters (unless the init file held them). */
+int fs_train_init_weights(fs_session *s, uint64_t seed, int resume, fs_error *err);
+
 /* Plain cross-entropy training objective. */
 int fs_objective_lm(void *arg, fs_session *s, const int32_t *inputs, const int32_t *targets, size_t B, size_t T,
                     float dscale, double *loss, fs_error *err);

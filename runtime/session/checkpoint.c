@@ -13,6 +13,13 @@
 #include "io/safetensors.h"
 #include "dist/shard.h"
 #include "dist/world.h"
+#include "io/hf_config.h"
+#include "io/tokenizer.h"
+#include "io/weights.h"
+
+#define FORMAT_V1 "fastserve/1" /* weights, moments and state in model.safetensors */
+#define FORMAT_V2 "fastserve/2" /* weights in model.safetensors, the rest in training_state.safetensors */
+#define STATE_FORMAT "fastserve-training-state/1"
 
 int fs_mkdirs(const char *dir, fs_error *err) {
     char buf[PATH_MAX];
@@ -82,6 +89,92 @@ static int whole_gather(whole_model *w, const fs_session *s, const float *exp_av
                            pb->n_full_views, pb->n_full, w->vec, err);
 }
 
+/* DIR/training_state.safetensors beside the weights at `path`. */
+static void state_path(const char *path, char *buf, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (slash)
+        snprintf(buf, cap, "%.*s/" FS_TRAINING_STATE_FILE, (int)(slash - path), path);
+    else
+        snprintf(buf, cap, FS_TRAINING_STATE_FILE);
+}
+
+static void dir_of(const char *path, char *buf, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (slash)
+        snprintf(buf, cap, "%.*s", (int)(slash == path ? 1 : slash - path), path);
+    else
+        snprintf(buf, cap, ".");
+}
+
+/* model.safetensors: the weights (Hugging Face's names; plugin-owned ones
+ * after them), metadata format = pt so transformers reads it, and fsrun's
+ * own keys beside. */
+static int save_weights(const char *path, const fs_session *s, const fs_param_view *views, size_t n_views,
+                        const float *params, const fs_train_state *ts, fs_error *err) {
+    fs_safetensors_writer *w;
+    int rc = fs_safetensors_writer_create(&w, err);
+    if (rc) return rc;
+    char *ini = fs_graph_to_ini(s->graph), num[32];
+    for (size_t i = 0; i < n_views && !rc; i++) /* the model's tensors, then the plugins' */
+        rc = fs_safetensors_writer_add(w, views[i].name, FS_DTYPE_F32, views[i].ndim, views[i].shape,
+                                       params + views[i].offset, err);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "format", "pt", err);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "fastserve_format", FORMAT_V2, err);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "fastserve_version", FS_VERSION, err);
+    if (!rc && ini) rc = fs_safetensors_writer_metadata(w, "graph", ini, err);
+    snprintf(num, sizeof num, "%" PRIu64, ts ? ts->step : 0);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "step", num, err);
+    if (!rc) rc = fs_safetensors_writer_write(w, path, err);
+    free(ini);
+    fs_safetensors_writer_destroy(w);
+    return rc;
+}
+
+/* training_state.safetensors: the AdamW moments (flat, in the optimizer's
+ * group order), and the step, RNG and losses as metadata. */
+static int save_state(const char *path, const fs_optimizer *opt, const float *exp_avg, const float *exp_avg_sq,
+                      size_t n_moments, const fs_train_state *ts, fs_error *err) {
+    fs_safetensors_writer *w;
+    int rc = fs_safetensors_writer_create(&w, err);
+    if (rc) return rc;
+    char num[64], rng[96];
+    size_t shape[1] = {n_moments};
+    if (opt->m) {
+        rc = fs_safetensors_writer_add(w, "exp_avg", FS_DTYPE_F32, 1, shape, exp_avg, err);
+        if (!rc) rc = fs_safetensors_writer_add(w, "exp_avg_sq", FS_DTYPE_F32, 1, shape, exp_avg_sq, err);
+    }
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "format", STATE_FORMAT, err);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "fastserve_version", FS_VERSION, err);
+    snprintf(num, sizeof num, "%" PRIu64, opt->t);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "optimizer_t", num, err);
+    snprintf(num, sizeof num, "%" PRIu64, ts->step);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "step", num, err);
+    snprintf(rng, sizeof rng, "%016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64, ts->rng.s[0], ts->rng.s[1],
+             ts->rng.s[2], ts->rng.s[3]);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "rng", rng, err);
+    snprintf(num, sizeof num, "%.17g", ts->loss);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "loss", num, err);
+    snprintf(num, sizeof num, "%.17g", ts->val_loss);
+    if (!rc) rc = fs_safetensors_writer_metadata(w, "val_loss", num, err);
+    if (!rc) rc = fs_safetensors_writer_write(w, path, err);
+    fs_safetensors_writer_destroy(w);
+    return rc;
+}
+
+/* config.json (a GPT-2 model) and tokenizer.json (a BPE tokenizer) beside
+ * the weights, so the directory is a Hugging Face model folder. */
+static int save_extras(const char *path, const fs_session *s, fs_error *err) {
+    char dir[PATH_MAX], tpath[PATH_MAX + 32];
+    dir_of(path, dir, sizeof dir);
+    fs_tokenizer *tok = s->tokenizer;
+    int rc = fs_hf_config_write(dir, s, tok ? fs_tokenizer_eos(tok) : -1, err);
+    if (!rc && tok && strcmp(fs_tokenizer_kind(tok), "byte")) {
+        snprintf(tpath, sizeof tpath, "%s/tokenizer.json", dir);
+        rc = fs_tokenizer_save(tok, tpath, err);
+    }
+    return rc;
+}
+
 int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
                        fs_error *err) {
     const fs_model *m = s->model;
@@ -91,7 +184,7 @@ int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer
     if (rc) return rc;
     const float *exp_avg = gathered ? gathered : opt ? opt->m : NULL;
     const float *exp_avg_sq = gathered ? gathered + opt->numel : opt ? opt->v : NULL;
-    /* what goes in the file: this model's tensors, or the whole model's */
+    /* what goes in the files: this model's tensors, or the whole model's */
     const fs_param_view *views = pb->views;
     size_t n_views = pb->n_views, n_moments = opt ? opt->numel : 0;
     const float *params = pb->params;
@@ -108,47 +201,13 @@ int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer
         exp_avg_sq = whole.vec[2];
         n_moments = pb->n_full;
     }
-    if (fs_world_rank() != 0) { /* rank 0 writes */
-        fs_free(gathered);
-        whole_release(&whole);
-        return FS_OK;
+    if (fs_world_rank() == 0) { /* rank 0 writes: the weights first, so they are never older than the state */
+        char spath[PATH_MAX + 32];
+        state_path(path, spath, sizeof spath);
+        rc = save_weights(path, s, views, n_views, params, ts, err);
+        if (!rc && opt && ts) rc = save_state(spath, opt, exp_avg, exp_avg_sq, n_moments, ts, err);
+        if (!rc) rc = save_extras(path, s, err);
     }
-    fs_safetensors_writer *w;
-    if ((rc = fs_safetensors_writer_create(&w, err))) {
-        fs_free(gathered);
-        whole_release(&whole);
-        return rc;
-    }
-    char *ini = fs_graph_to_ini(s->graph);
-    char num[64], rng[96];
-    for (size_t i = 0; i < n_views && !rc; i++) {
-        const fs_param_view *v = &views[i];
-        rc = fs_safetensors_writer_add(w, v->name, FS_DTYPE_F32, v->ndim, v->shape, params + v->offset, err);
-    }
-    if (!rc && opt && opt->m) {
-        size_t shape[1] = {n_moments};
-        rc = fs_safetensors_writer_add(w, "optimizer.exp_avg", FS_DTYPE_F32, 1, shape, exp_avg, err);
-        if (!rc) rc = fs_safetensors_writer_add(w, "optimizer.exp_avg_sq", FS_DTYPE_F32, 1, shape, exp_avg_sq, err);
-        snprintf(num, sizeof num, "%" PRIu64, opt->t);
-        if (!rc) rc = fs_safetensors_writer_metadata(w, "optimizer_t", num, err);
-    }
-    if (!rc) rc = fs_safetensors_writer_metadata(w, "format", "fastserve/1", err);
-    if (!rc) rc = fs_safetensors_writer_metadata(w, "fastserve_version", FS_VERSION, err);
-    if (!rc && ini) rc = fs_safetensors_writer_metadata(w, "graph", ini, err);
-    if (!rc && ts) {
-        snprintf(num, sizeof num, "%" PRIu64, ts->step);
-        rc = fs_safetensors_writer_metadata(w, "step", num, err);
-        snprintf(rng, sizeof rng, "%016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64, ts->rng.s[0],
-                 ts->rng.s[1], ts->rng.s[2], ts->rng.s[3]);
-        if (!rc) rc = fs_safetensors_writer_metadata(w, "rng", rng, err);
-        snprintf(num, sizeof num, "%.17g", ts->loss);
-        if (!rc) rc = fs_safetensors_writer_metadata(w, "loss", num, err);
-        snprintf(num, sizeof num, "%.17g", ts->val_loss);
-        if (!rc) rc = fs_safetensors_writer_metadata(w, "val_loss", num, err);
-    }
-    if (!rc) rc = fs_safetensors_writer_write(w, path, err);
-    free(ini);
-    fs_safetensors_writer_destroy(w);
     fs_free(gathered);
     whole_release(&whole);
     return rc;
@@ -162,105 +221,291 @@ static void shape_text(char *buf, size_t cap, int ndim, const size_t *shape) {
     if (used < cap) snprintf(buf + used, cap - used, "]");
 }
 
-/* The tensor `name` as ndim/shape f32 data, finite. */
-static int expect(const fs_safetensors *st, const char *path, const char *name, int ndim, const size_t *shape,
-                  const float **data, fs_error *err) {
-    const fs_st_tensor *t = fs_safetensors_find(st, name);
-    if (!t)
-        return fs_error_set(err, FS_ERR_INVALID,
-                            "%s: tensor '%s' is missing: the checkpoint was not written for this graph", path, name);
-    char want[96], got[96];
-    shape_text(want, sizeof want, ndim, shape);
-    shape_text(got, sizeof got, t->ndim, t->shape);
-    if (t->dtype != FS_DTYPE_F32)
-        return fs_error_set(err, FS_ERR_INVALID, "%s: tensor '%s' is %s, expected F32", path, name,
-                            fs_safetensors_dtype_name(t->dtype));
-    int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
-    if (!same)
-        return fs_error_set(err, FS_ERR_INVALID,
-                            "%s: tensor '%s' has shape %s but the graph needs %s: the checkpoint belongs to another "
-                            "model shape ([model] section)",
-                            path, name, got, want);
-    const float *x = t->data;
-    size_t n = t->nbytes / sizeof(float);
+/* The [model] key that sets dimension d of tensor `name`, for messages. */
+static const char *shape_key(const char *name, int d) {
+    if (!strcmp(name, "transformer.wte.weight") || !strcmp(name, "lm_head.weight")) return d ? "n_embd" : "vocab_size";
+    if (!strcmp(name, "transformer.wpe.weight")) return d ? "n_embd" : "max_seq";
+    return "n_embd";
+}
+
+/* How a load treats what it finds. */
+typedef struct load_opts {
+    int plugin_optional; /* [model] init: plugin-registered tensors may be absent (the plugin makes them) */
+} load_opts;
+
+/* What a load checked and will copy. */
+typedef struct load_plan {
+    fs_weights *w;
+    const char *path;
+    const float **src; /* per view of the block; NULL: a plugin's tensor absent (optional) */
+    int plugins_found;
+    const float *moments[2];
+    uint64_t step, opt_t;
+    fs_rng rng;
+    double loss, val_loss;
+} load_plan;
+
+static int check_finite(const float *x, size_t n, const char *file, const char *name, fs_error *err) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i]))
-            return fs_error_set(err, FS_ERR_INVALID, "%s: tensor '%s' holds %s at element %zu: the checkpoint is "
-                                "corrupt or training diverged",
-                                path, name, isnan(x[i]) ? "NaN" : "Inf", i);
-    *data = x;
+            return fs_error_set(err, FS_ERR_INVALID,
+                                "%s: tensor '%s' holds %s at element %zu: the checkpoint is corrupt or training "
+                                "diverged",
+                                file, name, isnan(x[i]) ? "NaN" : "Inf", i);
     return FS_OK;
 }
 
-int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err) {
+/* The tensor fsrun calls `name`, ndim/shape F32 and finite (converted from
+ * F16/BF16); a position table may be longer than the graph's (its first
+ * rows are used). *data NULL when absent and `optional`. */
+static int expect(load_plan *lp, const char *name, int ndim, const size_t *shape, int optional, const float **data,
+                  fs_error *err) {
+    const char *file = lp->path;
+    const fs_st_tensor *t = fs_weights_find(lp->w, name, &file);
+    *data = NULL;
+    if (!t && optional) return FS_OK;
+    if (!t)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: tensor '%s' is missing: the checkpoint was not written for this graph%s", lp->path,
+                            name, !strncmp(name, "transformer.h.", 14) ? " (fewer layers: [model] n_layer)" : "");
+    char want[96], got[96];
+    shape_text(want, sizeof want, ndim, shape);
+    shape_text(got, sizeof got, t->ndim, t->shape);
+    int longer_positions = !strcmp(name, "transformer.wpe.weight") && t->ndim == 2 && t->shape[0] > shape[0] &&
+                           t->shape[1] == shape[1];
+    for (int d = 0; !longer_positions && d < ndim; d++)
+        if (t->ndim != ndim || t->shape[d] != shape[d]) {
+            int k = t->ndim == ndim ? d : 0;
+            return fs_error_set(err, FS_ERR_INVALID,
+                                "%s: tensor '%s' has shape %s but the graph needs %s: set [model] %s = %zu to match "
+                                "the checkpoint",
+                                file, name, got, want, shape_key(name, k), t->ndim > k ? t->shape[k] : 0);
+        }
+    const float *x;
+    int rc = fs_weights_f32(lp->w, t, file, &x, err);
+    if (!rc) rc = check_finite(x, longer_positions ? shape[0] * shape[1] : t->nbytes / fs_safetensors_dtype_size(t->dtype),
+                               file, name, err);
+    if (!rc && longer_positions)
+        fs_log(FS_LOG_INFO, NULL, "%s: using the first %zu of its %zu positions ([model] max_seq)", file, shape[0],
+               t->shape[0]);
+    *data = x;
+    return rc;
+}
+
+/* What no lookup used: an untied head the graph would drop, layers beyond
+ * n_layer, or tensors nothing knows of (those are reported, not fatal). */
+typedef struct leftover {
+    load_plan *lp;
+    const fs_session *s;
+    int rc;
+    fs_error *err;
+    size_t n_unknown;
+    const char *first_unknown;
+} leftover;
+
+static void on_unclaimed(void *arg, const char *name, const fs_st_tensor *t) {
+    leftover *lo = arg;
+    size_t layer;
+    const char *bare = !strncmp(name, "transformer.", 12) ? name + 12 : name;
+    if (lo->rc) return;
+    if (!strncmp(name, "optimizer.", 10)) return;                                  /* fastserve/1 moments */
+    if (strstr(name, ".attn.bias") || strstr(name, ".attn.masked_bias")) return; /* old transformers' mask buffers */
+    if (!strcmp(name, "lm_head.weight")) { /* the graph ties the head: the file's must be wte */
+        const char *wfile = lo->lp->path;
+        const fs_st_tensor *w = fs_weights_find(lo->lp->w, "transformer.wte.weight", &wfile);
+        const float *head, *wte;
+        size_t n = t->nbytes / fs_safetensors_dtype_size(t->dtype);
+        int rc = fs_weights_f32(lo->lp->w, t, lo->lp->path, &head, lo->err);
+        if (!rc && w) rc = fs_weights_f32(lo->lp->w, w, wfile, &wte, lo->err);
+        if (rc) {
+            lo->rc = rc;
+            return;
+        }
+        if (w && n == w->nbytes / fs_safetensors_dtype_size(w->dtype) && !memcmp(head, wte, n * sizeof(float))) return;
+        lo->rc = fs_error_set(lo->err, FS_ERR_INVALID,
+                              "%s: tensor 'lm_head.weight' differs from transformer.wte.weight (an untied LM head), but "
+                              "%s ties the head to wte: set [model] tie_word_embeddings = false to use it",
+                              lo->lp->path, fs_config_where(lo->s->model_cfg, "tie_word_embeddings"));
+        return;
+    }
+    if (sscanf(bare, "h.%zu.", &layer) == 1 && layer >= lo->s->mcfg.n_layer) {
+        lo->rc = fs_error_set(lo->err, FS_ERR_INVALID,
+                              "%s: tensor '%s' is in layer %zu, but %s: set [model] n_layer to the checkpoint's layers",
+                              lo->lp->path, name, layer, fs_config_where(lo->s->model_cfg, "n_layer"));
+        return;
+    }
+    if (!lo->n_unknown++) lo->first_unknown = name;
+}
+
+/* training_state.safetensors (or, in a fastserve/1 checkpoint, the weights
+ * file itself): the moments and the step, RNG and losses. */
+static int plan_state(load_plan *lp, fs_safetensors *st, const char *spath, size_t n_moments, int want_moments,
+                      fs_error *err) {
+    const char *sv = fs_safetensors_metadata(st, "step"), *rv = fs_safetensors_metadata(st, "rng");
+    const char *tv = fs_safetensors_metadata(st, "optimizer_t");
+    if (!sv || !rv || !tv ||
+        sscanf(rv, "%" SCNx64 " %" SCNx64 " %" SCNx64 " %" SCNx64, &lp->rng.s[0], &lp->rng.s[1], &lp->rng.s[2],
+               &lp->rng.s[3]) != 4)
+        return fs_error_set(err, FS_ERR_INVALID, "%s: no step, rng or optimizer_t metadata: not a training state",
+                            spath);
+    lp->step = strtoull(sv, NULL, 10);
+    lp->opt_t = strtoull(tv, NULL, 10);
+    const char *lv = fs_safetensors_metadata(st, "loss"), *vv = fs_safetensors_metadata(st, "val_loss");
+    lp->loss = lv ? strtod(lv, NULL) : 0.0;
+    lp->val_loss = vv ? strtod(vv, NULL) : -1.0;
+    if (!want_moments) return FS_OK;
+    int v1 = fs_safetensors_find(st, "optimizer.exp_avg") != NULL;
+    static const char *const names[2][2] = {{"exp_avg", "exp_avg_sq"}, {"optimizer.exp_avg", "optimizer.exp_avg_sq"}};
+    for (int k = 0; k < 2; k++) {
+        const fs_st_tensor *t = fs_safetensors_find(st, names[v1][k]);
+        if (!t)
+            return fs_error_set(err, FS_ERR_INVALID, "%s: tensor '%s' is missing: the training state is incomplete",
+                                spath, names[v1][k]);
+        if (t->dtype != FS_DTYPE_F32 || t->ndim != 1 || t->shape[0] != n_moments)
+            return fs_error_set(err, FS_ERR_INVALID,
+                                "%s: tensor '%s' is not F32 [%zu]: the state belongs to another model or optimizer",
+                                spath, names[v1][k], n_moments);
+        lp->moments[k] = t->data;
+        int rc = check_finite(t->data, n_moments, spath, names[v1][k], err);
+        if (rc) return rc;
+    }
+    return FS_OK;
+}
+
+/* The state beside the weights: in the weights file itself for fastserve/1,
+ * else training_state.safetensors at the same step. */
+static int open_state(load_plan *lp, fs_safetensors **st, const char **spath_out, char *spath, size_t cap,
+                      fs_error *err) {
+    const char *fmt = fs_weights_metadata(lp->w, "format");
+    *st = NULL;
+    if (fmt && !strcmp(fmt, FORMAT_V1)) { /* the old layout: one file */
+        *spath_out = lp->path;
+        return fs_safetensors_open(st, fs_weights_path(lp->w), err);
+    }
+    snprintf(spath, cap, "%s/" FS_TRAINING_STATE_FILE, fs_weights_dir(lp->w));
+    *spath_out = spath;
+    int rc = fs_safetensors_open(st, spath, err);
+    if (rc == FS_ERR_NOT_FOUND)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: no training state (%s): these weights cannot be resumed; to train from them, start a "
+                            "new run with [model] init = %s",
+                            lp->path, spath, lp->path);
+    if (rc) return rc;
+    const char *ws = fs_weights_metadata(lp->w, "step"), *ss = fs_safetensors_metadata(*st, "step");
+    if (ws && ss && strcmp(ws, ss))
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s is at step %s but %s at step %s: the run stopped between writing the two; the weights "
+                            "can start a new run ([model] init), not resume",
+                            lp->path, ws, spath, ss);
+    return FS_OK;
+}
+
+static int plan_load(load_plan *lp, fs_session *s, fs_optimizer *opt, fs_train_state *ts, const load_opts *lo,
+                     size_t n_moments, fs_error *err) {
+    const fs_param_block *pb = fs_model_block(s->model);
+    int rc = FS_OK, n_plugin = 0;
+    /* check everything first, copy after: a bad file leaves the model as it was */
+    for (size_t i = 0; i < pb->n_views && !rc; i++) {
+        const fs_param_view *v = &pb->views[i];
+        int head = !strcmp(v->name, "lm_head.weight");
+        n_plugin += v->plugin;
+        rc = expect(lp, v->name, v->ndim, v->full_shape, head || (v->plugin && lo->plugin_optional), &lp->src[i], err);
+        lp->plugins_found += v->plugin && lp->src[i];
+        if (!rc && head && !lp->src[i]) { /* a tied checkpoint, an untied graph: the head starts as wte */
+            rc = expect(lp, "transformer.wte.weight", v->ndim, v->full_shape, 0, &lp->src[i], err);
+            if (!rc) fs_log(FS_LOG_INFO, NULL, "%s: no lm_head.weight (a tied head): lm_head starts as wte", lp->path);
+        }
+    }
+    if (!rc && lp->plugins_found && lp->plugins_found != n_plugin)
+        rc = fs_error_set(err, FS_ERR_INVALID, "%s: holds only some of the attention plugins' parameters", lp->path);
+    /* config.json after the tensors: their messages name the file and shape; it adds n_head and choices */
+    if (!rc) rc = fs_hf_config_check(fs_weights_dir(lp->w), s, err);
+    leftover left = {lp, s, FS_OK, err, 0, NULL};
+    if (!rc) {
+        fs_weights_unclaimed(lp->w, on_unclaimed, &left);
+        rc = left.rc;
+    }
+    if (!rc && left.n_unknown)
+        fs_log(FS_LOG_WARN, NULL, "%s: %zu tensors are not used by this graph (the first: %s)", lp->path, left.n_unknown,
+               left.first_unknown);
+    if (rc || !(opt || ts)) return rc;
+    fs_safetensors *st;
+    const char *spath;
+    char sbuf[PATH_MAX + 32];
+    rc = open_state(lp, &st, &spath, sbuf, sizeof sbuf, err);
+    if (!rc) rc = plan_state(lp, st, spath, n_moments, opt != NULL, err);
+    if (rc) {
+        fs_safetensors_close(st);
+        return rc;
+    }
+    /* the moments are copied before st closes: they live in its memory */
+    if (opt) {
+        float *copy = malloc(2 * n_moments * sizeof(float) + 1);
+        if (!copy) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory for the optimizer state");
+        for (int k = 0; k < 2 && !rc; k++) {
+            memcpy(copy + k * n_moments, lp->moments[k], n_moments * sizeof(float));
+            lp->moments[k] = copy + k * n_moments;
+        }
+    }
+    fs_safetensors_close(st);
+    return rc;
+}
+
+/* Everything checked: into the model (plugins' tensors included) and the optimizer. */
+static int apply_load(load_plan *lp, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err) {
     fs_model *m = s->model;
     const fs_param_block *pb = fs_model_block(m);
     const fs_model_part *part = fs_model_held(m);
-    fs_safetensors *st;
-    int rc = fs_safetensors_open(&st, path, err);
+    for (size_t i = 0; i < pb->n_views; i++)
+        if (lp->src[i])
+            fs_param_view_extract(&pb->views[i], part->tp_rank, part->tp_size, lp->src[i], pb->params + pb->views[i].offset);
+    if (opt && is_sharded(m)) { /* a tensor or pipeline shard: its parts of the whole moments */
+        float *mine = malloc(2 * pb->n * sizeof(float) + 1);
+        if (!mine) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+        fs_shard_scatter(m, pb->full_views, pb->n_full_views, lp->moments[0], mine);
+        fs_shard_scatter(m, pb->full_views, pb->n_full_views, lp->moments[1], mine + pb->n);
+        fs_optimizer_import(opt, mine, mine + pb->n);
+        free(mine);
+    } else if (opt) { /* this rank's part of the full state (all of it without ZeRO) */
+        fs_optimizer_import(opt, lp->moments[0], lp->moments[1]);
+    }
+    if (opt) opt->t = lp->opt_t;
+    if (ts) {
+        ts->step = lp->step;
+        ts->rng = lp->rng;
+        ts->loss = lp->loss;
+        ts->val_loss = lp->val_loss;
+    }
+    return FS_OK;
+}
+
+static int load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, const load_opts *lo,
+                int *plugins_loaded, fs_error *err) {
+    fs_model *m = s->model;
+    const fs_param_block *pb = fs_model_block(m);
+    load_plan lp;
+    memset(&lp, 0, sizeof lp);
+    lp.path = path;
+    int rc = fs_weights_open(&lp.w, path, err);
     if (rc) return rc;
-    size_t n_sources = pb->n_views;
-    const float **src = calloc(n_sources + 2, sizeof *src);
-    if (!src) {
-        fs_safetensors_close(st);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    }
-    /* check everything first, copy after: a bad file leaves the model as it
-     * was. The file holds whole tensors; a shard takes its part. */
-    for (size_t i = 0; i < pb->n_views && !rc; i++)
-        rc = expect(st, path, pb->views[i].name, pb->views[i].ndim, pb->views[i].full_shape, &src[i], err);
-    whole_model whole = {0};
-    size_t n_moments = opt ? opt->numel : 0;
-    if (!rc && is_sharded(m) && opt) {
-        n_moments = pb->n_full;
-        for (int k = 1; k < 3 && !rc; k++)
-            if (!(whole.vec[k] = malloc(pb->n * sizeof(float))))
-                rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    }
-    uint64_t step = 0, opt_t = 0;
-    fs_rng rng = {{0}};
-    if (!rc && (opt || ts)) {
-        const char *sv = fs_safetensors_metadata(st, "step"), *rv = fs_safetensors_metadata(st, "rng");
-        const char *tv = fs_safetensors_metadata(st, "optimizer_t");
-        if (!sv || !rv || !tv ||
-            sscanf(rv, "%" SCNx64 " %" SCNx64 " %" SCNx64 " %" SCNx64, &rng.s[0], &rng.s[1], &rng.s[2], &rng.s[3]) != 4)
-            rc = fs_error_set(err, FS_ERR_INVALID,
-                              "%s: no training state (step, rng, optimizer_t metadata): it cannot be resumed; start "
-                              "a new run or set [train] resume = false",
-                              path);
-        else {
-            step = strtoull(sv, NULL, 10);
-            opt_t = strtoull(tv, NULL, 10);
-        }
-        if (!rc && opt) {
-            size_t shape[1] = {n_moments};
-            rc = expect(st, path, "optimizer.exp_avg", 1, shape, &src[n_sources], err);
-            if (!rc) rc = expect(st, path, "optimizer.exp_avg_sq", 1, shape, &src[n_sources + 1], err);
-        }
-    }
-    if (!rc) {
-        for (size_t i = 0; i < pb->n_views; i++)
-            fs_param_view_extract(&pb->views[i], part->tp_rank, part->tp_size, src[i], pb->params + pb->views[i].offset);
-        if (opt && whole.vec[1]) { /* a tensor or pipeline shard: its parts of the whole moments */
-            fs_shard_scatter(m, pb->full_views, pb->n_full_views, src[n_sources], whole.vec[1]);
-            fs_shard_scatter(m, pb->full_views, pb->n_full_views, src[n_sources + 1], whole.vec[2]);
-            fs_optimizer_import(opt, whole.vec[1], whole.vec[2]);
-            opt->t = opt_t;
-        } else if (opt) { /* this rank's part of the full state (all of it without ZeRO) */
-            fs_optimizer_import(opt, src[n_sources], src[n_sources + 1]);
-            opt->t = opt_t;
-        }
-        if (ts) {
-            const char *lv = fs_safetensors_metadata(st, "loss"), *vv = fs_safetensors_metadata(st, "val_loss");
-            ts->step = step;
-            ts->rng = rng;
-            ts->loss = lv ? strtod(lv, NULL) : 0.0;
-            ts->val_loss = vv ? strtod(vv, NULL) : -1.0;
-        }
-    }
-    free(src);
-    whole_release(&whole);
-    fs_safetensors_close(st);
+    size_t n_moments = opt ? (is_sharded(m) ? pb->n_full : opt->numel) : 0;
+    if (!(lp.src = calloc(pb->n_views + 1, sizeof *lp.src)))
+        rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    if (!rc) rc = plan_load(&lp, s, opt, ts, lo, n_moments, err);
+    if (!rc) rc = apply_load(&lp, s, opt, ts, err);
+    if (plugins_loaded) *plugins_loaded = lp.plugins_found > 0;
+    if (opt) free((void *)lp.moments[0]);
+    free(lp.src);
+    fs_weights_close(lp.w);
     return rc;
+}
+
+int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err) {
+    load_opts lo = {0};
+    return load(path, s, opt, ts, &lo, NULL, err);
+}
+
+int fs_checkpoint_load_init(const char *path, fs_session *s, int *plugins_loaded, fs_error *err) {
+    load_opts lo = {1};
+    return load(path, s, NULL, NULL, &lo, plugins_loaded, err);
 }

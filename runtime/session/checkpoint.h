@@ -1,14 +1,26 @@
-/* checkpoint.h — model, plugin parameters, optimizer and RNG state in one
- * .safetensors file.
+/* checkpoint.h — a run directory in Hugging Face's layout:
  *
- * Tensor names and shapes are Hugging Face GPT2LMHeadModel's
- * (transformer.wte.weight, transformer.h.0.attn.c_attn.weight (C, 3C), ...),
- * so a dense byte-vocabulary checkpoint loads there. Beside them:
- * plugin-owned parameters as "plugin.layerN.<kind>.<name>", the AdamW
- * moments as "optimizer.exp_avg" / "optimizer.exp_avg_sq" (flat, in the
- * optimizer's group order), and in __metadata__ the graph's INI text
- * ("graph"), "step", "optimizer_t", "rng", "loss", "val_loss" and "format" = "fastserve/1".
- * Writes are atomic (see safetensors.h). */
+ *   model.safetensors            the weights only: GPT2LMHeadModel's names and
+ *                                shapes (transformer.wte.weight,
+ *                                transformer.h.0.attn.c_attn.weight (C, 3C), ...,
+ *                                lm_head.weight when untied), plugin-owned
+ *                                parameters as "plugin.layerN.<kind>.<name>";
+ *                                __metadata__ format = "pt" (what transformers
+ *                                reads), fastserve_format = "fastserve/2",
+ *                                fastserve_version, graph (the INI text), step
+ *   training_state.safetensors   what --resume needs besides: the AdamW moments
+ *                                "exp_avg" / "exp_avg_sq" (flat, in the
+ *                                optimizer's group order) and in __metadata__
+ *                                step, optimizer_t, rng, loss, val_loss
+ *   config.json                  GPT2Config (hf_config.h), for GPT-2 models
+ *   tokenizer.json               with a BPE tokenizer (tokenizer.h)
+ *
+ * Every file is written atomically (files.h), the weights before the
+ * state; a resume checks that both are at the same step. Loading reads what
+ * fsrun wrote, the first format (format = "fastserve/1": moments and state
+ * inside model.safetensors) and what Hugging Face writes (weights.h:
+ * directories, shards, bare GPT2Model names, F16/BF16), checking config.json
+ * when it is there. */
 #ifndef FS_CHECKPOINT_H
 #define FS_CHECKPOINT_H
 
@@ -29,12 +41,20 @@ typedef struct fs_train_state {
  * optimizer's moments are gathered first), rank 0 writes the one full file. */
 int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer *opt, const fs_train_state *ts,
                        fs_error *err);
-/* Loads weights (and, when opt/ts are not NULL, the training state, which
- * must then be present). Checks names, dtypes, shapes and finiteness before
+#define FS_TRAINING_STATE_FILE "training_state.safetensors"
+
+/* Loads weights from path (a file or a directory, weights.h) and, when
+ * opt/ts are not NULL, the training state beside them, which must then be
+ * present. Checks names, dtypes, shapes (a mismatch names the [model] key to
+ * set), finiteness, config.json and the tensors left over (an untied
+ * lm_head.weight the graph would drop, layers beyond n_layer) before
  * touching the model; on failure the model is unchanged. Every rank reads
  * the whole file and keeps its part (a sharded optimizer its range), so a
  * checkpoint resumes on any number of ranks. */
 int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err);
+/* The same for [model] init: weights only, and the attention plugins'
+ * parameters may be absent (*plugins_loaded says whether they were there). */
+int fs_checkpoint_load_init(const char *path, fs_session *s, int *plugins_loaded, fs_error *err);
 
 /* mkdir -p */
 int fs_mkdirs(const char *dir, fs_error *err);

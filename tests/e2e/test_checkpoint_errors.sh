@@ -57,7 +57,7 @@ for mode in eval generate; do
     check_bad "$mode" nan.safetensors "transformer.wte.weight" "NaN"
     check_bad "$mode" inf.safetensors "transformer.h.1.mlp.c_proj.weight" "Inf"
     check_bad "$mode" missing.safetensors "no such file"
-    check_bad "$mode" a_directory "not a regular file"
+    check_bad "$mode" a_directory "no model.safetensors"
 done
 # the good checkpoint still works, so the failures above were about the files
 assert_exit 0 "$FSRUN" g.ini --mode eval --checkpoint "$good"
@@ -124,7 +124,7 @@ fi
 write_graph df.ini run.out=df_out train.seed=7
 must_fsrun df.ini
 cp df_out/model.safetensors old.safetensors
-write_graph df.ini run.out=df_out
+write_graph df.ini run.out=df_out run.overwrite=true
 # 64 KiB of file size: enough for metrics.jsonl, not for the ~420 KB checkpoint.
 # SIGXFSZ ignored, so write() fails with EFBIG as on a full disk.
 run bash -c '(ulimit -f 64; trap "" XFSZ; exec "$0" "$1")' "$FSRUN" df.ini
@@ -136,7 +136,8 @@ assert_last_error_line "df_out/model.safetensors"
 assert_not_contains "$(last_out)" '"checkpoint"' "disk full: no summary line claiming a checkpoint"
 cmp -s old.safetensors df_out/model.safetensors && ok "disk full: the old checkpoint is byte-identical" ||
     fail "disk full: the old checkpoint was changed"
-leftover=$(cd df_out && ls -A | grep -v -x -e model.safetensors -e metrics.jsonl || true)
+leftover=$(cd df_out && ls -A | grep -v -x -e model.safetensors -e metrics.jsonl -e training_state.safetensors \
+    -e config.json || true)
 assert_eq "$leftover" "" "disk full: no temporary file left in [run] out"
 # and the survivor is still a usable checkpoint
 assert_exit 0 "$FSRUN" df.ini --mode eval

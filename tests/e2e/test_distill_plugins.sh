@@ -99,9 +99,11 @@ done
 for plugin in distilbert tinybert; do
     extra=()
     [ $plugin = tinybert ] && extra=(distill.stages=joint)
-    student_graph acc1.ini distill.plugin=$plugin train.batch=4 run.out=acc1_out train.steps=4 "${extra[@]}"
-    student_graph acc2.ini distill.plugin=$plugin train.batch=2 train.grad_accum=2 run.out=acc2_out train.steps=4 \
+    # run.overwrite: the second plugin's runs replace the first's
+    student_graph acc1.ini distill.plugin=$plugin train.batch=4 run.out=acc1_out train.steps=4 run.overwrite=true \
         "${extra[@]}"
+    student_graph acc2.ini distill.plugin=$plugin train.batch=2 train.grad_accum=2 run.out=acc2_out train.steps=4 \
+        run.overwrite=true "${extra[@]}"
     must_fsrun acc1.ini --mode distill
     must_fsrun acc2.ini --mode distill
     python3 - acc1_out/metrics.jsonl acc2_out/metrics.jsonl <<'EOF' && ok "$plugin: batch 4 == batch 2 x grad_accum 2 (losses within 1e-4)" || fail "$plugin: gradient accumulation changes the losses"

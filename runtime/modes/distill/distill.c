@@ -268,6 +268,10 @@ int fs_distill_plan_make(fs_distill_plan *p, fs_session *student, const fs_confi
     const char *init = fs_config_string(dc, "init");
     snprintf(p->init_text, sizeof p->init_text, "%s", init && *init ? init : "random");
     if ((rc = fs_student_init_plan(&p->init, init, fs_config_where(dc, "init"), sm, tm, err))) return rc;
+    const char *model_init = fs_config_string(p->student->model_cfg, "init");
+    if (p->init.kind != FS_INIT_RANDOM && *model_init)
+        return fs_error_set(err, FS_ERR_INVALID, "%s and %s: the student starts from one of them: unset one",
+                            fs_config_where(dc, "init"), fs_config_where(p->student->model_cfg, "init"));
     if ((rc = fs_augment_plan(&p->aug, dc, tm, teacher_ckpt, fs_model_cfg(sm)->max_seq, err))) return rc;
     if ((rc = check_not_reversible(p, needs, err))) return rc;
     return plan_teacher_cache(p, needs, err);
