@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Run every test: set up (packages, no corpus needed), build with warnings
+# Run every test: set up (packages, no corpus needed; the Python venv of the
+# Hugging Face tests, scripts/pyenv.sh), build with warnings
 # as errors and run the suite, then build again with AddressSanitizer and
 # UndefinedBehaviorSanitizer and run it there too. Exits non-zero if any
 # test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FS_CMAKE_ARGS="-DFS_WERROR=ON" scripts/setup.sh --no-data
+# the Python of the Hugging Face tests: a venv over Debian's PyTorch
+FS_PYTHON=$(scripts/pyenv.sh)
+FS_CMAKE_ARGS="-DFS_WERROR=ON -DFS_PYTHON=$FS_PYTHON" scripts/setup.sh --no-data
 echo "== tests (Release, -Werror)"
 ctest --test-dir build --output-on-failure -j2
 
 if [ "${FS_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== tests (ASan + UBSan)"
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFS_WERROR=ON -DFS_SANITIZE=ON >/dev/null
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFS_WERROR=ON -DFS_SANITIZE=ON -DFS_PYTHON="$FS_PYTHON" >/dev/null
   cmake --build build-asan -j"$(nproc)"
   # OpenMP's runtime is not instrumented; its one-time allocations are not leaks of ours
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -49,6 +49,21 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 E2E_PY="$(command python3 -c 'import sys; print(sys.executable)')" || { echo "FAIL: python3 is needed" >&2; exit 1; }
 python3() { "$E2E_PY" "$@"; }
 
+# need_hf: the Hugging Face reference (transformers, tokenizers, PyTorch) in
+# the test venv, $FS_PYTHON (ctest sets it; scripts/pyenv.sh makes it). A
+# missing one fails the test: it is never skipped.
+need_hf() {
+    if [ -z "${FS_PYTHON:-}" ] || [ ! -x "$FS_PYTHON" ]; then
+        echo "FAIL: FS_PYTHON='${FS_PYTHON:-}' is not an interpreter: run scripts/pyenv.sh and configure with" \
+            "-DFS_PYTHON=\$(scripts/pyenv.sh) (scripts/test.sh does both)" >&2
+        exit 1
+    fi
+    "$FS_PYTHON" -c "import transformers, tokenizers, safetensors, torch" ||
+        { echo "FAIL: $FS_PYTHON lacks transformers/tokenizers/torch: run scripts/pyenv.sh" >&2; exit 1; }
+    HF_REF="$FS_SOURCE_DIR/tests/e2e/hf_ref.py"
+}
+hf() { "$FS_PYTHON" "$HF_REF" "$@"; }
+
 # Assertions never stop the script (they always return 0): a failure is
 # counted and printed, and e2e_finish fails the test at the end.
 
