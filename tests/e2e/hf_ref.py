@@ -24,6 +24,11 @@ Run with the test venv's python ($FS_PYTHON, scripts/pyenv.sh).
   hf_ref.py train-bpe TEXT VOCAB OUT_DIR
       tokenizers' own BpeTrainer, byte-level: OUT_DIR/tokenizer.json and
       OUT_DIR/vocab.json + merges.txt
+  hf_ref.py stress OUT [STEP]
+      UTF-8 stress text: accents, CJK, emoji (with joiners and modifiers),
+      digits of several scripts, contractions (any case), runs of every kind
+      of white space, combining marks, <|endoftext|>, and every code point
+      (every STEP-th, default 3) between letters, digits and spaces
   hf_ref.py cache FILE OUT      the tokens of a fsrun token cache into OUT (int32)
   hf_ref.py same A B            two int32 files hold the same tokens (prints where not)
 """
@@ -120,7 +125,7 @@ def tokens_of(spec, model_dir):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(model_dir)
-        return np.array(tok(open(spec[4:], encoding="utf-8").read())["input_ids"], dtype=np.int64)
+        return np.array(tok(open(spec[4:], encoding="utf-8", newline="").read())["input_ids"], dtype=np.int64)
     if spec.endswith(".tokens"):
         return read_cache(spec).astype(np.int64)
     return np.frombuffer(open(spec, "rb").read(), dtype=np.uint8).astype(np.int64)
@@ -177,7 +182,7 @@ def tensors(path):
 
 
 def encode(spec, text_path, out):
-    text = open(text_path, encoding="utf-8").read()
+    text = open(text_path, encoding="utf-8", newline="").read()  # "\r\n" stays
     if spec.startswith("fast:"):
         from transformers import AutoTokenizer
 
@@ -209,6 +214,26 @@ def train_bpe(text, vocab, out_dir):
     tok.model.save(out_dir)  # vocab.json, merges.txt
 
 
+def stress(out, step):
+    import random
+
+    rnd = random.Random(7)
+    parts = ["café naïve résumé Ærøskøbing Łódź ", "中文字符和标点，。！", "日本語のテキスト、カタカナ ", "한국어 텍스트 ",
+             "😀😃🎉👍🏽👨‍👩‍👧‍👦 🇫🇷 ", "1234567890 ١٢٣ ०१२ Ⅻ ½ ²³ ", "I'm you're we've they'll she'd it's ISN'T 'S 'Re ",
+             "   ", "\t\t", "\n\n\n", "\r\n", "\u00a0", "\u3000", "\u2028", "\u2029", "\u0085", "\u1680",
+             "\u200b", "\u2009", "\u202f", "\u205f", "\x0b\x0c", "e\u0301", "हिन्दी ", "العربية ", "Ελληνικά ",
+             "Русский ", "∑∫√≈≠ ", "$%&*()[]{} ", "--- ... !!! ???", "'", "''", "' ", " '", "x", " y", "  z",
+             "\x1c\x1d\x1e\x1f", "\x7f", "\ufeff", "\U0001d400\U0001d7d8 ", "<|endoftext|>", " <|endoftext|> ",
+             "2024-01-02 12:34:56.789", "    def f(x):\n        return x  \n"]
+    out_parts = [rnd.choice(parts) for _ in range(20000)]
+    for cp in range(0, 0x110000, step):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        out_parts.append(c + "a" + c + " " + c + "1" + c + c + " ")
+    open(out, "w", encoding="utf-8", newline="").write("".join(out_parts))
+
+
 def same(a, b):
     x, y = np.fromfile(a, dtype="<i4"), np.fromfile(b, dtype="<i4")
     if len(x) == len(y) and (x == y).all():
@@ -234,6 +259,8 @@ def main():
         encode(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "train-bpe":
         train_bpe(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif cmd == "stress":
+        stress(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 3)
     elif cmd == "cache":
         read_cache(sys.argv[2]).astype("<i4").tofile(sys.argv[3])
     elif cmd == "same":
