@@ -1,5 +1,7 @@
 /* test_reversible.c — [model] reversible and ff_chunk with every attention
- * plugin, and the runtime's skipping of K for shared-QK plugins.
+ * plugin, the runtime's skipping of K for shared-QK plugins, and an untied
+ * LM head ([model] tie_word_embeddings = false) through the same gradient
+ * check and against its decode step.
  *
  * test_model.c checks both against PyTorch with dense attention; here the
  * reference is central finite differences of the model's own loss (in
@@ -112,6 +114,31 @@ static void test_reversible_lsh(void **state) {
                  "chunk = 16\n");
 }
 
+/* An untied head: lm_head.weight's and wte's gradients (now the embedding's
+ * alone) against finite differences, standard and reversible; then the
+ * decode step's logits equal the forward's at every position. */
+static void test_untied_head(void **state) {
+    (void)state;
+    fd_case(BASE "n_layer = 2\ntie_word_embeddings = false\n[attention]\nplugin = dense\n");
+    fd_case(BASE "n_layer = 2\ntie_word_embeddings = false\nreversible = true\n[attention]\nplugin = dense\n");
+    fs_session *s = model_session(BASE "n_layer = 2\ntie_word_embeddings = false\n[attention]\nplugin = dense\n", 5);
+    fs_model *m = s->model;
+    assert_true(m->head != m->wte);
+    batch b;
+    make_batch(&b, 17);
+    fs_error err = {0};
+    assert_int_equal(fs_model_forward(m, b.in, 1, T, &err), 0);
+    float *full = malloc(T * 32 * sizeof(float)), logits[32];
+    memcpy(full, m->logits, T * 32 * sizeof(float));
+    assert_int_equal(fs_model_decode_begin(m, 1, T, &err), 0);
+    for (size_t t = 0; t < T; t++) {
+        assert_int_equal(fs_model_decode_step(m, &b.in[t], t, logits, &err), 0);
+        test_close("decode logits", logits, full + t * 32, 32, 1e-4, 1e-4);
+    }
+    free(full);
+    fs_session_close(s);
+}
+
 /* lsh declares FS_ATTENTION_SHARED_QK: the runtime computes no K, so K's
  * block of c_attn gets exactly zero gradient while Q's and V's match
  * finite differences. */
@@ -200,6 +227,7 @@ int main(void) {
         cmocka_unit_test(test_reversible_longformer),
         cmocka_unit_test(test_reversible_lsh),
         cmocka_unit_test(test_shared_qk_skips_k),
+        cmocka_unit_test(test_untied_head),
         cmocka_unit_test(test_activation_memory),
         cmocka_unit_test(test_reversible_refuses_inner_losses),
     };
