@@ -9,6 +9,7 @@
  * every sublayer is far from linear. */
 #include <string.h>
 
+#include "model/seq.h"
 #include "test_util.h"
 
 #define BASE "[model]\nvocab_size = 32\nn_head = 2\nn_embd = 16\nmax_seq = 16\n"
@@ -123,18 +124,23 @@ static void test_untied_head(void **state) {
     fd_case(BASE "n_layer = 2\ntie_word_embeddings = false\nreversible = true\n[attention]\nplugin = dense\n");
     fs_session *s = model_session(BASE "n_layer = 2\ntie_word_embeddings = false\n[attention]\nplugin = dense\n", 5);
     fs_model *m = s->model;
-    assert_true(m->head != m->wte);
+    const fs_param_view *head = fs_model_find(m, "lm_head.weight"), *wte = fs_model_find(m, "transformer.wte.weight");
+    assert_non_null(head);
+    assert_true(head->offset != wte->offset);
     batch b;
     make_batch(&b, 17);
     fs_error err = {0};
     assert_int_equal(fs_model_forward(m, b.in, 1, T, &err), 0);
     float *full = malloc(T * 32 * sizeof(float)), logits[32];
-    memcpy(full, m->logits, T * 32 * sizeof(float));
-    assert_int_equal(fs_model_decode_begin(m, 1, T, &err), 0);
+    memcpy(full, fs_model_logits(m), T * 32 * sizeof(float));
+    fs_seq_config sc = {.B = 1, .context = T};
+    fs_seq *seq = NULL;
+    assert_int_equal(fs_seq_create(&seq, m, &sc, &err), 0);
     for (size_t t = 0; t < T; t++) {
-        assert_int_equal(fs_model_decode_step(m, &b.in[t], t, logits, &err), 0);
+        assert_int_equal(fs_seq_decode(seq, &b.in[t], logits, &err), 0);
         test_close("decode logits", logits, full + t * 32, 32, 1e-4, 1e-4);
     }
+    fs_seq_destroy(seq);
     free(full);
     fs_session_close(s);
 }
