@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 
 #include "core/host.h"
-#include "core/session.h"
 #include "dist/world.h"
 #include "io/files.h"
 
@@ -59,14 +58,6 @@ void fs_dataset_release(fs_dataset *d) {
     fs_token_file_release(&d->file);
     free(d->path);
     memset(d, 0, sizeof *d);
-}
-
-int fs_session_dataset(fs_session *s, const char *key, size_t min_tokens, fs_dataset *d, fs_error *err) {
-    fs_tokenizer *tok;
-    int rc = fs_session_tokenizer(s, &tok, err);
-    if (rc) return rc;
-    return fs_dataset_load(d, fs_config_string(s->data_cfg, key), fs_config_where(s->data_cfg, key), min_tokens, tok,
-                           fs_config_bool(s->data_cfg, "cache"), err);
 }
 
 void fs_dataset_sample(const fs_dataset *d, fs_rng *rng, int32_t *inputs, int32_t *targets, size_t B, size_t T) {

@@ -31,10 +31,6 @@ int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t m
                     int use_cache, fs_error *err);
 void fs_dataset_release(fs_dataset *d);
 
-struct fs_session;
-/* [data] key (train, val) of a session, with its tokenizer and [data]
- * cache; at least min_tokens tokens. */
-int fs_session_dataset(struct fs_session *s, const char *key, size_t min_tokens, fs_dataset *d, fs_error *err);
 
 /* B random windows: inputs (B,T) and targets (B,T) = inputs shifted by one. */
 void fs_dataset_sample(const fs_dataset *d, fs_rng *rng, int32_t *inputs, int32_t *targets, size_t B, size_t T);

@@ -17,7 +17,7 @@
 
 #include "core/host.h"
 #include "io/bpe_train.h"
-#include "io/checkpoint.h"
+#include "session/checkpoint.h"
 #include "io/data.h"
 #include "io/files.h"
 #include "io/metrics.h"

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "core/host.h"
-#include "io/checkpoint.h"
+#include "session/checkpoint.h"
 #include "io/files.h"
 #include "io/safetensors.h"
 #include "modes/train.h"

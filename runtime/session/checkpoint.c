@@ -13,7 +13,7 @@
 #include "io/safetensors.h"
 #include "dist/shard.h"
 #include "dist/world.h"
-#include "io/hf_config.h"
+#include "session/hf_config.h"
 #include "io/tokenizer.h"
 #include "io/weights.h"
 

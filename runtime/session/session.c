@@ -430,3 +430,11 @@ int fs_session_tokenizer(fs_session *s, fs_tokenizer **out, fs_error *err) {
 void fs_session_checkpoint_path(const fs_session *s, char *buf, size_t cap) {
     snprintf(buf, cap, "%s/model.safetensors", fs_config_string(s->run_cfg, "out"));
 }
+
+int fs_session_dataset(fs_session *s, const char *key, size_t min_tokens, fs_dataset *d, fs_error *err) {
+    fs_tokenizer *tok;
+    int rc = fs_session_tokenizer(s, &tok, err);
+    if (rc) return rc;
+    return fs_dataset_load(d, fs_config_string(s->data_cfg, key), fs_config_where(s->data_cfg, key), min_tokens, tok,
+                           fs_config_bool(s->data_cfg, "cache"), err);
+}

@@ -16,6 +16,7 @@
 #include "model/model.h"
 #include "core/plugin_loader.h"
 #include "dist/shard.h"
+#include "io/data.h"
 
 typedef struct fs_plugin_instance {
     const fs_plugin *plugin;
@@ -68,6 +69,10 @@ int fs_session_require_whole(const fs_session *s, const char *mode, fs_error *er
  * --mode train-tokenizer can run before it exists) and checked against
  * [model] vocab_size. */
 int fs_session_tokenizer(fs_session *s, struct fs_tokenizer **out, fs_error *err);
+
+/* [data] key (train, val) of a session, with its tokenizer and [data]
+ * cache; at least min_tokens tokens. */
+int fs_session_dataset(fs_session *s, const char *key, size_t min_tokens, fs_dataset *d, fs_error *err);
 
 /* "<out>/model.safetensors" from [run] out. */
 void fs_session_checkpoint_path(const fs_session *s, char *buf, size_t cap);

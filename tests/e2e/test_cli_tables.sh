@@ -66,7 +66,7 @@ assert_err "plugin ABI 2.0 is newer"
 # ---- modes ----
 
 assert_exit 0 "$FSRUN" --help
-assert_contains "$(last_out)" "[--mode train|distill|generate|eval]" "--help: the usage line names every mode"
+assert_contains "$(last_out)" "[--mode train|distill|generate|eval|tokenize|train-tokenizer]" "--help: the usage line names every mode"
 for m in train distill generate eval; do
     assert_eq "$(grep -cE "^  $m +[a-z]" "$E2E_OUT" || true)" 1 "--help: mode $m with its line of help"
 done

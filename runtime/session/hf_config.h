@@ -11,7 +11,7 @@
 #ifndef FS_HF_CONFIG_H
 #define FS_HF_CONFIG_H
 
-#include "core/session.h"
+#include "session/session.h"
 
 /* NULL when session s's model is GPT2LMHeadModel's computation, else why not. */
 const char *fs_hf_incompatibility(const fs_session *s);

@@ -1,5 +1,5 @@
 /* hf_config.c — see hf_config.h. JSON through jansson. */
-#include "io/hf_config.h"
+#include "session/hf_config.h"
 
 #include <errno.h>
 #include <jansson.h>
