@@ -128,6 +128,35 @@ static const fs_param_spec run_keys[] = {
      "plain progress lines every N steps when not a terminal"},
 };
 
+/* [serve]: the engine's keys, then the HTTP front end's; the scheduler
+ * plugin's own keys are resolved with it (like [parallel]'s). */
+static const fs_param_spec serve_keys[] = {
+    {"scheduler", FS_PARAM_STRING, "mlfq", 0, 0, NULL,
+     "scheduler plugin: fcfs (run to completion in arrival order) or mlfq (FastServe's skip-join MLFQ)"},
+    {"kv_block", FS_PARAM_INT, "16", 1, 4096, NULL, "tokens per KV cache block"},
+    {"kv_cache_mb", FS_PARAM_INT, "256", 1, FS_PARAM_UNBOUNDED, NULL, "KV block pool, all layers, in MiB"},
+    {"swap_mb", FS_PARAM_INT, "512", 0, FS_PARAM_UNBOUNDED, NULL,
+     "host swap pool for preempted sequences' blocks, in MiB (0 = recompute instead)"},
+    {"prefill_chunk", FS_PARAM_INT, "256", 1, FS_PARAM_UNBOUNDED, NULL,
+     "prompt tokens a sequence adds per iteration (chunked prefill)"},
+    {"max_batch_tokens", FS_PARAM_INT, "0", 0, FS_PARAM_UNBOUNDED, NULL,
+     "tokens one iteration computes over all sequences (0 = automatic)"},
+    {"prefix_sharing", FS_PARAM_BOOL, "true", 0, 0, NULL,
+     "share full prompt blocks of equal content between requests (a common system prompt is computed once)"},
+    {"max_running", FS_PARAM_INT, "32", 1, 4096, NULL, "sequences in the running batch"},
+    {"max_queue", FS_PARAM_INT, "256", 1, FS_PARAM_UNBOUNDED, NULL,
+     "waiting requests before new ones get 429 Too Many Requests"},
+    {"host", FS_PARAM_STRING, "127.0.0.1", 0, 0, NULL, "address to listen on"},
+    {"port", FS_PARAM_INT, "8080", 0, 65535, NULL, "TCP port (0 = any free one, printed at start)"},
+    {"api_key", FS_PARAM_STRING, "", 0, 0, NULL, "when set, requests need Authorization: Bearer KEY"},
+    {"max_body_kb", FS_PARAM_INT, "1024", 1, FS_PARAM_UNBOUNDED, NULL, "largest request body (413 above)"},
+    {"max_tokens_limit", FS_PARAM_INT, "4096", 1, FS_PARAM_UNBOUNDED, NULL, "largest max_tokens a request may ask"},
+    {"request_timeout_s", FS_PARAM_FLOAT, "600", 0, FS_PARAM_UNBOUNDED, NULL,
+     "a request running longer is cancelled (0 = never)"},
+    {"shutdown_grace_s", FS_PARAM_FLOAT, "30", 0, FS_PARAM_UNBOUNDED, NULL,
+     "on SIGTERM/SIGINT: how long running requests may finish"},
+};
+
 const fs_section_schema fs_schema_model = {"model", model_keys, N(model_keys)};
 const fs_section_schema fs_schema_attention = {"attention", attention_keys, N(attention_keys)};
 const fs_section_schema fs_schema_parallel = {"parallel", parallel_keys, N(parallel_keys)};
@@ -137,8 +166,9 @@ const fs_section_schema fs_schema_data = {"data", data_keys, N(data_keys)};
 const fs_section_schema fs_schema_train = {"train", train_keys, N(train_keys)};
 const fs_section_schema fs_schema_generate = {"generate", generate_keys, N(generate_keys)};
 const fs_section_schema fs_schema_run = {"run", run_keys, N(run_keys)};
+const fs_section_schema fs_schema_serve = {"serve", serve_keys, N(serve_keys)};
 
 const fs_section_schema *const fs_schemas[] = {&fs_schema_model,     &fs_schema_attention, &fs_schema_parallel,
                                                &fs_schema_distill,   &fs_schema_distill_stage,
                                                &fs_schema_data,      &fs_schema_train,     &fs_schema_generate,
-                                               &fs_schema_run,       NULL};
+                                               &fs_schema_run,       &fs_schema_serve,     NULL};

@@ -18,7 +18,7 @@ typedef struct fs_section_schema {
 } fs_section_schema;
 
 extern const fs_section_schema fs_schema_model, fs_schema_attention, fs_schema_parallel, fs_schema_distill,
-    fs_schema_data, fs_schema_train, fs_schema_generate, fs_schema_run;
+    fs_schema_data, fs_schema_train, fs_schema_generate, fs_schema_run, fs_schema_serve;
 /* [distill.stage.N] (a chain's stage): its own keys, then [distill]'s. */
 extern const fs_section_schema fs_schema_distill_stage;
 

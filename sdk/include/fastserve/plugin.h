@@ -58,6 +58,7 @@ typedef enum fs_status {
     FS_ERR_NOT_FOUND = -6,   /* file, symbol, plugin or key missing */
     FS_ERR_RUNTIME = -7,     /* numerical or internal failure */
     FS_ERR_COMM = -8,        /* collective or peer failure */
+    FS_ERR_BUSY = -9,        /* since ABI 1.2: out of room for now (a full queue or pool); retry later */
 } fs_status;
 
 /* Detail for a failed call. The callee fills it; the caller owns it. */
