@@ -8,11 +8,10 @@
 #include <sys/stat.h>
 
 #include "core/host.h"
-#include "dist/world.h"
 #include "io/files.h"
 
 int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t min_tokens, fs_tokenizer *tok,
-                    int use_cache, fs_error *err) {
+                    int use_cache, int write_cache, fs_error *err) {
     memset(d, 0, sizeof *d);
     struct stat st;
     if (stat(path, &st) != 0)
@@ -33,7 +32,7 @@ int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t m
                             where, path, len == 0 ? "the data file is empty" : "the data file is too short", len,
                             min_tokens);
     }
-    rc = fs_token_file_load(&d->file, path, text, len, tok, use_cache && !byte_level, fs_world_rank() == 0, err);
+    rc = fs_token_file_load(&d->file, path, text, len, tok, use_cache && !byte_level, write_cache, err);
     free(text);
     if (rc) return rc;
     d->tokens = d->file.tokens;

@@ -26,9 +26,10 @@ typedef struct fs_dataset {
 
 /* `where` names the graph key that gave the path, for the error message.
  * use_cache: keep BPE tokens in a cache file beside the text (the byte
- * tokenizer never needs one). Only rank 0 writes caches. */
+ * tokenizer never needs one); write_cache: this process may write it (under
+ * mpirun only rank 0 does). */
 int fs_dataset_load(fs_dataset *d, const char *path, const char *where, size_t min_tokens, fs_tokenizer *tok,
-                    int use_cache, fs_error *err);
+                    int use_cache, int write_cache, fs_error *err);
 void fs_dataset_release(fs_dataset *d);
 
 

@@ -18,6 +18,7 @@
 #include "core/host.h"
 #include "io/bpe_train.h"
 #include "session/checkpoint.h"
+#include "dist/world.h"
 #include "io/data.h"
 #include "io/files.h"
 #include "io/metrics.h"
@@ -139,7 +140,7 @@ int fs_mode_train_tokenizer(fs_session *s, const fs_run_options *o, int *config_
     fs_dataset d;
     memset(&d, 0, sizeof d);
     if (!rc) rc = fs_dataset_load(&d, train, fs_config_where(s->data_cfg, "train"), 1, tok,
-                                  fs_config_bool(s->data_cfg, "cache"), err);
+                                  fs_config_bool(s->data_cfg, "cache"), fs_world_rank() == 0, err);
     if (!rc) {
         size_t n = fs_tokenizer_vocab_size(tok);
         if (n < vocab)

@@ -436,5 +436,5 @@ int fs_session_dataset(fs_session *s, const char *key, size_t min_tokens, fs_dat
     int rc = fs_session_tokenizer(s, &tok, err);
     if (rc) return rc;
     return fs_dataset_load(d, fs_config_string(s->data_cfg, key), fs_config_where(s->data_cfg, key), min_tokens, tok,
-                           fs_config_bool(s->data_cfg, "cache"), err);
+                           fs_config_bool(s->data_cfg, "cache"), fs_world_rank() == 0, err);
 }
