@@ -3,7 +3,11 @@
  * glibc's expf/tanhf are calls the compiler cannot vectorise; in softmax
  * and GELU loops they were a third of a training step. These inline
  * versions vectorise and are accurate to a few ulp, which is what kernels
- * in fsrun and in plugins use. */
+ * in fsrun and in plugins use. The clamp in fs_fast_expf is two float
+ * comparisons, which GCC turns into vector selects only when told that
+ * nothing traps on floating point: build kernels that call these with
+ * -fno-trapping-math (fsrun's Release flags), or a loop over them stays
+ * scalar. */
 #ifndef FASTSERVE_FASTMATH_H
 #define FASTSERVE_FASTMATH_H
 
