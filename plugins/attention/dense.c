@@ -1,9 +1,22 @@
 /* dense.c — exact softmax(Q K^T / sqrt(D)) V attention, the reference every
  * other attention plugin is tested against.
  *
- * Training keeps the (B, H, T, T) probabilities for backward: memory grows
- * as T^2, which is what "dense" means; sparse plugins exist to avoid it.
- * Generation keeps only a K/V cache of (B, H, context, D) per layer. */
+ * Training runs the way FlashAttention does, on the CPU: queries in blocks
+ * of QBLOCK rows, keys in blocks of KBLOCK, one block of scores at a time
+ * (QBLOCK x KBLOCK floats, in cache) with an online softmax: each row keeps
+ * its running maximum and sum, and its output is rescaled whenever the
+ * maximum grows. Forward saves one log-sum-exp per row, nothing else;
+ * backward recomputes each block's probabilities from it (one extra
+ * Q K^T, as FlashAttention does). No T x T buffer exists in training:
+ * saved state is (B, H, T) floats and work memory a few blocks per thread,
+ * so memory grows as T, time as T^2 (half of it with the causal mask, whose
+ * blocks above the diagonal are skipped).
+ *
+ * Generation keeps a K/V cache of (B, H, context, D) per layer.
+ *
+ * scores()/scores_backward() (attention maps for distillation) write or
+ * read the whole (B, H, T, T) map the caller provides; they recompute it
+ * block by block from Q, K and the saved log-sum-exp. */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -15,8 +28,6 @@ typedef struct dense {
     const fs_host_api *host;
     fs_attention_config cfg;
     float scale;
-    float *scratch; /* (T, T): dS for one (b, h); made by the first scores_backward */
-    size_t scratch_T;
 } dense;
 
 typedef struct cache_header {
@@ -34,8 +45,6 @@ static int dense_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx
     d->host = host;
     d->cfg = *cfg;
     d->scale = 1.0f / sqrtf((float)cfg->head_dim);
-    d->scratch = NULL; /* generation never needs it: no T x T buffer outside training */
-    d->scratch_T = 0;
     *self = d;
     return FS_OK;
 }
@@ -43,22 +52,21 @@ static int dense_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx
 static void dense_destroy(void *self) {
     dense *d = self;
     if (!d) return;
-    d->host->free(d->cfg.device, d->scratch);
     d->host->free(d->cfg.device, d);
 }
 
+/* The log-sum-exp of every row's scores: (B, H, T). */
 static size_t dense_saved_bytes(void *self, size_t B, size_t T) {
     dense *d = self;
-    return B * d->cfg.n_head * T * T * sizeof(float);
+    return B * d->cfg.n_head * T * sizeof(float);
 }
 
-/* Rows are processed in blocks of BLOCK queries. With a causal mask, block
- * i only needs keys [0, end of block i), so the score and gradient matmuls
- * skip the upper triangle beyond the diagonal blocks: 5/8 of the FLOPs of
- * the full T x T products at T = 4 * BLOCK, tending to 1/2 as T grows. One
- * block of scores (BLOCK x T floats) stays in cache between the matmul that
- * makes it, its softmax and the matmul that uses it. */
-#define BLOCK 64
+/* Query rows and keys per block. A block of scores is QBLOCK x KBLOCK
+ * floats (64 KiB): it stays in L2 between the matmul that makes it, its
+ * softmax and the matmul that uses it, and each sgemm (64 x 256 x D) is
+ * large enough to run near OpenBLAS's peak. */
+#define QBLOCK 64
+#define KBLOCK 256
 
 /* Vector-width partial sums: a plain `for` reduction in float is a serial
  * chain the compiler may not reorder; 16 lanes let it vectorise. */
@@ -87,40 +95,44 @@ static float row_dot(const float *a, const float *b, size_t n) {
     return r;
 }
 
-/* In place: row = softmax(row[0, n)), zeros in [n, end). */
-static void softmax_row(float *row, size_t n, size_t end) {
-    float mx = row_max(row, n), s[LANES] = {0};
+/* In place: row[i] = e^(row[i] - shift) on [0, n), zeros in [n, end);
+ * returns the sum of the exponentials. */
+static float exp_row(float *row, size_t n, size_t end, float shift) {
+    float s[LANES] = {0};
     size_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (size_t j = 0; j < LANES; j++) {
-            float e = fs_fast_expf(row[i + j] - mx);
+            float e = fs_fast_expf(row[i + j] - shift);
             row[i + j] = e;
             s[j] += e;
         }
     for (; i < n; i++) {
-        row[i] = fs_fast_expf(row[i] - mx);
+        row[i] = fs_fast_expf(row[i] - shift);
         s[0] += row[i];
     }
+    for (; i < end; i++) row[i] = 0.0f;
     float sum = 0.0f;
     for (size_t j = 0; j < LANES; j++) sum += s[j];
-    float inv = 1.0f / sum;
-    for (i = 0; i < n; i++) row[i] *= inv;
-    for (; i < end; i++) row[i] = 0.0f;
+    return sum;
 }
 
-/* In place: dP -> dS = P * (dP - rowsum(dP * P)) * scale on [0, n), zeros
- * in [n, end): masked entries get no gradient, whatever dP holds there. */
-static void softmax_backward_row(float *ds, const float *p, size_t n, size_t end, float scale) {
-    float dot = row_dot(ds, p, n);
+/* In place: dP -> dS = P * (dP - delta) * scale on [0, n), zeros in
+ * [n, end): masked entries get no gradient, whatever dP holds there. */
+static void softmax_backward_row(float *ds, const float *p, size_t n, size_t end, float delta, float scale) {
     size_t i = 0;
-    for (; i < n; i++) ds[i] = p[i] * (ds[i] - dot) * scale;
+    for (; i < n; i++) ds[i] = p[i] * (ds[i] - delta) * scale;
     for (; i < end; i++) ds[i] = 0.0f;
 }
 
-/* Keys row r of a T x T block sees: r + 1 with the causal mask, else T. */
-static size_t row_len(const dense *d, size_t r, size_t T) { return d->cfg.causal ? r + 1 : T; }
-/* Keys a block of rows [r0, r1) needs as a whole. */
-static size_t block_len(const dense *d, size_t r1, size_t T) { return d->cfg.causal ? r1 : T; }
+/* Keys [k0, k0 + kn) of a block that row r sees: all of them, or with the
+ * causal mask those up to r (possibly none). */
+static size_t keys_seen(const dense *d, size_t r, size_t k0, size_t kn) {
+    if (!d->cfg.causal) return kn;
+    if (r < k0) return 0;
+    return r - k0 + 1 < kn ? r - k0 + 1 : kn;
+}
+/* Keys a block of rows ending at r1 needs as a whole. */
+static size_t block_keys(const dense *d, size_t r1, size_t T) { return d->cfg.causal ? r1 : T; }
 
 static int check_cpu(const dense *d, const fs_tensor *t, fs_error *err) {
     if (t->device.type != FS_DEVICE_CPU || t->dtype != FS_DTYPE_F32)
@@ -128,37 +140,77 @@ static int check_cpu(const dense *d, const fs_tensor *t, fs_error *err) {
     return FS_OK;
 }
 
-/* Forward: one block of rows of one (b, h) per work item (blocks are
- * independent, so even a single head keeps every thread busy); backward:
- * one (b, h) per item, as its blocks accumulate into the same dK and dV.
- * Each item's matmuls run on the calling thread (the host's sgemm does that
- * inside parallel_for), which beats splitting every small matmul across
- * threads. */
+/* Work items run side by side on the host's pool, each calling sgemm on its
+ * own thread (the host's sgemm does that inside parallel_for), which beats
+ * splitting every small matmul across threads. Forward: one block of rows
+ * of one (b, h) per item (blocks are independent, so even a single head
+ * keeps every thread busy). Backward: one (b, h) per item, as its blocks
+ * accumulate into the same dK and dV. A worker's blocks of scores come
+ * from `work`, allocated once per call of the worker. */
 typedef struct heads_job {
     const dense *d;
     const fs_attention_args *a;
-    float *P;     /* saved: (B, H, T, T), lower blocks only when causal */
+    float *lse;        /* saved: (B, H, T) */
     atomic_int failed; /* out of memory for a worker's scratch */
 } heads_job;
 
-/* saved holds P for the rows' needed keys: [0, block_len) of each block of
- * rows; entries beyond that (the causal upper blocks) are never written or
- * read. Masked entries inside a diagonal block are exact zeros. */
+/* Forward of rows [r0, r1) of one (b, h): out = softmax(scale q k^T) v and
+ * each row's log-sum-exp, over blocks of keys. Per row: m, the largest
+ * score so far, l the sum of e^(score - m); out accumulates e^(s - m) v
+ * and is rescaled by e^(m_old - m_new) when m grows. */
+static void forward_rows(const dense *d, const fs_attention_args *a, size_t bh, size_t r0, size_t r1, float *lse,
+                         float *S) {
+    size_t T = a->T, D = d->cfg.head_dim, o = bh * T * D, rows = r1 - r0, nk = block_keys(d, r1, T);
+    const float *q = (const float *)a->q.data + o + r0 * D, *k = (const float *)a->k.data + o;
+    const float *v = (const float *)a->v.data + o;
+    float *out = (float *)a->out.data + o + r0 * D, m[QBLOCK], l[QBLOCK];
+    for (size_t k0 = 0; k0 < nk; k0 += KBLOCK) {
+        size_t kn = nk - k0 < KBLOCK ? nk - k0 : KBLOCK;
+        d->host->sgemm(d->cfg.device, 0, 1, rows, kn, D, d->scale, q, D, k + k0 * D, D, 0.0f, S, KBLOCK);
+        for (size_t i = 0; i < rows; i++) {
+            float *s = S + i * KBLOCK;
+            size_t n = keys_seen(d, r0 + i, k0, kn);
+            if (n == 0) { /* nothing visible in this block: the row is unchanged */
+                memset(s, 0, kn * sizeof(float));
+                continue;
+            }
+            float mx = row_max(s, n);
+            if (k0 == 0) {
+                m[i] = mx;
+                l[i] = exp_row(s, n, kn, mx);
+                continue;
+            }
+            mx = mx > m[i] ? mx : m[i];
+            float rescale = fs_fast_expf(m[i] - mx);
+            l[i] = l[i] * rescale + exp_row(s, n, kn, mx);
+            m[i] = mx;
+            if (rescale != 1.0f)
+                for (size_t c = 0; c < D; c++) out[i * D + c] *= rescale;
+        }
+        /* the first block of keys is seen by every row (key 0): beta 0 starts out */
+        d->host->sgemm(d->cfg.device, 0, 0, rows, D, kn, 1.0f, S, KBLOCK, v + k0 * D, D, k0 ? 1.0f : 0.0f, out, D);
+    }
+    for (size_t i = 0; i < rows; i++) {
+        float inv = 1.0f / l[i];
+        for (size_t c = 0; c < D; c++) out[i * D + c] *= inv;
+        lse[bh * T + r0 + i] = m[i] + logf(l[i]);
+    }
+}
+
 static void forward_blocks(void *arg, size_t begin, size_t end) {
     heads_job *j = arg;
     const dense *d = j->d;
-    const fs_attention_args *a = j->a;
-    size_t T = a->T, D = d->cfg.head_dim, nb = (T + BLOCK - 1) / BLOCK;
-    for (size_t item = begin; item < end; item++) {
-        size_t bh = item / nb, r0 = item % nb * BLOCK, o = bh * T * D;
-        size_t r1 = r0 + BLOCK < T ? r0 + BLOCK : T, n = block_len(d, r1, T);
-        const float *q = (const float *)a->q.data + o, *k = (const float *)a->k.data + o;
-        const float *v = (const float *)a->v.data + o;
-        float *out = (float *)a->out.data + o, *Pb = j->P + bh * T * T + r0 * T;
-        d->host->sgemm(d->cfg.device, 0, 1, r1 - r0, n, D, d->scale, q + r0 * D, D, k, D, 0.0f, Pb, T);
-        for (size_t r = r0; r < r1; r++) softmax_row(Pb + (r - r0) * T, row_len(d, r, T), n);
-        d->host->sgemm(d->cfg.device, 0, 0, r1 - r0, D, n, 1.0f, Pb, T, v, D, 0.0f, out + r0 * D, D);
+    size_t T = j->a->T, nb = (T + QBLOCK - 1) / QBLOCK;
+    float *S = d->host->alloc(d->cfg.device, QBLOCK * KBLOCK * sizeof(float));
+    if (!S) {
+        atomic_store(&j->failed, 1);
+        return;
     }
+    for (size_t item = begin; item < end; item++) {
+        size_t bh = item / nb, r0 = item % nb * QBLOCK, r1 = r0 + QBLOCK < T ? r0 + QBLOCK : T;
+        forward_rows(d, j->a, bh, r0, r1, j->lse, S);
+    }
+    d->host->free(d->cfg.device, S);
 }
 
 static int dense_forward(void *self, fs_attention_args *a, fs_error *err) {
@@ -169,47 +221,80 @@ static int dense_forward(void *self, fs_attention_args *a, fs_error *err) {
                                   d->cfg.max_seq);
     if (check_cpu(d, &a->q, err)) return err->status;
     heads_job job = {d, a, a->saved, 0};
-    d->host->parallel_for(B * H * ((T + BLOCK - 1) / BLOCK), 1, forward_blocks, &job);
+    d->host->parallel_for(B * H * ((T + QBLOCK - 1) / QBLOCK), 1, forward_blocks, &job);
+    if (atomic_load(&job.failed))
+        return d->host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory for a %d x %d block of scores",
+                                  QBLOCK, KBLOCK);
     return FS_OK;
 }
 
-/* Backward of one head, blocks of rows from the last: the last block needs
- * every key, so its dV and dK products (beta 0) initialise all rows of dV
- * and dK, and earlier blocks accumulate into their prefix (beta 1).
- * dS (BLOCK x T scratch) = softmax backward of dP = dO V^T;
- * dQ = dS K; dK += dS^T Q; dV += P^T dO. */
+/* P (rows x kn, row stride KBLOCK) of rows [r0, r1) against keys
+ * [k0, k0 + kn), from the scores and the saved log-sum-exp; masked
+ * entries are exact zeros. */
+static void probs_block(const dense *d, const float *q, const float *k, const float *lse, size_t r0, size_t r1,
+                        size_t k0, size_t kn, float *P) {
+    size_t D = d->cfg.head_dim;
+    d->host->sgemm(d->cfg.device, 0, 1, r1 - r0, kn, D, d->scale, q + r0 * D, D, k + k0 * D, D, 0.0f, P, KBLOCK);
+    for (size_t r = r0; r < r1; r++) exp_row(P + (r - r0) * KBLOCK, keys_seen(d, r, k0, kn), kn, lse[r]);
+}
+
+/* Backward of one (b, h), FlashAttention-2's order: for each block of keys
+ * j, every block of queries i that sees it:
+ *   P = exp(scale Q_i K_j^T - lse_i);    dV_j += P^T dO_i
+ *   dP = dO_i V_j^T;  dS = P * (dP - delta_i) * scale
+ *   dQ_i += dS K_j;   dK_j += dS^T Q_i
+ * with delta_i = rowsum(dO_i * O_i) = rowsum(dP_i * P_i) over the whole
+ * row, computed once from the forward's output. */
+static void backward_head(const dense *d, const fs_attention_args *a, size_t bh, const float *lse, float *P,
+                          float *dS, float *delta) {
+    size_t T = a->T, D = d->cfg.head_dim, o = bh * T * D;
+    fs_device dev = d->cfg.device;
+    const float *q = (const float *)a->q.data + o, *k = (const float *)a->k.data + o;
+    const float *v = (const float *)a->v.data + o, *dout = (const float *)a->dout.data + o;
+    const float *out = (const float *)a->out.data + o;
+    float *dq = (float *)a->dq.data + o, *dk = (float *)a->dk.data + o, *dv = (float *)a->dv.data + o;
+    for (size_t r = 0; r < T; r++) delta[r] = row_dot(dout + r * D, out + r * D, D);
+    memset(dq, 0, T * D * sizeof(float));
+    for (size_t k0 = 0; k0 < T; k0 += KBLOCK) {
+        size_t kn = T - k0 < KBLOCK ? T - k0 : KBLOCK;
+        /* the first block of rows that sees any of these keys */
+        size_t first = d->cfg.causal ? k0 / QBLOCK * QBLOCK : 0;
+        for (size_t r0 = first; r0 < T; r0 += QBLOCK) {
+            size_t r1 = r0 + QBLOCK < T ? r0 + QBLOCK : T, rows = r1 - r0;
+            size_t n = d->cfg.causal && r1 - k0 < kn ? r1 - k0 : kn; /* keys any of the rows sees */
+            float beta = r0 == first ? 0.0f : 1.0f;                   /* the first initialises dK_j, dV_j */
+            probs_block(d, q, k, lse, r0, r1, k0, n, P);
+            d->host->sgemm(dev, 1, 0, n, D, rows, 1.0f, P, KBLOCK, dout + r0 * D, D, beta, dv + k0 * D, D);
+            d->host->sgemm(dev, 0, 1, rows, n, D, 1.0f, dout + r0 * D, D, v + k0 * D, D, 0.0f, dS, KBLOCK);
+            for (size_t r = r0; r < r1; r++) {
+                size_t i = r - r0;
+                softmax_backward_row(dS + i * KBLOCK, P + i * KBLOCK, keys_seen(d, r, k0, n), n, delta[r], d->scale);
+            }
+            d->host->sgemm(dev, 0, 0, rows, D, n, 1.0f, dS, KBLOCK, k + k0 * D, D, 1.0f, dq + r0 * D, D);
+            d->host->sgemm(dev, 1, 0, n, D, rows, 1.0f, dS, KBLOCK, q + r0 * D, D, beta, dk + k0 * D, D);
+            /* with the causal mask, a first block of rows ending before the
+             * last of these keys leaves the later ones to the next blocks:
+             * beta 0 above initialised only its n rows of dK_j and dV_j */
+            if (beta == 0.0f && n < kn) {
+                memset(dk + (k0 + n) * D, 0, (kn - n) * D * sizeof(float));
+                memset(dv + (k0 + n) * D, 0, (kn - n) * D * sizeof(float));
+            }
+        }
+    }
+}
+
 static void backward_heads(void *arg, size_t begin, size_t end) {
     heads_job *j = arg;
     const dense *d = j->d;
-    const fs_attention_args *a = j->a;
-    size_t T = a->T, D = d->cfg.head_dim;
     fs_device dev = d->cfg.device;
-    float *dS = d->host->alloc(dev, (T < BLOCK ? T : BLOCK) * T * sizeof(float));
-    if (!dS) {
+    float *P = d->host->alloc(dev, (2 * QBLOCK * KBLOCK + j->a->T) * sizeof(float));
+    if (!P) {
         atomic_store(&j->failed, 1);
         return;
     }
-    for (size_t bh = begin; bh < end; bh++) {
-        size_t o = bh * T * D;
-        const float *q = (const float *)a->q.data + o, *k = (const float *)a->k.data + o;
-        const float *v = (const float *)a->v.data + o, *dout = (const float *)a->dout.data + o;
-        const float *P = j->P + bh * T * T;
-        float *dq = (float *)a->dq.data + o, *dk = (float *)a->dk.data + o, *dv = (float *)a->dv.data + o;
-        size_t last = (T - 1) / BLOCK * BLOCK;
-        for (size_t r0 = last;; r0 -= BLOCK) {
-            size_t r1 = r0 + BLOCK < T ? r0 + BLOCK : T, rows = r1 - r0, n = block_len(d, r1, T);
-            float beta = r0 == last ? 0.0f : 1.0f;
-            const float *Pb = P + r0 * T;
-            d->host->sgemm(dev, 1, 0, n, D, rows, 1.0f, Pb, T, dout + r0 * D, D, beta, dv, D);
-            d->host->sgemm(dev, 0, 1, rows, n, D, 1.0f, dout + r0 * D, D, v, D, 0.0f, dS, n);
-            for (size_t r = r0; r < r1; r++)
-                softmax_backward_row(dS + (r - r0) * n, Pb + (r - r0) * T, row_len(d, r, T), n, d->scale);
-            d->host->sgemm(dev, 0, 0, rows, D, n, 1.0f, dS, n, k, D, 0.0f, dq + r0 * D, D);
-            d->host->sgemm(dev, 1, 0, n, D, rows, 1.0f, dS, n, q + r0 * D, D, beta, dk, D);
-            if (r0 == 0) break;
-        }
-    }
-    d->host->free(dev, dS);
+    for (size_t bh = begin; bh < end; bh++)
+        backward_head(d, j->a, bh, j->lse + bh * j->a->T, P, P + QBLOCK * KBLOCK, P + 2 * QBLOCK * KBLOCK);
+    d->host->free(dev, P);
 }
 
 static int dense_backward(void *self, fs_attention_args *a, fs_error *err) {
@@ -219,8 +304,8 @@ static int dense_backward(void *self, fs_attention_args *a, fs_error *err) {
     heads_job job = {d, a, a->saved, 0};
     d->host->parallel_for(B * H, 1, backward_heads, &job);
     if (atomic_load(&job.failed))
-        return d->host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory for a %d x %zu scratch",
-                                  BLOCK, T);
+        return d->host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory for blocks of scores (%zu floats)",
+                                  (size_t)2 * QBLOCK * KBLOCK + T);
     return FS_OK;
 }
 
@@ -288,65 +373,105 @@ static int dense_decode(void *self, void *cache, fs_attention_decode_args *a, fs
     return FS_OK;
 }
 
+/* ---- attention maps for distillation ---- */
+
+typedef struct scores_job {
+    const dense *d;
+    const fs_attention_scores_args *a;
+    atomic_int failed;
+} scores_job;
+
+/* scores() of one (b, h): rows of the (T, T) map in blocks, the scores by
+ * sgemm straight into the caller's map, then masked (and for
+ * probabilities exponentiated against the saved log-sum-exp). */
+static void scores_head(const dense *d, const fs_attention_scores_args *sa, size_t bh) {
+    const fs_attention_args *f = sa->fwd;
+    size_t T = f->T, D = d->cfg.head_dim, o = bh * T * D;
+    const float *q = (const float *)f->q.data + o, *k = (const float *)f->k.data + o;
+    const float *lse = (const float *)f->saved + bh * T;
+    float *s = (float *)sa->scores.data + bh * T * T;
+    for (size_t r0 = 0; r0 < T; r0 += QBLOCK) {
+        size_t r1 = r0 + QBLOCK < T ? r0 + QBLOCK : T, n = block_keys(d, r1, T);
+        d->host->sgemm(d->cfg.device, 0, 1, r1 - r0, n, D, d->scale, q + r0 * D, D, k, D, 0.0f, s + r0 * T, T);
+        for (size_t r = r0; r < r1; r++) {
+            float *row = s + r * T;
+            size_t seen = keys_seen(d, r, 0, T);
+            if (sa->probs)
+                exp_row(row, seen, T, lse[r]);
+            else
+                memset(row + seen, 0, (T - seen) * sizeof(float));
+        }
+    }
+}
+
+static void scores_heads(void *arg, size_t begin, size_t end) {
+    scores_job *j = arg;
+    for (size_t bh = begin; bh < end; bh++) scores_head(j->d, j->a, bh);
+}
+
 static int dense_scores(void *self, fs_attention_scores_args *a, fs_error *err) {
     dense *d = self;
     const fs_attention_args *f = a->fwd;
-    size_t B = f->B, T = f->T, H = d->cfg.n_head, D = d->cfg.head_dim;
-    float *s = a->scores.data;
-    if (a->probs) { /* saved holds each row's unmasked keys only (forward_blocks) */
-        const float *P = f->saved;
-        for (size_t r = 0; r < B * H * T; r++) {
-            size_t n = row_len(d, r % T, T);
-            memcpy(s + r * T, P + r * T, n * sizeof(float));
-            memset(s + r * T + n, 0, (T - n) * sizeof(float));
-        }
-        return FS_OK;
-    }
-    (void)err;
-    const float *q = f->q.data, *k = f->k.data;
-    for (size_t bh = 0; bh < B * H; bh++) {
-        size_t o = bh * T * D;
-        float *sb = s + bh * T * T;
-        d->host->sgemm(d->cfg.device, 0, 1, T, T, D, d->scale, q + o, D, k + o, D, 0.0f, sb, T);
-        if (d->cfg.causal)
-            for (size_t t = 0; t < T; t++)
-                for (size_t j = t + 1; j < T; j++) sb[t * T + j] = 0.0f;
-    }
+    if (check_cpu(d, &a->scores, err)) return err->status;
+    scores_job job = {d, a, 0};
+    d->host->parallel_for(f->B * d->cfg.n_head, 1, scores_heads, &job);
     return FS_OK;
 }
 
-/* Backward of scores(): S = scale * Q K^T (masked entries constant), P its
- * masked softmax. For probabilities dS = P * (dP - rowsum(dP * P)) first. */
+/* Backward of scores() for one (b, h), in blocks of rows: S = scale Q K^T
+ * (masked entries constant), P its masked softmax, G the incoming gradient
+ * (B, H, T, T). For probabilities dS = P * (G - rowsum(G * P)) * scale,
+ * for scores dS = G * scale; then dQ_i += dS K and dK += dS^T Q_i. */
+static void scores_backward_head(const dense *d, const fs_attention_scores_args *sa, size_t bh, float *dS, float *P) {
+    const fs_attention_args *f = sa->fwd;
+    size_t T = f->T, D = d->cfg.head_dim, o = bh * T * D;
+    fs_device dev = d->cfg.device;
+    const float *q = (const float *)f->q.data + o, *k = (const float *)f->k.data + o;
+    const float *lse = (const float *)f->saved + bh * T, *G = (const float *)sa->scores.data + bh * T * T;
+    float *dq = (float *)f->dq.data + o, *dk = (float *)f->dk.data + o;
+    for (size_t r0 = 0; r0 < T; r0 += QBLOCK) {
+        size_t r1 = r0 + QBLOCK < T ? r0 + QBLOCK : T, rows = r1 - r0, n = block_keys(d, r1, T);
+        if (sa->probs)
+            d->host->sgemm(dev, 0, 1, rows, n, D, d->scale, q + r0 * D, D, k, D, 0.0f, P, n);
+        for (size_t r = r0; r < r1; r++) {
+            float *ds = dS + (r - r0) * n, *p = P + (r - r0) * n;
+            size_t seen = keys_seen(d, r, 0, n);
+            memcpy(ds, G + r * T, seen * sizeof(float));
+            if (sa->probs) {
+                exp_row(p, seen, n, lse[r]);
+                softmax_backward_row(ds, p, seen, n, row_dot(ds, p, seen), d->scale);
+            } else {
+                for (size_t c = 0; c < seen; c++) ds[c] *= d->scale;
+                memset(ds + seen, 0, (n - seen) * sizeof(float));
+            }
+        }
+        d->host->sgemm(dev, 0, 0, rows, D, n, 1.0f, dS, n, k, D, 1.0f, dq + r0 * D, D);
+        d->host->sgemm(dev, 1, 0, n, D, rows, 1.0f, dS, n, q + r0 * D, D, 1.0f, dk, D);
+    }
+}
+
+static void scores_backward_heads(void *arg, size_t begin, size_t end) {
+    scores_job *j = arg;
+    const dense *d = j->d;
+    size_t T = j->a->fwd->T, rows = T < QBLOCK ? T : QBLOCK;
+    float *dS = d->host->alloc(d->cfg.device, 2 * rows * T * sizeof(float));
+    if (!dS) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    for (size_t bh = begin; bh < end; bh++) scores_backward_head(d, j->a, bh, dS, dS + rows * T);
+    d->host->free(d->cfg.device, dS);
+}
+
 static int dense_scores_backward(void *self, const fs_attention_scores_args *a, fs_error *err) {
     dense *d = self;
     const fs_attention_args *f = a->fwd;
-    size_t B = f->B, T = f->T, H = d->cfg.n_head, D = d->cfg.head_dim;
     if (check_cpu(d, &a->scores, err)) return err->status;
-    fs_device dev = d->cfg.device;
-    if (d->scratch_T < T) {
-        d->host->free(dev, d->scratch);
-        d->scratch = d->host->alloc(dev, T * T * sizeof(float));
-        d->scratch_T = d->scratch ? T : 0;
-        if (!d->scratch)
-            return d->host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory for a %zu x %zu scratch", T, T);
-    }
-    const float *q = f->q.data, *k = f->k.data, *ds_all = a->scores.data, *P = f->saved;
-    float *dq = f->dq.data, *dk = f->dk.data, *dS = d->scratch;
-    for (size_t bh = 0; bh < B * H; bh++) {
-        size_t o = bh * T * D;
-        memcpy(dS, ds_all + bh * T * T, T * T * sizeof(float));
-        if (d->cfg.causal)
-            for (size_t t = 0; t < T; t++)
-                for (size_t j = t + 1; j < T; j++) dS[t * T + j] = 0.0f;
-        float alpha = d->scale;
-        if (a->probs) {
-            for (size_t t = 0; t < T; t++)
-                softmax_backward_row(dS + t * T, P + (bh * T + t) * T, row_len(d, t, T), T, d->scale);
-            alpha = 1.0f;
-        }
-        d->host->sgemm(dev, 0, 0, T, D, T, alpha, dS, T, k + o, D, 1.0f, dq + o, D);
-        d->host->sgemm(dev, 1, 0, T, D, T, alpha, dS, T, q + o, D, 1.0f, dk + o, D);
-    }
+    scores_job job = {d, a, 0};
+    d->host->parallel_for(f->B * d->cfg.n_head, 1, scores_backward_heads, &job);
+    if (atomic_load(&job.failed))
+        return d->host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory for a %d x %zu block of scores",
+                                  QBLOCK, f->T);
     return FS_OK;
 }
 
@@ -370,8 +495,9 @@ static const fs_plugin_descriptor dense_descriptor = {
     .struct_size = sizeof(fs_plugin_descriptor),
     .kind = FS_PLUGIN_ATTENTION,
     .name = "dense",
-    .version = "1.0.0",
-    .summary = "exact softmax(QK^T/sqrt(d))V attention; O(T^2) memory in training, K/V cache in generation",
+    .version = "1.1.0",
+    .summary = "exact softmax(QK^T/sqrt(d))V attention in blocks (online softmax): O(T) memory in training, K/V "
+               "cache in generation",
     .params = NULL,
     .n_params = 0,
     .vtable = &dense_vtable,

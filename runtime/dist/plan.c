@@ -21,9 +21,9 @@
  * residual after attention, ln2 and the layer output (C each) and the two
  * LayerNorms' mean and rstd (4 floats) whole; q, k, v, the attention output
  * and its merged heads (5 C) and the MLP's pre- and post-GELU (8 C) split
- * over t; and the dense attention plugin's saved probabilities (saved_bytes
- * = B H T^2 floats per layer, i.e. H T per token, split over t):
- *     4 C + 4 + (13 C + H T) / t floats.
+ * over t; and the dense attention plugin's saved log-sum-exp of every row
+ * (saved_bytes = B H T floats per layer, i.e. H per token, split over t):
+ *     4 C + 4 + (13 C + H) / t floats.
  * Per slot and token besides: each chunk's input (v C), the token ids (1),
  * the forward scratch (max(C, 4 C / t); max(C, 3 C / t) with ff_chunk)
  * and, on the rank with the head, ln_f's output, mean and rstd and the
@@ -101,7 +101,7 @@ static void stage_estimate(const fs_plan_model *mo, const fs_plan_row *row, cons
     /* the MLP's rows at a time (model.h ff_chunk) */
     int chunked = mo->ff_chunk > 0 && (double)mo->ff_chunk < N;
     double FR = chunked ? (double)mo->ff_chunk : N, F = 4 * C / t;
-    double per_token_layer = 4 * C + 4 + 5 * C / t + (chunked ? 0 : 2 * F), saved = H * T / t;
+    double per_token_layer = 4 * C + 4 + 5 * C / t + (chunked ? 0 : 2 * F), saved = H / t;
     double slot = mo->reversible ? N * (per_token_layer + 3 * C) : layers * N * (per_token_layer + saved);
     double scratch = 3 * C / t > C ? 3 * C / t : C;
     if (!chunked && F > scratch) scratch = F;

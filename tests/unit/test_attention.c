@@ -1,8 +1,10 @@
 /* test_attention.c — the dense attention plugin: gradients against finite
- * differences, the decode step against the full forward, and an explicit
- * masked softmax computed here in double. Odd sizes on purpose, and a T of
- * several of dense's 64-row blocks with a partial last one. The saved
- * buffer starts as NaN, so a read of an entry forward did not write shows. */
+ * differences, the decode step against the full forward, and forward and
+ * backward against an explicit dense-mask reference computed here in double
+ * (a T x T mask and softmax, as PyTorch eager does it). Odd sizes on
+ * purpose: T below, at and past dense's 64-row query blocks and 256-key
+ * blocks, with partial last blocks. The saved buffer starts as NaN, so a
+ * read of an entry forward did not write shows. */
 #include <string.h>
 
 #include "fastserve/attention.h"
@@ -137,6 +139,119 @@ static void test_dense_causal(void **state) { (void)state; check_dense(1, 2, 3, 
 static void test_dense_blocks_noncausal(void **state) { (void)state; check_dense(0, 1, 2, 150, 4, 160, 7); }
 static void test_dense_blocks_causal(void **state) { (void)state; check_dense(1, 1, 2, 150, 4, 160, 7); }
 
+/* The reference: the mask as a T x T matrix, scores, softmax, output, and
+ * backward by the textbook formulas, all in double:
+ *   P = softmax(mask(scale Q K^T)), O = P V,
+ *   dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dP * P)),
+ *   dQ = scale dS K, dK = scale dS^T Q. */
+static void reference_dense_mask(const att *a, int causal, const float *dout, double *out, double *dq, double *dk,
+                                 double *dv) {
+    size_t T = a->T, D = a->D;
+    double scale = 1.0 / sqrt((double)D);
+    unsigned char *mask = malloc(T * T);
+    double *P = malloc(T * T * sizeof(double)), *dS = malloc(T * T * sizeof(double));
+    for (size_t i = 0; i < T; i++)
+        for (size_t j = 0; j < T; j++) mask[i * T + j] = !causal || j <= i;
+    for (size_t bh = 0; bh < a->B * a->H; bh++) {
+        const float *q = a->q + bh * T * D, *k = a->k + bh * T * D, *v = a->v + bh * T * D, *g = dout + bh * T * D;
+        size_t o = bh * T * D;
+        for (size_t i = 0; i < T; i++) {
+            double mx = -INFINITY, sum = 0;
+            for (size_t j = 0; j < T; j++) {
+                double s = 0;
+                for (size_t c = 0; c < D; c++) s += (double)q[i * D + c] * k[j * D + c];
+                P[i * T + j] = mask[i * T + j] ? s * scale : -INFINITY;
+                mx = fmax(mx, P[i * T + j]);
+            }
+            for (size_t j = 0; j < T; j++) sum += P[i * T + j] = exp(P[i * T + j] - mx);
+            for (size_t j = 0; j < T; j++) P[i * T + j] /= sum;
+        }
+        for (size_t i = 0; i < T; i++)
+            for (size_t c = 0; c < D; c++) {
+                double s = 0;
+                for (size_t j = 0; j < T; j++) s += P[i * T + j] * v[j * D + c];
+                out[o + i * D + c] = s;
+            }
+        for (size_t i = 0; i < T; i++) {
+            double dot = 0;
+            for (size_t j = 0; j < T; j++) {
+                double dp = 0;
+                for (size_t c = 0; c < D; c++) dp += (double)g[i * D + c] * v[j * D + c];
+                dS[i * T + j] = dp;
+                dot += dp * P[i * T + j];
+            }
+            for (size_t j = 0; j < T; j++) dS[i * T + j] = P[i * T + j] * (dS[i * T + j] - dot);
+        }
+        for (size_t i = 0; i < T; i++)
+            for (size_t c = 0; c < D; c++) {
+                double sq = 0, sk = 0, sv = 0;
+                for (size_t j = 0; j < T; j++) {
+                    sq += dS[i * T + j] * k[j * D + c];
+                    sk += dS[j * T + i] * q[j * D + c];
+                    sv += P[j * T + i] * g[j * D + c];
+                }
+                dq[o + i * D + c] = scale * sq;
+                dk[o + i * D + c] = scale * sk;
+                dv[o + i * D + c] = sv;
+            }
+    }
+    free(mask), free(P), free(dS);
+}
+
+static void close_to(const char *what, size_t T, const float *got, const double *want, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs(got[i] - want[i]) <= 2e-5 + 2e-4 * fabs(want[i]))) {
+            fprintf(stderr, "T = %zu, %s[%zu]: got %.8g, reference %.8g\n", T, what, i, got[i], want[i]);
+            fail();
+        }
+}
+
+static void check_against_mask(int causal, size_t T) {
+    att a = make(causal, 2, 2, T, 8, T + 3);
+    size_t n = a.B * a.H * T * a.D;
+    float *dq = malloc(n * 4), *dk = malloc(n * 4), *dv = malloc(n * 4);
+    double *ro = malloc(n * sizeof(double)), *rq = malloc(n * sizeof(double)), *rk = malloc(n * sizeof(double));
+    double *rv = malloc(n * sizeof(double));
+    fs_attention_args x = args(&a);
+    test_attention_grads(&x, a.H, a.D, a.w, dq, dk, dv);
+    memset(dq, 0xff, n * 4), memset(dk, 0xff, n * 4), memset(dv, 0xff, n * 4); /* NaN: backward overwrites */
+    fs_error err = {0};
+    assert_int_equal(a.vt->forward(a.self, &x, &err), 0);
+    assert_int_equal(a.vt->backward(a.self, &x, &err), 0);
+    reference_dense_mask(&a, causal, a.w, ro, rq, rk, rv);
+    close_to("out", T, a.out, ro, n);
+    close_to("dq", T, dq, rq, n);
+    close_to("dk", T, dk, rk, n);
+    close_to("dv", T, dv, rv, n);
+    free(dq), free(dk), free(dv), free(ro), free(rq), free(rk), free(rv);
+    release(&a);
+}
+
+/* T around both block sizes (64 query rows, 256 keys) and past two key blocks */
+static const size_t mask_Ts[] = {1, 2, 63, 64, 65, 130, 255, 256, 257, 300, 513};
+
+static void test_dense_mask_causal(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof mask_Ts / sizeof mask_Ts[0]; i++) check_against_mask(1, mask_Ts[i]);
+}
+
+static void test_dense_mask_bidirectional(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof mask_Ts / sizeof mask_Ts[0]; i++) check_against_mask(0, mask_Ts[i]);
+}
+
+/* Saved state between forward and backward is O(B H T): one float a row,
+ * so 16 times the tokens is 16 times the bytes (a T x T buffer would be
+ * 256 times). */
+static void test_saved_is_linear(void **state) {
+    (void)state;
+    att a = make(1, 1, 2, 4, 8, 65536);
+    size_t s1 = a.vt->saved_bytes(a.self, 3, 4096), s2 = a.vt->saved_bytes(a.self, 3, 65536);
+    assert_true(s2 <= 16 * s1 + 4096);
+    assert_true(s1 <= 3 * 2 * 4096 * 2 * sizeof(float));
+    release(&a);
+}
+
 /* scores(): probabilities and pre-softmax scores over several blocks
  * against the double reference, zeros where masked; scores_backward()
  * against finite differences of L = sum G * scores for G nonzero on the
@@ -258,6 +373,9 @@ int main(void) {
         cmocka_unit_test(test_dense_causal),
         cmocka_unit_test(test_dense_blocks_noncausal),
         cmocka_unit_test(test_dense_blocks_causal),
+        cmocka_unit_test(test_dense_mask_causal),
+        cmocka_unit_test(test_dense_mask_bidirectional),
+        cmocka_unit_test(test_saved_is_linear),
         cmocka_unit_test(test_scores_causal),
         cmocka_unit_test(test_probs_causal),
         cmocka_unit_test(test_probs_noncausal),

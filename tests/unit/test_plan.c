@@ -6,7 +6,8 @@
  * T = 4, V = 16, global batch B = 4. Per layer (model.c's layout)
  * 12 C^2 + 13 C = 872 parameters; the whole model V C + T C + L x 872 +
  * 2 C = 128 + 32 + 1744 + 16 = 1920. Activations with t = 1, per layer and
- * token: 17 C + 4 + H T = 136 + 4 + 8 = 148 floats; per slot and token
+ * token: 17 C + 4 + H = 136 + 4 + 2 = 142 floats (H: dense attention's
+ * log-sum-exp of each row); per slot and token
  * besides: v C chunk inputs + 1 token id + max(C, 4C) = 32 forward scratch
  * = 41 (v = 1), and on the head's rank C + 2 + 2 V = 42; once per rank
  * 3 C + 16 C = 152 per token of backward scratch.
@@ -38,10 +39,10 @@ static void near(const char *what, double got, double want) {
 
 /* d = 2, t = 1, p = 1, one micro-batch of b = 2 sequences, N = 8 tokens.
  *   parameters 1920 floats = 7680 bytes, gradients 7680, moments 15360
- *   activations: one slot of 2 layers x 8 tokens x 148 = 2368, 8 x 41 =
- *   328, ln_f and logits 8 x 42 = 336 -> 3032; backward scratch 8 x 152 =
- *   1216; no pipeline buffers -> 4248 floats = 16992 bytes
- *   total 30720 + 16992 = 47712 bytes
+ *   activations: one slot of 2 layers x 8 tokens x 142 = 2272, 8 x 41 =
+ *   328, ln_f and logits 8 x 42 = 336 -> 2936; backward scratch 8 x 152 =
+ *   1216; no pipeline buffers -> 4152 floats = 16608 bytes
+ *   total 30720 + 16608 = 47328 bytes
  *   data all-reduce 2 (2-1)/2 x 7680 = 7680 bytes
  *   FLOPs 3 x (2 x 4 tokens) x (2 x (24*64 + 4*4*8) + 2*8*16)
  *       = 24 x (2 x 1664 + 256) = 86016
@@ -59,8 +60,8 @@ static void test_data_parallel(void **state) {
     near("params", r.mem_params, 7680);
     near("grads", r.mem_grads, 7680);
     near("optim", r.mem_optim, 15360);
-    near("acts", r.mem_acts, 16992);
-    near("total", r.mem_total, 47712);
+    near("acts", r.mem_acts, 16608);
+    near("total", r.mem_total, 47328);
     near("comm data", r.comm_data, 7680);
     near("comm tensor", r.comm_tensor, 0);
     near("comm pipe", r.comm_pipe, 0);
@@ -74,10 +75,10 @@ static void test_data_parallel(void **state) {
  *   per layer per tensor rank (12*64 + 7*8) / 2 + 6*8 = 412 + 48 = 460;
  *   2 layers + 160 embeddings + 16 ln_f = 1096 floats: params 4384 bytes,
  *   grads 4384, moments 8 x 1096 / 2 = 4384
- *   activations per layer and token 4*8 + 4 + (13*8 + 2*4) / 2 = 92; per
- *   slot 2 x 8 x 92 = 1472, 8 x (8 + 1 + max(8, 32 / 2)) = 200, head 336
- *   -> 2008; backward scratch 8 x (24 + 8*8/2) + 2 x 8 x 16 = 704 -> 2712
- *   floats = 10848 bytes; total 13152 + 10848 = 24000
+ *   activations per layer and token 4*8 + 4 + (13*8 + 2) / 2 = 89; per
+ *   slot 2 x 8 x 89 = 1424, 8 x (8 + 1 + max(8, 32 / 2)) = 200, head 336
+ *   -> 1960; backward scratch 8 x (24 + 8*8/2) + 2 x 8 x 16 = 704 -> 2664
+ *   floats = 10656 bytes; total 13152 + 10656 = 23808
  *   data 4384; tensor 2 layers x 4 x 1 micro x 2 (2-1)/2 x 64 floats x 4 = 2048
  *   FLOPs 3 x 8 x (2 x 1664 / 2 + 256) = 46080
  *   step: compute 4.608e-7 + tensor 2.048e-7 = 6.656e-7; all-reduce
@@ -92,8 +93,8 @@ static void test_tensor_zero(void **state) {
     if (!r.valid) fail_msg("invalid: %s", r.reason);
     near("params", r.mem_params, 4384);
     near("optim", r.mem_optim, 4384);
-    near("acts", r.mem_acts, 10848);
-    near("total", r.mem_total, 24000);
+    near("acts", r.mem_acts, 10656);
+    near("total", r.mem_total, 23808);
     near("comm data", r.comm_data, 4384);
     near("comm tensor", r.comm_tensor, 2048);
     near("comm total", r.comm_total, 6432);
@@ -105,11 +106,11 @@ static void test_tensor_zero(void **state) {
  * The head costs 2 C V / (24 C^2 + 4 T C) = 256 / 1664 layers: one layer
  * per stage.
  *   stage 0: 872 + 160 = 1032 floats -> 4128 + 4128 + 8256; 1F1B keeps
- *   min(2, 2 - 0) = 2 slots of 8 x 148 + 8 x 41 = 1512 -> 3024, backward
+ *   min(2, 2 - 0) = 2 slots of 8 x 142 + 8 x 41 = 1464 -> 2928, backward
  *   scratch 1216, executor buffers 4 x 1 chunk x 2 slots x 64 = 512 ->
- *   4752 floats = 19008 bytes; total 35520
- *   stage 1: 872 + 16 + 128 = 1016 floats -> 16256 bytes; 1 slot of 1512 +
- *   336, 1216, 4 x 1 x 1 x 64 = 256 -> 3320 floats = 13280; total 29536
+ *   4656 floats = 18624 bytes; total 35136
+ *   stage 1: 872 + 16 + 128 = 1016 floats -> 16256 bytes; 1 slot of 1464 +
+ *   336, 1216, 4 x 1 x 1 x 64 = 256 -> 3272 floats = 13088; total 29344
  *   sent: stage 0 the activations 2 x 64 floats, stage 1 the gradients,
  *   each also the embedding's gradient 128 floats: 256 floats = 1024 bytes
  *   FLOPs: stage 0 3 x 16 x 1664 = 79872, stage 1 3 x 16 x 1920 = 92160
@@ -125,19 +126,19 @@ static void test_pipeline(void **state) {
     assert_int_equal(r.schedule, FS_PIPE_1F1B);
     near("params", r.mem_params, 4128);
     near("optim", r.mem_optim, 8256);
-    near("acts", r.mem_acts, 19008);
-    near("total", r.mem_total, 35520);
+    near("acts", r.mem_acts, 18624);
+    near("total", r.mem_total, 35136);
     near("comm pipe", r.comm_pipe, 1024);
     near("comm total", r.comm_total, 1024);
     near("flops", r.flops, 92160);
     near("bubble", r.bubble, 1.0 / 3.0);
     near("step", r.step_s, 1.536e-6);
     /* GPipe keeps both micro-batches on the last stage too: stage 1 gains a
-     * slot of 1848 floats and 256 floats of buffers -> 29536 + 4 x 2104 =
-     * 37952 bytes, now the busiest */
+     * slot of 1800 floats and 256 floats of buffers -> 29344 + 4 x 2056 =
+     * 37568 bytes, now the busiest */
     par.schedule = FS_PIPE_GPIPE;
     fs_plan_evaluate(&mo, &par, 1, 1, 2, &r);
-    near("gpipe total", r.mem_total, 37952);
+    near("gpipe total", r.mem_total, 37568);
     /* not set: the most up to 4 x pipeline dividing batch / data */
     par = defaults();
     fs_plan_evaluate(&mo, &par, 1, 1, 2, &r); /* divisors of 4 up to 8 */
@@ -156,11 +157,11 @@ static void expect_invalid(const fs_plan_model *mo, const fs_plan_parallel *par,
 /* 4 layers, p = 2, v = 2, m = 2 (interleaved; m == p runs every forward
  * first, so each chunk keeps 2 slots); one layer per virtual stage.
  *   stage 1 holds vstages 1 and 3: 2 x 872 + 16 + 128 = 1888 floats ->
- *   30208 bytes of states; a slot holds 2 layers x 8 x 148 = 2368, 8 x
- *   (2 chunks x 8 + 1 + 32) = 392 and the head's 336 = 3096; 2 slots 6192,
- *   backward scratch 1216, buffers 4 x 2 x 2 x 64 = 1024 -> 8432 floats =
- *   33728 bytes; total 63936 (stage 0: 1904 floats -> 30464 + (2 x 2760 +
- *   1216 + 1024) x 4 = 31040 -> 61504)
+ *   30208 bytes of states; a slot holds 2 layers x 8 x 142 = 2272, 8 x
+ *   (2 chunks x 8 + 1 + 32) = 392 and the head's 336 = 3000; 2 slots 6000,
+ *   backward scratch 1216, buffers 4 x 2 x 2 x 64 = 1024 -> 8240 floats =
+ *   32960 bytes; total 63168 (stage 0: 1904 floats -> 30464 + (2 x 2664 +
+ *   1216 + 1024) x 4 = 30272 -> 60736)
  *   sent per stage: 3 boundary crossings x 2 micro x 64 + 128 = 512 floats
  *   bubble (2-1) / (2*2 + 2 - 1) = 0.2 */
 static void test_interleaved(void **state) {
@@ -173,7 +174,7 @@ static void test_interleaved(void **state) {
     fs_plan_row r;
     fs_plan_evaluate(&mo, &par, 1, 1, 2, &r);
     if (!r.valid) fail_msg("invalid: %s", r.reason);
-    near("total", r.mem_total, 63936);
+    near("total", r.mem_total, 63168);
     near("states", r.mem_params + r.mem_grads + r.mem_optim, 30208);
     near("comm pipe", r.comm_pipe, 2048);
     near("bubble", r.bubble, 0.2);
@@ -185,32 +186,32 @@ static void test_interleaved(void **state) {
 }
 
 /* [model] reversible and ff_chunk, d = t = p = 1, N = 16 tokens.
- *   standard: a slot of 2 x 16 x 148 + 16 x 41 + 16 x 42 = 6064, backward
- *   scratch 16 x 152 = 2432 -> 8496 floats
+ *   standard: a slot of 2 x 16 x 142 + 16 x 41 + 16 x 42 = 5872, backward
+ *   scratch 16 x 152 = 2432 -> 8304 floats
  *   reversible: one layer per slot, 16 x (4 C + 4 + 5 C + 8 C = 140, plus
  *   the two-stream state 3 C = 24) = 2624, + 656 + 672 = 3952; one
- *   attention buffer 16 x 8 = 128; 2432 -> 6512 floats = 26048 bytes
- *   ff_chunk = 4: per layer and token 4 C + 4 + 5 C + H T = 84 -> 2 x 16 x
- *   84 = 2688, 16 x (8 + 1 + max(C, 3 C) = 24) = 528, the chunk's MLP
- *   2 x 4 x 32 = 256, head 672 -> 4144; backward 16 x (24 + 64) + 256 =
- *   1664 -> 5808 floats = 23232 bytes */
+ *   attention buffer 16 x 2 = 32; 2432 -> 6416 floats = 25664 bytes
+ *   ff_chunk = 4: per layer and token 4 C + 4 + 5 C + H = 78 -> 2 x 16 x
+ *   78 = 2496, 16 x (8 + 1 + max(C, 3 C) = 24) = 528, the chunk's MLP
+ *   2 x 4 x 32 = 256, head 672 -> 3952; backward 16 x (24 + 64) + 256 =
+ *   1664 -> 5616 floats = 22464 bytes */
 static void test_memory_options(void **state) {
     (void)state;
     fs_plan_model mo = small(2);
     fs_plan_parallel par = defaults();
     fs_plan_row r;
     fs_plan_evaluate(&mo, &par, 1, 1, 1, &r);
-    near("standard", r.mem_acts, 4 * 8496);
+    near("standard", r.mem_acts, 4 * 8304);
     mo.reversible = 1;
     fs_plan_evaluate(&mo, &par, 1, 1, 1, &r);
-    near("reversible", r.mem_acts, 26048);
+    near("reversible", r.mem_acts, 25664);
     mo.reversible = 0;
     mo.ff_chunk = 4;
     fs_plan_evaluate(&mo, &par, 1, 1, 1, &r);
-    near("ff_chunk", r.mem_acts, 23232);
+    near("ff_chunk", r.mem_acts, 22464);
     mo.ff_chunk = 16; /* not smaller than the micro-batch: all at once */
     fs_plan_evaluate(&mo, &par, 1, 1, 1, &r);
-    near("ff_chunk = N", r.mem_acts, 4 * 8496);
+    near("ff_chunk = N", r.mem_acts, 4 * 8304);
 }
 
 /* The estimate against the model's own allocation after a forward and

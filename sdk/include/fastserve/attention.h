@@ -54,7 +54,8 @@ typedef struct fs_attention_args {
     uint32_t struct_size;
     size_t B, T;             /* batch, tokens (T <= max_seq) */
     fs_tensor q, k, v;       /* (B, H, T, D) */
-    fs_tensor out;           /* (B, H, T, D), written by forward */
+    fs_tensor out;           /* (B, H, T, D), written by forward; backward gets it back as
+                              * forward left it (dense reads it: rowsum(dout * out)) */
     void *saved;             /* saved_bytes(B, T) bytes: forward writes, backward reads */
     const int32_t *tokens;   /* (B, T) token ids, may be NULL */
     /* backward only: dq, dk, dv are overwritten (not accumulated). */
