@@ -7,15 +7,15 @@
  * as the runtime would see them. Times are the best of up to `reps` runs
  * after an untimed forward + backward that faults the memory in. Memory is
  * the growth of the child's peak RSS over the inputs and gradients: saved
- * state plus work memory. Dense is skipped, with the reason, once its T x T
- * state would exceed the memory bound or its extrapolated (T^2) time the
- * time bound.
+ * state plus work memory. Dense is skipped, with the reason, once its
+ * extrapolated (T^2) time would exceed the time bound.
  *
  * Usage: bench_attention [T=1024,4096,16384,65536] [H=8] [D=64] [B=1]
  *                        [window=256] [dilation=1] [global=none] [block=0]
  *                        [chunk=64] [bucket_size=64] [hashes=1,2,4]
- *                        [causal=1] [mem_gb=12] [time_s=300] [reps=5]
- * (hashes=0 leaves lsh out.) Prints a table, then the goals: at T = 16k
+ *                        [causal=1] [time_s=300] [reps=5]
+ *                        [plugins=dense,longformer,lsh]
+ * (hashes=0 leaves lsh out; plugins= runs only those named.) Prints a table, then the goals: at T = 16k
  * longformer >= 20x faster and lighter than dense and lsh n_hashes = 2
  * >= 10x faster; longformer's 64k / 16k time within 4.4x. */
 #include <stdio.h>
@@ -35,9 +35,17 @@
 typedef struct opts {
     size_t Ts[16], nT, H, D, B, window, block, reps, chunk, bucket_size, hashes[8], nh;
     int causal;
-    char dilation[64], global[64];
-    double mem_gb, time_s;
+    char dilation[64], global[64], plugins[128];
+    double time_s;
 } opts;
+
+/* 1 when `name` is in the comma-separated plugins= list */
+static int wanted(const opts *o, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = o->plugins; (p = strstr(p, name)); p += n)
+        if ((p == o->plugins || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return 1;
+    return 0;
+}
 
 typedef struct result {
     int ok;
@@ -218,28 +226,18 @@ static void parse(opts *o, int argc, char **argv) {
         else if (strcmp(k, "block") == 0) o->block = strtoull(val, NULL, 10);
         else if (strcmp(k, "reps") == 0) o->reps = strtoull(val, NULL, 10);
         else if (strcmp(k, "causal") == 0) o->causal = atoi(val);
-        else if (strcmp(k, "mem_gb") == 0) o->mem_gb = atof(val);
         else if (strcmp(k, "time_s") == 0) o->time_s = atof(val);
         else if (strcmp(k, "dilation") == 0) snprintf(o->dilation, sizeof o->dilation, "%s", val);
         else if (strcmp(k, "global") == 0) snprintf(o->global, sizeof o->global, "%s", val);
+        else if (strcmp(k, "plugins") == 0) snprintf(o->plugins, sizeof o->plugins, "%s", val);
         else goto usage;
     }
     if (o->nT && o->H && o->D && o->B && o->window && o->reps && o->chunk && o->bucket_size) return;
 usage:
     fprintf(stderr, "usage: bench_attention [T=1024,4096,...] [H=8] [D=64] [B=1] [window=256] [dilation=1] "
-                    "[global=none] [block=0] [chunk=64] [bucket_size=64] [hashes=1,2,4] [causal=1] [mem_gb=12] "
-                    "[time_s=300] [reps=5]\n");
+                    "[global=none] [block=0] [chunk=64] [bucket_size=64] [hashes=1,2,4] [causal=1] "
+                    "[time_s=300] [reps=5] [plugins=dense,longformer,lsh]\n");
     exit(2);
-}
-
-static double mem_available_gb(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    double kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb / 1048576.0;
 }
 
 static void row(size_t T, const char *plugin, const result *r) {
@@ -254,18 +252,19 @@ static void row(size_t T, const char *plugin, const result *r) {
 int main(int argc, char **argv) {
     fs_blas_fix_coretype(argv);
     opts o = {.Ts = {1024, 4096, 16384, 65536}, .nT = 4, .H = 8, .D = 64, .B = 1, .window = 256, .block = 0, .reps = 5,
-              .causal = 1, .mem_gb = 12, .time_s = 300, .chunk = 64, .bucket_size = 64, .hashes = {1, 2, 4}, .nh = 3};
+              .causal = 1, .time_s = 300, .chunk = 64, .bucket_size = 64, .hashes = {1, 2, 4}, .nh = 3};
     snprintf(o.dilation, sizeof o.dilation, "1");
     snprintf(o.global, sizeof o.global, "none");
+    snprintf(o.plugins, sizeof o.plugins, "dense,longformer,lsh");
     parse(&o, argc, argv);
+    if (!wanted(&o, "lsh")) o.nh = 0;
     fs_log_set_level(FS_LOG_WARN);
-    double avail = mem_available_gb(), mem_bound = o.mem_gb < 0.8 * avail ? o.mem_gb : 0.8 * avail;
     printf("attention: B=%zu H=%zu D=%zu %s; longformer window=%zu dilation=%s global=%s block=%zu; lsh chunk=%zu "
            "bucket_size=%zu lookback=1\n",
            o.B, o.H, o.D, o.causal ? "causal" : "bidirectional", o.window, o.dilation, o.global, o.block, o.chunk,
            o.bucket_size);
-    printf("OpenBLAS %s, %ld cores; dense bounds: %.1f GiB of T x T state, %.0f s per case\n", fs_blas_corename(),
-           sysconf(_SC_NPROCESSORS_ONLN), mem_bound, o.time_s);
+    printf("OpenBLAS %s, %ld cores; dense bound: %.0f s per case\n", fs_blas_corename(), sysconf(_SC_NPROCESSORS_ONLN),
+           o.time_s);
     printf("memory = growth of peak RSS over the inputs and gradients (saved state + work memory)\n\n");
     printf("%6s  %-10s  %10s  %11s  %9s  %12s  %12s\n", "T", "plugin", "fwd ms", "fwd+bwd ms", "saved MiB",
            "peak fwd MiB", "peak f+b MiB");
@@ -274,11 +273,9 @@ int main(int argc, char **argv) {
     size_t dense_last_T = 0;
     for (size_t i = 0; i < o.nT; i++) {
         size_t T = o.Ts[i];
-        double need_gb = ((double)o.B * o.H + 1) * (double)T * (double)T * 4 / 1073741824.0;
         double est_s = dense_last_T ? dense_last_s * ((double)T / dense_last_T) * ((double)T / dense_last_T) : 0;
-        if (need_gb > mem_bound) {
-            snprintf(dense[i].why, sizeof dense[i].why,
-                     "skipped: its T x T state needs %.1f GiB, over the %.1f GiB bound", need_gb, mem_bound);
+        if (!wanted(&o, "dense")) {
+            snprintf(dense[i].why, sizeof dense[i].why, "not asked for (plugins=%s)", o.plugins);
         } else if (est_s > o.time_s) {
             snprintf(dense[i].why, sizeof dense[i].why,
                      "skipped: forward+backward would take about %.0f s (T^2 from T = %zu), over %.0f s", est_s,
@@ -287,9 +284,11 @@ int main(int argc, char **argv) {
             dense[i] = run_in_child("dense", T, &o, 0);
             if (dense[i].ok) dense_last_s = dense[i].fb_s, dense_last_T = T;
         }
-        row(T, "dense", &dense[i]);
-        lf[i] = run_in_child("longformer", T, &o, 0);
-        row(T, "longformer", &lf[i]);
+        if (wanted(&o, "dense")) row(T, "dense", &dense[i]);
+        if (wanted(&o, "longformer")) {
+            lf[i] = run_in_child("longformer", T, &o, 0);
+            row(T, "longformer", &lf[i]);
+        }
         for (size_t h = 0; h < o.nh; h++) {
             char name[32];
             snprintf(name, sizeof name, "lsh/%zu", o.hashes[h]);
