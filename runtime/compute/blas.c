@@ -1,6 +1,8 @@
 /* blas.c — OpenBLAS core-type fix-up and the sgemm wrapper. */
 #include "compute/blas.h"
 
+#include "core/threads.h"
+
 #include <cblas.h>
 #include <omp.h>
 #include <pthread.h>
@@ -33,19 +35,9 @@ static int is_legacy_core(const char *name) {
     return 0;
 }
 
-void fs_blas_fix_coretype(char **argv) {
-    const char *core = openblas_get_corename();
-    const char *user = getenv("OPENBLAS_CORETYPE");
-    if (getenv("FS_BLAS_REEXEC")) {
-        snprintf(g_note, sizeof g_note, "OPENBLAS_CORETYPE=%s chosen by fsrun (OpenBLAS had detected %s)",
-                 user ? user : "?", getenv("FS_BLAS_REEXEC"));
-        unsetenv("FS_BLAS_REEXEC");
-        return;
-    }
-    if (user && *user) {
-        snprintf(g_note, sizeof g_note, "OPENBLAS_CORETYPE=%s set by the environment (kept)", user);
-        return;
-    }
+/* The core type OpenBLAS should run when the one it detected is older
+ * than the CPU's features allow, else NULL. */
+static const char *better_core(const char *core) {
     __builtin_cpu_init();
     const char *want = NULL;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -53,19 +45,52 @@ void fs_blas_fix_coretype(char **argv) {
         want = "SKYLAKEX";
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         want = "HASWELL";
-    if (!want || !core || !is_legacy_core(core)) {
-        snprintf(g_note, sizeof g_note, "OpenBLAS detected %s itself", core ? core : "?");
+    return want && core && is_legacy_core(core) ? want : NULL;
+}
+
+/* The re-exec marker: "<core OpenBLAS had detected, or - when the core
+ * type was not changed>;<1 when the OpenMP wait policy was set>". */
+#define REEXEC_MARKER "FS_BLAS_REEXEC"
+
+void fs_blas_fix_coretype(char **argv) {
+    const char *core = openblas_get_corename();
+    const char *user = getenv("OPENBLAS_CORETYPE");
+    const char *marker = getenv(REEXEC_MARKER);
+    if (marker) {
+        char detected[64] = "";
+        int waits = 0;
+        sscanf(marker, "%63[^;];%d", detected, &waits);
+        if (strcmp(detected, "-") != 0)
+            snprintf(g_note, sizeof g_note, "OPENBLAS_CORETYPE=%s chosen by fsrun (OpenBLAS had detected %s)",
+                     user ? user : "?", detected);
+        else if (user && *user)
+            snprintf(g_note, sizeof g_note, "OPENBLAS_CORETYPE=%s set by the environment (kept)", user);
+        else
+            snprintf(g_note, sizeof g_note, "OpenBLAS detected %s itself", core ? core : "?");
+        if (waits) fs_threads_wait_reexecuted();
+        unsetenv(REEXEC_MARKER);
         return;
     }
-    /* Re-exec once with the variable set; the marker stops a loop. */
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    setenv("FS_BLAS_REEXEC", core, 1);
+    const char *want = NULL;
+    if (user && *user)
+        snprintf(g_note, sizeof g_note, "OPENBLAS_CORETYPE=%s set by the environment (kept)", user);
+    else if ((want = better_core(core)) == NULL)
+        snprintf(g_note, sizeof g_note, "OpenBLAS detected %s itself", core ? core : "?");
+    int waits = fs_threads_wait_env();
+    if (!want && !waits) return;
+    /* Re-exec once with the variables set; the marker stops a loop. */
+    char value[96];
+    snprintf(value, sizeof value, "%s;%d", want ? core : "-", waits);
+    if (want) setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv(REEXEC_MARKER, value, 1);
     execv("/proc/self/exe", argv);
-    /* exec failed (no /proc?): carry on with the slow kernels, say so. */
-    unsetenv("FS_BLAS_REEXEC");
-    unsetenv("OPENBLAS_CORETYPE");
-    snprintf(g_note, sizeof g_note, "OpenBLAS detected %s; re-exec with OPENBLAS_CORETYPE=%s failed", core, want);
-    fprintf(stderr, "fsrun: warning: %s; set OPENBLAS_CORETYPE=%s for fast matmuls\n", g_note, want);
+    /* exec failed (no /proc?): carry on with what the process has, say so. */
+    unsetenv(REEXEC_MARKER);
+    if (want) {
+        unsetenv("OPENBLAS_CORETYPE");
+        snprintf(g_note, sizeof g_note, "OpenBLAS detected %s; re-exec with OPENBLAS_CORETYPE=%s failed", core, want);
+        fprintf(stderr, "fsrun: warning: %s; set OPENBLAS_CORETYPE=%s for fast matmuls\n", g_note, want);
+    }
 }
 
 const char *fs_blas_corename(void) { return openblas_get_corename(); }
@@ -82,6 +107,7 @@ void fs_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alph
               const float *b, size_t ldb, float beta, float *c, size_t ldc) {
     struct timespec t0, t1;
     int nested = omp_in_parallel(), serialise = nested && openblas_get_parallel() == 1;
+    if (!nested) fs_threads_adapt();
     if (g_stats_on) clock_gettime(CLOCK_MONOTONIC, &t0);
     if (serialise) pthread_mutex_lock(&g_nested_lock);
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)m,

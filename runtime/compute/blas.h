@@ -8,7 +8,10 @@
  * CPU's features allow and, if so, re-executes fsrun once with
  * OPENBLAS_CORETYPE set to the best safe kernel set (SKYLAKEX on Intel
  * AVX-512, HASWELL on any AVX2+FMA CPU). A value the user set is never
- * overridden. Re-exec was chosen over dlopen-ing the BLAS late because it
+ * overridden. The same re-exec sets the OpenMP wait policy
+ * (fs_threads_wait_env, core/threads.h), which libgomp also reads only when
+ * it loads: fsrun re-executes itself at most once, for both. Re-exec was
+ * chosen over dlopen-ing the BLAS late because it
  * keeps a plain link against the system library, so every tool (ldd,
  * valgrind, gdb) sees the normal binary. */
 #ifndef FS_BLAS_H
@@ -16,7 +19,8 @@
 
 #include <stddef.h>
 
-/* May not return (exec). Call before any other work. */
+/* May not return (exec). Call before any other work. Also sets the OpenMP
+ * wait policy (core/threads.h). */
 void fs_blas_fix_coretype(char **argv);
 /* The kernel set OpenBLAS runs ("Haswell", "SkylakeX", ...). */
 const char *fs_blas_corename(void);

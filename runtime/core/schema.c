@@ -114,7 +114,8 @@ static const fs_param_spec generate_keys[] = {
 static const fs_param_spec run_keys[] = {
     {"out", FS_PARAM_STRING, "runs/default", 0, 0, NULL, "directory for model.safetensors and metrics.jsonl"},
     {"threads", FS_PARAM_INT, "0", 0, 4096, NULL,
-     "threads (0 = all cores; under mpirun the cores / the ranks on this machine); BLAS uses the same cores"},
+     "threads (0 = adaptive: all cores while they are free, fewer while other processes keep some busy; under "
+     "mpirun at most the cores / the ranks on this machine); BLAS uses the same cores"},
     /* the names of modes/modes.c's table, in its order (core does not
      * reach up into modes; tests/unit/test_modes.c holds them equal) */
     {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval|tokenize|train-tokenizer",
