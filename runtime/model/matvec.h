@@ -8,14 +8,16 @@
  * input row of the step (a server's batched decode reads the weights once
  * for all its sequences), with the output columns split among `threads`
  * threads (an explicit count: the caller decides, the global pool setting
- * is not touched). Nothing is allocated.
+ * is not touched). Nothing is allocated per call (fs_matvec_f32_io's
+ * partial sums use a buffer of the calling thread that only grows).
  *
  * Two layouts: (in, out), the training (Conv1D) layout, is read in its
- * memory order, row after row of weights, as axpy-style updates of y
- * (fs_matvec_f32_io); (out, in), as the tied head's wte (V, C) is laid out,
- * as dot products of rows with x (fs_matvec_f32). On one core of this
- * machine the first streamed 17-18.6 GB/s, the second 10-14 even with the
- * next rows prefetched (OpenBLAS's sgemv: 16-18). */
+ * memory order, row after row of weights, as axpy-style updates of y,
+ * threads taking contiguous ranges of rows (fs_matvec_f32_io); (out, in),
+ * as the tied head's wte (V, C) is laid out, as dot products of rows with x
+ * (fs_matvec_f32). On one core of this machine the first streamed 17-18.6
+ * GB/s, the second 10-14 even with the next rows prefetched (OpenBLAS's
+ * sgemv: 16-18). */
 #ifndef FS_MATVEC_H
 #define FS_MATVEC_H
 
