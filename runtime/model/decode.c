@@ -9,20 +9,29 @@
 #include "core/host.h"
 #include "core/rng.h"
 #include "compute/blas.h"
-#include "model/model_internal.h"
 #include "compute/ops.h"
+#include "core/threads.h"
+#include "model/model_internal.h"
+#include "model/qweights.h"
 
 struct fs_seq {
     const fs_model *m; /* borrowed: outlives the sequence */
     size_t B, pos, context;
-    int bounded, threads;
+    int bounded, threads, weights;
     void **cache;      /* (L) each layer's plugin cache */
     size_t *cache_len; /* (L) its bytes */
     float *block;      /* decode buffers, B rows: x, ln, y, proj (C each), qkv (3C), fch and fch_gelu (4C each) */
     fs_sampler sampler;
     fs_rng *rng;       /* (B) */
     float *work;       /* 2 V floats of sampling scratch */
+    /* The projections as decoding reads them ([generate] weights; f32
+     * borrows the model's own): per layer qkv, attention proj, fc, mlp
+     * proj, then the head (V x C: wte, or lm_head when untied). */
+    fs_qweight *w;
+    void *mv_work;     /* the kernels' scratch for the converted inputs */
 };
+
+enum { W_QKV, W_ATTPROJ, W_FC, W_FCPROJ, W_PER_LAYER };
 
 int fs_model_cache_bounded(const fs_model *m) {
     for (size_t l = 0; l < m->L; l++)
@@ -40,6 +49,35 @@ static int check_decodable(const fs_model *m, fs_error *err) {
             return fs_error_set(err, FS_ERR_UNSUPPORTED, "layer %zu: the attention plugin has no decode step", l);
     }
     return FS_OK;
+}
+
+/* The decoding copies of every projection in the sequence's format, and
+ * the scratch their products need for B rows (model/qweights.h). */
+static int make_weights(fs_seq *s, fs_error *err) {
+    const fs_model *m = s->m;
+    size_t C = m->cfg.n_embd, V = m->cfg.vocab, n = m->L * W_PER_LAYER + 1, work = 0;
+    s->w = calloc(n, sizeof *s->w);
+    if (!s->w) return fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+    for (size_t l = 0; l < m->L; l++) {
+        const fs_layer_params *p = &m->lp[l];
+        /* Conv1D (in, out): transposed sources */
+        const struct { const float *w; size_t in, out; } mat[W_PER_LAYER] = {
+            [W_QKV] = {p->qkvw, C, 3 * C}, [W_ATTPROJ] = {p->attprojw, C, C},
+            [W_FC] = {p->fcw, C, 4 * C}, [W_FCPROJ] = {p->fcprojw, 4 * C, C}};
+        for (size_t k = 0; k < W_PER_LAYER; k++) {
+            int rc = fs_qweight_create(&s->w[l * W_PER_LAYER + k], (fs_wformat)s->weights, mat[k].w, mat[k].out, 1,
+                                       mat[k].out, mat[k].in, err);
+            if (rc) return rc;
+            size_t b = fs_qweight_work_bytes((fs_wformat)s->weights, s->B, mat[k].in);
+            work = b > work ? b : work;
+        }
+    }
+    int rc = fs_qweight_create(&s->w[n - 1], (fs_wformat)s->weights, m->head, C, 0, V, C, err);
+    if (rc) return rc;
+    size_t b = fs_qweight_work_bytes((fs_wformat)s->weights, s->B, C);
+    work = b > work ? b : work;
+    s->mv_work = fs_alloc(work ? work : 64);
+    return s->mv_work ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
 }
 
 static int alloc_caches(fs_seq *s, fs_error *err) {
@@ -71,6 +109,7 @@ int fs_seq_create(fs_seq **out, const fs_model *m, const fs_seq_config *cfg, fs_
     s->context = s->bounded ? SIZE_MAX : cfg->context ? cfg->context : m->cfg.max_seq;
     s->threads = cfg->threads;
     s->sampler = cfg->sampler;
+    s->weights = cfg->weights;
     s->cache = calloc(m->L, sizeof *s->cache);
     s->cache_len = calloc(m->L, sizeof *s->cache_len);
     s->block = fs_alloc(s->B * 15 * C * sizeof(float));
@@ -79,6 +118,7 @@ int fs_seq_create(fs_seq **out, const fs_model *m, const fs_seq_config *cfg, fs_
     if (!s->cache || !s->cache_len || !s->block || !s->rng || !s->work)
         rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
     if (!rc) rc = alloc_caches(s, err);
+    if (!rc) rc = make_weights(s, err);
     if (rc) {
         fs_seq_destroy(s);
         return rc;
@@ -96,6 +136,9 @@ void fs_seq_destroy(fs_seq *s) {
     fs_free(s->block);
     free(s->rng);
     fs_free(s->work);
+    for (size_t i = 0; s->w && i < s->m->L * W_PER_LAYER + 1; i++) fs_qweight_destroy(&s->w[i]);
+    free(s->w);
+    fs_free(s->mv_work);
     free(s);
 }
 
@@ -148,29 +191,32 @@ static int decode_attention(const fs_seq *s, size_t l, const int32_t *tokens, co
     return rc;
 }
 
-/* The step itself, on the calling thread's thread count. */
-static int decode_tokens(fs_seq *s, const int32_t *tokens, float *logits, fs_error *err) {
+/* The step itself: the projections through the sequence's weight copies
+ * (matrix-vector kernels, each weight read once for the B rows) on
+ * `threads` threads, the rest of the ops on the calling thread's count. */
+static int decode_tokens(fs_seq *s, const int32_t *tokens, float *logits, int threads, fs_error *err) {
     const fs_model *m = s->m;
-    size_t C = m->cfg.n_embd, V = m->cfg.vocab, B = s->B;
+    size_t C = m->cfg.n_embd, B = s->B;
     float *x = s->block, *ln = x + B * C, *y = ln + B * C, *proj = y + B * C, *qkv = proj + B * C;
     float *fch = qkv + B * 3 * C, *fchg = fch + B * 4 * C;
     encoder_forward(x, tokens, m->wte, m->wpe, B, 1, C, embed_position(m, s->pos));
     for (size_t l = 0; l < m->L; l++) {
         const fs_layer_params *p = &m->lp[l];
+        const fs_qweight *w = s->w + l * W_PER_LAYER;
         layernorm_forward(ln, NULL, NULL, x, p->ln1w, p->ln1b, B, C);
-        matmul_forward(qkv, ln, p->qkvw, p->qkvb, B, C, 3 * C);
+        fs_qweight_matvec(&w[W_QKV], qkv, ln, p->qkvb, B, s->mv_work, threads);
         int rc = decode_attention(s, l, tokens, ln, qkv, fch, y, err); /* fch is free until the MLP */
         if (rc) return rc;
-        matmul_forward(proj, y, p->attprojw, p->attprojb, B, C, C);
+        fs_qweight_matvec(&w[W_ATTPROJ], proj, y, p->attprojb, B, s->mv_work, threads);
         add_inplace(x, proj, B * C);
         layernorm_forward(ln, NULL, NULL, x, p->ln2w, p->ln2b, B, C);
-        matmul_forward(fch, ln, p->fcw, p->fcb, B, C, 4 * C);
+        fs_qweight_matvec(&w[W_FC], fch, ln, p->fcb, B, s->mv_work, threads);
         gelu_forward(fchg, fch, B * 4 * C);
-        matmul_forward(proj, fchg, p->fcprojw, p->fcprojb, B, 4 * C, C);
+        fs_qweight_matvec(&w[W_FCPROJ], proj, fchg, p->fcprojb, B, s->mv_work, threads);
         add_inplace(x, proj, B * C);
     }
     layernorm_forward(ln, NULL, NULL, x, m->lnfw, m->lnfb, B, C);
-    fs_sgemm(0, 1, B, V, C, 1.0f, ln, C, m->head, C, 0.0f, logits, V);
+    fs_qweight_matvec(&s->w[m->L * W_PER_LAYER], logits, ln, NULL, B, s->mv_work, threads);
     return FS_OK;
 }
 
@@ -188,7 +234,10 @@ int fs_seq_decode(fs_seq *s, const int32_t *tokens, float *logits, fs_error *err
      * process's setting (and other threads' steps) are left alone. */
     int outer = omp_get_max_threads();
     if (s->threads > 0) omp_set_num_threads(s->threads);
-    int rc = decode_tokens(s, tokens, logits, err);
+    /* the kernels take the count explicitly: the sequence's, or the
+     * process's adaptive one (core/threads.h), looked at again now */
+    int threads = s->threads > 0 ? s->threads : omp_in_parallel() ? 1 : fs_threads_adapt();
+    int rc = decode_tokens(s, tokens, logits, threads, err);
     if (s->threads > 0) omp_set_num_threads(outer);
     if (!rc) s->pos++;
     return rc;

@@ -9,6 +9,7 @@
 #include "io/data.h"
 #include "io/metrics.h"
 #include "io/tokenizer.h"
+#include "model/qweights.h"
 #include "model/seq.h"
 #include "modes/modes.h"
 
@@ -87,7 +88,8 @@ int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tok
         fs_generation_release(g);
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
-    fs_seq_config sc = {.B = 1, .threads = fs_generate_threads(m), .sampler = fs_generate_sampler(s->gen_cfg)};
+    fs_seq_config sc = {.B = 1, .threads = fs_generate_threads(m), .sampler = fs_generate_sampler(s->gen_cfg),
+                        .weights = fs_wformat_parse(fs_config_string(s->gen_cfg, "weights"))};
     fs_seq *seq = NULL;
     rc = fs_seq_create(&seq, m, &sc, err);
     if (!rc) {
