@@ -7,7 +7,10 @@ tokens (one llama_decode each, batch 1, KV cache) over the seconds they
 took, sampling excluded; the prompt goes through first as one batch and is
 not counted.  The KV cache is f32 (-ctk f32 -ctv f32) unless asked
 otherwise: llama-bench, which would be the natural tool, only offers f16 and
-quantized caches in this version, and fsrun's cache is f32.
+quantized caches in this version, and fsrun's cache is f32.  With an f32
+cache flash attention is off (-fa off): llama.cpp's flash-attention path
+with f32 K/V was 3x slower per token here (quickstart, 1 thread: 3.1 ms vs
+0.97 ms), so "auto" would not be its best.
 """
 
 import os
@@ -42,7 +45,7 @@ def to_gguf(checkpoint, out, kind="f32"):
 def completion_cmd(gguf, tokens, threads, prompt="And God said,", kv="f32"):
     return [os.path.join(BIN, "llama-completion"), "-m", gguf, "-p", prompt, "-n", str(tokens), "-t", str(threads),
             "-tb", str(threads), "--temp", "0", "-s", "1", "--ignore-eos", "-no-cnv", "--no-warmup",
-            "-ctk", kv, "-ctv", kv, "-c", "0"]
+            "-ctk", kv, "-ctv", kv, "-c", "0"] + (["-fa", "off"] if kv == "f32" else [])
 
 
 def decode_tps(text):
