@@ -198,22 +198,28 @@ static void io_rows(void *arg, int part, size_t i0, size_t i1) {
 static _Thread_local float *g_part;
 static _Thread_local size_t g_part_floats;
 
+float *fs_matvec_partials(size_t floats) {
+    if (floats > g_part_floats) {
+        fs_free(g_part);
+        g_part = fs_alloc(floats * sizeof(float));
+        g_part_floats = g_part ? floats : 0;
+    }
+    return g_part;
+}
+
+void fs_matvec_add_partials(float *y, const float *part, int parts, size_t count) {
+    for (int p = 1; p < parts; p++)
+        for (size_t e = 0; e < count; e++) y[e] += part[(size_t)(p - 1) * count + e];
+}
+
 void fs_matvec_f32_io(float *y, const float *x, const float *W, const float *bias, size_t n, size_t in, size_t out,
                       int threads) {
     if (threads > FS_MATVEC_MAX_THREADS) threads = FS_MATVEC_MAX_THREADS;
-    size_t want = threads > 1 ? (size_t)(threads - 1) * n * out : 0;
-    if (want > g_part_floats) {
-        fs_free(g_part);
-        g_part = fs_alloc(want * sizeof(float));
-        g_part_floats = g_part ? want : 0;
-        if (!g_part) threads = 1; /* no memory for partial sums: one thread still gives the answer */
-    }
-    io_job j = {y, g_part, x, W, bias, n, in, out};
+    float *part = threads > 1 ? fs_matvec_partials((size_t)(threads - 1) * n * out) : NULL;
+    if (!part) threads = 1; /* no memory for partial sums: one thread still gives the answer */
+    io_job j = {y, part, x, W, bias, n, in, out};
     int parts = fs_matvec_split(in, IO_ROWS, threads, io_rows, &j);
-    for (int p = 1; p < parts; p++) {
-        const float *yp = g_part + (size_t)(p - 1) * n * out;
-        for (size_t e = 0; e < n * out; e++) y[e] += yp[e];
-    }
+    fs_matvec_add_partials(y, part, parts, n * out);
 }
 
 /* ---- the vocabulary projection with top-k ---- */

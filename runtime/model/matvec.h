@@ -54,4 +54,11 @@ void fs_matvec_topk_f32(int *ids, float *vals, size_t k, const float *x, const f
 typedef void (*fs_rows_fn)(void *arg, int part, size_t o0, size_t o1);
 int fs_matvec_split(size_t out, size_t align, int threads, fs_rows_fn fn, void *arg);
 
+/* Products split by rows of W (threads adding partial sums): room for
+ * `floats` partial floats in a buffer of the calling thread that only grows
+ * (NULL without memory), and y += the parts - 1 partials of `count` floats
+ * each, laid end to end. */
+float *fs_matvec_partials(size_t floats);
+void fs_matvec_add_partials(float *y, const float *part, int parts, size_t count);
+
 #endif

@@ -122,7 +122,7 @@ int fs_bf16_native(void) {
 
 typedef struct bf16_job {
     const fs_qweight *w;
-    float *y;
+    float *y, *part; /* part: the partial sums of parts 1.. (matvec.h) */
     const float *x, *bias;
     const uint32_t *xp; /* native: x as bf16 pairs, (n, ceil(in / 2)) */
     size_t n;
@@ -130,13 +130,12 @@ typedef struct bf16_job {
 
 #define PAIRS 4 /* pair rows a step: 8 weight rows, as f32's IO_ROWS */
 
-/* Pair rows [p, p + P) into y's columns [c0, c1) for every input row. */
-static inline __attribute__((always_inline)) void bf16_step(const bf16_job *j, size_t p, size_t P, size_t c0,
-                                                           size_t c1) {
+/* Pair rows [p, p + P) into yp (n, out) for every input row. */
+static inline __attribute__((always_inline)) void bf16_step(const bf16_job *j, float *yp, size_t p, size_t P) {
     const uint32_t *W = j->w->data;
-    size_t out = j->w->out, in = j->w->in, c = c0;
+    size_t out = j->w->out, in = j->w->in, c = 0;
     fs_vu hi = (fs_vu){0} + 0xffff0000u;
-    for (; c + FS_VW <= c1; c += FS_VW) {
+    for (; c + FS_VW <= out; c += FS_VW) {
         fs_vf even[PAIRS], odd[PAIRS];
         for (size_t k = 0; k < P; k++) {
             fs_vu u;
@@ -146,23 +145,23 @@ static inline __attribute__((always_inline)) void bf16_step(const bf16_job *j, s
             memcpy(&odd[k], &o, sizeof o);
         }
         for (size_t r = 0; r < j->n; r++) {
-            float *y = j->y + r * out + c;
+            float *y = yp + r * out + c;
             const float *x = j->x + r * in + 2 * p;
             fs_vf a = fs_vf_load(y);
             for (size_t k = 0; k < P; k++) a += x[2 * k] * even[k] + (2 * (p + k) + 1 < in ? x[2 * k + 1] : 0.0f) * odd[k];
             memcpy(y, &a, sizeof a);
         }
     }
-    for (; c < c1; c++)
+    for (; c < out; c++)
         for (size_t r = 0; r < j->n; r++) {
-            float a = j->y[r * out + c];
+            float a = yp[r * out + c];
             for (size_t k = 0; k < P; k++) {
                 uint32_t u = W[(p + k) * out + c];
                 size_t i = 2 * (p + k);
                 a += j->x[r * in + i] * bf16_to_f32((uint16_t)u);
                 if (i + 1 < in) a += j->x[r * in + i + 1] * bf16_to_f32((uint16_t)(u >> 16));
             }
-            j->y[r * out + c] = a;
+            yp[r * out + c] = a;
         }
 }
 
@@ -179,16 +178,16 @@ static void bf16_pairs(uint32_t *dst, const float *x, size_t n, size_t in) {
         }
 }
 
-BF16_TARGET static void bf16_native_cols(const bf16_job *j, size_t c0, size_t c1) {
+BF16_TARGET static void bf16_native_rows(const bf16_job *j, float *yp, size_t p0, size_t p1) {
     const uint32_t *W = j->w->data;
-    size_t out = j->w->out, np = (j->w->in + 1) / 2, c = c0;
-    for (size_t p = 0; p < np; p += PAIRS) {
-        size_t P = np - p < PAIRS ? np - p : PAIRS;
-        for (c = c0; c + 16 <= c1; c += 16) {
+    size_t out = j->w->out, np = (j->w->in + 1) / 2, c;
+    for (size_t p = p0; p < p1; p += PAIRS) {
+        size_t P = p1 - p < PAIRS ? p1 - p : PAIRS;
+        for (c = 0; c + 16 <= out; c += 16) {
             __m512i w[PAIRS];
             for (size_t k = 0; k < P; k++) w[k] = _mm512_loadu_si512((const void *)(W + (p + k) * out + c));
             for (size_t r = 0; r < j->n; r++) {
-                float *y = j->y + r * out + c;
+                float *y = yp + r * out + c;
                 const uint32_t *xp = j->xp + r * np + p;
                 __m512 a = _mm512_loadu_ps(y);
                 for (size_t k = 0; k < P; k++)
@@ -196,36 +195,38 @@ BF16_TARGET static void bf16_native_cols(const bf16_job *j, size_t c0, size_t c1
                 _mm512_storeu_ps(y, a);
             }
         }
-        for (; c < c1; c++) /* the last columns: the same products, one at a time */
+        for (; c < out; c++) /* the last columns: the same products, one at a time */
             for (size_t r = 0; r < j->n; r++) {
-                float a = j->y[r * out + c];
+                float a = yp[r * out + c];
                 for (size_t k = 0; k < P; k++) {
                     uint32_t u = W[(p + k) * out + c], xv = j->xp[r * np + p + k];
                     a += bf16_to_f32((uint16_t)u) * bf16_to_f32((uint16_t)xv) +
                          bf16_to_f32((uint16_t)(u >> 16)) * bf16_to_f32((uint16_t)(xv >> 16));
                 }
-                j->y[r * out + c] = a;
+                yp[r * out + c] = a;
             }
     }
 }
 
-static void bf16_cols(void *arg, int part, size_t c0, size_t c1) {
+/* Pair rows [p0, p1): part 0 into y (from the bias), the others into their
+ * partial sums; threads take contiguous ranges of W, as f32's (matvec.c). */
+static void bf16_rows(void *arg, int part, size_t p0, size_t p1) {
     const bf16_job *j = arg;
-    size_t out = j->w->out, np = (j->w->in + 1) / 2;
-    (void)part;
+    size_t out = j->w->out;
+    float *yp = part ? j->part + (size_t)(part - 1) * j->n * out : j->y;
     for (size_t r = 0; r < j->n; r++) {
-        if (j->bias)
-            memcpy(j->y + r * out + c0, j->bias + c0, (c1 - c0) * sizeof(float));
+        if (part == 0 && j->bias)
+            memcpy(yp + r * out, j->bias, out * sizeof(float));
         else
-            memset(j->y + r * out + c0, 0, (c1 - c0) * sizeof(float));
+            memset(yp + r * out, 0, out * sizeof(float));
     }
     if (j->xp) {
-        bf16_native_cols(j, c0, c1);
+        bf16_native_rows(j, yp, p0, p1);
         return;
     }
-    size_t p = 0;
-    for (; p + PAIRS <= np; p += PAIRS) bf16_step(j, p, PAIRS, c0, c1);
-    if (p < np) bf16_step(j, p, np - p, c0, c1);
+    size_t p = p0;
+    for (; p + PAIRS <= p1; p += PAIRS) bf16_step(j, yp, p, PAIRS);
+    if (p < p1) bf16_step(j, yp, p, p1 - p);
 }
 
 /* ---- q8 ---- */
@@ -351,12 +352,16 @@ void fs_qweight_matvec(const fs_qweight *w, float *y, const float *x, const floa
             fs_matvec_f32(y, x, w->data, bias, n, w->in, w->out, threads);
         return;
     case FS_WEIGHTS_BF16: {
-        bf16_job j = {w, y, x, bias, NULL, n};
+        if (threads > FS_MATVEC_MAX_THREADS) threads = FS_MATVEC_MAX_THREADS;
+        float *part = threads > 1 ? fs_matvec_partials((size_t)(threads - 1) * n * w->out) : NULL;
+        if (!part) threads = 1;
+        bf16_job j = {w, y, part, x, bias, NULL, n};
         if (fs_bf16_native()) {
             bf16_pairs(work, x, n, w->in);
             j.xp = work;
         }
-        fs_matvec_split(w->out, 16, threads, bf16_cols, &j);
+        int parts = fs_matvec_split((w->in + 1) / 2, PAIRS, threads, bf16_rows, &j);
+        fs_matvec_add_partials(y, part, parts, n * w->out);
         return;
     }
     case FS_WEIGHTS_Q8: {

@@ -17,8 +17,8 @@
  *
  * fs_qweight_matvec is y (n, out) = x (n, in) W^T + bias for n input rows
  * (a token, or one per sequence of a batched step), each weight read from
- * memory once for all n rows, output columns split among `threads`
- * threads. The formats' products:
+ * memory once for all n rows, split among `threads` threads (f32 and bf16:
+ * contiguous ranges of weight rows adding partial sums; q8: output rows). The formats' products:
  *   f32   f32 FMAs;
  *   bf16  with AVX512-BF16 (checked at run time with cpuid) x is rounded to
  *         bf16 once per call and the pairs are multiplied with VDPBF16PS,

@@ -92,7 +92,7 @@ static void check_format(fs_wformat f, size_t out, size_t in, size_t n, int tran
                 }
             }
         if (threads == 1) memcpy(y1, y, n * out * 4);
-        else if (qw.format == FS_WEIGHTS_F32 && qw.layout == FS_LAYOUT_IN_OUT)
+        else if (qw.layout == FS_LAYOUT_IN_OUT)
             test_close("threads", y, y1, n * out, 2e-6 * sqrt((double)in), 1e-6); /* partial sums over rows of W */
         else
             assert_memory_equal(y, y1, n * out * 4); /* each output is one thread's */
