@@ -101,13 +101,12 @@ static struct {
     double next;          /* when to look again */
 } g_look;
 
-/* Threads for `other` cores' worth of other work: the free cores, rounded
- * so that a process using a third of a core or less leaves us all of them
- * and one using half or more takes one away. */
-static int threads_for(double other) {
-    int n = (int)((double)g_cap - other + 0.3);
-    return n < 1 ? 1 : n > g_cap ? g_cap : n;
+int fs_threads_for_load(int cap, double other) {
+    int n = (int)((double)cap - (other > 0 ? other : 0) + 0.3);
+    return n < 1 ? 1 : n > cap ? cap : n;
 }
+
+static int threads_for(double other) { return fs_threads_for_load(g_cap, other); }
 
 static void apply(int n) {
     if (n == g_threads) return;

@@ -53,6 +53,11 @@ int fs_threads_get(void);
  * regions: by every top-level sgemm and parallel_for, and by kernels that
  * take a thread count. Inside a region it only returns the count. */
 int fs_threads_adapt(void);
+/* The adaptive rule: threads for `other` cores' worth of other processes'
+ * work when at most `cap` may run: the free cores, rounded so that work of
+ * a third of a core or less leaves all of them and half a core or more
+ * takes one away; at least 1. */
+int fs_threads_for_load(int cap, double other);
 void fs_parallel_for(size_t n, size_t grain, fs_parallel_fn fn, void *arg);
 
 #endif
