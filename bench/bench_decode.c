@@ -25,11 +25,11 @@
 
 #include "core/host.h"
 #include "core/threads.h"
-#include "core/session.h"
-#include "io/checkpoint.h"
+#include "session/session.h"
+#include "session/checkpoint.h"
 #include "io/safetensors.h"
-#include "model/blas.h"
-#include "model/qweights.h"
+#include "compute/blas.h"
+#include "compute/qweights.h"
 #include "model/seq.h"
 
 static double now(void) {

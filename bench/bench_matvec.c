@@ -1,4 +1,4 @@
-/* bench_matvec.c — the decoding kernels (model/matvec.c, model/qweights.c)
+/* bench_matvec.c — the decoding kernels (compute/matvec.c, compute/qweights.c)
  * against OpenBLAS on the weights of a token: per-token time of every
  * projection of every layer, as decoding does them.
  *
@@ -29,9 +29,9 @@
 
 #include "core/host.h"
 #include "core/rng.h"
-#include "model/blas.h"
-#include "model/matvec.h"
-#include "model/qweights.h"
+#include "compute/blas.h"
+#include "compute/matvec.h"
+#include "compute/qweights.h"
 
 typedef struct proj {
     size_t in, out;

@@ -11,8 +11,8 @@ What the mapping is, and why:
     exactly fsrun's model;
   * fsrun keeps Hugging Face's Conv1D layout (in, out); GGUF wants
     (out, in): c_attn, c_proj, c_fc and mlp.c_proj are transposed;
-  * no output.weight: llama.cpp then projects with token_embd (the tied head
-    fsrun has);
+  * no output.weight when the head is tied (llama.cpp then projects with
+    token_embd); an untied lm_head.weight becomes output.weight;
   * tokenizer "gpt2" whose 256 tokens are GPT-2's byte-to-unicode characters
     in byte order, so llama.cpp's byte-level BPE maps byte b to token b
     (fsrun's tokenizer); the gguf writer refuses an empty merges list and
@@ -48,7 +48,7 @@ def read_safetensors(path):
         meta = header.pop("__metadata__", {}) or {}
         tensors = {}
         for name, info in header.items():
-            if info["dtype"] != "F32":
+            if info["dtype"] != "F32":  # fsrun writes f32
                 sys.exit(f"to_gguf: {path}: tensor {name} is {info['dtype']}, expected F32")
             begin, end = info["data_offsets"]
             f.seek(base + begin)
@@ -111,6 +111,10 @@ def main():
         sys.exit(f"to_gguf: {a.checkpoint}: [attention] plugin = {plugin}; llama.cpp's gpt2 is dense attention only")
     if (graph_value(meta, "model", "reversible") or "false").lower() in ("true", "1", "yes", "on"):
         sys.exit(f"to_gguf: {a.checkpoint}: [model] reversible = true is not GPT-2")
+    tok = (graph_value(meta, "model", "tokenizer") or "byte").strip()
+    if tok != "byte":
+        sys.exit(f"to_gguf: {a.checkpoint}: [model] tokenizer = {tok}; this converter writes fsrun's byte "
+                 "tokenizer only")
     n_head = a.n_head or int(graph_value(meta, "model", "n_head") or 0)
     if n_head <= 0:
         sys.exit(f"to_gguf: {a.checkpoint}: no [model] n_head in its metadata: pass --n-head N")
@@ -160,6 +164,8 @@ def main():
         w.add_tensor(b + "ffn_up.bias", t[p + "mlp.c_fc.bias"])
         add_weight(w, b + "ffn_down.weight", t[p + "mlp.c_proj.weight"].T, a.type)
         w.add_tensor(b + "ffn_down.bias", t[p + "mlp.c_proj.bias"])
+    if "lm_head.weight" in t:  # untied head
+        add_weight(w, "output.weight", t["lm_head.weight"], a.type)
     w.add_tensor("output_norm.weight", t["transformer.ln_f.weight"])
     w.add_tensor("output_norm.bias", t["transformer.ln_f.bias"])
 

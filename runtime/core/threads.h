@@ -15,7 +15,7 @@
  *    instead of libgomp's default of spinning up to ~3 ms, which on a busy
  *    machine burns the time slice its descheduled peer needs. libgomp reads
  *    the variable once, when it loads: fs_threads_wait_env() sets it and
- *    fs_blas_fix_coretype() re-executes fsrun with it (model/blas.h). */
+ *    fs_blas_fix_coretype() re-executes fsrun with it (compute/blas.h). */
 #ifndef FS_THREADS_H
 #define FS_THREADS_H
 

@@ -12,7 +12,7 @@
 #include "compute/ops.h"
 #include "core/threads.h"
 #include "model/model_internal.h"
-#include "model/qweights.h"
+#include "compute/qweights.h"
 
 struct fs_seq {
     const fs_model *m; /* borrowed: outlives the sequence */
@@ -52,7 +52,7 @@ static int check_decodable(const fs_model *m, fs_error *err) {
 }
 
 /* The decoding copies of every projection in the sequence's format, and
- * the scratch their products need for B rows (model/qweights.h). */
+ * the scratch their products need for B rows (compute/qweights.h). */
 static int make_weights(fs_seq *s, fs_error *err) {
     const fs_model *m = s->m;
     size_t C = m->cfg.n_embd, V = m->cfg.vocab, n = m->L * W_PER_LAYER + 1, work = 0;

@@ -30,7 +30,7 @@ typedef struct fs_seq_config {
     int threads;       /* compute threads for this sequence's steps (0 = the calling thread's count) */
     fs_sampler sampler; /* how fs_seq_sample picks tokens; row r's RNG starts from seed (r = 0) or a hash of
                            (seed, r) */
-    int weights;        /* FS_WEIGHTS_* (model/qweights.h): the format the projections are read in ([generate]
+    int weights;        /* FS_WEIGHTS_* (compute/qweights.h): the format the projections are read in ([generate]
                            weights); 0 = f32, the model's own weights, not copied */
 } fs_seq_config;
 

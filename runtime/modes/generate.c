@@ -9,7 +9,7 @@
 #include "io/data.h"
 #include "io/metrics.h"
 #include "io/tokenizer.h"
-#include "model/qweights.h"
+#include "compute/qweights.h"
 #include "model/seq.h"
 #include "modes/modes.h"
 

@@ -1,5 +1,5 @@
 /* test_decode_weights.c — decoding through compact weight copies
- * ([generate] weights, model/qweights.h wired into model/decode.c).
+ * ([generate] weights, compute/qweights.h wired into model/decode.c).
  *
  * The kernels are checked exactly in test_matvec.c; here the wiring: each
  * format's decoded logits against the training forward of the same prefix
@@ -11,7 +11,7 @@
  * sequence. q8 refuses widths that are not multiples of 32, saying so. */
 #include <string.h>
 
-#include "model/qweights.h"
+#include "compute/qweights.h"
 #include "test_util.h"
 
 #define SMALL "[model]\nvocab_size = 64\nn_layer = 2\nn_head = 2\nn_embd = %d\nmax_seq = 24\n"

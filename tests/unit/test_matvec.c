@@ -1,4 +1,4 @@
-/* test_matvec.c — the decoding kernels (model/matvec.c, model/qweights.c)
+/* test_matvec.c — the decoding kernels (compute/matvec.c, compute/qweights.c)
  * against a naive double-precision reference written here: every format
  * (f32, bf16, q8), 1 to 9 input rows, sizes that are not multiples of the
  * vector width or of the 4-output tiles, both source layouts, 1 to 3
@@ -13,8 +13,8 @@
  * scale and rounding). */
 #include <string.h>
 
-#include "model/matvec.h"
-#include "model/qweights.h"
+#include "compute/matvec.h"
+#include "compute/qweights.h"
 #include "test_util.h"
 
 static double dot_ref(const float *w, size_t ws, const float *x, size_t in) {

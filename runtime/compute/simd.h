@@ -2,7 +2,7 @@
  * vector extensions at the widest float width the build targets (16
  * floats with AVX-512, 8 with AVX, 4 otherwise), so one source serves
  * every x86 build and the compiler picks the instructions. Private to
- * runtime/model. */
+ * runtime/compute. */
 #ifndef FS_SIMD_H
 #define FS_SIMD_H
 

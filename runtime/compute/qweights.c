@@ -1,12 +1,12 @@
 /* qweights.c — see qweights.h. */
-#include "model/qweights.h"
+#include "compute/qweights.h"
 
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
-#include "model/matvec.h"
-#include "model/simd.h"
+#include "compute/matvec.h"
+#include "compute/simd.h"
 
 _Static_assert(sizeof(fs_q8_block) == 34, "a Q8_0 block is 34 bytes, as llama.cpp's");
 

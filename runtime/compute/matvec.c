@@ -1,11 +1,11 @@
 /* matvec.c — see matvec.h. */
-#include "model/matvec.h"
+#include "compute/matvec.h"
 
 #include <omp.h>
 #include <string.h>
 
 #include "core/host.h"
-#include "model/simd.h"
+#include "compute/simd.h"
 
 typedef struct split_job {
     size_t out, align;
