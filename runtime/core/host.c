@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "compute/blas.h"
+#include "compute/gemm_rows.h"
 
 static int g_log_level = FS_LOG_INFO;
 
@@ -107,6 +108,16 @@ static int api_sgemm(fs_device dev, int ta, int tb, size_t m, size_t n, size_t k
     return FS_OK;
 }
 
+static int api_sgemm_rows(fs_device dev, int tb, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                          const float *b, size_t ldb, const float *bias, float *c, size_t ldc) {
+    if (dev.type != FS_DEVICE_CPU) return FS_ERR_UNSUPPORTED;
+    if (tb)
+        fs_gemm_rows_nt(c, ldc, a, lda, b, ldb, bias, m, n, k);
+    else
+        fs_gemm_rows_nn(c, ldc, a, lda, b, ldb, bias, m, n, k);
+    return FS_OK;
+}
+
 static int api_register_param(fs_plugin_ctx *ctx, const char *name, int32_t ndim, const size_t *shape,
                               int weight_decay, fs_tensor *param, fs_tensor *grad, fs_error *err) {
     fs_host *h = ctx->host;
@@ -165,6 +176,7 @@ void fs_host_init(fs_host *h, uint64_t seed) {
         .register_param = api_register_param,
         .seed = api_seed,
         .error_set = api_error_set,
+        .sgemm_rows = api_sgemm_rows,
     };
 }
 

@@ -7,10 +7,11 @@
 #include "fastserve/attention.h"
 #include "fastserve/distill.h"
 #include "fastserve/parallel.h"
+#include "fastserve/scheduler.h"
 
 #define END_OF(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
 
-static const char *attention_missing(const void *vt) {
+static const char *attention_missing(const void *vt, size_t size) {
     const fs_attention_vtable *a = vt;
     if (!a->create) return "create";
     if (!a->destroy) return "destroy";
@@ -19,10 +20,19 @@ static const char *attention_missing(const void *vt) {
     if (!a->backward) return "backward";
     if ((a->flags & FS_ATTENTION_DECODE) && (!a->cache_bytes || !a->cache_reset || !a->decode))
         return "cache_bytes/cache_reset/decode (the plugin sets FS_ATTENTION_DECODE)";
+    if (a->flags & FS_ATTENTION_PAGED) {
+        if (!FS_HAS_MEMBER(a, size, fs_attention_vtable, paged_step) || !a->paged_block_bytes || !a->paged_step)
+            return "paged_block_bytes/paged_step (the plugin sets FS_ATTENTION_PAGED)";
+        if ((a->flags & FS_ATTENTION_BOUNDED_CACHE) &&
+            (!FS_HAS_MEMBER(a, size, fs_attention_vtable, paged_max_blocks) || !a->paged_retain ||
+             !a->paged_max_blocks))
+            return "paged_retain/paged_max_blocks (the plugin sets FS_ATTENTION_PAGED with FS_ATTENTION_BOUNDED_CACHE)";
+    }
     return NULL;
 }
 
-static const char *parallel_missing(const void *vt) {
+static const char *parallel_missing(const void *vt, size_t size) {
+    (void)size;
     const fs_parallel_vtable *p = vt;
     if (!p->create) return "create";
     if (!p->destroy) return "destroy";
@@ -34,12 +44,27 @@ static const char *parallel_missing(const void *vt) {
     return NULL;
 }
 
-static const char *distill_missing(const void *vt) {
+static const char *distill_missing(const void *vt, size_t size) {
+    (void)size;
     const fs_distill_vtable *d = vt;
     if (!d->create) return "create";
     if (!d->destroy) return "destroy";
     if (!d->needs) return "needs";
     if (!d->loss) return "loss";
+    return NULL;
+}
+
+static const char *scheduler_missing(const void *vt, size_t size) {
+    const fs_scheduler_vtable *s = vt;
+    (void)size;
+    if (!s->create) return "create";
+    if (!s->destroy) return "destroy";
+    if (!s->seq_bytes) return "seq_bytes";
+    if (!s->levels) return "levels";
+    if (!s->arrive) return "arrive";
+    if (!s->schedule) return "schedule";
+    if (!s->account) return "account";
+    if (!s->finish) return "finish";
     return NULL;
 }
 
@@ -67,6 +92,14 @@ const fs_plugin_kind_info fs_plugin_kinds[] = {
         .missing_member = distill_missing,
         .schema = &fs_schema_distill,
         .sections = "[distill]",
+    },
+    {
+        .kind = FS_PLUGIN_SCHEDULER,
+        .name = "scheduler",
+        .min_vtable_size = END_OF(fs_scheduler_vtable, finish),
+        .missing_member = scheduler_missing,
+        .schema = &fs_schema_serve,
+        .sections = "[serve]",
     },
 };
 const size_t fs_n_plugin_kinds = sizeof fs_plugin_kinds / sizeof fs_plugin_kinds[0];

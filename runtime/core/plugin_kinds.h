@@ -23,11 +23,14 @@ typedef struct fs_plugin_kind_info {
     /* Bytes of vtable through the last member the host calls unchecked:
      * a plugin built against an older SDK with less is refused. */
     size_t min_vtable_size;
-    /* The first of those members `vtable` leaves NULL (its name, for the
-     * message), or NULL when none is missing. */
-    const char *(*missing_member)(const void *vtable);
-    /* The runtime's own keys of the kind's section ("plugin" first: its
-     * default is the plugin a graph gets when it names none). */
+    /* The first member `vtable` leaves NULL that the host calls unchecked,
+     * or that its flags promise (its name, for the message), or NULL when
+     * none is missing. vtable_size: the bytes the plugin's vtable has (a
+     * member past it is absent, FS_HAS_MEMBER). */
+    const char *(*missing_member)(const void *vtable, size_t vtable_size);
+    /* The runtime's own keys of the kind's section, the key naming the
+     * plugin first ("plugin"; [serve]'s "scheduler"): its default is the
+     * plugin a graph gets when it names none. */
     const fs_section_schema *schema;
     /* Where those keys and the plugin's go, as --describe says it. */
     const char *sections;
@@ -43,7 +46,7 @@ const char *fs_plugin_kind_name(int kind); /* "attention", ...; "unknown" outsid
 int fs_plugin_kind_from_name(const char *name); /* 0 for no such kind */
 size_t fs_plugin_min_vtable_size(int kind);    /* 0 for an unknown kind */
 
-/* "attention, parallel or distill": every kind's name, for messages. */
+/* "attention, parallel, distill or scheduler": every kind's name, for messages. */
 void fs_plugin_kind_names(char *buf, size_t cap);
 
 #endif

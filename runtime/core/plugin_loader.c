@@ -122,7 +122,8 @@ static int check_vtable_size(opening *o, fs_error *err) {
 }
 
 static int check_required_members(opening *o, fs_error *err) {
-    const char *miss = o->kind->missing_member(o->d->vtable);
+    size_t vt_self = *(const uint32_t *)o->d->vtable, size = o->d->vtable_size < vt_self ? o->d->vtable_size : vt_self;
+    const char *miss = o->kind->missing_member(o->d->vtable, size);
     if (miss)
         return fs_error_set(err, FS_ERR_ABI, "%s: %s plugin '%s' leaves vtable member %s NULL", o->path,
                             o->kind->name, o->d->name, miss);

@@ -14,10 +14,11 @@
 #include "fastserve/attention.h"
 #include "fastserve/distill.h"
 #include "fastserve/parallel.h"
+#include "fastserve/scheduler.h"
 
 static void test_one_row_per_kind(void **state) {
     (void)state;
-    const int kinds[] = {FS_PLUGIN_ATTENTION, FS_PLUGIN_PARALLEL, FS_PLUGIN_DISTILL};
+    const int kinds[] = {FS_PLUGIN_ATTENTION, FS_PLUGIN_PARALLEL, FS_PLUGIN_DISTILL, FS_PLUGIN_SCHEDULER};
     assert_int_equal(fs_n_plugin_kinds, sizeof kinds / sizeof kinds[0]);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         const fs_plugin_kind_info *k = fs_plugin_kind_info_of(kinds[i]);
@@ -47,12 +48,13 @@ static void test_rows_are_complete(void **state) {
         char zero[512] = {0};
         assert_true(k->min_vtable_size <= sizeof zero);
         assert_non_null(k->missing_member);
-        assert_string_equal(k->missing_member(zero), "create");
-        /* the section's keys start with "plugin", whose default is the plugin
-         * a graph without the key gets */
+        assert_string_equal(k->missing_member(zero, sizeof zero), "create");
+        /* the section's keys start with the one naming the plugin ("plugin",
+         * [serve]'s "scheduler"), whose default is the plugin a graph
+         * without the key gets */
         assert_non_null(k->schema);
         assert_true(k->schema->n >= 1);
-        assert_string_equal(k->schema->spec[0].name, "plugin");
+        assert_string_equal(k->schema->spec[0].name, k->kind == FS_PLUGIN_SCHEDULER ? "scheduler" : "plugin");
         assert_non_null(k->schema->spec[0].default_value);
         assert_non_null(strstr(k->sections, k->schema->section));
     }
@@ -64,19 +66,34 @@ static void test_required_members(void **state) {
     fs_attention_vtable vt;
     memset(&vt, 0xff, sizeof vt); /* every member set */
     vt.flags = 0;
-    assert_null(a->missing_member(&vt));
+    const fs_attention_vtable full = vt;
+    assert_null(a->missing_member(&vt, sizeof vt));
     vt.backward = NULL;
-    assert_string_equal(a->missing_member(&vt), "backward");
+    assert_string_equal(a->missing_member(&vt, sizeof vt), "backward");
     vt.backward = vt.forward;
     vt.decode = NULL; /* optional ... */
-    assert_null(a->missing_member(&vt));
+    assert_null(a->missing_member(&vt, sizeof vt));
     vt.flags = FS_ATTENTION_DECODE; /* ... unless decoding is promised */
-    assert_non_null(strstr(a->missing_member(&vt), "FS_ATTENTION_DECODE"));
+    assert_non_null(strstr(a->missing_member(&vt, sizeof vt), "FS_ATTENTION_DECODE"));
+    vt.decode = full.decode;
+    /* the paged members (ABI 1.2): present when promised, and a vtable of
+     * the 1.1 SDK's size has none even if the bytes after it look set */
+    vt.flags = FS_ATTENTION_PAGED;
+    assert_null(a->missing_member(&vt, sizeof vt));
+    assert_non_null(strstr(a->missing_member(&vt, offsetof(fs_attention_vtable, paged_block_bytes)), "paged_step"));
+    vt.paged_step = NULL;
+    assert_non_null(strstr(a->missing_member(&vt, sizeof vt), "FS_ATTENTION_PAGED"));
+    vt.paged_step = full.paged_step;
+    vt.flags = FS_ATTENTION_PAGED | FS_ATTENTION_BOUNDED_CACHE;
+    vt.paged_retain = NULL;
+    assert_non_null(strstr(a->missing_member(&vt, sizeof vt), "paged_retain"));
     assert_int_equal(a->min_vtable_size, offsetof(fs_attention_vtable, decode) + sizeof(void *));
     assert_int_equal(fs_plugin_kind_info_of(FS_PLUGIN_PARALLEL)->min_vtable_size,
                      offsetof(fs_parallel_vtable, reduce_sum) + sizeof(void *));
     assert_int_equal(fs_plugin_kind_info_of(FS_PLUGIN_DISTILL)->min_vtable_size,
                      offsetof(fs_distill_vtable, loss) + sizeof(void *));
+    assert_int_equal(fs_plugin_kind_info_of(FS_PLUGIN_SCHEDULER)->min_vtable_size,
+                     offsetof(fs_scheduler_vtable, finish) + sizeof(void *));
 }
 
 static void test_unknown_kind(void **state) {
@@ -86,7 +103,7 @@ static void test_unknown_kind(void **state) {
     assert_int_equal(fs_plugin_min_vtable_size(99), 0);
     char names[128];
     fs_plugin_kind_names(names, sizeof names);
-    assert_string_equal(names, "attention, parallel or distill");
+    assert_string_equal(names, "attention, parallel, distill or scheduler");
     fs_plugin_kind_names(names, 12); /* cut, still a string */
     assert_true(strlen(names) < 12);
 }

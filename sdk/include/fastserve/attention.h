@@ -11,7 +11,13 @@
  * allocation. One instance serves one layer.
  *
  * Arguments travel in structs that open with their size, so they can grow at
- * the end like the vtable. */
+ * the end like the vtable.
+ *
+ * Since ABI 1.2 a plugin may also serve (FS_ATTENTION_PAGED): a ragged step
+ * over many sequences whose keys and values live in a shared pool of
+ * fixed-size blocks (see "The paged KV cache" below). A plugin without it
+ * still trains and generates (through cache_bytes/cache_reset/decode); the
+ * serving engine refuses it. */
 #ifndef FASTSERVE_ATTENTION_H
 #define FASTSERVE_ATTENTION_H
 
@@ -37,6 +43,9 @@ extern "C" {
  * h = max_seq / 2. A window shorter than max_seq - h then sees positions in
  * trained order except across one wrap. decode_args.pos stays absolute. */
 #define FS_ATTENTION_BOUNDED_CACHE 0x40u
+/* Since ABI 1.2: implements the paged KV cache (paged_block_bytes,
+ * paged_step; paged_retain and paged_max_blocks with a bounded cache). */
+#define FS_ATTENTION_PAGED 0x80u
 
 /* What the instance is for; fixed at create. */
 typedef struct fs_attention_config {
@@ -89,6 +98,96 @@ typedef struct fs_attention_scores_args {
     fs_tensor scores; /* (B, H, T, T) */
 } fs_attention_scores_args;
 
+/* ---- The paged KV cache (since ABI 1.2, FS_ATTENTION_PAGED) ----
+ *
+ * A server runs many sequences at once, each at its own position, and
+ * keeps their keys and values in one pool of fixed-size blocks, as vLLM's
+ * PagedAttention does: a block holds `kv_block` consecutive positions of
+ * one sequence, and the sequence's block table names the block of each
+ * run of positions (blocks[i] holds positions [i * kv_block,
+ * (i + 1) * kv_block)). One block id covers every layer; each layer has
+ * its own pool of blocks of paged_block_bytes bytes.
+ *
+ * Who owns what:
+ *   - the plugin owns what a block holds and how (paged_block_bytes: a
+ *     layout of its choice for kv_block tokens: keys and values, and
+ *     whatever else it reads later, e.g. hash buckets or a second
+ *     projection's keys), and writes and reads blocks only through the
+ *     tables it is given;
+ *   - the host owns the pool, the block tables, and every copy of a block
+ *     (copy-on-write of a shared block, swapping a preempted sequence's
+ *     blocks out to host memory and back): it moves blocks as opaque bytes,
+ *     so a plugin keeps no pointers into them and no per-sequence state
+ *     anywhere else.
+ *
+ * A step (paged_step) is ragged: sequence s adds n_new tokens at positions
+ * [start, start + n_new) (decode: 1; a chunk of a prompt: many; a
+ * preempted sequence being recomputed: its tokens again). The plugin
+ * writes each new token's entry into its block, then computes each new
+ * token's output over the entries of its own sequence at positions up to
+ * its own (paged attention is causal; a bidirectional layer is refused at
+ * create or in paged_step). Blocks are never shared between sequences for
+ * positions a step writes (the host copies a shared block first).
+ *
+ * Rules a paged plugin keeps, which the serving engine relies on:
+ *   - Content: a block's entries are a function of the sequence's tokens
+ *     up to them (and the weights) only, so the host may share the blocks
+ *     of a common prompt prefix between sequences (hashing their tokens)
+ *     and recompute a preempted sequence's blocks instead of saving them.
+ *   - Batch invariance: a new token's output is a function of its own q,
+ *     k, v (and x) and of its sequence's entries only, computed in an order
+ *     that depends on neither the other rows of the step, nor how the
+ *     sequence's tokens were cut into steps, nor the thread count. The
+ *     engine promises a request the same tokens, bit for bit, alone or
+ *     among others; BLAS products on shapes that vary with the step break
+ *     that (their kernels change with the shape): use loops with a fixed
+ *     order, or the host's sgemm_rows.
+ *   - Bounded caches (FS_ATTENTION_BOUNDED_CACHE): after each step the host
+ *     asks paged_retain which blocks a later token may still read and
+ *     frees the others (their table entries become FS_PAGED_NO_BLOCK), so
+ *     a sequence streams past max_seq with at most paged_max_blocks blocks.
+ *
+ * Positions are absolute; past max_seq (bounded caches only) the runtime
+ * embeds them as described at FS_ATTENTION_BOUNDED_CACHE. */
+
+/* A block-table entry the plugin has released (paged_retain). */
+#define FS_PAGED_NO_BLOCK (-1)
+
+/* One sequence of a paged step. Its new tokens are rows [row, row + n_new)
+ * of the step's q, k, v, out and x. */
+typedef struct fs_attention_paged_seq {
+    size_t start;          /* tokens already in its cache: the position of its first new token */
+    size_t n_new;          /* new tokens this step (>= 1) */
+    size_t row;            /* its first row in the step's tensors */
+    const int32_t *blocks; /* (n_blocks) its block table; covers [0, start + n_new) */
+    size_t n_blocks;
+    const int32_t *tokens; /* (start + n_new) its token ids, every position so far */
+} fs_attention_paged_seq;
+
+typedef struct fs_attention_paged_args {
+    uint32_t struct_size;
+    size_t n_seqs;
+    const fs_attention_paged_seq *seqs; /* (n_seqs), rows in order, no two sharing a row */
+    size_t n_rows;       /* N: the new tokens of all sequences */
+    fs_tensor q, k, v;   /* (N, H, D) the new tokens' projections */
+    fs_tensor out;       /* (N, H, D), written */
+    fs_tensor x;         /* (N, C) normalised layer input (FS_ATTENTION_USES_INPUT), else empty */
+    void *pool;          /* this layer's blocks: block b at (char *)pool + b * block_bytes */
+    size_t kv_block;     /* tokens per block */
+    size_t block_bytes;  /* paged_block_bytes(kv_block) */
+} fs_attention_paged_args;
+
+/* Which of a sequence's blocks a later token may still read (bounded
+ * caches). */
+typedef struct fs_attention_retain_args {
+    uint32_t struct_size;
+    size_t len;            /* tokens in its cache: later tokens come at positions >= len */
+    const int32_t *tokens; /* (len) its token ids */
+    size_t kv_block;
+    size_t n_blocks;       /* ceil(len / kv_block) */
+    uint8_t *keep;         /* (n_blocks), zeroed by the host: the plugin sets 1 for each block to keep */
+} fs_attention_retain_args;
+
 typedef struct fs_attention_vtable {
     uint32_t struct_size;
     uint32_t flags; /* FS_ATTENTION_* */
@@ -127,6 +226,19 @@ typedef struct fs_attention_vtable {
      * calls it right after backward() of the same layer, so the buffers
      * already hold the output's gradients. */
     int (*scores_backward)(void *self, const fs_attention_scores_args *args, fs_error *err);
+
+    /* Since ABI 1.2, with FS_ATTENTION_PAGED (the serving engine's step; see
+     * "The paged KV cache" above). paged_block_bytes: bytes of one block of
+     * kv_block tokens in the plugin's layout (a multiple of 64 keeps blocks
+     * aligned; the host rounds up). paged_step: one ragged step. */
+    size_t (*paged_block_bytes)(void *self, size_t kv_block);
+    int (*paged_step)(void *self, fs_attention_paged_args *args, fs_error *err);
+    /* With FS_ATTENTION_BOUNDED_CACHE (else NULL: every block is kept):
+     * paged_retain marks the blocks a later token may still read;
+     * paged_max_blocks is the most blocks one sequence holds between steps
+     * at any length (the host adds what one step's new tokens need). */
+    int (*paged_retain)(void *self, fs_attention_retain_args *args, fs_error *err);
+    size_t (*paged_max_blocks)(void *self, size_t kv_block);
 } fs_attention_vtable;
 
 #ifdef __cplusplus

@@ -34,7 +34,7 @@ extern "C" {
  * plugin whose version lies in [FS_ABI_VERSION_MIN, FS_ABI_VERSION]: same
  * major, and a minor no newer than the host's. */
 #define FS_ABI_MAJOR 1
-#define FS_ABI_MINOR 1
+#define FS_ABI_MINOR 2
 #define FS_ABI_MAKE(major, minor) ((uint32_t)(((uint32_t)(major) << 16) | (uint32_t)(minor)))
 #define FS_ABI_VERSION FS_ABI_MAKE(FS_ABI_MAJOR, FS_ABI_MINOR)
 #define FS_ABI_VERSION_MIN FS_ABI_MAKE(FS_ABI_MAJOR, 0)
@@ -82,6 +82,7 @@ typedef enum fs_plugin_kind {
     FS_PLUGIN_ATTENTION = 1,
     FS_PLUGIN_PARALLEL = 2,
     FS_PLUGIN_DISTILL = 3,
+    FS_PLUGIN_SCHEDULER = 4, /* since ABI 1.2: the serving engine's scheduler (scheduler.h) */
 } fs_plugin_kind;
 
 typedef enum fs_param_type {
@@ -121,7 +122,7 @@ typedef struct fs_plugin_descriptor {
     const char *summary;  /* one line for --list-plugins */
     const fs_param_spec *params;
     size_t n_params;
-    const void *vtable; /* fs_attention_vtable, fs_parallel_vtable or fs_distill_vtable */
+    const void *vtable; /* fs_attention_vtable, fs_parallel_vtable, fs_distill_vtable or fs_scheduler_vtable */
     size_t vtable_size; /* sizeof that vtable as the plugin saw it */
 } fs_plugin_descriptor;
 
@@ -195,6 +196,18 @@ typedef struct fs_host_api {
 
     /* Fills err (status and formatted message); returns status. */
     int (*error_set)(fs_error *err, int status, const char *fmt, ...);
+
+    /* Since ABI 1.2. Row-major C (m, n) = A (m, k) op(B) + bias, op(B) = B
+     * (k, n), or with trans_b B^T of a (n, k) B; bias (n) may be NULL.
+     * Unlike sgemm, each element is summed in one fixed order (fused
+     * multiply-adds over k, in k order for B (k, n), in eight interleaved
+     * lanes reduced in a fixed tree for B^T, then + bias), so a row's result
+     * depends only on that row of A, B and k: not on m, the other rows, the
+     * thread count or the CPU's kernel path. What a paged_step needs for
+     * batch invariance (attention.h). Runs on the calling thread inside
+     * parallel_for, like sgemm. */
+    int (*sgemm_rows)(fs_device device, int trans_b, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                      const float *b, size_t ldb, const float *bias, float *c, size_t ldc);
 } fs_host_api;
 
 #if defined(_WIN32)

@@ -1,0 +1,192 @@
+/* gemm_rows.c — see gemm_rows.h. */
+#include "compute/gemm_rows.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FS_ROWS_AVX2 1
+#else
+#define FS_ROWS_AVX2 0
+#endif
+
+#define LANES 8
+/* Output columns one thread takes at a time. */
+#define PANEL 64
+/* Multiply-adds below which a product runs on the calling thread alone. */
+#define PARALLEL_MIN ((size_t)1 << 16)
+
+typedef struct gemm_job {
+    float *c;
+    const float *a, *b, *bias;
+    size_t ldc, lda, ldb, m, n, k;
+} gemm_job;
+
+/* nt's reduction of the eight lanes (gemm_rows.h). */
+static inline float reduce_lanes(const float *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* ---- portable elements: the definition every fast path reproduces ---- */
+
+static float nn_element(const float *a, const float *b, size_t ldb, size_t k) {
+    float acc = 0.0f;
+    for (size_t i = 0; i < k; i++) acc = fmaf(a[i], b[i * ldb], acc);
+    return acc;
+}
+
+float fs_dot_rows(const float *a, const float *b, size_t k) {
+    float l[LANES] = {0};
+    size_t k8 = k - k % LANES, i = 0;
+    for (; i < k8; i += LANES)
+        for (size_t j = 0; j < LANES; j++) l[j] = fmaf(a[i + j], b[i + j], l[j]);
+    for (; i < k; i++) l[i - k8] = fmaf(a[i], b[i], l[i - k8]);
+    return reduce_lanes(l);
+}
+
+static void nn_scalar(const gemm_job *j, size_t r0, size_t r1, size_t o0, size_t o1) {
+    for (size_t r = r0; r < r1; r++)
+        for (size_t o = o0; o < o1; o++) {
+            float acc = nn_element(j->a + r * j->lda, j->b + o, j->ldb, j->k);
+            j->c[r * j->ldc + o] = j->bias ? acc + j->bias[o] : acc;
+        }
+}
+
+#if FS_ROWS_AVX2
+/* ---- AVX2 tiles: R rows x V vectors of 8 columns (nn), R rows x O outputs (nt) ---- */
+
+static inline __attribute__((always_inline)) void nn_tile(const gemm_job *j, size_t r0, size_t o0, size_t R,
+                                                          size_t V) {
+    __m256 acc[6][8];
+    for (size_t r = 0; r < R; r++)
+        for (size_t v = 0; v < V; v++) acc[r][v] = _mm256_setzero_ps();
+    const float *a = j->a + r0 * j->lda, *b = j->b + o0;
+    for (size_t i = 0; i < j->k; i++) {
+        __m256 w[8];
+        for (size_t v = 0; v < V; v++) w[v] = _mm256_loadu_ps(b + i * j->ldb + 8 * v);
+        for (size_t r = 0; r < R; r++) {
+            __m256 x = _mm256_broadcast_ss(a + r * j->lda + i);
+            for (size_t v = 0; v < V; v++) acc[r][v] = _mm256_fmadd_ps(x, w[v], acc[r][v]);
+        }
+    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t v = 0; v < V; v++) {
+            __m256 y = acc[r][v];
+            if (j->bias) y = _mm256_add_ps(y, _mm256_loadu_ps(j->bias + o0 + 8 * v));
+            _mm256_storeu_ps(j->c + (r0 + r) * j->ldc + o0 + 8 * v, y);
+        }
+}
+
+/* Rows [r0, r0 + R) over columns [o0, o1): as many 8 V-wide tiles as fit,
+ * narrower ones after, the last n % 8 columns element by element. */
+static inline __attribute__((always_inline)) void nn_rows(const gemm_job *j, size_t r0, size_t R, size_t V,
+                                                          size_t o0, size_t o1) {
+    size_t o = o0;
+    for (; o + 8 * V <= o1; o += 8 * V) nn_tile(j, r0, o, R, V);
+    for (; o + 8 <= o1; o += 8) nn_tile(j, r0, o, R, 1);
+    if (o < o1) nn_scalar(j, r0, r0 + R, o, o1);
+}
+
+static void nn_block(const gemm_job *j, size_t o0, size_t o1) {
+    size_t r = 0, m = j->m;
+    for (; r + 6 <= m; r += 6) nn_rows(j, r, 6, 2, o0, o1);
+    switch (m - r) {
+    case 5: nn_rows(j, r, 5, 2, o0, o1); break;
+    case 4: nn_rows(j, r, 4, 3, o0, o1); break;
+    case 3: nn_rows(j, r, 3, 3, o0, o1); break;
+    case 2: nn_rows(j, r, 2, 4, o0, o1); break;
+    case 1: nn_rows(j, r, 1, 8, o0, o1); break;
+    default: break;
+    }
+}
+
+static inline __attribute__((always_inline)) void nt_tile(const gemm_job *j, size_t r0, size_t o0, size_t R,
+                                                          size_t O) {
+    __m256 acc[3][8];
+    for (size_t r = 0; r < R; r++)
+        for (size_t o = 0; o < O; o++) acc[r][o] = _mm256_setzero_ps();
+    size_t k = j->k, k8 = k - k % LANES;
+    for (size_t i = 0; i < k8; i += LANES) {
+        __m256 x[3];
+        for (size_t r = 0; r < R; r++) x[r] = _mm256_loadu_ps(j->a + (r0 + r) * j->lda + i);
+        for (size_t o = 0; o < O; o++) {
+            __m256 w = _mm256_loadu_ps(j->b + (o0 + o) * j->ldb + i);
+            for (size_t r = 0; r < R; r++) acc[r][o] = _mm256_fmadd_ps(x[r], w, acc[r][o]);
+        }
+    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t o = 0; o < O; o++) {
+            float l[LANES];
+            _mm256_storeu_ps(l, acc[r][o]);
+            const float *a = j->a + (r0 + r) * j->lda, *b = j->b + (o0 + o) * j->ldb;
+            for (size_t i = k8; i < k; i++) l[i - k8] = fmaf(a[i], b[i], l[i - k8]);
+            float y = reduce_lanes(l);
+            j->c[(r0 + r) * j->ldc + o0 + o] = j->bias ? y + j->bias[o0 + o] : y;
+        }
+}
+
+static inline __attribute__((always_inline)) void nt_rows(const gemm_job *j, size_t r0, size_t R, size_t O,
+                                                          size_t o0, size_t o1) {
+    size_t o = o0;
+    for (; o + O <= o1; o += O) nt_tile(j, r0, o, R, O);
+    for (; o < o1; o++) nt_tile(j, r0, o, R, 1);
+}
+
+static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
+    size_t r = 0, m = j->m;
+    for (; r + 3 <= m; r += 3) nt_rows(j, r, 3, 3, o0, o1);
+    if (m - r == 2) nt_rows(j, r, 2, 4, o0, o1);
+    if (m - r == 1) nt_rows(j, r, 1, 8, o0, o1);
+}
+#else
+static void nn_block(const gemm_job *j, size_t o0, size_t o1) {
+    /* row by row, every element's chain advanced together: the order of
+     * each element's sum is still i = 0..k-1 */
+    for (size_t r = 0; r < j->m; r++) {
+        float *c = j->c + r * j->ldc;
+        const float *a = j->a + r * j->lda;
+        for (size_t o = o0; o < o1; o++) c[o] = 0.0f;
+        for (size_t i = 0; i < j->k; i++) {
+            const float *b = j->b + i * j->ldb;
+            for (size_t o = o0; o < o1; o++) c[o] = fmaf(a[i], b[o], c[o]);
+        }
+        if (j->bias)
+            for (size_t o = o0; o < o1; o++) c[o] += j->bias[o];
+    }
+}
+
+static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
+    for (size_t r = 0; r < j->m; r++)
+        for (size_t o = o0; o < o1; o++) {
+            float acc = fs_dot_rows(j->a + r * j->lda, j->b + o * j->ldb, j->k);
+            j->c[r * j->ldc + o] = j->bias ? acc + j->bias[o] : acc;
+        }
+}
+#endif
+
+/* Column panels among the calling thread's OpenMP threads. */
+static void run_panels(const gemm_job *j, void (*block)(const gemm_job *, size_t, size_t)) {
+    size_t panels = (j->n + PANEL - 1) / PANEL;
+    int par = !omp_in_parallel() && omp_get_max_threads() > 1 && panels > 1 && j->m * j->n * j->k >= PARALLEL_MIN;
+#pragma omp parallel for schedule(static) if (par)
+    for (size_t p = 0; p < panels; p++) {
+        size_t o0 = p * PANEL, o1 = o0 + PANEL < j->n ? o0 + PANEL : j->n;
+        block(j, o0, o1);
+    }
+}
+
+void fs_gemm_rows_nn(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, const float *bias,
+                     size_t m, size_t n, size_t k) {
+    if (m == 0 || n == 0) return;
+    gemm_job j = {c, a, b, bias, ldc, lda, ldb, m, n, k};
+    run_panels(&j, nn_block);
+}
+
+void fs_gemm_rows_nt(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, const float *bias,
+                     size_t m, size_t n, size_t k) {
+    if (m == 0 || n == 0) return;
+    gemm_job j = {c, a, b, bias, ldc, lda, ldb, m, n, k};
+    run_panels(&j, nt_block);
+}

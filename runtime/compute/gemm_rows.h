@@ -1,0 +1,38 @@
+/* gemm_rows.h — matrix products whose every element is summed in one fixed
+ * order ("batch invariant"), for the serving step.
+ *
+ * A BLAS sgemm picks its kernel, blocking and reduction split from the
+ * shape: the same row multiplied alone and among 30 others can come out
+ * different in the last bits, and then a greedy request's tokens depend on
+ * what else the server was doing. Here an element of C depends only on its
+ * row of A, its column of B, k and the bias:
+ *
+ *   nn: C = A (m, k) B (k, n) + bias      acc = 0; acc = fma(a_i, b_i, acc) for i = 0..k-1; acc + bias
+ *   nt: C = A (m, k) B^T + bias, B (n, k) eight lanes, lane j = fma chain over i = 8t + j (t in order),
+ *                                         the k % 8 left over into lanes 0.. in order, then
+ *                                         ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) + bias
+ *
+ * Fused multiply-adds round once, so the AVX2 tiles, the scalar edges and
+ * the portable fallback (fmaf) give the same bits; tiles differ only in how
+ * many independent elements they carry in registers. Work is split among
+ * the calling thread's OpenMP threads by column panels (inside a parallel
+ * region it runs on the calling thread), which changes who computes an
+ * element, never how.
+ *
+ * The cost against OpenBLAS is the fixed k order (no k-blocking for the
+ * caches): bench/bench_step compares them. */
+#ifndef FS_GEMM_ROWS_H
+#define FS_GEMM_ROWS_H
+
+#include <stddef.h>
+
+/* c (m, n), row stride ldc = a (m, k) [lda] b (k, n) [ldb] + bias (n, may be NULL). */
+void fs_gemm_rows_nn(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, const float *bias,
+                     size_t m, size_t n, size_t k);
+/* c (m, n) = a (m, k) b^T + bias, b (n, k) [ldb]. */
+void fs_gemm_rows_nt(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, const float *bias,
+                     size_t m, size_t n, size_t k);
+/* One element of fs_gemm_rows_nt: the dot product of a and b (k) in its order. */
+float fs_dot_rows(const float *a, const float *b, size_t k);
+
+#endif
