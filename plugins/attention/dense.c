@@ -12,7 +12,9 @@
  * so memory grows as T, time as T^2 (half of it with the causal mask, whose
  * blocks above the diagonal are skipped).
  *
- * Generation keeps a K/V cache of (B, H, context, D) per layer.
+ * Generation keeps a K/V cache of (B, H, context, D) per layer; serving
+ * keeps the same in blocks of the paged pool (attention.h): per head, K
+ * (kv_block, D) then V (kv_block, D).
  *
  * scores()/scores_backward() (attention maps for distillation) write or
  * read the whole (B, H, T, T) map the caller provides; they recompute it
@@ -23,6 +25,7 @@
 
 #include "fastserve/attention.h"
 #include "fastserve/fastmath.h"
+#include "paged.h"
 
 typedef struct dense {
     const fs_host_api *host;
@@ -475,9 +478,91 @@ static int dense_scores_backward(void *self, const fs_attention_scores_args *a, 
     return FS_OK;
 }
 
+/* ---- the paged step (serving) ---- */
+
+static size_t dense_paged_block_bytes(void *self, size_t kv_block) {
+    dense *d = self;
+    return 2 * d->cfg.n_head * kv_block * d->cfg.head_dim * sizeof(float);
+}
+
+/* Head h's key (v = 0) or value (v = 1) of the token in `slot` of a block. */
+static float *dense_entry(const dense *d, char *block, size_t kv_block, size_t h, int v, size_t slot) {
+    size_t D = d->cfg.head_dim;
+    return (float *)block + ((2 * h + (size_t)v) * kv_block + slot) * D;
+}
+
+typedef struct dense_paged_job {
+    const dense *d;
+    const fs_attention_paged_args *a;
+    size_t max_len;
+    atomic_int failed;
+} dense_paged_job;
+
+/* Items are (row, head): the row's query against its sequence's keys at
+ * positions 0..p, one score and one value each, in position order. */
+static void dense_paged_rows(void *arg, size_t begin, size_t end) {
+    dense_paged_job *j = arg;
+    const dense *d = j->d;
+    const fs_attention_paged_args *a = j->a;
+    size_t H = d->cfg.n_head, D = d->cfg.head_dim, kb = a->kv_block;
+    float *w = d->host->alloc(d->cfg.device, j->max_len * sizeof(float));
+    const float **vp = d->host->alloc(d->cfg.device, j->max_len * sizeof *vp);
+    if (!w || !vp) {
+        atomic_store(&j->failed, 1);
+        begin = end;
+    }
+    for (size_t item = begin; item < end; item++) {
+        size_t row = item / H, h = item % H;
+        const fs_attention_paged_seq *s = &a->seqs[paged_seq_of_row(a, row)];
+        size_t n = s->start + (row - s->row) + 1;
+        const float *q = (const float *)a->q.data + (row * H + h) * D;
+        for (size_t p0 = 0; p0 < n; p0 += kb) {
+            char *blk = paged_block(a, s, p0);
+            size_t cnt = n - p0 < kb ? n - p0 : kb;
+            for (size_t t = 0; t < cnt; t++) {
+                w[p0 + t] = paged_dot(q, dense_entry(d, blk, kb, h, 0, t), D) * d->scale;
+                vp[p0 + t] = dense_entry(d, blk, kb, h, 1, t);
+            }
+        }
+        paged_softmax_values((float *)a->out.data + (row * H + h) * D, w, vp, n, D);
+    }
+    d->host->free(d->cfg.device, w);
+    d->host->free(d->cfg.device, (void *)vp);
+}
+
+static int dense_paged_step(void *self, fs_attention_paged_args *a, fs_error *err) {
+    dense *d = self;
+    size_t H = d->cfg.n_head, D = d->cfg.head_dim, kb = a->kv_block;
+    if (!d->cfg.causal)
+        return d->host->error_set(err, FS_ERR_UNSUPPORTED,
+                                  "dense attention: the paged step is causal; this layer has causal = false");
+    int rc = paged_check(d->host, "dense", a, err);
+    if (rc) return rc;
+    /* every new token's key and value first: later rows of a chunk read them */
+    for (size_t i = 0; i < a->n_seqs; i++) {
+        const fs_attention_paged_seq *s = &a->seqs[i];
+        for (size_t t = 0; t < s->n_new; t++) {
+            size_t p = s->start + t, row = s->row + t;
+            char *blk = paged_block(a, s, p);
+            for (size_t h = 0; h < H; h++) {
+                memcpy(dense_entry(d, blk, kb, h, 0, p % kb), (const float *)a->k.data + (row * H + h) * D,
+                       D * sizeof(float));
+                memcpy(dense_entry(d, blk, kb, h, 1, p % kb), (const float *)a->v.data + (row * H + h) * D,
+                       D * sizeof(float));
+            }
+        }
+    }
+    dense_paged_job job = {d, a, paged_max_len(a), 0};
+    d->host->parallel_for(a->n_rows * H, 1, dense_paged_rows, &job);
+    if (atomic_load(&job.failed))
+        return d->host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory for %zu scores", job.max_len);
+    return FS_OK;
+}
+
 static const fs_attention_vtable dense_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
-    .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SCORES,
+    .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SCORES |
+             FS_ATTENTION_PAGED,
     .create = dense_create,
     .destroy = dense_destroy,
     .saved_bytes = dense_saved_bytes,
@@ -488,6 +573,8 @@ static const fs_attention_vtable dense_vtable = {
     .decode = dense_decode,
     .scores = dense_scores,
     .scores_backward = dense_scores_backward,
+    .paged_block_bytes = dense_paged_block_bytes,
+    .paged_step = dense_paged_step,
 };
 
 static const fs_plugin_descriptor dense_descriptor = {
@@ -497,7 +584,7 @@ static const fs_plugin_descriptor dense_descriptor = {
     .name = "dense",
     .version = "1.1.0",
     .summary = "exact softmax(QK^T/sqrt(d))V attention in blocks (online softmax): O(T) memory in training, K/V "
-               "cache in generation",
+               "cache in generation, paged blocks in serving",
     .params = NULL,
     .n_params = 0,
     .vtable = &dense_vtable,

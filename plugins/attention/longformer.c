@@ -2,7 +2,7 @@
  * window, optionally dilated, plus global tokens with their own Q/K/V
  * projections. This file reads the configuration and drives training; the
  * kernels live in longformer_band.c and longformer_global.c, generation in
- * longformer_decode.c.
+ * longformer_decode.c, serving in longformer_paged.c.
  *
  * Semantics, pinned by tests/unit/test_longformer.c against an explicit
  * dense mask. Head h has dilation d. A local token at position i sees
@@ -360,7 +360,7 @@ static int lf_backward(void *self, fs_attention_args *a, fs_error *err) {
 static const fs_attention_vtable lf_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_USES_INPUT |
-             FS_ATTENTION_BOUNDED_CACHE,
+             FS_ATTENTION_BOUNDED_CACHE | FS_ATTENTION_PAGED,
     .create = lf_create,
     .destroy = lf_destroy,
     .saved_bytes = lf_saved_bytes,
@@ -371,6 +371,10 @@ static const fs_attention_vtable lf_vtable = {
     .decode = lf_decode,
     .scores = NULL,
     .init_params = lf_init_params,
+    .paged_block_bytes = lf_paged_block_bytes,
+    .paged_step = lf_paged_step,
+    .paged_retain = lf_paged_retain,
+    .paged_max_blocks = lf_paged_max_blocks,
 };
 
 static const fs_param_spec lf_params[] = {
@@ -390,7 +394,7 @@ static const fs_plugin_descriptor lf_descriptor = {
     .struct_size = sizeof(fs_plugin_descriptor),
     .kind = FS_PLUGIN_ATTENTION,
     .name = "longformer",
-    .version = "1.0.0",
+    .version = "1.1.0",
     .summary = "sliding-window (dilated) attention with global tokens; O(T*window), bounded KV cache in generation",
     .params = lf_params,
     .n_params = sizeof lf_params / sizeof lf_params[0],

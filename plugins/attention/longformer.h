@@ -5,7 +5,8 @@
  * drives training; longformer_band.c is the blocked sliding-window kernel
  * (local rows, with the global tokens as extra columns); longformer_global.c
  * is the global rows with their own Q/K/V projections; longformer_decode.c
- * is the bounded KV cache for generation. Nothing here is part of the SDK. */
+ * is the bounded KV cache for generation, longformer_paged.c the same in
+ * the serving engine's block pool. Nothing here is part of the SDK. */
 #ifndef FS_LONGFORMER_H
 #define FS_LONGFORMER_H
 
@@ -91,6 +92,12 @@ int lf_global_backward(lf_plugin *lf, const fs_attention_args *a, lf_state *st, 
 size_t lf_cache_bytes(void *self, size_t B, size_t max_context);
 int lf_cache_reset(void *self, void *cache, size_t B, size_t max_context, fs_error *err);
 int lf_decode(void *self, void *cache, fs_attention_decode_args *a, fs_error *err);
+
+/* longformer_paged.c: serving (attention.h's paged KV cache) */
+size_t lf_paged_block_bytes(void *self, size_t kv_block);
+int lf_paged_step(void *self, fs_attention_paged_args *a, fs_error *err);
+int lf_paged_retain(void *self, fs_attention_retain_args *a, fs_error *err);
+size_t lf_paged_max_blocks(void *self, size_t kv_block);
 
 /* 1 when token id `t` makes a token global (LF_GLOBAL_TOKENS). */
 int lf_is_global_token(const lf_plugin *lf, int32_t t);

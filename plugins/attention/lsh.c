@@ -43,9 +43,15 @@
  * `decode_window` most recent tokens, plus itself. That is not the chunked
  * forward (whose chunks cut across bucket borders); it equals the forward
  * exactly when decode_window >= p for every step and n_hashes = 1, chunk >= T
- * (both are then full shared-QK attention), which the tests check. */
+ * (both are then full shared-QK attention), which the tests check.
+ *
+ * Serving (the paged step, attention.h) keeps the same per token in blocks
+ * of the pool: per head, normalised keys (kv_block, D), values (kv_block, D)
+ * and buckets (kv_block, n_hashes), and attends exactly as decode does. */
 #include "lsh.h"
+#include "paged.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -582,9 +588,121 @@ static int lsh_decode(void *self, void *cache, fs_attention_decode_args *a, fs_e
     return FS_OK;
 }
 
+/* ---- the paged step (serving) ---- */
+
+/* Per head: keys (kv_block, D), values (kv_block, D), buckets (kv_block, n_hashes). */
+static size_t lsh_paged_head_floats(const lsh_plugin *l, size_t kv_block) {
+    return kv_block * (2 * l->cfg.head_dim + l->n_hashes);
+}
+
+static size_t lsh_paged_block_bytes(void *self, size_t kv_block) {
+    lsh_plugin *l = self;
+    return l->cfg.n_head * lsh_paged_head_floats(l, kv_block) * sizeof(float);
+}
+
+typedef struct lsh_entry {
+    float *k, *v;
+    int32_t *bk;
+} lsh_entry;
+
+static lsh_entry lsh_paged_entry(const lsh_plugin *l, char *block, size_t kv_block, size_t h, size_t slot) {
+    size_t D = l->cfg.head_dim;
+    float *head = (float *)block + h * lsh_paged_head_floats(l, kv_block);
+    lsh_entry e = {head + slot * D, head + (kv_block + slot) * D,
+                   (int32_t *)(head + 2 * kv_block * D) + slot * l->n_hashes};
+    return e;
+}
+
+/* The new token's entry: normalised key, value, bucket of each round (as decode). */
+static void lsh_paged_store(const lsh_plugin *l, const fs_attention_paged_args *a, const fs_attention_paged_seq *s,
+                            size_t t, float *proj /* (n_buckets / 2) */) {
+    size_t H = l->cfg.n_head, D = l->cfg.head_dim, NH = l->n_hashes, half = l->n_buckets / 2;
+    size_t p = s->start + t, row = s->row + t;
+    char *blk = paged_block(a, s, p);
+    for (size_t h = 0; h < H; h++) {
+        const float *qi = (const float *)a->q.data + (row * H + h) * D;
+        lsh_entry e = lsh_paged_entry(l, blk, a->kv_block, h, p % a->kv_block);
+        normalise(qi, e.k, 1, D);
+        memcpy(e.v, (const float *)a->v.data + (row * H + h) * D, D * sizeof(float));
+        for (size_t r = 0; r < NH; r++) {
+            const float *R = l->rot + r * D * half;
+            for (size_t c = 0; c < half; c++) proj[c] = 0.0f;
+            for (size_t d = 0; d < D; d++)
+                for (size_t c = 0; c < half; c++) proj[c] = fmaf(qi[d], R[d * half + c], proj[c]);
+            e.bk[r] = lsh_argmax_bucket(proj, half);
+        }
+    }
+}
+
+typedef struct lsh_paged_job {
+    const lsh_plugin *l;
+    const fs_attention_paged_args *a;
+    size_t max_len;
+    atomic_int failed;
+} lsh_paged_job;
+
+/* Items are (row, head): decode's rule for the row's position p, every
+ * earlier key that shares a bucket in some round or is among the last
+ * decode_window, and itself (scored -1e5). */
+static void lsh_paged_rows(void *arg, size_t begin, size_t end) {
+    lsh_paged_job *j = arg;
+    const lsh_plugin *l = j->l;
+    const fs_attention_paged_args *a = j->a;
+    size_t H = l->cfg.n_head, D = l->cfg.head_dim, NH = l->n_hashes, kb = a->kv_block;
+    float *w = l->host->alloc(l->cfg.device, j->max_len * sizeof(float));
+    const float **vp = l->host->alloc(l->cfg.device, j->max_len * sizeof *vp);
+    if (!w || !vp) {
+        atomic_store(&j->failed, 1);
+        begin = end;
+    }
+    for (size_t item = begin; item < end; item++) {
+        size_t row = item / H, h = item % H;
+        const fs_attention_paged_seq *s = &a->seqs[paged_seq_of_row(a, row)];
+        size_t pos = s->start + (row - s->row), n = pos + 1;
+        size_t recent = pos > l->decode_window ? pos - l->decode_window : 0;
+        const float *q = (const float *)a->q.data + (row * H + h) * D;
+        const int32_t *mine = lsh_paged_entry(l, paged_block(a, s, pos), kb, h, pos % kb).bk;
+        for (size_t p0 = 0; p0 < n; p0 += kb) {
+            char *blk = paged_block(a, s, p0);
+            size_t cnt = n - p0 < kb ? n - p0 : kb;
+            for (size_t t = 0; t < cnt; t++) {
+                size_t jj = p0 + t;
+                lsh_entry e = lsh_paged_entry(l, blk, kb, h, t);
+                int see = jj == pos || jj >= recent;
+                for (size_t r = 0; !see && r < NH; r++) see = e.bk[r] == mine[r];
+                w[jj] = !see ? -INFINITY : jj == pos ? LSH_SELF_SCORE : paged_dot(q, e.k, D) * l->scale;
+                vp[jj] = e.v;
+            }
+        }
+        paged_softmax_values((float *)a->out.data + (row * H + h) * D, w, vp, n, D);
+    }
+    l->host->free(l->cfg.device, w);
+    l->host->free(l->cfg.device, (void *)vp);
+}
+
+static int lsh_paged_step(void *self, fs_attention_paged_args *a, fs_error *err) {
+    lsh_plugin *l = self;
+    if (!l->cfg.causal)
+        return l->host->error_set(err, FS_ERR_UNSUPPORTED,
+                                  "lsh attention: the paged step is causal; this layer has causal = false");
+    int rc = paged_check(l->host, "lsh", a, err);
+    if (rc) return rc;
+    float *proj = l->host->alloc(l->cfg.device, l->n_buckets / 2 * sizeof(float));
+    if (!proj) return l->host->error_set(err, FS_ERR_NOMEM, "lsh attention: out of memory");
+    for (size_t i = 0; i < a->n_seqs; i++)
+        for (size_t t = 0; t < a->seqs[i].n_new; t++) lsh_paged_store(l, a, &a->seqs[i], t, proj);
+    l->host->free(l->cfg.device, proj);
+    lsh_paged_job job = {l, a, paged_max_len(a), 0};
+    l->host->parallel_for(a->n_rows * l->cfg.n_head, 1, lsh_paged_rows, &job);
+    if (atomic_load(&job.failed))
+        return l->host->error_set(err, FS_ERR_NOMEM, "lsh attention: out of memory for %zu scores", job.max_len);
+    return FS_OK;
+}
+
 static const fs_attention_vtable lsh_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
-    .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SHARED_QK,
+    .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SHARED_QK |
+             FS_ATTENTION_PAGED,
     .create = lsh_create,
     .destroy = lsh_destroy,
     .saved_bytes = lsh_saved_bytes,
@@ -593,6 +711,8 @@ static const fs_attention_vtable lsh_vtable = {
     .cache_bytes = lsh_cache_bytes,
     .cache_reset = lsh_cache_reset,
     .decode = lsh_decode,
+    .paged_block_bytes = lsh_paged_block_bytes,
+    .paged_step = lsh_paged_step,
 };
 
 /* Ranges are checked in create, so each error names the key and the rule. */
@@ -614,7 +734,7 @@ static const fs_plugin_descriptor lsh_descriptor = {
     .struct_size = sizeof(fs_plugin_descriptor),
     .kind = FS_PLUGIN_ATTENTION,
     .name = "lsh",
-    .version = "1.0.0",
+    .version = "1.1.0",
     .summary = "Reformer LSH attention: shared QK, angular hashing, chunked sorted buckets; O(T * chunk) per layer",
     .params = lsh_params,
     .n_params = sizeof lsh_params / sizeof lsh_params[0],
