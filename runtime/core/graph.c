@@ -49,11 +49,11 @@ struct fs_graph {
     size_t n_sections, cap_sections;
 };
 
-static const char *const FIXED_SECTIONS[] = {"model", "attention", "parallel", "distill",
-                                             "data",  "train",     "generate", "run"};
+static const char *const FIXED_SECTIONS[] = {"model", "attention", "parallel", "distill", "data",
+                                             "train", "generate",  "run",      "serve"};
 #define N_FIXED (sizeof FIXED_SECTIONS / sizeof FIXED_SECTIONS[0])
 static const char KNOWN_SECTIONS[] = "model, attention, layer.N, layer.A-B, parallel, distill, "
-                                     "distill.stage.N, data, train, generate, run";
+                                     "distill.stage.N, data, train, generate, run, serve";
 
 
 static char *dupn(const char *s, size_t n) {

@@ -13,7 +13,7 @@
  *
  * Section names: "model", "attention", "layer.N", "layer.A-B" (inclusive),
  * "parallel", "distill", "distill.stage.N", "data", "train", "generate",
- * "run". Any other section is an error. */
+ * "run", "serve". Any other section is an error. */
 #ifndef FS_GRAPH_H
 #define FS_GRAPH_H
 

@@ -18,10 +18,11 @@ static int resolve(fs_config **out, const fs_graph *g, const fs_section_schema *
     return fs_config_resolve(out, g, sections, 1, s->spec, s->n, NULL, err);
 }
 
-static const char *plugin_name_for(const fs_graph *g, const char *const *sections, size_t n, const char *fallback,
-                                   const char **where_file, int *where_line) {
+/* The plugin a section names with `key` ("plugin", or [serve]'s "scheduler"). */
+static const char *plugin_name_for(const fs_graph *g, const char *const *sections, size_t n, const char *key,
+                                   const char *fallback, const char **where_file, int *where_line) {
     for (size_t i = 0; i < n; i++) {
-        const fs_graph_entry *e = fs_graph_find(g, sections[i], "plugin");
+        const fs_graph_entry *e = fs_graph_find(g, sections[i], key);
         if (e) {
             *where_file = e->file;
             *where_line = e->line;
@@ -37,14 +38,15 @@ int fs_session_plugin_config(fs_session *s, fs_plugin_instance *inst, int kind, 
                              size_t n_sections, const fs_param_spec *core, size_t n_core, fs_error *err) {
     const char *file;
     int line;
-    const char *name = plugin_name_for(s->graph, sections, n_sections, core[0].default_value, &file, &line);
+    const char *key = core[0].name;
+    const char *name = plugin_name_for(s->graph, sections, n_sections, key, core[0].default_value, &file, &line);
     fs_error perr = {0};
     int rc = fs_plugin_registry_get(&s->registry, kind, name, &inst->plugin, &perr);
     if (rc) {
         if (file)
-            return fs_error_set(err, rc, "%s:%d: [%s] plugin = %s: %s", file, line, sections[0], name,
+            return fs_error_set(err, rc, "%s:%d: [%s] %s = %s: %s", file, line, sections[0], key, name,
                                 perr.message);
-        return fs_error_set(err, rc, "[%s] plugin = %s (default): %s", sections[0], name, perr.message);
+        return fs_error_set(err, rc, "[%s] %s = %s (default): %s", sections[0], key, name, perr.message);
     }
     const fs_plugin_descriptor *d = inst->plugin->desc;
     /* schema = runtime keys, then the plugin's; a clash is the plugin's bug */
@@ -357,6 +359,14 @@ static int open_session(fs_session **out, fs_graph *g, int local, fs_error *err)
         rc = fs_session_plugin_config(s, &s->parallel, FS_PLUGIN_PARALLEL, sec, 1, fs_schema_parallel.spec,
                                       fs_schema_parallel.n, err);
     }
+    /* [serve] with its scheduler's keys; the serving engine creates the
+     * scheduler itself */
+    if (!rc) {
+        const char *sec[] = {"serve"};
+        rc = fs_session_plugin_config(s, &s->scheduler, FS_PLUGIN_SCHEDULER, sec, 1, fs_schema_serve.spec,
+                                      fs_schema_serve.n, err);
+        s->serve_cfg = s->scheduler.config;
+    }
 checked:
     if ((rc = agree(rc, err))) goto fail;
     fs_host_init(&s->host, (uint64_t)fs_config_int(s->train_cfg, "seed"));
@@ -392,6 +402,7 @@ void fs_session_close(fs_session *s) {
     fs_config_destroy(s->gen_cfg);
     fs_config_destroy(s->run_cfg);
     release_instance(&s->distill);
+    release_instance(&s->scheduler);
     fs_shard_map_release(&s->shard);
     fs_tokenizer_destroy(s->tokenizer);
     fs_plugin_registry_release(&s->registry);

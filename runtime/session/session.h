@@ -32,11 +32,13 @@ typedef struct fs_session {
     fs_plugin_registry registry;
     fs_config *model_cfg, *data_cfg, *train_cfg, *gen_cfg, *run_cfg;
     const fs_config *distill_cfg; /* = distill.config */
+    const fs_config *serve_cfg;   /* = scheduler.config: [serve], the engine's and the scheduler's keys */
     fs_model_config mcfg;
     fs_model *model;
     fs_plugin_instance *layers; /* (n_layer) attention instances (selves owned by the model) */
     fs_plugin_instance parallel;
     fs_plugin_instance distill; /* config only: distill mode creates it */
+    fs_plugin_instance scheduler; /* config only: the serving engine creates it ([serve] scheduler) */
     fs_comm *comm;              /* the process's (world.h); not owned */
     fs_parallel_topology topo;  /* this rank's place, from the strategy */
     fs_shard_map shard;         /* its part of the model (shard.h) */
@@ -56,7 +58,8 @@ int fs_session_open_local(fs_session **out, fs_graph *g, fs_error *err);
 void fs_session_close(fs_session *s); /* accepts NULL */
 
 /* Resolves a section against a schema plus a plugin's keys; `sections` in
- * priority order. Used for [attention], [layer.*], [parallel], [distill]. */
+ * priority order; the schema's first key names the plugin. Used for
+ * [attention], [layer.*], [parallel], [distill] and [serve]. */
 int fs_session_plugin_config(fs_session *s, fs_plugin_instance *inst, int kind, const char *const *sections,
                              size_t n_sections, const fs_param_spec *core, size_t n_core, fs_error *err);
 
