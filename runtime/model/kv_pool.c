@@ -96,10 +96,12 @@ int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size
         const fs_attention_vtable *vt = fs_model_attention(m, l, &self);
         p->layer_bytes[l] = (vt->paged_block_bytes(self, kv_block) + 63) & ~(size_t)63;
         p->block_bytes += p->layer_bytes[l];
-        /* zero pages are mapped lazily: a large pool costs what it holds */
-        ok = (p->layer[l] = fs_calloc(n_blocks * p->layer_bytes[l])) != NULL;
+        /* not written here: a large pool's pages are mapped as blocks are
+         * first used, so it costs what it holds (plugins read only the
+         * entries they wrote) */
+        ok = (p->layer[l] = fs_alloc(n_blocks * p->layer_bytes[l])) != NULL;
     }
-    if (ok && n_swap) ok = (p->swap = fs_calloc(n_swap * p->block_bytes)) != NULL;
+    if (ok && n_swap) ok = (p->swap = fs_alloc(n_swap * p->block_bytes)) != NULL;
     if (!ok) {
         fs_kv_pool_destroy(p);
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory for a KV pool of %zu blocks (%zu bytes each)",

@@ -39,7 +39,11 @@ typedef struct fs_engine_config {
     size_t max_batch_tokens;/* tokens one iteration computes, all sequences (0 = automatic) */
     int prefix_sharing;     /* share full prompt blocks with equal content */
     int threads;            /* compute threads of the engine thread (0 = the process's) */
-    const char *scheduler;  /* [serve] scheduler plugin name: "fcfs", "mlfq", ... */
+    const char *scheduler;  /* [serve] scheduler plugin name: "fcfs", "mlfq", ... (NULL or the graph's) */
+    /* Added with the engine: the pool and the swap area in blocks, for
+     * pools below a MiB (tests, tools); 0 = from kv_cache_mb / swap_mb. */
+    size_t kv_blocks;
+    size_t swap_blocks;
 } fs_engine_config;
 
 /* Why a request ended. */
@@ -56,7 +60,9 @@ typedef enum fs_finish_reason {
 
 /* One event of a request, in order: zero or more tokens, then exactly one
  * final event (finish != FS_FINISH_NONE, token -1 unless the final event
- * also carries the last token). */
+ * also carries the last token). FS_FINISH_LENGTH comes with the last token;
+ * FS_FINISH_STOP comes alone: the end-of-text token is neither sent nor
+ * counted in completion_tokens. */
 typedef struct fs_request_event {
     uint64_t id;
     int32_t token;              /* the new token, or -1 */
@@ -87,7 +93,9 @@ typedef struct fs_request_params {
 /* Starts the engine thread over session s's model (whole, loaded: the
  * caller has loaded the checkpoint). Refuses, naming the plugin and what
  * it lacks, a layer whose attention plugin cannot serve (no ragged paged
- * step), and a configuration that cannot hold one sequence. */
+ * step), and a configuration that cannot hold one sequence. The scheduler
+ * is the session's [serve] scheduler, with its keys (cfg->scheduler, when
+ * set, must name it). s must outlive the engine. */
 int fs_engine_create(fs_engine **out, fs_session *s, const fs_engine_config *cfg, fs_error *err);
 /* Stops the thread; requests still in flight end with FS_FINISH_SHUTDOWN.
  * Accepts NULL. */

@@ -1,0 +1,470 @@
+/* test_engine.c — the serving engine (serve/engine.h) at the engine level.
+ *
+ * The reference for a request is the same request decoded alone by an
+ * fs_seq, token by token (its prompt fed one token per step, then its own
+ * greedy pick or its own seeded stream): the engine must give exactly those
+ * tokens, bit for bit, for 24 requests of mixed lengths batched together;
+ * with a pool so small that requests are preempted and swapped out, or
+ * recomputed when the swap area is off; with a common prefix shared
+ * (including a prompt that is entirely cached, written through a
+ * copy-on-write); with fcfs and mlfq; on its own thread with requests
+ * submitted from other threads. Then: cancellation, every block back in
+ * the pool, refusals, a longformer stream far past max_seq in a pool that
+ * could not hold it unbounded, a reload whose in-flight requests finish on
+ * their old weights, and the 1.1 plugin refused by name. */
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/host.h"
+#include "serve/engine.h"
+#include "session/checkpoint.h"
+#include "test_util.h"
+
+#define GRAPH                                                                                                    \
+    "[model]\nvocab_size = 64\nn_layer = 2\nn_head = 2\nn_embd = 32\nmax_seq = 96\n[attention]\nplugin = %s\n%s\n" \
+    "[serve]\nscheduler = %s\n%s"
+
+enum { V = 64, MAX_REQ = 32, MAX_TOK = 512 };
+
+static fs_session *session_with(const char *plugin, const char *akeys, const char *sched, const char *skeys,
+                                uint64_t seed) {
+    char ini[1024];
+    snprintf(ini, sizeof ini, GRAPH, plugin, akeys, sched, skeys);
+    fs_session *s = test_session(ini);
+    fs_model_init_weights(s->model, seed);
+    fs_error err = {0};
+    assert_int_equal(fs_model_init_plugin_params(s->model, &err), 0);
+    return s;
+}
+
+/* ---- requests and what came back ---- */
+
+typedef struct request {
+    int32_t prompt[MAX_TOK];
+    size_t n_prompt, max_tokens;
+    fs_sampler sampler;
+    /* filled by the sink */
+    int32_t out[MAX_TOK];
+    size_t n_out, events, finals, cached;
+    fs_finish_reason finish;
+    uint64_t id;
+    fs_engine *engine;
+    size_t cancel_after; /* cancel itself after this many tokens (0: never) */
+    unsigned delay_us;   /* the sink takes this long (a slow client: the engine's iterations wait) */
+    const struct request *watch; /* at its first token, note how many `watch` had */
+    size_t watched;
+} request;
+
+static void sink(void *arg, const fs_request_event *ev) {
+    request *r = arg;
+    r->events++;
+    if (ev->token >= 0) r->out[r->n_out++] = ev->token;
+    if (ev->finish != FS_FINISH_NONE) {
+        r->finals++;
+        r->finish = ev->finish;
+        r->cached = ev->cached_prompt_tokens;
+    }
+    assert_int_equal(ev->completion_tokens, r->n_out);
+    if (r->cancel_after && r->n_out == r->cancel_after) fs_engine_cancel(r->engine, r->id);
+    if (r->watch && r->n_out == 1) r->watched = r->watch->n_out + 1;
+    if (r->delay_us) usleep(r->delay_us);
+}
+
+/* Mixed lengths: prompts of 1..45 tokens, 1..40 new ones. */
+static void make_requests(request *rq, size_t n, const int32_t *prefix, size_t n_prefix, double temperature) {
+    for (size_t i = 0; i < n; i++) {
+        request *r = &rq[i];
+        memset(r, 0, sizeof *r);
+        r->n_prompt = n_prefix + 1 + (i * 17) % 29;
+        r->max_tokens = 1 + (i * 11) % 40;
+        for (size_t t = 0; t < r->n_prompt; t++)
+            r->prompt[t] = t < n_prefix ? prefix[t] : (int32_t)((t * 7 + i * 13 + 5) % V);
+        r->sampler = (fs_sampler){temperature, temperature > 0 ? 10 : 0, 1.0, 1000 + i};
+    }
+}
+
+/* The request alone, through an fs_seq: the reference. */
+static void solo(const fs_model *m, const request *r, int32_t *out, size_t *n_out) {
+    fs_seq_config sc = {.B = 1, .sampler = r->sampler};
+    fs_seq *seq = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_seq_create(&seq, m, &sc, &err), 0);
+    float logits[V];
+    for (size_t t = 0; t < r->n_prompt; t++) assert_int_equal(fs_seq_decode(seq, &r->prompt[t], logits, &err), 0);
+    *n_out = 0;
+    while (*n_out < r->max_tokens) {
+        int32_t tok = fs_seq_sample(seq, 0, logits);
+        out[(*n_out)++] = tok;
+        if (*n_out < r->max_tokens) assert_int_equal(fs_seq_decode(seq, &tok, logits, &err), 0);
+    }
+    fs_seq_destroy(seq);
+}
+
+static void submit(fs_engine *e, request *r) {
+    fs_request_params p = {.struct_size = sizeof p, .prompt = r->prompt, .n_prompt = r->n_prompt,
+                           .max_tokens = r->max_tokens, .sampler = r->sampler, .eos = -1};
+    fs_error err = {0};
+    r->engine = e;
+    int rc = fs_engine_submit(e, &p, sink, r, &r->id, &err);
+    if (rc) fprintf(stderr, "submit: %s\n", err.message);
+    assert_int_equal(rc, 0);
+}
+
+static void check_solo(const fs_model *m, const request *rq, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++) {
+        const request *r = &rq[i];
+        int32_t want[MAX_TOK];
+        size_t n_want;
+        solo(m, r, want, &n_want);
+        assert_int_equal(r->finals, 1);
+        assert_int_equal(r->finish, FS_FINISH_LENGTH);
+        if (r->n_out != n_want || memcmp(r->out, want, n_want * sizeof *want) != 0) {
+            size_t k = 0;
+            while (k < n_want && k < r->n_out && r->out[k] == want[k]) k++;
+            fprintf(stderr, "%s: request %zu (prompt %zu, max_tokens %zu) differs from its solo run at token %zu\n",
+                    what, i, r->n_prompt, r->max_tokens, k);
+            fail();
+        }
+    }
+}
+
+static fs_engine_config config_of(fs_session *s, size_t kv_blocks, size_t swap_blocks, int sharing) {
+    fs_engine_config c;
+    fs_engine_config_from(&c, s);
+    c.kv_block = 8;
+    c.kv_blocks = kv_blocks;
+    c.swap_blocks = swap_blocks;
+    c.prefill_chunk = 16;
+    c.max_running = 32;
+    c.prefix_sharing = sharing;
+    return c;
+}
+
+static void check_pool_empty(fs_engine *e) {
+    fs_engine_stats st;
+    fs_engine_stats_get(e, &st);
+    assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(st.swap_blocks_used, 0);
+    assert_int_equal(st.running + st.waiting + st.swapped, 0);
+}
+
+/* 24 requests through an inline engine; returns its stats. */
+static fs_engine_stats run_batch(fs_session *s, const fs_engine_config *c, request *rq, size_t n) {
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    int rc = fs_engine_create_inline(&e, s, c, &err);
+    if (rc) fprintf(stderr, "engine: %s\n", err.message);
+    assert_int_equal(rc, 0);
+    for (size_t i = 0; i < n; i++) submit(e, &rq[i]);
+    assert_int_equal(fs_engine_run_until_idle(e, &err), 0);
+    fs_engine_stats st;
+    fs_engine_stats_get(e, &st);
+    check_pool_empty(e);
+    fs_engine_destroy(e);
+    return st;
+}
+
+static void check_batched(const char *sched, size_t kv_blocks, size_t swap_blocks, double temperature) {
+    fs_session *s = session_with("dense", "", sched, "", 7);
+    request *rq = calloc(24, sizeof *rq);
+    make_requests(rq, 24, NULL, 0, temperature);
+    fs_engine_config c = config_of(s, kv_blocks, swap_blocks, 0);
+    fs_engine_stats st = run_batch(s, &c, rq, 24);
+    check_solo(s->model, rq, 24, sched);
+    assert_int_equal(st.finished[FS_FINISH_LENGTH], 24);
+    if (kv_blocks && kv_blocks < 40) {
+        assert_true(st.preemptions > 0);
+        if (swap_blocks) assert_true(st.swaps_out > 0 && st.swaps_in == st.swaps_out);
+        else assert_true(st.recomputes > 0 && st.swaps_out == 0);
+    }
+    free(rq);
+    fs_session_close(s);
+}
+
+static void test_batched_greedy_equals_solo(void **state) {
+    (void)state;
+    check_batched("fcfs", 0, 0, 0.0);
+    check_batched("mlfq", 0, 0, 0.0);
+}
+
+/* 20 blocks of 8 tokens for 24 requests of up to 85 tokens. */
+static void test_preempted_swapped_equals_solo(void **state) {
+    (void)state;
+    check_batched("fcfs", 20, 64, 0.0);
+    check_batched("mlfq", 20, 64, 0.0);
+}
+
+static void test_preempted_recomputed_equals_solo(void **state) {
+    (void)state;
+    check_batched("fcfs", 20, 0, 0.0);
+    check_batched("mlfq", 16, 0, 0.0);
+}
+
+static void test_sampled_equals_solo(void **state) {
+    (void)state;
+    check_batched("mlfq", 0, 0, 0.8);
+    check_batched("fcfs", 20, 8, 0.8);
+}
+
+/* A common 32-token prefix (four full blocks): computed once and shared;
+ * two requests with the same prompt of whole blocks: the second's every
+ * block is shared and its last token written into a copy. */
+static void test_prefix_sharing(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "fcfs", "", 7);
+    int32_t prefix[32];
+    for (size_t t = 0; t < 32; t++) prefix[t] = (int32_t)((t * 5 + 1) % V);
+    request *rq = calloc(26, sizeof *rq);
+    make_requests(rq, 24, prefix, 32, 0.0);
+    for (size_t i = 24; i < 26; i++) { /* equal prompts, 40 tokens = 5 blocks */
+        rq[i] = rq[0];
+        rq[i].n_prompt = 40;
+        rq[i].max_tokens = 6;
+    }
+    fs_engine_config c = config_of(s, 60, 16, 1);
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_engine_create_inline(&e, s, &c, &err), 0);
+    submit(e, &rq[24]); /* alone first: its blocks are published */
+    assert_int_equal(fs_engine_run_until_idle(e, &err), 0);
+    submit(e, &rq[25]); /* first (fcfs), before the others' blocks push its prompt's out */
+    for (size_t i = 0; i < 24; i++) submit(e, &rq[i]);
+    assert_int_equal(fs_engine_run_until_idle(e, &err), 0);
+    fs_engine_stats st;
+    fs_engine_stats_get(e, &st);
+    check_pool_empty(e);
+    fs_engine_destroy(e);
+    check_solo(s->model, rq, 26, "prefix sharing");
+    assert_true(st.prefix_hits >= 24 * 4);
+    assert_int_equal(rq[25].cached, 39); /* every block found; the last token computed again */
+    for (size_t i = 0; i < 24; i++) assert_true(rq[i].cached >= 32);
+    free(rq);
+    fs_session_close(s);
+}
+
+/* Cancelled from its own sink after 3 tokens: it ends at the next
+ * iteration with no more tokens, and its blocks are back. */
+static void test_cancel_frees_blocks(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "mlfq", "", 7);
+    request *rq = calloc(4, sizeof *rq);
+    make_requests(rq, 4, NULL, 0, 0.0);
+    for (size_t i = 0; i < 4; i++) rq[i].max_tokens = 40;
+    rq[1].cancel_after = 3;
+    rq[2].cancel_after = 1;
+    fs_engine_config c = config_of(s, 0, 0, 1);
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_engine_create_inline(&e, s, &c, &err), 0);
+    for (size_t i = 0; i < 4; i++) submit(e, &rq[i]);
+    fs_engine_cancel(e, 12345); /* unknown: ignored */
+    assert_int_equal(fs_engine_run_until_idle(e, &err), 0);
+    assert_int_equal(rq[1].finish, FS_FINISH_CANCELLED);
+    assert_int_equal(rq[1].n_out, 3);
+    assert_int_equal(rq[2].n_out, 1);
+    assert_int_equal(rq[0].finish, FS_FINISH_LENGTH);
+    assert_int_equal(rq[0].n_out, 40);
+    for (size_t i = 0; i < 4; i++) assert_int_equal(rq[i].finals, 1);
+    fs_engine_stats st;
+    fs_engine_stats_get(e, &st);
+    assert_int_equal(st.finished[FS_FINISH_CANCELLED], 2);
+    check_pool_empty(e);
+    fs_engine_destroy(e);
+    free(rq);
+    fs_session_close(s);
+}
+
+/* What submit refuses: a prompt past the context, a full queue, a drain. */
+static void test_refusals(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "fcfs", "", 7);
+    fs_engine_config c = config_of(s, 0, 0, 1);
+    c.max_queue = 2;
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_engine_create_inline(&e, s, &c, &err), 0);
+    request r = {.n_prompt = 90, .max_tokens = 10};
+    fs_request_params p = {.struct_size = sizeof p, .prompt = r.prompt, .n_prompt = 90, .max_tokens = 10, .eos = -1};
+    assert_int_equal(fs_engine_submit(e, &p, sink, &r, NULL, &err), FS_ERR_INVALID);
+    assert_non_null(strstr(err.message, "max_seq"));
+    p.n_prompt = 0;
+    assert_int_equal(fs_engine_submit(e, &p, sink, &r, NULL, &err), FS_ERR_INVALID);
+    p.n_prompt = 4;
+    r.prompt[1] = 64;
+    assert_int_equal(fs_engine_submit(e, &p, sink, &r, NULL, &err), FS_ERR_INVALID);
+    assert_non_null(strstr(err.message, "vocabulary"));
+    r.prompt[1] = 3;
+    request ok[3] = {{.n_prompt = 4, .max_tokens = 2}, {.n_prompt = 4, .max_tokens = 2}};
+    submit(e, &ok[0]);
+    submit(e, &ok[1]);
+    assert_int_equal(fs_engine_submit(e, &p, sink, &r, NULL, &err), FS_ERR_BUSY);
+    fs_engine_drain(e, 10.0);
+    assert_int_equal(ok[0].finish, FS_FINISH_LENGTH);
+    assert_int_equal(ok[1].n_out, 2);
+    assert_int_equal(fs_engine_submit(e, &p, sink, &r, NULL, &err), FS_ERR_UNSUPPORTED);
+    fs_engine_destroy(e);
+    /* a pool that cannot hold one sequence */
+    c = config_of(s, 5, 0, 1);
+    assert_int_equal(fs_engine_create_inline(&e, s, &c, &err), FS_ERR_INVALID);
+    assert_null(e);
+    fs_session_close(s);
+}
+
+/* The engine refuses a plugin built before the paged step, naming it. */
+static void test_refuses_abi_1_1_plugin(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense_v11", "", "fcfs", "", 7);
+    fs_engine_config c = config_of(s, 0, 0, 1);
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_engine_create(&e, s, &c, &err), FS_ERR_UNSUPPORTED);
+    assert_null(e);
+    if (!strstr(err.message, "'dense_v11'") || !strstr(err.message, "ABI 1.1") || !strstr(err.message, "paged_step")) {
+        fprintf(stderr, "message: %s\n", err.message);
+        fail();
+    }
+    fs_session_close(s);
+}
+
+/* Longformer streams far past max_seq (96) in a pool of 16 blocks (128
+ * tokens), alongside others, each equal to its solo run. */
+static void test_longformer_streams(void **state) {
+    (void)state;
+    fs_session *s = session_with("longformer", "window = 6\nglobal = first:2\n", "mlfq", "", 7);
+    request *rq = calloc(4, sizeof *rq);
+    make_requests(rq, 4, NULL, 0, 0.0);
+    rq[0].max_tokens = 300;
+    rq[1].max_tokens = 120;
+    fs_engine_config c = config_of(s, 16, 0, 1);
+    fs_engine_stats st = run_batch(s, &c, rq, 4);
+    check_solo(s->model, rq, 4, "longformer");
+    assert_true(st.kv_blocks_total == 16);
+    free(rq);
+    fs_session_close(s);
+}
+
+static void test_lsh_batched(void **state) {
+    (void)state;
+    fs_session *s = session_with("lsh", "n_hashes = 2\nn_buckets = 4\ndecode_window = 5\n", "fcfs", "", 7);
+    request *rq = calloc(8, sizeof *rq);
+    make_requests(rq, 8, NULL, 0, 0.0);
+    fs_engine_config c = config_of(s, 30, 8, 1);
+    run_batch(s, &c, rq, 8);
+    check_solo(s->model, rq, 8, "lsh");
+    free(rq);
+    fs_session_close(s);
+}
+
+/* ---- the engine on its own thread ---- */
+
+typedef struct client {
+    fs_engine *e;
+    request *rq;
+    size_t n;
+} client;
+
+static void *client_main(void *arg) {
+    client *c = arg;
+    for (size_t i = 0; i < c->n; i++) {
+        submit(c->e, &c->rq[i]);
+        usleep(1000);
+    }
+    return NULL;
+}
+
+static void test_threaded(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "mlfq", "", 7);
+    request *rq = calloc(24, sizeof *rq);
+    make_requests(rq, 24, NULL, 0, 0.7);
+    fs_engine_config c = config_of(s, 24, 8, 1);
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_engine_create(&e, s, &c, &err), 0);
+    client cl[2] = {{e, rq, 12}, {e, rq + 12, 12}};
+    pthread_t th[2];
+    for (size_t i = 0; i < 2; i++) assert_int_equal(pthread_create(&th[i], NULL, client_main, &cl[i]), 0);
+    for (size_t i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    fs_engine_drain(e, 60.0);
+    check_pool_empty(e);
+    fs_engine_stats st;
+    fs_engine_stats_get(e, &st);
+    assert_int_equal(st.finished[FS_FINISH_LENGTH], 24);
+    assert_int_equal(st.ttft.total, 24);
+    assert_int_equal(st.e2e.total, 24);
+    assert_true(st.iteration.total == st.iterations && st.iterations > 0);
+    assert_true(st.ttft.count[FS_ENGINE_HIST_BUCKETS - 1] == 24);
+    fs_engine_destroy(e);
+    check_solo(s->model, rq, 24, "threaded");
+    free(rq);
+    fs_session_close(s);
+}
+
+/* ---- reload ---- */
+
+typedef struct reload_state {
+    request *late;
+    fs_engine *e;
+    const char *path;
+    int done;
+} reload_state;
+
+/* Requests in flight when a reload lands finish on the weights they
+ * started with; those that start after it run on the new ones. */
+static void test_reload(void **state) {
+    (void)state;
+    char dir[] = "/tmp/fs_engine_reloadXXXXXX", path[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    fs_session *s = session_with("dense", "", "fcfs", "", 7), *other = session_with("dense", "", "fcfs", "", 99);
+    fs_error err = {0};
+    assert_int_equal(fs_checkpoint_save(path, other, NULL, NULL, &err), 0);
+    request *rq = calloc(4, sizeof *rq);
+    make_requests(rq, 4, NULL, 0, 0.0);
+    for (size_t i = 0; i < 4; i++) rq[i].max_tokens = 30;
+    rq[0].max_tokens = 70;
+    rq[0].delay_us = 2000; /* still running when the others start */
+    rq[2].watch = &rq[0];
+    fs_engine_config c = config_of(s, 0, 0, 1);
+    fs_engine *e = NULL;
+    assert_int_equal(fs_engine_create(&e, s, &c, &err), 0);
+    submit(e, &rq[0]);
+    submit(e, &rq[1]);
+    while (__atomic_load_n(&rq[0].n_out, __ATOMIC_SEQ_CST) < 2) usleep(100);
+    assert_int_equal(fs_engine_reload(e, path, &err), 0);
+    submit(e, &rq[2]);
+    submit(e, &rq[3]);
+    fs_engine_drain(e, 60.0);
+    check_pool_empty(e);
+    fs_engine_destroy(e);
+    /* iterations ran both generations side by side */
+    assert_true(rq[2].watched > 0 && rq[2].watched < rq[0].max_tokens);
+    check_solo(s->model, rq, 2, "in flight: old weights");
+    check_solo(other->model, rq + 2, 2, "after the reload: new weights");
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(rq);
+    fs_session_close(s);
+    fs_session_close(other);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_batched_greedy_equals_solo),
+        cmocka_unit_test(test_preempted_swapped_equals_solo),
+        cmocka_unit_test(test_preempted_recomputed_equals_solo),
+        cmocka_unit_test(test_sampled_equals_solo),
+        cmocka_unit_test(test_prefix_sharing),
+        cmocka_unit_test(test_cancel_frees_blocks),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_refuses_abi_1_1_plugin),
+        cmocka_unit_test(test_longformer_streams),
+        cmocka_unit_test(test_lsh_batched),
+        cmocka_unit_test(test_threaded),
+        cmocka_unit_test(test_reload),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
