@@ -1,5 +1,8 @@
-/* generate.c — text from a prompt over one sequence (model/seq.h), and
- * the generate mode. */
+/* generate.c — text from a prompt, and the generate mode: one request to
+ * the serving engine run inline (serve/engine.h: the same ragged step,
+ * paged cache and sampling a server uses), or, for a model with an
+ * attention plugin built before the paged cache (ABI 1.0/1.1), one fs_seq
+ * over the plugins' decode steps (model/seq.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +13,11 @@
 #include "io/metrics.h"
 #include "io/tokenizer.h"
 #include "compute/qweights.h"
+#include "model/batch.h"
+#include "model/kv_pool.h"
 #include "model/seq.h"
 #include "modes/modes.h"
+#include "serve/engine.h"
 
 /* Multiply-adds a token below which decoding runs on one thread. */
 #define FS_DECODE_THREADED_MIN ((size_t)16 << 20)
@@ -75,10 +81,83 @@ int fs_prompt_tokens(fs_session *s, const char *text, size_t len, fs_tokens *out
     return rc;
 }
 
+/* The one request's tokens, as the engine's sink receives them. */
+typedef struct generation_sink {
+    fs_generation *g;
+    fs_finish_reason finish;
+    const char *error;
+} generation_sink;
+
+static void collect(void *arg, const fs_request_event *ev) {
+    generation_sink *gs = arg;
+    if (ev->token >= 0) gs->g->tokens[gs->g->n++] = ev->token;
+    if (ev->finish != FS_FINISH_NONE) gs->finish = ev->finish, gs->error = ev->error;
+}
+
+/* The engine sized for this one request: a pool of exactly its blocks, no
+ * swap area, no sharing, one sequence. */
+static fs_engine_config one_request_config(const fs_session *s, size_t tokens) {
+    const fs_model *m = s->model;
+    fs_engine_config c;
+    fs_engine_config_from(&c, s);
+    size_t kb = c.kv_block, bounded = fs_model_paged_max_blocks(m, kb);
+    c.kv_blocks = bounded ? bounded + (c.prefill_chunk + kb - 1) / kb + 1 : (tokens + kb - 1) / kb;
+    size_t whole = (fs_model_cfg(m)->max_seq + kb - 1) / kb; /* what the engine asks of an unbounded pool */
+    if (!bounded && c.kv_blocks < whole) c.kv_blocks = whole;
+    c.swap_blocks = 0;
+    c.prefix_sharing = 0;
+    c.max_running = 1;
+    c.max_queue = 1;
+    c.threads = fs_generate_threads(m);
+    c.scheduler = NULL;
+    return c;
+}
+
+/* g->prompt through one request to an inline engine; an unbounded cache's
+ * context caps max_tokens (*stopped_at_context then set). */
+static int generate_engine(fs_session *s, size_t max_tokens, fs_generation *g, fs_error *err) {
+    const fs_model *m = s->model;
+    size_t max_seq = fs_model_cfg(m)->max_seq;
+    if (!fs_model_paged_max_blocks(m, 1) && g->n_prompt + max_tokens > max_seq) {
+        max_tokens = max_seq - g->n_prompt;
+        g->stopped_at_context = 1;
+    }
+    fs_engine_config c = one_request_config(s, g->n_prompt + max_tokens);
+    fs_engine *e = NULL;
+    int rc = fs_engine_create_inline(&e, s, &c, err);
+    if (rc) return rc;
+    g->cache_bytes = c.kv_blocks * fs_kv_block_bytes(m, c.kv_block);
+    fs_request_params p = {.struct_size = sizeof p, .prompt = g->prompt, .n_prompt = g->n_prompt,
+                           .max_tokens = max_tokens, .sampler = fs_generate_sampler(s->gen_cfg), .eos = -1};
+    generation_sink gs = {g, FS_FINISH_NONE, NULL};
+    double t0 = fs_now();
+    rc = fs_engine_submit(e, &p, collect, &gs, NULL, err);
+    if (!rc) rc = fs_engine_run_until_idle(e, err);
+    g->seconds = fs_now() - t0;
+    fs_engine_destroy(e);
+    if (!rc && gs.finish == FS_FINISH_ERROR) rc = fs_error_set(err, FS_ERR_RUNTIME, "generation failed: %s", gs.error);
+    return rc;
+}
+
+/* The same over one fs_seq, for plugins without the paged step. */
+static int generate_seq(fs_session *s, size_t max_tokens, fs_generation *g, fs_error *err) {
+    const fs_model *m = s->model;
+    fs_seq_config sc = {.B = 1, .threads = fs_generate_threads(m), .sampler = fs_generate_sampler(s->gen_cfg),
+                        .weights = fs_wformat_parse(fs_config_string(s->gen_cfg, "weights"))};
+    fs_seq *seq = NULL;
+    int rc = fs_seq_create(&seq, m, &sc, err);
+    if (!rc) {
+        g->cache_bytes = fs_seq_cache_bytes(seq);
+        rc = fs_generate(seq, g->prompt, g->n_prompt, max_tokens, g->tokens, &g->n, &g->seconds,
+                         &g->stopped_at_context, err);
+    }
+    fs_seq_destroy(seq);
+    return rc;
+}
+
 int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
                      fs_error *err) {
     memset(g, 0, sizeof *g);
-    const fs_model *m = s->model;
     fs_tokens prompt = {0};
     int rc = fs_prompt_tokens(s, text, len, &prompt, err);
     if (rc) return rc;
@@ -88,16 +167,10 @@ int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tok
         fs_generation_release(g);
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
-    fs_seq_config sc = {.B = 1, .threads = fs_generate_threads(m), .sampler = fs_generate_sampler(s->gen_cfg),
-                        .weights = fs_wformat_parse(fs_config_string(s->gen_cfg, "weights"))};
-    fs_seq *seq = NULL;
-    rc = fs_seq_create(&seq, m, &sc, err);
-    if (!rc) {
-        g->cache_bytes = fs_seq_cache_bytes(seq);
-        rc = fs_generate(seq, g->prompt, g->n_prompt, max_tokens, g->tokens, &g->n, &g->seconds,
-                         &g->stopped_at_context, err);
-    }
-    fs_seq_destroy(seq);
+    int causal = 1;
+    for (size_t l = 0; l < s->mcfg.n_layer; l++) causal &= fs_config_bool(s->layers[l].config, "causal");
+    rc = fs_model_paged(s->model) && causal ? generate_engine(s, max_tokens, g, err)
+                                            : generate_seq(s, max_tokens, g, err);
     if (!rc) rc = fs_tokenizer_decode(s->tokenizer, g->tokens, g->n, &g->text, &g->text_len, err);
     if (rc) fs_generation_release(g);
     return rc;
