@@ -166,6 +166,52 @@ static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
 }
 #endif
 
+/* ---- few rows (decoding): the same element chains, weights streamed ----
+ *
+ * A panel tile reads W 64 columns at a time down all k rows: a strided
+ * walk the prefetchers follow poorly, fine when many rows share each load
+ * but 3x slower than reading W in memory order for one or two rows. Here
+ * each thread takes a contiguous range of columns and walks W row by row
+ * (i = 0..k-1), updating every output of its range with one fused
+ * multiply-add per row: the loops are swapped, not the arithmetic, so each
+ * element is the same fma chain from 0 in the same order (gemm_rows.h) and
+ * the bits equal the tiles'. The outputs being accumulated stay in L1. */
+#define STREAM_ROWS 8
+#define STREAM_COLS 1024 /* columns per pass: up to 8 rows of them (32 KiB) stay in L1 */
+
+static void nn_stream_range(const gemm_job *j, size_t o0, size_t o1) {
+    for (size_t r = 0; r < j->m; r++) memset(j->c + r * j->ldc + o0, 0, (o1 - o0) * sizeof(float));
+    for (size_t i = 0; i < j->k; i++) {
+        const float *w = j->b + i * j->ldb;
+        for (size_t r = 0; r < j->m; r++) {
+            float *c = j->c + r * j->ldc;
+            float x = j->a[r * j->lda + i];
+            size_t o = o0;
+#if FS_ROWS_AVX2
+            __m256 xv = _mm256_set1_ps(x);
+            for (; o + 8 <= o1; o += 8)
+                _mm256_storeu_ps(c + o, _mm256_fmadd_ps(xv, _mm256_loadu_ps(w + o), _mm256_loadu_ps(c + o)));
+#endif
+            for (; o < o1; o++) c[o] = fmaf(x, w[o], c[o]);
+        }
+    }
+    if (j->bias)
+        for (size_t r = 0; r < j->m; r++)
+            for (size_t o = o0; o < o1; o++) j->c[r * j->ldc + o] += j->bias[o];
+}
+
+static void nn_stream(const gemm_job *j) {
+    int threads = omp_in_parallel() || j->m * j->n * j->k < PARALLEL_MIN ? 1 : omp_get_max_threads();
+    size_t units = (j->n + 7) / 8;
+    if ((size_t)threads > units) threads = (int)units;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads();
+        size_t o0 = units * t / T * 8, o1 = t + 1 == T ? j->n : units * (t + 1) / T * 8;
+        for (size_t o = o0; o < o1; o += STREAM_COLS) nn_stream_range(j, o, o + STREAM_COLS < o1 ? o + STREAM_COLS : o1);
+    }
+}
+
 /* Column panels among the calling thread's OpenMP threads. */
 static void run_panels(const gemm_job *j, void (*block)(const gemm_job *, size_t, size_t)) {
     size_t panels = (j->n + PANEL - 1) / PANEL;
@@ -181,7 +227,10 @@ void fs_gemm_rows_nn(float *c, size_t ldc, const float *a, size_t lda, const flo
                      size_t m, size_t n, size_t k) {
     if (m == 0 || n == 0) return;
     gemm_job j = {c, a, b, bias, ldc, lda, ldb, m, n, k};
-    run_panels(&j, nn_block);
+    if (m <= STREAM_ROWS)
+        nn_stream(&j);
+    else
+        run_panels(&j, nn_block);
 }
 
 void fs_gemm_rows_nt(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, const float *bias,

@@ -14,10 +14,11 @@
  *
  * Fused multiply-adds round once, so the AVX2 tiles, the scalar edges and
  * the portable fallback (fmaf) give the same bits; tiles differ only in how
- * many independent elements they carry in registers. Work is split among
- * the calling thread's OpenMP threads by column panels (inside a parallel
- * region it runs on the calling thread), which changes who computes an
- * element, never how.
+ * many independent elements they carry in registers. Up to 8 rows (a
+ * decoding step) stream W in memory order instead, the loops swapped and
+ * each element's chain unchanged. Work is split among the calling thread's
+ * OpenMP threads by columns (inside a parallel region it runs on the
+ * calling thread), which changes who computes an element, never how.
  *
  * The cost against OpenBLAS is the fixed k order (no k-blocking for the
  * caches): bench/bench_step compares them. */

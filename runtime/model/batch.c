@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "compute/gemm_rows.h"
+#include "compute/qweights.h"
 #include "compute/ops.h"
 #include "core/host.h"
 #include "model/model_internal.h"
@@ -26,7 +27,14 @@ struct fs_batch {
     float *fch;            // (R, 4C)
     float *last;           // (S, C): final hidden state of each sequence asking for logits
     fs_attention_paged_seq *pseq; /* (max_rows) */
+    /* [generate] weights = bf16 | q8: compact copies of the projections
+     * (compute/qweights.h), NULL for f32 (the model's own weights) */
+    fs_qweight *w;         /* (n_w = L * W_PER_LAYER + 1): each layer's four, then the head */
+    size_t n_w;
+    void *w_work;
 };
+
+enum { W_QKV, W_ATTPROJ, W_FC, W_FCPROJ, W_PER_LAYER };
 
 int fs_model_layer_paged(const fs_model *m, size_t l) {
     const fs_attention_slot *a = &m->attn[l];
@@ -116,17 +124,50 @@ void fs_batch_destroy(fs_batch *b) {
     float *bufs[] = {b->x, b->x2, b->ln, b->qkv, b->q, b->k, b->v, b->y, b->proj, b->fch, b->last};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) fs_free(bufs[i]);
     free(b->pseq);
+    for (size_t i = 0; b->w && i < b->n_w; i++) fs_qweight_destroy(&b->w[i]);
+    free(b->w);
+    fs_free(b->w_work);
     free(b);
 }
 
 size_t fs_batch_max_rows(const fs_batch *b) { return b->max_rows; }
 
+int fs_batch_set_weights(fs_batch *b, const fs_model *m, int format, fs_error *err) {
+    if (format == FS_WEIGHTS_F32 || b->w) return FS_OK;
+    size_t C = m->cfg.n_embd, n = m->L * W_PER_LAYER + 1, work = 0;
+    if (!(b->w = calloc(n, sizeof *b->w))) return fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+    b->n_w = n;
+    for (size_t l = 0; l < m->L; l++) {
+        const fs_layer_params *p = &m->lp[l];
+        /* Conv1D (in, out): transposed sources */
+        const struct { const float *w; size_t in, out; } mat[W_PER_LAYER] = {
+            [W_QKV] = {p->qkvw, C, 3 * C}, [W_ATTPROJ] = {p->attprojw, C, C},
+            [W_FC] = {p->fcw, C, 4 * C}, [W_FCPROJ] = {p->fcprojw, 4 * C, C}};
+        for (size_t k = 0; k < W_PER_LAYER; k++) {
+            int rc = fs_qweight_create(&b->w[l * W_PER_LAYER + k], (fs_wformat)format, mat[k].w, mat[k].out, 1,
+                                       mat[k].out, mat[k].in, err);
+            if (rc) return rc;
+            size_t need = fs_qweight_work_bytes((fs_wformat)format, b->max_rows, mat[k].in);
+            work = need > work ? need : work;
+        }
+    }
+    int rc = fs_qweight_create(&b->w[n - 1], (fs_wformat)format, m->head, C, 0, m->cfg.vocab, C, err);
+    if (rc) return rc;
+    size_t need = fs_qweight_work_bytes((fs_wformat)format, b->max_logits, C);
+    b->w_work = fs_alloc((need > work ? need : work) + 64);
+    return b->w_work ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+}
+
 /* ---- row-wise kernels: a row's numbers never depend on the others ---- */
 
 /* The one place the step multiplies by a weight: y (n, out) = x (n, in) W
  * + bias, W in Conv1D's (in, out) layout, each element in a fixed order. */
-static void project(float *y, const float *x, const float *w, const float *bias, size_t n, size_t in, size_t out) {
-    fs_gemm_rows_nn(y, out, x, in, w, out, bias, n, out, in);
+static void project(const fs_batch *b, size_t widx, float *y, const float *x, const float *w, const float *bias,
+                    size_t n, size_t in, size_t out) {
+    if (b->w) /* a row's products in a copy depend on that row only too (qweights.h) */
+        fs_qweight_matvec(&b->w[widx], y, x, bias, n, b->w_work, omp_in_parallel() ? 1 : omp_get_max_threads());
+    else
+        fs_gemm_rows_nn(y, out, x, in, w, out, bias, n, out, in);
 }
 
 static float sum_lanes(const float *x, size_t C) {
@@ -245,7 +286,7 @@ static int attention_rows(fs_batch *b, const fs_model *m, size_t l, fs_kv_pool *
     const fs_layer_params *p = &m->lp[l];
     size_t C = m->cfg.n_embd;
     layernorm_rows(b->ln, in, p->ln1w, p->ln1b, rows, C);
-    project(b->qkv, b->ln, p->qkvw, p->qkvb, rows, C, 3 * C);
+    project(b, l * W_PER_LAYER + W_QKV, b->qkv, b->ln, p->qkvw, p->qkvb, rows, C, 3 * C);
     for (size_t r = 0; r < rows; r++) { /* (H, D) per token is the qkv row's own order */
         memcpy(b->q + r * C, b->qkv + r * 3 * C, C * sizeof(float));
         memcpy(b->k + r * C, b->qkv + r * 3 * C + C, C * sizeof(float));
@@ -254,7 +295,7 @@ static int attention_rows(fs_batch *b, const fs_model *m, size_t l, fs_kv_pool *
     int rc = fs_model_layer_paged(m, l) ? attend_paged(b, m, l, pool, seqs, n, rows, err)
                                         : attend_decode(b, m, l, seqs, n, err);
     if (rc) return rc;
-    project(b->proj, b->y, p->attprojw, p->attprojb, rows, C, C);
+    project(b, l * W_PER_LAYER + W_ATTPROJ, b->proj, b->y, p->attprojw, p->attprojb, rows, C, C);
     return FS_OK;
 }
 
@@ -263,9 +304,9 @@ static void mlp_rows(fs_batch *b, const fs_model *m, size_t l, size_t rows, cons
     const fs_layer_params *p = &m->lp[l];
     size_t C = m->cfg.n_embd;
     layernorm_rows(b->ln, in, p->ln2w, p->ln2b, rows, C);
-    project(b->fch, b->ln, p->fcw, p->fcb, rows, C, 4 * C);
+    project(b, l * W_PER_LAYER + W_FC, b->fch, b->ln, p->fcw, p->fcb, rows, C, 4 * C);
     gelu_rows(b->fch, rows, 4 * C);
-    project(b->proj, b->fch, p->fcprojw, p->fcprojb, rows, 4 * C, C);
+    project(b, l * W_PER_LAYER + W_FCPROJ, b->proj, b->fch, p->fcprojw, p->fcprojb, rows, 4 * C, C);
 }
 
 static int check_step(const fs_batch *b, const fs_model *m, const fs_batch_seq *seqs, size_t n, size_t *rows,
@@ -312,6 +353,10 @@ int fs_batch_run(fs_batch *b, const fs_model *m, fs_kv_pool *pool, const fs_batc
         for (size_t j = 0; j < C; j++) dst[j] = m->cfg.reversible ? 0.5f * (a[j] + c[j]) : a[j];
     }
     layernorm_rows(b->ln, b->last, m->lnfw, m->lnfb, n_logits, C);
-    fs_gemm_rows_nt(logits, m->cfg.vocab, b->ln, C, m->head, C, NULL, n_logits, m->cfg.vocab, C);
+    if (b->w)
+        fs_qweight_matvec(&b->w[b->n_w - 1], logits, b->ln, NULL, n_logits, b->w_work,
+                          omp_in_parallel() ? 1 : omp_get_max_threads());
+    else
+        fs_gemm_rows_nt(logits, m->cfg.vocab, b->ln, C, m->head, C, NULL, n_logits, m->cfg.vocab, C);
     return FS_OK;
 }

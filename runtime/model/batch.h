@@ -51,6 +51,14 @@ int fs_batch_create(fs_batch **out, const fs_model *m, size_t max_rows, size_t m
 void fs_batch_destroy(fs_batch *b); /* accepts NULL */
 size_t fs_batch_max_rows(const fs_batch *b);
 
+/* The projections and the head read in a compact format from now on
+ * ([generate] weights: FS_WEIGHTS_BF16 or FS_WEIGHTS_Q8, compute/qweights.h),
+ * through copies this batch owns; FS_WEIGHTS_F32 (the default) reads the
+ * model's weights through the fixed-order products. Rows stay independent
+ * of one another in every format; bf16's sums are split by the thread
+ * count, so its bits also depend on that count (fixed for an engine). */
+int fs_batch_set_weights(fs_batch *b, const fs_model *m, int format, fs_error *err);
+
 /* One step over the n sequences (rows in order); logits (n_logits, V) in
  * the order of the sequences that ask. pool may be NULL when no layer is
  * paged. Runs on the calling thread's OpenMP thread count. Changes nothing

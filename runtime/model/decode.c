@@ -123,6 +123,7 @@ int fs_seq_create(fs_seq **out, const fs_model *m, const fs_seq_config *cfg, fs_
     s->work = fs_alloc(2 * m->cfg.vocab * sizeof(float) + 16);
     if (!s->rows || !s->bseq || !s->rng || !s->work) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
     if (!rc) rc = fs_batch_create(&s->batch, m, s->B, s->B, err);
+    if (!rc) rc = fs_batch_set_weights(s->batch, m, cfg->weights, err);
     if (!rc) rc = make_pool(s, err);
     if (!rc) rc = make_rows(s, err);
     if (rc) {

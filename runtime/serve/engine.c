@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compute/qweights.h"
 #include "core/host.h"
 #include "core/threads.h"
 #include "serve/engine_internal.h"
@@ -32,6 +33,7 @@ void fs_engine_config_from(fs_engine_config *cfg, const fs_session *s) {
     cfg->prefix_sharing = fs_config_bool(c, "prefix_sharing");
     cfg->threads = (int)fs_config_int(s->run_cfg, "threads");
     cfg->scheduler = fs_config_string(c, "scheduler");
+    cfg->weights = fs_wformat_parse(fs_config_string(s->gen_cfg, "weights"));
 }
 
 /* ---- creation ---- */
@@ -179,6 +181,8 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
     if (!rc) rc = make_pool(e, err);
     if (!rc) rc = make_scheduler(e, err);
     if (!rc) rc = fs_batch_create(&e->batch, s->model, e->max_tokens_step, cfg->max_running, err);
+    if (!rc && FS_HAS_MEMBER(cfg, cfg->struct_size, fs_engine_config, weights))
+        rc = fs_batch_set_weights(e->batch, s->model, cfg->weights, err);
     if (rc) return rc;
     size_t V = fs_model_cfg(s->model)->vocab;
     e->logits = fs_alloc(cfg->max_running * V * sizeof(float));

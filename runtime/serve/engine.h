@@ -44,6 +44,7 @@ typedef struct fs_engine_config {
      * pools below a MiB (tests, tools); 0 = from kv_cache_mb / swap_mb. */
     size_t kv_blocks;
     size_t swap_blocks;
+    int weights;            /* FS_WEIGHTS_* ([generate] weights): the format the projections are read in */
 } fs_engine_config;
 
 /* Why a request ended. */
