@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 want_data=1
 [ "${1:-}" = "--no-data" ] && want_data=0
 
-packages=(build-essential cmake pkg-config libinih-dev libcmocka-dev libjansson-dev libopenblas-openmp-dev
+packages=(build-essential cmake pkg-config libinih-dev libcmocka-dev libjansson-dev libmicrohttpd-dev libopenblas-openmp-dev
           openmpi-bin libopenmpi-dev bible-kjv python3)
 missing=()
 for p in "${packages[@]}"; do

@@ -5,7 +5,8 @@
 #include <string.h>
 
 /* Each mode's run function, defined in the mode's own file. */
-fs_mode_fn fs_mode_train, fs_mode_distill, fs_mode_generate, fs_mode_eval, fs_mode_tokenize, fs_mode_train_tokenizer;
+fs_mode_fn fs_mode_train, fs_mode_distill, fs_mode_generate, fs_mode_eval, fs_mode_tokenize, fs_mode_train_tokenizer,
+    fs_mode_serve;
 
 const fs_mode fs_modes[] = {
     {"train", fs_mode_train, "train on [data] train; checkpoint and metrics in [run] out (the default)"},
@@ -14,6 +15,7 @@ const fs_mode fs_modes[] = {
     {"eval", fs_mode_eval, "mean loss of the checkpoint over [data] val"},
     {"tokenize", fs_mode_tokenize, "tokenize [data] train and val into their token caches; report tokens per byte"},
     {"train-tokenizer", fs_mode_train_tokenizer, "learn BPE merges on [data] train up to [model] vocab_size"},
+    {"serve", fs_mode_serve, "serve the checkpoint over an OpenAI-compatible HTTP API ([serve])"},
 };
 const size_t fs_n_modes = sizeof fs_modes / sizeof fs_modes[0];
 

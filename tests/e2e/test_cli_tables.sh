@@ -66,18 +66,22 @@ assert_err "plugin ABI 2.0 is newer"
 # ---- modes ----
 
 assert_exit 0 "$FSRUN" --help
-assert_contains "$(last_out)" "[--mode train|distill|generate|eval|tokenize|train-tokenizer]" "--help: the usage line names every mode"
-for m in train distill generate eval; do
+assert_contains "$(last_out)" "[--mode train|distill|generate|eval|tokenize|train-tokenizer|serve]" "--help: the usage line names every mode"
+for m in train distill generate eval serve; do
     assert_eq "$(grep -cE "^  $m +[a-z]" "$E2E_OUT" || true)" 1 "--help: mode $m with its line of help"
 done
 make_text val.txt 600 2
 write_graph g.ini
-assert_exit 2 "$FSRUN" g.ini --mode serve
+assert_exit 2 "$FSRUN" g.ini --mode server
 assert_one_error_line
-assert_err "--mode serve: must be one of train, distill, generate, eval"
-write_graph g.ini run.mode=serve
+assert_err "--mode server: must be one of train, distill, generate, eval, tokenize, train-tokenizer, serve"
+write_graph g.ini run.mode=server
 assert_exit 2 "$FSRUN" g.ini
-assert_err "g.ini:$(line_of g.ini '^mode = serve'): [run] mode = serve: must be one of: train, distill, generate, eval"
+assert_err "g.ini:$(line_of g.ini '^mode = server'): [run] mode = server: must be one of: train, distill, generate, eval, tokenize, train-tokenizer, serve"
+# [run] mode = serve dispatches too: without a checkpoint it fails before listening
+write_graph g.ini run.mode=serve serve.port=0
+assert_exit 1 "$FSRUN" g.ini
+assert_err "model.safetensors"
 # [run] mode dispatches: eval without a checkpoint fails in its own way
 write_graph g.ini run.mode=eval
 assert_exit 1 "$FSRUN" g.ini

@@ -55,14 +55,14 @@ static void test_rows_are_complete(void **state) {
 
 static void test_lookups(void **state) {
     (void)state;
-    const char *want[] = {"train", "distill", "generate", "eval", "tokenize", "train-tokenizer"};
-    for (size_t i = 0; i < 6; i++) assert_non_null(fs_mode_find(want[i]));
+    const char *want[] = {"train", "distill", "generate", "eval", "tokenize", "train-tokenizer", "serve"};
+    for (size_t i = 0; i < 7; i++) assert_non_null(fs_mode_find(want[i]));
     assert_null(fs_mode_find("Train"));
     assert_null(fs_mode_find(""));
-    assert_null(fs_mode_find("serve"));
+    assert_null(fs_mode_find("server"));
     char names[256];
     fs_mode_names(names, sizeof names, ", ");
-    assert_string_equal(names, "train, distill, generate, eval, tokenize, train-tokenizer");
+    assert_string_equal(names, "train, distill, generate, eval, tokenize, train-tokenizer, serve");
     fs_mode_names(names, 8, ", "); /* cut, still a string */
     assert_string_equal(names, "train, ");
 }
