@@ -4,8 +4,9 @@
  * time; a BPE token may end inside one), so the bytes go through the
  * incremental UTF-8 decoder (io/utf8.h): a split character waits for the
  * rest, ill-formed bytes become U+FFFD. The text is then searched for the
- * request's stop strings: the reply ends where the first one starts, and
- * the stop string is never part of it.
+ * request's stop strings after every token, as a server that stops at once
+ * must: at the first token that completes one, the reply ends where the
+ * earliest stop string in the text starts, and is never part of it.
  *
  * For a stream, fs_detok_take hands out only text that can no longer
  * change: never the bytes of an unfinished character, and never text that
