@@ -209,8 +209,9 @@ static int body_too_large(fs_http_call *c, size_t total, fs_openai_error *e) {
 }
 
 /* A refusal found in the headers is answered once the body is read (and
- * dropped), so the connection stays open for the next request; a body too
- * large is refused at once and the connection closed. */
+ * dropped), so the connection stays open for the next request; a body that
+ * Content-Length says is too large is refused at once (and the connection
+ * closed). */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     fs_http_server *srv = cls;
@@ -230,11 +231,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_size = 0;
         return MHD_YES;
     }
-    if (*upload_size) {
+    if (*upload_size) { /* a body too large (chunked: no Content-Length said so) is read and dropped, up to a bound */
         size_t n = *upload_size;
         *upload_size = 0;
         c->body_seen += n;
-        if (body_too_large(c, c->body_seen, &e)) return fs_http_respond_error(c, &e);
+        if (!c->refused && body_too_large(c, c->body_seen, &c->refusal)) c->refused = 1;
+        if (c->body_seen > 16 * srv->cfg.max_body_bytes + ((size_t)1 << 20))
+            return fs_http_respond_error(c, &c->refusal);
         if (!c->refused) fs_buf_add(&c->body, upload, n);
         return MHD_YES;
     }
