@@ -4,7 +4,8 @@
  *
  * Signals: SIGTERM and SIGINT stop accepting (new requests get 503), let
  * the requests in flight finish for up to [serve] shutdown_grace_s (the
- * engine ends the rest), write out what they produced, and exit 0. SIGHUP
+ * engine ends the rest), write out what they produced, and exit 0 (more
+ * SIGTERMs or SIGINTs meanwhile change nothing). SIGHUP
  * reloads the checkpoint (a server can follow a run that is still
  * training). The handlers only write the signal's number to a pipe the main
  * thread waits on, so any thread (OpenMP's, the engine's, libmicrohttpd's)
@@ -56,8 +57,15 @@ static int signals_catch(signal_state *st, fs_error *err) {
     return FS_OK;
 }
 
+/* SIGHUP and SIGPIPE as they were; SIGTERM and SIGINT ignored from now on,
+ * so a second one while the process ends does not kill it (its exit status
+ * stays 0). */
 static void signals_restore(signal_state *st) {
-    for (size_t i = 0; i < N_WATCHED; i++) sigaction(WATCHED[i], &st->old[i], NULL);
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGTERM, &ign, NULL);
+    sigaction(SIGINT, &ign, NULL);
+    sigaction(SIGHUP, &st->old[2], NULL);
     sigaction(SIGPIPE, &st->old_pipe, NULL);
     close(g_signal_pipe[0]);
     close(g_signal_pipe[1]);
@@ -136,8 +144,8 @@ static void print_summary(fs_http_server *srv, fs_engine *e, int sig, size_t lef
 /* Stops accepting, lets the engine drain, then waits for the answers to
  * be written (a few seconds at most: a client that reads nothing is cut). */
 static size_t shut_down(fs_http_server *srv, fs_engine *e, double grace_s) {
-    fs_log(FS_LOG_INFO, "serve", "stopping: new requests get 503; up to %g s for those in flight", grace_s);
     fs_http_server_drain(srv);
+    fs_log(FS_LOG_INFO, "serve", "stopping: new requests get 503; up to %g s for those in flight", grace_s);
     fs_engine_drain(e, grace_s);
     return fs_http_server_wait_idle(srv, 5.0);
 }

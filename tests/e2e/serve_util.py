@@ -75,8 +75,9 @@ class Server:
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=120):
-        """Sends sig; returns the exit status (None when it had to be killed)."""
-        if self.proc.poll() is None:
+        """Sends sig (None: it was sent already); returns the exit status
+        (None when it had to be killed)."""
+        if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=timeout)
