@@ -121,7 +121,7 @@ static const fs_param_spec run_keys[] = {
      "mpirun at most the cores / the ranks on this machine); BLAS uses the same cores"},
     /* the names of modes/modes.c's table, in its order (core does not
      * reach up into modes; tests/unit/test_modes.c holds them equal) */
-    {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval|tokenize|train-tokenizer",
+    {"mode", FS_PARAM_ENUM, "train", 0, 0, "train|distill|generate|eval|tokenize|train-tokenizer|serve",
      "what to do (--mode overrides)"},
     {"overwrite", FS_PARAM_BOOL, "false", 0, 0, NULL,
      "let a fresh run replace the checkpoint of another run in [run] out (and train-tokenizer an existing file)"},

@@ -96,10 +96,13 @@ int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size
         const fs_attention_vtable *vt = fs_model_attention(m, l, &self);
         p->layer_bytes[l] = (vt->paged_block_bytes(self, kv_block) + 63) & ~(size_t)63;
         p->block_bytes += p->layer_bytes[l];
-        /* not written here: a large pool's pages are mapped as blocks are
-         * first used, so it costs what it holds (plugins read only the
-         * entries they wrote) */
+        /* written once here, as vLLM and llama.cpp take their caches whole
+         * at start: the pool's memory is claimed when the server starts (a
+         * machine without it fails now, not under load), and the process's
+         * RSS stays flat afterwards, whichever blocks the LRU order hands
+         * out (it walks the whole pool before reusing a released block) */
         ok = (p->layer[l] = fs_alloc(n_blocks * p->layer_bytes[l])) != NULL;
+        if (ok) memset(p->layer[l], 0, n_blocks * p->layer_bytes[l]);
     }
     if (ok && n_swap) ok = (p->swap = fs_alloc(n_swap * p->block_bytes)) != NULL;
     if (!ok) {
