@@ -141,21 +141,9 @@ static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
     if (m - r == 1) nt_rows(j, r, 1, 8, o0, o1);
 }
 #else
-static void nn_block(const gemm_job *j, size_t o0, size_t o1) {
-    /* row by row, every element's chain advanced together: the order of
-     * each element's sum is still i = 0..k-1 */
-    for (size_t r = 0; r < j->m; r++) {
-        float *c = j->c + r * j->ldc;
-        const float *a = j->a + r * j->lda;
-        for (size_t o = o0; o < o1; o++) c[o] = 0.0f;
-        for (size_t i = 0; i < j->k; i++) {
-            const float *b = j->b + i * j->ldb;
-            for (size_t o = o0; o < o1; o++) c[o] = fmaf(a[i], b[o], c[o]);
-        }
-        if (j->bias)
-            for (size_t o = o0; o < o1; o++) c[o] += j->bias[o];
-    }
-}
+/* without AVX2 (the sanitizer build): the definition itself, element by
+ * element (many rows; few rows stream, as above) */
+static void nn_block(const gemm_job *j, size_t o0, size_t o1) { nn_scalar(j, 0, j->m, o0, o1); }
 
 static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
     for (size_t r = 0; r < j->m; r++)
