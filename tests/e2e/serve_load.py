@@ -117,8 +117,10 @@ def check_cancel(srv, rate):
 
 
 def check_queue_full(rate):
-    srv = Server("l.ini", "serve.max_running=1", "serve.max_queue=1", "serve.max_tokens_limit=10000000",
-                 log="server_q")
+    # fcfs: the second request waits behind the first (mlfq would let it
+    # preempt the first once that one is demoted, leaving the queue empty)
+    srv = Server("l.ini", "serve.scheduler=fcfs", "serve.max_running=1", "serve.max_queue=1",
+                 "serve.max_tokens_limit=10000000", log="server_q")
     try:
         n = int(max(rate, 100) * 30)
         a = open_stream(srv, n)
