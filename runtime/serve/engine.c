@@ -277,6 +277,7 @@ void eng_publish_stats(fs_engine *e) {
     st.prefix_lookups = c->prefix_lookups;
     st.tokens_in = c->tokens_in;
     st.tokens_out = c->tokens_out;
+    st.prompt_computed = c->prompt_computed;
     st.preemptions = c->preemptions;
     st.swaps_out = c->swaps_out;
     st.swaps_in = c->swaps_in;

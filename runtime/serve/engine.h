@@ -147,6 +147,7 @@ typedef struct fs_engine_stats {
     uint64_t finished[6];                   /* by fs_finish_reason */
     uint64_t iterations;
     fs_engine_histogram ttft, itl, e2e, iteration;
+    uint64_t prompt_computed;               /* prompt tokens run through the model (not found shared) */
 } fs_engine_stats;
 
 void fs_engine_stats_get(fs_engine *e, fs_engine_stats *st);

@@ -68,6 +68,7 @@ typedef struct eng_outcome {
 
 typedef struct engine_counters {
     uint64_t prefix_hits, prefix_lookups, tokens_in, tokens_out, preemptions, swaps_out, swaps_in, recomputes;
+    uint64_t prompt_computed;
     uint64_t finished[6], iterations;
     fs_engine_histogram ttft, itl, e2e, iteration;
 } engine_counters;

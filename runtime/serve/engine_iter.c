@@ -194,7 +194,13 @@ static int step_generation(fs_engine *e, weights_gen *w, const size_t *idx, size
                                     .n_blocks = eng_blocks_for(e, s->computed + t),
                                     .logits = s->computed + t == s->n_tokens};
     }
-    return fs_batch_run(e->batch, w->model, e->pool, e->bseq, n, logits, err);
+    int rc = fs_batch_run(e->batch, w->model, e->pool, e->bseq, n, logits, err);
+    for (size_t j = 0; !rc && j < n; j++) /* the prompt's positions among the rows just run */
+        if (e->bseq[j].start < e->ran[idx[j]]->n_prompt) {
+            size_t end = e->bseq[j].start + e->bseq[j].n_new, np = e->ran[idx[j]]->n_prompt;
+            e->c.prompt_computed += (end < np ? end : np) - e->bseq[j].start;
+        }
+    return rc;
 }
 
 /* ---- 5. tokens and events ---- */

@@ -363,11 +363,32 @@ def check_utf8():
         ck.eq(srv.stop(), 0, "SIGTERM: the second server exits 0")
 
 
+def check_prefix_cache(srv, cl):
+    """A prompt sent twice: the second finds its two full blocks (kv_block =
+    16 byte tokens) in the prefix cache and computes only the 8 tokens past
+    them, with the same greedy text as --mode generate."""
+    prompt = "Prefix sharing: forty bytes of a prompt."
+    assert len(prompt) == 40
+    want = ref_text("g.ini", prompt, 8)
+    got, computed, hits = [], [], []
+    for _ in range(2):
+        m0 = srv.metrics()
+        r = cl.completions.create(model="g", prompt=prompt, max_tokens=8, temperature=0)
+        m1 = srv.metrics()
+        got.append(r.choices[0].text)
+        computed.append(m1["fastserve_prompt_tokens_computed_total"] - m0["fastserve_prompt_tokens_computed_total"])
+        hits.append(m1["fastserve_prefix_cache_hits_total"] - m0["fastserve_prefix_cache_hits_total"])
+    ck.eq(got, [want, want], "a prompt sent twice: both answers equal --mode generate")
+    ck.eq(computed, [40, 8], "prefix cache: the second computes only the 8 tokens past its 2 cached blocks")
+    ck.eq(hits, [0, 2], "prefix cache: 2 hits the second time")
+
+
 def main():
     srv = Server("g.ini", "serve.api_key=" + KEY, "serve.max_body_kb=1", "serve.max_tokens_limit=100")
     try:
         cl = client(srv)
         check_completions(srv, cl)
+        check_prefix_cache(srv, cl)
         check_stops(srv, cl)
         check_logprobs(srv, cl)
         check_chat(srv, cl)
