@@ -56,7 +56,8 @@ size_t fs_batch_max_rows(const fs_batch *b);
  * through copies this batch owns; FS_WEIGHTS_F32 (the default) reads the
  * model's weights through the fixed-order products. Rows stay independent
  * of one another in every format; bf16's sums are split by the thread
- * count, so its bits also depend on that count (fixed for an engine). */
+ * count, so its bits also depend on that count (an engine with [run]
+ * threads = 0 changes it with the load). */
 int fs_batch_set_weights(fs_batch *b, const fs_model *m, int format, fs_error *err);
 
 /* One step over the n sequences (rows in order); logits (n_logits, V) in

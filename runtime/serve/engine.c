@@ -170,6 +170,7 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
         return fs_error_set(err, FS_ERR_INVALID, "[serve] kv_block, prefill_chunk and max_running must be >= 1");
     e->max_tokens_step = cfg->max_batch_tokens ? cfg->max_batch_tokens : cfg->prefill_chunk + cfg->max_running;
     e->threads = cfg->threads > 0 ? cfg->threads : fs_threads_get();
+    e->adaptive = cfg->threads <= 0;
     for (size_t i = 0; i < FS_ENGINE_HIST_BUCKETS; i++)
         e->c.ttft.le[i] = e->c.itl.le[i] = e->c.e2e.le[i] = e->c.iteration.le[i] = HIST_LE[i];
     pthread_mutex_init(&e->mu, NULL);
@@ -300,6 +301,9 @@ void eng_publish_stats(fs_engine *e) {
 static void run_loop(fs_engine *e, int until_idle) {
     for (;;) {
         eng_take_inbox(e);
+        /* under load the free cores change: every product of the step is
+         * split by columns or rows whatever the count, so the bits do not */
+        if (e->adaptive) omp_set_num_threads(e->threads = fs_threads_adapt());
         int idle = 0;
         fs_error err = {0};
         if (eng_iteration(e, &idle, &err)) fs_log(FS_LOG_ERROR, "serve", "%s", err.message);

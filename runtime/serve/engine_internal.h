@@ -79,6 +79,7 @@ struct fs_engine {
     size_t max_tokens_step; /* [serve] max_batch_tokens, or prefill_chunk + max_running */
     int inline_mode;
     int threads;
+    int adaptive;          /* [run] threads = 0: the count is looked at again each iteration (core/threads.h) */
 
     /* ---- shared with other threads, under mu ---- */
     pthread_mutex_t mu;
