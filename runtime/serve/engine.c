@@ -232,9 +232,9 @@ void eng_take_inbox(fs_engine *e) {
     size_t room = eng_grow(e, e->n_live + n) ? e->cap_live_arrays - e->n_live : n;
     for (size_t c = 0; c < e->n_cancels; c++) {
         for (size_t i = 0; i < e->n_live; i++)
-            if (e->live[i]->id == e->cancels[c]) e->live[i]->cancel = 1;
+            if (e->live[i]->id == e->cancels[c]) e->live[i]->cancel = (int)e->cancel_why[c];
         for (size_t i = 0; i < n; i++)
-            if (in[i]->id == e->cancels[c]) in[i]->cancel = 1;
+            if (in[i]->id == e->cancels[c]) in[i]->cancel = (int)e->cancel_why[c];
     }
     e->n_cancels = 0;
     weights_gen *w = e->reload;
@@ -421,6 +421,7 @@ void fs_engine_destroy(fs_engine *e) {
     free(e->keep);
     free(e->inbox);
     free(e->cancels);
+    free(e->cancel_why);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->quiet);
@@ -504,14 +505,22 @@ int fs_engine_submit(fs_engine *e, const fs_request_params *p, fs_request_sink s
     return rc;
 }
 
-void fs_engine_cancel(fs_engine *e, uint64_t id) {
+void fs_engine_cancel(fs_engine *e, uint64_t id) { fs_engine_end(e, id, FS_FINISH_CANCELLED); }
+
+void fs_engine_end(fs_engine *e, uint64_t id, fs_finish_reason why) {
+    if (why != FS_FINISH_STOP) why = FS_FINISH_CANCELLED;
     pthread_mutex_lock(&e->mu);
     if (e->n_cancels == e->cap_cancels) {
         size_t cap = e->cap_cancels ? 2 * e->cap_cancels : 16;
         uint64_t *c = realloc(e->cancels, cap * sizeof *c);
-        if (c) e->cancels = c, e->cap_cancels = cap;
+        if (c) e->cancels = c;
+        fs_finish_reason *w = c ? realloc(e->cancel_why, cap * sizeof *w) : NULL;
+        if (w) e->cancel_why = w, e->cap_cancels = cap;
     }
-    if (e->n_cancels < e->cap_cancels) e->cancels[e->n_cancels++] = id;
+    if (e->n_cancels < e->cap_cancels) {
+        e->cancel_why[e->n_cancels] = why;
+        e->cancels[e->n_cancels++] = id;
+    }
     pthread_cond_broadcast(&e->wake);
     pthread_mutex_unlock(&e->mu);
 }

@@ -15,7 +15,7 @@
  *
  * Tokens only: text (tokenising prompts, detokenising, UTF-8 assembly,
  * stop strings, chat templates) is the front end's. A front end that finds
- * a stop string cancels the request. */
+ * a stop string ends the request with fs_engine_end(..., FS_FINISH_STOP). */
 #ifndef FS_SERVE_ENGINE_H
 #define FS_SERVE_ENGINE_H
 
@@ -52,7 +52,7 @@ typedef enum fs_finish_reason {
     FS_FINISH_NONE = 0,      /* not finished (a token event) */
     FS_FINISH_LENGTH = 1,    /* max_tokens reached, or the context of an unbounded cache */
     FS_FINISH_STOP = 2,      /* the end-of-text token */
-    FS_FINISH_CANCELLED = 3, /* fs_engine_cancel (client gone, stop string, timeout) */
+    FS_FINISH_CANCELLED = 3, /* fs_engine_cancel (client gone, timeout) */
     FS_FINISH_ERROR = 4,     /* the engine failed the request: message in the event */
     FS_FINISH_SHUTDOWN = 5,  /* the grace period of fs_engine_drain ran out */
 } fs_finish_reason;
@@ -114,6 +114,10 @@ int fs_engine_submit(fs_engine *e, const fs_request_params *p, fs_request_sink s
  * pool and its sink gets a final FS_FINISH_CANCELLED event. Unknown or
  * finished ids are ignored. */
 void fs_engine_cancel(fs_engine *e, uint64_t id);
+/* The same, ending it with `why`: FS_FINISH_STOP for a stop string the
+ * front end found (counted as a stop, not a cancellation); any other reason
+ * is FS_FINISH_CANCELLED. */
+void fs_engine_end(fs_engine *e, uint64_t id, fs_finish_reason why);
 
 /* Stops accepting, lets running and queued requests finish for up to
  * grace_s seconds, then ends the rest with FS_FINISH_SHUTDOWN. Returns when

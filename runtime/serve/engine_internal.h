@@ -55,7 +55,7 @@ typedef struct eseq {
     weights_gen *w;        /* bound at its first step */
     fs_sched_seq view;     /* what the scheduler sees */
     int started;           /* counted out of the waiting queue */
-    int cancel;            /* fs_engine_cancel or its timeout: ends at the next iteration */
+    int cancel;            /* 0, or the fs_finish_reason it ends with at the next iteration (fs_engine_end) */
     double t_submit, t_last_token;
 } eseq;
 
@@ -88,6 +88,7 @@ struct fs_engine {
     eseq **inbox;
     size_t n_inbox, cap_inbox;
     uint64_t *cancels;
+    fs_finish_reason *cancel_why; /* (cap_cancels) beside cancels */
     size_t n_cancels, cap_cancels;
     weights_gen *reload;  /* to be swapped in at the next iteration */
     uint64_t reloads_done;

@@ -77,7 +77,8 @@ static void end_cancelled(fs_engine *e, double now) {
         eseq *s = e->live[i];
         int late = s->p.timeout_s > 0 && now - s->t_submit > s->p.timeout_s;
         if (shutdown) eng_finish(e, s, FS_FINISH_SHUTDOWN, NULL);
-        else if (s->cancel || late) eng_finish(e, s, FS_FINISH_CANCELLED, NULL);
+        else if (s->cancel) eng_finish(e, s, (fs_finish_reason)s->cancel, NULL);
+        else if (late) eng_finish(e, s, FS_FINISH_CANCELLED, NULL);
         else if (s->p.max_tokens == 0) eng_finish(e, s, FS_FINISH_LENGTH, NULL);
     }
 }

@@ -80,7 +80,7 @@ static void add_token(fs_http_call *c, const fs_request_event *ev) {
     if (c->req.logprobs && !keep_token(c, ev, offset, start)) c->lost_events = 1;
     if (hit) {
         c->stop_hit = 1;
-        fs_engine_cancel(c->srv->engine, c->id);
+        fs_engine_end(c->srv->engine, c->id, FS_FINISH_STOP);
     }
 }
 

@@ -71,6 +71,8 @@ def check_stops(srv, cl):
     if not ck.ok(len(stop) == 3, "the reference is long enough to take a stop string from", want):
         return
     text, _ = cut_at(want, [stop])
+    key = 'fastserve_requests_finished_total{reason="%s"}'
+    before = srv.metrics()
     for stream in (False, True):
         if stream:
             chunks = list(cl.completions.create(model="g", prompt="The ", max_tokens=60, temperature=0, stop=stop,
@@ -82,6 +84,10 @@ def check_stops(srv, cl):
             got, reason = r.choices[0].text, r.choices[0].finish_reason
         ck.eq(got, text, "stop %r%s: the text ends before it" % (stop, " (streamed)" if stream else ""))
         ck.eq(reason, "stop", "finish_reason stop")
+    srv.wait_metric(key % "stop", lambda v: v == before[key % "stop"] + 2)  # the engine ends them next iteration
+    after = srv.metrics()
+    ck.eq([after[key % r] - before[key % r] for r in ("stop", "cancelled")], [2, 0],
+          "/metrics counts the two replies a stop string ended as stop, not cancelled")
     stops = [want[30:33], want[20:22] + "\x01"]  # the second never matches but shares a prefix
     text, _ = cut_at(want, stops)
     r = cl.completions.create(model="g", prompt="The ", max_tokens=60, temperature=0, stop=stops)
