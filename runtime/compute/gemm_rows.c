@@ -57,49 +57,81 @@ static void nn_scalar(const gemm_job *j, size_t r0, size_t r1, size_t o0, size_t
 #if FS_ROWS_AVX2
 /* ---- AVX2 tiles: R rows x V vectors of 8 columns (nn), R rows x O outputs (nt) ---- */
 
-static inline __attribute__((always_inline)) void nn_tile(const gemm_job *j, size_t r0, size_t o0, size_t R,
-                                                          size_t V) {
+/* W's rows [k0, k1) over one panel's columns [o0, o0 + w), copied side by
+ * side (row i at (i - k0) * w): a tile then reads its weights from one
+ * contiguous block in L1/L2 instead of one cache line every ldb floats
+ * (4 KiB apart for 1024 columns: every line in the same L1 set). Copying
+ * changes no value, and an element's chain pauses in C between k blocks (a
+ * float stored and reloaded exactly): the same fma chain, the same bits. */
+#define KBLOCK 256
+typedef struct nn_panel {
+    const float *w; /* (k1 - k0, width) */
+    size_t width, o0, k0, k1;
+} nn_panel;
+
+static _Thread_local float nn_packed[KBLOCK * PANEL] __attribute__((aligned(64)));
+
+static inline __attribute__((always_inline)) void nn_tile(const gemm_job *j, const nn_panel *p, size_t r0,
+                                                          size_t o, size_t R, size_t V) {
     __m256 acc[6][8];
+    float *c = j->c + r0 * j->ldc + o;
     for (size_t r = 0; r < R; r++)
-        for (size_t v = 0; v < V; v++) acc[r][v] = _mm256_setzero_ps();
-    const float *a = j->a + r0 * j->lda, *b = j->b + o0;
-    for (size_t i = 0; i < j->k; i++) {
-        __m256 w[8];
-        for (size_t v = 0; v < V; v++) w[v] = _mm256_loadu_ps(b + i * j->ldb + 8 * v);
+        for (size_t v = 0; v < V; v++)
+            acc[r][v] = p->k0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * j->ldc + 8 * v);
+    const float *a = j->a + r0 * j->lda, *w = p->w + (o - p->o0);
+    for (size_t i = p->k0; i < p->k1; i++, w += p->width) {
+        __m256 wv[8];
+        for (size_t v = 0; v < V; v++) wv[v] = _mm256_load_ps(w + 8 * v);
         for (size_t r = 0; r < R; r++) {
             __m256 x = _mm256_broadcast_ss(a + r * j->lda + i);
-            for (size_t v = 0; v < V; v++) acc[r][v] = _mm256_fmadd_ps(x, w[v], acc[r][v]);
+            for (size_t v = 0; v < V; v++) acc[r][v] = _mm256_fmadd_ps(x, wv[v], acc[r][v]);
         }
     }
+    int last = p->k1 == j->k;
     for (size_t r = 0; r < R; r++)
         for (size_t v = 0; v < V; v++) {
             __m256 y = acc[r][v];
-            if (j->bias) y = _mm256_add_ps(y, _mm256_loadu_ps(j->bias + o0 + 8 * v));
-            _mm256_storeu_ps(j->c + (r0 + r) * j->ldc + o0 + 8 * v, y);
+            if (last && j->bias) y = _mm256_add_ps(y, _mm256_loadu_ps(j->bias + o + 8 * v));
+            _mm256_storeu_ps(c + r * j->ldc + 8 * v, y);
         }
 }
 
-/* Rows [r0, r0 + R) over columns [o0, o1): as many 8 V-wide tiles as fit,
- * narrower ones after, the last n % 8 columns element by element. */
-static inline __attribute__((always_inline)) void nn_rows(const gemm_job *j, size_t r0, size_t R, size_t V,
-                                                          size_t o0, size_t o1) {
-    size_t o = o0;
-    for (; o + 8 * V <= o1; o += 8 * V) nn_tile(j, r0, o, R, V);
-    for (; o + 8 <= o1; o += 8) nn_tile(j, r0, o, R, 1);
-    if (o < o1) nn_scalar(j, r0, r0 + R, o, o1);
+/* Rows [r0, r0 + R) over the panel's vector columns: as many 8 V-wide
+ * tiles as fit, 8-wide ones after. */
+static inline __attribute__((always_inline)) void nn_rows(const gemm_job *j, const nn_panel *p, size_t r0, size_t R,
+                                                          size_t V) {
+    size_t o = p->o0, o1 = p->o0 + p->width;
+    for (; o + 8 * V <= o1; o += 8 * V) nn_tile(j, p, r0, o, R, V);
+    for (; o + 8 <= o1; o += 8) nn_tile(j, p, r0, o, R, 1);
 }
 
-static void nn_block(const gemm_job *j, size_t o0, size_t o1) {
+static void nn_panel_rows(const gemm_job *j, const nn_panel *p) {
     size_t r = 0, m = j->m;
-    for (; r + 6 <= m; r += 6) nn_rows(j, r, 6, 2, o0, o1);
+    for (; r + 6 <= m; r += 6) nn_rows(j, p, r, 6, 2);
     switch (m - r) {
-    case 5: nn_rows(j, r, 5, 2, o0, o1); break;
-    case 4: nn_rows(j, r, 4, 3, o0, o1); break;
-    case 3: nn_rows(j, r, 3, 3, o0, o1); break;
-    case 2: nn_rows(j, r, 2, 4, o0, o1); break;
-    case 1: nn_rows(j, r, 1, 8, o0, o1); break;
+    case 5: nn_rows(j, p, r, 5, 2); break;
+    case 4: nn_rows(j, p, r, 4, 3); break;
+    case 3: nn_rows(j, p, r, 3, 3); break;
+    case 2: nn_rows(j, p, r, 2, 4); break;
+    case 1: nn_rows(j, p, r, 1, 8); break;
     default: break;
     }
+}
+
+/* Columns [o0, o1) (at most PANEL): the columns in whole vectors by packed
+ * k blocks, the last (o1 - o0) % 8 element by element. */
+static void nn_block(const gemm_job *j, size_t o0, size_t o1) {
+    size_t w8 = (o1 - o0) - (o1 - o0) % 8;
+    if (j->k == 0 || w8 == 0) {
+        nn_scalar(j, 0, j->m, o0, o1);
+        return;
+    }
+    for (size_t k0 = 0; k0 < j->k; k0 += KBLOCK) {
+        nn_panel p = {nn_packed, w8, o0, k0, k0 + KBLOCK < j->k ? k0 + KBLOCK : j->k};
+        for (size_t i = p.k0; i < p.k1; i++) memcpy(nn_packed + (i - k0) * w8, j->b + i * j->ldb + o0, w8 * sizeof(float));
+        nn_panel_rows(j, &p);
+    }
+    if (o0 + w8 < o1) nn_scalar(j, 0, j->m, o0 + w8, o1);
 }
 
 static inline __attribute__((always_inline)) void nt_tile(const gemm_job *j, size_t r0, size_t o0, size_t R,
@@ -164,8 +196,8 @@ static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
  * multiply-add per row: the loops are swapped, not the arithmetic, so each
  * element is the same fma chain from 0 in the same order (gemm_rows.h) and
  * the bits equal the tiles'. The outputs being accumulated stay in L1. */
-#define STREAM_ROWS 8
-#define STREAM_COLS 1024 /* columns per pass: up to 8 rows of them (32 KiB) stay in L1 */
+#define STREAM_ROWS 4
+#define STREAM_COLS 1024 /* columns per pass: up to 4 rows of them (16 KiB) stay in L1 */
 
 static void nn_stream_range(const gemm_job *j, size_t o0, size_t o1) {
     for (size_t r = 0; r < j->m; r++) memset(j->c + r * j->ldc + o0, 0, (o1 - o0) * sizeof(float));

@@ -14,18 +14,17 @@
  *
  * Fused multiply-adds round once, so the AVX2 tiles, the scalar edges and
  * the portable fallback (fmaf) give the same bits; tiles differ only in how
- * many independent elements they carry in registers. Up to 8 rows (a
- * decoding step) stream W in memory order instead, the loops swapped and
+ * many independent elements they carry in registers; they read W from
+ * packed copies of k blocks of a column panel (an element's chain pauses
+ * in memory between blocks, exactly). Up to 4 rows (a decoding step)
+ * stream W in memory order instead, the loops swapped and
  * each element's chain unchanged. Work is split among the calling thread's
  * OpenMP threads by columns (inside a parallel region it runs on the
  * calling thread), which changes who computes an element, never how.
  *
- * bench/bench_step compares them with OpenBLAS: 3x faster for one row,
- * 1.5-3x slower for 8-256 rows, where BLAS packs its operands and blocks
- * k. Blocking k is open to these kernels too (an element's chain can pause
- * in memory between k blocks, a float stored and reloaded exactly), and
- * packing W into panels changes no value: that is the way to close the
- * gap without giving up the fixed order. */
+ * bench/bench_step compares them with OpenBLAS at one thread: 3x faster
+ * for one row, within 0.8-1.4x of it for 32-256 rows since the packing
+ * (1.3-1.6x slower before), 1.1-2x slower for 8 rows. */
 #ifndef FS_GEMM_ROWS_H
 #define FS_GEMM_ROWS_H
 
