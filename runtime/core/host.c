@@ -89,23 +89,71 @@ static void api_log(const fs_plugin_ctx *ctx, int level, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* The device backend (fs_host_set_backend): process-wide, like the device. */
+static struct {
+    const fs_backend_vtable *vt;
+    void *self;
+    int32_t index, compute;
+} g_device;
+
+void fs_host_set_backend(const fs_backend_vtable *vt, void *self, int32_t index, int32_t compute) {
+    g_device.vt = vt;
+    g_device.self = vt ? self : NULL;
+    g_device.index = index;
+    g_device.compute = compute;
+}
+
+/* The backend for tensors on `dev`, or NULL (the CPU, or no backend there). */
+static const fs_backend_vtable *device_backend(fs_device dev) {
+    if (dev.type == FS_DEVICE_CPU || !g_device.vt) return NULL;
+    if (g_device.vt->device_type != dev.type || g_device.index != dev.index) return NULL;
+    return g_device.vt;
+}
+
 static void *api_alloc(fs_device dev, size_t bytes) {
-    if (dev.type != FS_DEVICE_CPU) return NULL;
-    return fs_calloc(bytes);
+    if (dev.type == FS_DEVICE_CPU) return fs_calloc(bytes);
+    const fs_backend_vtable *vt = device_backend(dev);
+    void *p = NULL;
+    fs_error err = {0};
+    if (!vt || vt->alloc(g_device.self, &p, bytes, FS_MEM_DEVICE, &err)) return NULL;
+    /* zero-filled like host memory: queued before anything that uses it */
+    if (vt->memset(g_device.self, NULL, p, 0, bytes, &err)) {
+        vt->free(g_device.self, p, FS_MEM_DEVICE);
+        return NULL;
+    }
+    return p;
 }
 
 static void api_free(fs_device dev, void *p) {
-    (void)dev;
-    fs_free(p);
+    if (dev.type == FS_DEVICE_CPU) {
+        fs_free(p);
+        return;
+    }
+    const fs_backend_vtable *vt = device_backend(dev);
+    if (vt && p) vt->free(g_device.self, p, FS_MEM_DEVICE);
+}
+
+static void *api_device_stream(fs_device dev) {
+    const fs_backend_vtable *vt = device_backend(dev);
+    return vt ? (void *)vt->default_stream(g_device.self) : NULL;
 }
 
 static int api_n_threads(void) { return fs_threads_get(); }
 
 static int api_sgemm(fs_device dev, int ta, int tb, size_t m, size_t n, size_t k, float alpha, const float *a,
                      size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc) {
-    if (dev.type != FS_DEVICE_CPU) return FS_ERR_UNSUPPORTED;
-    fs_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return FS_OK;
+    if (dev.type == FS_DEVICE_CPU) {
+        fs_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return FS_OK;
+    }
+    const fs_backend_vtable *vt = device_backend(dev);
+    if (!vt) return FS_ERR_UNSUPPORTED;
+    fs_gemm_args g = {.struct_size = sizeof g, .c = c, .a = a, .b = b, .c_dtype = FS_DTYPE_F32,
+                      .ab_dtype = FS_DTYPE_F32, .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k,
+                      .lda = lda, .ldb = ldb, .ldc = ldc, .batch = 1, .alpha = alpha, .beta = beta,
+                      .compute = g_device.compute};
+    fs_error err = {0};
+    return vt->gemm(g_device.self, NULL, &g, &err);
 }
 
 static int api_sgemm_rows(fs_device dev, int tb, size_t m, size_t n, size_t k, const float *a, size_t lda,
@@ -177,6 +225,7 @@ void fs_host_init(fs_host *h, uint64_t seed) {
         .seed = api_seed,
         .error_set = api_error_set,
         .sgemm_rows = api_sgemm_rows,
+        .device_stream = api_device_stream,
     };
 }
 

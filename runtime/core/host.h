@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 
+#include "fastserve/backend.h"
 #include "fastserve/plugin.h"
 #include "core/graph.h"
 #include "core/threads.h"
@@ -42,6 +43,13 @@ void fs_plugin_ctx_init(fs_plugin_ctx *ctx, fs_host *h, const fs_config *cfg, co
 int fs_error_set(fs_error *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void fs_log(int level, const char *who, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void fs_log_set_level(int level);
+
+/* The backend instance that serves the host API's alloc, free and sgemm for
+ * devices of vt->device_type (index `index`): plugins given device tensors
+ * allocate their work memory and run their matmuls there. One per device
+ * type and process ([run] device); NULL vt removes it. sgemm computes as
+ * `compute` says (fs_gemm_compute: the run's [train] precision). */
+void fs_host_set_backend(const fs_backend_vtable *vt, void *self, int32_t index, int32_t compute);
 
 /* Monotonic seconds. */
 double fs_now(void);

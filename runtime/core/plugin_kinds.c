@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "fastserve/attention.h"
+#include "fastserve/backend.h"
 #include "fastserve/distill.h"
 #include "fastserve/parallel.h"
 #include "fastserve/scheduler.h"
@@ -68,6 +69,47 @@ static const char *scheduler_missing(const void *vt, size_t size) {
     return NULL;
 }
 
+/* Everything through sample is called unchecked; the collectives only
+ * when the plugin sets FS_BACKEND_COLLECTIVES. */
+static const char *backend_missing(const void *vt, size_t size) {
+    const fs_backend_vtable *b = vt;
+    static const struct {
+        size_t offset;
+        const char *name;
+    } required[] = {
+#define REQ(m) {offsetof(fs_backend_vtable, m), #m}
+        REQ(create), REQ(destroy), REQ(device_count), REQ(device_info), REQ(alloc), REQ(free), REQ(copy),
+        REQ(memset), REQ(stream_create), REQ(stream_destroy), REQ(stream_synchronize), REQ(event_create),
+        REQ(event_destroy), REQ(event_record), REQ(stream_wait_event), REQ(event_query), REQ(event_synchronize),
+        REQ(synchronize), REQ(default_stream), REQ(gemm), REQ(bias_backward), REQ(encoder_forward),
+        REQ(encoder_backward), REQ(layernorm_forward), REQ(layernorm_backward), REQ(gelu_forward),
+        REQ(gelu_backward), REQ(residual_forward), REQ(residual_backward), REQ(attention_split_heads),
+        REQ(attention_split_heads_backward), REQ(attention_merge_heads), REQ(attention_merge_heads_backward),
+        REQ(crossentropy_forward_backward), REQ(softmax_forward), REQ(adamw_update), REQ(sumsq), REQ(scale),
+        REQ(convert), REQ(sample),
+    }, collectives[] = {
+        REQ(coll_id), REQ(coll_create), REQ(coll_split), REQ(coll_destroy), REQ(coll_all_reduce),
+        REQ(coll_broadcast), REQ(coll_all_gather), REQ(coll_reduce_scatter), REQ(coll_send), REQ(coll_recv),
+        REQ(coll_group), REQ(coll_check), REQ(coll_abort),
+#undef REQ
+    };
+    /* members are function pointers: read each as one */
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        void (*fn)(void);
+        memcpy(&fn, (const char *)b + required[i].offset, sizeof fn);
+        if (!fn) return required[i].name;
+    }
+    if (!(b->flags & FS_BACKEND_COLLECTIVES)) return NULL;
+    if (size < END_OF(fs_backend_vtable, coll_abort))
+        return "coll_* (the plugin sets FS_BACKEND_COLLECTIVES but its vtable ends before them)";
+    for (size_t i = 0; i < sizeof collectives / sizeof collectives[0]; i++) {
+        void (*fn)(void);
+        memcpy(&fn, (const char *)b + collectives[i].offset, sizeof fn);
+        if (!fn) return collectives[i].name;
+    }
+    return NULL;
+}
+
 const fs_plugin_kind_info fs_plugin_kinds[] = {
     {
         .kind = FS_PLUGIN_ATTENTION,
@@ -100,6 +142,14 @@ const fs_plugin_kind_info fs_plugin_kinds[] = {
         .missing_member = scheduler_missing,
         .schema = &fs_schema_serve,
         .sections = "[serve]",
+    },
+    {
+        .kind = FS_PLUGIN_BACKEND,
+        .name = "backend",
+        .min_vtable_size = END_OF(fs_backend_vtable, sample),
+        .missing_member = backend_missing,
+        .schema = &fs_schema_backend,
+        .sections = "[backend]",
     },
 };
 const size_t fs_n_plugin_kinds = sizeof fs_plugin_kinds / sizeof fs_plugin_kinds[0];

@@ -46,7 +46,7 @@ const char *fs_plugin_kind_name(int kind); /* "attention", ...; "unknown" outsid
 int fs_plugin_kind_from_name(const char *name); /* 0 for no such kind */
 size_t fs_plugin_min_vtable_size(int kind);    /* 0 for an unknown kind */
 
-/* "attention, parallel, distill or scheduler": every kind's name, for messages. */
+/* "attention, parallel, distill, scheduler or backend": every kind's name, for messages. */
 void fs_plugin_kind_names(char *buf, size_t cap);
 
 #endif

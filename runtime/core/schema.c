@@ -30,6 +30,13 @@ static const fs_param_spec attention_keys[] = {
     {"causal", FS_PARAM_BOOL, "true", 0, 0, NULL, "causal mask (a language model needs true)"},
 };
 
+/* [backend]: the compute backend of [run] device (core/plugin_kinds.c's
+ * row); the backend plugin's own keys go here too. */
+static const fs_param_spec backend_keys[] = {
+    {"plugin", FS_PARAM_STRING, "auto", 0, 0, NULL,
+     "compute backend plugin: auto (the one for [run] device: cpu or cuda), a plugin name or a path"},
+};
+
 static const fs_param_spec parallel_keys[] = {
     {"plugin", FS_PARAM_STRING, "single", 0, 0, NULL, "parallel strategy plugin"},
 };
@@ -171,6 +178,7 @@ const fs_section_schema fs_schema_train = {"train", train_keys, N(train_keys)};
 const fs_section_schema fs_schema_generate = {"generate", generate_keys, N(generate_keys)};
 const fs_section_schema fs_schema_run = {"run", run_keys, N(run_keys)};
 const fs_section_schema fs_schema_serve = {"serve", serve_keys, N(serve_keys)};
+const fs_section_schema fs_schema_backend = {"backend", backend_keys, N(backend_keys)};
 
 const fs_section_schema *const fs_schemas[] = {&fs_schema_model,     &fs_schema_attention, &fs_schema_parallel,
                                                &fs_schema_distill,   &fs_schema_distill_stage,

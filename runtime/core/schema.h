@@ -22,6 +22,11 @@ extern const fs_section_schema fs_schema_model, fs_schema_attention, fs_schema_p
 /* [distill.stage.N] (a chain's stage): its own keys, then [distill]'s. */
 extern const fs_section_schema fs_schema_distill_stage;
 
+/* [backend]: the keys of the backend kind's section. Not in fs_schemas yet:
+ * graphs get [backend] and [run] device when the model runs its ops through
+ * the backend (ARCHITECTURE.md, "A compute backend"). */
+extern const fs_section_schema fs_schema_backend;
+
 /* All of the above, NULL-terminated. */
 extern const fs_section_schema *const fs_schemas[];
 

@@ -12,13 +12,15 @@
 
 #include "core/plugin_kinds.h"
 #include "fastserve/attention.h"
+#include "fastserve/backend.h"
 #include "fastserve/distill.h"
 #include "fastserve/parallel.h"
 #include "fastserve/scheduler.h"
 
 static void test_one_row_per_kind(void **state) {
     (void)state;
-    const int kinds[] = {FS_PLUGIN_ATTENTION, FS_PLUGIN_PARALLEL, FS_PLUGIN_DISTILL, FS_PLUGIN_SCHEDULER};
+    const int kinds[] = {FS_PLUGIN_ATTENTION, FS_PLUGIN_PARALLEL, FS_PLUGIN_DISTILL, FS_PLUGIN_SCHEDULER,
+                         FS_PLUGIN_BACKEND};
     assert_int_equal(fs_n_plugin_kinds, sizeof kinds / sizeof kinds[0]);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         const fs_plugin_kind_info *k = fs_plugin_kind_info_of(kinds[i]);
@@ -96,6 +98,33 @@ static void test_required_members(void **state) {
                      offsetof(fs_scheduler_vtable, finish) + sizeof(void *));
 }
 
+/* A backend calls every op unchecked; the collectives only when promised. */
+static void test_backend_members(void **state) {
+    (void)state;
+    const fs_plugin_kind_info *k = fs_plugin_kind_info_of(FS_PLUGIN_BACKEND);
+    assert_int_equal(k->min_vtable_size, offsetof(fs_backend_vtable, sample) + sizeof(void *));
+    fs_backend_vtable vt, full;
+    memset(&full, 0xff, sizeof full);
+    full.struct_size = sizeof full;
+    vt = full;
+    vt.flags = 0;
+    assert_null(k->missing_member(&vt, sizeof vt));
+    vt.layernorm_backward = NULL;
+    assert_string_equal(k->missing_member(&vt, sizeof vt), "layernorm_backward");
+    vt.layernorm_backward = full.layernorm_backward;
+    vt.sample = NULL;
+    assert_string_equal(k->missing_member(&vt, sizeof vt), "sample");
+    vt.sample = full.sample;
+    vt.coll_all_reduce = NULL; /* optional ... */
+    assert_null(k->missing_member(&vt, sizeof vt));
+    vt.flags = FS_BACKEND_COLLECTIVES; /* ... unless collectives are promised */
+    assert_string_equal(k->missing_member(&vt, sizeof vt), "coll_all_reduce");
+    vt.coll_all_reduce = full.coll_all_reduce;
+    /* an SDK before the collectives */
+    assert_non_null(strstr(k->missing_member(&vt, offsetof(fs_backend_vtable, coll_id)), "FS_BACKEND_COLLECTIVES"));
+    assert_string_equal(k->sections, "[backend]");
+}
+
 static void test_unknown_kind(void **state) {
     (void)state;
     assert_string_equal(fs_plugin_kind_name(99), "unknown");
@@ -103,7 +132,7 @@ static void test_unknown_kind(void **state) {
     assert_int_equal(fs_plugin_min_vtable_size(99), 0);
     char names[128];
     fs_plugin_kind_names(names, sizeof names);
-    assert_string_equal(names, "attention, parallel, distill or scheduler");
+    assert_string_equal(names, "attention, parallel, distill, scheduler or backend");
     fs_plugin_kind_names(names, 12); /* cut, still a string */
     assert_true(strlen(names) < 12);
 }
@@ -113,6 +142,7 @@ int main(void) {
         cmocka_unit_test(test_one_row_per_kind),
         cmocka_unit_test(test_rows_are_complete),
         cmocka_unit_test(test_required_members),
+        cmocka_unit_test(test_backend_members),
         cmocka_unit_test(test_unknown_kind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

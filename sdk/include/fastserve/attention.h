@@ -46,6 +46,17 @@ extern "C" {
 /* Since ABI 1.2: implements the paged KV cache (paged_block_bytes,
  * paged_step; paged_retain and paged_max_blocks with a bounded cache). */
 #define FS_ATTENTION_PAGED 0x80u
+/* Devices (since ABI 1.3). Without either flag a plugin runs on the CPU
+ * only, and a session on another device refuses it with a line naming it.
+ * FS_ATTENTION_CUDA: create accepts a CUDA device (fs_attention_config.
+ * device); forward, backward and, with FS_ATTENTION_SCORES, scores take
+ * device tensors (F32, or BF16 with F32 statistics in `saved`); the
+ * plugin queues its kernels on the host's device_stream(device), in order
+ * with the model's ops, and the host's alloc and sgemm serve that device.
+ * FS_ATTENTION_CUDA_DECODE: so does the decode step (its cache is device
+ * memory). */
+#define FS_ATTENTION_CUDA 0x100u
+#define FS_ATTENTION_CUDA_DECODE 0x200u
 
 /* What the instance is for; fixed at create. */
 typedef struct fs_attention_config {

@@ -34,7 +34,7 @@ extern "C" {
  * plugin whose version lies in [FS_ABI_VERSION_MIN, FS_ABI_VERSION]: same
  * major, and a minor no newer than the host's. */
 #define FS_ABI_MAJOR 1
-#define FS_ABI_MINOR 2
+#define FS_ABI_MINOR 3
 #define FS_ABI_MAKE(major, minor) ((uint32_t)(((uint32_t)(major) << 16) | (uint32_t)(minor)))
 #define FS_ABI_VERSION FS_ABI_MAKE(FS_ABI_MAJOR, FS_ABI_MINOR)
 #define FS_ABI_VERSION_MIN FS_ABI_MAKE(FS_ABI_MAJOR, 0)
@@ -83,6 +83,7 @@ typedef enum fs_plugin_kind {
     FS_PLUGIN_PARALLEL = 2,
     FS_PLUGIN_DISTILL = 3,
     FS_PLUGIN_SCHEDULER = 4, /* since ABI 1.2: the serving engine's scheduler (scheduler.h) */
+    FS_PLUGIN_BACKEND = 5,   /* since ABI 1.3: the compute backend (backend.h) */
 } fs_plugin_kind;
 
 typedef enum fs_param_type {
@@ -122,7 +123,8 @@ typedef struct fs_plugin_descriptor {
     const char *summary;  /* one line for --list-plugins */
     const fs_param_spec *params;
     size_t n_params;
-    const void *vtable; /* fs_attention_vtable, fs_parallel_vtable, fs_distill_vtable or fs_scheduler_vtable */
+    const void *vtable; /* fs_attention_vtable, fs_parallel_vtable, fs_distill_vtable, fs_scheduler_vtable or
+                         * fs_backend_vtable */
     size_t vtable_size; /* sizeof that vtable as the plugin saw it */
 } fs_plugin_descriptor;
 
@@ -208,6 +210,13 @@ typedef struct fs_host_api {
      * parallel_for, like sgemm. */
     int (*sgemm_rows)(fs_device device, int trans_b, size_t m, size_t n, size_t k, const float *a, size_t lda,
                       const float *b, size_t ldb, const float *bias, float *c, size_t ldc);
+
+        /* Since ABI 1.3. The queue the host runs the model's work for `device` on: for a CUDA
+     * device the cudaStream_t of the compute backend's stream
+     * (fastserve/backend.h), where a plugin given device tensors queues its
+     * own kernels so they run in order with the model's ops. NULL for the
+     * CPU, or a device the host does not drive. */
+    void *(*device_stream)(fs_device device);
 } fs_host_api;
 
 #if defined(_WIN32)
