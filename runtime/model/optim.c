@@ -7,6 +7,7 @@
 
 #include "core/host.h"
 #include "compute/ops.h"
+#include "compute/update.h"
 
 int fs_optimizer_init(fs_optimizer *o, const fs_adamw_config *cfg) {
     memset(o, 0, sizeof *o);
@@ -110,10 +111,7 @@ double fs_optimizer_sumsq(const fs_optimizer *o, size_t from, size_t to) {
         if (!owned(o, g0, o->groups[g].numel, &a, &b, &mo)) continue;
         if (g0 + a < from) a = from - g0 < b ? from - g0 : b;
         if (g0 + b > to) b = to > g0 + a ? to - g0 : a;
-        const float *x = o->groups[g].grad + a;
-        size_t n = b - a;
-#pragma omp parallel for reduction(+ : sum) schedule(static) if (n >= FS_PARALLEL_MIN)
-        for (size_t i = 0; i < n; i++) sum += (double)x[i] * x[i];
+        sum += sumsq_forward(o->groups[g].grad + a, b - a);
     }
     return sum;
 }
@@ -126,10 +124,7 @@ void fs_optimizer_clip_to(fs_optimizer *o, double max_norm, double norm) {
     size_t g0 = 0, a, b, mo;
     for (size_t g = 0; g < o->n_groups; g0 += o->groups[g].numel, g++) {
         if (!owned(o, g0, o->groups[g].numel, &a, &b, &mo)) continue;
-        float *x = o->groups[g].grad + a;
-        size_t n = b - a;
-#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
-        for (size_t i = 0; i < n; i++) x[i] *= s;
+        scale_inplace(o->groups[g].grad + a, s, b - a);
     }
 }
 
@@ -137,22 +132,6 @@ double fs_optimizer_clip(fs_optimizer *o, double max_norm) {
     double norm = fs_optimizer_grad_norm(o);
     fs_optimizer_clip_to(o, max_norm, norm);
     return norm;
-}
-
-void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, uint64_t t) {
-    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    float decay = 1.0f - lr * weight_decay;
-#pragma omp parallel for schedule(static) if (n >= FS_PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float g = grad[i];
-        float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        float mhat = mi / bc1, vhat = vi / bc2;
-        param[i] = param[i] * decay - lr * mhat / (sqrtf(vhat) + eps);
-    }
 }
 
 void fs_optimizer_step(fs_optimizer *o, double lr) {
@@ -163,7 +142,7 @@ void fs_optimizer_step(fs_optimizer *o, double lr) {
         if (!owned(o, g0, gr->numel, &a, &b, &mo)) continue;
         adamw_update(gr->param + a, gr->grad + a, o->m + mo, o->v + mo, b - a, (float)lr, (float)o->cfg.beta1,
                      (float)o->cfg.beta2, (float)o->cfg.eps, gr->weight_decay ? (float)o->cfg.weight_decay : 0.0f,
-                     o->t);
+                     1.0f, o->t);
     }
 }
 

@@ -76,8 +76,4 @@ void fs_optimizer_step(fs_optimizer *o, double lr);
  * cosine from lr to lr * min_ratio at the last step. */
 double fs_lr_schedule(double lr, double min_ratio, uint64_t step, uint64_t warmup, uint64_t total);
 
-// one AdamW update of n elements (t is 1-based)
-void adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, uint64_t t);
-
 #endif
