@@ -1,0 +1,476 @@
+/* gpt_backend.c — see gpt_backend.h. */
+#include "gpt_backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the backend ---- */
+
+int gb_backend_open(gb_backend *b, const char *name, int index, int *n_devices, fs_error *err) {
+    memset(b, 0, sizeof *b);
+    if (n_devices) *n_devices = 0;
+    int rc = fs_plugin_registry_get(&b->reg, FS_PLUGIN_BACKEND, name, &b->plugin, err);
+    if (rc) return rc;
+    b->vt = b->plugin->desc->vtable;
+    int count = 0;
+    if ((rc = b->vt->device_count(&count, err))) return rc;
+    if (n_devices) *n_devices = count;
+    if (index >= count)
+        return fs_error_set(err, FS_ERR_NOT_FOUND, "backend %s: device %d of %d", name, index, count);
+    b->device.type = b->vt->device_type;
+    b->device.index = index;
+    fs_host_init(&b->host, 1234);
+    fs_plugin_ctx_init(&b->ctx, &b->host, NULL, "backend", name);
+    fs_backend_config cfg = {sizeof cfg, b->device};
+    if ((rc = b->vt->create(&b->self, &b->host.api, &b->ctx, &cfg, err))) return rc;
+    if (b->device.type != FS_DEVICE_CPU) fs_host_set_backend(b->vt, b->self, index, FS_GEMM_COMPUTE_F32);
+    return FS_OK;
+}
+
+void gb_backend_close(gb_backend *b) {
+    if (b->self) {
+        if (b->device.type != FS_DEVICE_CPU) fs_host_set_backend(NULL, NULL, 0, 0);
+        b->vt->destroy(b->self);
+    }
+    fs_plugin_registry_release(&b->reg);
+    memset(b, 0, sizeof *b);
+}
+
+/* ---- the model's tensors ---- */
+
+/* Per-layer parameters in Hugging Face order; the matrices are GEMM
+ * operands (a bf16 copy when activations are bf16). */
+enum { LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, FCPW, FCPB, N_LAYER_TENSORS };
+static const char *const layer_names[N_LAYER_TENSORS] = {
+    "ln_1.weight", "ln_1.bias",  "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+    "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+    "mlp.c_proj.weight", "mlp.c_proj.bias"};
+
+typedef struct gb_tensor {
+    char name[64];
+    size_t offset, numel;
+    int decay;
+} gb_tensor;
+
+/* One layer's saved activations for backward. */
+typedef struct gb_layer {
+    void *x;             /* (BT, C) the layer's input (residual stream) */
+    void *ln1, *ln2;     /* (BT, C) */
+    float *mean1, *rstd1, *mean2, *rstd2; /* (BT) */
+    void *q, *k, *v;     /* (B, H, T, D) */
+    void *atty;          /* (B, H, T, D) */
+    void *attm;          /* (BT, C) heads merged */
+    void *x2;            /* (BT, C) after the attention residual */
+    void *fch, *fchg;    /* (BT, 4C) */
+    void *saved;         /* the attention plugin's */
+    void *attn;          /* the plugin instance */
+    fs_plugin_ctx ctx;
+} gb_layer;
+
+struct gb_model {
+    gb_backend *b;
+    gb_config cfg;
+    size_t D, F, BT, es; /* head width, MLP width, rows, activation element size */
+    gb_tensor *tensors;
+    size_t n_tensors, n_params;
+    float *params, *grads, *m, *v; /* (n_params) f32 on the device */
+    void *pcopy;                   /* (n_params) bf16 GEMM operands, or NULL */
+    gb_layer *layers;
+    const fs_attention_vtable *avt;
+    void *xout, *lnf;              /* (BT, C) */
+    float *meanf, *rstdf;
+    void *logits;                  /* (BT, V) logits, then their gradient */
+    void *dres, *dtmp, *dbig;      /* (BT, C), (BT, C), (BT, 4C) gradients */
+    void *dq, *dk, *dv, *datty;    /* (B, H, T, D) */
+    void *dqkv;                    /* (BT, 3C) */
+    int32_t *inputs, *targets;     /* (BT) on the device */
+    double *scalar;                /* one double on the device */
+    int have_dlogits;
+};
+
+size_t gb_n_tensors(const gb_model *m) { return m->n_tensors; }
+const char *gb_tensor_name(const gb_model *m, size_t i) { return m->tensors[i].name; }
+size_t gb_tensor_offset(const gb_model *m, size_t i) { return m->tensors[i].offset; }
+size_t gb_tensor_numel(const gb_model *m, size_t i) { return m->tensors[i].numel; }
+size_t gb_n_params(const gb_model *m) { return m->n_params; }
+float *gb_device_grads(gb_model *m) { return m->grads; }
+
+static void add_tensor(gb_model *m, const char *name, size_t numel, int decay) {
+    gb_tensor *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->offset = m->n_params;
+    t->numel = numel;
+    t->decay = decay;
+    m->n_params += numel;
+}
+
+static void build_table(gb_model *m) {
+    const gb_config *c = &m->cfg;
+    size_t C = c->C, numel[N_LAYER_TENSORS] = {C, C, C * 3 * C, 3 * C, C * C, C, C, C, C * 4 * C, 4 * C, 4 * C * C, C};
+    add_tensor(m, "transformer.wte.weight", c->V * C, 1);
+    add_tensor(m, "transformer.wpe.weight", c->maxT * C, 1);
+    char name[64];
+    for (size_t l = 0; l < c->L; l++)
+        for (int i = 0; i < N_LAYER_TENSORS; i++) {
+            snprintf(name, sizeof name, "transformer.h.%zu.%s", l, layer_names[i]);
+            add_tensor(m, name, numel[i], i == QKVW || i == PROJW || i == FCW || i == FCPW);
+        }
+    add_tensor(m, "transformer.ln_f.weight", C, 0);
+    add_tensor(m, "transformer.ln_f.bias", C, 0);
+}
+
+/* Parameter tensor `i` of layer l (f32 master), and its GEMM operand. */
+static float *lp(const gb_model *m, size_t l, int i) { return m->params + m->tensors[2 + l * N_LAYER_TENSORS + i].offset; }
+static float *lg(const gb_model *m, size_t l, int i) { return m->grads + m->tensors[2 + l * N_LAYER_TENSORS + i].offset; }
+static const void *operand(const gb_model *m, const float *master) {
+    if (!m->pcopy) return master;
+    return (const char *)m->pcopy + (size_t)(master - m->params) * 2;
+}
+
+/* ---- memory ---- */
+
+static int dalloc(gb_model *m, void **p, size_t bytes, fs_error *err) {
+    return m->b->vt->alloc(m->b->self, p, bytes, FS_MEM_DEVICE, err);
+}
+
+static int alloc_layer(gb_model *m, gb_layer *L, size_t l, fs_error *err) {
+    size_t BT = m->BT, C = m->cfg.C, es = m->es;
+    void **act[] = {&L->x, &L->ln1, &L->ln2, &L->q, &L->k, &L->v, &L->atty, &L->attm, &L->x2};
+    int rc = FS_OK;
+    for (size_t i = 0; i < sizeof act / sizeof act[0] && !rc; i++) rc = dalloc(m, act[i], BT * C * es, err);
+    float **stats[] = {&L->mean1, &L->rstd1, &L->mean2, &L->rstd2};
+    for (size_t i = 0; i < 4 && !rc; i++) rc = dalloc(m, (void **)stats[i], BT * sizeof(float), err);
+    if (!rc) rc = dalloc(m, &L->fch, BT * m->F * es, err);
+    if (!rc) rc = dalloc(m, &L->fchg, BT * m->F * es, err);
+    if (rc) return rc;
+    fs_attention_config ac = {sizeof ac, (int32_t)l, m->cfg.H, m->D, C, m->cfg.maxT, 1, m->b->device};
+    char scope[64];
+    snprintf(scope, sizeof scope, "layer%zu.attention", l);
+    fs_plugin_ctx_init(&L->ctx, &m->b->host, NULL, scope, m->cfg.attention);
+    if ((rc = m->avt->create(&L->attn, &m->b->host.api, &L->ctx, &ac, err))) return rc;
+    return dalloc(m, &L->saved, m->avt->saved_bytes(L->attn, m->cfg.B, m->cfg.T), err);
+}
+
+static int alloc_model(gb_model *m, fs_error *err) {
+    size_t BT = m->BT, C = m->cfg.C, es = m->es, P = m->n_params;
+    int rc = FS_OK;
+    float **blocks[] = {&m->params, &m->grads, &m->m, &m->v};
+    for (size_t i = 0; i < 4 && !rc; i++) rc = dalloc(m, (void **)blocks[i], P * sizeof(float), err);
+    if (!rc && m->cfg.dtype == FS_DTYPE_BF16) rc = dalloc(m, &m->pcopy, P * 2, err);
+    void **act[] = {&m->xout, &m->lnf, &m->dres, &m->dtmp, &m->dq, &m->dk, &m->dv, &m->datty};
+    for (size_t i = 0; i < sizeof act / sizeof act[0] && !rc; i++) rc = dalloc(m, act[i], BT * C * es, err);
+    if (!rc) rc = dalloc(m, (void **)&m->meanf, BT * sizeof(float), err);
+    if (!rc) rc = dalloc(m, (void **)&m->rstdf, BT * sizeof(float), err);
+    if (!rc) rc = dalloc(m, &m->logits, BT * m->cfg.V * es, err);
+    if (!rc) rc = dalloc(m, &m->dbig, BT * m->F * es, err);
+    if (!rc) rc = dalloc(m, &m->dqkv, BT * 3 * C * es, err);
+    if (!rc) rc = dalloc(m, (void **)&m->inputs, BT * sizeof(int32_t), err);
+    if (!rc) rc = dalloc(m, (void **)&m->targets, BT * sizeof(int32_t), err);
+    if (!rc) rc = dalloc(m, (void **)&m->scalar, sizeof(double), err);
+    for (size_t l = 0; l < m->cfg.L && !rc; l++) rc = alloc_layer(m, &m->layers[l], l, err);
+    if (!rc) rc = m->b->vt->memset(m->b->self, NULL, m->m, 0, P * sizeof(float), err);
+    if (!rc) rc = m->b->vt->memset(m->b->self, NULL, m->v, 0, P * sizeof(float), err);
+    if (!rc) rc = m->b->vt->memset(m->b->self, NULL, m->grads, 0, P * sizeof(float), err);
+    return rc;
+}
+
+int gb_model_create(gb_model **out, gb_backend *b, const gb_config *cfg, fs_error *err) {
+    *out = NULL;
+    if (cfg->C % cfg->H || cfg->T > cfg->maxT || (cfg->dtype != FS_DTYPE_F32 && cfg->dtype != FS_DTYPE_BF16))
+        return fs_error_set(err, FS_ERR_INVALID, "gpt_backend: C %% H, T > maxT or dtype %d", (int)cfg->dtype);
+    gb_model *m = calloc(1, sizeof *m);
+    if (!m) return fs_error_set(err, FS_ERR_NOMEM, "gpt_backend: out of memory");
+    m->b = b;
+    m->cfg = *cfg;
+    if (!m->cfg.attention) m->cfg.attention = "dense";
+    m->D = cfg->C / cfg->H;
+    m->F = 4 * cfg->C;
+    m->BT = cfg->B * cfg->T;
+    m->es = cfg->dtype == FS_DTYPE_BF16 ? 2 : 4;
+    m->tensors = calloc(4 + cfg->L * N_LAYER_TENSORS, sizeof *m->tensors);
+    m->layers = calloc(cfg->L, sizeof *m->layers);
+    const fs_plugin *ap = NULL;
+    int rc = !m->tensors || !m->layers ? fs_error_set(err, FS_ERR_NOMEM, "gpt_backend: out of memory")
+                                       : fs_plugin_registry_get(&b->reg, FS_PLUGIN_ATTENTION, m->cfg.attention, &ap, err);
+    if (!rc) {
+        m->avt = ap->desc->vtable;
+        build_table(m);
+        rc = alloc_model(m, err);
+    }
+    if (rc) {
+        gb_model_destroy(m);
+        return rc;
+    }
+    *out = m;
+    return FS_OK;
+}
+
+void gb_model_destroy(gb_model *m) {
+    if (!m) return;
+    const fs_backend_vtable *vt = m->b->vt;
+    void *self = m->b->self;
+    fs_error err = {0};
+    vt->synchronize(self, &err);
+    for (size_t l = 0; m->layers && l < m->cfg.L; l++) {
+        gb_layer *L = &m->layers[l];
+        if (L->attn) m->avt->destroy(L->attn);
+        void *p[] = {L->x, L->ln1, L->ln2, L->q, L->k, L->v, L->atty, L->attm, L->x2, L->mean1, L->rstd1,
+                     L->mean2, L->rstd2, L->fch, L->fchg, L->saved};
+        for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) vt->free(self, p[i], FS_MEM_DEVICE);
+    }
+    void *p[] = {m->params, m->grads, m->m, m->v, m->pcopy, m->xout, m->lnf, m->meanf, m->rstdf, m->logits,
+                 m->dres, m->dtmp, m->dbig, m->dq, m->dk, m->dv, m->datty, m->dqkv, m->inputs, m->targets,
+                 m->scalar};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) vt->free(self, p[i], FS_MEM_DEVICE);
+    free(m->layers);
+    free(m->tensors);
+    free(m);
+}
+
+/* ---- host <-> device ---- */
+
+static int h2d(gb_model *m, void *dst, const void *src, size_t bytes, fs_error *err) {
+    return m->b->vt->copy(m->b->self, NULL, dst, src, bytes, FS_COPY_HOST_TO_DEVICE, err);
+}
+
+static int d2h(gb_model *m, void *dst, const void *src, size_t bytes, fs_error *err) {
+    int rc = m->b->vt->copy(m->b->self, NULL, dst, src, bytes, FS_COPY_DEVICE_TO_HOST, err);
+    return rc ? rc : m->b->vt->stream_synchronize(m->b->self, NULL, err);
+}
+
+int gb_sync(gb_model *m, fs_error *err) { return m->b->vt->stream_synchronize(m->b->self, NULL, err); }
+
+int gb_set_params(gb_model *m, const float *params, fs_error *err) {
+    int rc = h2d(m, m->params, params, m->n_params * sizeof(float), err);
+    if (!rc && m->pcopy)
+        rc = m->b->vt->convert(m->b->self, NULL, m->pcopy, FS_DTYPE_BF16, m->params, FS_DTYPE_F32, m->n_params, err);
+    return rc ? rc : gb_sync(m, err);
+}
+
+int gb_get_params(gb_model *m, float *params, fs_error *err) {
+    return d2h(m, params, m->params, m->n_params * sizeof(float), err);
+}
+
+int gb_get_grads(gb_model *m, float *grads, fs_error *err) {
+    return d2h(m, grads, m->grads, m->n_params * sizeof(float), err);
+}
+
+int gb_get_logits(gb_model *m, float *logits, fs_error *err) {
+    size_t n = m->BT * m->cfg.V;
+    if (m->es == 4) return d2h(m, logits, m->logits, n * sizeof(float), err);
+    float *tmp = NULL;
+    int rc = dalloc(m, (void **)&tmp, n * sizeof(float), err);
+    if (!rc) rc = m->b->vt->convert(m->b->self, NULL, tmp, FS_DTYPE_F32, m->logits, FS_DTYPE_BF16, n, err);
+    if (!rc) rc = d2h(m, logits, tmp, n * sizeof(float), err);
+    m->b->vt->free(m->b->self, tmp, FS_MEM_DEVICE);
+    return rc;
+}
+
+/* ---- forward ---- */
+
+/* out (N, n) = inp (N, k) @ w (k, n) + bias: a Conv1D layer. */
+static int linear(gb_model *m, void *out, const void *inp, const float *w, const float *bias, size_t N, size_t k,
+                  size_t n, fs_error *err) {
+    fs_gemm_args g = {.struct_size = sizeof g, .c = out, .a = inp, .b = operand(m, w), .c_dtype = m->cfg.dtype,
+                      .ab_dtype = m->cfg.dtype, .m = N, .n = n, .k = k, .lda = k, .ldb = n, .ldc = n, .batch = 1,
+                      .alpha = 1.0f, .beta = 0.0f, .bias = bias, .compute = m->cfg.compute};
+    return m->b->vt->gemm(m->b->self, NULL, &g, err);
+}
+
+static fs_tensor bhtd(const gb_model *m, void *p) {
+    fs_tensor t = fs_tensor_cpu_f32(p, 4, m->cfg.B, m->cfg.H, m->cfg.T, m->D);
+    t.dtype = m->cfg.dtype;
+    t.device = m->b->device;
+    return t;
+}
+
+static fs_attention_args attention_args(gb_model *m, gb_layer *L) {
+    fs_attention_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.B = m->cfg.B;
+    a.T = m->cfg.T;
+    a.q = bhtd(m, L->q);
+    a.k = bhtd(m, L->k);
+    a.v = bhtd(m, L->v);
+    a.out = bhtd(m, L->atty);
+    a.saved = L->saved;
+    a.dout = bhtd(m, m->datty);
+    a.dq = bhtd(m, m->dq);
+    a.dk = bhtd(m, m->dk);
+    a.dv = bhtd(m, m->dv);
+    return a;
+}
+
+/* x_out (BT, C) = one transformer block of L->x. */
+static int layer_forward(gb_model *m, size_t l, void *xout, fs_error *err) {
+    const fs_backend_vtable *vt = m->b->vt;
+    void *be = m->b->self;
+    gb_layer *L = &m->layers[l];
+    size_t B = m->cfg.B, T = m->cfg.T, H = m->cfg.H, C = m->cfg.C, BT = m->BT, F = m->F, D = m->D;
+    int32_t dt = m->cfg.dtype;
+    int rc = vt->layernorm_forward(be, NULL, L->ln1, L->mean1, L->rstd1, L->x, lp(m, l, LN1W), lp(m, l, LN1B), BT, C,
+                                   dt, err);
+    if (!rc) rc = linear(m, m->dqkv, L->ln1, lp(m, l, QKVW), lp(m, l, QKVB), BT, C, 3 * C, err);
+    if (!rc) rc = vt->attention_split_heads(be, NULL, L->q, L->k, L->v, m->dqkv, B, T, H, D, dt, err);
+    fs_attention_args a = attention_args(m, L);
+    if (!rc) rc = m->avt->forward(L->attn, &a, err);
+    if (!rc) rc = vt->attention_merge_heads(be, NULL, L->attm, L->atty, B, T, H, D, dt, err);
+    if (!rc) rc = linear(m, m->dtmp, L->attm, lp(m, l, PROJW), lp(m, l, PROJB), BT, C, C, err);
+    if (!rc) rc = vt->residual_forward(be, NULL, L->x2, L->x, m->dtmp, BT * C, dt, err);
+    if (!rc) rc = vt->layernorm_forward(be, NULL, L->ln2, L->mean2, L->rstd2, L->x2, lp(m, l, LN2W), lp(m, l, LN2B),
+                                        BT, C, dt, err);
+    if (!rc) rc = linear(m, L->fch, L->ln2, lp(m, l, FCW), lp(m, l, FCB), BT, C, F, err);
+    if (!rc) rc = vt->gelu_forward(be, NULL, L->fchg, L->fch, BT * F, dt, err);
+    if (!rc) rc = linear(m, m->dtmp, L->fchg, lp(m, l, FCPW), lp(m, l, FCPB), BT, F, C, err);
+    if (!rc) rc = vt->residual_forward(be, NULL, xout, L->x2, m->dtmp, BT * C, dt, err);
+    return rc;
+}
+
+/* logits (BT, V) = ln_f(x) @ wte^T (the tied head). */
+static int head_forward(gb_model *m, fs_error *err) {
+    const fs_backend_vtable *vt = m->b->vt;
+    size_t C = m->cfg.C, V = m->cfg.V, BT = m->BT;
+    float *lnfw = m->params + m->tensors[m->n_tensors - 2].offset, *lnfb = lnfw + C;
+    int rc = vt->layernorm_forward(m->b->self, NULL, m->lnf, m->meanf, m->rstdf, m->xout, lnfw, lnfb, BT, C,
+                                   m->cfg.dtype, err);
+    fs_gemm_args g = {.struct_size = sizeof g, .c = m->logits, .a = m->lnf, .b = operand(m, m->params),
+                      .c_dtype = m->cfg.dtype, .ab_dtype = m->cfg.dtype, .trans_b = 1, .m = BT, .n = V, .k = C,
+                      .lda = C, .ldb = C, .ldc = V, .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
+    return rc ? rc : vt->gemm(m->b->self, NULL, &g, err);
+}
+
+int gb_forward(gb_model *m, const int32_t *inputs, const int32_t *targets, double *loss, fs_error *err) {
+    const fs_backend_vtable *vt = m->b->vt;
+    size_t BT = m->BT, C = m->cfg.C;
+    m->have_dlogits = 0;
+    int rc = h2d(m, m->inputs, inputs, BT * sizeof(int32_t), err);
+    const float *wte = m->params, *wpe = m->params + m->tensors[1].offset;
+    if (!rc) rc = vt->encoder_forward(m->b->self, NULL, m->layers[0].x, m->inputs, wte, wpe, m->cfg.B, m->cfg.T, C,
+                                      0, m->cfg.dtype, err);
+    for (size_t l = 0; l < m->cfg.L && !rc; l++)
+        rc = layer_forward(m, l, l + 1 < m->cfg.L ? m->layers[l + 1].x : m->xout, err);
+    if (!rc) rc = head_forward(m, err);
+    if (rc || !targets) return rc;
+    if ((rc = h2d(m, m->targets, targets, BT * sizeof(int32_t), err))) return rc;
+    /* the gradient overwrites the logits: backward needs only it */
+    rc = vt->crossentropy_forward_backward(m->b->self, NULL, m->scalar, m->logits, m->logits, m->targets, BT,
+                                           m->cfg.V, m->cfg.V, 1.0f / (float)BT, m->cfg.dtype, err);
+    if (!rc) rc = d2h(m, loss, m->scalar, sizeof(double), err);
+    if (!rc) {
+        *loss /= (double)BT;
+        m->have_dlogits = 1;
+    }
+    return rc;
+}
+
+/* ---- backward ---- */
+
+/* The gradients of a Conv1D layer out = inp @ w + b from dout (N, n):
+ * dinp (N, k) = dout @ w^T, dw (k, n) += inp^T @ dout (f32), db += colsum. */
+static int linear_backward(gb_model *m, void *dinp, float *dw, float *db, const void *dout, const void *inp,
+                           const float *w, size_t N, size_t k, size_t n, fs_error *err) {
+    const fs_backend_vtable *vt = m->b->vt;
+    int32_t dt = m->cfg.dtype;
+    fs_gemm_args g = {.struct_size = sizeof g, .c = dinp, .a = dout, .b = operand(m, w), .c_dtype = dt,
+                      .ab_dtype = dt, .trans_b = 1, .m = N, .n = k, .k = n, .lda = n, .ldb = n, .ldc = k,
+                      .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
+    int rc = vt->gemm(m->b->self, NULL, &g, err);
+    fs_gemm_args gw = {.struct_size = sizeof gw, .c = dw, .a = inp, .b = dout, .c_dtype = FS_DTYPE_F32,
+                       .ab_dtype = dt, .trans_a = 1, .m = k, .n = n, .k = N, .lda = k, .ldb = n, .ldc = n,
+                       .batch = 1, .alpha = 1.0f, .beta = 1.0f, .compute = m->cfg.compute};
+    if (!rc) rc = vt->gemm(m->b->self, NULL, &gw, err);
+    if (!rc && db) rc = vt->bias_backward(m->b->self, NULL, db, dout, N, n, n, dt, err);
+    return rc;
+}
+
+/* m->dres holds d loss / d (layer l's output); leaves d loss / d (its input). */
+static int layer_backward(gb_model *m, size_t l, fs_error *err) {
+    const fs_backend_vtable *vt = m->b->vt;
+    void *be = m->b->self;
+    gb_layer *L = &m->layers[l];
+    size_t B = m->cfg.B, T = m->cfg.T, H = m->cfg.H, C = m->cfg.C, BT = m->BT, F = m->F, D = m->D;
+    int32_t dt = m->cfg.dtype;
+    /* MLP: x3 = x2 + fcproj(gelu(fc(ln2(x2)))) */
+    int rc = linear_backward(m, m->dbig, lg(m, l, FCPW), lg(m, l, FCPB), m->dres, L->fchg, lp(m, l, FCPW), BT, F, C,
+                             err);
+    if (!rc) rc = vt->gelu_backward(be, NULL, m->dbig, L->fch, m->dbig, BT * F, dt, err);
+    if (!rc) rc = linear_backward(m, m->dtmp, lg(m, l, FCW), lg(m, l, FCB), m->dbig, L->ln2, lp(m, l, FCW), BT, C, F,
+                                  err);
+    if (!rc) rc = vt->layernorm_backward(be, NULL, m->dbig, lg(m, l, LN2W), lg(m, l, LN2B), m->dtmp, L->x2,
+                                         lp(m, l, LN2W), L->mean2, L->rstd2, BT, C, dt, err);
+    if (!rc) rc = vt->residual_backward(be, NULL, m->dres, m->dbig, BT * C, dt, err);
+    /* attention: x2 = x + proj(attention(ln1(x))) */
+    if (!rc) rc = linear_backward(m, m->dtmp, lg(m, l, PROJW), lg(m, l, PROJB), m->dres, L->attm, lp(m, l, PROJW),
+                                  BT, C, C, err);
+    if (!rc) rc = vt->attention_merge_heads_backward(be, NULL, m->datty, m->dtmp, B, T, H, D, dt, err);
+    fs_attention_args a = attention_args(m, L);
+    if (!rc) rc = m->avt->backward(L->attn, &a, err);
+    if (!rc) rc = vt->attention_split_heads_backward(be, NULL, m->dqkv, m->dq, m->dk, m->dv, B, T, H, D, dt, err);
+    if (!rc) rc = linear_backward(m, m->dtmp, lg(m, l, QKVW), lg(m, l, QKVB), m->dqkv, L->ln1, lp(m, l, QKVW), BT,
+                                  C, 3 * C, err);
+    if (!rc) rc = vt->layernorm_backward(be, NULL, m->dbig, lg(m, l, LN1W), lg(m, l, LN1B), m->dtmp, L->x,
+                                         lp(m, l, LN1W), L->mean1, L->rstd1, BT, C, dt, err);
+    if (!rc) rc = vt->residual_backward(be, NULL, m->dres, m->dbig, BT * C, dt, err);
+    return rc;
+}
+
+int gb_backward(gb_model *m, fs_error *err) {
+    if (!m->have_dlogits)
+        return fs_error_set(err, FS_ERR_INVALID, "gpt_backend: backward needs a forward with targets first");
+    const fs_backend_vtable *vt = m->b->vt;
+    size_t C = m->cfg.C, V = m->cfg.V, BT = m->BT;
+    int32_t dt = m->cfg.dtype;
+    float *lnfw = m->params + m->tensors[m->n_tensors - 2].offset;
+    float *dlnfw = m->grads + m->tensors[m->n_tensors - 2].offset;
+    /* the tied head: dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
+    fs_gemm_args g = {.struct_size = sizeof g, .c = m->dtmp, .a = m->logits, .b = operand(m, m->params),
+                      .c_dtype = dt, .ab_dtype = dt, .m = BT, .n = C, .k = V, .lda = V, .ldb = C, .ldc = C,
+                      .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
+    int rc = vt->gemm(m->b->self, NULL, &g, err);
+    fs_gemm_args gw = {.struct_size = sizeof gw, .c = m->grads, .a = m->logits, .b = m->lnf,
+                       .c_dtype = FS_DTYPE_F32, .ab_dtype = dt, .trans_a = 1, .m = V, .n = C, .k = BT, .lda = V,
+                       .ldb = C, .ldc = C, .batch = 1, .alpha = 1.0f, .beta = 1.0f, .compute = m->cfg.compute};
+    if (!rc) rc = vt->gemm(m->b->self, NULL, &gw, err);
+    if (!rc) rc = vt->layernorm_backward(m->b->self, NULL, m->dres, dlnfw, dlnfw + C, m->dtmp, m->xout, lnfw,
+                                         m->meanf, m->rstdf, BT, C, dt, err);
+    for (size_t l = m->cfg.L; l-- > 0 && !rc;) rc = layer_backward(m, l, err);
+    if (!rc) rc = vt->encoder_backward(m->b->self, NULL, m->grads, m->grads + m->tensors[1].offset, m->dres,
+                                       m->inputs, m->cfg.B, m->cfg.T, C, 0, dt, err);
+    return rc;
+}
+
+int gb_zero_grad(gb_model *m, fs_error *err) {
+    return m->b->vt->memset(m->b->self, NULL, m->grads, 0, m->n_params * sizeof(float), err);
+}
+
+/* ---- the optimizer ---- */
+
+int gb_adamw(gb_model *m, float lr, float beta1, float beta2, float eps, float weight_decay, uint64_t t,
+             fs_error *err) {
+    int rc = FS_OK;
+    for (size_t i = 0; i < m->n_tensors && !rc; i++) {
+        const gb_tensor *x = &m->tensors[i];
+        void *copy = m->pcopy ? (char *)m->pcopy + x->offset * 2 : NULL;
+        rc = m->b->vt->adamw_update(m->b->self, NULL, m->params + x->offset, copy, m->m + x->offset,
+                                    m->v + x->offset, m->grads + x->offset, x->numel, lr, beta1, beta2, eps,
+                                    x->decay ? weight_decay : 0.0f, 1.0f, t, FS_DTYPE_BF16, err);
+    }
+    return rc;
+}
+
+int gb_grad_norm(gb_model *m, double *norm, fs_error *err) {
+    int rc = m->b->vt->memset(m->b->self, NULL, m->scalar, 0, sizeof(double), err);
+    if (!rc) rc = m->b->vt->sumsq(m->b->self, NULL, m->scalar, m->grads, m->n_params, err);
+    if (!rc) rc = d2h(m, norm, m->scalar, sizeof(double), err);
+    if (!rc) *norm = sqrt(*norm);
+    return rc;
+}
+
+double gb_train_flops(const gb_model *m) {
+    double tokens = (double)m->BT, N = (double)m->n_params - (double)m->tensors[1].numel; /* wpe: no matmul */
+    double attn = 12.0 * (double)m->cfg.L * (double)m->cfg.C * (double)m->cfg.T * 0.5;
+    return tokens * (6.0 * N + attn);
+}
