@@ -1,0 +1,355 @@
+/* test_cuda_math.c — the cuda backend's kernel arithmetic on the CPU.
+ *
+ * plugins/backend/cuda/kernels_math.h holds what every kernel computes
+ * per element, per lane of a row and per row; the kernels are loops over
+ * it with warp and block reductions in a fixed tree. Here the lanes run
+ * one after another and fs_tree_reduce combines them in the device's
+ * order, and the results are compared with the runtime's CPU kernels
+ * (compute/ops.c, update.c, sample.c, bias.c), with finite differences and
+ * with hand-worked values. No GPU is needed; tests/gpu checks the launches. */
+#include <string.h>
+
+#include "backend/cuda/kernels_math.h"
+#include "compute/bias.h"
+#include "compute/ops.h"
+#include "compute/sample.h"
+#include "compute/update.h"
+#include "test_util.h"
+
+#define BLOCK 256 /* threads of a row-per-block kernel (FS_THREADS) */
+
+/* ---- bf16 ---- */
+
+/* The nearest bf16 to x by arithmetic in double (ties to the even
+ * mantissa): an independent statement of round-to-nearest-even. */
+static uint16_t bf16_reference(float x) {
+    uint32_t u = fs_f32_bits(x);
+    uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    double dl = fabs((double)fs_bf16_to_f32(lo) - x), dh = fabs((double)fs_bf16_to_f32(hi) - x);
+    if ((hi & 0x7f80u) == 0x7f80u && (lo & 0x7f80u) != 0x7f80u) /* hi is infinity: compare with 2^128 */
+        dh = fabs(ldexp(x < 0 ? -1.0 : 1.0, 128) - x);
+    if (dl < dh) return lo;
+    if (dh < dl) return hi;
+    return (lo & 1u) ? hi : lo;
+}
+
+static void test_bf16_rounding(void **state) {
+    (void)state;
+    assert_int_equal(fs_bf16_from_f32(1.0f), 0x3f80);
+    assert_int_equal(fs_bf16_from_f32(fs_bits_f32(0x3f808000u)), 0x3f80); /* 1 + 2^-8: a tie, to even */
+    assert_int_equal(fs_bf16_from_f32(fs_bits_f32(0x3f818000u)), 0x3f82); /* 1 + 3 * 2^-8: a tie, to even */
+    assert_int_equal(fs_bf16_from_f32(fs_bits_f32(0x3f808001u)), 0x3f81); /* above the tie */
+    assert_int_equal(fs_bf16_from_f32(-2.0f), 0xc000);
+    assert_int_equal(fs_bf16_from_f32(INFINITY), 0x7f80);
+    assert_int_equal(fs_bf16_from_f32(fs_bits_f32(0x7f7fffffu)), 0x7f80); /* FLT_MAX rounds to infinity */
+    assert_true(isnan(fs_bf16_to_f32(fs_bf16_from_f32(NAN))));
+    assert_true(fs_bf16_to_f32(0x4049) == 3.140625f);
+    fs_rng r;
+    fs_rng_seed(&r, 11);
+    for (int i = 0; i < 200000; i++) {
+        float x = ldexpf(fs_rng_normal(&r), (int)fs_rng_below(&r, 60) - 30);
+        if (fs_bf16_from_f32(x) != bf16_reference(x)) {
+            fprintf(stderr, "%a: 0x%04x, want 0x%04x\n", (double)x, fs_bf16_from_f32(x), bf16_reference(x));
+            fail();
+        }
+    }
+    uint16_t h[3];
+    float f[3] = {1.5f, -0.0078125f, 65536.0f};
+    for (int i = 0; i < 3; i++) fs_store(h, (size_t)i, FS_DTYPE_BF16, f[i]);
+    for (int i = 0; i < 3; i++) assert_true(fs_load(h, (size_t)i, FS_DTYPE_BF16) == f[i]); /* exact in bf16 */
+}
+
+/* ---- per element ---- */
+
+static void test_gelu(void **state) {
+    (void)state;
+    size_t n = 2001;
+    float *x = test_fvec(n), *want = test_fvec(n), *dy = test_fvec(n), *dwant = test_fvec(n);
+    for (size_t i = 0; i < n; i++) x[i] = -10.0f + 0.01f * (float)i;
+    test_fill(dy, n, 1.0f, 3);
+    gelu_forward(want, x, n);
+    gelu_backward(dwant, x, dy, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_true(fabsf(fs_gelu_forward(x[i]) - want[i]) <= 1e-6f + 1e-6f * fabsf(want[i]));
+        /* ops.c's tanh is fs_fast_tanhf (2e-7 absolute): 1 - tanh^2 times up to
+         * 0.5 |x| (1 + 0.134 x^2) ~ 60 at |x| = 10 makes 3e-5 |dy| */
+        assert_true(fabsf(fs_gelu_backward(x[i], dy[i]) - dwant[i]) <= 5e-5f * fabsf(dy[i]) + 1e-5f * fabsf(dwant[i]));
+        /* and the derivative against a central difference in double */
+        double h = 1e-3, fd = ((double)fs_gelu_forward(x[i] + (float)h) - fs_gelu_forward(x[i] - (float)h)) / (2 * h);
+        assert_true(fabs(fs_gelu_backward(x[i], 1.0f) - fd) < 2e-3);
+    }
+    free(x), free(want), free(dy), free(dwant);
+}
+
+static void test_adamw_element(void **state) {
+    (void)state;
+    size_t n = 5000;
+    float *p = test_fvec(n), *g = test_fvec(n), *m = test_fvec(n), *v = test_fvec(n);
+    test_fill(p, n, 1.0f, 4);
+    test_fill(g, n, 0.1f, 5);
+    test_fill(m, n, 0.01f, 6);
+    for (size_t i = 0; i < n; i++) v[i] = 1e-4f * (float)(i % 7);
+    float *p2 = test_fvec(n), *m2 = test_fvec(n), *v2 = test_fvec(n);
+    memcpy(p2, p, n * 4), memcpy(m2, m, n * 4), memcpy(v2, v, n * 4);
+    float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.7f;
+    uint64_t t = 5;
+    adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, gs, t);
+    float bc1 = 1.0f - powf(b1, (float)t), bc2 = 1.0f - powf(b2, (float)t), decay = 1.0f - lr * wd;
+    for (size_t i = 0; i < n; i++) {
+        p2[i] = fs_adamw_element(p2[i], g[i] * gs, &m2[i], &v2[i], lr, b1, b2, eps, decay, bc1, bc2);
+        assert_true(fabsf(p2[i] - p[i]) <= 1e-6f * (1.0f + fabsf(p[i])));
+        assert_true(fabsf(m2[i] - m[i]) <= 1e-7f && fabsf(v2[i] - v[i]) <= 1e-9f);
+    }
+    free(p), free(g), free(m), free(v), free(p2), free(m2), free(v2);
+}
+
+static void test_head_permutations(void **state) {
+    (void)state;
+    size_t B = 2, T = 5, H = 3, D = 4, C = H * D, n = B * H * T * D;
+    float *qkv = test_fvec(B * T * 3 * C), *q = test_fvec(n), *k = test_fvec(n), *v = test_fvec(n), *out = test_fvec(B * T * C);
+    for (size_t i = 0; i < B * T * 3 * C; i++) qkv[i] = (float)i;
+    attention_split_heads(q, k, v, qkv, B, T, H, D);
+    attention_merge_heads(out, q, B, T, H, D);
+    for (size_t o = 0; o < n; o++) {
+        size_t src = fs_qkv_index(o, T, H, D);
+        assert_true(q[o] == qkv[src] && k[o] == qkv[src + C] && v[o] == qkv[src + 2 * C]);
+        assert_true(out[fs_merged_index(o, T, H, D)] == q[o]);
+    }
+    free(qkv), free(q), free(k), free(v), free(out);
+}
+
+/* ---- rows, the device's way ---- */
+
+/* sum over a row as a kernel computes it: `lanes` partials, then the tree */
+static float row_sum(const float *x, size_t n, unsigned lanes) {
+    float part[BLOCK];
+    for (unsigned l = 0; l < lanes; l++) part[l] = fs_lane_sum(x, FS_DTYPE_F32, n, l, lanes);
+    return fs_tree_reduce(part, lanes, 0);
+}
+
+static void test_tree_order(void **state) {
+    (void)state;
+    /* the tree on 32 lanes: exact on integers, and lane order matters for
+     * floats in the way the device's butterfly does */
+    float v[64];
+    for (int i = 0; i < 64; i++) v[i] = (float)(i + 1);
+    assert_true(fs_tree_reduce(v, 64, 0) == 2080.0f);
+    for (int i = 0; i < 64; i++) v[i] = (float)((i * 37) % 64);
+    assert_true(fs_tree_reduce(v, 64, 1) == 63.0f);
+    float x[1000];
+    test_fill(x, 1000, 1.0f, 7);
+    double want = 0;
+    for (int i = 0; i < 1000; i++) want += x[i];
+    assert_true(fabs(row_sum(x, 1000, 32) - want) < 1e-4 && fabs(row_sum(x, 1000, 256) - want) < 1e-4);
+}
+
+/* Layer norm as a warp per row computes it, against ops.c. */
+static void test_layernorm(void **state) {
+    (void)state;
+    size_t N = 37, C = 100;
+    float *x = test_fvec(N * C), *w = test_fvec(C), *b = test_fvec(C), *dy = test_fvec(N * C);
+    test_fill(x, N * C, 2.0f, 8);
+    for (size_t i = 0; i < N * C; i++) x[i] += 3.0f; /* a mean far from 0 */
+    test_fill(w, C, 1.0f, 9);
+    test_fill(b, C, 1.0f, 10);
+    test_fill(dy, N * C, 1.0f, 11);
+    float *out = test_fvec(N * C), *mean = test_fvec(N), *rstd = test_fvec(N), *got = test_fvec(N * C);
+    layernorm_forward(out, mean, rstd, x, w, b, N, C);
+    float *gm = test_fvec(N), *gs = test_fvec(N), *part = test_fvec(FS_WARP);
+    for (size_t r = 0; r < N; r++) {
+        const float *xr = x + r * C;
+        float m = row_sum(xr, C, FS_WARP) / (float)C;
+        for (unsigned l = 0; l < FS_WARP; l++) part[l] = fs_lane_sqdev(xr, FS_DTYPE_F32, C, m, l, FS_WARP);
+        float s = fs_ln_rstd(fs_tree_reduce(part, FS_WARP, 0) / (float)C);
+        gm[r] = m, gs[r] = s;
+        for (size_t i = 0; i < C; i++) got[r * C + i] = fs_ln_forward(xr[i], m, s, w[i], b[i]);
+    }
+    test_close("ln mean", gm, mean, N, 1e-6, 1e-6);
+    test_close("ln rstd", gs, rstd, N, 1e-6, 1e-5);
+    test_close("ln out", got, out, N * C, 1e-5, 1e-5);
+    /* backward: dx per row, dweight and dbias by column chunks */
+    float *dx = test_fvec(N * C), *dw = test_fvec(C), *db = test_fvec(C), *gdx = test_fvec(N * C);
+    layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
+    for (size_t r = 0; r < N; r++) {
+        float s1[FS_WARP], s2[FS_WARP];
+        for (unsigned l = 0; l < FS_WARP; l++)
+            fs_ln_backward_lane(dy + r * C, x + r * C, FS_DTYPE_F32, w, C, gm[r], gs[r], l, FS_WARP, &s1[l], &s2[l]);
+        float a = fs_tree_reduce(s1, FS_WARP, 0) / (float)C, c2 = fs_tree_reduce(s2, FS_WARP, 0) / (float)C;
+        for (size_t i = 0; i < C; i++)
+            gdx[r * C + i] = fs_ln_backward_dx(dy[r * C + i], x[r * C + i], w[i], gm[r], gs[r], a, c2);
+    }
+    test_close("ln dx", gdx, dx, N * C, 1e-5, 1e-4);
+    float *gw = test_fvec(C), *gb = test_fvec(C);
+    size_t chunks, rows;
+    fs_column_chunks(N, &chunks, &rows);
+    for (size_t c = 0; c < C; c++)
+        for (size_t k = 0; k < chunks; k++) {
+            float a[FS_COL_ROWS] = {0}, bb[FS_COL_ROWS] = {0};
+            size_t r1 = (k + 1) * rows < N ? (k + 1) * rows : N;
+            for (unsigned ty = 0; ty < FS_COL_ROWS; ty++)
+                for (size_t r = k * rows + ty; r < r1; r += FS_COL_ROWS) {
+                    a[ty] += fs_ln_dweight(x[r * C + c], gm[r], gs[r], dy[r * C + c]);
+                    bb[ty] += dy[r * C + c];
+                }
+            for (unsigned ty = 1; ty < FS_COL_ROWS; ty++) a[0] += a[ty], bb[0] += bb[ty];
+            gw[c] += a[0], gb[c] += bb[0];
+        }
+    test_close("ln dweight", gw, dw, C, 1e-4, 1e-4);
+    test_close("ln dbias", gb, db, C, 1e-4, 1e-4);
+    free(x), free(w), free(b), free(dy), free(out), free(mean), free(rstd), free(got), free(gm), free(gs), free(part);
+    free(dx), free(dw), free(db), free(gdx), free(gw), free(gb);
+}
+
+/* Column sums as the bias gradient's kernel makes them, against bias.c. */
+static void test_bias_columns(void **state) {
+    (void)state;
+    size_t N = 600, OC = 45, ld = 48; /* three chunks, padded rows */
+    float *dout = test_fvec(N * ld), *want = test_fvec(OC), *got = test_fvec(OC);
+    test_fill(dout, N * ld, 1.0f, 12);
+    bias_backward(want, dout, N, OC, ld);
+    size_t chunks, rows;
+    fs_column_chunks(N, &chunks, &rows);
+    assert_int_equal(chunks, 3);
+    for (size_t c = 0; c < OC; c++)
+        for (size_t k = 0; k < chunks; k++) {
+            float s[FS_COL_ROWS] = {0};
+            size_t r1 = (k + 1) * rows < N ? (k + 1) * rows : N;
+            for (unsigned ty = 0; ty < FS_COL_ROWS; ty++)
+                for (size_t r = k * rows + ty; r < r1; r += FS_COL_ROWS) s[ty] += dout[r * ld + c];
+            for (unsigned ty = 1; ty < FS_COL_ROWS; ty++) s[0] += s[ty];
+            got[c] += s[0];
+        }
+    test_close("bias columns", got, want, OC, 1e-4, 1e-5);
+    free(dout), free(want), free(got);
+}
+
+/* Cross-entropy and softmax as a block per row computes them, against ops.c. */
+static void test_crossentropy_and_softmax(void **state) {
+    (void)state;
+    size_t N = 5, V = 1000;
+    float *z = test_fvec(N * V), *d = test_fvec(N * V), *got = test_fvec(N * V), *p = test_fvec(N * V);
+    test_fill(z, N * V, 4.0f, 13);
+    int32_t y[5] = {0, 999, 500, 3, 3};
+    double want = crossentropy_softmax_forward_backward(d, z, y, N, V, 0.2f), loss = 0;
+    softmax_forward(p, z, N, V, 0.7f);
+    float part[BLOCK];
+    for (size_t r = 0; r < N; r++) {
+        const float *zr = z + r * V;
+        for (unsigned l = 0; l < BLOCK; l++) part[l] = fs_lane_max(zr, FS_DTYPE_F32, V, l, BLOCK);
+        float mx = fs_tree_reduce(part, BLOCK, 1);
+        for (unsigned l = 0; l < BLOCK; l++) part[l] = fs_lane_sumexp(zr, FS_DTYPE_F32, V, mx, 1.0f, l, BLOCK);
+        float sum = fs_tree_reduce(part, BLOCK, 0);
+        loss += fs_ce_loss(mx, sum, zr[y[r]]);
+        for (size_t i = 0; i < V; i++) got[r * V + i] = fs_ce_dlogit(zr[i], mx, 1.0f / sum, i == (size_t)y[r], 0.2f);
+        /* softmax at temperature 0.7 */
+        for (unsigned l = 0; l < BLOCK; l++) part[l] = fs_lane_sumexp(zr, FS_DTYPE_F32, V, mx, 1.0f / 0.7f, l, BLOCK);
+        float st = fs_tree_reduce(part, BLOCK, 0);
+        for (size_t i = 0; i < V; i++) {
+            float pi = expf((zr[i] - mx) * (1.0f / 0.7f)) / st;
+            assert_true(fabsf(pi - p[r * V + i]) <= 1e-7f + 1e-5f * p[r * V + i]);
+        }
+    }
+    assert_true(fabs(loss - want) < 1e-4);
+    test_close("dlogits", got, d, N * V, 1e-8, 1e-4);
+    free(z), free(d), free(got), free(p);
+}
+
+/* ---- argmax and sampling ---- */
+
+static void test_argmax_lanes(void **state) {
+    (void)state;
+    float z[300];
+    test_fill(z, 300, 1.0f, 14);
+    z[77] = z[290] = 9.0f; /* two equal maxima: the first wins */
+    float best = -INFINITY;
+    size_t arg = 300;
+    for (unsigned l = 0; l < BLOCK; l++) {
+        float b;
+        size_t a;
+        fs_lane_argmax(z, FS_DTYPE_F32, 300, l, BLOCK, &b, &a);
+        if (a < 300) fs_argmax_combine(&best, &arg, b, a);
+    }
+    assert_int_equal(arg, 77);
+    float *work = test_fvec(600);
+    assert_int_equal(sample_forward(z, 300, 0.0, 0, 1.0, 0.5f, work), 77); /* the CPU's greedy agrees */
+    free(work);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The kernel's way (probabilities as in sample.c, keys sorted ascending,
+ * then fs_sample_keep and fs_sample_pick) against sample.c itself. */
+static void test_sampling_matches_cpu(void **state) {
+    (void)state;
+    size_t V = 400;
+    float *z = test_fvec(V), *work = test_fvec(2 * V), *p = test_fvec(V);
+    uint64_t *keys = malloc(V * sizeof *keys);
+    fs_rng r;
+    fs_rng_seed(&r, 15);
+    for (int trial = 0; trial < 300; trial++) {
+        test_fill(z, V, trial % 3 == 0 ? 0.5f : 3.0f, (uint64_t)trial + 100);
+        if (trial % 5 == 0) z[7] = z[8] = z[9] = 4.0f; /* ties */
+        double temp = 0.3 + 0.01 * (trial % 150), top_p = trial % 4 == 0 ? 1.0 : 0.05 + 0.003 * trial;
+        size_t top_k = trial % 3 == 1 ? 0 : (size_t)(1 + trial % 50);
+        float u = fs_rng_float(&r);
+        int32_t want = sample_forward(z, V, temp, top_k, top_p, u, work);
+        float mx = z[0];
+        for (size_t i = 1; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+        double sum = 0;
+        for (size_t i = 0; i < V; i++) sum += expf((float)((double)(z[i] - mx) / temp));
+        for (size_t i = 0; i < V; i++)
+            keys[i] = fs_sample_key((float)(expf((float)((double)(z[i] - mx) / temp)) / sum), (uint32_t)i);
+        qsort(keys, V, sizeof *keys, cmp_u64);
+        for (size_t i = 0; i < V; i++) p[i] = fs_sample_key_p(keys[i]);
+        size_t keep = fs_sample_keep(p, V, top_k, top_p);
+        int32_t got = (int32_t)fs_sample_key_id(keys[fs_sample_pick(p, keep, u)]);
+        if (got != want) {
+            fprintf(stderr, "trial %d: token %d, sample.c %d\n", trial, got, want);
+            fail();
+        }
+    }
+    free(z), free(work), free(p), free(keys);
+}
+
+/* ---- the embedding's gradient: sorted runs ---- */
+
+static void test_embedding_runs(void **state) {
+    (void)state;
+    size_t B = 3, T = 7, C = 5, V = 6, BT = B * T;
+    int32_t inp[21];
+    for (size_t i = 0; i < BT; i++) inp[i] = (int32_t)((i * 5 + i / 4) % V);
+    float *dout = test_fvec(BT * C), *want = test_fvec(V * C), *wpe = test_fvec(16 * C), *got = test_fvec(V * C);
+    test_fill(dout, BT * C, 1.0f, 16);
+    encoder_backward(want, wpe, dout, inp, B, T, C, 0);
+    /* a stable sort of (token, row), then each run summed in row order */
+    int32_t tok[21], row[21];
+    size_t n = 0;
+    for (int32_t t = 0; t < (int32_t)V; t++)
+        for (size_t i = 0; i < BT; i++)
+            if (inp[i] == t) tok[n] = t, row[n++] = (int32_t)i;
+    for (size_t i = 0; i < BT; i++) {
+        if (!fs_run_start(tok, i)) continue;
+        for (size_t c = 0; c < C; c++) {
+            float s = 0.0f;
+            for (size_t j = i; j < BT && tok[j] == tok[i]; j++) s += dout[(size_t)row[j] * C + c];
+            got[(size_t)tok[i] * C + c] += s;
+        }
+    }
+    test_close("dwte", got, want, V * C, 1e-6, 1e-6);
+    free(dout), free(want), free(wpe), free(got);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bf16_rounding),     cmocka_unit_test(test_gelu),
+        cmocka_unit_test(test_adamw_element),     cmocka_unit_test(test_head_permutations),
+        cmocka_unit_test(test_tree_order),        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_bias_columns),      cmocka_unit_test(test_crossentropy_and_softmax),
+        cmocka_unit_test(test_argmax_lanes),      cmocka_unit_test(test_sampling_matches_cpu),
+        cmocka_unit_test(test_embedding_runs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
