@@ -12,8 +12,9 @@
  * finite differences. What only a GPU can check (launch geometry, shared
  * memory, streams) is in tests/gpu.
  *
- * No CUDA types: bf16 is its bit pattern (uint16_t), converted here with
- * round-to-nearest-even, exactly as __float2bfloat16_rn does. */
+ * No CUDA types: bf16 is its bit pattern (uint16_t), converted with
+ * round-to-nearest-even by fastserve/bf16.h, exactly as
+ * __float2bfloat16_rn does. */
 #ifndef FS_CUDA_KERNELS_MATH_H
 #define FS_CUDA_KERNELS_MATH_H
 
@@ -22,6 +23,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fastserve/bf16.h"
 #include "fastserve/tensor.h"
 
 #if defined(__CUDACC__)
@@ -33,52 +35,6 @@
 #define FS_LN_EPS 1e-5f
 #define FS_GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
 #define FS_WARP 32
-
-typedef uint16_t fs_bf16;
-
-/* ---- f32 <-> bf16 ---- */
-
-FS_HD uint32_t fs_f32_bits(float x) {
-#if defined(__CUDA_ARCH__)
-    return __float_as_uint(x);
-#else
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-#endif
-}
-
-FS_HD float fs_bits_f32(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(u);
-#else
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-#endif
-}
-
-/* Round to nearest, ties to even; NaN stays a (quiet) NaN. */
-FS_HD fs_bf16 fs_bf16_from_f32(float x) {
-    uint32_t u = fs_f32_bits(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (fs_bf16)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (fs_bf16)(u >> 16);
-}
-
-FS_HD float fs_bf16_to_f32(fs_bf16 h) { return fs_bits_f32((uint32_t)h << 16); }
-
-/* Element i of an F32 or BF16 array, as f32; and back. */
-FS_HD float fs_load(const void *p, size_t i, int dtype) {
-    return dtype == FS_DTYPE_BF16 ? fs_bf16_to_f32(((const fs_bf16 *)p)[i]) : ((const float *)p)[i];
-}
-
-FS_HD void fs_store(void *p, size_t i, int dtype, float x) {
-    if (dtype == FS_DTYPE_BF16)
-        ((fs_bf16 *)p)[i] = fs_bf16_from_f32(x);
-    else
-        ((float *)p)[i] = x;
-}
 
 /* ---- fixed-order reductions ----
  * A warp reduces by butterfly (__shfl_xor_sync with offsets 16, 8, 4, 2,
