@@ -27,9 +27,17 @@
 #include "fastserve/fastmath.h"
 #include "paged.h"
 
+#if FS_CUDA_KERNELS
+#include "cuda/dense_cuda.h" /* the device half: the same algorithm in CUDA kernels */
+#define DENSE_DEVICES (FS_ATTENTION_CUDA | FS_ATTENTION_CUDA_DECODE)
+#else
+#define DENSE_DEVICES 0u
+#endif
+
 typedef struct dense {
     const fs_host_api *host;
     fs_attention_config cfg;
+    struct dense_cuda *cuda; /* the instance is on a CUDA device: everything goes there */
     float scale;
 } dense;
 
@@ -41,12 +49,24 @@ typedef struct cache_header {
 static int dense_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, const fs_attention_config *cfg,
                         fs_error *err) {
     (void)ctx;
-    if (cfg->device.type != FS_DEVICE_CPU)
-        return host->error_set(err, FS_ERR_UNSUPPORTED, "dense attention: only the CPU device is implemented");
-    dense *d = host->alloc(cfg->device, sizeof *d);
+    if (cfg->device.type != FS_DEVICE_CPU && !(cfg->device.type == FS_DEVICE_CUDA && DENSE_DEVICES))
+        return host->error_set(err, FS_ERR_UNSUPPORTED, "dense attention: device type %d is not implemented%s",
+                               (int)cfg->device.type,
+                               cfg->device.type == FS_DEVICE_CUDA ? " (this build has no CUDA toolkit)" : "");
+    fs_device cpu = {FS_DEVICE_CPU, 0}; /* the instance itself is host memory */
+    dense *d = host->alloc(cpu, sizeof *d);
     if (!d) return host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory");
     d->host = host;
     d->cfg = *cfg;
+    d->cuda = NULL;
+#if FS_CUDA_KERNELS
+    if (cfg->device.type == FS_DEVICE_CUDA) {
+        int rc = dense_cuda_create(&d->cuda, host, cfg, err);
+        if (rc) host->free(cpu, d);
+        else *self = d;
+        return rc;
+    }
+#endif
     d->scale = 1.0f / sqrtf((float)cfg->head_dim);
     *self = d;
     return FS_OK;
@@ -55,12 +75,27 @@ static int dense_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx
 static void dense_destroy(void *self) {
     dense *d = self;
     if (!d) return;
-    d->host->free(d->cfg.device, d);
+    fs_device cpu = {FS_DEVICE_CPU, 0};
+#if FS_CUDA_KERNELS
+    dense_cuda_destroy(d->cuda);
+#endif
+    d->host->free(cpu, d);
 }
+
+/* Calls the device half when the instance is on CUDA (and returns). */
+#if FS_CUDA_KERNELS
+#define ON_DEVICE(d, call)            \
+    do {                              \
+        if ((d)->cuda) return (call); \
+    } while (0)
+#else
+#define ON_DEVICE(d, call) ((void)0)
+#endif
 
 /* The log-sum-exp of every row's scores: (B, H, T). */
 static size_t dense_saved_bytes(void *self, size_t B, size_t T) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_saved_bytes(d->cuda, B, T));
     return B * d->cfg.n_head * T * sizeof(float);
 }
 
@@ -218,6 +253,7 @@ static void forward_blocks(void *arg, size_t begin, size_t end) {
 
 static int dense_forward(void *self, fs_attention_args *a, fs_error *err) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_forward(d->cuda, a, err));
     size_t B = a->B, T = a->T, H = d->cfg.n_head;
     if (T > d->cfg.max_seq)
         return d->host->error_set(err, FS_ERR_INVALID, "dense attention: T = %zu exceeds max_seq = %zu", T,
@@ -302,6 +338,7 @@ static void backward_heads(void *arg, size_t begin, size_t end) {
 
 static int dense_backward(void *self, fs_attention_args *a, fs_error *err) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_backward(d->cuda, a, err));
     size_t B = a->B, T = a->T, H = d->cfg.n_head;
     if (check_cpu(d, &a->dout, err)) return err->status;
     heads_job job = {d, a, a->saved, 0};
@@ -314,6 +351,7 @@ static int dense_backward(void *self, fs_attention_args *a, fs_error *err) {
 
 static size_t dense_cache_bytes(void *self, size_t B, size_t context) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_cache_bytes(d->cuda, B, context));
     if (context == 0) context = d->cfg.max_seq;
     /* K and V, then one row of scores for the decode step */
     return sizeof(cache_header) + (2 * B * d->cfg.n_head * context * d->cfg.head_dim + context) * sizeof(float);
@@ -321,6 +359,7 @@ static size_t dense_cache_bytes(void *self, size_t B, size_t context) {
 
 static int dense_cache_reset(void *self, void *cache, size_t B, size_t context, fs_error *err) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_cache_reset(d->cuda, cache, B, context, err));
     (void)err;
     cache_header *h = cache;
     h->B = B;
@@ -331,6 +370,7 @@ static int dense_cache_reset(void *self, void *cache, size_t B, size_t context, 
 
 static int dense_decode(void *self, void *cache, fs_attention_decode_args *a, fs_error *err) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_decode(d->cuda, cache, a, err));
     cache_header *h = cache;
     size_t H = d->cfg.n_head, D = d->cfg.head_dim, ctx = h->context;
     if (a->B != h->B)
@@ -414,6 +454,7 @@ static void scores_heads(void *arg, size_t begin, size_t end) {
 
 static int dense_scores(void *self, fs_attention_scores_args *a, fs_error *err) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_scores(d->cuda, a, err));
     const fs_attention_args *f = a->fwd;
     if (check_cpu(d, &a->scores, err)) return err->status;
     scores_job job = {d, a, 0};
@@ -468,6 +509,7 @@ static void scores_backward_heads(void *arg, size_t begin, size_t end) {
 
 static int dense_scores_backward(void *self, const fs_attention_scores_args *a, fs_error *err) {
     dense *d = self;
+    ON_DEVICE(d, dense_cuda_scores_backward(d->cuda, a, err));
     const fs_attention_args *f = a->fwd;
     if (check_cpu(d, &a->scores, err)) return err->status;
     scores_job job = {d, a, 0};
@@ -532,6 +574,10 @@ static void dense_paged_rows(void *arg, size_t begin, size_t end) {
 
 static int dense_paged_step(void *self, fs_attention_paged_args *a, fs_error *err) {
     dense *d = self;
+    if (d->cfg.device.type != FS_DEVICE_CPU) /* its blocks are host memory the rows below read */
+        return d->host->error_set(err, FS_ERR_UNSUPPORTED,
+                                  "dense attention: the paged step (serving) runs on the CPU; on CUDA it is not "
+                                  "built yet");
     size_t H = d->cfg.n_head, D = d->cfg.head_dim, kb = a->kv_block;
     /* causal whatever the layer says, as decode: later tokens do not exist yet */
     int rc = paged_check(d->host, "dense", a, err);
@@ -560,7 +606,7 @@ static int dense_paged_step(void *self, fs_attention_paged_args *a, fs_error *er
 static const fs_attention_vtable dense_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SCORES |
-             FS_ATTENTION_PAGED,
+             FS_ATTENTION_PAGED | DENSE_DEVICES,
     .create = dense_create,
     .destroy = dense_destroy,
     .saved_bytes = dense_saved_bytes,

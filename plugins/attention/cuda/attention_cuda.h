@@ -1,0 +1,64 @@
+/* attention_cuda.h — the device halves of the attention plugins: launchers
+ * the plugins' C code calls (callable from C, defined in *_kernels.cu and
+ * common.cu, compiled into each plugin when the CUDA toolkit is found).
+ *
+ * Every launcher queues its kernels on `stream` (a cudaStream_t: the host's
+ * device_stream, the model's compute stream) and returns the cudaError_t of
+ * the launch as an int (0: queued). Pointers are device memory; q, k, v and
+ * their gradients are F32 or BF16 (`dtype`), statistics f32. Shapes:
+ * (B, H, T, D) as in fastserve/attention.h, BH = B * H. */
+#ifndef FS_ATTENTION_CUDA_H
+#define FS_ATTENTION_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- common.cu ---- */
+const char *fs_att_cuda_error(int e);        /* cudaGetErrorString */
+int fs_att_cuda_set_device(int device);      /* cudaSetDevice */
+int fs_att_cuda_device_count(void);          /* 0 without a driver or device */
+int fs_att_cuda_memcpy(void *stream, void *dst, const void *src, size_t bytes, int kind); /* fs_copy_kind */
+int fs_att_cuda_memset(void *stream, void *p, int value, size_t bytes);
+int fs_att_cuda_sync(void *stream);
+// delta (rows) = rowsum(dout * out), rows of D
+int fs_att_delta(void *stream, float *delta, const void *dout, const void *out, size_t rows, size_t D, int dtype);
+// dst (n, C) = src rows idx[i] (ld C); idx on the device
+int fs_att_gather_rows(void *stream, float *dst, const float *src, const int32_t *idx, size_t n, size_t C);
+// dst rows idx[i] += src (n, C)
+int fs_att_scatter_add_rows(void *stream, float *dst, const float *src, const int32_t *idx, size_t n, size_t C);
+// x (n rows, ld apart, C columns) += bias (C)
+int fs_att_add_bias(void *stream, float *x, const float *bias, size_t n, size_t C, size_t ld);
+// out (C) += column sums of x (n rows, ld apart), rows in order
+int fs_att_column_sums(void *stream, float *out, const float *x, size_t n, size_t C, size_t ld);
+
+/* ---- dense_kernels.cu ---- */
+int fs_dense_cuda_forward(void *stream, void *out, float *lse, const void *q, const void *k, const void *v, size_t BH,
+                          size_t T, size_t D, int causal, float scale, int dtype);
+// dq, dk, dv overwritten; delta: BH * T floats of work memory
+int fs_dense_cuda_backward(void *stream, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                           const void *v, const void *out, const float *lse, float *delta, size_t BH, size_t T,
+                           size_t D, int causal, float scale, int dtype);
+// scores (BH, T, T) f32: scale * q k^T (probs 0) or e^(that - lse) (probs 1), masked entries 0
+int fs_dense_cuda_scores(void *stream, float *scores, const void *q, const void *k, const float *lse, size_t BH,
+                         size_t T, size_t D, int causal, float scale, int probs, int dtype);
+// in place, one (T, T) block: dP -> dS = P (dP - rowsum(dP * P)) for probabilities; masked entries 0
+int fs_dense_cuda_scores_grad(void *stream, float *ds, const void *q, const void *k, const float *lse, size_t T,
+                              size_t D, int causal, float scale, int probs, int dtype);
+/* Decode: K/V caches (BH, context, D) f32. append writes the new token's
+ * k and v (BH, D) at position pos; decode attends over each row's first
+ * lens[b] (or len, when lens is NULL) positions. The ragged paged step of
+ * the serving engine (ABI 1.2, its branch) reads its block tables through
+ * the same kernel's key addressing: see dense_kernels.cu. */
+int fs_dense_cuda_append(void *stream, float *kc, float *vc, const void *k, const void *v, size_t BH, size_t context,
+                         size_t D, size_t pos, int dtype);
+int fs_dense_cuda_decode(void *stream, void *out, const void *q, const float *kc, const float *vc, const int32_t *lens,
+                         size_t len, size_t B, size_t H, size_t context, size_t D, float scale, int dtype);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,370 @@
+/* test_attention_tiles.c — the attention plugins' CUDA arithmetic on the CPU.
+ *
+ * The device kernels (plugins/attention/cuda/flash.cuh) are one tiled
+ * engine: query tiles of FS_FA_BR rows against key tiles of FS_FA_BC with an
+ * online softmax, then dQ by query tiles and dK/dV by key tiles over the
+ * query ranges a policy gives. Here the same loops run on the CPU (emu_*)
+ * with each plugin's policy written from its *_math.h functions, exactly
+ * as its .cu file writes them, and the results are compared with the
+ * plugins' own CPU forward and backward:
+ *   - dense at lengths that are not multiples of the tiles, causal or not;
+ *   - dense decode: the keys split among warps, the partials merged, at
+ *     every length of a generation (ragged rows are such lengths);
+ * A range that missed a visible key, a mask that let one through or a
+ * wrong gradient formula all show up here; launch geometry and shared
+ * memory are tests/gpu's. */
+#include <string.h>
+
+#include "attention/cuda/flash_math.h"
+#include "test_util.h"
+
+/* ---- the engine's loops on the CPU ---- */
+
+typedef struct emu {
+    void *ctx;
+    size_t nq, nk, D;
+    float scale;
+    int n_segments, accumulate_dq, accumulate_dkdv;
+    void (*key_range)(void *ctx, int seg, size_t i0, size_t i1, size_t *j0, size_t *j1);
+    void (*query_range)(void *ctx, size_t j0, size_t j1, size_t *i0, size_t *i1);
+    int (*active)(void *ctx, size_t i);
+    const float *(*q)(void *ctx, size_t i);
+    const float *(*k)(void *ctx, int seg, size_t j);
+    const float *(*v)(void *ctx, int seg, size_t j);
+    float (*score)(void *ctx, int seg, size_t i, size_t j, float raw, int *constant);
+    /* forward writes out and lse; backward reads lse, delta, dout and writes dq, dk, dv */
+    float *(*out)(void *ctx, size_t i);
+    float *(*lse)(void *ctx, size_t i);
+    float (*delta)(void *ctx, size_t i);
+    const float *(*dout)(void *ctx, size_t i);
+    float *(*dq)(void *ctx, size_t i);
+    float *(*dk)(void *ctx, size_t j);
+    float *(*dv)(void *ctx, size_t j);
+} emu;
+
+static float dotf(const float *a, const float *b, size_t D) {
+    float s = 0.0f;
+    for (size_t c = 0; c < D; c++) s += a[c] * b[c];
+    return s;
+}
+
+static void emu_forward(const emu *p) {
+    size_t D = p->D;
+    float *acc = test_fvec(D), s[FS_FA_BC], pr[FS_FA_BC];
+    for (size_t i0 = 0; i0 < p->nq; i0 += FS_FA_BR) {
+        size_t i1 = i0 + FS_FA_BR < p->nq ? i0 + FS_FA_BR : p->nq;
+        for (size_t i = i0; i < i1; i++) {
+            float m = -INFINITY, l = 0.0f;
+            memset(acc, 0, D * sizeof(float));
+            for (int seg = 0; seg < p->n_segments && p->active(p->ctx, i); seg++) {
+                size_t j0, j1;
+                p->key_range(p->ctx, seg, i0, i1, &j0, &j1);
+                for (size_t jt = j0; jt < j1; jt += FS_FA_BC) {
+                    size_t n = j1 - jt < FS_FA_BC ? j1 - jt : FS_FA_BC;
+                    float tmax = -INFINITY, sum = 0.0f;
+                    for (size_t jj = 0; jj < n; jj++) {
+                        int cst;
+                        s[jj] = p->score(p->ctx, seg, i, jt + jj, dotf(p->q(p->ctx, i), p->k(p->ctx, seg, jt + jj), D), &cst);
+                        tmax = fmaxf(tmax, s[jj]);
+                    }
+                    float mnew = fmaxf(m, tmax);
+                    if (mnew == -INFINITY) continue;
+                    float alpha = fs_fa_rescale(m, mnew);
+                    for (size_t jj = 0; jj < n; jj++) sum += pr[jj] = fs_fa_prob(s[jj], mnew);
+                    l = l * alpha + sum;
+                    for (size_t d = 0; d < D; d++) {
+                        float a = acc[d] * alpha;
+                        for (size_t jj = 0; jj < n; jj++) a += pr[jj] * p->v(p->ctx, seg, jt + jj)[d];
+                        acc[d] = a;
+                    }
+                    m = mnew;
+                }
+            }
+            int live = p->active(p->ctx, i) && l > 0.0f;
+            float *o = p->out(p->ctx, i);
+            for (size_t d = 0; d < D; d++) o[d] = live ? acc[d] / l : 0.0f;
+            *p->lse(p->ctx, i) = !p->active(p->ctx, i) ? 0.0f : l > 0.0f ? fs_fa_lse(m, l) : -INFINITY;
+        }
+    }
+    free(acc);
+}
+
+static void emu_dq(const emu *p) {
+    size_t D = p->D;
+    float *acc = test_fvec(D);
+    for (size_t i0 = 0; i0 < p->nq; i0 += FS_FA_BR) {
+        size_t i1 = i0 + FS_FA_BR < p->nq ? i0 + FS_FA_BR : p->nq;
+        for (size_t i = i0; i < i1; i++) {
+            memset(acc, 0, D * sizeof(float));
+            int live = p->active(p->ctx, i);
+            float lse = live ? *p->lse(p->ctx, i) : 0.0f, delta = live ? p->delta(p->ctx, i) : 0.0f;
+            for (int seg = 0; seg < p->n_segments && live; seg++) {
+                size_t j0, j1;
+                p->key_range(p->ctx, seg, i0, i1, &j0, &j1);
+                for (size_t j = j0; j < j1; j++) {
+                    int cst = 0;
+                    float s = p->score(p->ctx, seg, i, j, dotf(p->q(p->ctx, i), p->k(p->ctx, seg, j), D), &cst);
+                    float dp = dotf(p->dout(p->ctx, i), p->v(p->ctx, seg, j), D);
+                    float ds = cst ? 0.0f : fs_fa_dscore(fs_fa_prob(s, lse), dp, delta);
+                    for (size_t d = 0; d < D; d++) acc[d] += ds * p->k(p->ctx, seg, j)[d];
+                }
+            }
+            float *dq = p->dq(p->ctx, i);
+            for (size_t d = 0; d < D; d++) dq[d] = (p->accumulate_dq ? dq[d] : 0.0f) + p->scale * acc[d];
+        }
+    }
+    free(acc);
+}
+
+static void emu_dkdv(const emu *p) {
+    size_t D = p->D;
+    float *dk = test_fvec(D), *dv = test_fvec(D);
+    for (size_t j0 = 0; j0 < p->nk; j0 += FS_FA_BC) {
+        size_t j1 = j0 + FS_FA_BC < p->nk ? j0 + FS_FA_BC : p->nk, qa, qb;
+        p->query_range(p->ctx, j0, j1, &qa, &qb);
+        for (size_t j = j0; j < j1; j++) {
+            memset(dk, 0, D * sizeof(float));
+            memset(dv, 0, D * sizeof(float));
+            for (size_t i = qa; i < qb; i++) {
+                if (!p->active(p->ctx, i)) continue;
+                int cst = 0;
+                float s = p->score(p->ctx, 0, i, j, dotf(p->q(p->ctx, i), p->k(p->ctx, 0, j), D), &cst);
+                float pv = fs_fa_prob(s, *p->lse(p->ctx, i)), dp = dotf(p->dout(p->ctx, i), p->v(p->ctx, 0, j), D);
+                float ds = cst ? 0.0f : fs_fa_dscore(pv, dp, p->delta(p->ctx, i));
+                for (size_t d = 0; d < D; d++) {
+                    dv[d] += pv * p->dout(p->ctx, i)[d];
+                    dk[d] += ds * p->q(p->ctx, i)[d];
+                }
+            }
+            float *gk = p->dk(p->ctx, j), *gv = p->dv(p->ctx, j);
+            for (size_t d = 0; d < D; d++) {
+                gk[d] = (p->accumulate_dkdv ? gk[d] : 0.0f) + p->scale * dk[d];
+                gv[d] = (p->accumulate_dkdv ? gv[d] : 0.0f) + dv[d];
+            }
+        }
+    }
+    free(dk), free(dv);
+}
+
+/* rowsum(dout * out) of n rows */
+static void deltas(float *delta, const float *dout, const float *out, size_t n, size_t D) {
+    for (size_t i = 0; i < n; i++) delta[i] = dotf(dout + i * D, out + i * D, D);
+}
+
+/* ---- a plugin instance on the CPU, with its inputs and gradients ---- */
+
+typedef struct inst {
+    fs_session *s;
+    const fs_attention_vtable *vt;
+    void *self;
+    size_t B, H, T, D, C;
+    float *q, *k, *v, *out, *dout, *dq, *dk, *dv, *x, *dx;
+    int32_t *tokens;
+    void *saved;
+} inst;
+
+static inst make(const char *plugin, int causal, const char *keys, size_t B, size_t H, size_t T, size_t D) {
+    inst a = {0};
+    char ini[1024];
+    snprintf(ini, sizeof ini,
+             "[model]\nn_layer = 1\nn_head = %zu\nn_embd = %zu\nmax_seq = %zu\n[attention]\nplugin = %s\ncausal = %s\n%s",
+             H, H * D, T < 2 ? 2 : T, plugin, causal ? "true" : "false", keys ? keys : "");
+    a.s = test_session(ini);
+    a.vt = a.s->layers[0].plugin->desc->vtable;
+    a.self = a.s->layers[0].self;
+    a.B = B, a.H = H, a.T = T, a.D = D, a.C = H * D;
+    size_t n = B * H * T * D;
+    a.q = test_fvec(n), a.k = test_fvec(n), a.v = test_fvec(n), a.out = test_fvec(n), a.dout = test_fvec(n);
+    a.dq = test_fvec(n), a.dk = test_fvec(n), a.dv = test_fvec(n);
+    a.x = test_fvec(B * T * a.C), a.dx = test_fvec(B * T * a.C);
+    test_fill(a.q, n, 1.0f, 41);
+    test_fill(a.k, n, 1.0f, 42);
+    test_fill(a.v, n, 1.0f, 43);
+    test_fill(a.dout, n, 1.0f, 44);
+    test_fill(a.x, B * T * a.C, 1.0f, 45);
+    a.tokens = calloc(B * T, sizeof(int32_t));
+    for (size_t i = 0; i < B * T; i++) a.tokens[i] = (int32_t)((i * 7 + i / 5) % 9);
+    a.saved = calloc(1, a.vt->saved_bytes(a.self, B, T));
+    return a;
+}
+
+static void run(inst *a) {
+    fs_attention_args x = test_attention_args(a->B, a->H, a->T, a->D, a->q, a->k, a->v, a->out, a->saved);
+    test_attention_grads(&x, a->H, a->D, a->dout, a->dq, a->dk, a->dv);
+    x.tokens = a->tokens;
+    if (a->vt->flags & FS_ATTENTION_USES_INPUT) {
+        x.x = fs_tensor_cpu_f32(a->x, 3, a->B, a->T, a->C, 0);
+        x.dx = fs_tensor_cpu_f32(a->dx, 3, a->B, a->T, a->C, 0);
+    }
+    fs_error err = {0};
+    if (a->vt->forward(a->self, &x, &err) || a->vt->backward(a->self, &x, &err)) {
+        fprintf(stderr, "%s\n", err.message);
+        fail();
+    }
+}
+
+static void release(inst *a) {
+    free(a->q), free(a->k), free(a->v), free(a->out), free(a->dout), free(a->dq), free(a->dk), free(a->dv);
+    free(a->x), free(a->dx), free(a->tokens), free(a->saved);
+    fs_session_close(a->s);
+}
+
+/* ---- dense ---- */
+
+typedef struct dense_ctx {
+    const float *q, *k, *v, *dout;
+    float *out, *lse, *delta, *dq, *dk, *dv;
+    size_t T, D;
+    int causal;
+    float scale;
+} dense_ctx;
+
+#define DC ((dense_ctx *)c)
+static void dn_key_range(void *c, int seg, size_t i0, size_t i1, size_t *j0, size_t *j1) {
+    (void)seg, (void)i0;
+    *j0 = 0, *j1 = fs_dense_key_end(i1, DC->T, DC->causal);
+}
+static void dn_query_range(void *c, size_t j0, size_t j1, size_t *i0, size_t *i1) {
+    (void)j1;
+    *i0 = fs_dense_query_begin(j0, DC->causal), *i1 = DC->T;
+}
+static int dn_active(void *c, size_t i) { (void)c, (void)i; return 1; }
+static const float *dn_q(void *c, size_t i) { return DC->q + i * DC->D; }
+static const float *dn_k(void *c, int seg, size_t j) { (void)seg; return DC->k + j * DC->D; }
+static const float *dn_v(void *c, int seg, size_t j) { (void)seg; return DC->v + j * DC->D; }
+static float dn_score(void *c, int seg, size_t i, size_t j, float raw, int *cst) {
+    (void)seg;
+    *cst = 0;
+    return fs_dense_visible(i, j, DC->causal) ? raw * DC->scale : -INFINITY;
+}
+static float *dn_out(void *c, size_t i) { return DC->out + i * DC->D; }
+static float *dn_lse(void *c, size_t i) { return DC->lse + i; }
+static float dn_delta(void *c, size_t i) { return DC->delta[i]; }
+static const float *dn_dout(void *c, size_t i) { return DC->dout + i * DC->D; }
+static float *dn_dq(void *c, size_t i) { return DC->dq + i * DC->D; }
+static float *dn_dk(void *c, size_t j) { return DC->dk + j * DC->D; }
+static float *dn_dv(void *c, size_t j) { return DC->dv + j * DC->D; }
+#undef DC
+
+static void check_dense(int causal, size_t B, size_t H, size_t T, size_t D) {
+    inst a = make("dense", causal, NULL, B, H, T, D);
+    run(&a);
+    size_t n = B * H * T * D;
+    float *out = test_fvec(n), *lse = test_fvec(B * H * T), *delta = test_fvec(B * H * T);
+    float *dq = test_fvec(n), *dk = test_fvec(n), *dv = test_fvec(n);
+    for (size_t bh = 0; bh < B * H; bh++) {
+        size_t o = bh * T * D;
+        dense_ctx c = {a.q + o, a.k + o, a.v + o, a.dout + o, out + o, lse + bh * T, delta + bh * T, dq + o, dk + o,
+                       dv + o, T, D, causal, 1.0f / sqrtf((float)D)};
+        emu p = {&c, T, T, D, c.scale, 1, 0, 0, dn_key_range, dn_query_range, dn_active, dn_q, dn_k, dn_v, dn_score,
+                 dn_out, dn_lse, dn_delta, dn_dout, dn_dq, dn_dk, dn_dv};
+        emu_forward(&p);
+        deltas(c.delta, c.dout, c.out, T, D);
+        emu_dq(&p);
+        emu_dkdv(&p);
+        /* the saved log-sum-exp against a direct one in double */
+        for (size_t t = 0; t < T; t++) {
+            double mx = -INFINITY, s = 0;
+            size_t keys = causal ? t + 1 : T;
+            for (size_t j = 0; j < keys; j++) mx = fmax(mx, dotf(c.q + t * D, c.k + j * D, D) * c.scale);
+            for (size_t j = 0; j < keys; j++) s += exp(dotf(c.q + t * D, c.k + j * D, D) * c.scale - mx);
+            assert_true(fabs(lse[bh * T + t] - (mx + log(s))) < 1e-4);
+        }
+    }
+    test_close("dense out", out, a.out, n, 1e-5, 1e-4);
+    test_close("dense dq", dq, a.dq, n, 1e-5, 1e-3);
+    test_close("dense dk", dk, a.dk, n, 1e-5, 1e-3);
+    test_close("dense dv", dv, a.dv, n, 1e-5, 1e-3);
+    free(out), free(lse), free(delta), free(dq), free(dk), free(dv);
+    release(&a);
+}
+
+static void test_dense(void **state) {
+    (void)state;
+    check_dense(1, 2, 2, 37, 16);  /* T not a multiple of 16 or 32 */
+    check_dense(0, 1, 3, 70, 8);
+    check_dense(1, 1, 2, 1, 4);    /* one token */
+    check_dense(1, 1, 2, 100, 64);
+}
+
+/* ---- dense decode: the kernel's split of the keys among warps ---- */
+
+/* One query against n cached keys (rows of D) as decode_kernel does it:
+ * warp w takes the 32-key tiles w, w + W, ... with its own online softmax,
+ * then the W partials merge (fs_fa_merge). */
+static void emu_decode(float *out, const float *q, const float *K, const float *V, size_t n, size_t D, float scale) {
+    enum { W = FS_FA_DECODE_WARPS };
+    float m[W], l[W], *acc = test_fvec(W * D), pr[32];
+    for (size_t w = 0; w < W; w++) {
+        m[w] = -INFINITY, l[w] = 0.0f;
+        for (size_t j0 = w * 32; j0 < n; j0 += W * 32) {
+            size_t tile = n - j0 < 32 ? n - j0 : 32;
+            float tmax = -INFINITY, s[32];
+            for (size_t jj = 0; jj < 32; jj++) {
+                s[jj] = jj < tile ? dotf(q, K + (j0 + jj) * D, D) * scale : -INFINITY;
+                tmax = fmaxf(tmax, s[jj]);
+            }
+            float mnew = fmaxf(m[w], tmax), alpha = fs_fa_rescale(m[w], mnew), sum = 0.0f;
+            for (size_t jj = 0; jj < 32; jj++) sum += pr[jj] = fs_fa_prob(s[jj], mnew);
+            l[w] = l[w] * alpha + sum;
+            for (size_t d = 0; d < D; d++) {
+                float a = acc[w * D + d] * alpha;
+                for (size_t jj = 0; jj < tile; jj++) a += pr[jj] * V[(j0 + jj) * D + d];
+                acc[w * D + d] = a;
+            }
+            m[w] = mnew;
+        }
+    }
+    for (size_t w = 1; w < W; w++) fs_fa_merge(&m[0], &l[0], acc, m[w], l[w], acc + w * D, D);
+    for (size_t d = 0; d < D; d++) out[d] = l[0] > 0.0f ? acc[d] / l[0] : 0.0f;
+    free(acc);
+}
+
+/* Every step of a generation through the CPU plugin's decode, against the
+ * emulated kernel at that many keys: lengths below, at and past one warp's
+ * tile and all four warps' (a ragged batch's rows are such lengths). */
+static void check_dense_decode(size_t B, size_t H, size_t D, size_t steps) {
+    inst a = make("dense", 1, NULL, 1, H, steps, D);
+    size_t BH = B * H;
+    void *cache = calloc(1, a.vt->cache_bytes(a.self, B, steps));
+    fs_error err = {0};
+    assert_int_equal(a.vt->cache_reset(a.self, cache, B, steps, &err), 0);
+    float *q = test_fvec(BH * D), *k = test_fvec(BH * D), *v = test_fvec(BH * D), *out = test_fvec(BH * D);
+    float *K = test_fvec(BH * steps * D), *V = test_fvec(BH * steps * D), *want = test_fvec(D);
+    for (size_t pos = 0; pos < steps; pos++) {
+        test_fill(q, BH * D, 1.0f, 100 + pos), test_fill(k, BH * D, 1.0f, 200 + pos), test_fill(v, BH * D, 1.0f, 300 + pos);
+        for (size_t bh = 0; bh < BH; bh++) {
+            memcpy(K + (bh * steps + pos) * D, k + bh * D, D * sizeof(float));
+            memcpy(V + (bh * steps + pos) * D, v + bh * D, D * sizeof(float));
+        }
+        fs_attention_decode_args x;
+        memset(&x, 0, sizeof x);
+        x.struct_size = sizeof x, x.B = B, x.pos = pos, x.token = -1;
+        x.q = fs_tensor_cpu_f32(q, 4, B, H, 1, D), x.k = fs_tensor_cpu_f32(k, 4, B, H, 1, D);
+        x.v = fs_tensor_cpu_f32(v, 4, B, H, 1, D), x.out = fs_tensor_cpu_f32(out, 4, B, H, 1, D);
+        if (a.vt->decode(a.self, cache, &x, &err)) {
+            fprintf(stderr, "%s\n", err.message);
+            fail();
+        }
+        for (size_t bh = 0; bh < BH; bh++) {
+            emu_decode(want, q + bh * D, K + bh * steps * D, V + bh * steps * D, pos + 1, D, 1.0f / sqrtf((float)D));
+            test_close("dense decode", out + bh * D, want, D, 1e-5, 1e-4);
+        }
+    }
+    free(q), free(k), free(v), free(out), free(K), free(V), free(want), free(cache);
+    release(&a);
+}
+
+static void test_dense_decode(void **state) {
+    (void)state;
+    check_dense_decode(2, 2, 16, 300); /* past 4 warps x 32 keys twice */
+    check_dense_decode(1, 3, 64, 40);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dense),
+        cmocka_unit_test(test_dense_decode),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
