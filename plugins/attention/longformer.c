@@ -186,19 +186,26 @@ static int parse_global(lf_plugin *lf, fs_plugin_ctx *ctx, fs_error *err) {
 static void lf_destroy(void *self) {
     lf_plugin *lf = self;
     if (!lf) return;
+    fs_device cpu = {FS_DEVICE_CPU, 0};
+#if FS_CUDA_KERNELS
+    lf_cuda_destroy(lf);
+#endif
     free(lf->dil);
     free(lf->gpos);
     free(lf->gtok);
-    lf->host->free(lf->cfg.device, lf->scratch);
-    lf->host->free(lf->cfg.device, lf);
+    lf->host->free(cpu, lf->scratch);
+    lf->host->free(cpu, lf);
 }
 
 static int lf_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, const fs_attention_config *cfg,
                      fs_error *err) {
     *self = NULL;
-    if (cfg->device.type != FS_DEVICE_CPU)
-        return host->error_set(err, FS_ERR_UNSUPPORTED, "longformer attention: only the CPU device is implemented");
-    lf_plugin *lf = host->alloc(cfg->device, sizeof *lf);
+    if (cfg->device.type != FS_DEVICE_CPU && !(cfg->device.type == FS_DEVICE_CUDA && LF_DEVICES))
+        return host->error_set(err, FS_ERR_UNSUPPORTED, "longformer attention: device type %d is not implemented%s",
+                               (int)cfg->device.type,
+                               cfg->device.type == FS_DEVICE_CUDA ? " (this build has no CUDA toolkit)" : "");
+    fs_device cpu = {FS_DEVICE_CPU, 0}; /* the instance and its work memory are host memory */
+    lf_plugin *lf = host->alloc(cpu, sizeof *lf);
     if (!lf) return host->error_set(err, FS_ERR_NOMEM, "longformer attention: out of memory");
     lf->host = host;
     lf->cfg = *cfg;
@@ -266,6 +273,9 @@ static int lf_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, c
         lf->bg = p.data;
         lf->dbg = g.data;
     }
+#if FS_CUDA_KERNELS
+    if (cfg->device.type == FS_DEVICE_CUDA && (rc = lf_cuda_create(lf, err))) goto fail;
+#endif
     *self = lf;
     return FS_OK;
 fail:
@@ -282,6 +292,9 @@ static int lf_init_params(void *self, const fs_tensor *w, const fs_tensor *b, fs
         return lf->host->error_set(err, FS_ERR_INVALID,
                                    "longformer attention: init_params expects c_attn (%zu, %zu) and (%zu)", C, 3 * C,
                                    3 * C);
+#if FS_CUDA_KERNELS
+    if (lf->cuda) return lf_cuda_init_params(lf, w, b, err);
+#endif
     memcpy(lf->wg, w->data, C * 3 * C * sizeof(float));
     memcpy(lf->bg, b->data, 3 * C * sizeof(float));
     return FS_OK;
@@ -310,8 +323,7 @@ static int check_args(const lf_plugin *lf, const fs_attention_args *a, fs_error 
     return FS_OK;
 }
 
-/* Which positions of each sequence are global, for this forward. */
-static void find_globals(const lf_plugin *lf, const fs_attention_args *a, lf_state *st) {
+void lf_find_globals(const lf_plugin *lf, const fs_attention_args *a, lf_state *st) {
     size_t B = st->B, T = st->T;
     memset(st->gflag, 0, B * T);
     for (size_t b = 0; b < B; b++) {
@@ -336,10 +348,13 @@ static int any_global(const lf_state *st) {
 
 static int lf_forward(void *self, fs_attention_args *a, fs_error *err) {
     lf_plugin *lf = self;
+#if FS_CUDA_KERNELS
+    if (lf->cuda) return lf_cuda_forward(lf, a, err);
+#endif
     int rc = check_args(lf, a, err);
     if (rc) return rc;
     lf_state st = state_view(lf, a->saved, a->B, a->T);
-    find_globals(lf, a, &st);
+    lf_find_globals(lf, a, &st);
     if ((rc = lf_band_forward(lf, a, &st, err))) return rc;
     if (any_global(&st)) rc = lf_global_forward(lf, a, &st, err);
     return rc;
@@ -347,6 +362,9 @@ static int lf_forward(void *self, fs_attention_args *a, fs_error *err) {
 
 static int lf_backward(void *self, fs_attention_args *a, fs_error *err) {
     lf_plugin *lf = self;
+#if FS_CUDA_KERNELS
+    if (lf->cuda) return lf_cuda_backward(lf, a, err);
+#endif
     int rc = check_args(lf, a, err);
     if (rc) return rc;
     if (lf->gmode != LF_GLOBAL_NONE && !a->dx.data)
@@ -357,17 +375,28 @@ static int lf_backward(void *self, fs_attention_args *a, fs_error *err) {
     return rc;
 }
 
+/* Generation keeps its bounded cache on the CPU: an instance on CUDA
+ * (FS_ATTENTION_CUDA without FS_ATTENTION_CUDA_DECODE) says so. */
+static int lf_cache_reset_on(void *self, void *cache, size_t B, size_t max_context, fs_error *err) {
+    lf_plugin *lf = self;
+    if (lf->cfg.device.type != FS_DEVICE_CPU)
+        return lf->host->error_set(err, FS_ERR_UNSUPPORTED,
+                                   "longformer attention: generation runs on the CPU ([run] device = cpu); its CUDA "
+                                   "kernels are for training");
+    return lf_cache_reset(self, cache, B, max_context, err);
+}
+
 static const fs_attention_vtable lf_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_USES_INPUT |
-             FS_ATTENTION_BOUNDED_CACHE | FS_ATTENTION_PAGED,
+             FS_ATTENTION_BOUNDED_CACHE | FS_ATTENTION_PAGED | LF_DEVICES,
     .create = lf_create,
     .destroy = lf_destroy,
     .saved_bytes = lf_saved_bytes,
     .forward = lf_forward,
     .backward = lf_backward,
     .cache_bytes = lf_cache_bytes,
-    .cache_reset = lf_cache_reset,
+    .cache_reset = lf_cache_reset_on,
     .decode = lf_decode,
     .scores = NULL,
     .init_params = lf_init_params,

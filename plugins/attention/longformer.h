@@ -44,6 +44,8 @@ typedef struct lf_plugin {
 
     float *scratch; /* grow-only work memory, see lf_scratch */
     size_t scratch_floats;
+
+    struct lf_cuda *cuda; /* the instance is on a CUDA device (cuda/longformer_cuda.c) */
 } lf_plugin;
 
 /* Where each piece of the saved state lives for one (B, T). Offsets are in
@@ -69,6 +71,11 @@ typedef struct lf_state {
     int32_t *gcount, *glist;
     uint8_t *gflag;
 } lf_state;
+
+/* Which positions of each sequence are global, for this forward: gflag,
+ * glist and gcount of st (host memory) from the configuration and, for
+ * global = token:..., a->tokens. */
+void lf_find_globals(const lf_plugin *lf, const fs_attention_args *a, lf_state *st);
 
 /* Rows of global K/V sequence b needs: every position a global row sees. */
 size_t lf_global_span(const lf_plugin *lf, const lf_state *st, size_t b);
@@ -101,5 +108,17 @@ size_t lf_paged_max_blocks(void *self, size_t kv_block);
 
 /* 1 when token id `t` makes a token global (LF_GLOBAL_TOKENS). */
 int lf_is_global_token(const lf_plugin *lf, int32_t t);
+
+#if FS_CUDA_KERNELS
+/* cuda/longformer_cuda.c: training on a CUDA device (f32). */
+int lf_cuda_create(lf_plugin *lf, fs_error *err);
+void lf_cuda_destroy(lf_plugin *lf);
+int lf_cuda_init_params(lf_plugin *lf, const fs_tensor *w, const fs_tensor *b, fs_error *err);
+int lf_cuda_forward(lf_plugin *lf, const fs_attention_args *a, fs_error *err);
+int lf_cuda_backward(lf_plugin *lf, const fs_attention_args *a, fs_error *err);
+#define LF_DEVICES FS_ATTENTION_CUDA
+#else
+#define LF_DEVICES 0u
+#endif
 
 #endif

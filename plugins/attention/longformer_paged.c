@@ -201,6 +201,10 @@ static size_t max_keys(const lf_plugin *lf, const fs_attention_paged_args *a) {
 
 int lf_paged_step(void *self, fs_attention_paged_args *a, fs_error *err) {
     lf_plugin *lf = self;
+    if (lf->cfg.device.type != FS_DEVICE_CPU)
+        return lf->host->error_set(err, FS_ERR_UNSUPPORTED,
+                                   "longformer attention: serving runs on the CPU ([run] device = cpu); its CUDA "
+                                   "kernels are for training");
     if (!lf->cfg.causal)
         return lf->host->error_set(err, FS_ERR_UNSUPPORTED,
                                    "longformer attention: the paged step is causal; this layer has causal = false");

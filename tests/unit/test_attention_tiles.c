@@ -10,12 +10,16 @@
  *   - dense at lengths that are not multiples of the tiles, causal or not;
  *   - dense decode: the keys split among warps, the partials merged, at
  *     every length of a generation (ragged rows are such lengths);
+ *   - longformer: the band per dilation class with global columns, global
+ *     rows through the global projection (dx included), positions and
+ *     token-triggered globals;
  * A range that missed a visible key, a mask that let one through or a
  * wrong gradient formula all show up here; launch geometry and shared
  * memory are tests/gpu's. */
 #include <string.h>
 
 #include "attention/cuda/flash_math.h"
+#include "attention/cuda/longformer_math.h"
 #include "test_util.h"
 
 /* ---- the engine's loops on the CPU ---- */
@@ -361,10 +365,240 @@ static void test_dense_decode(void **state) {
     check_dense_decode(1, 3, 64, 40);
 }
 
+/* ---- longformer ---- */
+
+typedef struct lf_ctx {
+    const float *q, *k, *v, *dout; /* one (b, h): (T, D) */
+    float *out, *lse, *delta, *dq, *dk, *dv;
+    const uint8_t *gflag;          /* (T) */
+    const int32_t *gl;             /* (g) global positions, ascending */
+    size_t g, T, D, r, d, n, w;
+    int causal;
+    float scale;
+} lf_ctx;
+
+#define LC ((lf_ctx *)c)
+static size_t lf_pos(void *c, size_t s) { return LC->r + s * LC->d; }
+static void lf_key_range(void *c, int seg, size_t i0, size_t i1, size_t *j0, size_t *j1) {
+    if (seg == 0) fs_lf_key_range(i0, i1, LC->n, LC->w, LC->causal, j0, j1);
+    else *j0 = 0, *j1 = LC->g;
+}
+static void lf_query_range(void *c, size_t j0, size_t j1, size_t *i0, size_t *i1) {
+    fs_lf_query_range(j0, j1, LC->n, LC->w, LC->causal, i0, i1);
+}
+static int lf_active(void *c, size_t s) { return !LC->gflag[lf_pos(c, s)]; }
+static const float *lf_q(void *c, size_t s) { return LC->q + lf_pos(c, s) * LC->D; }
+static const float *lf_k(void *c, int seg, size_t j) {
+    return LC->k + (seg ? (size_t)LC->gl[j] : lf_pos(c, j)) * LC->D;
+}
+static const float *lf_v(void *c, int seg, size_t j) {
+    return LC->v + (seg ? (size_t)LC->gl[j] : lf_pos(c, j)) * LC->D;
+}
+static float lf_score(void *c, int seg, size_t s, size_t j, float raw, int *cst) {
+    *cst = 0;
+    int vis = seg ? fs_lf_global_column(s, lf_pos(c, s), (size_t)LC->gl[j], LC->r, LC->d, LC->w, LC->causal)
+                  : fs_lf_in_band(s, j, LC->n, LC->w, LC->causal);
+    return vis ? raw * LC->scale : -INFINITY;
+}
+static float *lf_out(void *c, size_t s) { return LC->out + lf_pos(c, s) * LC->D; }
+static float *lf_lse(void *c, size_t s) { return LC->lse + lf_pos(c, s); }
+static float lf_delta(void *c, size_t s) { return LC->delta[lf_pos(c, s)]; }
+static const float *lf_dout(void *c, size_t s) { return LC->dout + lf_pos(c, s) * LC->D; }
+static float *lf_dq(void *c, size_t s) { return LC->dq + lf_pos(c, s) * LC->D; }
+static float *lf_dk(void *c, size_t j) { return LC->dk + lf_pos(c, j) * LC->D; }
+static float *lf_dv(void *c, size_t j) { return LC->dv + lf_pos(c, j) * LC->D; }
+
+/* The global columns' dK and dV: keys are the globals, queries every
+ * position of the (b, h) (each in its own class). */
+static void gc_query_range(void *c, size_t j0, size_t j1, size_t *i0, size_t *i1) {
+    (void)c, (void)j0, (void)j1;
+    *i0 = 0, *i1 = LC->T;
+}
+static int gc_active(void *c, size_t t) { return !LC->gflag[t]; }
+static const float *gc_q(void *c, size_t t) { return LC->q + t * LC->D; }
+static const float *gc_k(void *c, int seg, size_t j) { (void)seg; return LC->k + (size_t)LC->gl[j] * LC->D; }
+static const float *gc_v(void *c, int seg, size_t j) { (void)seg; return LC->v + (size_t)LC->gl[j] * LC->D; }
+static float gc_score(void *c, int seg, size_t t, size_t j, float raw, int *cst) {
+    (void)seg;
+    *cst = 0;
+    size_t r = t % LC->d, s = t / LC->d;
+    return fs_lf_global_column(s, t, (size_t)LC->gl[j], r, LC->d, LC->w, LC->causal) ? raw * LC->scale : -INFINITY;
+}
+static float *gc_lse(void *c, size_t t) { return LC->lse + t; }
+static float gc_delta(void *c, size_t t) { return LC->delta[t]; }
+static const float *gc_dout(void *c, size_t t) { return LC->dout + t * LC->D; }
+static float *gc_dk(void *c, size_t j) { return LC->dk + (size_t)LC->gl[j] * LC->D; }
+static float *gc_dv(void *c, size_t j) { return LC->dv + (size_t)LC->gl[j] * LC->D; }
+#undef LC
+
+/* The global rows: queries are the globals' own projection Qg, keys and
+ * values the global projection of every position up to J. */
+typedef struct gr_ctx {
+    const float *qg, *kvg; /* (g, C), (J, 2C) of one sequence; head h at h * D */
+    const float *dout;     /* (T, D) of (b, h) */
+    float *out, *glse, *delta, *dqg, *dkvg;
+    const int32_t *gl;
+    size_t g, J, C, D, h;
+    int causal;
+    float scale;
+} gr_ctx;
+
+#define GC ((gr_ctx *)c)
+static void gr_key_range(void *c, int seg, size_t i0, size_t i1, size_t *j0, size_t *j1) {
+    (void)seg, (void)i0;
+    size_t last = (size_t)GC->gl[i1 - 1] + 1;
+    *j0 = 0, *j1 = GC->causal && last < GC->J ? last : GC->J;
+}
+static void gr_query_range(void *c, size_t j0, size_t j1, size_t *i0, size_t *i1) {
+    (void)j0, (void)j1;
+    *i0 = 0, *i1 = GC->g;
+}
+static const float *gr_q(void *c, size_t i) { return GC->qg + i * GC->C + GC->h * GC->D; }
+static const float *gr_k(void *c, int seg, size_t j) { (void)seg; return GC->kvg + j * 2 * GC->C + GC->h * GC->D; }
+static const float *gr_v(void *c, int seg, size_t j) {
+    (void)seg;
+    return GC->kvg + j * 2 * GC->C + GC->C + GC->h * GC->D;
+}
+static float gr_score(void *c, int seg, size_t i, size_t j, float raw, int *cst) {
+    (void)seg;
+    *cst = 0;
+    return j < GC->J && fs_lf_global_row_sees((size_t)GC->gl[i], j, GC->causal) ? raw * GC->scale : -INFINITY;
+}
+static float *gr_out(void *c, size_t i) { return GC->out + (size_t)GC->gl[i] * GC->D; }
+static float *gr_lse(void *c, size_t i) { return GC->glse + i; }
+static float gr_delta(void *c, size_t i) { return GC->delta[GC->gl[i]]; }
+static const float *gr_dout(void *c, size_t i) { return GC->dout + (size_t)GC->gl[i] * GC->D; }
+static float *gr_dq(void *c, size_t i) { return GC->dqg + i * GC->C + GC->h * GC->D; }
+static float *gr_dk(void *c, size_t j) { return GC->dkvg + j * 2 * GC->C + GC->h * GC->D; }
+static float *gr_dv(void *c, size_t j) { return GC->dkvg + j * 2 * GC->C + GC->C + GC->h * GC->D; }
+#undef GC
+
+/* y (n, m) = x (n, k) @ W (k, m, row stride ldw) + bias (m), in double */
+static void project(float *y, const float *x, size_t n, size_t k, const float *W, size_t ldw, const float *bias,
+                    size_t m) {
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < m; j++) {
+            double s = bias[j];
+            for (size_t p = 0; p < k; p++) s += (double)x[i * k + p] * W[p * ldw + j];
+            y[i * m + j] = (float)s;
+        }
+}
+
+/* What the plugin's saved state says about sequence b's globals. */
+static size_t globals_of(const inst *a, int32_t *gl, uint8_t *gflag, size_t b, const char *mode, const int32_t *list,
+                         size_t n_list) {
+    size_t g = 0;
+    memset(gflag, 0, a->T);
+    for (size_t t = 0; t < a->T; t++) {
+        int glob = 0;
+        for (size_t i = 0; i < n_list; i++)
+            glob |= strcmp(mode, "pos") == 0 ? (size_t)list[i] == t : list[i] == a->tokens[b * a->T + t];
+        if (glob) gl[g++] = (int32_t)t, gflag[t] = 1;
+    }
+    return g;
+}
+
+static void check_longformer(int causal, const char *keys, const char *mode, const int32_t *list, size_t n_list,
+                             size_t w, const size_t *dil, size_t B, size_t H, size_t T, size_t D) {
+    inst a = make("longformer", causal, keys, B, H, T, D);
+    /* the global projection: random, not a copy of anything */
+    const fs_param_block *pb = fs_model_block(a.s->model);
+    float *wg = NULL, *bg = NULL;
+    for (size_t i = 0; i < pb->n_views; i++) {
+        if (strstr(pb->views[i].name, "c_attn_global.weight")) wg = pb->params + pb->views[i].offset;
+        if (strstr(pb->views[i].name, "c_attn_global.bias")) bg = pb->params + pb->views[i].offset;
+    }
+    size_t C = a.C, n = B * H * T * D;
+    if (wg) test_fill(wg, C * 3 * C, 0.3f, 46), test_fill(bg, 3 * C, 0.3f, 47);
+    run(&a);
+    float *out = test_fvec(n), *lse = test_fvec(B * H * T), *glse = test_fvec(B * H * T), *delta = test_fvec(B * H * T);
+    float *dq = test_fvec(n), *dk = test_fvec(n), *dv = test_fvec(n), *dx = test_fvec(B * T * C);
+    int32_t *gl = calloc(T, sizeof *gl);
+    uint8_t *gflag = calloc(T, 1);
+    float *xg = test_fvec(T * C), *qg = test_fvec(T * C), *kvg = test_fvec(T * 2 * C);
+    float *dqg = test_fvec(T * C), *dkvg = test_fvec(T * 2 * C);
+    for (size_t b = 0; b < B; b++) {
+        size_t g = wg ? globals_of(&a, gl, gflag, b, mode, list, n_list) : 0;
+        size_t J = g == 0 ? 0 : causal ? (size_t)gl[g - 1] + 1 : T;
+        const float *xb = a.x + b * T * C;
+        if (g) {
+            for (size_t i = 0; i < g; i++) memcpy(xg + i * C, xb + (size_t)gl[i] * C, C * sizeof(float));
+            project(qg, xg, g, C, wg, 3 * C, bg, C);
+            project(kvg, xb, J, C, wg + C, 3 * C, bg + C, 2 * C);
+            memset(dqg, 0, T * C * sizeof(float)), memset(dkvg, 0, T * 2 * C * sizeof(float));
+        }
+        for (size_t h = 0; h < H; h++) {
+            size_t bh = b * H + h, o = bh * T * D;
+            lf_ctx c = {a.q + o, a.k + o, a.v + o, a.dout + o, out + o, lse + bh * T, delta + bh * T, dq + o, dk + o,
+                        dv + o, gflag, gl, g, T, D, 0, dil[h], 0, w, causal, 1.0f / sqrtf((float)D)};
+            emu band = {&c, 0, 0, D, c.scale, 2, 0, 0, lf_key_range, lf_query_range, lf_active, lf_q, lf_k, lf_v,
+                        lf_score, lf_out, lf_lse, lf_delta, lf_dout, lf_dq, lf_dk, lf_dv};
+            for (c.r = 0; c.r < dil[h] && c.r < T; c.r++) { /* forward, every class */
+                c.n = band.nq = band.nk = fs_lf_class_len(T, c.r, c.d);
+                emu_forward(&band);
+            }
+            gr_ctx gc = {qg, kvg, a.dout + o, out + o, glse + bh * T, delta + bh * T, dqg, dkvg, gl, g, J, C, D, h, causal,
+                         c.scale};
+            emu grows = {&gc, g, J, D, c.scale, 1, 0, 0, gr_key_range, gr_query_range, dn_active, gr_q, gr_k, gr_v,
+                         gr_score, gr_out, gr_lse, gr_delta, gr_dout, gr_dq, gr_dk, gr_dv};
+            if (g) emu_forward(&grows);
+            deltas(c.delta, c.dout, c.out, T, D);
+            for (c.r = 0; c.r < dil[h] && c.r < T; c.r++) { /* backward: band rows and keys */
+                c.n = band.nq = band.nk = fs_lf_class_len(T, c.r, c.d);
+                emu_dq(&band);
+                emu_dkdv(&band);
+            }
+            emu cols = {&c, T, g, D, c.scale, 1, 0, 1, NULL, gc_query_range, gc_active, gc_q, gc_k, gc_v, gc_score,
+                        NULL, gc_lse, gc_delta, gc_dout, NULL, gc_dk, gc_dv};
+            if (g) {
+                emu_dkdv(&cols);
+                emu_dq(&grows);
+                emu_dkdv(&grows);
+            }
+        }
+        /* through the global projection: dx += dkvg W_kv^T (rows < J) and dQg W_q^T at the globals */
+        for (size_t i = 0; i < J; i++)
+            for (size_t p = 0; p < C; p++) {
+                double s = 0;
+                for (size_t j = 0; j < 2 * C; j++) s += (double)dkvg[i * 2 * C + j] * wg[p * 3 * C + C + j];
+                dx[(b * T + i) * C + p] += (float)s;
+            }
+        for (size_t i = 0; i < g; i++)
+            for (size_t p = 0; p < C; p++) {
+                double s = 0;
+                for (size_t j = 0; j < C; j++) s += (double)dqg[i * C + j] * wg[p * 3 * C + j];
+                dx[(b * T + (size_t)gl[i]) * C + p] += (float)s;
+            }
+    }
+    /* the CPU's saved log-sum-exps: local rows (B, H, T) first in its layout */
+    test_close("longformer lse", lse, (const float *)a.saved, B * H * T, 1e-5, 1e-4);
+    test_close("longformer out", out, a.out, n, 1e-5, 1e-4);
+    test_close("longformer dq", dq, a.dq, n, 1e-5, 1e-3);
+    test_close("longformer dk", dk, a.dk, n, 1e-5, 1e-3);
+    test_close("longformer dv", dv, a.dv, n, 1e-5, 1e-3);
+    if (wg) test_close("longformer dx", dx, a.dx, B * T * C, 1e-5, 1e-3);
+    free(out), free(lse), free(glse), free(delta), free(dq), free(dk), free(dv), free(dx), free(gl), free(gflag);
+    free(xg), free(qg), free(kvg), free(dqg), free(dkvg);
+    release(&a);
+}
+
+static void test_longformer(void **state) {
+    (void)state;
+    size_t d1[2] = {1, 1}, d12[2] = {1, 2}, d3[3] = {3, 1, 2};
+    int32_t pos[2] = {0, 9}, tok[1] = {4};
+    check_longformer(1, "window = 3\n", "none", NULL, 0, 3, d1, 2, 2, 29, 8);
+    check_longformer(0, "window = 4\ndilation = 1,2\n", "none", NULL, 0, 4, d12, 1, 2, 37, 8);
+    check_longformer(1, "window = 2\ndilation = 1,2\nglobal = 0,9\n", "pos", pos, 2, 2, d12, 2, 2, 29, 8);
+    check_longformer(0, "window = 3\ndilation = 3,1,2\nglobal = 0,9\n", "pos", pos, 2, 3, d3, 1, 3, 40, 4);
+    check_longformer(1, "window = 2\nglobal = token:4\n", "tok", tok, 1, 2, d1, 2, 2, 31, 8);
+    check_longformer(0, "window = 5\ndilation = 1,2\nglobal = token:4\n", "tok", tok, 1, 5, d12, 1, 2, 45, 8);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense),
         cmocka_unit_test(test_dense_decode),
+        cmocka_unit_test(test_longformer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

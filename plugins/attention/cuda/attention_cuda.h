@@ -58,6 +58,32 @@ int fs_dense_cuda_append(void *stream, float *kc, float *vc, const void *k, cons
 int fs_dense_cuda_decode(void *stream, void *out, const void *q, const float *kc, const float *vc, const int32_t *lens,
                          size_t len, size_t B, size_t H, size_t context, size_t D, float scale, int dtype);
 
+/* ---- longformer_kernels.cu ---- */
+/* Everything a longformer pass reads and writes, device pointers. */
+typedef struct fs_lf_cuda_args {
+    const void *q, *k, *v, *dout;   /* (B, H, T, D) */
+    void *out, *dq, *dk, *dv;
+    float *lse;                     /* (B, H, T) local rows' (the saved state's) */
+    float *glse;                    /* (B, H, gmax) global rows' */
+    const float *delta;             /* (B, H, T) rowsum(dout * out) */
+    const uint8_t *gflag;           /* (B, T) 1: a global position */
+    const int32_t *glist, *gcount;  /* (B, gmax) ascending positions, (B) how many */
+    const int32_t *jspan;           /* (B) keys of the global projection per sequence */
+    const int32_t *dil;             /* (H) dilations */
+    float *qg, *kvg;                /* (B, gmax, C), (B, jmax, 2C): the global projection */
+    float *dqg, *dkvg;              /* their gradients */
+    size_t B, H, T, D, gmax, jmax, window, dmax;
+    float scale;
+    int causal, dtype;
+} fs_lf_cuda_args;
+
+// the band (local rows, global columns); backward also the global columns' dk, dv (accumulated)
+int fs_lf_cuda_band_forward(void *stream, const fs_lf_cuda_args *a);
+int fs_lf_cuda_band_backward(void *stream, const fs_lf_cuda_args *a);
+// the global rows (f32): out rows and glse; backward dqg, dkvg (overwritten)
+int fs_lf_cuda_global_forward(void *stream, const fs_lf_cuda_args *a);
+int fs_lf_cuda_global_backward(void *stream, const fs_lf_cuda_args *a);
+
 #ifdef __cplusplus
 }
 #endif
