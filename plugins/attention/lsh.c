@@ -64,14 +64,19 @@ typedef struct cache_header {
 static void lsh_destroy(void *self) {
     lsh_plugin *l = self;
     if (!l) return;
-    l->host->free(l->cfg.device, l->scratch);
-    l->host->free(l->cfg.device, l);
+    fs_device cpu = {FS_DEVICE_CPU, 0};
+#if FS_CUDA_KERNELS
+    lsh_cuda_destroy(l);
+#endif
+    l->host->free(cpu, l->scratch);
+    l->host->free(cpu, l);
 }
 
 static void *scratch(lsh_plugin *l, size_t bytes) {
+    fs_device cpu = {FS_DEVICE_CPU, 0}; /* the CPU path's */
     if (bytes <= l->scratch_bytes) return l->scratch;
-    l->host->free(l->cfg.device, l->scratch);
-    l->scratch = l->host->alloc(l->cfg.device, bytes);
+    l->host->free(cpu, l->scratch);
+    l->scratch = l->host->alloc(cpu, bytes);
     l->scratch_bytes = l->scratch ? bytes : 0;
     return l->scratch;
 }
@@ -83,9 +88,12 @@ static int bad(const lsh_plugin *l, fs_plugin_ctx *ctx, fs_error *err, const cha
 static int lsh_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, const fs_attention_config *cfg,
                       fs_error *err) {
     *self = NULL;
-    if (cfg->device.type != FS_DEVICE_CPU)
-        return host->error_set(err, FS_ERR_UNSUPPORTED, "lsh attention: only the CPU device is implemented");
-    lsh_plugin *l = host->alloc(cfg->device, sizeof *l);
+    if (cfg->device.type != FS_DEVICE_CPU && !(cfg->device.type == FS_DEVICE_CUDA && LSH_DEVICES))
+        return host->error_set(err, FS_ERR_UNSUPPORTED, "lsh attention: device type %d is not implemented%s",
+                               (int)cfg->device.type,
+                               cfg->device.type == FS_DEVICE_CUDA ? " (this build has no CUDA toolkit)" : "");
+    fs_device cpu = {FS_DEVICE_CPU, 0}; /* the instance is host memory */
+    lsh_plugin *l = host->alloc(cpu, sizeof *l);
     if (!l) return host->error_set(err, FS_ERR_NOMEM, "lsh attention: out of memory");
     memset(l, 0, sizeof *l);
     l->host = host;
@@ -141,6 +149,13 @@ static int lsh_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, 
     fs_tensor p, g;
     if ((rc = host->register_param(ctx, "rotations", 3, shape, 0, &p, &g, err))) goto fail;
     l->rot = p.data;
+#if FS_CUDA_KERNELS
+    if (cfg->device.type == FS_DEVICE_CUDA) { /* device memory: filled on the host, copied over */
+        if ((rc = lsh_cuda_create(l, shape[0] * shape[1] * shape[2], host->seed(ctx), err))) goto fail;
+        *self = l;
+        return FS_OK;
+    }
+#endif
     lsh_fill_rotations(l->rot, shape[0] * shape[1] * shape[2], host->seed(ctx));
     *self = l;
     return FS_OK;
@@ -461,6 +476,9 @@ static int setup(lsh_plugin *l, const fs_attention_args *a, job *j, int backward
 
 static int lsh_forward(void *self, fs_attention_args *a, fs_error *err) {
     lsh_plugin *l = self;
+#if FS_CUDA_KERNELS
+    if (l->cuda) return lsh_cuda_forward(l, a, err);
+#endif
     int rc = check_args(l, a, err);
     if (rc) return rc;
     job j;
@@ -484,6 +502,9 @@ static int lsh_forward(void *self, fs_attention_args *a, fs_error *err) {
 
 static int lsh_backward(void *self, fs_attention_args *a, fs_error *err) {
     lsh_plugin *l = self;
+#if FS_CUDA_KERNELS
+    if (l->cuda) return lsh_cuda_backward(l, a, err);
+#endif
     int rc = check_args(l, a, err);
     if (rc) return rc;
     job j;
@@ -514,6 +535,10 @@ static size_t lsh_cache_bytes(void *self, size_t B, size_t context) {
 
 static int lsh_cache_reset(void *self, void *cache, size_t B, size_t context, fs_error *err) {
     lsh_plugin *l = self;
+    if (l->cfg.device.type != FS_DEVICE_CPU)
+        return l->host->error_set(err, FS_ERR_UNSUPPORTED,
+                                  "lsh attention: generation runs on the CPU ([run] device = cpu); its CUDA kernels "
+                                  "are for training");
     if (!l->cfg.causal)
         return l->host->error_set(err, FS_ERR_UNSUPPORTED,
                                   "lsh attention: generation needs causal = true (a bidirectional layer sees the "
@@ -682,6 +707,10 @@ static void lsh_paged_rows(void *arg, size_t begin, size_t end) {
 
 static int lsh_paged_step(void *self, fs_attention_paged_args *a, fs_error *err) {
     lsh_plugin *l = self;
+    if (l->cfg.device.type != FS_DEVICE_CPU)
+        return l->host->error_set(err, FS_ERR_UNSUPPORTED,
+                                  "lsh attention: serving runs on the CPU ([run] device = cpu); its CUDA kernels are "
+                                  "for training");
     if (!l->cfg.causal)
         return l->host->error_set(err, FS_ERR_UNSUPPORTED,
                                   "lsh attention: the paged step is causal; this layer has causal = false");
@@ -702,7 +731,7 @@ static int lsh_paged_step(void *self, fs_attention_paged_args *a, fs_error *err)
 static const fs_attention_vtable lsh_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SHARED_QK |
-             FS_ATTENTION_PAGED,
+             FS_ATTENTION_PAGED | LSH_DEVICES,
     .create = lsh_create,
     .destroy = lsh_destroy,
     .saved_bytes = lsh_saved_bytes,

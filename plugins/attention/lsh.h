@@ -31,6 +31,7 @@ typedef struct lsh_plugin {
     float *rot;
     float *scratch; /* grow-only work memory */
     size_t scratch_bytes;
+    struct lsh_cuda *cuda; /* the instance is on a CUDA device (cuda/lsh_cuda.c) */
 } lsh_plugin;
 
 /* Saved state of one forward, per (b, h), each array 64-byte aligned:
@@ -88,5 +89,16 @@ static inline int32_t lsh_argmax_bucket(const float *p, size_t half) {
     return (int32_t)best;
 }
 
+#if FS_CUDA_KERNELS
+/* cuda/lsh_cuda.c: training on a CUDA device (f32); create fills the
+ * registered rotations (n_rot floats, device memory) from `seed`. */
+int lsh_cuda_create(lsh_plugin *l, size_t n_rot, uint64_t seed, fs_error *err);
+void lsh_cuda_destroy(lsh_plugin *l);
+int lsh_cuda_forward(lsh_plugin *l, const fs_attention_args *a, fs_error *err);
+int lsh_cuda_backward(lsh_plugin *l, const fs_attention_args *a, fs_error *err);
+#define LSH_DEVICES FS_ATTENTION_CUDA
+#else
+#define LSH_DEVICES 0u
+#endif
 
 #endif

@@ -13,6 +13,9 @@
  *   - longformer: the band per dilation class with global columns, global
  *     rows through the global projection (dx included), positions and
  *     token-triggered globals;
+ *   - lsh: one round at a time in the sorted order, a key counted in the
+ *     first round that shows it, the rounds merged by log-sum-exp, against
+ *     the union softmax of lsh.c; its buckets and sort order.
  * A range that missed a visible key, a mask that let one through or a
  * wrong gradient formula all show up here; launch geometry and shared
  * memory are tests/gpu's. */
@@ -20,6 +23,8 @@
 
 #include "attention/cuda/flash_math.h"
 #include "attention/cuda/longformer_math.h"
+#include "attention/cuda/lsh_math.h"
+#include "attention/lsh.h"
 #include "test_util.h"
 
 /* ---- the engine's loops on the CPU ---- */
@@ -594,11 +599,158 @@ static void test_longformer(void **state) {
     check_longformer(0, "window = 5\ndilation = 1,2\nglobal = token:4\n", "tok", tok, 1, 5, d12, 1, 2, 45, 8);
 }
 
+/* ---- lsh ---- */
+
+typedef struct lsh_ctx {
+    const float *q, *kn, *v, *dout;    /* (T, D) of one (b, h) */
+    const int32_t *order, *where;      /* this round's order (T); every round's where (nh, T) */
+    float *out_r, *lse_r;              /* forward: this round's, by position */
+    const float *lse;                  /* backward: the union's, by position */
+    const float *delta;
+    float *dq_r, *dkn_r, *dv_r;
+    size_t T, D, nh, chunk, back, ahead, round;
+    int causal;
+    float scale;
+} lsh_ctx;
+
+#define HC ((lsh_ctx *)c)
+static size_t hp(void *c, size_t u) { return (size_t)HC->order[u]; }
+static void lsh_key_range(void *c, int seg, size_t u0, size_t u1, size_t *j0, size_t *j1) {
+    (void)seg;
+    size_t lo, hi;
+    fs_lsh_window(u0 / HC->chunk, HC->back, HC->ahead, HC->chunk, HC->T, j0, &hi);
+    fs_lsh_window((u1 - 1) / HC->chunk, HC->back, HC->ahead, HC->chunk, HC->T, &lo, j1);
+}
+static void lsh_query_range(void *c, size_t k0, size_t k1, size_t *i0, size_t *i1) {
+    size_t lo, hi; /* the reverse window: chunks that look at these keys */
+    fs_lsh_window(k0 / HC->chunk, HC->ahead, HC->back, HC->chunk, HC->T, i0, &hi);
+    fs_lsh_window((k1 - 1) / HC->chunk, HC->ahead, HC->back, HC->chunk, HC->T, &lo, i1);
+}
+static const float *lsh_q(void *c, size_t u) { return HC->q + hp(c, u) * HC->D; }
+static const float *lsh_k(void *c, int seg, size_t u) { (void)seg; return HC->kn + hp(c, u) * HC->D; }
+static const float *lsh_v(void *c, int seg, size_t u) { (void)seg; return HC->v + hp(c, u) * HC->D; }
+static float lsh_score(void *c, int seg, size_t u, size_t u2, float raw, int *cst) {
+    (void)seg;
+    size_t pi = hp(c, u), pj = hp(c, u2);
+    *cst = pi == pj;
+    if (!fs_lsh_sees(u / HC->chunk, u2 / HC->chunk, HC->back, HC->ahead) || (HC->causal && pj > pi) ||
+        fs_lsh_first_round(HC->where, HC->nh, HC->T, HC->chunk, HC->back, HC->ahead, pi, pj) != HC->round)
+        return -INFINITY;
+    return fs_lsh_score(raw, HC->scale, pi == pj);
+}
+static float *lsh_out(void *c, size_t u) { return HC->out_r + hp(c, u) * HC->D; }
+static float *lsh_lse_fwd(void *c, size_t u) { return HC->lse_r + hp(c, u); }
+static float *lsh_lse_bwd(void *c, size_t u) { return (float *)HC->lse + hp(c, u); }
+static float lsh_delta(void *c, size_t u) { return HC->delta[hp(c, u)]; }
+static const float *lsh_dout(void *c, size_t u) { return HC->dout + hp(c, u) * HC->D; }
+static float *lsh_dq(void *c, size_t u) { return HC->dq_r + hp(c, u) * HC->D; }
+static float *lsh_dk(void *c, size_t u) { return HC->dkn_r + hp(c, u) * HC->D; }
+static float *lsh_dv(void *c, size_t u) { return HC->dv_r + hp(c, u) * HC->D; }
+#undef HC
+
+static void check_lsh(int causal, size_t nh, size_t nb, size_t chunk, size_t back, size_t ahead, size_t B, size_t H,
+                      size_t T, size_t D) {
+    char keys[256];
+    snprintf(keys, sizeof keys, "n_hashes = %zu\nn_buckets = %zu\nchunk = %zu\nlookback = %zu\nlookahead = %zu\n", nh, nb,
+             chunk, back, ahead);
+    inst a = make("lsh", causal, keys, B, H, T, D);
+    run(&a);
+    lsh_saved_layout lay;
+    lsh_saved_layout_for(nh, T, &lay);
+    size_t n = B * H * T * D;
+    float *out = test_fvec(n), *dq = test_fvec(n), *dv = test_fvec(n), *kn = test_fvec(T * D);
+    float *out_r = test_fvec(nh * T * D), *lse_r = test_fvec(nh * T), *lse = test_fvec(T), *delta = test_fvec(T);
+    float *dq_r = test_fvec(nh * T * D), *dkn_r = test_fvec(nh * T * D), *dv_r = test_fvec(nh * T * D);
+    const float *rot = fs_model_block(a.s->model)->params + fs_model_find(a.s->model, "plugin.layer0.attention.rotations")->offset;
+    float *proj = test_fvec(nb / 2);
+    for (size_t bh = 0; bh < B * H; bh++) {
+        const char *base = (const char *)a.saved + bh * lay.per_bh;
+        const int32_t *bucket = (const int32_t *)(base + lay.bucket), *order = (const int32_t *)(base + lay.order);
+        const int32_t *where = (const int32_t *)(base + lay.where);
+        size_t o = bh * T * D;
+        const float *q = a.q + o;
+        for (size_t t = 0; t < T; t++) { /* the keys: q / |q| */
+            float ss = 0.0f;
+            for (size_t c = 0; c < D; c++) ss += q[t * D + c] * q[t * D + c];
+            float inv = fs_lsh_inv_norm(ss);
+            for (size_t c = 0; c < D; c++) kn[t * D + c] = q[t * D + c] * inv;
+        }
+        for (size_t r = 0; r < nh; r++) /* buckets, and the order a sort of bucket * T + t gives */
+            for (size_t t = 0; t < T; t++) {
+                for (size_t c = 0; c < nb / 2; c++) {
+                    float s = 0.0f;
+                    for (size_t d = 0; d < D; d++) s += q[t * D + d] * rot[(r * D + d) * (nb / 2) + c];
+                    proj[c] = s;
+                }
+                assert_int_equal(fs_lsh_bucket(proj, nb / 2), bucket[r * T + t]);
+                size_t rank = 0; /* slot = how many keys (bucket, position) sort before this one */
+                for (size_t u = 0; u < T; u++)
+                    rank += (size_t)bucket[r * T + u] * T + u < (size_t)bucket[r * T + t] * T + t;
+                assert_int_equal(order[r * T + rank], (int32_t)t);
+            }
+        lsh_ctx c = {q, kn, a.v + o, a.dout + o, NULL, where, NULL, NULL, lse, delta, NULL, NULL, NULL, T, D, nh, chunk,
+                     back, ahead, 0, causal, 1.0f / sqrtf((float)D)};
+        emu p = {&c, T, T, D, c.scale, 1, 0, 0, lsh_key_range, lsh_query_range, dn_active, lsh_q, lsh_k, lsh_v,
+                 lsh_score, lsh_out, lsh_lse_fwd, lsh_delta, lsh_dout, lsh_dq, lsh_dk, lsh_dv};
+        for (size_t r = 0; r < nh; r++) {
+            c.round = r, c.order = order + r * T, c.out_r = out_r + r * T * D, c.lse_r = lse_r + r * T;
+            emu_forward(&p);
+        }
+        for (size_t t = 0; t < T; t++) { /* the rounds merged */
+            lse[t] = fs_lsh_combine_lse(lse_r + t, nh, T);
+            for (size_t d = 0; d < D; d++) {
+                float s = 0.0f;
+                for (size_t r = 0; r < nh; r++) s += expf(lse_r[r * T + t] - lse[t]) * out_r[(r * T + t) * D + d];
+                out[o + t * D + d] = s;
+            }
+        }
+        test_close("lsh lse", lse, (const float *)(base + lay.lse), T, 1e-4, 1e-5);
+        deltas(delta, a.dout + o, out + o, T, D);
+        p.lse = lsh_lse_bwd;
+        for (size_t r = 0; r < nh; r++) {
+            c.round = r, c.order = order + r * T, c.dq_r = dq_r + r * T * D, c.dkn_r = dkn_r + r * T * D;
+            c.dv_r = dv_r + r * T * D;
+            emu_dq(&p);
+            emu_dkdv(&p);
+        }
+        for (size_t t = 0; t < T; t++) { /* the rounds added, the keys' gradient through the normalisation */
+            float ss = 0.0f, qd = 0.0f, dkn[256];
+            for (size_t d = 0; d < D; d++) {
+                float gq = 0.0f, gk = 0.0f, gv = 0.0f;
+                for (size_t r = 0; r < nh; r++) {
+                    gq += dq_r[(r * T + t) * D + d];
+                    gk += dkn_r[(r * T + t) * D + d];
+                    gv += dv_r[(r * T + t) * D + d];
+                }
+                dq[o + t * D + d] = gq, dkn[d] = gk, dv[o + t * D + d] = gv;
+                ss += q[t * D + d] * q[t * D + d], qd += q[t * D + d] * gk;
+            }
+            float inv = fs_lsh_inv_norm(ss);
+            for (size_t d = 0; d < D; d++) dq[o + t * D + d] += fs_lsh_normalize_backward(q[t * D + d], dkn[d], inv, qd);
+        }
+    }
+    test_close("lsh out", out, a.out, n, 1e-5, 1e-4);
+    test_close("lsh dq", dq, a.dq, n, 1e-5, 1e-3);
+    test_close("lsh dv", dv, a.dv, n, 1e-5, 1e-3);
+    free(out), free(dq), free(dv), free(kn), free(out_r), free(lse_r), free(lse), free(delta), free(dq_r), free(dkn_r),
+        free(dv_r), free(proj);
+    release(&a);
+}
+
+static void test_lsh(void **state) {
+    (void)state;
+    check_lsh(1, 1, 4, 64, 1, 0, 1, 2, 40, 8);   /* one chunk: full shared-QK attention */
+    check_lsh(1, 2, 4, 8, 1, 0, 2, 2, 40, 8);    /* two rounds: duplicates counted once */
+    check_lsh(0, 3, 6, 8, 1, 1, 1, 2, 45, 16);   /* bidirectional, lookahead */
+    check_lsh(1, 4, 8, 5, 2, 0, 1, 2, 50, 4);    /* chunks that do not divide the tiles */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense),
         cmocka_unit_test(test_dense_decode),
         cmocka_unit_test(test_longformer),
+        cmocka_unit_test(test_lsh),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

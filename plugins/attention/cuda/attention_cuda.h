@@ -84,6 +84,30 @@ int fs_lf_cuda_band_backward(void *stream, const fs_lf_cuda_args *a);
 int fs_lf_cuda_global_forward(void *stream, const fs_lf_cuda_args *a);
 int fs_lf_cuda_global_backward(void *stream, const fs_lf_cuda_args *a);
 
+/* ---- lsh_kernels.cu (f32) ---- */
+typedef struct fs_lsh_cuda_args {
+    const float *q, *v, *dout, *out; /* (B, H, T, D) */
+    float *out_w, *dq, *dk, *dv;     /* forward's output; backward's gradients */
+    char *saved;                     /* the saved state, lsh.h's layout per (b, h) */
+    size_t per_bh, off_bucket, off_order, off_where, off_lse;
+    float *kn;                       /* (B, H, T, D) normalised keys */
+    float *out_r, *lse_r;            /* (B, H, nh, T, D), (B, H, nh, T): each round's */
+    float *dq_r, *dkn_r, *dv_r;      /* (B, H, nh, T, D) */
+    float *delta;                    /* (B, H, T) */
+    size_t B, H, T, D, nh, n_buckets, chunk, back, ahead;
+    float scale;
+    int causal;
+} fs_lsh_cuda_args;
+
+int fs_lsh_cuda_normalize(void *stream, const fs_lsh_cuda_args *a);
+// round r's buckets from its projections proj (B*H*T, n_buckets / 2), then (after the last round) the sort
+int fs_lsh_cuda_buckets(void *stream, const fs_lsh_cuda_args *a, const float *proj, size_t r);
+int fs_lsh_cuda_sort(void *stream, const fs_lsh_cuda_args *a);
+// every round's chunked attention, then the rounds merged into out_w and the saved log-sum-exp
+int fs_lsh_cuda_forward(void *stream, const fs_lsh_cuda_args *a);
+// dq, dv (dk zeroed): the rounds' gradients added, the keys' through the normalisation
+int fs_lsh_cuda_backward(void *stream, const fs_lsh_cuda_args *a);
+
 #ifdef __cplusplus
 }
 #endif
