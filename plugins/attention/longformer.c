@@ -197,6 +197,35 @@ static void lf_destroy(void *self) {
     lf->host->free(cpu, lf);
 }
 
+/* [attention] dilation: one value for every head or one per head. */
+static int parse_dilation(lf_plugin *lf, fs_plugin_ctx *ctx, fs_error *err) {
+    size_t H = lf->cfg.n_head;
+    char why[256];
+    lf->dil = malloc(H * sizeof *lf->dil);
+    int64_t *dl = malloc((H + 1) * sizeof *dl);
+    if (!lf->dil || !dl) {
+        free(dl);
+        return lf->host->error_set(err, FS_ERR_NOMEM, "longformer attention: out of memory");
+    }
+    size_t nd = lf->host->config_int_list(ctx, "dilation", dl, H + 1);
+    int rc = FS_OK;
+    if (nd != 1 && nd != H) {
+        snprintf(why, sizeof why, "%zu values, but [model] n_head = %zu: give one dilation for every head or one per head",
+                 nd, H);
+        rc = bad(lf, ctx, err, "dilation", why);
+    }
+    lf->dmax = 1;
+    for (size_t h = 0; h < H && !rc; h++) {
+        int64_t d = dl[nd == 1 ? 0 : h];
+        if (d <= 0)
+            rc = bad(lf, ctx, err, "dilation", "must be positive: 1 is a plain window, d attends to every d-th token");
+        lf->dil[h] = d > 0 ? (size_t)d : 1;
+        if (lf->dil[h] > lf->dmax) lf->dmax = lf->dil[h];
+    }
+    free(dl);
+    return rc;
+}
+
 static int lf_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, const fs_attention_config *cfg,
                      fs_error *err) {
     *self = NULL;
@@ -210,8 +239,7 @@ static int lf_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, c
     lf->host = host;
     lf->cfg = *cfg;
     lf->scale = 1.0f / sqrtf((float)cfg->head_dim);
-    size_t H = cfg->n_head, C = cfg->n_embd;
-    char why[256];
+    size_t C = cfg->n_embd;
     int rc = FS_OK;
 
     int64_t w = host->config_int(ctx, "window");
@@ -221,33 +249,7 @@ static int lf_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, c
     }
     lf->window = (size_t)w;
 
-    lf->dil = malloc(H * sizeof *lf->dil);
-    int64_t *dl = malloc((H + 1) * sizeof *dl);
-    if (!lf->dil || !dl) {
-        free(dl);
-        rc = host->error_set(err, FS_ERR_NOMEM, "longformer attention: out of memory");
-        goto fail;
-    }
-    size_t nd = host->config_int_list(ctx, "dilation", dl, H + 1);
-    if (nd != 1 && nd != H) {
-        free(dl);
-        snprintf(why, sizeof why, "%zu values, but [model] n_head = %zu: give one dilation for every head or one per head",
-                 nd, H);
-        rc = bad(lf, ctx, err, "dilation", why);
-        goto fail;
-    }
-    lf->dmax = 1;
-    for (size_t h = 0; h < H; h++) {
-        int64_t d = dl[nd == 1 ? 0 : h];
-        if (d <= 0) {
-            free(dl);
-            rc = bad(lf, ctx, err, "dilation", "must be positive: 1 is a plain window, d attends to every d-th token");
-            goto fail;
-        }
-        lf->dil[h] = (size_t)d;
-        if (lf->dil[h] > lf->dmax) lf->dmax = lf->dil[h];
-    }
-    free(dl);
+    if ((rc = parse_dilation(lf, ctx, err))) goto fail;
 
     int64_t bw = host->config_int(ctx, "block");
     if (bw < 0) {
