@@ -159,7 +159,8 @@ static int print_help(const cli *c) {
 static int print_version(const cli *c) {
     printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\nMPI: %s%s\n", FS_VERSION, FS_ABI_MAJOR,
            FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
-           FS_WITH_CUDA ? "toolkit found at build time (no CUDA kernels yet)" : "not found at build time",
+           FS_WITH_CUDA ? "the cuda backend and the attention plugins' CUDA kernels built"
+                        : "not found at build time (CPU only)",
            fs_comm_mpi_version(), fs_comm_mpi_available() ? " (mpirun -np N fsrun GRAPH.ini ...)" : "");
     return 0;
 }

@@ -50,10 +50,10 @@ struct fs_graph {
 };
 
 static const char *const FIXED_SECTIONS[] = {"model", "attention", "parallel", "distill", "data",
-                                             "train", "generate",  "run",      "serve"};
+                                             "train", "generate",  "run",      "serve",   "backend"};
 #define N_FIXED (sizeof FIXED_SECTIONS / sizeof FIXED_SECTIONS[0])
 static const char KNOWN_SECTIONS[] = "model, attention, layer.N, layer.A-B, parallel, distill, "
-                                     "distill.stage.N, data, train, generate, run, serve";
+                                     "distill.stage.N, data, train, generate, run, serve, backend";
 
 
 static char *dupn(const char *s, size_t n) {

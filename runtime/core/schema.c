@@ -137,6 +137,9 @@ static const fs_param_spec run_keys[] = {
     {"progress", FS_PARAM_ENUM, "auto", 0, 0, "auto|on|off", "progress line: auto = only on a terminal"},
     {"log_every", FS_PARAM_INT, "10", 1, FS_PARAM_UNBOUNDED, NULL,
      "plain progress lines every N steps when not a terminal"},
+    {"device", FS_PARAM_STRING, "auto", 0, 0, NULL,
+     "compute device: auto (a GPU only where there is one and the model can use it, else the CPU), cpu, cuda or "
+     "cuda:N (the N-th visible CUDA device); CUDA where there is none is an error"},
 };
 
 /* [serve]: the engine's keys, then the HTTP front end's; the scheduler

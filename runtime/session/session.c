@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "dist/comm_self.h"
+#include "session/device.h"
 #include "fastserve/attention.h"
 #include "fastserve/parallel.h"
 #include "core/schema.h"
@@ -183,7 +184,7 @@ static int create_layer_attention(fs_session *s, size_t li, const char *const *s
         .n_embd = part->attn_width,
         .max_seq = mc.max_seq,
         .causal = causal,
-        .device = {FS_DEVICE_CPU, 0},
+        .device = s->device,
     };
     fs_error perr = {0};
     rc = vt->create(&inst->self, &s->host.api, &inst->ctx, &ac, &perr);
@@ -229,7 +230,7 @@ static int build_parallel(fs_session *s, fs_error *err) {
         .n_layer = s->mcfg.n_layer,
         .n_head = s->mcfg.n_head,
         .batch = (size_t)fs_config_int(s->train_cfg, "batch"),
-        .device = {FS_DEVICE_CPU, 0},
+        .device = s->device,
         .seq = s->mcfg.max_seq,
         .n_embd = s->mcfg.n_embd,
         .vocab = s->mcfg.vocab,
@@ -350,7 +351,7 @@ static int open_session(fs_session **out, fs_graph *g, int local, fs_error *err)
                           fs_config_where(s->model_cfg, "n_embd"), s->mcfg.n_head);
         goto checked;
     }
-    if ((rc = check_layer_sections(s, err))) goto checked;
+    if ((rc = check_layer_sections(s, err)) || (rc = fs_session_device(s, &s->device, err))) goto checked;
     if ((rc = fs_tokenizer_spec_check(fs_config_string(s->model_cfg, "tokenizer"),
                                       fs_config_where(s->model_cfg, "tokenizer"), err)))
         goto checked;

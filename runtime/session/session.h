@@ -45,6 +45,7 @@ typedef struct fs_session {
     int local;                  /* a whole replica in this process (a teacher): its strategy sees one rank */
     fs_comm local_comm;         /* the self communicator it gets */
     struct fs_tokenizer *tokenizer; /* [model] tokenizer, opened by fs_session_tokenizer */
+    fs_device device;               /* [run] device (session/device.h) */
 } fs_session;
 
 /* Takes ownership of g (also on failure). Collective when several ranks

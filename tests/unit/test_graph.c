@@ -156,7 +156,7 @@ static void test_unknown_section(void **state) {
     load_fails("[Model]\n", "g.ini:1: [Model]: unknown section; did you mean [model]?");
     load_fails("\n[optimizer]\n", "g.ini:2: [optimizer]: unknown section; known sections: model, attention, "
                                   "layer.N, layer.A-B, parallel, distill, distill.stage.N, data, train, "
-                                  "generate, run, serve");
+                                  "generate, run, serve, backend");
     load_fails("[layer.5-2]\n",
                "g.ini:1: [layer.5-2]: unknown section; layer sections are [layer.N] or [layer.A-B] with A <= B");
     load_fails("[layers.1]\n",
