@@ -148,7 +148,7 @@ static int alloc_layer(gb_model *m, gb_layer *L, size_t l, fs_error *err) {
     fs_attention_config ac = {sizeof ac, (int32_t)l, m->cfg.H, m->D, C, m->cfg.maxT, 1, m->b->device};
     char scope[64];
     snprintf(scope, sizeof scope, "layer%zu.attention", l);
-    fs_plugin_ctx_init(&L->ctx, &m->b->host, NULL, scope, m->cfg.attention);
+    fs_plugin_ctx_init(&L->ctx, &m->b->host, m->cfg.attention_config, scope, m->cfg.attention);
     if ((rc = m->avt->create(&L->attn, &m->b->host.api, &L->ctx, &ac, err))) return rc;
     return dalloc(m, &L->saved, m->avt->saved_bytes(L->attn, m->cfg.B, m->cfg.T), err);
 }

@@ -56,6 +56,7 @@ typedef struct gb_config {
     int32_t dtype;           /* activations: FS_DTYPE_F32 or FS_DTYPE_BF16 */
     int32_t compute;         /* fs_gemm_compute of f32 GEMMs */
     const char *attention;   /* attention plugin, NULL: dense */
+    const fs_config *attention_config; /* its keys (fs_config_resolve against its params), or NULL */
 } gb_config;
 
 typedef struct gb_model gb_model;

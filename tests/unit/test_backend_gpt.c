@@ -48,7 +48,7 @@ static int setup(void **state) {
         return -1;
     }
     gb_config c = {meta(f, "V"), meta(f, "maxT"), meta(f, "L"), meta(f, "H"), meta(f, "C"), meta(f, "B"),
-                   meta(f, "T"), FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, "dense"};
+                   meta(f, "T"), FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, "dense", NULL};
     if (gb_model_create(&f->m, &f->b, &c, &err)) {
         fprintf(stderr, "%s\n", err.message);
         return -1;
