@@ -50,9 +50,9 @@ int fs_dense_cuda_scores_grad(void *stream, float *ds, const void *q, const void
                               size_t D, int causal, float scale, int probs, int dtype);
 /* Decode: K/V caches (BH, context, D) f32. append writes the new token's
  * k and v (BH, D) at position pos; decode attends over each row's first
- * lens[b] (or len, when lens is NULL) positions. The ragged paged step of
- * the serving engine (ABI 1.2, its branch) reads its block tables through
- * the same kernel's key addressing: see dense_kernels.cu. */
+ * lens[b] (or len, when lens is NULL) positions. The serving engine's
+ * ragged paged step (ABI 1.2) runs on the CPU; on CUDA its block tables
+ * would map key j where contiguous_kv does (dense_kernels.cu). */
 int fs_dense_cuda_append(void *stream, float *kc, float *vc, const void *k, const void *v, size_t BH, size_t context,
                          size_t D, size_t pos, int dtype);
 int fs_dense_cuda_decode(void *stream, void *out, const void *q, const float *kc, const float *vc, const int32_t *lens,

@@ -62,7 +62,7 @@ static int enter(const dense_cuda *dc, const fs_tensor *const *t, size_t n, fs_e
 int dense_cuda_create(dense_cuda **out, const fs_host_api *host, const fs_attention_config *cfg, fs_error *err) {
     *out = NULL;
     if (!FS_HAS_MEMBER(host, host->struct_size, fs_host_api, device_stream))
-        return host->error_set(err, FS_ERR_ABI, "dense attention: CUDA needs a host of ABI 1.2 (device_stream)");
+        return host->error_set(err, FS_ERR_ABI, "dense attention: CUDA needs a host of ABI 1.3 (device_stream)");
     if (cfg->head_dim > 128)
         return host->error_set(err, FS_ERR_UNSUPPORTED, "dense attention: head width %zu > 128 on CUDA",
                                cfg->head_dim);

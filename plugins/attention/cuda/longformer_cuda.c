@@ -36,7 +36,7 @@ static void *stream_of(const lf_plugin *lf) { return lf->host->device_stream(lf-
 int lf_cuda_create(lf_plugin *lf, fs_error *err) {
     const fs_host_api *host = lf->host;
     if (!FS_HAS_MEMBER(host, host->struct_size, fs_host_api, device_stream))
-        return host->error_set(err, FS_ERR_ABI, "longformer attention: CUDA needs a host of ABI 1.2 (device_stream)");
+        return host->error_set(err, FS_ERR_ABI, "longformer attention: CUDA needs a host of ABI 1.3 (device_stream)");
     if (lf->cfg.head_dim > 128)
         return host->error_set(err, FS_ERR_UNSUPPORTED, "longformer attention: head width %zu > 128 on CUDA",
                                lf->cfg.head_dim);

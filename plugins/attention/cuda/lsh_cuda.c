@@ -26,7 +26,7 @@ static void *stream_of(const lsh_plugin *l) { return l->host->device_stream(l->c
 int lsh_cuda_create(lsh_plugin *l, size_t n_rot, uint64_t seed, fs_error *err) {
     const fs_host_api *host = l->host;
     if (!FS_HAS_MEMBER(host, host->struct_size, fs_host_api, device_stream))
-        return host->error_set(err, FS_ERR_ABI, "lsh attention: CUDA needs a host of ABI 1.2 (device_stream)");
+        return host->error_set(err, FS_ERR_ABI, "lsh attention: CUDA needs a host of ABI 1.3 (device_stream)");
     if (l->cfg.head_dim > 128)
         return host->error_set(err, FS_ERR_UNSUPPORTED, "lsh attention: head width %zu > 128 on CUDA", l->cfg.head_dim);
     if (l->cfg.device.index < 0 || l->cfg.device.index >= fs_att_cuda_device_count())
