@@ -26,6 +26,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <ini.h>
 #include <math.h>
 #include <stdarg.h>
@@ -33,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/host.h"
 
@@ -47,6 +51,8 @@ struct fs_graph {
     size_t n, cap;
     char **sections; /* first-appearance order, including empty ones */
     size_t n_sections, cap_sections;
+    char **files; /* the entries' file names that are not path or "--set" (copied entries) */
+    size_t n_files, cap_files;
 };
 
 static const char *const FIXED_SECTIONS[] = {"model", "attention", "parallel", "distill", "data",
@@ -65,7 +71,7 @@ static char *dupn(const char *s, size_t n) {
     return p;
 }
 
-static char *dup(const char *s) { return dupn(s, strlen(s)); }
+static char *dup_str(const char *s) { return dupn(s, strlen(s)); }
 
 /* Trims [*b, *e) in place. */
 static void trim(const char **b, const char **e) {
@@ -184,12 +190,12 @@ static void section_hint(const char *name, char *buf, size_t cap) {
 static fs_graph *graph_new(const char *path, const char *name) {
     fs_graph *g = calloc(1, sizeof *g);
     if (!g) return NULL;
-    g->path = dup(path ? path : name);
+    g->path = dup_str(path ? path : name);
     if (path) {
         const char *slash = strrchr(path, '/');
-        g->dir = !slash ? dup(".") : slash == path ? dup("/") : dupn(path, (size_t)(slash - path));
+        g->dir = !slash ? dup_str(".") : slash == path ? dup_str("/") : dupn(path, (size_t)(slash - path));
     } else {
-        g->dir = dup(".");
+        g->dir = dup_str(".");
     }
     if (!g->path || !g->dir) {
         fs_graph_destroy(g);
@@ -206,8 +212,10 @@ void fs_graph_destroy(fs_graph *g) {
         free((char *)g->entries[i].value);
     }
     for (size_t i = 0; i < g->n_sections; i++) free(g->sections[i]);
+    for (size_t i = 0; i < g->n_files; i++) free(g->files[i]);
     free(g->entries);
     free(g->sections);
+    free(g->files);
     free(g->path);
     free(g->dir);
     free(g);
@@ -228,7 +236,7 @@ static const char *add_section(fs_graph *g, const char *name) {
     for (size_t i = 0; i < g->n_sections; i++)
         if (strcmp(g->sections[i], name) == 0) return g->sections[i];
     if (grow((void **)&g->sections, &g->cap_sections, g->n_sections + 1, sizeof *g->sections)) return NULL;
-    if (!(g->sections[g->n_sections] = dup(name))) return NULL;
+    if (!(g->sections[g->n_sections] = dup_str(name))) return NULL;
     return g->sections[g->n_sections++];
 }
 
@@ -237,9 +245,9 @@ static int add_entry(fs_graph *g, const char *section, const char *key, const ch
     if (!add_section(g, section)) return -1;
     if (grow((void **)&g->entries, &g->cap, g->n + 1, sizeof *g->entries)) return -1;
     fs_graph_entry *e = &g->entries[g->n];
-    e->section = dup(section);
-    e->key = dup(key);
-    e->value = dup(value);
+    e->section = dup_str(section);
+    e->key = dup_str(key);
+    e->value = dup_str(value);
     e->file = file;
     e->line = line;
     if (!e->section || !e->key || !e->value) {
@@ -250,6 +258,18 @@ static int add_entry(fs_graph *g, const char *section, const char *key, const ch
     }
     g->n++;
     return 0;
+}
+
+/* The graph's own copy of a file name for its entries: its path, "--set",
+ * or a copy kept in g->files (entries copied from another graph). */
+static const char *intern_file(fs_graph *g, const char *file) {
+    if (!strcmp(file, g->path)) return g->path;
+    if (!strcmp(file, SET_FILE)) return SET_FILE;
+    for (size_t i = 0; i < g->n_files; i++)
+        if (!strcmp(g->files[i], file)) return g->files[i];
+    if (grow((void **)&g->files, &g->cap_files, g->n_files + 1, sizeof *g->files)) return NULL;
+    if (!(g->files[g->n_files] = dup_str(file))) return NULL;
+    return g->files[g->n_files++];
 }
 
 const char *fs_graph_path(const fs_graph *g) { return g ? g->path : NULL; }
@@ -420,33 +440,65 @@ int fs_graph_load_string(fs_graph **out, const char *name, const char *text, fs_
     return FS_OK;
 }
 
-int fs_graph_load(fs_graph **out, const char *path, fs_error *err) {
-    if (!out || !path) return fs_error_set(err, FS_ERR_INVALID, "fs_graph_load: NULL argument");
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
+/* The whole file, read only when it is a regular file: a FIFO would block
+ * the open and the reads, /dev/zero never end. */
+static int read_graph_file(const char *path, char **text, size_t *len, fs_error *err) {
+    *text = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return fs_error_set(err, errno == ENOENT ? FS_ERR_NOT_FOUND : FS_ERR_IO, "%s: cannot open: %s", path,
-                      strerror(errno));
-    char *text = NULL;
-    size_t len = 0, cap = 0, got = 1;
-    int rc = FS_OK;
-    while (got) {
-        if (len + 4096 > cap) {
-            char *p = realloc(text, cap = cap ? cap * 2 : 8192);
+                            strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fs_error_set(err, FS_ERR_IO, "%s: not a regular file: give the graph's .ini file", path);
+    }
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    char *buf = malloc(cap);
+    int rc = buf ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory", path);
+    while (!rc) {
+        if (n + 1 == cap) { /* the file grew while being read */
+            char *p = realloc(buf, cap *= 2);
             if (!p) {
                 rc = fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory", path);
                 break;
             }
-            text = p;
+            buf = p;
         }
-        got = fread(text + len, 1, cap - len, f);
-        len += got;
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rc = fs_error_set(err, FS_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+        if (r <= 0) break;
+        n += (size_t)r;
     }
-    if (rc == FS_OK && ferror(f)) rc = fs_error_set(err, FS_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
-    fclose(f);
-    fs_graph *g = NULL;
-    if (rc == FS_OK && !(g = graph_new(path, NULL))) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    close(fd);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return FS_OK;
+}
+
+int fs_graph_load(fs_graph **out, const char *path, fs_error *err) {
+    if (!out || !path) return fs_error_set(err, FS_ERR_INVALID, "fs_graph_load: NULL argument");
+    *out = NULL;
+    char *text;
+    size_t len;
+    int rc = read_graph_file(path, &text, &len, err);
+    if (rc) return rc;
+    fs_graph *g = graph_new(path, NULL);
+    if (!g) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     if (rc == FS_OK) rc = parse(g, text, len, err);
+    /* a graph with nothing in it is a wrong or truncated file, not a request for every default */
+    if (rc == FS_OK && g->n == 0 && g->n_sections == 0)
+        rc = fs_error_set(err, FS_ERR_INVALID,
+                          "%s: the graph file is empty: describe the model and its data there (fsrun --help-graph "
+                          "lists the keys; conf/ holds examples)",
+                          path);
     free(text);
     if (rc != FS_OK) {
         fs_graph_destroy(g);
@@ -456,9 +508,87 @@ int fs_graph_load(fs_graph **out, const char *path, fs_error *err) {
     return FS_OK;
 }
 
-/* ---- --set ---- */
+/* ---- the text form: what an INI line can hold ---- */
 
-static int key_char(int c) { return isalnum(c) || c == '_' || c == '-'; }
+/* Values the parser would trim or unquote are written in quotes, in the INI
+ * and in messages (where an empty value would otherwise be invisible). */
+static int needs_quotes(const char *v) {
+    size_t n = strlen(v);
+    return n == 0 || isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1]) ||
+           (n >= 2 && v[0] == '"' && v[n - 1] == '"');
+}
+
+/* How one entry is written: "key = value", quoted when the parser would
+ * change it, and "key=value" when the spaced form would not fit the line or
+ * when the value starts with ';' (after " = " inih takes it for a comment;
+ * right after '=' it is text). */
+typedef struct line_form {
+    const char *quote; /* "\"" or "" */
+    const char *eq;    /* " = " or "=" */
+    size_t len;        /* of the whole line, without its '\n' */
+} line_form;
+
+static line_form form_of(const char *key, const char *value) {
+    size_t lk = strlen(key), lv = strlen(value);
+    line_form f = {lv && needs_quotes(value) ? "\"" : "", " = ", 0};
+    size_t lq = 2 * strlen(f.quote);
+    if ((!*f.quote && value[0] == ';') || lk + 3 + lq + lv > MAX_TEXT) f.eq = "=";
+    f.len = lk + strlen(f.eq) + lq + lv;
+    return f;
+}
+
+/* Why key = value cannot be an INI line that reads back as exactly that
+ * value (NULL: it can). */
+static const char *unwritable(const char *key, const char *value) {
+    for (const char *p = value; *p; p++) {
+        if (*p == '\n' || *p == '\r') return "the value may not contain a line break";
+        if (*p == ';' && p > value && isspace((unsigned char)p[-1]))
+            return "the value may not contain ' ;' (an INI comment)";
+    }
+    if (form_of(key, value).len > MAX_TEXT) return "the line would be longer than the graph's limit";
+    return NULL;
+}
+
+static int valid_key(const char *b, const char *e) {
+    if (b == e) return 0;
+    for (const char *p = b; p < e; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-') return 0;
+    return 1;
+}
+
+/* Sets section.key = value (replacing an entry of that section and key),
+ * from `file` at `line`. The caller has checked everything. */
+static int store(fs_graph *g, const char *section, const char *key, const char *value, const char *file, int line) {
+    fs_graph_entry *e = (fs_graph_entry *)fs_graph_find(g, section, key);
+    const char *f = intern_file(g, file);
+    if (!f) return FS_ERR_NOMEM;
+    if (!e) return add_entry(g, section, key, value, f, line) ? FS_ERR_NOMEM : FS_OK;
+    char *v = dup_str(value);
+    if (!v) return FS_ERR_NOMEM;
+    free((char *)e->value);
+    e->value = v;
+    e->file = f;
+    e->line = line;
+    return FS_OK;
+}
+
+int fs_graph_put(fs_graph *g, const char *section, const char *key, const char *value, const char *origin,
+                 fs_error *err) {
+    if (!g || !section || !key || !value)
+        return fs_error_set(err, FS_ERR_INVALID, "fs_graph_put: NULL argument");
+    if (!section_known(section)) {
+        char hint[384];
+        section_hint(section, hint, sizeof hint);
+        return fs_error_set(err, FS_ERR_INVALID, "[%s]: unknown section%s", section, hint);
+    }
+    if (!valid_key(key, key + strlen(key)))
+        return fs_error_set(err, FS_ERR_INVALID, "[%s] '%s': a key is letters, digits, '_' and '-'", section, key);
+    const char *why = unwritable(key, value);
+    if (why) return fs_error_set(err, FS_ERR_INVALID, "[%s] %s: %s", section, key, why);
+    if (store(g, section, key, value, origin ? origin : SET_FILE, 0))
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    return FS_OK;
+}
 
 int fs_graph_set(fs_graph *g, const char *a, fs_error *err) {
     if (!g || !a) return fs_error_set(err, FS_ERR_INVALID, "fs_graph_set: NULL argument");
@@ -471,42 +601,29 @@ int fs_graph_set(fs_graph *g, const char *a, fs_error *err) {
     const char *sb = lb, *se = dot ? dot : lb, *kb = dot ? dot + 1 : le, *ke = le;
     trim(&sb, &se);
     trim(&kb, &ke);
-    int ok = eq && dot && sb < se && kb < ke;
-    for (const char *p = kb; ok && p < ke; p++) ok = key_char((unsigned char)*p);
-    if (!ok) return fs_error_set(err, FS_ERR_INVALID, "--set '%s': expected section.key=value", a);
+    if (!eq || !dot || sb == se || !valid_key(kb, ke))
+        return fs_error_set(err, FS_ERR_INVALID, "--set '%s': expected section.key=value", a);
 
     const char *vb = eq + 1, *ve = eq + strlen(eq);
     trim(&vb, &ve);
     unquote(&vb, &ve);
-    /* The value must survive fs_graph_to_ini and a reload. */
-    for (const char *p = vb; p < ve; p++)
-        if (*p == '\n' || *p == '\r' || (*p == ';' && p > vb && isspace((unsigned char)p[-1])))
-            return fs_error_set(err, FS_ERR_INVALID,
-                          "--set '%s': the value may not contain a line break or ' ;' (an INI comment)", a);
     if ((ke - kb) + (ve - vb) + 3 > MAX_TEXT)
         return fs_error_set(err, FS_ERR_INVALID, "--set '%s': key and value longer than %d characters", a,
-                      MAX_TEXT - 3);
-
+                            MAX_TEXT - 3);
     char *section = dupn(sb, (size_t)(se - sb)), *key = dupn(kb, (size_t)(ke - kb));
     char *value = dupn(vb, (size_t)(ve - vb));
     int rc = FS_OK;
+    const char *why = value && key ? unwritable(key, value) : NULL;
     if (!section || !key || !value) {
         rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     } else if (!section_known(section)) {
         char hint[384];
         section_hint(section, hint, sizeof hint);
         rc = fs_error_set(err, FS_ERR_INVALID, "--set '%s': [%s]: unknown section%s", a, section, hint);
-    } else {
-        fs_graph_entry *e = (fs_graph_entry *)fs_graph_find(g, section, key);
-        if (e) {
-            free((char *)e->value);
-            e->value = value;
-            value = NULL;
-            e->file = SET_FILE;
-            e->line = 0;
-        } else if (add_entry(g, section, key, value, SET_FILE, 0)) {
-            rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-        }
+    } else if (why) {
+        rc = fs_error_set(err, FS_ERR_INVALID, "--set '%s': %s", a, why);
+    } else if (store(g, section, key, value, SET_FILE, 0)) {
+        rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
     free(section);
     free(key);
@@ -514,15 +631,34 @@ int fs_graph_set(fs_graph *g, const char *a, fs_error *err) {
     return rc;
 }
 
-/* ---- to_ini ---- */
+/* ---- derived graphs ---- */
 
-/* Values the parser would trim or unquote are written in quotes, in the INI
- * and in messages (where an empty value would otherwise be invisible). */
-static int needs_quotes(const char *v) {
-    size_t n = strlen(v);
-    return n == 0 || isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1]) ||
-           (n >= 2 && v[0] == '"' && v[n - 1] == '"');
+int fs_graph_copy(fs_graph **out, const fs_graph *base, const char *name, int (*keep)(const char *section),
+                  fs_error *err) {
+    *out = NULL;
+    fs_graph *g = graph_new(NULL, name);
+    int rc = g ? FS_OK : FS_ERR_NOMEM;
+    if (!rc) {
+        free(g->dir); /* relative paths in the copy mean what they meant in base */
+        if (!(g->dir = dup_str(base->dir))) rc = FS_ERR_NOMEM;
+    }
+    for (size_t s = 0; s < base->n_sections && !rc; s++) /* empty sections too, in their order */
+        if ((!keep || keep(base->sections[s])) && !add_section(g, base->sections[s])) rc = FS_ERR_NOMEM;
+    for (size_t i = 0; i < base->n && !rc; i++) {
+        const fs_graph_entry *e = &base->entries[i];
+        if (keep && !keep(e->section)) continue;
+        const char *file = intern_file(g, e->file);
+        if (!file || add_entry(g, e->section, e->key, e->value, file, e->line)) rc = FS_ERR_NOMEM;
+    }
+    if (rc) {
+        fs_graph_destroy(g);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    }
+    *out = g;
+    return FS_OK;
 }
+
+/* ---- to_ini ---- */
 
 /* Writes the INI into buf (NULL to measure); returns its length. */
 static size_t render(const fs_graph *g, char *buf, size_t cap) {
@@ -533,11 +669,8 @@ static size_t render(const fs_graph *g, char *buf, size_t cap) {
         for (size_t i = 0; i < g->n; i++) {
             const fs_graph_entry *e = &g->entries[i];
             if (strcmp(e->section, g->sections[s]) != 0) continue;
-            size_t lv = strlen(e->value);
-            const char *q = lv && needs_quotes(e->value) ? "\"" : "";
-            /* "k = v" reads best, but "k=v" keeps the longest lines loadable. */
-            int spaced = strlen(e->key) + lv + 3 + 2 * strlen(q) <= MAX_TEXT;
-            EMIT("%s%s%s%s%s\n", e->key, spaced ? " = " : "=", q, e->value, q);
+            line_form f = form_of(e->key, e->value);
+            EMIT("%s%s%s%s%s\n", e->key, f.eq, f.quote, e->value, f.quote);
         }
     }
 #undef EMIT
@@ -553,6 +686,13 @@ char *fs_graph_to_ini(const fs_graph *g) {
         render(g, s, n + 1);
     }
     return s;
+}
+
+void fs_graph_entry_at(char *buf, size_t cap, const fs_graph_entry *e) {
+    if (e->line > 0)
+        snprintf(buf, cap, "%s:%d", e->file, e->line);
+    else
+        snprintf(buf, cap, "%s", e->file);
 }
 
 /* ---- configuration ---- */
@@ -619,17 +759,20 @@ static int in_range(const fs_param_spec *s, double v) {
     return (!has_min(s) || v >= s->min) && (!has_max(s) || v <= s->max);
 }
 
+/* 0, -1 when [b, e) is not a decimal integer, -2 when it is one that
+ * int64 cannot hold. */
 static int parse_int(const char *b, const char *e, int64_t *out) {
-    char tmp[64];
-    if (e - b < 1 || e - b >= (long)sizeof tmp) return -1;
+    const char *p = b < e && (*b == '+' || *b == '-') ? b + 1 : b;
+    if (p == e) return -1;
+    for (const char *q = p; q < e; q++)
+        if (!isdigit((unsigned char)*q)) return -1; /* strtoll would skip spaces */
+    char tmp[32];
+    if (e - b >= (long)sizeof tmp) return -2;
     memcpy(tmp, b, (size_t)(e - b));
     tmp[e - b] = '\0';
-    const char *p = tmp[0] == '+' || tmp[0] == '-' ? tmp + 1 : tmp;
-    if (!isdigit((unsigned char)*p)) return -1; /* strtoll would skip spaces */
-    char *end;
     errno = 0;
-    long long v = strtoll(tmp, &end, 10);
-    if (errno || *end) return -1;
+    long long v = strtoll(tmp, NULL, 10);
+    if (errno == ERANGE) return -2;
     *out = v;
     return 0;
 }
@@ -690,13 +833,20 @@ static int parse_int_list(const fs_param_spec *s, const char *text, item *it, ch
 static int parse_value(const fs_param_spec *s, const char *text, item *it, char *why, size_t cap) {
     char range[160];
     switch (s->type) {
-    case FS_PARAM_INT:
+    case FS_PARAM_INT: {
         describe_range(range, sizeof range, s);
-        if (parse_int(text, text + strlen(text), &it->i) || !in_range(s, (double)it->i)) {
+        int bad = parse_int(text, text + strlen(text), &it->i);
+        if (bad == -2) {
+            snprintf(why, cap, "must be an integer%s; the %s a key holds is %" PRId64, range,
+                     text[0] == '-' ? "smallest" : "largest", text[0] == '-' ? INT64_MIN : INT64_MAX);
+            return -1;
+        }
+        if (bad || !in_range(s, (double)it->i)) {
             snprintf(why, cap, "must be an integer%s", range);
             return -1;
         }
         return 0;
+    }
     case FS_PARAM_FLOAT: {
         describe_range(range, sizeof range, s);
         char *stop = (char *)text;
@@ -821,9 +971,9 @@ int fs_config_resolve(fs_config **out, const fs_graph *g, const char *const *sec
                 break;
             }
         }
-        it->name = dup(s->name);
-        it->text = dup(src[k] ? src[k]->value : s->default_value);
-        it->where = dup(where);
+        it->name = dup_str(s->name);
+        it->text = dup_str(src[k] ? src[k]->value : s->default_value);
+        it->where = dup_str(where);
         if (!it->name || !it->text || !it->where) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     }
     free(src);

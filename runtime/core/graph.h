@@ -47,9 +47,28 @@ const char *fs_graph_path(const fs_graph *g);
 /* The directory of the graph file, for resolving relative paths ("." for
  * strings and --set). */
 const char *fs_graph_dir(const fs_graph *g);
+/* Adds or replaces section.key = value without text to parse: what a mode
+ * derives from a graph (a distillation stage's [model] n_layer). `origin`
+ * is what messages name as the value's file ("--set" when NULL; line 0).
+ * Refuses an unknown section, a key other than letters, digits, '_' and
+ * '-', and a value the INI text cannot hold (a line break, ';' after
+ * whitespace, a line past the limit), so fs_graph_to_ini always gives the
+ * graph back. */
+int fs_graph_put(fs_graph *g, const char *section, const char *key, const char *value, const char *origin,
+                 fs_error *err);
+/* A new graph called `name` with base's entries (their files and lines
+ * kept, for messages) and sections, in base's order, of the sections
+ * keep() accepts (NULL: all); relative paths keep base's directory. */
+int fs_graph_copy(fs_graph **out, const fs_graph *base, const char *name, int (*keep)(const char *section),
+                  fs_error *err);
+
 /* The graph as INI text with --set overrides applied: stored in checkpoints
- * and loadable again with fs_graph_load_string. */
+ * and loadable again with fs_graph_load_string, which gives back exactly
+ * these sections, keys and values (values are quoted, or written right
+ * after '=', where the parser would otherwise change them). */
 char *fs_graph_to_ini(const fs_graph *g); /* caller frees */
+/* "graph.ini:12", or "--set" for an entry without a line. */
+void fs_graph_entry_at(char *buf, size_t cap, const fs_graph_entry *e);
 
 size_t fs_graph_count(const fs_graph *g);
 const fs_graph_entry *fs_graph_at(const fs_graph *g, size_t i);

@@ -19,35 +19,28 @@ static int resolve(fs_config **out, const fs_graph *g, const fs_section_schema *
     return fs_config_resolve(out, g, sections, 1, s->spec, s->n, NULL, err);
 }
 
-/* The plugin a section names with `key` ("plugin", or [serve]'s "scheduler"). */
-static const char *plugin_name_for(const fs_graph *g, const char *const *sections, size_t n, const char *key,
-                                   const char *fallback, const char **where_file, int *where_line) {
+/* The entry naming the plugin with `key` ("plugin", or [serve]'s
+ * "scheduler") in the first of `sections` that does, or NULL. */
+static const fs_graph_entry *plugin_entry(const fs_graph *g, const char *const *sections, size_t n, const char *key) {
     for (size_t i = 0; i < n; i++) {
         const fs_graph_entry *e = fs_graph_find(g, sections[i], key);
-        if (e) {
-            *where_file = e->file;
-            *where_line = e->line;
-            return e->value;
-        }
+        if (e) return e;
     }
-    *where_file = NULL;
-    *where_line = 0;
-    return fallback;
+    return NULL;
 }
 
 int fs_session_plugin_config(fs_session *s, fs_plugin_instance *inst, int kind, const char *const *sections,
                              size_t n_sections, const fs_param_spec *core, size_t n_core, fs_error *err) {
-    const char *file;
-    int line;
     const char *key = core[0].name;
-    const char *name = plugin_name_for(s->graph, sections, n_sections, key, core[0].default_value, &file, &line);
+    const fs_graph_entry *e = plugin_entry(s->graph, sections, n_sections, key);
+    const char *name = e ? e->value : core[0].default_value;
     fs_error perr = {0};
     int rc = fs_plugin_registry_get(&s->registry, kind, name, &inst->plugin, &perr);
     if (rc) {
-        if (file)
-            return fs_error_set(err, rc, "%s:%d: [%s] %s = %s: %s", file, line, sections[0], key, name,
-                                perr.message);
-        return fs_error_set(err, rc, "[%s] %s = %s (default): %s", sections[0], key, name, perr.message);
+        char at[PATH_MAX + 32];
+        if (!e) return fs_error_set(err, rc, "[%s] %s = %s (default): %s", sections[0], key, name, perr.message);
+        fs_graph_entry_at(at, sizeof at, e);
+        return fs_error_set(err, rc, "%s: [%s] %s = %s: %s", at, sections[0], key, name, perr.message);
     }
     const fs_plugin_descriptor *d = inst->plugin->desc;
     /* schema = runtime keys, then the plugin's; a clash is the plugin's bug */
@@ -78,10 +71,13 @@ static int check_layer_sections(fs_session *s, fs_error *err) {
         const fs_graph_entry *e = fs_graph_at(g, i);
         int first, last;
         if (fs_graph_layer_range(e->section, &first, &last) != 0) continue;
-        if (last >= (int)s->mcfg.n_layer || first > last)
+        if (last >= (int)s->mcfg.n_layer || first > last) {
+            char at[PATH_MAX + 32];
+            fs_graph_entry_at(at, sizeof at, e);
             return fs_error_set(err, FS_ERR_INVALID,
-                                "%s:%d: [%s]: layers %d-%d do not exist: [model] n_layer = %zu (layers 0-%zu)",
-                                e->file, e->line, e->section, first, last, s->mcfg.n_layer, s->mcfg.n_layer - 1);
+                                "%s: [%s]: layers %d-%d do not exist: [model] n_layer = %zu (layers 0-%zu)", at,
+                                e->section, first, last, s->mcfg.n_layer, s->mcfg.n_layer - 1);
+        }
     }
     return FS_OK;
 }

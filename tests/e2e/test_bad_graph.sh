@@ -37,6 +37,13 @@ expect_config_error nosuch.ini -- "nosuch.ini"
 mkdir -p a_directory.ini
 expect_config_error a_directory.ini -- "a_directory.ini"
 
+# an empty graph file (or only comments) is refused by name, not reported
+# as the first key a mode misses
+: >empty.ini
+expect_config_error empty.ini -- "empty.ini: the graph file is empty"
+printf '; nothing yet\n\n' >comments.ini
+expect_config_error comments.ini -- "comments.ini: the graph file is empty"
+
 write_graph g.ini "+this line is not ini"
 expect_config_error g.ini -- "g.ini:$(line_of g.ini '^this line')"
 
@@ -62,7 +69,17 @@ expect_config_error g.ini -- "g.ini:$(line_of g.ini '^window'): [attention] wind
 write_graph g.ini
 expect_config_error g.ini --set train.stpes=3 -- "--set" "[train] stpes = 3" "did you mean 'steps'"
 
+# a --set value names --set alone, never "--set:0:"
+expect_config_error g.ini --set attention.plugin=nosuch -- "fsrun: --set: [attention] plugin = nosuch: no attention plugin"
+assert_not_contains "$(last_err)" "--set:0:" "no line number for --set"
+expect_config_error g.ini --set layer.7.plugin=dense -- "fsrun: --set: [layer.7]: layers 7-7 do not exist"
+assert_not_contains "$(last_err)" "--set:0:" "no line number for --set"
+
 # ---- types ----
+
+# an integer past int64 says so, not "must be an integer >= 0"
+expect_config_error g.ini --set train.seed=18446744073709551615 -- "[train] seed = 18446744073709551615" \
+    "the largest a key holds is 9223372036854775807"
 
 write_graph g.ini train.steps=abc
 expect_config_error g.ini -- "g.ini:$(line_of g.ini '^steps'): [train] steps = abc:" "integer"

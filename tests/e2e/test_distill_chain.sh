@@ -9,7 +9,9 @@
 #    weights, bit for bit, as the uninterrupted chain;
 #  - every stage is checked before the first trains: a layer map out of
 #    range in stage 2, an unknown key in a stage, a gap in the numbering, a
-#    missing first teacher checkpoint: exit 2, one line, nothing written.
+#    missing first teacher checkpoint: exit 2, one line, nothing written;
+#  - a stage's graph keeps values that text would lose (a leading ';', a
+#    198-character line).
 . "$(dirname "$0")/lib.sh"
 
 standard_data
@@ -111,5 +113,19 @@ chain_graph bad.ini bad_out distill.stage.1.n_embd=16 distill.stage.1.plugin=dis
 expect_config_error bad.ini "[distill.stage.1]" "widths must match"
 chain_graph bad.ini bad_out distill.stage.1.teacher=teacher.ini
 expect_config_error bad.ini "[distill.stage.1] teacher = teacher.ini: unknown key"
+
+# A stage's graph is derived entry by entry, not through text: a value that
+# starts with ';' (a comment after "key = ") and the longest line the
+# parser takes ("key=" and 192 characters is 198) reach the stage unchanged.
+long_name=$(printf 't%.0s' $(seq 188)).txt
+cp train.txt "$long_name"
+cp val.txt ';val.txt'
+write_graph odd.ini run.out=odd_out generate.max_tokens=0 distill.teacher=teacher.ini data.train=- data.val=- \
+    train.val_every=2 distill.stage.1.n_layer=2 distill.stage.1.steps=4 +[data] "+train=$long_name" "+val=;val.txt"
+[ "$(grep -c '^train=t' odd.ini)" = 1 ] && [ "$(grep '^train=' odd.ini | tr -d '\n' | wc -c)" = 198 ] ||
+    die "odd.ini should hold a 198-character train= line"
+assert_exit 0 "$FSRUN" odd.ini --mode distill
+assert_contains "$(cat odd_out/stage1/metrics.jsonl 2>/dev/null)" '"val_loss"' \
+    "the stage validates on [data] val = ;val.txt"
 
 e2e_finish

@@ -1,4 +1,5 @@
 /* test_graph.c — graph parsing, --set, to_ini and schema resolution. */
+#include <ctype.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -234,6 +235,30 @@ static void test_missing_file_and_dir(void **state) {
     rmdir(dir);
 
     assert_int_equal(fs_graph_load(&g, "/", &err), FS_ERR_IO);
+    /* a device is not read (/dev/zero would never end, a FIFO never open) */
+    assert_int_equal(fs_graph_load(&g, "/dev/null", &err), FS_ERR_IO);
+    assert_null(g);
+    assert_string_equal(err.message, "/dev/null: not a regular file: give the graph's .ini file");
+
+    /* an empty file (or only comments) is refused, naming the file */
+    assert_non_null(mkdtemp(strcpy(dir, "/tmp/test_graph_XXXXXX")));
+    snprintf(path, sizeof path, "%s/empty.ini", dir);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("; nothing here yet\n\n", f);
+    fclose(f);
+    assert_int_equal(fs_graph_load(&g, path, &err), FS_ERR_INVALID);
+    assert_null(g);
+    assert_non_null(strstr(err.message, path));
+    assert_non_null(strstr(err.message, "the graph file is empty"));
+    f = fopen(path, "w"); /* a section alone is a graph: every key from --set */
+    assert_non_null(f);
+    fputs("[run]\n", f);
+    fclose(f);
+    assert_int_equal(fs_graph_load(&g, path, &err), FS_OK);
+    fs_graph_destroy(g);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* ---- --set and to_ini ---- */
@@ -324,6 +349,128 @@ static void test_to_ini_round_trip(void **state) {
     assert_string_equal(ini, "");
     free(ini);
     fs_graph_destroy(g);
+}
+
+static int keep_non_distill(const char *section) { return strcmp(section, "distill") != 0; }
+
+/* fs_graph_put: what a derived graph sets; fs_graph_copy: entries with
+ * their files and lines. */
+static void test_put_and_copy(void **state) {
+    (void)state;
+    fs_graph *g = load("[model]\nn_layer = 4\n[distill]\nplugin = soft_kd\n[data]\n[train]\nsteps = 9\n");
+    fs_error err = {0};
+    assert_int_equal(fs_graph_put(g, "model", "n_layer", "2", "stage 1", &err), FS_OK);
+    assert_int_equal(fs_graph_put(g, "run", "out", ";odd dir", NULL, &err), FS_OK);
+    const fs_graph_entry *e = fs_graph_find(g, "model", "n_layer");
+    assert_string_equal(e->value, "2");
+    assert_string_equal(e->file, "stage 1");
+    assert_int_equal(e->line, 0);
+    assert_string_equal(fs_graph_find(g, "run", "out")->file, "--set");
+    char at[64];
+    fs_graph_entry_at(at, sizeof at, e);
+    assert_string_equal(at, "stage 1");
+    fs_graph_entry_at(at, sizeof at, fs_graph_find(g, "train", "steps"));
+    assert_string_equal(at, "g.ini:7");
+
+    assert_int_equal(fs_graph_put(g, "modle", "n_layer", "2", NULL, &err), FS_ERR_INVALID);
+    assert_string_equal(err.message, "[modle]: unknown section; did you mean [model]?");
+    assert_int_equal(fs_graph_put(g, "model", "n layer", "2", NULL, &err), FS_ERR_INVALID);
+    assert_int_equal(fs_graph_put(g, "run", "note", "a ;b", NULL, &err), FS_ERR_INVALID);
+    assert_string_equal(err.message, "[run] note: the value may not contain ' ;' (an INI comment)");
+    assert_int_equal(fs_graph_put(g, "run", "note", "a\nb", NULL, &err), FS_ERR_INVALID);
+    char big[256];
+    snprintf(big, sizeof big, "%0196d", 0); /* "k=" + 196 = 198: the longest line */
+    assert_int_equal(fs_graph_put(g, "run", "k", big, NULL, &err), FS_OK);
+    snprintf(big, sizeof big, "%0197d", 0);
+    assert_int_equal(fs_graph_put(g, "run", "k", big, NULL, &err), FS_ERR_INVALID);
+    assert_string_equal(err.message, "[run] k: the line would be longer than the graph's limit");
+
+    /* a copy without [distill]: files and lines kept, empty sections too */
+    fs_graph *c = NULL;
+    assert_int_equal(fs_graph_copy(&c, g, "g.ini (copy)", NULL, &err), FS_OK);
+    assert_int_equal(fs_graph_count(c), fs_graph_count(g));
+    assert_string_equal(fs_graph_find(c, "model", "n_layer")->file, "stage 1");
+    fs_graph_destroy(c);
+    fs_graph_destroy(g);
+    g = load("[model]\nn_layer = 4\n[distill]\nplugin = soft_kd\n[data]\n[train]\nsteps = 9\n");
+    assert_int_equal(fs_graph_copy(&c, g, "derived", keep_non_distill, &err), FS_OK);
+    fs_graph_destroy(g); /* the copy must not depend on the original */
+    assert_int_equal(fs_graph_count(c), 2);
+    assert_false(fs_graph_has_section(c, "distill"));
+    assert_true(fs_graph_has_section(c, "data"));
+    assert_string_equal(fs_graph_path(c), "derived");
+    e = fs_graph_find(c, "train", "steps");
+    assert_string_equal(e->file, "g.ini");
+    assert_int_equal(e->line, 7);
+    assert_string_equal(fs_graph_at(c, 0)->section, "model");
+    fs_graph_destroy(c);
+}
+
+/* What the test expects the INI text to hold: no line break, no ';' after
+ * whitespace, and the line ("k=" and the value, quoted when it starts or
+ * ends with whitespace or is wrapped in quotes) within 198 characters. */
+static int writable(const char *key, const char *v) {
+    size_t n = strlen(v);
+    for (size_t i = 0; i < n; i++)
+        if (v[i] == '\n' || v[i] == '\r' || (v[i] == ';' && i && isspace((unsigned char)v[i - 1]))) return 0;
+    int quoted = n && (isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1]) ||
+                       (n >= 2 && v[0] == '"' && v[n - 1] == '"'));
+    return strlen(key) + 1 + n + (quoted ? 2 : 0) <= 198;
+}
+
+/* Any value: either put refuses it (and only what the text cannot hold),
+ * or to_ini and a reload give back exactly the same entries, sections and
+ * order. Values are random strings over the characters INI treats
+ * specially, UTF-8 and control bytes, of every length up to past the line. */
+static void test_to_ini_arbitrary_values(void **state) {
+    (void)state;
+    static const char alphabet[] = " \t\v\f;#=:\"'[]\\ab9.,-_/\r\n\x01\x7f\xc3\xa9\xe2\x82\xac";
+    static const char *const sections[] = {"model", "run", "layer.3", "data", "distill.stage.2", "train"};
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    size_t accepted = 0, refused = 0;
+    for (int round = 0; round < 300; round++) {
+        fs_graph *g = load("[train]\n");
+        fs_error err = {0};
+        for (int i = 0; i < 12; i++) {
+            char key[16], v[260];
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            snprintf(key, sizeof key, "k%d", (int)(x % 9));
+            size_t len = x >> 60 == 0 ? 180 + (x >> 8) % 30 : (x >> 8) % 24; /* some near the limit */
+            for (size_t j = 0; j < len; j++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                v[j] = alphabet[(x >> 20) % (sizeof alphabet - 1)];
+            }
+            v[len] = '\0';
+            const char *sec = sections[(x >> 40) % 6];
+            int rc = fs_graph_put(g, sec, key, v, NULL, &err);
+            if (writable(key, v)) {
+                if (rc) fail_msg("[%s] %s = '%s' was refused: %s", sec, key, v, err.message);
+                assert_string_equal(fs_graph_find(g, sec, key)->value, v);
+                accepted++;
+            } else {
+                assert_int_equal(rc, FS_ERR_INVALID);
+                refused++;
+            }
+        }
+        char *ini = fs_graph_to_ini(g);
+        assert_non_null(ini);
+        fs_graph *h = NULL;
+        if (fs_graph_load_string(&h, "ini", ini, &err)) fail_msg("%s\n--- ini ---\n%s", err.message, ini);
+        assert_int_equal(fs_graph_count(h), fs_graph_count(g));
+        for (size_t i = 0; i < fs_graph_count(g); i++) { /* the text groups entries by section */
+            const fs_graph_entry *a = fs_graph_at(g, i), *b = fs_graph_find(h, a->section, a->key);
+            if (!b) fail_msg("[%s] %s = '%s' is lost", a->section, a->key, a->value);
+            if (strcmp(a->value, b->value))
+                fail_msg("[%s] %s: '%s' came back as '%s'", a->section, a->key, a->value, b->value);
+        }
+        char *again = fs_graph_to_ini(h);
+        assert_string_equal(again, ini);
+        free(again);
+        free(ini);
+        fs_graph_destroy(h);
+        fs_graph_destroy(g);
+    }
+    assert_true(accepted > 1000 && refused > 100); /* both sides of the property were exercised */
 }
 
 /* ---- resolution ---- */
@@ -432,7 +579,13 @@ static void test_int(void **state) {
     value_fails("window =", "must be an integer in [1, 65536]");
     value_fails("window = \" 3\"", "must be an integer in [1, 65536]");
     value_fails("heads = 0", "must be an integer >= 1");
-    value_fails("offset = 99999999999999999999", "must be an integer");
+    value_fails("offset = 99999999999999999999", "must be an integer; the largest a key holds is 9223372036854775807");
+    value_fails("heads = 18446744073709551615",
+                "must be an integer >= 1; the largest a key holds is 9223372036854775807");
+    value_fails("offset = -99999999999999999999", "must be an integer; the smallest a key holds is -9223372036854775808");
+    c = value_ok("offset = 9223372036854775807");
+    assert_true(fs_config_int(c, "offset") == INT64_MAX);
+    fs_config_destroy(c);
     value_fails("offset = ten", "must be an integer");
 }
 
@@ -670,6 +823,8 @@ int main(void) {
         cmocka_unit_test(test_missing_file_and_dir),
         cmocka_unit_test(test_set),
         cmocka_unit_test(test_to_ini_round_trip),
+        cmocka_unit_test(test_put_and_copy),
+        cmocka_unit_test(test_to_ini_arbitrary_values),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_int),
         cmocka_unit_test(test_float),

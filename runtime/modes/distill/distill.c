@@ -50,52 +50,16 @@ int64_t fs_checkpoint_step(const char *path) {
 
 /* ---- derived graphs ---- */
 
-static int needs_quotes(const char *v) {
-    size_t n = strlen(v);
-    return n == 0 || v[0] == ' ' || v[0] == '\t' || v[n - 1] == ' ' || v[n - 1] == '\t' ||
-           (n >= 2 && v[0] == '"' && v[n - 1] == '"');
-}
-
-int fs_session_derive(fs_session **out, const fs_graph *base, const char *name, int (*skip)(const char *section),
-                      const char *const *sets, size_t n_sets, fs_error *err) {
-    size_t n = fs_graph_count(base), cap = 256;
-    for (size_t i = 0; i < n; i++) {
-        const fs_graph_entry *e = fs_graph_at(base, i);
-        cap += strlen(e->section) + strlen(e->key) + strlen(e->value) + 16;
-    }
-    char *text = malloc(cap), *done = calloc(n ? n : 1, 1);
-    if (!text || !done) {
-        free(text);
-        free(done);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    }
-    size_t len = 0;
-    text[0] = '\0';
-    /* section by section, in the order they first appear */
-    for (size_t i = 0; i < n; i++) {
-        if (done[i]) continue;
-        const char *sec = fs_graph_at(base, i)->section;
-        int keep = !skip || !skip(sec);
-        if (keep) len += (size_t)snprintf(text + len, cap - len, "[%s]\n", sec);
-        for (size_t j = i; j < n; j++) {
-            const fs_graph_entry *e = fs_graph_at(base, j);
-            if (done[j] || strcmp(e->section, sec) != 0) continue;
-            done[j] = 1;
-            if (!keep) continue;
-            const char *q = *e->value && needs_quotes(e->value) ? "\"" : "";
-            len += (size_t)snprintf(text + len, cap - len, "%s = %s%s%s\n", e->key, q, e->value, q);
-        }
-    }
-    free(done);
+int fs_session_derive(fs_session **out, const fs_graph *base, const char *name, int (*keep)(const char *section),
+                      const fs_graph_change *changes, size_t n_changes, fs_error *err) {
     fs_graph *g;
-    int rc = fs_graph_load_string(&g, name, text, err);
-    free(text);
-    if (rc) return rc;
-    for (size_t i = 0; i < n_sets; i++)
-        if ((rc = fs_graph_set(g, sets[i], err))) {
-            fs_graph_destroy(g);
-            return rc;
-        }
+    int rc = fs_graph_copy(&g, base, name, keep, err);
+    for (size_t i = 0; i < n_changes && !rc; i++)
+        rc = fs_graph_put(g, changes[i].section, changes[i].key, changes[i].value, name, err);
+    if (rc) {
+        fs_graph_destroy(g);
+        return rc;
+    }
     return fs_session_open(out, g, err);
 }
 
@@ -510,11 +474,6 @@ static int train_run(fs_distill_plan *p, fs_session *s, void *self, size_t pfirs
     return rc;
 }
 
-static int skip_none(const char *section) {
-    (void)section;
-    return 0;
-}
-
 /* The model's own parameters (its plugins' tensors not counted). */
 static size_t own_params(const fs_model *m) { return fs_model_block(m)->n - fs_model_block(m)->n_plugin; }
 
@@ -568,17 +527,18 @@ static int run_phase(fs_distill_plan *p, size_t k, const char *dir, const char *
                      fs_topk_cache *topk, const fs_run_options *o, int *config_error, fs_error *err) {
     fs_session *s = p->student;
     const char *name = p->plugin->desc->name;
-    char sets[4][PATH_MAX + 64], gname[PATH_MAX + 32];
-    snprintf(sets[0], sizeof sets[0], "train.steps=%llu", (unsigned long long)p->phase_steps[k]);
-    snprintf(sets[1], sizeof sets[1], "run.out=%s", dir);
-    snprintf(sets[2], sizeof sets[2], "train.resume=%s", have > 0 ? "true" : "false");
-    snprintf(sets[3], sizeof sets[3], "generate.max_tokens=%s",
-             k + 1 == p->n_phases ? fs_config_string(s->gen_cfg, "max_tokens") : "0");
-    const char *setp[4] = {sets[0], sets[1], sets[2], sets[3]};
+    char steps[32], gname[PATH_MAX + 32];
+    snprintf(steps, sizeof steps, "%llu", (unsigned long long)p->phase_steps[k]);
+    const fs_graph_change changes[] = {
+        {"train", "steps", steps},
+        {"run", "out", dir},
+        {"train", "resume", have > 0 ? "true" : "false"},
+        {"generate", "max_tokens", k + 1 == p->n_phases ? fs_config_string(s->gen_cfg, "max_tokens") : "0"},
+    };
     snprintf(gname, sizeof gname, "%s (phase %s)", fs_graph_path(s->graph) ? fs_graph_path(s->graph) : "graph",
              p->phase_names[k]);
     fs_session *ps = NULL;
-    int rc = fs_session_derive(&ps, s->graph, gname, skip_none, setp, 4, err);
+    int rc = fs_session_derive(&ps, s->graph, gname, NULL, changes, sizeof changes / sizeof changes[0], err);
     if (rc) return rc;
     fs_plugin_ctx ctx;
     fs_plugin_ctx_init(&ctx, &ps->host, p->dc, "plugin.distill", name);

@@ -37,8 +37,9 @@ int fs_graph_has_stages(const fs_graph *g) {
     return 0;
 }
 
-static int skip_distill(const char *section) {
-    return strcmp(section, "distill") == 0 || strncmp(section, "distill.stage.", 14) == 0;
+/* A stage's graph keeps everything but the chain's own sections. */
+static int keep_non_distill(const char *section) {
+    return strcmp(section, "distill") != 0 && strncmp(section, "distill.stage.", 14) != 0;
 }
 
 typedef struct stage {
@@ -86,42 +87,35 @@ static int stage_session(stage *st, fs_session *s, fs_error *err) {
     const fs_config *c = st->inst.config;
     const fs_param_spec *spec = st->inst.spec;
     size_t n_spec = fs_schema_distill_stage.n + st->inst.plugin->desc->n_params;
-    char (*sets)[PATH_MAX + 64] = calloc(n_spec + 8, sizeof *sets);
-    const char **setp = calloc(n_spec + 8, sizeof *setp);
-    if (!sets || !setp) {
-        free(sets);
-        free(setp);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    }
+    fs_graph_change *changes = calloc(n_spec + 8, sizeof *changes);
+    if (!changes) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     size_t n = 0;
-    snprintf(sets[n++], sizeof sets[0], "distill.plugin=%s", st->inst.plugin->desc->name);
+    changes[n++] = (fs_graph_change){"distill", "plugin", st->inst.plugin->desc->name};
     static const char *const model_keys[] = {"n_layer", "n_head", "n_embd"};
     for (size_t i = 0; i < 3; i++)
         if (fs_config_int(c, model_keys[i]) > 0)
-            snprintf(sets[n++], sizeof sets[0], "model.%s=%s", model_keys[i], fs_config_string(c, model_keys[i]));
-    if (fs_config_int(c, "steps") > 0) snprintf(sets[n++], sizeof sets[0], "train.steps=%s", fs_config_string(c, "steps"));
+            changes[n++] = (fs_graph_change){"model", model_keys[i], fs_config_string(c, model_keys[i])};
+    if (fs_config_int(c, "steps") > 0) changes[n++] = (fs_graph_change){"train", "steps", fs_config_string(c, "steps")};
     if (fs_config_is_set(c, "stop_after"))
-        snprintf(sets[n++], sizeof sets[0], "run.stop_after=%s", fs_config_string(c, "stop_after"));
-    snprintf(sets[n++], sizeof sets[0], "run.out=%s", st->out);
-    snprintf(sets[n++], sizeof sets[0], "train.resume=false"); /* the chain decides */
-    snprintf(sets[n++], sizeof sets[0], "generate.max_tokens=0");
+        changes[n++] = (fs_graph_change){"run", "stop_after", fs_config_string(c, "stop_after")};
+    changes[n++] = (fs_graph_change){"run", "out", st->out};
+    changes[n++] = (fs_graph_change){"train", "resume", "false"}; /* the chain decides */
+    changes[n++] = (fs_graph_change){"generate", "max_tokens", "0"};
     /* the rest of the stage's keys go to its [distill] */
     for (size_t i = 0; i < n_spec; i++) {
         const char *k = spec[i].name;
         int structural = 0;
         for (size_t j = 0; j < 7; j++) structural |= strcmp(k, fs_schema_distill_stage.spec[j].name) == 0;
         if (structural || !fs_config_is_set(c, k)) continue;
-        snprintf(sets[n++], sizeof sets[0], "distill.%s=%s", k, fs_config_string(c, k));
+        changes[n++] = (fs_graph_change){"distill", k, fs_config_string(c, k)};
     }
-    for (size_t i = 0; i < n; i++) setp[i] = sets[i];
     char name[PATH_MAX + 64];
     snprintf(name, sizeof name, "%s [distill.stage.%d]", fs_graph_path(s->graph) ? fs_graph_path(s->graph) : "graph",
              st->n);
     fs_error e = {0};
-    int rc = fs_session_derive(&st->session, s->graph, name, skip_distill, setp, n, &e);
+    int rc = fs_session_derive(&st->session, s->graph, name, keep_non_distill, changes, n, &e);
     if (rc) rc = fs_error_set(err, rc, "[distill.stage.%d]: %s", st->n, e.message);
-    free(sets);
-    free(setp);
+    free(changes);
     return rc;
 }
 

@@ -168,10 +168,16 @@ int fs_distill_execute(fs_distill_plan *p, const fs_run_options *o, int resume, 
  * -1 when it cannot be read. */
 int64_t fs_checkpoint_step(const char *path);
 
-/* A session for a graph: `base` rendered as INI without the sections that
- * `skip` accepts, then `sets` ("section.key=value") applied. */
-int fs_session_derive(fs_session **out, const fs_graph *base, const char *name,
-                      int (*skip)(const char *section), const char *const *sets, size_t n_sets, fs_error *err);
+/* One value a derived graph sets (fs_graph_put). */
+typedef struct fs_graph_change {
+    const char *section, *key, *value;
+} fs_graph_change;
+
+/* A session for a graph derived from `base` entry by entry: the sections
+ * keep() accepts (NULL: all), then `changes` applied; messages name base's
+ * file and lines for what it copied and `name` for the changes. */
+int fs_session_derive(fs_session **out, const fs_graph *base, const char *name, int (*keep)(const char *section),
+                      const fs_graph_change *changes, size_t n_changes, fs_error *err);
 
 /* ---- chains (distill_chain.c) ---- */
 
