@@ -6,9 +6,9 @@
  * little-endian data; offsets are relative to the end of the header.
  *
  * The reader checks everything before handing out a pointer: header length
- * within the file, valid JSON, known dtypes, shape x dtype size == byte
- * span, spans inside the data area and not overlapping. Every failure names
- * the file and what is wrong.
+ * within the file, valid JSON (jansson; duplicate keys refused), known
+ * dtypes, shape x dtype size == byte span, spans inside the data area and
+ * not overlapping. Every failure names the file and what is wrong.
  *
  * The writer never leaves a partial file at `path`: it writes PATH.tmp.PID,
  * fsyncs it, renames it over PATH and fsyncs the directory; on any failure
@@ -41,7 +41,12 @@ typedef struct fs_st_tensor {
 
 typedef struct fs_safetensors fs_safetensors;
 
+/* Refuses anything but a regular file (a FIFO or a device) before reading it. */
 int fs_safetensors_open(fs_safetensors **out, const char *path, fs_error *err);
+/* The same checks on the bytes of a file held in memory (copied); `name`
+ * stands for the path in messages. */
+int fs_safetensors_open_memory(fs_safetensors **out, const char *name, const void *bytes, size_t size,
+                               fs_error *err);
 void fs_safetensors_close(fs_safetensors *st); /* accepts NULL */
 size_t fs_safetensors_count(const fs_safetensors *st);
 const fs_st_tensor *fs_safetensors_at(const fs_safetensors *st, size_t i); /* file order */

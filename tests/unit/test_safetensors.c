@@ -512,6 +512,15 @@ static void test_duplicates_and_metadata(void **state) {
              "\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}",
              data, 8);
     expect_open_fails(f->path, FS_ERR_INVALID, "duplicate tensor name 'a'");
+    write_st(at(f, "dupk.safetensors"),
+             "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"shape\":[4],\"data_offsets\":[0,4]}}", data, 8);
+    expect_open_fails(f->path, FS_ERR_INVALID, "tensor 'a': duplicate key 'shape' in its entry");
+    write_st(at(f, "dupl.safetensors"),
+             "{\"b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
+             "\"a \\\"q\\\" \\u00e9\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]},"
+             "\"a \\\"q\\\" \\u00e9\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}",
+             data, 8);
+    expect_open_fails(f->path, FS_ERR_INVALID, "duplicate tensor name 'a \"q\" \xc3\xa9'");
     write_st(at(f, "dupm.safetensors"), "{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", NULL, 0);
     expect_open_fails(f->path, FS_ERR_INVALID, "duplicate __metadata__ key 'k'");
     write_st(at(f, "dupm2.safetensors"), "{\"__metadata__\":{},\"__metadata__\":{}}", NULL, 0);
@@ -526,6 +535,42 @@ static void test_missing_file(void **state) {
     fixture *f = *state;
     expect_open_fails(at(f, "nope.safetensors"), FS_ERR_NOT_FOUND, "no such file");
     expect_open_fails(f->dir, FS_ERR_IO, "not a regular file");
+    /* a FIFO is refused before it is read: opening it to read would wait
+     * for a writer forever (the alarm ends the test if it does) */
+    assert_int_equal(mkfifo(at(f, "fifo.safetensors"), 0600), 0);
+    alarm(20);
+    expect_open_fails(f->path, FS_ERR_IO, "not a regular file");
+    expect_open_fails("/dev/zero", FS_ERR_IO, "not a regular file");
+    alarm(0);
+}
+
+/* A file in memory gets the checks a file on disk gets, and the same
+ * tensors and metadata. */
+static void test_open_memory(void **state) {
+    fixture *f = *state;
+    const char *path = at(f, "m.safetensors");
+    float a[3] = {1, 2, 3};
+    size_t shape[1] = {3};
+    fs_error err;
+    fs_safetensors_writer *w = NULL;
+    assert_int_equal(fs_safetensors_writer_create(&w, &err), 0);
+    assert_int_equal(fs_safetensors_writer_add(w, "a", FS_DTYPE_F32, 1, shape, a, &err), 0);
+    assert_int_equal(fs_safetensors_writer_metadata(w, "step", "7", &err), 0);
+    assert_int_equal(fs_safetensors_writer_write(w, path, &err), 0);
+    fs_safetensors_writer_destroy(w);
+    size_t n;
+    unsigned char *bytes = read_bytes(path, &n);
+    fs_safetensors *st = NULL;
+    assert_int_equal(fs_safetensors_open_memory(&st, "mem", bytes, n, &err), 0);
+    assert_string_equal(fs_safetensors_metadata(st, "step"), "7");
+    assert_memory_equal(fs_safetensors_find(st, "a")->data, a, sizeof a);
+    fs_safetensors_close(st);
+    for (size_t cut = 0; cut < n; cut += 7) { /* every truncation fails, naming the buffer */
+        assert_int_equal(fs_safetensors_open_memory(&st, "mem", bytes, cut, &err), FS_ERR_INVALID);
+        assert_null(st);
+        assert_non_null(strstr(err.message, "mem: "));
+    }
+    free(bytes);
 }
 
 static void write_one(const char *path, const float *data, size_t n, fs_error *err, int expect_rc) {
@@ -719,6 +764,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bad_spans, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicates_and_metadata, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_unwritable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_disk_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_rejects, setup, teardown),
