@@ -84,7 +84,8 @@ int fs_file_write_text(const char *path, const char *text, fs_error *err) {
 int fs_file_read(const char *path, char **data, size_t *len, fs_error *err) {
     *data = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* non-blocking: a FIFO would block the open itself; it is refused below */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return fs_error_set(err, errno == ENOENT ? FS_ERR_NOT_FOUND : FS_ERR_IO, "%s: cannot open: %s", path,
                             strerror(errno));
@@ -115,6 +116,19 @@ int fs_file_read(const char *path, char **data, size_t *len, fs_error *err) {
     buf[size] = '\0';
     *data = buf;
     *len = size;
+    return FS_OK;
+}
+
+int fs_json_read(const char *path, json_t **out, fs_error *err) {
+    *out = NULL;
+    char *text;
+    size_t len;
+    int rc = fs_file_read(path, &text, &len, err);
+    if (rc) return rc;
+    json_error_t je;
+    *out = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!*out) return fs_error_set(err, FS_ERR_INVALID, "%s:%d: not valid JSON: %s", path, je.line, je.text);
     return FS_OK;
 }
 

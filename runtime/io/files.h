@@ -9,6 +9,7 @@
 #ifndef FS_FILES_H
 #define FS_FILES_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "fastserve/plugin.h"
@@ -18,8 +19,13 @@ int fs_file_write_atomic(const char *path, const void *const *parts, const size_
 /* The same for one NUL-terminated text. */
 int fs_file_write_text(const char *path, const char *text, fs_error *err);
 
-/* The whole file, NUL-terminated (*len excludes the NUL); the caller frees. */
+/* The whole file, NUL-terminated (*len excludes the NUL); the caller frees.
+ * Only a regular file is read: a FIFO or a device is refused ("not a
+ * regular file") before anything waits on it. */
 int fs_file_read(const char *path, char **data, size_t *len, fs_error *err);
+/* The JSON document in the file (jansson, read as fs_file_read reads);
+ * bad JSON is "PATH:LINE: not valid JSON: ...". The caller json_decref's. */
+int fs_json_read(const char *path, json_t **out, fs_error *err);
 
 /* 1 when path is an existing directory / regular file. */
 int fs_is_dir(const char *path);

@@ -44,11 +44,11 @@ static void header_of(header *h, const fs_tokenizer *t, size_t text_bytes, uint6
  * 0 on a hit, 1 when absent or stale (*why says which). */
 static int map_cache(fs_token_file *f, const char *path, const header *want, const char **why) {
     *why = "none yet";
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO: refused below, not waited on */
     if (fd < 0) return 1;
     struct stat st;
     header h;
-    int ok = fstat(fd, &st) == 0 && (size_t)st.st_size >= HEADER_BYTES && pread(fd, &h, sizeof h, 0) == sizeof h;
+    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size >= HEADER_BYTES && pread(fd, &h, sizeof h, 0) == sizeof h;
     *why = "its header is unreadable";
     if (ok && (memcmp(h.magic, MAGIC, 8) || h.version != VERSION || h.token_bytes != sizeof(int32_t)))
         ok = 0, *why = "it is not a token cache of this version";

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/host.h"
 #include "io/files.h"
@@ -400,10 +401,6 @@ int fs_bpe_build(fs_bpe **out, const uint32_t *pairs, size_t n_merges, const cha
 
 /* ---------------------------------------------------------------- files */
 
-static int json_fail(const char *path, const json_error_t *je, fs_error *err) {
-    return fs_error_set(err, FS_ERR_INVALID, "%s:%d: not valid JSON: %s", path, je->line, je->text);
-}
-
 /* A JSON value that must be null, absent, false or "" (an option fsrun does not implement). */
 static int must_be_off(const json_t *v, const char *path, const char *what, fs_error *err) {
     if (!v || json_is_null(v) || json_is_false(v) || (json_is_string(v) && !*json_string_value(v))) return FS_OK;
@@ -501,12 +498,11 @@ static int read_added(fs_bpe *b, const json_t *added, const char *path, fs_error
 }
 
 static int load_tokenizer_json(fs_bpe *b, const char *path, fs_error *err) {
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
-    if (!root) return json_fail(path, &je, err);
+    json_t *root;
+    int rc = fs_json_read(path, &root, err);
+    if (rc) return rc;
     const json_t *model = json_object_get(root, "model");
     const char *type = json_string_value(json_object_get(model, "type"));
-    int rc = FS_OK;
     if (!json_is_object(root) || !json_is_object(model))
         rc = fs_error_set(err, FS_ERR_INVALID, "%s: not a tokenizer.json (no \"model\" object)", path);
     else if (type && strcmp(type, "BPE"))
@@ -528,10 +524,10 @@ static int load_tokenizer_json(fs_bpe *b, const char *path, fs_error *err) {
  * <|endoftext|>, when in the vocabulary, is a special token, as
  * transformers' GPT2TokenizerFast makes it. */
 static int load_vocab_merges(fs_bpe *b, const char *vocab_path, const char *merges_path, fs_error *err) {
-    json_error_t je;
-    json_t *vocab = json_load_file(vocab_path, 0, &je);
-    if (!vocab) return json_fail(vocab_path, &je, err);
-    int rc = read_vocab(b, vocab, vocab_path, err);
+    json_t *vocab;
+    int rc = fs_json_read(vocab_path, &vocab, err);
+    if (rc) return rc;
+    rc = read_vocab(b, vocab, vocab_path, err);
     json_decref(vocab);
     b->add_prefix_space = 0;
     char *text;
@@ -562,8 +558,8 @@ int fs_bpe_load(fs_bpe **out, const char *path, fs_error *err) {
     int rc;
     if (!a || !m) {
         rc = fail_nomem(err);
-    } else if (fs_is_file(path)) {
-        rc = load_tokenizer_json(b, path, err);
+    } else if (fs_is_file(path) || (!fs_is_dir(path) && access(path, F_OK) == 0)) {
+        rc = load_tokenizer_json(b, path, err); /* a FIFO or a device: refused by name there */
     } else if (fs_is_dir(path)) {
         snprintf(a, n, "%s/tokenizer.json", path);
         snprintf(m, n, "%s/vocab.json", path);

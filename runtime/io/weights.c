@@ -55,9 +55,8 @@ static int add_shard(fs_weights *w, const char *path, fs_error *err) {
 
 /* model.safetensors.index.json: every shard it names, opened. */
 static int open_index(fs_weights *w, const char *path, fs_error *err) {
-    json_error_t je;
-    if (!(w->index = json_load_file(path, 0, &je)))
-        return fs_error_set(err, FS_ERR_INVALID, "%s:%d: not valid JSON: %s", path, je.line, je.text);
+    int rc = fs_json_read(path, &w->index, err);
+    if (rc) return rc;
     json_t *map = json_object_get(w->index, "weight_map");
     if (!json_is_object(map) || !json_object_size(map))
         return fs_error_set(err, FS_ERR_INVALID, "%s: no \"weight_map\" object: not a safetensors shard index", path);
@@ -68,7 +67,7 @@ static int open_index(fs_weights *w, const char *path, fs_error *err) {
             return fs_error_set(err, FS_ERR_INVALID, "%s: weight_map[\"%s\"] is not a file name beside the index", path,
                                 name);
         char *p = join(w->dir, json_string_value(file));
-        int rc = p ? add_shard(w, p, err) : fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+        rc = p ? add_shard(w, p, err) : fs_error_set(err, FS_ERR_NOMEM, "out of memory");
         if (rc == FS_ERR_NOT_FOUND)
             rc = fs_error_set(err, FS_ERR_NOT_FOUND, "%s: shard %s (listed for %s) is missing", path, p, name);
         free(p);

@@ -37,6 +37,24 @@ expect_config_error nosuch.ini -- "nosuch.ini"
 mkdir -p a_directory.ini
 expect_config_error a_directory.ini -- "a_directory.ini"
 
+# special files where a file is expected are refused before fsrun reads
+# them (a FIFO would block forever, /dev/zero never end): exit 2, one line
+mkfifo fifo.ini fifo.txt fifo.json
+for g in fifo.ini /dev/zero; do
+    rm -rf out
+    assert_exit 2 timeout 20 "$FSRUN" "$g"
+    assert_one_error_line
+    assert_err "$g: not a regular file"
+done
+write_graph g.ini
+for key in data.train data.val; do
+    expect_config_error g.ini --set $key=fifo.txt -- "fifo.txt" "not a regular file"
+done
+rm -rf out
+assert_exit 2 timeout 20 "$FSRUN" g.ini --set model.tokenizer=bpe:fifo.json
+assert_one_error_line
+assert_err "fifo.json: not a regular file"
+
 # an empty graph file (or only comments) is refused by name, not reported
 # as the first key a mode misses
 : >empty.ini

@@ -59,6 +59,18 @@ for mode in eval generate; do
     check_bad "$mode" missing.safetensors "no such file"
     check_bad "$mode" a_directory "no model.safetensors"
 done
+# special files are refused before they are read: a FIFO would block the
+# open forever, /dev/zero never end
+mkfifo fifo.safetensors
+for mode in eval generate; do
+    extra=()
+    [ "$mode" = generate ] && extra=(--prompt "The ")
+    for f in fifo.safetensors /dev/zero; do
+        assert_exit 1 timeout 20 "$FSRUN" g.ini --mode "$mode" --checkpoint "$f" "${extra[@]+"${extra[@]}"}"
+        assert_one_error_line
+        assert_err "$f: not a regular file"
+    done
+done
 # the good checkpoint still works, so the failures above were about the files
 assert_exit 0 "$FSRUN" g.ini --mode eval --checkpoint "$good"
 assert_exit 0 "$FSRUN" g.ini --mode generate --checkpoint "$good" --prompt "The "
