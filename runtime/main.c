@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "compute/blas.h"
+#include "core/crash.h"
 #include "dist/comm_mpi.h"
 #include "core/graph.h"
 #include "core/host.h"
@@ -365,6 +366,7 @@ static int run_graph(const cli *c) {
 }
 
 int main(int argc, char **argv) {
+    fs_crash_install(); /* a plugin that crashes is named (crash.h) */
     fs_blas_fix_coretype(argv);
     cli c;
     int rc = cli_parse(&c, argc, argv);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/crash.h"
 #include "core/host.h"
 
 #define END_OF(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
@@ -50,7 +51,7 @@ static int call_entry(const fs_plugin_descriptor **d, void *handle, const char *
                             "%s: not a FastServe plugin: it exports no '%s' symbol (define it with "
                             "FS_PLUGIN_DEFINE_ENTRY from <fastserve/plugin.h>)",
                             path, FS_PLUGIN_ENTRY_SYMBOL);
-    *d = entry();
+    FS_PLUGIN_CALL(NULL, path, FS_PLUGIN_ENTRY_SYMBOL, -1, *d = entry());
     if (!*d)
         return fs_error_set(err, FS_ERR_ABI, "%s: %s() returned NULL; it must return its static descriptor", path,
                             FS_PLUGIN_ENTRY_SYMBOL);
@@ -135,6 +136,16 @@ static int (*const descriptor_checks[])(opening *, fs_error *) = {
     check_abi_range, check_descriptor_size, check_kind, check_vtable_size, check_required_members,
 };
 
+static int check_descriptor(opening *o, fs_error *err) {
+    version_text(o->host_v, sizeof o->host_v, FS_ABI_VERSION);
+    version_text(o->min_v, sizeof o->min_v, FS_ABI_VERSION_MIN);
+    version_text(o->plug_v, sizeof o->plug_v, o->d->abi_version);
+    int rc = FS_OK;
+    for (size_t i = 0; !rc && i < sizeof descriptor_checks / sizeof descriptor_checks[0]; i++)
+        rc = descriptor_checks[i](o, err);
+    return rc;
+}
+
 int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *err) {
     *out = NULL;
     void *handle;
@@ -142,13 +153,10 @@ int fs_plugin_open(fs_plugin **out, const char *path, int want_kind, fs_error *e
     int rc = load_shared_object(&handle, path, err);
     if (rc) return rc;
     rc = call_entry(&o.d, handle, path, err);
-    if (!rc) {
-        version_text(o.host_v, sizeof o.host_v, FS_ABI_VERSION);
-        version_text(o.min_v, sizeof o.min_v, FS_ABI_VERSION_MIN);
-        version_text(o.plug_v, sizeof o.plug_v, o.d->abi_version);
-    }
-    for (size_t i = 0; !rc && i < sizeof descriptor_checks / sizeof descriptor_checks[0]; i++)
-        rc = descriptor_checks[i](&o, err);
+    /* a bad pointer from the entry crashes here, reading the descriptor: named as the entry's */
+    if (!rc)
+        FS_PLUGIN_CALL(NULL, path, FS_PLUGIN_ENTRY_SYMBOL " (reading the descriptor it returned)", -1,
+                       rc = check_descriptor(&o, err));
     fs_plugin *p = NULL;
     if (!rc && (!(p = calloc(1, sizeof *p)) || !(p->path = strdup(path)))) {
         free(p);

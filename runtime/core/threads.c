@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "compute/blas.h"
+#include "core/crash.h"
 
 static int g_threads = 1;     /* in effect */
 static int g_asked = 1;       /* fs_threads_set's n: 0 = adaptive */
@@ -175,9 +176,12 @@ void fs_parallel_for(size_t n, size_t grain, fs_parallel_fn fn, void *arg) {
         fn(arg, 0, n);
         return;
     }
+    const fs_call *caller = fs_crash_current(); /* a plugin's body on a worker: the plugin's call */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (size_t c = 0; c < chunks; c++) {
         size_t b = n * c / chunks, e = n * (c + 1) / chunks;
+        const fs_call *outer = fs_crash_set(caller);
         if (b < e) fn(arg, b, e);
+        fs_crash_set(outer);
     }
 }

@@ -80,11 +80,13 @@ static int make_caches(fs_seq *s, seq_row *r, fs_error *err) {
     for (size_t l = 0; l < m->L; l++) {
         if (fs_model_layer_paged(m, l)) continue;
         const fs_attention_slot *a = &m->attn[l];
-        size_t bytes = a->vt->cache_bytes(a->self, 1, plugin_context);
+        size_t bytes;
+        ATTN_CALL(m, l, "cache_bytes", bytes = a->vt->cache_bytes(a->self, 1, plugin_context));
         if (!(r->caches[l] = fs_alloc(bytes)))
             return fs_error_set(err, FS_ERR_NOMEM, "layer %zu: out of memory for a %zu-byte KV cache", l, bytes);
         s->cache_bytes += bytes;
-        int rc = a->vt->cache_reset(a->self, r->caches[l], 1, plugin_context, err);
+        int rc;
+        ATTN_CALL(m, l, "cache_reset", rc = a->vt->cache_reset(a->self, r->caches[l], 1, plugin_context, err));
         if (rc) return rc;
     }
     return FS_OK;

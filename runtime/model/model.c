@@ -338,7 +338,7 @@ void fs_model_destroy(fs_model *m) {
     fs_model_release_activations(m);
     for (size_t l = 0; m->attn && l < m->L; l++) {
         fs_attention_slot *s = &m->attn[l];
-        if (s->vt && s->self) s->vt->destroy(s->self);
+        if (s->vt && s->self) ATTN_CALL(m, l, "destroy", s->vt->destroy(s->self));
         free(s->saved);
         free(s->saved_cap);
     }
@@ -367,9 +367,11 @@ const fs_param_view *fs_model_find(const fs_model *m, const char *name) {
     return NULL;
 }
 
-void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self) {
+void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self,
+                               const char *name) {
     m->attn[layer].vt = vt;
     m->attn[layer].self = self;
+    m->attn[layer].name = name;
 }
 
 const fs_attention_vtable *fs_model_attention(const fs_model *m, size_t layer, void **self) {
@@ -424,7 +426,8 @@ int fs_model_init_plugin_params(fs_model *m, fs_error *err) {
             continue;
         fs_tensor w = fs_tensor_cpu_f32(m->lp[l].qkvw, 2, C, 3 * m->Ca, 0, 0);
         fs_tensor b = fs_tensor_cpu_f32(m->lp[l].qkvb, 1, 3 * m->Ca, 0, 0, 0);
-        int rc = s->vt->init_params(s->self, &w, &b, err);
+        int rc;
+        ATTN_CALL(m, l, "init_params", rc = s->vt->init_params(s->self, &w, &b, err));
         if (rc) return rc;
     }
     return FS_OK;

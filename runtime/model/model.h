@@ -148,7 +148,8 @@ const fs_param_view *fs_model_find(const fs_model *m, const char *name);
 
 /* Hands layer `layer` (local index) its attention instance (the model
  * destroys it), and reads it back. */
-void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self);
+void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self,
+                               const char *name);
 const fs_attention_vtable *fs_model_attention(const fs_model *m, size_t layer, void **self);
 
 /* Places a plugin's tensor in the block's tail (zero-filled; param and

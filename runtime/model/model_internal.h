@@ -5,7 +5,12 @@
 #ifndef FS_MODEL_INTERNAL_H
 #define FS_MODEL_INTERNAL_H
 
+#include "core/crash.h"
 #include "model/model.h"
+
+/* A call into layer l's attention plugin, named if it crashes (crash.h). */
+#define ATTN_CALL(m, l, call, statement) \
+    FS_PLUGIN_CALL("attention", (m)->attn[l].name, call, (int)(m)->layer_ids[l], statement)
 
 /* The tensors of one block; the same struct points into params or grads. */
 typedef struct fs_layer_params {
@@ -20,6 +25,7 @@ typedef struct fs_layer_params {
 typedef struct fs_attention_slot {
     const fs_attention_vtable *vt;
     void *self;
+    const char *name; /* the plugin's, for the crash report */
     void **saved; /* (n_slots) what forward saved for backward, per activation slot */
     size_t *saved_cap;
 } fs_attention_slot;

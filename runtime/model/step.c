@@ -200,7 +200,8 @@ static fs_attention_args attention_args(fs_model *m, size_t l, size_t a_slot) {
 
 static int ensure_saved(fs_model *m, size_t l, fs_error *err) {
     fs_attention_slot *s = &m->attn[l];
-    size_t need = s->vt->saved_bytes(s->self, m->B, m->T);
+    size_t need;
+    ATTN_CALL(m, l, "saved_bytes", need = s->vt->saved_bytes(s->self, m->B, m->T));
     void **buf = m->cfg.reversible ? &m->rev_saved : &s->saved[m->slot];
     size_t *cap = m->cfg.reversible ? &m->rev_saved_cap : &s->saved_cap[m->slot];
     if (need <= *cap) return FS_OK;
@@ -245,7 +246,8 @@ static int attn_forward(fs_model *m, size_t l, size_t a, const float *in, float 
     int rc = ensure_saved(m, l, err);
     if (rc) return rc;
     fs_attention_args args = attention_args(m, l, a);
-    if ((rc = s->vt->forward(s->self, &args, err))) return rc;
+    ATTN_CALL(m, l, "forward", rc = s->vt->forward(s->self, &args, err));
+    if (rc) return rc;
     attention_merge_heads(m->attmerged + a * BTA, m->atty + a * BTA, B, T, H, D);
     /* row-parallel: the bias is added once, by tensor rank 0 */
     matmul_forward(out, m->attmerged + a * BTA, p->attprojw, m->tp_rank == 0 ? p->attprojb : NULL, BT, Ca, C);
@@ -298,7 +300,8 @@ static int attn_backward(fs_model *m, size_t l, size_t a, const float *in, const
         memset(m->dtmp, 0, BTC * sizeof(float));
         args.dx = fs_tensor_cpu_f32(m->dtmp, 3, B, T, C, 0);
     }
-    int rc = s->vt->backward(s->self, &args, err);
+    int rc;
+    ATTN_CALL(m, l, "backward", rc = s->vt->backward(s->self, &args, err));
     if (rc) return rc;
     if (dscores) { /* a loss on this layer's attention map (distillation) */
         if (!FS_HAS_MEMBER(s->vt, s->vt->struct_size, fs_attention_vtable, scores_backward) || !s->vt->scores_backward)
@@ -310,7 +313,8 @@ static int attn_backward(fs_model *m, size_t l, size_t a, const float *in, const
         sa.fwd = &args;
         sa.probs = probs;
         sa.scores = fs_tensor_cpu_f32((float *)dscores, 4, B, H, T, T);
-        if ((rc = s->vt->scores_backward(s->self, &sa, err))) return rc;
+        ATTN_CALL(m, l, "scores_backward", rc = s->vt->scores_backward(s->self, &sa, err));
+        if (rc) return rc;
     }
     attention_split_heads_backward(m->dqkv, m->dq, m->dk, m->dv, B, T, H, D);
     if (sqk) { /* K's block of dqkv is not used */
@@ -496,7 +500,9 @@ int fs_model_attention_scores(fs_model *m, size_t layer, int probs, float *out, 
     sa.fwd = &a;
     sa.probs = probs;
     sa.scores = fs_tensor_cpu_f32(out, 4, m->B, m->Ha, m->T, m->T);
-    return s->vt->scores(s->self, &sa, err);
+    int rc;
+    ATTN_CALL(m, layer, "scores", rc = s->vt->scores(s->self, &sa, err));
+    return rc;
 }
 
 /* ---- backward ---- */

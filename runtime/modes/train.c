@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/crash.h"
 #include "dist/pipeline.h"
 #include "dist/world.h"
 #include "fastserve/parallel.h"
@@ -35,6 +36,7 @@ int fs_objective_lm(void *arg, fs_session *s, const int32_t *inputs, const int32
 typedef struct grads_hook {
     const fs_parallel_vtable *vt;
     void *self;
+    const char *name;
     float *grads;
     int failed;
     fs_error err;
@@ -42,8 +44,13 @@ typedef struct grads_hook {
 
 static void on_grads_ready(void *arg, size_t offset, size_t count) {
     grads_hook *h = arg;
-    if (!h->failed && h->vt->grads_ready(h->self, h->grads, offset, count, &h->err)) h->failed = 1;
+    int rc = FS_OK;
+    if (!h->failed) FS_PLUGIN_CALL("parallel", h->name, "grads_ready", -1, rc = h->vt->grads_ready(h->self, h->grads, offset, count, &h->err));
+    if (rc) h->failed = 1;
 }
+
+/* A call through the parallel strategy's vtable, named if it crashes. */
+#define PAR_CALL(s, call, statement) FS_PLUGIN_CALL("parallel", (s)->parallel.plugin->desc->name, call, -1, statement)
 
 /* A parallel vtable member that exists (the plugin is new enough) and is set. */
 #define PAR_HAS(s, member)                                                                                    \
@@ -88,7 +95,8 @@ static void stats_get(fs_session *s, fs_parallel_stats *st) {
     st->struct_size = sizeof *st;
     fs_error ignored = {0};
     if (PAR_HAS(s, stats))
-        ((const fs_parallel_vtable *)s->parallel.plugin->desc->vtable)->stats(s->parallel.self, st, &ignored);
+        PAR_CALL(s, "stats",
+                 ((const fs_parallel_vtable *)s->parallel.plugin->desc->vtable)->stats(s->parallel.self, st, &ignored));
 }
 
 /* ---- set-up ---- */
@@ -164,8 +172,8 @@ static int build_optimizer(train_run *r, fs_error *err) {
                               pb->views[i].numel, pb->views[i].weight_decay, err);
     if (!rc && PAR_HAS(r->s, optimizer_shard)) {
         size_t lo = 0, hi = pb->n;
-        if (!(rc = r->pvt->optimizer_shard(r->pself, pb->n, &lo, &hi, err)))
-            rc = fs_optimizer_shard(&r->opt, lo, hi, pb->n, err);
+        PAR_CALL(r->s, "optimizer_shard", rc = r->pvt->optimizer_shard(r->pself, pb->n, &lo, &hi, err));
+        if (!rc) rc = fs_optimizer_shard(&r->opt, lo, hi, pb->n, err);
     }
     return rc ? rc : fs_optimizer_ready(&r->opt, err);
 }
@@ -180,7 +188,8 @@ static int set_pipeline_slots(train_run *r, fs_error *err) {
     if (!PAR_HAS(r->s, run_schedule) || !PAR_HAS(r->s, pipeline_slots))
         return fs_error_set(err, FS_ERR_INVALID, "parallel plugin '%s' pipelines but cannot run a schedule",
                             r->s->parallel.plugin->desc->name);
-    int rc = r->pvt->pipeline_slots(r->pself, &slots, err);
+    int rc;
+    PAR_CALL(r->s, "pipeline_slots", rc = r->pvt->pipeline_slots(r->pself, &slots, err));
     return rc ? rc : fs_model_set_slots(r->m, slots, err);
 }
 
@@ -209,7 +218,8 @@ static int open_outputs(train_run *r, fs_error *err) {
     } else {
         r->met.quiet = 1; /* no file, no progress: rank 0 reports */
     }
-    if ((rc = r->pvt->batch_slice(r->pself, r->B, &r->off, &r->local_B, err))) return rc;
+    PAR_CALL(r->s, "batch_slice", rc = r->pvt->batch_slice(r->pself, r->B, &r->off, &r->local_B, err));
+    if (rc) return rc;
     r->inputs = malloc(r->B * r->T * sizeof(int32_t));
     r->targets = malloc(r->B * r->T * sizeof(int32_t));
     if (!r->inputs || !r->targets) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
@@ -239,7 +249,7 @@ static int train_setup(train_run *r, int *config_error, fs_error *err) {
         return rc;
     }
     fs_world_begin_work();
-    r->hook = (grads_hook){r->pvt, r->pself, fs_model_block(r->m)->grads, 0, {0}};
+    r->hook = (grads_hook){r->pvt, r->pself, r->s->parallel.plugin->desc->name, fs_model_block(r->m)->grads, 0, {0}};
     /* the loss is counted once per data rank: tensor ranks hold copies of
      * it, and only the last pipeline stage computes one */
     r->loss_here = r->s->topo.tensor_rank == 0 && r->s->topo.pipeline_rank == r->s->topo.pipeline - 1;
@@ -307,7 +317,7 @@ static int micro_batch(train_run *r, size_t a, double *loss, fs_error *err) {
         fs_pipeline_step_ops(&ps, &ops);
         fs_model_on_grads_ready(r->m, NULL, NULL);
         double t0 = fs_now();
-        rc = r->pvt->run_schedule(r->pself, &ops, err);
+        PAR_CALL(r->s, "run_schedule", rc = r->pvt->run_schedule(r->pself, &ops, err));
         r->t.sched_s += fs_now() - t0;
         r->t.busy_s += ps.busy_s;
         *loss = ps.n_loss ? ps.loss_sum / (double)ps.n_loss : 0.0;
@@ -334,13 +344,16 @@ static int finish_gradients(train_run *r, double step_loss, double *norm, double
      * last stage's alone */
     if (s->topo.pipeline > 1 && !s->mcfg.untied_head && (part->has_embed || part->has_head)) {
         const fs_param_view *wte = fs_model_find(r->m, "transformer.wte.weight");
-        if ((rc = r->pvt->embedding_all_reduce(r->pself, pb->grads + wte->offset, wte->numel, err))) return rc;
+        PAR_CALL(s, "embedding_all_reduce", rc = r->pvt->embedding_all_reduce(r->pself, pb->grads + wte->offset, wte->numel, err));
+        if (rc) return rc;
     }
-    if ((rc = r->pvt->grads_finish(r->pself, pb->grads, pb->n, err))) return rc;
+    PAR_CALL(s, "grads_finish", rc = r->pvt->grads_finish(r->pself, pb->grads, pb->n, err));
+    if (rc) return rc;
     *wait_s += fs_now() - t0;
     double sums[3] = {r->loss_here ? step_loss * (double)r->local_B : 0.0, r->loss_here ? (double)r->local_B : 0.0,
                       owned_sumsq(r)};
-    if ((rc = r->pvt->reduce_sum(r->pself, sums, 3, err))) return rc;
+    PAR_CALL(s, "reduce_sum", rc = r->pvt->reduce_sum(r->pself, sums, 3, err));
+    if (rc) return rc;
     r->loss = r->ts.loss = sums[0] / sums[1];
     *norm = sqrt(sums[2]);
     fs_optimizer_clip_to(&r->opt, fs_config_float(s->train_cfg, "grad_clip"), *norm);
@@ -355,7 +368,8 @@ static int optimizer_step(train_run *r, double *lr, double *wait_s, fs_error *er
     const fs_param_block *pb = fs_model_block(r->m);
     if (!PAR_HAS(r->s, params_updated)) return FS_OK;
     double t0 = fs_now();
-    int rc = r->pvt->params_updated(r->pself, pb->params, pb->n, err);
+    int rc;
+    PAR_CALL(r->s, "params_updated", rc = r->pvt->params_updated(r->pself, pb->params, pb->n, err));
     *wait_s += fs_now() - t0;
     return rc;
 }
@@ -394,7 +408,7 @@ static int evaluate(train_run *r, double *loss, fs_error *err) {
     if (r->s->topo.pipeline == 1) return fs_evaluate(r->m, &r->val, r->B, max_windows, loss, &n, err);
     double sum;
     int rc = fs_evaluate_sum(&r->val, r->T, r->B, max_windows, pipeline_batch_sum, r->s, &sum, &n, err);
-    if (!rc) rc = r->pvt->reduce_sum(r->pself, &sum, 1, err);
+    if (!rc) PAR_CALL(r->s, "reduce_sum", rc = r->pvt->reduce_sum(r->pself, &sum, 1, err));
     *loss = n ? sum / (double)n : 0.0;
     return rc;
 }

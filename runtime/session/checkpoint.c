@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/crash.h"
 #include "fastserve/parallel.h"
 #include "io/safetensors.h"
 #include "dist/shard.h"
@@ -56,8 +57,12 @@ static int gather_moments(const fs_session *s, const fs_optimizer *opt, float **
     if (!mv) return fs_error_set(err, FS_ERR_NOMEM, "out of memory gathering the optimizer state");
     fs_optimizer_export(opt, mv, mv + opt->numel);
     fs_error perr = {0};
-    int rc = vt->params_updated(s->parallel.self, mv, opt->split, &perr);
-    if (!rc) rc = vt->params_updated(s->parallel.self, mv + opt->numel, opt->split, &perr);
+    int rc;
+    const char *name = s->parallel.plugin->desc->name;
+    FS_PLUGIN_CALL("parallel", name, "params_updated", -1, rc = vt->params_updated(s->parallel.self, mv, opt->split, &perr));
+    if (!rc)
+        FS_PLUGIN_CALL("parallel", name, "params_updated", -1,
+                       rc = vt->params_updated(s->parallel.self, mv + opt->numel, opt->split, &perr));
     if (rc) {
         fs_free(mv);
         return fs_error_set(err, rc, "gathering the optimizer state: %s", perr.message);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/crash.h"
 #include "dist/comm_self.h"
 #include "session/device.h"
 #include "fastserve/attention.h"
@@ -183,11 +184,12 @@ static int create_layer_attention(fs_session *s, size_t li, const char *const *s
         .device = s->device,
     };
     fs_error perr = {0};
-    rc = vt->create(&inst->self, &s->host.api, &inst->ctx, &ac, &perr);
+    FS_PLUGIN_CALL("attention", inst->plugin->desc->name, "create", (int)l,
+                   rc = vt->create(&inst->self, &s->host.api, &inst->ctx, &ac, &perr));
     if (rc)
         return fs_error_set(err, rc, "layer %zu: attention plugin '%s': %s", l, inst->plugin->desc->name,
                             perr.message);
-    fs_model_attach_attention(s->model, li, vt, inst->self);
+    fs_model_attach_attention(s->model, li, vt, inst->self, inst->plugin->desc->name);
     return FS_OK;
 }
 
@@ -233,13 +235,16 @@ static int build_parallel(fs_session *s, fs_error *err) {
     };
     const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
     fs_error perr = {0};
-    int rc = vt->create(&s->parallel.self, &s->host.api, &s->parallel.ctx, &pc, &perr);
+    const char *name = s->parallel.plugin->desc->name;
+    int rc;
+    FS_PLUGIN_CALL("parallel", name, "create", -1, rc = vt->create(&s->parallel.self, &s->host.api, &s->parallel.ctx, &pc, &perr));
     if (rc) return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
     /* a strategy older than ABI 1.1 leaves the coordinates out: one rank
      * per dimension it does not split */
     fs_parallel_topology *t = &s->topo;
     memset(t, 0, sizeof *t);
-    if ((rc = vt->topology(s->parallel.self, t, &perr)))
+    FS_PLUGIN_CALL("parallel", name, "topology", -1, rc = vt->topology(s->parallel.self, t, &perr));
+    if (rc)
         return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
     if (!FS_HAS_MEMBER(t, t->struct_size, fs_parallel_topology, microbatches)) {
         t->data_rank = t->rank;
@@ -255,8 +260,10 @@ static int build_parallel(fs_session *s, fs_error *err) {
                             s->parallel.plugin->desc->name, t->world, t->data, t->tensor, t->pipeline,
                             world);
     /* this rank's part of the model: its tensor shard and pipeline layers */
-    if ((rc = fs_shard_map_build(&s->shard, t, vt, s->parallel.plugin->desc->vtable_size, s->parallel.self,
-                                 s->mcfg.n_layer, &perr)))
+    FS_PLUGIN_CALL("parallel", name, "stage_layers", -1,
+                   rc = fs_shard_map_build(&s->shard, t, vt, s->parallel.plugin->desc->vtable_size, s->parallel.self,
+                                           s->mcfg.n_layer, &perr));
+    if (rc)
         return fs_error_set(err, rc, "parallel plugin '%s': %s", s->parallel.plugin->desc->name, perr.message);
     s->mcfg.shard = s->shard.shard;
     if (s->mcfg.reversible && t->pipeline > 1)
@@ -271,7 +278,10 @@ static int build_parallel(fs_session *s, fs_error *err) {
 static int tensor_reduce(void *arg, float *x, size_t n, fs_error *err) {
     fs_session *s = arg;
     const fs_parallel_vtable *vt = s->parallel.plugin->desc->vtable;
-    return vt->tensor_all_reduce(s->parallel.self, x, n, err);
+    int rc;
+    FS_PLUGIN_CALL("parallel", s->parallel.plugin->desc->name, "tensor_all_reduce", -1,
+                   rc = vt->tensor_all_reduce(s->parallel.self, x, n, err));
+    return rc;
 }
 
 /* Tensor and pipeline splits cut the layers' tensors; parameters an
@@ -388,7 +398,9 @@ int fs_session_open_local(fs_session **out, fs_graph *g, fs_error *err) { return
 
 void fs_session_close(fs_session *s) {
     if (!s) return;
-    if (s->parallel.self) ((const fs_parallel_vtable *)s->parallel.plugin->desc->vtable)->destroy(s->parallel.self);
+    if (s->parallel.self)
+        FS_PLUGIN_CALL("parallel", s->parallel.plugin->desc->name, "destroy", -1,
+                       ((const fs_parallel_vtable *)s->parallel.plugin->desc->vtable)->destroy(s->parallel.self));
     release_instance(&s->parallel);
     fs_model_destroy(s->model); /* destroys the attention instances */
     for (size_t l = 0; s->layers && l < s->mcfg.n_layer; l++) release_instance(&s->layers[l]);

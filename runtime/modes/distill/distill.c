@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/crash.h"
 #include "modes/distill/distill_internal.h"
 #include "io/safetensors.h"
 #include "modes/train.h"
@@ -62,6 +63,9 @@ int fs_session_derive(fs_session **out, const fs_graph *base, const char *name, 
     }
     return fs_session_open(out, g, err);
 }
+
+/* A call through the distill plugin's vtable, named if it crashes. */
+#define DISTILL_CALL(plan, call, statement) FS_PLUGIN_CALL("distill", (plan)->plugin->desc->name, call, -1, statement)
 
 /* A progress line, printed once among several ranks (by rank 0). */
 static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -117,7 +121,8 @@ static int create_instance(fs_distill_plan *p, fs_error *err) {
     fs_distill_config cfg = fs_distill_config_of(student->model, p->teacher->model);
     fs_error perr = {0};
     p->param_first = fs_model_block(student->model)->n_views;
-    int rc = p->vt->create(&p->self, &student->host.api, &p->ctx, &cfg, &perr);
+    int rc;
+    DISTILL_CALL(p, "create", rc = p->vt->create(&p->self, &student->host.api, &p->ctx, &cfg, &perr));
     if (rc) {
         p->self = NULL;
         return fs_error_set(err, rc, "distill plugin '%s': %s", p->plugin->desc->name, perr.message);
@@ -140,7 +145,8 @@ static int plan_phases(fs_distill_plan *p, uint32_t *all_needs, fs_error *err) {
     p->phase_names[0] = "distill";
     p->phase_steps[0] = total;
     if (has_phases) {
-        p->n_phases = p->vt->phases(p->self, total, p->phase_names, p->phase_steps, FS_DISTILL_MAX_PHASES);
+        DISTILL_CALL(p, "phases",
+                     p->n_phases = p->vt->phases(p->self, total, p->phase_names, p->phase_steps, FS_DISTILL_MAX_PHASES));
         if (p->n_phases < 1 || p->n_phases > FS_DISTILL_MAX_PHASES)
             return fs_error_set(err, FS_ERR_ABI, "distill plugin '%s' reports %zu phases (1..%d)", name, p->n_phases,
                                 FS_DISTILL_MAX_PHASES);
@@ -154,11 +160,16 @@ static int plan_phases(fs_distill_plan *p, uint32_t *all_needs, fs_error *err) {
                                 "distill plugin '%s': its phase '%s' gets no steps (%s): give it steps of its own or "
                                 "more [train] steps",
                                 name, p->phase_names[k], fs_config_where(train_cfg, "steps"));
-        if (has_phases && (rc = p->vt->set_phase(p->self, k, &perr)))
-            return fs_error_set(err, rc, "distill plugin '%s': %s", name, perr.message);
-        *all_needs |= p->vt->needs(p->self);
+        rc = FS_OK;
+        if (has_phases) DISTILL_CALL(p, "set_phase", rc = p->vt->set_phase(p->self, k, &perr));
+        if (rc) return fs_error_set(err, rc, "distill plugin '%s': %s", name, perr.message);
+        uint32_t needs;
+        DISTILL_CALL(p, "needs", needs = p->vt->needs(p->self));
+        *all_needs |= needs;
     }
-    if (has_phases && (rc = p->vt->set_phase(p->self, 0, &perr)))
+    rc = FS_OK;
+    if (has_phases) DISTILL_CALL(p, "set_phase", rc = p->vt->set_phase(p->self, 0, &perr));
+    if (rc)
         return fs_error_set(err, rc, "distill plugin '%s': %s", name, perr.message);
     return FS_OK;
 }
@@ -242,7 +253,7 @@ int fs_distill_plan_make(fs_distill_plan *p, fs_session *student, const fs_confi
 }
 
 void fs_distill_plan_release(fs_distill_plan *p) {
-    if (p->self) p->vt->destroy(p->self);
+    if (p->self) DISTILL_CALL(p, "destroy", p->vt->destroy(p->self));
     p->self = NULL;
     fs_augment_close(&p->aug);
 }
@@ -432,8 +443,9 @@ static int distill_objective(void *arg, fs_session *s, const int32_t *inputs, co
     if (d->needs & FS_DISTILL_NEEDS_ATTENTION) rc = attention_args(d, sm, N, T, ta, sa, dsa, &a, err);
     if (!rc && dscale != 1.0f) save_plugin_grads(d, sm);
     fs_error perr = {0};
-    if (!rc && (rc = d->vt->loss(d->self, &a, loss, &perr)))
-        rc = fs_error_set(err, rc, "distill plugin '%s': %s", d->plan->plugin->desc->name, perr.message);
+    int lrc = FS_OK;
+    if (!rc) DISTILL_CALL(d->plan, "loss", lrc = d->vt->loss(d->self, &a, loss, &perr));
+    if (lrc) rc = fs_error_set(err, lrc, "distill plugin '%s': %s", d->plan->plugin->desc->name, perr.message);
     free(tens);
     if (rc) return rc;
     if (dscale != 1.0f) scale_loss_grads(d, sm, N, T, dscale);
@@ -453,7 +465,7 @@ static int train_run(fs_distill_plan *p, fs_session *s, void *self, size_t pfirs
     d.self = self;
     d.pfirst = pfirst;
     d.pcount = pcount;
-    d.needs = p->vt->needs(self);
+    DISTILL_CALL(p, "needs", d.needs = p->vt->needs(self));
     d.probs = (d.needs & FS_DISTILL_NEEDS_ATTENTION_PROBS) != 0;
     d.carry = carry;
     d.topk = topk;
@@ -546,8 +558,8 @@ static int run_phase(fs_distill_plan *p, size_t k, const char *dir, const char *
     void *self = NULL;
     fs_error perr = {0};
     size_t first = fs_model_block(ps->model)->n_views;
-    rc = p->vt->create(&self, &ps->host.api, &ctx, &cfg, &perr);
-    if (!rc) rc = p->vt->set_phase(self, k, &perr);
+    DISTILL_CALL(p, "create", rc = p->vt->create(&self, &ps->host.api, &ctx, &cfg, &perr));
+    if (!rc) DISTILL_CALL(p, "set_phase", rc = p->vt->set_phase(self, k, &perr));
     if (rc) {
         rc = fs_error_set(err, rc, "distill plugin '%s': %s", name, perr.message);
     } else {
@@ -558,7 +570,7 @@ static int run_phase(fs_distill_plan *p, size_t k, const char *dir, const char *
         rc = train_run(p, ps, self, first, fs_model_block(ps->model)->n_views - first, k ? prev : NULL,
                        *p->teacher_cache ? topk : NULL, &po, config_error, err);
     }
-    if (self) p->vt->destroy(self);
+    if (self) DISTILL_CALL(p, "destroy", p->vt->destroy(self));
     fs_session_close(ps);
     return rc;
 }
