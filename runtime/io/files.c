@@ -1,8 +1,11 @@
 /* files.c — see files.h. */
 #include "io/files.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +46,66 @@ static int sync_dir(const char *path) {
     return rc != 0 && e != EINVAL ? -1 : 0; /* EINVAL: this filesystem cannot sync directories */
 }
 
-int fs_file_write_atomic(const char *path, const void *const *parts, const size_t *lens, size_t n, fs_error *err) {
+/* PID of a temporary file's name (NAME.tmp.PID), or 0. */
+static pid_t temp_owner(const char *name) {
+    const char *tmp = strstr(name, ".tmp.");
+    while (tmp && strstr(tmp + 1, ".tmp.")) tmp = strstr(tmp + 1, ".tmp.");
+    if (!tmp || !tmp[5]) return 0;
+    long pid = 0;
+    for (const char *p = tmp + 5; *p; p++) {
+        if (*p < '0' || *p > '9' || pid > 100000000L) return 0;
+        pid = pid * 10 + (*p - '0');
+    }
+    return (pid_t)pid;
+}
+
+void fs_files_each_stale_temp(const char *dir, const char *prefix, void (*fn)(void *arg, const char *tmp, long pid),
+                              void *arg) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    size_t lp = prefix ? strlen(prefix) : 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        pid_t pid = temp_owner(e->d_name);
+        if (pid <= 0 || pid == getpid() || (prefix && strncmp(e->d_name, prefix, lp))) continue;
+        if (kill(pid, 0) == 0 || errno != ESRCH) continue; /* alive (or not ours to ask about): its file */
+        char path[PATH_MAX];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) fn(arg, path, (long)pid);
+    }
+    closedir(d);
+}
+
+static void remove_one(void *arg, const char *tmp, long pid) {
+    struct stat st;
+    if (stat(tmp, &st) != 0 || unlink(tmp) != 0) return;
+    fs_log(FS_LOG_INFO, NULL, "removed %s (%lld bytes): the temporary file of process %ld, which is gone (killed while "
+           "writing)", tmp, (long long)st.st_size, pid);
+    ++*(size_t *)arg;
+}
+
+size_t fs_files_remove_stale_temps(const char *dir, const char *prefix) {
+    size_t removed = 0;
+    fs_files_each_stale_temp(dir, prefix, remove_one, &removed);
+    return removed;
+}
+
+void fs_files_temp_prefix(const char *path, char *dir, size_t dir_cap, char *prefix, size_t prefix_cap) {
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, dir_cap, ".");
+    else
+        snprintf(dir, dir_cap, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    snprintf(prefix, prefix_cap, "%s.tmp.", slash ? slash + 1 : path);
+}
+
+int fs_file_write_temp(const char *path, const void *const *parts, const size_t *lens, size_t n, char **tmp_out,
+                       fs_error *err) {
+    *tmp_out = NULL;
+    char dir[PATH_MAX], prefix[NAME_MAX + 8];
+    fs_files_temp_prefix(path, dir, sizeof dir, prefix, sizeof prefix);
+    fs_files_remove_stale_temps(dir, prefix); /* earlier writers of this path that were killed */
     size_t tmplen = strlen(path) + 32;
     char *tmp = malloc(tmplen);
     if (!tmp) return fs_error_set(err, FS_ERR_NOMEM, "%s: out of memory", path);
@@ -62,17 +124,43 @@ int fs_file_write_atomic(const char *path, const void *const *parts, const size_
     if (!bad && fsync(fd) != 0) step = "cannot sync", bad = 1;
     int e = errno;
     if (close(fd) != 0 && !bad) e = errno, bad = 1;
-    if (!bad && rename(tmp, path) != 0) e = errno, step = "cannot rename the temporary file over it", bad = 1;
-    if (bad) unlink(tmp);
-    free(tmp);
-    if (bad)
+    if (bad) {
+        unlink(tmp);
+        free(tmp);
         return fs_error_set(err, FS_ERR_IO, "%s: %s: %s; the previous file at that path is unchanged", path, step,
                             strerror(e));
-    if (sync_dir(path) != 0)
-        return fs_error_set(err, FS_ERR_IO,
-                            "%s: written, but syncing its directory failed: %s (the rename may not survive a crash)",
-                            path, strerror(errno));
+    }
+    *tmp_out = tmp;
     return FS_OK;
+}
+
+int fs_file_commit(char *tmp, const char *path, fs_error *err) {
+    int rc = FS_OK;
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        rc = fs_error_set(err, FS_ERR_IO,
+                          "%s: cannot rename the temporary file over it: %s; the previous file at that path is "
+                          "unchanged",
+                          path, strerror(e));
+    } else if (sync_dir(path) != 0) {
+        rc = fs_error_set(err, FS_ERR_IO,
+                          "%s: written, but syncing its directory failed: %s (the rename may not survive a crash)",
+                          path, strerror(errno));
+    }
+    free(tmp);
+    return rc;
+}
+
+void fs_file_discard(char *tmp) {
+    if (tmp) unlink(tmp);
+    free(tmp);
+}
+
+int fs_file_write_atomic(const char *path, const void *const *parts, const size_t *lens, size_t n, fs_error *err) {
+    char *tmp;
+    int rc = fs_file_write_temp(path, parts, lens, n, &tmp, err);
+    return rc ? rc : fs_file_commit(tmp, path, err);
 }
 
 int fs_file_write_text(const char *path, const char *text, fs_error *err) {

@@ -745,7 +745,9 @@ static int build_header(const table *tb, sbuf *b) {
     return b->oom ? -1 : 0;
 }
 
-int fs_safetensors_writer_write(fs_safetensors_writer *w, const char *path, fs_error *err) {
+/* The file's bytes as parts (the length, the header, each tensor) into
+ * PATH.tmp.PID (files.h); *tmp NULL: committed at once. */
+static int write_file(fs_safetensors_writer *w, const char *path, char **tmp, fs_error *err) {
     sbuf hdr = {NULL, 0, 0, 0};
     const void **parts = malloc((w->tb.n + 2) * sizeof *parts);
     size_t *lens = malloc((w->tb.n + 2) * sizeof *lens);
@@ -765,9 +767,18 @@ int fs_safetensors_writer_write(fs_safetensors_writer *w, const char *path, fs_e
         parts[i + 2] = w->tb.e[i].t.data;
         lens[i + 2] = w->tb.e[i].t.nbytes;
     }
-    int rc = fs_file_write_atomic(path, parts, lens, w->tb.n + 2, err);
+    int rc = tmp ? fs_file_write_temp(path, parts, lens, w->tb.n + 2, tmp, err)
+                 : fs_file_write_atomic(path, parts, lens, w->tb.n + 2, err);
     free(parts);
     free(lens);
     free(hdr.p);
     return rc;
+}
+
+int fs_safetensors_writer_write(fs_safetensors_writer *w, const char *path, fs_error *err) {
+    return write_file(w, path, NULL, err);
+}
+
+int fs_safetensors_writer_write_temp(fs_safetensors_writer *w, const char *path, char **tmp, fs_error *err) {
+    return write_file(w, path, tmp, err);
 }

@@ -72,5 +72,8 @@ int fs_safetensors_writer_metadata(fs_safetensors_writer *w, const char *key, co
 /* Tensors are laid out in the order added, 8-byte aligned as the format
  * requires (header padded with spaces). Atomic, see above. */
 int fs_safetensors_writer_write(fs_safetensors_writer *w, const char *path, fs_error *err);
+/* The first half only: the file complete and synced in *tmp, for
+ * fs_file_commit (files.h) to rename over path with other files. */
+int fs_safetensors_writer_write_temp(fs_safetensors_writer *w, const char *path, char **tmp, fs_error *err);
 
 #endif

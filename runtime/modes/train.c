@@ -213,7 +213,7 @@ static int open_outputs(train_run *r, fs_error *err) {
     int rc;
     if (r->lead) {
         if ((rc = fs_metrics_open(&r->met, r->out, fs_config_string(r->s->run_cfg, "progress"),
-                                  (uint64_t)fs_config_int(r->s->run_cfg, "log_every"), r->resume, err)))
+                                  (uint64_t)fs_config_int(r->s->run_cfg, "log_every"), r->resume, r->ts.step, err)))
             return rc;
     } else {
         r->met.quiet = 1; /* no file, no progress: rank 0 reports */

@@ -690,6 +690,41 @@ static void test_write_disk_full(void **state) {
     assert_int_equal(count_entries(f->dir, ".tmp."), 1);
 }
 
+/* A PID that was a process's and is no one's now (a child, reaped). */
+static pid_t dead_pid(void) {
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(0);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return pid;
+}
+
+/* A write killed half-way leaves NAME.tmp.PID: the next write of NAME
+ * removes it when PID's process is gone, and leaves a live process's and
+ * other files' temporary files alone. */
+static void test_write_removes_stale_temps(void **state) {
+    fixture *f = *state;
+    char dead[320], live[320], other[320], odd[320];
+    snprintf(dead, sizeof dead, "%s/model.safetensors.tmp.%ld", f->dir, (long)dead_pid());
+    snprintf(live, sizeof live, "%s/model.safetensors.tmp.%ld", f->dir, (long)getppid());
+    snprintf(other, sizeof other, "%s/training_state.safetensors.tmp.%ld", f->dir, (long)dead_pid());
+    snprintf(odd, sizeof odd, "%s/model.safetensors.tmp.12ab", f->dir);
+    const char *const made[] = {dead, live, other, odd};
+    for (size_t i = 0; i < 4; i++) write_bytes(made[i], "half a checkpoint", 17);
+    float v[4] = {1, 2, 3, 4};
+    fs_error err;
+    write_one(at(f, "model.safetensors"), v, 4, &err, 0);
+    struct stat st;
+    assert_int_equal(stat(dead, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(stat(live, &st), 0);
+    assert_int_equal(stat(other, &st), 0); /* another path's: its own writer removes it */
+    assert_int_equal(stat(odd, &st), 0);   /* not a PID: not ours to judge */
+    /* the model file, and the three kept */
+    assert_int_equal(count_entries(f->dir, NULL), 4);
+}
+
 static void test_writer_rejects(void **state) {
     fixture *f = *state;
     float v[2] = {1, 2};
@@ -767,6 +802,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_open_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_unwritable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_disk_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_removes_stale_temps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_rejects, setup, teardown),
         cmocka_unit_test(test_dtype_table),
     };
