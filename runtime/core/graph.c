@@ -879,6 +879,29 @@ static int parse_value(const fs_param_spec *s, const char *text, item *it, char 
     }
 }
 
+int fs_param_same_value(const fs_param_spec *s, const char *a, const char *b) {
+    if (!strcmp(a, b)) return 1;
+    item x, y;
+    memset(&x, 0, sizeof x);
+    memset(&y, 0, sizeof y);
+    char why[256];
+    int same = 0;
+    if (!parse_value(s, a, &x, why, sizeof why) && !parse_value(s, b, &y, why, sizeof why)) {
+        switch (s->type) {
+        case FS_PARAM_INT: same = x.i == y.i; break;
+        case FS_PARAM_FLOAT: same = x.f == y.f; break;
+        case FS_PARAM_BOOL: same = x.b == y.b; break;
+        case FS_PARAM_INT_LIST:
+            same = x.n_list == y.n_list && (!x.n_list || !memcmp(x.list, y.list, x.n_list * sizeof *x.list));
+            break;
+        default: break; /* strings and choices: only the same text */
+        }
+    }
+    free(x.list);
+    free(y.list);
+    return same;
+}
+
 /* "graph.ini:12: [attention] window = 3" or "--set: [attention] window = 3". */
 static void describe_entry(char *buf, size_t cap, const fs_graph_entry *e) {
     const char *q = needs_quotes(e->value) ? "\"" : "";

@@ -109,6 +109,11 @@ int fs_config_is_set(const fs_config *c, const char *key);
  * messages use the same text. */
 void fs_param_range_text(char *buf, size_t cap, const fs_param_spec *s);
 
+/* 1 when two texts are the same value of the key s describes ("3e-3" and
+ * "0.003", "yes" and "true", "1,2" and "1, 2"); texts that do not parse
+ * are the same only when equal. */
+int fs_param_same_value(const fs_param_spec *s, const char *a, const char *b);
+
 /* Damerau-free Levenshtein distance; used for "did you mean". */
 size_t fs_edit_distance(const char *a, const char *b);
 

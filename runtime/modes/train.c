@@ -159,6 +159,7 @@ static int prepare_out_dir(const train_run *r, fs_error *err) {
     if (rc) return rc;
     if (access(r->out, W_OK) != 0)
         return fs_error_set(err, FS_ERR_IO, "[run] out = %s: directory is not writable: %s", r->out, strerror(errno));
+    fs_checkpoint_recover(r->ckpt); /* what a run killed while writing its checkpoint left */
     return FS_OK;
 }
 

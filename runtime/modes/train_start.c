@@ -25,15 +25,11 @@ static int weights_dir(const char *path, char *buf) {
     return realpath(tmp, buf) ? 0 : -1;
 }
 
-/* The step the checkpoint at ckpt reached, or -1. */
+/* The step the checkpoint at ckpt reached, or -1 when it cannot be read. */
 static long long step_of(const char *ckpt) {
-    fs_safetensors *st;
+    uint64_t step;
     fs_error ignored = {0};
-    if (fs_safetensors_open(&st, ckpt, &ignored)) return -1;
-    const char *v = fs_safetensors_metadata(st, "step");
-    long long step = v ? strtoll(v, NULL, 10) : -1;
-    fs_safetensors_close(st);
-    return step;
+    return fs_checkpoint_read_step(ckpt, &step, &ignored) ? -1 : (long long)step;
 }
 
 int fs_train_check_out(const fs_session *s, int resume, fs_error *err) {

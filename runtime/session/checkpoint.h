@@ -46,15 +46,33 @@ int fs_checkpoint_save(const char *path, const fs_session *s, const fs_optimizer
 /* Loads weights from path (a file or a directory, weights.h) and, when
  * opt/ts are not NULL, the training state beside them, which must then be
  * present. Checks names, dtypes, shapes (a mismatch names the [model] key to
- * set), finiteness, config.json and the tensors left over (an untied
- * lm_head.weight the graph would drop, layers beyond n_layer) before
- * touching the model; on failure the model is unchanged. Every rank reads
+ * set), finiteness, config.json, the graph the weights were trained with
+ * (graph_check.h: a key that changes their function is an error; with opt
+ * or ts, a resume, other changes are said once), every metadata field
+ * (checkpoint_meta.h; a resume's step at most [train] steps) and the
+ * tensors left over (an untied lm_head.weight the graph would drop, layers
+ * beyond n_layer, tensors of another model) before touching the model; on
+ * failure the model is unchanged. Every rank reads
  * the whole file and keeps its part (a sharded optimizer its range), so a
  * checkpoint resumes on any number of ranks. */
 int fs_checkpoint_load(const char *path, fs_session *s, fs_optimizer *opt, fs_train_state *ts, fs_error *err);
 /* The same for [model] init: weights only, and the attention plugins'
- * parameters may be absent (*plugins_loaded says whether they were there). */
+ * parameters may be absent (*plugins_loaded says whether they were there);
+ * a new run starts from them, so another graph's weights are taken (the
+ * differences said once) and tensors it does not use are a warning. */
 int fs_checkpoint_load_init(const char *path, fs_session *s, int *plugins_loaded, fs_error *err);
+
+/* What a run killed while writing the checkpoint at path left behind: the
+ * state's rename it did not reach is done (when the state's temporary file
+ * is complete and at the weights' step), and every temporary file of a
+ * process that is gone is removed, each said. Rank 0 of a run that writes
+ * path, before reading it; a resume on any rank finishes the rename in
+ * memory too, so the ranks need not wait for it. */
+void fs_checkpoint_recover(const char *path);
+
+/* The step in the metadata of the checkpoint at path (strictly: a bad
+ * value is an error naming the field). */
+int fs_checkpoint_read_step(const char *path, uint64_t *step, fs_error *err);
 
 /* mkdir -p */
 int fs_mkdirs(const char *dir, fs_error *err);

@@ -152,6 +152,23 @@ static size_t sections_of_layer(size_t l, const char *const *names, size_t n, co
     return k;
 }
 
+size_t fs_session_layer_sections(const fs_graph *g, size_t layer, const char **secs, size_t cap, fs_error *err) {
+    const char **names = NULL, **all = NULL;
+    size_t n = 0, *widths = NULL, k = 0;
+    if (layer_sections(g, &names, &n, err)) return 0;
+    if ((all = malloc((n + 1) * sizeof *all)) && (widths = malloc((n + 1) * sizeof *widths))) {
+        k = sections_of_layer(layer, names, n, all, widths);
+        if (k > cap) k = cap;
+        memcpy(secs, all, k * sizeof *secs);
+    } else {
+        fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    }
+    free(names);
+    free(all);
+    free(widths);
+    return k;
+}
+
 /* Layer li's attention: its configuration from `secs`, the causal check,
  * the plugin instance, attached to the model. */
 static int create_layer_attention(fs_session *s, size_t li, const char *const *secs, size_t n, fs_error *err) {

@@ -64,6 +64,11 @@ void fs_session_close(fs_session *s); /* accepts NULL */
 int fs_session_plugin_config(fs_session *s, fs_plugin_instance *inst, int kind, const char *const *sections,
                              size_t n_sections, const fs_param_spec *core, size_t n_core, fs_error *err);
 
+/* The sections layer `layer` of graph g takes its attention keys from, in
+ * priority order: [layer.N] sections, ranges holding it (narrowest first),
+ * then "attention"; names point into g. At most cap; 0 when out of memory. */
+size_t fs_session_layer_sections(const fs_graph *g, size_t layer, const char **secs, size_t cap, fs_error *err);
+
 /* FS_ERR_INVALID, saying how to run `mode` instead, when this rank holds
  * only a tensor or pipeline shard: generation and eval run in one process
  * (the checkpoint holds the whole model). */

@@ -329,6 +329,43 @@ open(dst, 'wb').write(bytes(b))
 EOF
 }
 
+# st_set_meta SRC DST KEY VALUE: copy SRC to DST with __metadata__[KEY] set to
+# VALUE ('-' removes it); the tensors' bytes are unchanged.
+st_set_meta() {
+    python3 - "$@" <<'EOF'
+import json, struct, sys
+src, dst, key, val = sys.argv[1:5]
+b = open(src, 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+meta = h.setdefault('__metadata__', {})
+if val == '-':
+    meta.pop(key, None)
+else:
+    meta[key] = val
+text = json.dumps(h, separators=(',', ':')).encode()
+text += b' ' * (-(8 + len(text)) % 8)
+open(dst, 'wb').write(struct.pack('<Q', len(text)) + text + b[8 + n:])
+EOF
+}
+
+# st_add_tensor SRC DST NAME: copy SRC to DST with one more F32 tensor NAME
+# of 4 zeros.
+st_add_tensor() {
+    python3 - "$@" <<'EOF'
+import json, struct, sys
+src, dst, name = sys.argv[1:4]
+b = open(src, 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+data = b[8 + n:]
+h[name] = {'dtype': 'F32', 'shape': [4], 'data_offsets': [len(data), len(data) + 16]}
+text = json.dumps(h, separators=(',', ':')).encode()
+text += b' ' * (-(8 + len(text)) % 8)
+open(dst, 'wb').write(struct.pack('<Q', len(text)) + text + data + bytes(16))
+EOF
+}
+
 # ---- data and graphs -----------------------------------------------------
 
 # make_text FILE NBYTES [SEED]: deterministic English-like text of exactly

@@ -40,13 +40,9 @@ fs_distill_config fs_distill_config_of(const fs_model *sm, const fs_model *tm) {
 
 int64_t fs_checkpoint_step(const char *path) {
     if (access(path, F_OK) != 0) return 0;
-    fs_safetensors *st;
-    fs_error err = {0};
-    if (fs_safetensors_open(&st, path, &err)) return -1;
-    const char *v = fs_safetensors_metadata(st, "step");
-    int64_t step = v ? strtoll(v, NULL, 10) : -1;
-    fs_safetensors_close(st);
-    return step;
+    uint64_t step;
+    fs_error ignored = {0};
+    return fs_checkpoint_read_step(path, &step, &ignored) ? -1 : (int64_t)step;
 }
 
 /* ---- derived graphs ---- */
