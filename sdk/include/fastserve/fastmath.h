@@ -29,11 +29,15 @@ static inline float fs_fast_expf(float x) {
     r = r + n * 2.12194440e-4f;
     float p = 1.0f + r + r * r * (5.0000001201e-1f + r * (1.6666665459e-1f + r * (4.1665795894e-2f +
                                  r * (8.3334519073e-3f + r * (1.3981999507e-3f + r * 1.9875691500e-4f)))));
+    /* the biased exponent, 1..255 after the clamp; a NaN argument (a
+     * diverged model's) makes it 0, so its conversion and shift stay defined
+     * (UBSan stops at the ones of a NaN) and the NaN comes back through p */
+    float e = n + 127.0f;
     union {
         float f;
         int32_t i;
     } u;
-    u.i = (int32_t)(n + 127.0f) << 23;
+    u.i = (int32_t)(e >= 0.0f ? e : 0.0f) << 23;
     return p * u.f;
 }
 
