@@ -99,6 +99,11 @@ static const fs_param_spec train_keys[] = {
     {"beta2", FS_PARAM_FLOAT, "0.95", 0, 0.999999, NULL, "AdamW beta2"},
     {"eps", FS_PARAM_FLOAT, "1e-8", 1e-30, 1, NULL, "AdamW epsilon"},
     {"grad_clip", FS_PARAM_FLOAT, "1.0", 0, 1e9, NULL, "clip the global gradient norm to this (0 = off)"},
+    {"on_nonfinite", FS_PARAM_ENUM, "stop", 0, 0, "stop|skip",
+     "a step whose loss or gradient norm is NaN or Inf: stop (exit 1; nothing of that step is written) or skip "
+     "it (no update, as mixed-precision loss scalers do)"},
+    {"max_skipped", FS_PARAM_INT, "5", 1, FS_PARAM_UNBOUNDED, NULL,
+     "on_nonfinite = skip: stop after this many skipped steps in a row"},
     {"val_every", FS_PARAM_INT, "50", 0, FS_PARAM_UNBOUNDED, NULL,
      "validation loss every N steps (0 = only at the end)"},
     {"val_batches", FS_PARAM_INT, "8", 1, FS_PARAM_UNBOUNDED, NULL, "batches of the val file per validation"},

@@ -1,4 +1,5 @@
 /* eval.c — held-out loss over consecutive windows, and the eval mode. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -71,6 +72,11 @@ int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_e
     double loss = 0;
     size_t n = 0;
     if (!rc) rc = fs_evaluate(s->model, &val, (size_t)fs_config_int(s->train_cfg, "batch"), 0, &loss, &n, err);
+    if (!rc && !isfinite(loss)) /* JSON has no NaN: a result that is not a number is a failure */
+        rc = fs_error_set(err, FS_ERR_INVALID,
+                          "%s: the mean loss over %zu tokens is %s: the weights overflow (a run that diverged?): "
+                          "evaluate an earlier checkpoint",
+                          ckpt, n, isnan(loss) ? "NaN" : "Inf");
     if (!rc) printf("{\"loss\": %.6f, \"tokens\": %zu}\n", loss, n);
     fs_dataset_release(&val);
     return rc;

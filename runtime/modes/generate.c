@@ -3,6 +3,7 @@
  * paged cache and sampling a server uses), or, for a model with an
  * attention plugin built before the paged cache (ABI 1.0/1.1), one fs_seq
  * over the plugins' decode steps (model/seq.h). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,18 @@ int fs_generate_threads(const fs_model *m) {
     return per_token < FS_DECODE_THREADED_MIN ? 1 : 0;
 }
 
+/* Sampling from NaN or Inf logits picks token 0 whatever the model says (a
+ * NUL byte in the text): the weights overflowed, and generation stops. */
+static int check_logits(const float *logits, size_t V, size_t produced, fs_error *err) {
+    for (size_t v = 0; v < V; v++)
+        if (!isfinite(logits[v]))
+            return fs_error_set(err, FS_ERR_INVALID,
+                                "the model's logits are %s after %zu generated tokens: the weights overflow (a run "
+                                "that diverged?): generate from an earlier checkpoint",
+                                isnan(logits[v]) ? "NaN" : "Inf", produced);
+    return FS_OK;
+}
+
 int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_tokens, int32_t *out,
                 size_t *n_out, double *seconds, int *stopped_at_context, fs_error *err) {
     size_t V = fs_model_cfg(fs_seq_model(seq))->vocab;
@@ -47,7 +60,7 @@ int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_
     double t0 = fs_now();
     int rc = FS_OK;
     for (size_t i = 0; !rc && i < n_prompt; i++) rc = fs_seq_decode(seq, &prompt[i], logits, err);
-    while (!rc && *n_out < max_tokens) {
+    while (!rc && *n_out < max_tokens && !(rc = check_logits(logits, V, *n_out, err))) {
         int32_t tok = fs_seq_sample(seq, 0, logits);
         out[(*n_out)++] = tok;
         if (*n_out == max_tokens) break;

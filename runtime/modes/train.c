@@ -77,6 +77,9 @@ typedef struct train_run {
     size_t off, local_B, n_micro; /* this data rank's rows of the batch; pipeline micro-batches */
     uint64_t total, warmup, val_every, ckpt_every, first, end;
     int resume, lead, loss_here;
+    int skip_nonfinite;          /* [train] on_nonfinite = skip */
+    uint64_t max_skipped, skipped_in_row, skipped;
+    int64_t last_ckpt_step;      /* of the checkpoint on disk (-1: none yet), for messages */
     const char *out;
     char ckpt[PATH_MAX];
     fs_dataset train, val;
@@ -117,6 +120,9 @@ static void read_settings(train_run *r, fs_session *s, const fs_run_options *o, 
     r->ckpt_every = (uint64_t)fs_config_int(tc, "checkpoint_every");
     r->val_batches = (size_t)fs_config_int(tc, "val_batches");
     r->resume = o->resume || fs_config_bool(tc, "resume");
+    r->skip_nonfinite = !strcmp(fs_config_string(tc, "on_nonfinite"), "skip");
+    r->max_skipped = (uint64_t)fs_config_int(tc, "max_skipped");
+    r->last_ckpt_step = -1;
     r->out = fs_config_string(s->run_cfg, "out");
     fs_session_checkpoint_path(s, r->ckpt, sizeof r->ckpt);
     r->lead = fs_world_rank() == 0; /* writes files, prints */
@@ -203,6 +209,7 @@ static int init_or_resume(train_run *r, fs_error *err) {
     fs_rng_seed(&r->ts.rng, seed ^ 0x5DEECE66Dull);
     if (!r->resume) return FS_OK;
     if ((rc = fs_checkpoint_load(r->ckpt, r->s, &r->opt, &r->ts, err))) return rc;
+    r->last_ckpt_step = (int64_t)r->ts.step;
     if (r->lead)
         fs_log(FS_LOG_INFO, NULL, "resuming %s at step %llu of %llu", r->ckpt, (unsigned long long)r->ts.step,
                (unsigned long long)r->total);
@@ -335,7 +342,8 @@ static int micro_batch(train_run *r, size_t a, double *loss, fs_error *err) {
 /* The step's gradients made final across ranks (the tied embedding's two
  * pipeline copies summed, the strategy's reduction), then the global loss
  * and gradient norm, and clipping. */
-static int finish_gradients(train_run *r, double step_loss, double *norm, double *wait_s, fs_error *err) {
+static int finish_gradients(train_run *r, double step_loss, double *loss, double *norm, double *wait_s,
+                            fs_error *err) {
     const fs_param_block *pb = fs_model_block(r->m);
     const fs_model_part *part = fs_model_held(r->m);
     fs_session *s = r->s;
@@ -355,9 +363,52 @@ static int finish_gradients(train_run *r, double step_loss, double *norm, double
                       owned_sumsq(r)};
     PAR_CALL(s, "reduce_sum", rc = r->pvt->reduce_sum(r->pself, sums, 3, err));
     if (rc) return rc;
-    r->loss = r->ts.loss = sums[0] / sums[1];
+    *loss = sums[0] / sums[1];
     *norm = sqrt(sums[2]);
-    fs_optimizer_clip_to(&r->opt, fs_config_float(s->train_cfg, "grad_clip"), *norm);
+    return FS_OK;
+}
+
+static const char *number_kind(double x) { return isnan(x) ? "NaN" : isinf(x) ? "Inf" : "finite"; }
+
+/* What a run that stops now leaves, for its message. */
+static void last_checkpoint(const train_run *r, char *buf, size_t cap) {
+    if (r->last_ckpt_step >= 0)
+        snprintf(buf, cap, "%s (step %lld) is unchanged", r->ckpt, (long long)r->last_ckpt_step);
+    else
+        snprintf(buf, cap, "no checkpoint was written");
+}
+
+/* A step whose loss or gradient norm is NaN or Inf. Every rank holds the
+ * same reduced sums, so every rank decides the same: stop before anything
+ * of the step is written, or (on_nonfinite = skip) drop it as a loss
+ * scaler does: no update, the gradients zeroed; too many in a row stop. */
+static int nonfinite_step(train_run *r, double loss, double norm, fs_error *err) {
+    const fs_config *tc = r->s->train_cfg;
+    uint64_t step = r->ts.step + 1;
+    char what[96], last[PATH_MAX + 64];
+    snprintf(what, sizeof what, "the loss is %s and the gradient norm %s", number_kind(loss), number_kind(norm));
+    last_checkpoint(r, last, sizeof last);
+    int rc = FS_OK;
+    if (!r->skip_nonfinite) {
+        rc = fs_error_set(err, FS_ERR_INVALID,
+                          "step %llu: %s: training diverged; %s: lower %s, keep [train] grad_clip on (%s), or set "
+                          "[train] on_nonfinite = skip to drop such steps",
+                          (unsigned long long)step, what, last, fs_config_where(tc, "lr"),
+                          fs_config_string(tc, "grad_clip"));
+    } else if (++r->skipped_in_row >= r->max_skipped) {
+        rc = fs_error_set(err, FS_ERR_INVALID,
+                          "step %llu: %s, %llu steps in a row (%s): training diverged; %s: lower %s or start from an "
+                          "earlier checkpoint",
+                          (unsigned long long)step, what, (unsigned long long)r->skipped_in_row,
+                          fs_config_where(tc, "max_skipped"), last, fs_config_where(tc, "lr"));
+    }
+    if (rc) { /* every rank found it: they agree, rank 0 says it, none aborts the job */
+        int code;
+        return fs_world_agree(rc, 1, &code, err);
+    }
+    r->skipped++;
+    fs_model_zero_grad(r->m);
+    fs_metrics_skipped(&r->met, step, r->total, what, r->skipped_in_row, r->max_skipped);
     return FS_OK;
 }
 
@@ -414,26 +465,47 @@ static int evaluate(train_run *r, double *loss, fs_error *err) {
     return rc;
 }
 
-/* After the optimizer: the metrics line, validation and the checkpoint when
- * due. Not training time. */
+/* Validation and the checkpoint when due (after a step, done or skipped).
+ * A validation loss that is not finite stops the run before the
+ * checkpoint: the weights it would save are what diverged. */
+static int scheduled_work(train_run *r, fs_error *err) {
+    int rc;
+    if (r->val.tokens && ((r->val_every && r->ts.step % r->val_every == 0) || r->ts.step == r->end)) {
+        double v;
+        if ((rc = evaluate(r, &v, err))) return rc;
+        if (!isfinite(v)) {
+            int code;
+            char last[PATH_MAX + 64];
+            last_checkpoint(r, last, sizeof last);
+            rc = fs_error_set(err, FS_ERR_INVALID,
+                              "step %llu: the validation loss is %s: training diverged; %s: lower %s, or keep "
+                              "[train] grad_clip on",
+                              (unsigned long long)r->ts.step, number_kind(v), last,
+                              fs_config_where(r->s->train_cfg, "lr"));
+            return fs_world_agree(rc, 1, &code, err);
+        }
+        r->val_loss = r->ts.val_loss = v;
+        fs_metrics_val(&r->met, r->ts.step, r->val_loss);
+    }
+    if ((r->ckpt_every && r->ts.step % r->ckpt_every == 0) || r->ts.step == r->end) {
+        if ((rc = fs_checkpoint_save(r->ckpt, r->s, &r->opt, &r->ts, err))) return rc;
+        r->last_ckpt_step = (int64_t)r->ts.step;
+    }
+    return FS_OK;
+}
+
+/* After the optimizer: the metrics line, then validation and the
+ * checkpoint when due. Not training time. */
 static int after_step(train_run *r, double lr, double norm, double step_s, fs_error *err) {
     uint64_t step_tokens = (uint64_t)(r->B * r->T * r->accum);
     double tps = r->t.train_s > 0 ? (double)r->t.tokens / r->t.train_s : (double)step_tokens / step_s;
     fs_metrics_step(&r->met, r->ts.step, r->total, r->loss, lr, norm, tps,
                     (double)(r->end - r->ts.step) * (double)step_tokens / tps);
-    int rc;
-    if (r->val.tokens && ((r->val_every && r->ts.step % r->val_every == 0) || r->ts.step == r->end)) {
-        if ((rc = evaluate(r, &r->val_loss, err))) return rc;
-        r->ts.val_loss = r->val_loss;
-        fs_metrics_val(&r->met, r->ts.step, r->val_loss);
-    }
-    if ((r->ckpt_every && r->ts.step % r->ckpt_every == 0) || r->ts.step == r->end)
-        return fs_checkpoint_save(r->ckpt, r->s, &r->opt, &r->ts, err);
-    return FS_OK;
+    return scheduled_work(r, err);
 }
 
 static int train_step(train_run *r, fs_error *err) {
-    double t0 = fs_now(), step_loss = 0, l = 0, norm, lr;
+    double t0 = fs_now(), step_loss = 0, l = 0, loss, norm, lr;
     fs_blas_stats_reset();
     fs_model_zero_grad(r->m);
     int rc = FS_OK;
@@ -444,8 +516,19 @@ static int train_step(train_run *r, fs_error *err) {
     fs_model_on_grads_ready(r->m, NULL, NULL);
     if (rc) return rc;
     double wait_s = 0; /* for the strategy after backward: finishing the gradients, gathering ZeRO's shards */
-    if ((rc = finish_gradients(r, step_loss, &norm, &wait_s, err)) || (rc = optimizer_step(r, &lr, &wait_s, err)))
+    if ((rc = finish_gradients(r, step_loss, &loss, &norm, &wait_s, err))) return rc;
+    if (!isfinite(loss) || !isfinite(norm)) {
+        if ((rc = nonfinite_step(r, loss, norm, err))) return rc;
+        r->ts.step++; /* the step's batches are spent; the schedule moves on, as with a loss scaler */
+        fs_blas_stats_enable(0);
+        rc = scheduled_work(r, err);
+        fs_blas_stats_enable(1);
         return rc;
+    }
+    r->skipped_in_row = 0;
+    r->loss = r->ts.loss = loss;
+    fs_optimizer_clip_to(&r->opt, fs_config_float(r->s->train_cfg, "grad_clip"), norm);
+    if ((rc = optimizer_step(r, &lr, &wait_s, err))) return rc;
     r->ts.step++;
     double step_s = fs_now() - t0;
     account_step(r, step_s, wait_s);
@@ -536,6 +619,7 @@ static void print_summary(const train_run *r) {
     json_object_set_new(o, "threads", json_integer(fs_threads_get()));
     json_object_set_new(o, "blas_core", json_string(fs_blas_corename()));
     summary_parallel(o, r);
+    if (r->skipped) json_object_set_new(o, "skipped_steps", json_integer((json_int_t)r->skipped));
     json_object_set_new(o, "checkpoint", json_string(r->ckpt));
     json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
     fputc('\n', stdout);

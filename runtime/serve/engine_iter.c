@@ -238,6 +238,18 @@ static int push_token(eseq *s, int32_t tok) {
     return FS_OK;
 }
 
+/* NULL, or why the logits cannot be sampled from: a NaN or an Inf (the
+ * weights overflow) would pick token 0 whatever the model says. */
+static const char *logits_fault(const float *logits, size_t V) {
+    for (size_t v = 0; v < V; v++)
+        if (!isfinite(logits[v]))
+            return isnan(logits[v]) ? "the model's logits are NaN: the weights overflow (a run that diverged?): use "
+                                      "an earlier checkpoint"
+                                    : "the model's logits are Inf: the weights overflow (a run that diverged?): use "
+                                      "an earlier checkpoint";
+    return NULL;
+}
+
 /* Samples s's next token and sends it; returns why s ends (NONE: it goes on). */
 static fs_finish_reason emit_token(fs_engine *e, eseq *s, const float *logits, double now) {
     size_t V = fs_model_cfg(s->w->model)->vocab;
@@ -275,6 +287,11 @@ static void after_step(fs_engine *e, size_t n, const size_t *tokens, double now)
             continue;
         }
         if (!e->rows[j]) continue; /* a prompt chunk: no token yet */
+        const char *fault = logits_fault(e->rows[j], fs_model_cfg(s->w->model)->vocab);
+        if (fault) {
+            *o = (eng_outcome){FS_FINISH_ERROR, 0, fault};
+            continue;
+        }
         fs_finish_reason r = emit_token(e, s, e->rows[j], now);
         *o = (eng_outcome){r, r == FS_FINISH_LENGTH, r == FS_FINISH_ERROR ? "out of memory" : NULL};
     }
