@@ -4,6 +4,7 @@
  * attention plugin built before the paged cache (ABI 1.0/1.1), one fs_seq
  * over the plugins' decode steps (model/seq.h). */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,14 +177,21 @@ int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tok
     if (rc) return rc;
     g->prompt = prompt.ids;
     g->n_prompt = prompt.n;
-    if (!(g->tokens = malloc((max_tokens + 1) * sizeof(int32_t)))) {
+    /* room for what can be generated: an unbounded cache stops at its
+     * context (the engine and fs_generate both stop there), however many
+     * tokens were asked for */
+    size_t max_seq = s->mcfg.max_seq, room = max_tokens;
+    if (!fs_model_cache_bounded(s->model) && max_seq > g->n_prompt && room > max_seq - g->n_prompt + 1)
+        room = max_seq - g->n_prompt + 1;
+    if (room > SIZE_MAX / sizeof(int32_t) - 1 || !(g->tokens = malloc((room + 1) * sizeof(int32_t)))) {
         fs_generation_release(g);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+        return fs_error_set(err, FS_ERR_NOMEM, "%s: no memory for %zu tokens: ask for fewer",
+                            fs_config_where(s->gen_cfg, "max_tokens"), room);
     }
     int causal = 1;
     for (size_t l = 0; l < s->mcfg.n_layer; l++) causal &= fs_config_bool(s->layers[l].config, "causal");
-    rc = fs_model_paged(s->model) && causal ? generate_engine(s, max_tokens, g, err)
-                                            : generate_seq(s, max_tokens, g, err);
+    rc = fs_model_paged(s->model) && causal ? generate_engine(s, room, g, err) : generate_seq(s, room, g, err);
+    if (!rc && room < max_tokens && g->n == room) g->stopped_at_context = 1;
     if (!rc) rc = fs_tokenizer_decode(s->tokenizer, g->tokens, g->n, &g->text, &g->text_len, err);
     if (rc) fs_generation_release(g);
     return rc;

@@ -131,6 +131,13 @@ assert_eq "$(json_text_len "$E2E_OUT")" "$n" "text length == tokens"
 assert_contains "$(last_err)" "context" "a warning says the context is full"
 assert_contains "$(last_err)" "warning" "the context message is a warning"
 
+# a max_tokens far past the context (14 digits: 400 TB of token ids) is
+# clamped to what the context holds, as 100 already is: not "out of memory"
+gen --prompt "0123456789" --set generate.max_tokens=99999999999999 --set generate.temperature=0
+assert_eq "$E2E_RC" 0 "max_tokens = 99999999999999: exit"
+assert_eq "$(json_last "$E2E_OUT" tokens)" "$n" "max_tokens = 99999999999999: stops at the context as 100 does"
+assert_not_contains "$(last_err)" "out of memory" "max_tokens = 99999999999999: no memory error"
+
 # an empty prompt is allowed
 gen --prompt "" --set generate.max_tokens=4
 assert_eq "$E2E_RC" 0 "an empty prompt: exit"
