@@ -12,7 +12,7 @@ want_data=1
 [ "${1:-}" = "--no-data" ] && want_data=0
 
 packages=(build-essential cmake pkg-config libinih-dev libcmocka-dev libjansson-dev libmicrohttpd-dev libopenblas-openmp-dev
-          openmpi-bin libopenmpi-dev bible-kjv python3 curl)
+          openmpi-bin libopenmpi-dev bible-kjv python3 curl clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run every test: set up (packages, no corpus needed; the Python venv of the
 # Hugging Face tests, scripts/pyenv.sh), build with warnings
-# as errors and run the suite, then build again with AddressSanitizer and
+# as errors and run the suite (the libFuzzer harnesses among it: built with
+# clang in build/fuzz, each run a fixed number of times from its seed
+# corpus, tests/fuzz), then build again with AddressSanitizer and
 # UndefinedBehaviorSanitizer and run it there too. Exits non-zero if any
 # test fails.
 set -euo pipefail
