@@ -19,7 +19,7 @@
 /* One call into a plugin. The strings must outlive the call (the plugin's
  * descriptor, literals). */
 typedef struct fs_call {
-    const char *kind;   /* "attention", "parallel", "distill"; NULL for the entry (the kind is not known yet) */
+    const char *kind;   /* "attention", "parallel", "distill", "scheduler"; NULL for the entry (not known yet) */
     const char *plugin; /* its name, or its file before the descriptor is read */
     const char *call;   /* the vtable member ("forward"), or "fs_plugin_entry" */
     int layer;          /* the attention layer, or -1 */

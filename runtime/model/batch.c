@@ -61,7 +61,8 @@ size_t fs_model_paged_max_blocks(const fs_model *m, size_t kv_block) {
     for (size_t l = 0; l < m->L; l++) {
         const fs_attention_slot *a = &m->attn[l];
         if (!fs_model_layer_paged(m, l) || !has_retain(a)) return 0;
-        size_t n = a->vt->paged_max_blocks(a->self, kv_block);
+        size_t n;
+        ATTN_CALL(m, l, "paged_max_blocks", n = a->vt->paged_max_blocks(a->self, kv_block));
         if (l == 0) first = n;
         same &= n == first && a->vt == m->attn[0].vt;
         sum += n;
@@ -81,7 +82,8 @@ int fs_model_paged_retain(const fs_model *m, size_t len, const int32_t *tokens, 
         fs_attention_retain_args ra = {.struct_size = sizeof ra, .len = len, .tokens = tokens, .kv_block = kv_block,
                                        .n_blocks = n_blocks, .keep = keep};
         fs_error perr = {0};
-        int rc = a->vt->paged_retain(a->self, &ra, &perr);
+        int rc;
+        ATTN_CALL(m, l, "paged_retain", rc = a->vt->paged_retain(a->self, &ra, &perr));
         if (rc) return fs_error_set(err, rc, "layer %zu: %s", l, perr.message);
     }
     return FS_OK;
@@ -244,7 +246,8 @@ static int attend_paged(fs_batch *b, const fs_model *m, size_t l, fs_kv_pool *po
     pa.kv_block = fs_kv_pool_kv_block(pool);
     pa.block_bytes = fs_kv_pool_layer_bytes(pool, l);
     fs_error perr = {0};
-    int rc = a->vt->paged_step(a->self, &pa, &perr);
+    int rc;
+    ATTN_CALL(m, l, "paged_step", rc = a->vt->paged_step(a->self, &pa, &perr));
     if (rc) return fs_error_set(err, rc, "layer %zu: %s", l, perr.message);
     return FS_OK;
 }
@@ -273,7 +276,8 @@ static int attend_decode(fs_batch *b, const fs_model *m, size_t l, const fs_batc
             da.out = fs_bhtd(b->y + row * C, 1, H, 1, D);
             da.token = seqs[i].tokens[da.pos];
             if (a->vt->flags & FS_ATTENTION_USES_INPUT) da.x = fs_tensor_cpu_f32(b->ln + row * C, 3, 1, 1, C, 0);
-            int rc = a->vt->decode(a->self, seqs[i].caches[l], &da, err);
+            int rc;
+            ATTN_CALL(m, l, "decode", rc = a->vt->decode(a->self, seqs[i].caches[l], &da, err));
             if (rc) return rc;
         }
     }

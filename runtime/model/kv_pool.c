@@ -6,6 +6,7 @@
 
 #include "core/host.h"
 #include "core/rng.h"
+#include "model/model_internal.h"
 
 #define NONE (-1)
 
@@ -34,7 +35,8 @@ size_t fs_kv_block_bytes(const fs_model *m, size_t kv_block) {
     for (size_t l = 0; l < L; l++) {
         void *self;
         const fs_attention_vtable *vt = fs_model_attention(m, l, &self);
-        size_t b = vt->paged_block_bytes(self, kv_block);
+        size_t b;
+        ATTN_CALL(m, l, "paged_block_bytes", b = vt->paged_block_bytes(self, kv_block));
         total += (b + 63) & ~(size_t)63;
     }
     return total;
@@ -94,7 +96,9 @@ int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size
     for (size_t l = 0; ok && l < p->L; l++) {
         void *self;
         const fs_attention_vtable *vt = fs_model_attention(m, l, &self);
-        p->layer_bytes[l] = (vt->paged_block_bytes(self, kv_block) + 63) & ~(size_t)63;
+        size_t bytes;
+        ATTN_CALL(m, l, "paged_block_bytes", bytes = vt->paged_block_bytes(self, kv_block));
+        p->layer_bytes[l] = (bytes + 63) & ~(size_t)63;
         p->block_bytes += p->layer_bytes[l];
         /* written once here, as vLLM and llama.cpp take their caches whole
          * at start: the pool's memory is claimed when the server starts (a

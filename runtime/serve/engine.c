@@ -82,13 +82,14 @@ static int make_scheduler(fs_engine *e, fs_error *err) {
                               .max_seqs = e->cfg.max_running, .max_tokens = e->max_tokens_step,
                               .kv_block = e->cfg.kv_block, .max_levels = FS_ENGINE_MAX_QUEUES};
     fs_error perr = {0};
-    int rc = e->svt->create(&e->sself, &s->host.api, &e->sctx, &sc, &perr);
+    int rc;
+    SCHED_CALL(e, "create", rc = e->svt->create(&e->sself, &s->host.api, &e->sctx, &sc, &perr));
     if (rc) return fs_error_set(err, rc, "scheduler plugin '%s': %s", d->name, perr.message);
-    e->levels = e->svt->levels(e->sself);
+    SCHED_CALL(e, "levels", e->levels = e->svt->levels(e->sself));
     if (e->levels < 1 || e->levels > FS_ENGINE_MAX_QUEUES)
         return fs_error_set(err, FS_ERR_ABI, "scheduler plugin '%s' reports %zu queues (1..%d)", d->name, e->levels,
                             FS_ENGINE_MAX_QUEUES);
-    e->sched_bytes = e->svt->seq_bytes(e->sself);
+    SCHED_CALL(e, "seq_bytes", e->sched_bytes = e->svt->seq_bytes(e->sself));
     return FS_OK;
 }
 
@@ -205,7 +206,7 @@ static void arrive(fs_engine *e, eseq *s) {
     s->view.prompt_tokens = s->n_prompt;
     s->view.max_tokens = s->p.max_tokens;
     e->c.tokens_in += s->n_prompt;
-    e->svt->arrive(e->sself, &s->view, s->t_submit);
+    SCHED_CALL(e, "arrive", e->svt->arrive(e->sself, &s->view, s->t_submit));
 }
 
 /* A request the engine could not take (no memory for its bookkeeping). */
@@ -403,7 +404,7 @@ void fs_engine_destroy(fs_engine *e) {
         e->gens = w->next;
         gen_free(w);
     }
-    if (e->svt) e->svt->destroy(e->sself);
+    if (e->svt) SCHED_CALL(e, "destroy", e->svt->destroy(e->sself));
     fs_kv_pool_destroy(e->pool);
     fs_batch_destroy(e->batch);
     fs_free(e->logits);

@@ -12,6 +12,7 @@
 #ifndef FS_ENGINE_INTERNAL_H
 #define FS_ENGINE_INTERNAL_H
 
+#include "core/crash.h"
 #include <pthread.h>
 
 #include "core/rng.h"
@@ -109,7 +110,7 @@ struct fs_engine {
     uint64_t n_gens;
     fs_kv_pool *pool;
     fs_batch *batch;
-    const fs_scheduler_vtable *svt;
+    const fs_scheduler_vtable *svt; /* called through SCHED_CALL */
     void *sself;
     fs_plugin_ctx sctx;
     size_t levels, sched_bytes;
@@ -168,5 +169,10 @@ int eng_grow(fs_engine *e, size_t n);
 void eng_take_inbox(fs_engine *e);
 void eng_publish_stats(fs_engine *e);
 void eng_gen_release(fs_engine *e, weights_gen *w);
+
+/* A call through the scheduler plugin's vtable, named if it crashes
+ * (core/crash.h). */
+#define SCHED_CALL(e, call, statement) \
+    FS_PLUGIN_CALL("scheduler", (e)->s->scheduler.plugin->desc->name, call, -1, statement)
 
 #endif

@@ -40,7 +40,7 @@ static void retire(fs_engine *e, eseq *s, fs_finish_reason reason) {
     eng_blocks_free(e, s);
     e->c.finished[reason]++;
     eng_histogram_add(&e->c.e2e, fs_now() - s->t_submit);
-    e->svt->finish(e->sself, &s->view, fs_now());
+    SCHED_CALL(e, "finish", e->svt->finish(e->sself, &s->view, fs_now()));
     if (s->w) {
         s->w->users--;
         eng_gen_release(e, s->w);
@@ -141,7 +141,8 @@ static int plan_iteration(fs_engine *e, double now, fs_sched_plan *plan) {
     *plan = (fs_sched_plan){.struct_size = sizeof *plan, .run = e->run, .run_tokens = e->run_tokens,
                             .preempt = e->preempt};
     fs_error perr = {0};
-    int rc = e->svt->schedule(e->sself, now, e->views, e->n_live, &b, plan, &perr);
+    int rc;
+    SCHED_CALL(e, "schedule", rc = e->svt->schedule(e->sself, now, e->views, e->n_live, &b, plan, &perr));
     if (rc) {
         fs_log(FS_LOG_ERROR, "serve", "scheduler '%s': %s", e->s->scheduler.plugin->desc->name, perr.message);
         plan->n_run = plan->n_preempt = 0;
@@ -331,7 +332,7 @@ static void account(fs_engine *e, size_t n, const size_t *tokens, double start, 
     }
     fs_sched_iteration it = {.struct_size = sizeof it, .start = start, .seconds = end - start, .ran = e->views,
                              .tokens = tokens, .n_ran = n, .total_tokens = total};
-    e->svt->account(e->sself, &it);
+    SCHED_CALL(e, "account", e->svt->account(e->sself, &it));
     e->c.iterations++;
     eng_histogram_add(&e->c.iteration, end - start);
 }

@@ -5,6 +5,7 @@
 #    death (exit status 128 + SIGSEGV, so core dumps still happen);
 #  - the same from a parallel_for body the plugin handed the host, run on
 #    an OpenMP worker thread;
+#  - a scheduler plugin's crash on the serving engine's thread (generate);
 #  - an entry function that returns a bad pointer, in a graph and in
 #    --list-plugins;
 #  - a SIGSEGV sent to a running fsrun is said and still kills it.
@@ -38,6 +39,14 @@ assert_err "fsrun: Segmentation fault in attention plugin 'test_crash' (layer 0)
 run "$FSRUN" g.ini --set attention.crash=worker --set run.threads=2
 died_of_segv "a parallel_for body on a worker"
 assert_err "fsrun: Segmentation fault in attention plugin 'test_crash' (layer 0) during forward"
+
+# the serving path: generate's request to the inline engine, whose
+# scheduler crashes planning it (on the engine's thread)
+write_graph serve.ini train.steps=2 generate.max_tokens=4 run.out=serve_out
+must_fsrun serve.ini
+run "$FSRUN" serve.ini --mode generate --prompt "The " --set serve.scheduler=test_crash
+died_of_segv "a scheduler's schedule"
+assert_err "fsrun: Segmentation fault in scheduler plugin 'test_crash' during schedule"
 
 # an entry that returns a bad pointer: in a graph, and when listing plugins
 write_graph g.ini attention.plugin=broken_bad_pointer
