@@ -5,7 +5,7 @@
 # build/fuzz).
 #
 #   scripts/fuzz.sh NAME SECONDS   fuzz one harness (graph, safetensors,
-#                                  checkpoint_meta) for SECONDS; what it finds
+#                                  checkpoint_meta, request) for SECONDS; what it finds
 #                                  accumulates in $FS_FUZZ_BUILD/corpus/NAME
 #                                  (seeded from tests/fuzz/corpus/NAME); a
 #                                  crash leaves $FS_FUZZ_BUILD/crash-* (the
