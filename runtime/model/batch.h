@@ -1,8 +1,9 @@
 /* batch.h — the ragged step: one iteration of many sequences over the
  * model's shared, read-only weights. The one decode path: the serving
- * engine's iterations, fs_seq (model/seq.h: --mode generate's sequence,
- * the sample after training, distillation's teacher sampling) and tests
- * all run through fs_batch_run.
+ * engine's iterations (--mode serve, and --mode generate as one request
+ * to an inline engine), fs_seq (model/seq.h: generation with a pre-1.2
+ * plugin, the sample after training, distillation's teacher sampling) and
+ * tests all run through fs_batch_run.
  *
  * Sequence s adds n_new tokens at positions [start, start + n_new): one
  * (decode) or a chunk of its prompt (chunked prefill), each sequence at
