@@ -1,8 +1,8 @@
 /* batch.h — the ragged step: one iteration of many sequences over the
  * model's shared, read-only weights. The one decode path: the serving
- * engine's iterations (--mode serve, and --mode generate as one request
- * to an inline engine), fs_seq (model/seq.h: generation with a pre-1.2
- * plugin, the sample after training, distillation's teacher sampling) and
+ * engine's iterations (--mode serve; --mode generate and the sample after
+ * training as one request to an inline engine), fs_seq (model/seq.h:
+ * generation with a pre-1.2 plugin, distillation's teacher sampling) and
  * tests all run through fs_batch_run.
  *
  * Sequence s adds n_new tokens at positions [start, start + n_new): one
