@@ -197,24 +197,42 @@ static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
  * element is the same fma chain from 0 in the same order (gemm_rows.h) and
  * the bits equal the tiles'. The outputs being accumulated stay in L1. */
 #define STREAM_ROWS 4
-#define STREAM_COLS 1024 /* columns per pass: up to 4 rows of them (16 KiB) stay in L1 */
+#define STREAM_COLS 4096 /* columns per pass: up to 4 rows of them (64 KiB) stay in L2 */
+
+/* Row r's outputs [o0, o1) += its inputs i .. i + STEP - 1 times W's rows
+ * i .. i + STEP - 1, one element's STEP fused multiply-adds in order with
+ * the element in a register between them (STEP weight rows streamed side by
+ * side, the output loaded and stored once per STEP). */
+#define STEP 8
+static void nn_stream_step(const gemm_job *j, size_t r, size_t i, size_t o0, size_t o1) {
+    float *c = j->c + r * j->ldc;
+    const float *x = j->a + r * j->lda + i, *w = j->b + i * j->ldb;
+    size_t ld = j->ldb, o = o0;
+#if FS_ROWS_AVX2
+    __m256 xv[STEP];
+    for (size_t t = 0; t < STEP; t++) xv[t] = _mm256_set1_ps(x[t]);
+    for (; o + 8 <= o1; o += 8) {
+        __m256 acc = _mm256_loadu_ps(c + o);
+        for (size_t t = 0; t < STEP; t++) acc = _mm256_fmadd_ps(xv[t], _mm256_loadu_ps(w + t * ld + o), acc);
+        _mm256_storeu_ps(c + o, acc);
+    }
+#endif
+    for (; o < o1; o++)
+        for (size_t t = 0; t < STEP; t++) c[o] = fmaf(x[t], w[t * ld + o], c[o]);
+}
 
 static void nn_stream_range(const gemm_job *j, size_t o0, size_t o1) {
     for (size_t r = 0; r < j->m; r++) memset(j->c + r * j->ldc + o0, 0, (o1 - o0) * sizeof(float));
-    for (size_t i = 0; i < j->k; i++) {
-        const float *w = j->b + i * j->ldb;
+    size_t i = 0;
+    for (; i + STEP <= j->k; i += STEP)
+        for (size_t r = 0; r < j->m; r++) nn_stream_step(j, r, i, o0, o1);
+    for (; i < j->k; i++) /* the last k % STEP, one weight row at a time */
         for (size_t r = 0; r < j->m; r++) {
             float *c = j->c + r * j->ldc;
+            const float *w = j->b + i * j->ldb;
             float x = j->a[r * j->lda + i];
-            size_t o = o0;
-#if FS_ROWS_AVX2
-            __m256 xv = _mm256_set1_ps(x);
-            for (; o + 8 <= o1; o += 8)
-                _mm256_storeu_ps(c + o, _mm256_fmadd_ps(xv, _mm256_loadu_ps(w + o), _mm256_loadu_ps(c + o)));
-#endif
-            for (; o < o1; o++) c[o] = fmaf(x, w[o], c[o]);
+            for (size_t o = o0; o < o1; o++) c[o] = fmaf(x, w[o], c[o]);
         }
-    }
     if (j->bias)
         for (size_t r = 0; r < j->m; r++)
             for (size_t o = o0; o < o1; o++) j->c[r * j->ldc + o] += j->bias[o];
