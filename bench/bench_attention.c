@@ -80,10 +80,9 @@ static float *touched(size_t n, uint64_t seed) {
     return p;
 }
 
-/* One case, in the child. */
-/* plugin "lsh" runs with n_hashes = nh */
-static result run_case(const char *plugin, size_t T, const opts *o, size_t nh) {
-    result r = {0};
+/* The session of one case: a one-layer model of the plugin at T (plugin
+ * "lsh" with n_hashes = nh); NULL with r->why set when it fails. */
+static fs_session *open_case(const char *plugin, size_t T, const opts *o, size_t nh, result *r) {
     char ini[1024], keys[512] = "";
     if (strcmp(plugin, "longformer") == 0)
         snprintf(keys, sizeof keys, "window = %zu\ndilation = %s\nglobal = %s\nblock = %zu\n", o->window, o->dilation,
@@ -99,9 +98,52 @@ static result run_case(const char *plugin, size_t T, const opts *o, size_t nh) {
     fs_session *s;
     fs_error err = {0};
     if (fs_graph_load_string(&g, "bench.ini", ini, &err) || fs_session_open(&s, g, &err)) {
-        snprintf(r.why, sizeof r.why, "%s", err.message);
-        return r;
+        snprintf(r->why, sizeof r->why, "%s", err.message);
+        return NULL;
     }
+    return s;
+}
+
+/* Best forward and forward+backward times and the peak RSS growth of
+ * each, after an untimed warm-up: first-touch page faults of the saved
+ * state and the work memory are not attention (dense's cost 25 s of kernel
+ * time at 16k). 0, or -1 with r->why set. */
+static int time_case(const fs_attention_vtable *vt, void *self, fs_attention_args *a, const opts *o,
+                     result *r) {
+    fs_error err = {0};
+    double base = rss_mib();
+    r->fwd_s = r->fb_s = 1e300;
+    double t_warm = now();
+    if (vt->forward(self, a, &err) || vt->backward(self, a, &err)) goto fail;
+    t_warm = now() - t_warm;
+    /* as many repeats as fit in about 5 s of forward + backward (at least one) */
+    size_t reps = t_warm > 0 ? (size_t)(5.0 / t_warm) : o->reps;
+    reps = reps < 1 ? 1 : reps > o->reps ? o->reps : reps;
+    for (size_t i = 0; i < reps; i++) {
+        double t0 = now();
+        if (vt->forward(self, a, &err)) goto fail;
+        double t1 = now();
+        r->fwd_s = t1 - t0 < r->fwd_s ? t1 - t0 : r->fwd_s;
+    }
+    r->peak_fwd_mib = rss_mib() - base;
+    for (size_t i = 0; i < reps; i++) {
+        double t0 = now();
+        if (vt->forward(self, a, &err) || vt->backward(self, a, &err)) goto fail;
+        double t1 = now();
+        r->fb_s = t1 - t0 < r->fb_s ? t1 - t0 : r->fb_s;
+    }
+    r->peak_fb_mib = rss_mib() - base;
+    return 0;
+fail:
+    snprintf(r->why, sizeof r->why, "%s", err.message);
+    return -1;
+}
+
+/* One case, in the child (it exits after: nothing is freed). */
+static result run_case(const char *plugin, size_t T, const opts *o, size_t nh) {
+    result r = {0};
+    fs_session *s = open_case(plugin, T, o, nh, &r);
+    if (!s) return r;
     fs_threads_set(0);
     const fs_attention_vtable *vt = s->layers[0].plugin->desc->vtable;
     void *self = s->layers[0].self;
@@ -136,34 +178,7 @@ static result run_case(const char *plugin, size_t T, const opts *o, size_t nh) {
         a.x = fs_tensor_cpu_f32(x, 3, B, T, C, 0);
         a.dx = fs_tensor_cpu_f32(dx, 3, B, T, C, 0);
     }
-    double base = rss_mib();
-    r.fwd_s = r.fb_s = 1e300;
-    /* warm-up, untimed: first-touch page faults of the saved state and the
-     * work memory are not attention (dense's cost 25 s of kernel time at 16k) */
-    double t_warm = now();
-    if (vt->forward(self, &a, &err) || vt->backward(self, &a, &err)) goto fail;
-    t_warm = now() - t_warm;
-    /* as many repeats as fit in about 5 s of forward + backward (at least one) */
-    size_t reps = t_warm > 0 ? (size_t)(5.0 / t_warm) : o->reps;
-    reps = reps < 1 ? 1 : reps > o->reps ? o->reps : reps;
-    for (size_t i = 0; i < reps; i++) {
-        double t0 = now();
-        if (vt->forward(self, &a, &err)) goto fail;
-        double t1 = now();
-        r.fwd_s = t1 - t0 < r.fwd_s ? t1 - t0 : r.fwd_s;
-    }
-    r.peak_fwd_mib = rss_mib() - base;
-    for (size_t i = 0; i < reps; i++) {
-        double t0 = now();
-        if (vt->forward(self, &a, &err) || vt->backward(self, &a, &err)) goto fail;
-        double t1 = now();
-        r.fb_s = t1 - t0 < r.fb_s ? t1 - t0 : r.fb_s;
-    }
-    r.peak_fb_mib = rss_mib() - base;
-    r.ok = 1;
-    return r; /* the child exits: no need to free */
-fail:
-    snprintf(r.why, sizeof r.why, "%s", err.message);
+    if (time_case(vt, self, &a, o, &r) == 0) r.ok = 1;
     return r;
 }
 
@@ -249,6 +264,92 @@ static void row(size_t T, const char *plugin, const result *r) {
     fflush(stdout);
 }
 
+/* Every plugin's results by T (dense, longformer, lsh per n_hashes). */
+typedef struct tables {
+    result dense[16], lf[16], lsh[16][8];
+} tables;
+
+/* The table's rows, T by T; dense is skipped once its T^2 growth would
+ * pass the time bound. */
+static void measure_all(const opts *o, tables *t) {
+    double dense_last_s = 0;
+    size_t dense_last_T = 0;
+    for (size_t i = 0; i < o->nT; i++) {
+        size_t T = o->Ts[i];
+        double est_s = dense_last_T ? dense_last_s * ((double)T / dense_last_T) * ((double)T / dense_last_T) : 0;
+        if (!wanted(o, "dense")) {
+            snprintf(t->dense[i].why, sizeof t->dense[i].why, "not asked for (plugins=%s)", o->plugins);
+        } else if (est_s > o->time_s) {
+            snprintf(t->dense[i].why, sizeof t->dense[i].why,
+                     "skipped: forward+backward would take about %.0f s (T^2 from T = %zu), over %.0f s", est_s,
+                     dense_last_T, o->time_s);
+        } else {
+            t->dense[i] = run_in_child("dense", T, o, 0);
+            if (t->dense[i].ok) dense_last_s = t->dense[i].fb_s, dense_last_T = T;
+        }
+        if (wanted(o, "dense")) row(T, "dense", &t->dense[i]);
+        if (wanted(o, "longformer")) {
+            t->lf[i] = run_in_child("longformer", T, o, 0);
+            row(T, "longformer", &t->lf[i]);
+        }
+        for (size_t h = 0; h < o->nh; h++) {
+            char name[32];
+            snprintf(name, sizeof name, "lsh/%zu", o->hashes[h]);
+            t->lsh[i][h] = run_in_child("lsh", T, o, o->hashes[h]);
+            row(T, name, &t->lsh[i][h]);
+        }
+    }
+}
+
+/* Longformer against dense, its growth with T, and the goals. */
+static void compare_longformer(const opts *o, const tables *t) {
+    printf("\n");
+    for (size_t i = 0; i < o->nT; i++)
+        if (t->dense[i].ok && t->lf[i].ok)
+            printf("T = %zu: longformer is %.1fx faster forward, %.1fx faster forward+backward, uses %.1fx less "
+                   "memory (peak f+b), %.0fx less saved state\n",
+                   o->Ts[i], t->dense[i].fwd_s / t->lf[i].fwd_s, t->dense[i].fb_s / t->lf[i].fb_s,
+                   t->dense[i].peak_fb_mib / (t->lf[i].peak_fb_mib > 0.01 ? t->lf[i].peak_fb_mib : 0.01),
+                   t->dense[i].saved_mib / t->lf[i].saved_mib);
+    for (size_t i = 0; i < o->nT; i++)
+        if (o->Ts[i] == 16384 && t->dense[i].ok && t->lf[i].ok)
+            printf("goal at T = 16k, longformer >= 20x faster and >= 20x less memory: %s\n",
+                   t->dense[i].fb_s / t->lf[i].fb_s >= 20 && t->dense[i].fwd_s / t->lf[i].fwd_s >= 20 &&
+                           t->dense[i].peak_fb_mib / t->lf[i].peak_fb_mib >= 20
+                       ? "met"
+                       : "NOT met");
+    for (size_t i = 1; i < o->nT; i++)
+        if (t->lf[i].ok && t->lf[i - 1].ok)
+            printf("longformer T %zu / %zu (x%.0f tokens): forward time x%.2f, forward+backward time x%.2f, memory "
+                   "x%.2f\n",
+                   o->Ts[i], o->Ts[i - 1], (double)o->Ts[i] / o->Ts[i - 1], t->lf[i].fwd_s / t->lf[i - 1].fwd_s,
+                   t->lf[i].fb_s / t->lf[i - 1].fb_s, t->lf[i].peak_fb_mib / t->lf[i - 1].peak_fb_mib);
+    for (size_t i = 1; i < o->nT; i++)
+        if (o->Ts[i] == 65536 && o->Ts[i - 1] == 16384 && t->lf[i].ok && t->lf[i - 1].ok)
+            printf("goal, linear time (64k / 16k within 4.4x): %s\n",
+                   t->lf[i].fwd_s / t->lf[i - 1].fwd_s <= 4.4 && t->lf[i].fb_s / t->lf[i - 1].fb_s <= 4.4 ? "met" : "NOT met");
+}
+
+/* LSH against dense, and the goal at 16k. */
+static void compare_lsh(const opts *o, const tables *t) {
+    for (size_t i = 0; i < o->nT; i++)
+        for (size_t h = 0; h < o->nh; h++)
+            if (t->dense[i].ok && t->lsh[i][h].ok)
+                printf("T = %zu: lsh n_hashes=%zu is %.1fx faster forward, %.1fx faster forward+backward, %.1fx less "
+                       "memory (peak f+b)\n",
+                       o->Ts[i], o->hashes[h], t->dense[i].fwd_s / t->lsh[i][h].fwd_s, t->dense[i].fb_s / t->lsh[i][h].fb_s,
+                       t->dense[i].peak_fb_mib / (t->lsh[i][h].peak_fb_mib > 0.01 ? t->lsh[i][h].peak_fb_mib : 0.01));
+    for (size_t i = 0; i < o->nT; i++)
+        for (size_t h = 0; h < o->nh; h++)
+            if (o->Ts[i] == 16384 && o->hashes[h] == 2) {
+                if (t->dense[i].ok && t->lsh[i][h].ok)
+                    printf("goal at T = 16k, lsh n_hashes=2 >= 10x faster forward+backward than dense: %s (%.1fx)\n",
+                           t->dense[i].fb_s / t->lsh[i][h].fb_s >= 10 ? "met" : "NOT met", t->dense[i].fb_s / t->lsh[i][h].fb_s);
+                else
+                    printf("goal at T = 16k: not measured (dense or lsh did not run)\n");
+            }
+}
+
 int main(int argc, char **argv) {
     fs_blas_fix_coretype(argv);
     opts o = {.Ts = {1024, 4096, 16384, 65536}, .nT = 4, .H = 8, .D = 64, .B = 1, .window = 256, .block = 0, .reps = 5,
@@ -268,74 +369,9 @@ int main(int argc, char **argv) {
     printf("memory = growth of peak RSS over the inputs and gradients (saved state + work memory)\n\n");
     printf("%6s  %-10s  %10s  %11s  %9s  %12s  %12s\n", "T", "plugin", "fwd ms", "fwd+bwd ms", "saved MiB",
            "peak fwd MiB", "peak f+b MiB");
-    result dense[16] = {0}, lf[16] = {0}, lsh[16][8] = {{{0}}};
-    double dense_last_s = 0;
-    size_t dense_last_T = 0;
-    for (size_t i = 0; i < o.nT; i++) {
-        size_t T = o.Ts[i];
-        double est_s = dense_last_T ? dense_last_s * ((double)T / dense_last_T) * ((double)T / dense_last_T) : 0;
-        if (!wanted(&o, "dense")) {
-            snprintf(dense[i].why, sizeof dense[i].why, "not asked for (plugins=%s)", o.plugins);
-        } else if (est_s > o.time_s) {
-            snprintf(dense[i].why, sizeof dense[i].why,
-                     "skipped: forward+backward would take about %.0f s (T^2 from T = %zu), over %.0f s", est_s,
-                     dense_last_T, o.time_s);
-        } else {
-            dense[i] = run_in_child("dense", T, &o, 0);
-            if (dense[i].ok) dense_last_s = dense[i].fb_s, dense_last_T = T;
-        }
-        if (wanted(&o, "dense")) row(T, "dense", &dense[i]);
-        if (wanted(&o, "longformer")) {
-            lf[i] = run_in_child("longformer", T, &o, 0);
-            row(T, "longformer", &lf[i]);
-        }
-        for (size_t h = 0; h < o.nh; h++) {
-            char name[32];
-            snprintf(name, sizeof name, "lsh/%zu", o.hashes[h]);
-            lsh[i][h] = run_in_child("lsh", T, &o, o.hashes[h]);
-            row(T, name, &lsh[i][h]);
-        }
-    }
-    printf("\n");
-    for (size_t i = 0; i < o.nT; i++)
-        if (dense[i].ok && lf[i].ok)
-            printf("T = %zu: longformer is %.1fx faster forward, %.1fx faster forward+backward, uses %.1fx less "
-                   "memory (peak f+b), %.0fx less saved state\n",
-                   o.Ts[i], dense[i].fwd_s / lf[i].fwd_s, dense[i].fb_s / lf[i].fb_s,
-                   dense[i].peak_fb_mib / (lf[i].peak_fb_mib > 0.01 ? lf[i].peak_fb_mib : 0.01),
-                   dense[i].saved_mib / lf[i].saved_mib);
-    for (size_t i = 0; i < o.nT; i++)
-        if (o.Ts[i] == 16384 && dense[i].ok && lf[i].ok)
-            printf("goal at T = 16k, longformer >= 20x faster and >= 20x less memory: %s\n",
-                   dense[i].fb_s / lf[i].fb_s >= 20 && dense[i].fwd_s / lf[i].fwd_s >= 20 &&
-                           dense[i].peak_fb_mib / lf[i].peak_fb_mib >= 20
-                       ? "met"
-                       : "NOT met");
-    for (size_t i = 1; i < o.nT; i++)
-        if (lf[i].ok && lf[i - 1].ok)
-            printf("longformer T %zu / %zu (x%.0f tokens): forward time x%.2f, forward+backward time x%.2f, memory "
-                   "x%.2f\n",
-                   o.Ts[i], o.Ts[i - 1], (double)o.Ts[i] / o.Ts[i - 1], lf[i].fwd_s / lf[i - 1].fwd_s,
-                   lf[i].fb_s / lf[i - 1].fb_s, lf[i].peak_fb_mib / lf[i - 1].peak_fb_mib);
-    for (size_t i = 1; i < o.nT; i++)
-        if (o.Ts[i] == 65536 && o.Ts[i - 1] == 16384 && lf[i].ok && lf[i - 1].ok)
-            printf("goal, linear time (64k / 16k within 4.4x): %s\n",
-                   lf[i].fwd_s / lf[i - 1].fwd_s <= 4.4 && lf[i].fb_s / lf[i - 1].fb_s <= 4.4 ? "met" : "NOT met");
-    for (size_t i = 0; i < o.nT; i++)
-        for (size_t h = 0; h < o.nh; h++)
-            if (dense[i].ok && lsh[i][h].ok)
-                printf("T = %zu: lsh n_hashes=%zu is %.1fx faster forward, %.1fx faster forward+backward, %.1fx less "
-                       "memory (peak f+b)\n",
-                       o.Ts[i], o.hashes[h], dense[i].fwd_s / lsh[i][h].fwd_s, dense[i].fb_s / lsh[i][h].fb_s,
-                       dense[i].peak_fb_mib / (lsh[i][h].peak_fb_mib > 0.01 ? lsh[i][h].peak_fb_mib : 0.01));
-    for (size_t i = 0; i < o.nT; i++)
-        for (size_t h = 0; h < o.nh; h++)
-            if (o.Ts[i] == 16384 && o.hashes[h] == 2) {
-                if (dense[i].ok && lsh[i][h].ok)
-                    printf("goal at T = 16k, lsh n_hashes=2 >= 10x faster forward+backward than dense: %s (%.1fx)\n",
-                           dense[i].fb_s / lsh[i][h].fb_s >= 10 ? "met" : "NOT met", dense[i].fb_s / lsh[i][h].fb_s);
-                else
-                    printf("goal at T = 16k: not measured (dense or lsh did not run)\n");
-            }
+    tables t = {0};
+    measure_all(&o, &t);
+    compare_longformer(&o, &t);
+    compare_lsh(&o, &t);
     return 0;
 }
