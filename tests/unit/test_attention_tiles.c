@@ -503,6 +503,24 @@ static size_t globals_of(const inst *a, int32_t *gl, uint8_t *gflag, size_t b, c
     return g;
 }
 
+/* Through the global projection, for one batch row: dx (T, C) += dkvg
+ * W_kv^T on rows < J, and dqg W_q^T at the g globals (W (C, 3C)). */
+static void global_dx(float *dx, const float *dkvg, const float *dqg, const float *wg, const int32_t *gl, size_t g,
+                      size_t J, size_t C) {
+    for (size_t i = 0; i < J; i++)
+        for (size_t p = 0; p < C; p++) {
+            double s = 0;
+            for (size_t j = 0; j < 2 * C; j++) s += (double)dkvg[i * 2 * C + j] * wg[p * 3 * C + C + j];
+            dx[i * C + p] += (float)s;
+        }
+    for (size_t i = 0; i < g; i++)
+        for (size_t p = 0; p < C; p++) {
+            double s = 0;
+            for (size_t j = 0; j < C; j++) s += (double)dqg[i * C + j] * wg[p * 3 * C + j];
+            dx[(size_t)gl[i] * C + p] += (float)s;
+        }
+}
+
 static void check_longformer(int causal, const char *keys, const char *mode, const int32_t *list, size_t n_list,
                              size_t w, const size_t *dil, size_t B, size_t H, size_t T, size_t D) {
     inst a = make("longformer", causal, keys, B, H, T, D);
@@ -561,19 +579,7 @@ static void check_longformer(int causal, const char *keys, const char *mode, con
                 emu_dkdv(&grows);
             }
         }
-        /* through the global projection: dx += dkvg W_kv^T (rows < J) and dQg W_q^T at the globals */
-        for (size_t i = 0; i < J; i++)
-            for (size_t p = 0; p < C; p++) {
-                double s = 0;
-                for (size_t j = 0; j < 2 * C; j++) s += (double)dkvg[i * 2 * C + j] * wg[p * 3 * C + C + j];
-                dx[(b * T + i) * C + p] += (float)s;
-            }
-        for (size_t i = 0; i < g; i++)
-            for (size_t p = 0; p < C; p++) {
-                double s = 0;
-                for (size_t j = 0; j < C; j++) s += (double)dqg[i * C + j] * wg[p * 3 * C + j];
-                dx[(b * T + (size_t)gl[i]) * C + p] += (float)s;
-            }
+        if (g) global_dx(dx + b * T * C, dkvg, dqg, wg, gl, g, J, C);
     }
     /* the CPU's saved log-sum-exps: local rows (B, H, T) first in its layout */
     test_close("longformer lse", lse, (const float *)a.saved, B * H * T, 1e-5, 1e-4);
@@ -648,6 +654,25 @@ static float *lsh_dk(void *c, size_t u) { return HC->dkn_r + hp(c, u) * HC->D; }
 static float *lsh_dv(void *c, size_t u) { return HC->dv_r + hp(c, u) * HC->D; }
 #undef HC
 
+/* One (b, h)'s saved buckets from q's projections by the rotations (rot
+ * (nh, D, nb / 2)), and its order: the one a sort of bucket * T + t gives. */
+static void check_lsh_buckets(const float *q, const float *rot, const int32_t *bucket, const int32_t *order,
+                              float *proj, size_t nh, size_t nb, size_t T, size_t D) {
+    for (size_t r = 0; r < nh; r++)
+        for (size_t t = 0; t < T; t++) {
+            for (size_t c = 0; c < nb / 2; c++) {
+                float s = 0.0f;
+                for (size_t d = 0; d < D; d++) s += q[t * D + d] * rot[(r * D + d) * (nb / 2) + c];
+                proj[c] = s;
+            }
+            assert_int_equal(fs_lsh_bucket(proj, nb / 2), bucket[r * T + t]);
+            size_t rank = 0; /* slot = how many keys (bucket, position) sort before this one */
+            for (size_t u = 0; u < T; u++)
+                rank += (size_t)bucket[r * T + u] * T + u < (size_t)bucket[r * T + t] * T + t;
+            assert_int_equal(order[r * T + rank], (int32_t)t);
+        }
+}
+
 static void check_lsh(int causal, size_t nh, size_t nb, size_t chunk, size_t back, size_t ahead, size_t B, size_t H,
                       size_t T, size_t D) {
     char keys[256];
@@ -675,19 +700,7 @@ static void check_lsh(int causal, size_t nh, size_t nb, size_t chunk, size_t bac
             float inv = fs_lsh_inv_norm(ss);
             for (size_t c = 0; c < D; c++) kn[t * D + c] = q[t * D + c] * inv;
         }
-        for (size_t r = 0; r < nh; r++) /* buckets, and the order a sort of bucket * T + t gives */
-            for (size_t t = 0; t < T; t++) {
-                for (size_t c = 0; c < nb / 2; c++) {
-                    float s = 0.0f;
-                    for (size_t d = 0; d < D; d++) s += q[t * D + d] * rot[(r * D + d) * (nb / 2) + c];
-                    proj[c] = s;
-                }
-                assert_int_equal(fs_lsh_bucket(proj, nb / 2), bucket[r * T + t]);
-                size_t rank = 0; /* slot = how many keys (bucket, position) sort before this one */
-                for (size_t u = 0; u < T; u++)
-                    rank += (size_t)bucket[r * T + u] * T + u < (size_t)bucket[r * T + t] * T + t;
-                assert_int_equal(order[r * T + rank], (int32_t)t);
-            }
+        check_lsh_buckets(q, rot, bucket, order, proj, nh, nb, T, D);
         lsh_ctx c = {q, kn, a.v + o, a.dout + o, NULL, where, NULL, NULL, lse, delta, NULL, NULL, NULL, T, D, nh, chunk,
                      back, ahead, 0, causal, 1.0f / sqrtf((float)D)};
         emu p = {&c, T, T, D, c.scale, 1, 0, 0, lsh_key_range, lsh_query_range, dn_active, lsh_q, lsh_k, lsh_v,
