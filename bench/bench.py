@@ -45,6 +45,7 @@ TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_gpt.py")
 QUICKSTART = os.path.join(ROOT, "conf", "quickstart.ini")
 
 QS = dict(layers=4, heads=4, embd=256, seq=256, batch=8)
+VOCAB = 256  # quickstart.ini's byte tokenizer, for both shapes
 GPT2 = dict(layers=12, heads=12, embd=768, seq=1024, batch=2)
 UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -190,6 +191,31 @@ def fsrun_median_step(metrics_path, tokens_per_step):
     return (tokens_per_step / m if m > 0 else None), len(dts)
 
 
+def flops_per_token(shape):
+    """Model FLOPs of one training token (forward + backward), as llm.c and
+    the PaLM paper count them: 6 per weight of every product (the head
+    included, the embeddings' lookups not) plus the attention scores and
+    their use, 6 L C T (12 L C T halved: causal attention computes only the
+    lower triangle)."""
+    L, C, T = shape["layers"], shape["embd"], shape["seq"]
+    n_mm = 12 * L * C * C + VOCAB * C
+    return 6 * n_mm + 6 * L * C * T
+
+
+def sgemm_peak(bench_peak, env):
+    """The machine's measured sgemm peak (bench/bench_peak.c: OpenBLAS
+    through fsrun's wrapper, all usable cores, square products), GFLOP/s,
+    or None when it could not be measured."""
+    if not os.access(bench_peak, os.X_OK):
+        print(f"bench: {bench_peak} not built: no MFU column (cmake --build build --target bench_peak)",
+              file=sys.stderr)
+        return None
+    p = subprocess.run([bench_peak, f"threads={len(os.sched_getaffinity(0))}"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    js = last_json(p.stdout) if p.returncode == 0 else None
+    return js
+
+
 def cpu_info():
     model, flags = "?", set()
     try:
@@ -213,6 +239,7 @@ class Bench:
         self.fsrun = args.fsrun if args.no_snapshot else snapshot_fsrun(args.fsrun, tmp)
         self.envs = envs_to_run()
         self.cores = {}  # (impl, env) -> core name seen
+        self.peak = {}  # env -> bench_peak's JSON (peak_gflops: the MFU denominator)
 
     def shape_sets(self, shape):
         if shape is QS:
@@ -292,14 +319,18 @@ class Bench:
                     msg += f"  pytorch {fmt(t and t['tps'])}"
                 print(msg + " tok/s" + other_load(n0), file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - t0
-        self.print_train(res)
+        self.print_train(res, shape)
         print(f"  ({elapsed:.0f} s for this table{foreign_note(f0)})", flush=True)
         return res
 
-    def print_train(self, res):
+    def mfu(self, tps, shape, env_name):
+        peak = (self.peak.get(env_name) or {}).get("peak_gflops")
+        return tps * flops_per_token(shape) * 1e-9 / peak if tps and peak else None
+
+    def print_train(self, res, shape):
         hdr = (f"  {'env':6s} {'fsrun core':11s} {'fsrun tok/s':>11s} {'(range)':>15s} "
                f"{'torch core':16s} {'torch tok/s':>11s} {'(range)':>15s} {'fs/torch':>8s} "
-               f"{'pair ratios':>11s} {'mm GFLOP/s':>10s} {'mm share':>8s}")
+               f"{'pair ratios':>11s} {'mm GFLOP/s':>10s} {'mm share':>8s} {'MFU fs':>6s} {'MFU torch':>9s}")
         print(hdr)
         print("  " + "-" * (len(hdr) - 2))
         for env_name, _, _ in self.envs:
@@ -314,7 +345,8 @@ class Bench:
             print(f"  {env_name:6s} {str(fs[0]['core'] if fs else '-'):11s} {fmt(fm):>11s} "
                   f"{span(f_tps):>15s} {str(th[0]['core'] if th else '-'):16s} {fmt(tm):>11s} "
                   f"{span(t_tps):>15s} {fmt(ratio, 2):>8s} {span(pairs, 2):>11s} "
-                  f"{fmt(med([x['gflops'] for x in fs]), 0):>10s} {fmt(med([x['share'] for x in fs]), 2):>8s}")
+                  f"{fmt(med([x['gflops'] for x in fs]), 0):>10s} {fmt(med([x['share'] for x in fs]), 2):>8s} "
+                  f"{fmt(self.mfu(fm, shape, env_name), 2):>6s} {fmt(self.mfu(tm, shape, env_name), 2):>9s}")
 
     def gen_table(self, items, reps):
         print("\n3. Generation tokens/s, batch 1, KV cache (prompt 'And God said,' fed token by token, "
@@ -400,6 +432,12 @@ def header(b):
         p = subprocess.run([b.fsrun, "--version"], env=env, capture_output=True, text=True)
         blas = next((l for l in p.stdout.splitlines() if l.startswith("BLAS")), "BLAS: ?")
         print(f"  env {env_name:5s} {desc}\n            fsrun {blas}")
+        b.peak[env_name] = sgemm_peak(os.path.join(os.path.dirname(os.path.abspath(b.a.fsrun)), "bench",
+                                                   "bench_peak"), env)
+        pk = b.peak[env_name]
+        if pk:
+            print(f"            sgemm peak {pk['peak_gflops']:.0f} GFLOP/s measured ({pk['threads']} threads, "
+                  f"{pk['core']}; by size {', '.join(f'{k}: {v:.0f}' for k, v in pk['sizes'].items())})")
     if not b.a.skip_torch:
         print(f"  pytorch   {TORCH_PY} bench/torch_gpt.py --threads 1 (torch 1 intra-op thread; "
               "its OpenBLAS keeps its default thread count), float32 eager, AdamW, grad clip 1.0", flush=True)
@@ -475,14 +513,17 @@ def main():
               "runs; fs/torch = ratio of the medians (>1: fsrun faster); pair ratios = min-max of fsrun/"
               "PyTorch over the runs measured next to each other; mm GFLOP/s and mm share = fsrun's "
               "matmul_gflops and matmul_share (median over runs): sgemm FLOP/s achieved and the share of "
-              "training step time inside sgemm.")
+              "training step time inside sgemm; MFU = model FLOP/s (tok/s x 6 x product weights + 6 L C T "
+              "per token, as llm.c counts) / the sgemm peak measured at the start (bench_peak; the issue's "
+              "goal on the GPT-2-small shape: 0.60).")
         print(f"load avg at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
               f"total {time.perf_counter() - t_start:.0f} s"
               + (f", of which {WAIT_IDLE['waited_s']:.0f} s waiting for the machine to be idle"
                  if a.wait_idle else ""))
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"cores": {f"{k[0]}/{k[1]}": v for k, v in b.cores.items()}, "results": raw}, f, indent=1, default=str)
+                json.dump({"cores": {f"{k[0]}/{k[1]}": v for k, v in b.cores.items()}, "sgemm_peak": b.peak,
+                       "results": raw}, f, indent=1, default=str)
 
 
 if __name__ == "__main__":
