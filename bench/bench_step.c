@@ -14,7 +14,7 @@
  * Weights are random (the cost does not depend on them). Times are medians
  * of `reps` after a warm-up; on a shared machine run it when it is quiet.
  *
- * Usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] */
+ * Usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] [threads=1,2] [products=1] */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +25,7 @@
 #include "core/host.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "compute/qweights.h"
 #include "model/batch.h"
 #include "model/kv_pool.h"
 #include "session/session.h"
@@ -47,14 +48,15 @@ static void fill(float *x, size_t n, uint64_t seed) {
     for (size_t i = 0; i < n; i++) x[i] = fs_rng_normal(&r) * 0.02f;
 }
 
-static double time_product(int blas, int nt, float *c, const float *a, const float *w, size_t m, size_t n, size_t k,
-                           size_t reps) {
+static double time_product(int blas, int nt, const float *packed, float *c, const float *a, const float *w, size_t m,
+                           size_t n, size_t k, size_t reps) {
     double *t = malloc(reps * sizeof *t);
     for (size_t r = 0; r <= reps; r++) {
         double t0 = fs_now();
         if (blas && nt) fs_sgemm(0, 1, m, n, k, 1.0f, a, k, w, k, 0.0f, c, n);
         else if (blas) fs_sgemm(0, 0, m, n, k, 1.0f, a, k, w, n, 0.0f, c, n);
         else if (nt) fs_gemm_rows_nt(c, n, a, k, w, k, NULL, m, n, k);
+        else if (packed) fs_gemm_rows_nn_packed(c, n, a, k, packed, NULL, m, n, k);
         else fs_gemm_rows_nn(c, n, a, k, w, n, NULL, m, n, k);
         if (r) t[r - 1] = fs_now() - t0;
     }
@@ -69,17 +71,23 @@ static void bench_products(size_t C, size_t V, size_t reps) {
         {"fcp  (4C,C)", 4 * C, C, 0}, {"head (V,C)^T", C, V, 1}};
     size_t rows[] = {1, 8, 32, 256};
     printf("\nproducts at %d thread(s): GFLOP/s, fixed-order kernels vs OpenBLAS sgemm\n", omp_get_max_threads());
-    printf("%-14s %6s %10s %10s %8s\n", "weight", "rows", "fixed", "blas", "blas/fixed");
+    printf("%-14s %6s %10s %10s %10s %8s %8s\n", "weight", "rows", "fixed", "packed", "blas", "blas/fixed",
+           "blas/packed");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
             size_t m = rows[ri], k = shapes[s].k, n = shapes[s].n;
             float *a = fs_alloc(m * k * 4), *w = fs_alloc(k * n * 4), *c = fs_alloc(m * n * 4);
             fill(a, m * k, 1);
             fill(w, k * n, 2);
-            double tf = time_product(0, shapes[s].nt, c, a, w, m, n, k, reps);
-            double tb = time_product(1, shapes[s].nt, c, a, w, m, n, k, reps);
+            float *pk = shapes[s].nt ? NULL : fs_alloc(fs_gemm_rows_packed_floats(k, n) * sizeof(float));
+            if (pk) fs_gemm_rows_pack(pk, w, n, k, n);
+            double tf = time_product(0, shapes[s].nt, NULL, c, a, w, m, n, k, reps);
+            double tp = pk ? time_product(0, 0, pk, c, a, w, m, n, k, reps) : tf;
+            double tb = time_product(1, shapes[s].nt, NULL, c, a, w, m, n, k, reps);
             double fl = 2.0 * (double)m * (double)n * (double)k;
-            printf("%-14s %6zu %10.2f %10.2f %8.2f\n", shapes[s].name, m, fl / tf * 1e-9, fl / tb * 1e-9, tf / tb);
+            printf("%-14s %6zu %10.2f %10.2f %10.2f %8.2f %8.2f\n", shapes[s].name, m, fl / tf * 1e-9, fl / tp * 1e-9,
+                   fl / tb * 1e-9, tf / tb, tp / tb);
+            fs_free(pk);
             fs_free(a);
             fs_free(w);
             fs_free(c);
@@ -104,8 +112,8 @@ static int grow(fs_kv_pool *pool, seqs *q, size_t i, size_t upto) {
 }
 
 /* One step: sequences [from, n) add add[i] tokens each. */
-static double step(fs_batch *b, const fs_model *m, fs_kv_pool *pool, seqs *q, size_t from, const size_t *add,
-                   float *logits) {
+static double step(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs_kv_pool *pool, seqs *q, size_t from,
+                   const size_t *add, float *logits) {
     fs_batch_seq bs[64];
     size_t k = 0;
     for (size_t i = from; i < q->n; i++) {
@@ -118,7 +126,7 @@ static double step(fs_batch *b, const fs_model *m, fs_kv_pool *pool, seqs *q, si
     }
     fs_error err = {0};
     double t0 = fs_now();
-    if (fs_batch_run(b, m, pool, bs, k, logits, &err)) {
+    if (fs_batch_run(b, m, sw, pool, bs, k, logits, &err)) {
         fprintf(stderr, "bench_step: %s\n", err.message);
         exit(1);
     }
@@ -134,9 +142,11 @@ static double iteration(const fs_model *m, size_t B, size_t ctx, size_t first, s
     size_t kb = 16, V = fs_model_cfg(m)->vocab, chunked = first > 1;
     fs_kv_pool *pool;
     fs_batch *b;
+    fs_step_weights *sw; /* packed f32, as the engine reads them */
     fs_error err = {0};
     if (fs_kv_pool_create(&pool, m, kb, B * 40, 0, &err) ||
-        fs_batch_create(&b, m, (ctx > first ? ctx : first) + B, B, &err)) {
+        fs_batch_create(&b, m, (ctx > first ? ctx : first) + B, B, &err) ||
+        fs_step_weights_create(&sw, m, FS_WEIGHTS_F32, (ctx > first ? ctx : first) + B, B, &err)) {
         fprintf(stderr, "bench_step: %s\n", err.message);
         exit(1);
     }
@@ -147,12 +157,12 @@ static double iteration(const fs_model *m, size_t B, size_t ctx, size_t first, s
         seqs one = q;
         one.n = i + 1;
         add[i] = ctx;
-        step(b, m, pool, &one, i, add, logits);
+        step(b, m, sw, pool, &one, i, add, logits);
     }
     double *t = malloc(reps * sizeof *t);
     for (size_t r = 0; r <= reps; r++) {
         for (size_t i = 0; i < B; i++) add[i] = i == 0 ? first : 1;
-        double s = step(b, m, pool, &q, 0, add, logits);
+        double s = step(b, m, sw, pool, &q, 0, add, logits);
         if (r) t[r - 1] = s;
         if (chunked) { /* the chunk again from the start next time */
             for (size_t p = 0; p < (first + kb - 1) / kb; p++) fs_kv_pool_unref(pool, q.tab[0][p]);
@@ -166,6 +176,7 @@ static double iteration(const fs_model *m, size_t B, size_t ctx, size_t first, s
     free(q.tab);
     free(q.len);
     fs_batch_destroy(b);
+    fs_step_weights_destroy(sw);
     fs_kv_pool_destroy(pool);
     return med;
 }
@@ -183,18 +194,36 @@ static void bench_iterations(const fs_model *m, size_t ctx, size_t chunk, size_t
     printf("  chunk of %zu + 31 decodes     %8.3f ms  (%7.0f tokens/s)\n", chunk, t * 1e3, (double)(chunk + 31) / t);
 }
 
+#define MAX_THREAD_COUNTS 8
+
+/* "1,2,4" into counts; the number of counts, or 0 if malformed. */
+static size_t parse_threads(const char *s, int *counts) {
+    size_t n = 0;
+    for (char *end; *s; s = *end ? end + 1 : end) {
+        long t = strtol(s, &end, 10);
+        if (end == s || t < 1 || t > 1024 || n == MAX_THREAD_COUNTS || (*end && *end != ',')) return 0;
+        counts[n++] = (int)t;
+    }
+    return n;
+}
+
 int main(int argc, char **argv) {
     const char *graph = "conf/quickstart.ini";
-    size_t reps = 21, ctx = 128, chunk = 256;
-    for (int i = 1; i < argc; i++) {
+    size_t reps = 21, ctx = 128, chunk = 256, n_threads = 2;
+    int threads[MAX_THREAD_COUNTS] = {1, 2}, products = 1, ok = 1;
+    for (int i = 1; i < argc && ok; i++) {
         if (!strncmp(argv[i], "graph=", 6)) graph = argv[i] + 6;
-        else if (!strncmp(argv[i], "reps=", 5)) reps = strtoul(argv[i] + 5, NULL, 10);
+        else if (!strncmp(argv[i], "reps=", 5)) ok = (reps = strtoul(argv[i] + 5, NULL, 10)) > 0;
         else if (!strncmp(argv[i], "ctx=", 4)) ctx = strtoul(argv[i] + 4, NULL, 10);
         else if (!strncmp(argv[i], "chunk=", 6)) chunk = strtoul(argv[i] + 6, NULL, 10);
-        else {
-            fprintf(stderr, "usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256]\n");
-            return 2;
-        }
+        else if (!strncmp(argv[i], "products=", 9)) products = atoi(argv[i] + 9);
+        else if (!strncmp(argv[i], "threads=", 8)) ok = (n_threads = parse_threads(argv[i] + 8, threads)) > 0;
+        else ok = 0;
+    }
+    if (!ok) {
+        fprintf(stderr, "usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] "
+                        "[threads=1,2 (up to %d counts)] [products=1|0]\n", MAX_THREAD_COUNTS);
+        return 2;
     }
     fs_blas_fix_coretype(argv);
     fs_graph *g;
@@ -208,12 +237,11 @@ int main(int argc, char **argv) {
     const fs_model_config *c = fs_model_cfg(s->model);
     printf("bench_step: %s (C %zu, %zu layers, V %zu), OpenBLAS %s\n", graph, c->n_embd, c->n_layer, c->vocab,
            fs_blas_corename());
-    int threads[] = {1, 2};
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < n_threads; i++) {
         fs_threads_set(threads[i]);
         omp_set_num_threads(threads[i]);
         fs_blas_set_threads(threads[i]);
-        bench_products(c->n_embd, c->vocab, reps);
+        if (products) bench_products(c->n_embd, c->vocab, reps);
         bench_iterations(s->model, ctx, chunk, reps);
     }
     fs_session_close(s);

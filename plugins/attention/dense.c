@@ -561,10 +561,8 @@ static void dense_paged_rows(void *arg, size_t begin, size_t end) {
         for (size_t p0 = 0; p0 < n; p0 += kb) {
             char *blk = paged_block(a, s, p0);
             size_t cnt = n - p0 < kb ? n - p0 : kb;
-            for (size_t t = 0; t < cnt; t++) {
-                w[p0 + t] = paged_dot(q, dense_entry(d, blk, kb, h, 0, t), D) * d->scale;
-                vp[p0 + t] = dense_entry(d, blk, kb, h, 1, t);
-            }
+            paged_dots(w + p0, q, dense_entry(d, blk, kb, h, 0, 0), D, cnt, D, d->scale);
+            for (size_t t = 0; t < cnt; t++) vp[p0 + t] = dense_entry(d, blk, kb, h, 1, t);
         }
         paged_softmax_values((float *)a->out.data + (row * H + h) * D, w, vp, n, D);
     }

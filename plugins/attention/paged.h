@@ -18,16 +18,56 @@
 #include "fastserve/attention.h"
 #include "fastserve/fastmath.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #define PAGED_LANES 8
 
 /* a . b over n, eight lanes then a fixed tree (fs_host_api.sgemm_rows' order). */
 static inline float paged_dot(const float *a, const float *b, size_t n) {
     float l[PAGED_LANES] = {0};
     size_t n8 = n - n % PAGED_LANES, i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    /* the eight lanes in one register: GCC keeps fmaf's lanes scalar (eight
+     * vfmadd231ss a step, 8x the instructions); the same chains, the same bits */
+    __m256 acc = _mm256_setzero_ps();
+    for (; i < n8; i += PAGED_LANES) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    _mm256_storeu_ps(l, acc);
+#endif
     for (; i < n8; i += PAGED_LANES)
         for (size_t j = 0; j < PAGED_LANES; j++) l[j] = fmaf(a[i + j], b[i + j], l[j]);
     for (; i < n; i++) l[i - n8] = fmaf(a[i], b[i], l[i - n8]);
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* w[t] = scale * (q . k_t) for the n keys k_t = k + t * ldk (D each), each
+ * dot in paged_dot's order. Four keys at a time in four registers: one
+ * dot's eight lanes are a chain of dependent fused multiply-adds, four
+ * chains side by side keep the FMA units busy. */
+static inline void paged_dots(float *w, const float *q, const float *k, size_t ldk, size_t n, size_t D, float scale) {
+    size_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (D % PAGED_LANES == 0)
+        for (; t + 4 <= n; t += 4) {
+            const float *k0 = k + t * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (size_t i = 0; i < D; i += PAGED_LANES) {
+                __m256 x = _mm256_loadu_ps(q + i);
+                a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k0 + i), a0);
+                a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k1 + i), a1);
+                a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + i), a2);
+                a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + i), a3);
+            }
+            __m256 acc[4] = {a0, a1, a2, a3};
+            for (size_t u = 0; u < 4; u++) {
+                float l[PAGED_LANES];
+                _mm256_storeu_ps(l, acc[u]);
+                w[t + u] = (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))) * scale;
+            }
+        }
+#endif
+    for (; t < n; t++) w[t] = paged_dot(q, k + t * ldk, D) * scale;
 }
 
 /* The block holding position pos of sequence s, or NULL when released. */
@@ -85,18 +125,36 @@ static inline int paged_check(const fs_host_api *host, const char *who, const fs
 
 /* out (D) = sum_j softmax(w)_j v_j over the n keys whose scores are in w
  * (overwritten with exp(w - max)); entries of -INFINITY take no part.
- * Sums key by key in order; one division at the end. */
+ * Sums key by key in order; one division at the end. The exponentials
+ * come first (their sum in key order), then the values, PAGED_VCHUNK
+ * columns at a time with those columns' sums in registers: each out[c] is
+ * the same chain of fused multiply-adds in key order as element by element. */
+#define PAGED_VCHUNK 64
 static inline void paged_softmax_values(float *out, float *w, const float *const *vp, size_t n, size_t D) {
     float mx = -INFINITY, sum = 0.0f;
     for (size_t j = 0; j < n; j++) mx = w[j] > mx ? w[j] : mx;
-    for (size_t c = 0; c < D; c++) out[c] = 0.0f;
-    for (size_t j = 0; j < n; j++) {
-        if (w[j] == -INFINITY) continue;
-        float e = fs_fast_expf(w[j] - mx);
-        sum += e;
-        const float *v = vp[j];
-        for (size_t c = 0; c < D; c++) out[c] = fmaf(e, v[c], out[c]);
+    for (size_t j = 0; j < n; j++)
+        if (w[j] != -INFINITY) sum += (w[j] = fs_fast_expf(w[j] - mx));
+    size_t c0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (; c0 + PAGED_VCHUNK <= D; c0 += PAGED_VCHUNK) {
+        __m256 acc[PAGED_VCHUNK / 8];
+        for (size_t v = 0; v < PAGED_VCHUNK / 8; v++) acc[v] = _mm256_setzero_ps();
+        for (size_t j = 0; j < n; j++) {
+            if (w[j] == -INFINITY) continue;
+            __m256 e = _mm256_set1_ps(w[j]);
+            for (size_t v = 0; v < PAGED_VCHUNK / 8; v++)
+                acc[v] = _mm256_fmadd_ps(e, _mm256_loadu_ps(vp[j] + c0 + 8 * v), acc[v]);
+        }
+        for (size_t v = 0; v < PAGED_VCHUNK / 8; v++) _mm256_storeu_ps(out + c0 + 8 * v, acc[v]);
     }
+#endif
+    for (size_t c = c0; c < D; c++) out[c] = 0.0f;
+    if (c0 < D)
+        for (size_t j = 0; j < n; j++) {
+            if (w[j] == -INFINITY) continue;
+            for (size_t c = c0; c < D; c++) out[c] = fmaf(w[j], vp[j][c], out[c]);
+        }
     float inv = 1.0f / sum;
     for (size_t c = 0; c < D; c++) out[c] *= inv;
 }

@@ -65,8 +65,8 @@ static void nn_scalar(const gemm_job *j, size_t r0, size_t r1, size_t o0, size_t
  * float stored and reloaded exactly): the same fma chain, the same bits. */
 #define KBLOCK 256
 typedef struct nn_panel {
-    const float *w; /* (k1 - k0, width) */
-    size_t width, o0, k0, k1;
+    const float *w; /* (k1 - k0, width), rows ld apart (32-byte aligned) */
+    size_t width, ld, o0, k0, k1;
 } nn_panel;
 
 static _Thread_local float nn_packed[KBLOCK * PANEL] __attribute__((aligned(64)));
@@ -79,7 +79,7 @@ static inline __attribute__((always_inline)) void nn_tile(const gemm_job *j, con
         for (size_t v = 0; v < V; v++)
             acc[r][v] = p->k0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * j->ldc + 8 * v);
     const float *a = j->a + r0 * j->lda, *w = p->w + (o - p->o0);
-    for (size_t i = p->k0; i < p->k1; i++, w += p->width) {
+    for (size_t i = p->k0; i < p->k1; i++, w += p->ld) {
         __m256 wv[8];
         for (size_t v = 0; v < V; v++) wv[v] = _mm256_load_ps(w + 8 * v);
         for (size_t r = 0; r < R; r++) {
@@ -127,11 +127,27 @@ static void nn_block(const gemm_job *j, size_t o0, size_t o1) {
         return;
     }
     for (size_t k0 = 0; k0 < j->k; k0 += KBLOCK) {
-        nn_panel p = {nn_packed, w8, o0, k0, k0 + KBLOCK < j->k ? k0 + KBLOCK : j->k};
+        nn_panel p = {nn_packed, w8, w8, o0, k0, k0 + KBLOCK < j->k ? k0 + KBLOCK : j->k};
         for (size_t i = p.k0; i < p.k1; i++) memcpy(nn_packed + (i - k0) * w8, j->b + i * j->ldb + o0, w8 * sizeof(float));
         nn_panel_rows(j, &p);
     }
     if (o0 + w8 < o1) nn_scalar(j, 0, j->m, o0 + w8, o1);
+}
+
+/* A panel of a packed W (fs_gemm_rows_pack): the same tiles, their
+ * weights read where the packing left them, no copy per call. */
+static void nn_packed_block(const gemm_job *j, size_t o0, size_t o1) {
+    size_t width = o1 - o0, w8 = width - width % 8, ld = (width + 7) / 8 * 8;
+    const float *panel = j->b + o0 * j->k; /* every panel before is PANEL wide */
+    for (size_t k0 = 0; w8 && k0 < j->k; k0 += KBLOCK) {
+        nn_panel p = {panel + k0 * ld, w8, ld, o0, k0, k0 + KBLOCK < j->k ? k0 + KBLOCK : j->k};
+        nn_panel_rows(j, &p);
+    }
+    for (size_t r = 0; r < j->m; r++) /* the last width % 8 columns, element by element */
+        for (size_t o = o0 + w8; o < o1; o++) {
+            float acc = nn_element(j->a + r * j->lda, panel + (o - o0), ld, j->k);
+            j->c[r * j->ldc + o] = j->bias ? acc + j->bias[o] : acc;
+        }
 }
 
 static inline __attribute__((always_inline)) void nt_tile(const gemm_job *j, size_t r0, size_t o0, size_t R,
@@ -176,6 +192,16 @@ static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
 /* without AVX2 (the sanitizer build): the definition itself, element by
  * element (many rows; few rows stream, as above) */
 static void nn_block(const gemm_job *j, size_t o0, size_t o1) { nn_scalar(j, 0, j->m, o0, o1); }
+
+static void nn_packed_block(const gemm_job *j, size_t o0, size_t o1) {
+    size_t ld = (o1 - o0 + 7) / 8 * 8;
+    const float *panel = j->b + o0 * j->k;
+    for (size_t r = 0; r < j->m; r++)
+        for (size_t o = o0; o < o1; o++) {
+            float acc = nn_element(j->a + r * j->lda, panel + (o - o0), ld, j->k);
+            j->c[r * j->ldc + o] = j->bias ? acc + j->bias[o] : acc;
+        }
+}
 
 static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
     for (size_t r = 0; r < j->m; r++)
@@ -276,4 +302,24 @@ void fs_gemm_rows_nt(float *c, size_t ldc, const float *a, size_t lda, const flo
     if (m == 0 || n == 0) return;
     gemm_job j = {c, a, b, bias, ldc, lda, ldb, m, n, k};
     run_panels(&j, nt_block);
+}
+
+size_t fs_gemm_rows_packed_floats(size_t k, size_t n) { return k * ((n + 7) / 8 * 8); }
+
+void fs_gemm_rows_pack(float *packed, const float *b, size_t ldb, size_t k, size_t n) {
+    for (size_t o0 = 0; o0 < n; o0 += PANEL) {
+        size_t width = n - o0 < PANEL ? n - o0 : PANEL, ld = (width + 7) / 8 * 8;
+        float *panel = packed + o0 * k;
+        for (size_t i = 0; i < k; i++) {
+            memcpy(panel + i * ld, b + i * ldb + o0, width * sizeof(float));
+            memset(panel + i * ld + width, 0, (ld - width) * sizeof(float));
+        }
+    }
+}
+
+void fs_gemm_rows_nn_packed(float *c, size_t ldc, const float *a, size_t lda, const float *packed, const float *bias,
+                            size_t m, size_t n, size_t k) {
+    if (m == 0 || n == 0) return;
+    gemm_job j = {c, a, packed, bias, ldc, lda, 0, m, n, k};
+    run_panels(&j, nn_packed_block);
 }

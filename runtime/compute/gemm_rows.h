@@ -38,6 +38,18 @@ void fs_gemm_rows_nn(float *c, size_t ldc, const float *a, size_t lda, const flo
 /* c (m, n) = a (m, k) b^T + bias, b (n, k) [ldb]. */
 void fs_gemm_rows_nt(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, const float *bias,
                      size_t m, size_t n, size_t k);
+/* W (k, n) [ldb] packed for fs_gemm_rows_nn_packed: column panels of 64
+ * (the last narrower), each panel's k rows side by side, every row padded
+ * to a multiple of 8 floats (zeros) so that each starts 32-byte aligned;
+ * panel p at p * 64 * k floats. `packed` holds fs_gemm_rows_packed_floats
+ * floats and is 64-byte aligned. Made once (serving's weights do not
+ * change), it spares every product the copy of each k block of a panel and
+ * streams W in memory order; the elements are the same fma chains, the
+ * same bits as fs_gemm_rows_nn. */
+size_t fs_gemm_rows_packed_floats(size_t k, size_t n);
+void fs_gemm_rows_pack(float *packed, const float *b, size_t ldb, size_t k, size_t n);
+void fs_gemm_rows_nn_packed(float *c, size_t ldc, const float *a, size_t lda, const float *packed, const float *bias,
+                            size_t m, size_t n, size_t k);
 /* One element of fs_gemm_rows_nt: the dot product of a and b (k) in its order. */
 float fs_dot_rows(const float *a, const float *b, size_t k);
 

@@ -27,14 +27,22 @@ struct fs_batch {
     float *fch;            // (R, 4C)
     float *last;           // (S, C): final hidden state of each sequence asking for logits
     fs_attention_paged_seq *pseq; /* (max_rows) */
-    /* [generate] weights = bf16 | q8: compact copies of the projections
-     * (compute/qweights.h), NULL for f32 (the model's own weights) */
-    fs_qweight *w;         /* (n_w = L * W_PER_LAYER + 1): each layer's four, then the head */
-    size_t n_w;
-    void *w_work;
+    const fs_step_weights *sw;    /* the step's weights while it runs (NULL: the model's own) */
 };
 
 enum { W_QKV, W_ATTPROJ, W_FC, W_FCPROJ, W_PER_LAYER };
+
+/* The projections as the step reads them (batch.h): f32 packed for
+ * fs_gemm_rows_nn_packed, or bf16 / q8 copies (compute/qweights.h). */
+struct fs_step_weights {
+    const fs_model *m;  /* the model they were made from */
+    int format;
+    size_t n_w;         /* L * W_PER_LAYER (+ 1: the head, compact formats only) */
+    float **packed;     /* f32: (n_w) packed projections; the head reads the model's own */
+    fs_qweight *w;      /* bf16, q8: (n_w) each layer's four, then the head */
+    void *work;         /* the compact formats' converted rows */
+    size_t max_rows, max_logits;
+};
 
 int fs_model_layer_paged(const fs_model *m, size_t l) {
     const fs_attention_slot *a = &m->attn[l];
@@ -126,38 +134,79 @@ void fs_batch_destroy(fs_batch *b) {
     float *bufs[] = {b->x, b->x2, b->ln, b->qkv, b->q, b->k, b->v, b->y, b->proj, b->fch, b->last};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) fs_free(bufs[i]);
     free(b->pseq);
-    for (size_t i = 0; b->w && i < b->n_w; i++) fs_qweight_destroy(&b->w[i]);
-    free(b->w);
-    fs_free(b->w_work);
     free(b);
 }
 
 size_t fs_batch_max_rows(const fs_batch *b) { return b->max_rows; }
 
-int fs_batch_set_weights(fs_batch *b, const fs_model *m, int format, fs_error *err) {
-    if (format == FS_WEIGHTS_F32 || b->w) return FS_OK;
-    size_t C = m->cfg.n_embd, n = m->L * W_PER_LAYER + 1, work = 0;
-    if (!(b->w = calloc(n, sizeof *b->w))) return fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
-    b->n_w = n;
-    for (size_t l = 0; l < m->L; l++) {
-        const fs_layer_params *p = &m->lp[l];
-        /* Conv1D (in, out): transposed sources */
-        const struct { const float *w; size_t in, out; } mat[W_PER_LAYER] = {
-            [W_QKV] = {p->qkvw, C, 3 * C}, [W_ATTPROJ] = {p->attprojw, C, C},
-            [W_FC] = {p->fcw, C, 4 * C}, [W_FCPROJ] = {p->fcprojw, 4 * C, C}};
-        for (size_t k = 0; k < W_PER_LAYER; k++) {
-            int rc = fs_qweight_create(&b->w[l * W_PER_LAYER + k], (fs_wformat)format, mat[k].w, mat[k].out, 1,
-                                       mat[k].out, mat[k].in, err);
-            if (rc) return rc;
-            size_t need = fs_qweight_work_bytes((fs_wformat)format, b->max_rows, mat[k].in);
-            work = need > work ? need : work;
-        }
+/* Layer l's four projections in Conv1D's (in, out) layout. */
+typedef struct projection { const float *w; size_t in, out; } projection;
+
+static projection layer_projection(const fs_model *m, size_t l, size_t k) {
+    const fs_layer_params *p = &m->lp[l];
+    size_t C = m->cfg.n_embd;
+    const projection mat[W_PER_LAYER] = {[W_QKV] = {p->qkvw, C, 3 * C}, [W_ATTPROJ] = {p->attprojw, C, C},
+                                         [W_FC] = {p->fcw, C, 4 * C}, [W_FCPROJ] = {p->fcprojw, 4 * C, C}};
+    return mat[k];
+}
+
+static int pack_f32(fs_step_weights *sw, fs_error *err) {
+    if (!(sw->packed = calloc(sw->n_w, sizeof *sw->packed)))
+        return fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+    for (size_t i = 0; i < sw->n_w; i++) {
+        projection p = layer_projection(sw->m, i / W_PER_LAYER, i % W_PER_LAYER);
+        if (!(sw->packed[i] = fs_alloc(fs_gemm_rows_packed_floats(p.in, p.out) * sizeof(float))))
+            return fs_error_set(err, FS_ERR_NOMEM, "out of memory for the packed weights (%zu x %zu)", p.in, p.out);
+        fs_gemm_rows_pack(sw->packed[i], p.w, p.out, p.in, p.out);
     }
-    int rc = fs_qweight_create(&b->w[n - 1], (fs_wformat)format, m->head, C, 0, m->cfg.vocab, C, err);
+    return FS_OK;
+}
+
+static int copy_compact(fs_step_weights *sw, fs_error *err) {
+    const fs_model *m = sw->m;
+    size_t C = m->cfg.n_embd, work = 0;
+    if (!(sw->w = calloc(sw->n_w, sizeof *sw->w))) return fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+    for (size_t i = 0; i + 1 < sw->n_w; i++) {
+        projection p = layer_projection(m, i / W_PER_LAYER, i % W_PER_LAYER); /* transposed sources */
+        int rc = fs_qweight_create(&sw->w[i], (fs_wformat)sw->format, p.w, p.out, 1, p.out, p.in, err);
+        if (rc) return rc;
+        size_t need = fs_qweight_work_bytes((fs_wformat)sw->format, sw->max_rows, p.in);
+        work = need > work ? need : work;
+    }
+    int rc = fs_qweight_create(&sw->w[sw->n_w - 1], (fs_wformat)sw->format, m->head, C, 0, m->cfg.vocab, C, err);
     if (rc) return rc;
-    size_t need = fs_qweight_work_bytes((fs_wformat)format, b->max_logits, C);
-    b->w_work = fs_alloc((need > work ? need : work) + 64);
-    return b->w_work ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+    size_t need = fs_qweight_work_bytes((fs_wformat)sw->format, sw->max_logits, C);
+    sw->work = fs_alloc((need > work ? need : work) + 64);
+    return sw->work ? FS_OK : fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+}
+
+int fs_step_weights_create(fs_step_weights **out, const fs_model *m, int format, size_t max_rows, size_t max_logits,
+                           fs_error *err) {
+    *out = NULL;
+    if (format != FS_WEIGHTS_F32 && format != FS_WEIGHTS_BF16 && format != FS_WEIGHTS_Q8)
+        return fs_error_set(err, FS_ERR_INVALID, "weights format %d: f32, bf16 or q8", format);
+    fs_step_weights *sw = calloc(1, sizeof *sw);
+    if (!sw) return fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
+    *sw = (fs_step_weights){.m = m, .format = format, .max_rows = max_rows ? max_rows : 1,
+                            .max_logits = max_logits ? max_logits : 1,
+                            .n_w = m->L * W_PER_LAYER + (format != FS_WEIGHTS_F32)};
+    int rc = format == FS_WEIGHTS_F32 ? pack_f32(sw, err) : copy_compact(sw, err);
+    if (rc) {
+        fs_step_weights_destroy(sw);
+        return rc;
+    }
+    *out = sw;
+    return FS_OK;
+}
+
+void fs_step_weights_destroy(fs_step_weights *sw) {
+    if (!sw) return;
+    for (size_t i = 0; sw->packed && i < sw->n_w; i++) fs_free(sw->packed[i]);
+    for (size_t i = 0; sw->w && i < sw->n_w; i++) fs_qweight_destroy(&sw->w[i]);
+    free(sw->packed);
+    free(sw->w);
+    fs_free(sw->work);
+    free(sw);
 }
 
 /* ---- row-wise kernels: a row's numbers never depend on the others ---- */
@@ -166,8 +215,11 @@ int fs_batch_set_weights(fs_batch *b, const fs_model *m, int format, fs_error *e
  * + bias, W in Conv1D's (in, out) layout, each element in a fixed order. */
 static void project(const fs_batch *b, size_t widx, float *y, const float *x, const float *w, const float *bias,
                     size_t n, size_t in, size_t out) {
-    if (b->w) /* a row's products in a copy depend on that row only too (qweights.h) */
-        fs_qweight_matvec(&b->w[widx], y, x, bias, n, b->w_work, omp_in_parallel() ? 1 : omp_get_max_threads());
+    const fs_step_weights *sw = b->sw;
+    if (sw && sw->w) /* a row's products in a copy depend on that row only too (qweights.h) */
+        fs_qweight_matvec(&sw->w[widx], y, x, bias, n, sw->work, omp_in_parallel() ? 1 : omp_get_max_threads());
+    else if (sw)
+        fs_gemm_rows_nn_packed(y, out, x, in, sw->packed[widx], bias, n, out, in);
     else
         fs_gemm_rows_nn(y, out, x, in, w, out, bias, n, out, in);
 }
@@ -313,9 +365,10 @@ static void mlp_rows(fs_batch *b, const fs_model *m, size_t l, size_t rows, cons
     project(b, l * W_PER_LAYER + W_FCPROJ, b->proj, b->fch, p->fcprojw, p->fcprojb, rows, 4 * C, C);
 }
 
-static int check_step(const fs_batch *b, const fs_model *m, const fs_batch_seq *seqs, size_t n, size_t *rows,
-                      size_t *n_logits, fs_error *err) {
+static int check_step(const fs_batch *b, const fs_model *m, const fs_step_weights *sw, const fs_batch_seq *seqs,
+                      size_t n, size_t *rows, size_t *n_logits, fs_error *err) {
     *rows = *n_logits = 0;
+    if (sw && sw->m != m) return fs_error_set(err, FS_ERR_INVALID, "step weights made from another model");
     for (size_t i = 0; i < n; i++) {
         if (seqs[i].n_new == 0) return fs_error_set(err, FS_ERR_INVALID, "step sequence %zu: no new tokens", i);
         for (size_t t = seqs[i].start; t < seqs[i].start + seqs[i].n_new; t++)
@@ -328,14 +381,18 @@ static int check_step(const fs_batch *b, const fs_model *m, const fs_batch_seq *
     if (*rows > b->max_rows || *n_logits > b->max_logits)
         return fs_error_set(err, FS_ERR_INVALID, "step of %zu tokens and %zu logits: room for %zu and %zu", *rows,
                             *n_logits, b->max_rows, b->max_logits);
+    if (sw && sw->w && (*rows > sw->max_rows || *n_logits > sw->max_logits))
+        return fs_error_set(err, FS_ERR_INVALID, "step of %zu tokens and %zu logits: the weights' work has room for "
+                            "%zu and %zu", *rows, *n_logits, sw->max_rows, sw->max_logits);
     return FS_OK;
 }
 
-int fs_batch_run(fs_batch *b, const fs_model *m, fs_kv_pool *pool, const fs_batch_seq *seqs, size_t n, float *logits,
-                 fs_error *err) {
+int fs_batch_run(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs_kv_pool *pool, const fs_batch_seq *seqs,
+                 size_t n, float *logits, fs_error *err) {
     size_t rows, n_logits, C = m->cfg.n_embd;
-    int rc = check_step(b, m, seqs, n, &rows, &n_logits, err);
+    int rc = check_step(b, m, sw, seqs, n, &rows, &n_logits, err);
     if (rc || rows == 0) return rc;
+    b->sw = sw;
     embed(b->x, m, seqs, n);
     float *x1 = b->x, *x2 = m->cfg.reversible ? b->x2 : b->x;
     if (m->cfg.reversible) memcpy(x2, x1, rows * C * sizeof(float));
@@ -357,8 +414,8 @@ int fs_batch_run(fs_batch *b, const fs_model *m, fs_kv_pool *pool, const fs_batc
         for (size_t j = 0; j < C; j++) dst[j] = m->cfg.reversible ? 0.5f * (a[j] + c[j]) : a[j];
     }
     layernorm_rows(b->ln, b->last, m->lnfw, m->lnfb, n_logits, C);
-    if (b->w)
-        fs_qweight_matvec(&b->w[b->n_w - 1], logits, b->ln, NULL, n_logits, b->w_work,
+    if (sw && sw->w)
+        fs_qweight_matvec(&sw->w[sw->n_w - 1], logits, b->ln, NULL, n_logits, sw->work,
                           omp_in_parallel() ? 1 : omp_get_max_threads());
     else
         fs_gemm_rows_nt(logits, m->cfg.vocab, b->ln, C, m->head, C, NULL, n_logits, m->cfg.vocab, C);

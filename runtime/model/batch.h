@@ -52,21 +52,36 @@ int fs_batch_create(fs_batch **out, const fs_model *m, size_t max_rows, size_t m
 void fs_batch_destroy(fs_batch *b); /* accepts NULL */
 size_t fs_batch_max_rows(const fs_batch *b);
 
-/* The projections and the head read in a compact format from now on
- * ([generate] weights: FS_WEIGHTS_BF16 or FS_WEIGHTS_Q8, compute/qweights.h),
- * through copies this batch owns; FS_WEIGHTS_F32 (the default) reads the
- * model's weights through the fixed-order products. Rows stay independent
- * of one another in every format; bf16's sums are split by the thread
- * count, so its bits also depend on that count (an engine with [run]
- * threads = 0 changes it with the load). */
-int fs_batch_set_weights(fs_batch *b, const fs_model *m, int format, fs_error *err);
+/* The weights a step multiplies by, made once from a model: the four
+ * projections of every layer in the form the step reads fastest.
+ *   FS_WEIGHTS_F32   packed into column panels (fs_gemm_rows_pack): the
+ *                    same fixed-order products, the same bits, with W read
+ *                    in memory order and no copying per step. A second
+ *                    copy of the projections (the model's stay for
+ *                    training, eval and reloads); the head reads the
+ *                    model's own wte.
+ *   FS_WEIGHTS_BF16, FS_WEIGHTS_Q8   compact copies of the projections and
+ *                    the head ([generate] weights, compute/qweights.h);
+ *                    bf16's sums are split by the thread count, so its bits
+ *                    also depend on that count (an engine with [run]
+ *                    threads = 0 changes it with the load).
+ * Rows stay independent of one another in every format. They belong to
+ * the model they were made from (a server holds one per loaded checkpoint,
+ * so requests on a reloaded model read its weights, not the first's) and
+ * serve steps of up to max_rows tokens and max_logits logits. */
+typedef struct fs_step_weights fs_step_weights;
+int fs_step_weights_create(fs_step_weights **out, const fs_model *m, int format, size_t max_rows, size_t max_logits,
+                           fs_error *err);
+void fs_step_weights_destroy(fs_step_weights *sw); /* accepts NULL */
 
 /* One step over the n sequences (rows in order); logits (n_logits, V) in
- * the order of the sequences that ask. pool may be NULL when no layer is
- * paged. Runs on the calling thread's OpenMP thread count. Changes nothing
- * but the blocks of the new positions (and the legacy caches). */
-int fs_batch_run(fs_batch *b, const fs_model *m, fs_kv_pool *pool, const fs_batch_seq *seqs, size_t n, float *logits,
-                 fs_error *err);
+ * the order of the sequences that ask. sw: the step weights of m, or NULL
+ * to read the model's own f32 weights unpacked (tests, one-off steps).
+ * pool may be NULL when no layer is paged. Runs on the calling thread's
+ * OpenMP thread count. Changes nothing but the blocks of the new positions
+ * (and the legacy caches). */
+int fs_batch_run(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs_kv_pool *pool, const fs_batch_seq *seqs,
+                 size_t n, float *logits, fs_error *err);
 
 /* 1 when layer l's plugin has the paged step (ABI 1.2, FS_ATTENTION_PAGED). */
 int fs_model_layer_paged(const fs_model *m, size_t l);

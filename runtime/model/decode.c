@@ -34,6 +34,7 @@ struct fs_seq {
     seq_row *rows;     /* (B) */
     fs_kv_pool *pool;  /* NULL when no layer is paged */
     fs_batch *batch;
+    fs_step_weights *sw; /* the model's projections as the step reads them */
     fs_batch_seq *bseq; /* (B) */
     uint8_t *keep;      /* retain scratch, one per block of a row's table */
     size_t cache_bytes;
@@ -125,7 +126,7 @@ int fs_seq_create(fs_seq **out, const fs_model *m, const fs_seq_config *cfg, fs_
     s->work = fs_alloc(2 * m->cfg.vocab * sizeof(float) + 16);
     if (!s->rows || !s->bseq || !s->rng || !s->work) rc = fs_error_set(err, FS_ERR_NOMEM, "out of memory for decoding");
     if (!rc) rc = fs_batch_create(&s->batch, m, s->B, s->B, err);
-    if (!rc) rc = fs_batch_set_weights(s->batch, m, cfg->weights, err);
+    if (!rc) rc = fs_step_weights_create(&s->sw, m, cfg->weights, s->B, s->B, err);
     if (!rc) rc = make_pool(s, err);
     if (!rc) rc = make_rows(s, err);
     if (rc) {
@@ -149,6 +150,7 @@ void fs_seq_destroy(fs_seq *s) {
     free(s->rows);
     fs_kv_pool_destroy(s->pool);
     fs_batch_destroy(s->batch);
+    fs_step_weights_destroy(s->sw);
     free(s->bseq);
     free(s->keep);
     free(s->rng);
@@ -236,7 +238,7 @@ int fs_seq_decode(fs_seq *s, const int32_t *tokens, float *logits, fs_error *err
      * are left alone. */
     int outer = omp_get_max_threads();
     if (s->threads > 0) omp_set_num_threads(s->threads);
-    rc = fs_batch_run(s->batch, m, s->pool, s->bseq, s->B, logits, err);
+    rc = fs_batch_run(s->batch, m, s->sw, s->pool, s->bseq, s->B, logits, err);
     if (s->threads > 0) omp_set_num_threads(outer);
     if (rc && s->pool && s->pos % SEQ_KV_BLOCK == 0) /* the position's fresh blocks go back */
         for (size_t b = 0; b < s->B; b++) fs_kv_pool_unref(s->pool, s->rows[b].blocks[s->pos / SEQ_KV_BLOCK]);

@@ -139,16 +139,24 @@ int eng_grow(fs_engine *e, size_t n) {
     return FS_OK;
 }
 
-static weights_gen *gen_new(fs_engine *e, fs_session *owned, const fs_model *m) {
+/* A generation of weights: model m (its session `owned`, NULL for the
+ * creator's) and its step weights, made here: outside the engine's lock. */
+static int gen_new(fs_engine *e, fs_session *owned, const fs_model *m, weights_gen **out, fs_error *err) {
     weights_gen *w = calloc(1, sizeof *w);
-    if (!w) return NULL;
+    if (!w) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+    int rc = fs_step_weights_create(&w->sw, m, e->cfg.weights, e->max_tokens_step, e->cfg.max_running, err);
+    if (rc) {
+        free(w);
+        return rc;
+    }
     w->session = owned;
     w->model = m;
-    w->seed = fs_rng_mix(0x6b76626c6f636b73ull, e->n_gens++);
-    return w;
+    *out = w;
+    return FS_OK;
 }
 
 static void gen_free(weights_gen *w) {
+    fs_step_weights_destroy(w->sw);
     fs_session_close(w->session);
     free(w);
 }
@@ -167,6 +175,7 @@ void eng_gen_release(fs_engine *e, weights_gen *w) {
 static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg, fs_error *err) {
     e->s = s;
     e->cfg = *cfg;
+    if (!FS_HAS_MEMBER(cfg, cfg->struct_size, fs_engine_config, weights)) e->cfg.weights = FS_WEIGHTS_F32;
     if (!e->cfg.kv_block || !e->cfg.prefill_chunk || !e->cfg.max_running)
         return fs_error_set(err, FS_ERR_INVALID, "[serve] kv_block, prefill_chunk and max_running must be >= 1");
     e->max_tokens_step = cfg->max_batch_tokens ? cfg->max_batch_tokens : cfg->prefill_chunk + cfg->max_running;
@@ -183,14 +192,14 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
     if (!rc) rc = make_pool(e, err);
     if (!rc) rc = make_scheduler(e, err);
     if (!rc) rc = fs_batch_create(&e->batch, s->model, e->max_tokens_step, cfg->max_running, err);
-    if (!rc && FS_HAS_MEMBER(cfg, cfg->struct_size, fs_engine_config, weights))
-        rc = fs_batch_set_weights(e->batch, s->model, cfg->weights, err);
+    if (!rc) rc = gen_new(e, NULL, s->model, &e->current, err);
     if (rc) return rc;
+    e->current->seed = fs_rng_mix(0x6b76626c6f636b73ull, e->n_gens++);
+    e->gens = e->current;
     size_t V = fs_model_cfg(s->model)->vocab;
     e->logits = fs_alloc(cfg->max_running * V * sizeof(float));
     e->work = fs_alloc(2 * V * sizeof(float) + 16);
-    e->current = e->gens = gen_new(e, NULL, s->model);
-    if (!e->logits || !e->work || !e->current || eng_grow(e, 64))
+    if (!e->logits || !e->work || eng_grow(e, 64))
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory for the serving engine");
     eng_publish_stats(e);
     return FS_OK;
@@ -575,13 +584,13 @@ int fs_engine_reload(fs_engine *e, const char *path, fs_error *err) {
     fs_session *s = NULL;
     int rc = open_weights(e, path, &s, err);
     if (rc) return rc;
-    pthread_mutex_lock(&e->mu);
-    weights_gen *w = gen_new(e, s, s->model);
-    if (!w) {
-        pthread_mutex_unlock(&e->mu);
+    weights_gen *w = NULL;
+    if ((rc = gen_new(e, s, s->model, &w, err))) {
         fs_session_close(s);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
+        return rc;
     }
+    pthread_mutex_lock(&e->mu);
+    w->seed = fs_rng_mix(0x6b76626c6f636b73ull, e->n_gens++);
     if (e->reload) gen_free(e->reload); /* a newer checkpoint supersedes one not yet swapped in */
     e->reload = w;
     uint64_t done = e->reloads_done;

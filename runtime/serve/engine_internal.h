@@ -33,6 +33,7 @@
 typedef struct weights_gen {
     fs_session *session; /* owned (NULL for the creator's, which is borrowed) */
     const fs_model *model;
+    fs_step_weights *sw; /* its projections as the step reads them ([generate] weights) */
     uint64_t seed;       /* the prefix-hash chain's start: blocks of other weights never match */
     size_t users;        /* live requests bound to it */
     struct weights_gen *next;

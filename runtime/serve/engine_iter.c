@@ -196,7 +196,7 @@ static int step_generation(fs_engine *e, weights_gen *w, const size_t *idx, size
                                     .n_blocks = eng_blocks_for(e, s->computed + t),
                                     .logits = s->computed + t == s->n_tokens};
     }
-    int rc = fs_batch_run(e->batch, w->model, e->pool, e->bseq, n, logits, err);
+    int rc = fs_batch_run(e->batch, w->model, w->sw, e->pool, e->bseq, n, logits, err);
     for (size_t j = 0; !rc && j < n; j++) /* the prompt's positions among the rows just run */
         if (e->bseq[j].start < e->ran[idx[j]]->n_prompt) {
             size_t end = e->bseq[j].start + e->bseq[j].n_new, np = e->ran[idx[j]]->n_prompt;

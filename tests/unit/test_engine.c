@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "compute/qweights.h"
 #include "core/host.h"
 #include "serve/engine.h"
 #include "session/checkpoint.h"
@@ -55,6 +56,7 @@ typedef struct request {
     unsigned delay_us;   /* the sink takes this long (a slow client: the engine's iterations wait) */
     const struct request *watch; /* at its first token, note how many `watch` had */
     size_t watched;
+    int weights;         /* FS_WEIGHTS_*: the format its solo reference reads the weights in */
 } request;
 
 static void sink(void *arg, const fs_request_event *ev) {
@@ -87,7 +89,7 @@ static void make_requests(request *rq, size_t n, const int32_t *prefix, size_t n
 
 /* The request alone, through an fs_seq: the reference. */
 static void solo(const fs_model *m, const request *r, int32_t *out, size_t *n_out) {
-    fs_seq_config sc = {.B = 1, .sampler = r->sampler};
+    fs_seq_config sc = {.B = 1, .sampler = r->sampler, .weights = r->weights};
     fs_seq *seq = NULL;
     fs_error err = {0};
     assert_int_equal(fs_seq_create(&seq, m, &sc, &err), 0);
@@ -412,9 +414,9 @@ typedef struct reload_state {
 } reload_state;
 
 /* Requests in flight when a reload lands finish on the weights they
- * started with; those that start after it run on the new ones. */
-static void test_reload(void **state) {
-    (void)state;
+ * started with; those that start after it run on the new ones, in the
+ * engine's weights format (a compact copy is made of each checkpoint). */
+static void check_reload(int weights) {
     char dir[] = "/tmp/fs_engine_reloadXXXXXX", path[256];
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -423,11 +425,12 @@ static void test_reload(void **state) {
     assert_int_equal(fs_checkpoint_save(path, other, NULL, NULL, &err), 0);
     request *rq = calloc(4, sizeof *rq);
     make_requests(rq, 4, NULL, 0, 0.0);
-    for (size_t i = 0; i < 4; i++) rq[i].max_tokens = 30;
+    for (size_t i = 0; i < 4; i++) rq[i].max_tokens = 30, rq[i].weights = weights;
     rq[0].max_tokens = 70;
     rq[0].delay_us = 2000; /* still running when the others start */
     rq[2].watch = &rq[0];
     fs_engine_config c = config_of(s, 0, 0, 1);
+    c.weights = weights;
     fs_engine *e = NULL;
     assert_int_equal(fs_engine_create(&e, s, &c, &err), 0);
     submit(e, &rq[0]);
@@ -449,6 +452,12 @@ static void test_reload(void **state) {
     free(rq);
     fs_session_close(s);
     fs_session_close(other);
+}
+
+static void test_reload(void **state) {
+    (void)state;
+    check_reload(FS_WEIGHTS_F32);
+    check_reload(FS_WEIGHTS_Q8);
 }
 
 int main(void) {

@@ -34,22 +34,28 @@ static void fill(float *x, size_t n, unsigned salt) {
 
 /* c (m, n) against the definition bit for bit and a double product within
  * k float roundings of its magnitude. */
-static void check_nn(size_t m, size_t n, size_t k, int with_bias) {
+static void check_nn(size_t m, size_t n, size_t k, int with_bias, int packed) {
     float *a = malloc(m * k * sizeof *a), *b = malloc(k * n * sizeof *b), *bias = malloc(n * sizeof *bias);
-    float *c = malloc(m * n * sizeof *c);
+    float *c = malloc(m * n * sizeof *c), *pk = fs_alloc(fs_gemm_rows_packed_floats(k, n) * sizeof *pk);
     fill(a, m * k, 1), fill(b, k * n, 2), fill(bias, n, 3);
-    fs_gemm_rows_nn(c, n, a, k, b, n, with_bias ? bias : NULL, m, n, k);
+    if (packed) { /* W packed once (the serving step's weights) */
+        fs_gemm_rows_pack(pk, b, n, k, n);
+        fs_gemm_rows_nn_packed(c, n, a, k, pk, with_bias ? bias : NULL, m, n, k);
+    } else {
+        fs_gemm_rows_nn(c, n, a, k, b, n, with_bias ? bias : NULL, m, n, k);
+    }
     for (size_t r = 0; r < m; r++)
         for (size_t o = 0; o < n; o++) {
             float want = nn_ref(a + r * k, b, n, k, with_bias ? bias : NULL, o);
             if (memcmp(&want, &c[r * n + o], sizeof want))
-                fail_msg("nn m=%zu n=%zu k=%zu: c[%zu][%zu] = %.9g, the definition gives %.9g", m, n, k, r, o,
-                         (double)c[r * n + o], (double)want);
+                fail_msg("nn%s m=%zu n=%zu k=%zu: c[%zu][%zu] = %.9g, the definition gives %.9g",
+                         packed ? " packed" : "", m, n, k, r, o, (double)c[r * n + o], (double)want);
             double d = with_bias ? bias[o] : 0.0, mag = fabs(d);
             for (size_t i = 0; i < k; i++) d += (double)a[r * k + i] * b[i * n + o], mag += fabs(a[r * k + i] * b[i * n + o]);
             assert_true(fabs(d - c[r * n + o]) <= 1e-6 * (double)k * mag + 1e-30);
         }
     free(a), free(b), free(bias), free(c);
+    fs_free(pk);
 }
 
 static void check_nt(size_t m, size_t n, size_t k) {
@@ -65,7 +71,7 @@ static void check_nt(size_t m, size_t n, size_t k) {
     free(a), free(b), free(c);
 }
 
-static const size_t rows[] = {1, 2, 3, 4, 5, 6, 7, 9, 13};
+static const size_t rows[] = {1, 2, 3, 4, 5, 6, 7, 9, 13, 32};
 static const size_t cols[][2] = {{1, 3}, {8, 8}, {37, 19}, {64, 64}, {300, 96}, {2304, 96}, {1030, 770}};
 
 static void test_nn_every_path(void **state) {
@@ -73,7 +79,16 @@ static void test_nn_every_path(void **state) {
     for (int threads = 1; threads <= 2; threads++) {
         omp_set_num_threads(threads);
         for (size_t r = 0; r < sizeof rows / sizeof *rows; r++)
-            for (size_t s = 0; s < sizeof cols / sizeof *cols; s++) check_nn(rows[r], cols[s][0], cols[s][1], (int)s % 2);
+            for (size_t s = 0; s < sizeof cols / sizeof *cols; s++) check_nn(rows[r], cols[s][0], cols[s][1], (int)s % 2, 0);
+    }
+}
+
+static void test_nn_packed_every_path(void **state) {
+    (void)state;
+    for (int threads = 1; threads <= 2; threads++) {
+        omp_set_num_threads(threads);
+        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++)
+            for (size_t s = 0; s < sizeof cols / sizeof *cols; s++) check_nn(rows[r], cols[s][0], cols[s][1], (int)s % 2, 1);
     }
 }
 
@@ -105,6 +120,7 @@ static void test_row_alone_equals_row_in_a_batch(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nn_every_path),
+        cmocka_unit_test(test_nn_packed_every_path),
         cmocka_unit_test(test_nt_every_path),
         cmocka_unit_test(test_row_alone_equals_row_in_a_batch),
     };

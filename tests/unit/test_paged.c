@@ -12,6 +12,7 @@
  * training forward. */
 #include <string.h>
 
+#include "compute/qweights.h"
 #include "model/batch.h"
 #include "model/kv_pool.h"
 #include "test_util.h"
@@ -229,8 +230,10 @@ static void test_longformer_paged(void **state) {
 /* ---- the model step ---- */
 
 /* Logits of every position of `tok`, the sequence alone in steps of
- * `chunk` tokens; other, when given, beside it one token at a time. */
-static float *model_logits(fs_model *m, const int32_t *tok, size_t T, size_t chunk, const int32_t *other) {
+ * `chunk` tokens; other, when given, beside it one token at a time; the
+ * weights read as sw holds them (NULL: the model's own). */
+static float *model_logits(fs_model *m, const fs_step_weights *sw, const int32_t *tok, size_t T, size_t chunk,
+                           const int32_t *other) {
     fs_error err = {0};
     fs_kv_pool *pool;
     fs_batch *b;
@@ -254,7 +257,7 @@ static float *model_logits(fs_model *m, const int32_t *tok, size_t T, size_t chu
                                       .n_blocks = lb / KB + 1, .logits = 1};
             lb++;
         }
-        int rc = fs_batch_run(b, m, pool, sq, ns, logits, &err);
+        int rc = fs_batch_run(b, m, sw, pool, sq, ns, logits, &err);
         if (rc) fprintf(stderr, "step: %s\n", err.message);
         assert_int_equal(rc, 0);
         memcpy(want + (la + n - 1) * 32, logits, 32 * sizeof(float));
@@ -276,17 +279,22 @@ static void check_model(const char *plugin, const char *keys) {
     fs_error err = {0};
     assert_int_equal(fs_model_forward(m, tok, 1, T, &err), 0);
     const float *fwd = fs_model_logits(m);
-    float *one = model_logits(m, tok, T, 1, NULL), *mixed = model_logits(m, tok, T, 1, other);
+    /* the packed f32 projections (what generate and the server read) are
+     * the same products: the same bits as the model's own weights */
+    fs_step_weights *packed;
+    assert_int_equal(fs_step_weights_create(&packed, m, FS_WEIGHTS_F32, 32, 2, &err), 0);
+    float *one = model_logits(m, NULL, tok, T, 1, NULL), *mixed = model_logits(m, packed, tok, T, 1, other);
     test_close(plugin, one, fwd, T * 32, 1e-4, 1e-4);
     assert_memory_equal(one, mixed, T * 32 * sizeof(float));
     /* a prefix computed in one chunk: its last position's logits */
     for (size_t n = 1; n <= T; n += 6) {
-        float *chunked = model_logits(m, tok, n, n, other);
+        float *chunked = model_logits(m, n % 2 ? packed : NULL, tok, n, n, other);
         assert_memory_equal(chunked + (n - 1) * 32, one + (n - 1) * 32, 32 * sizeof(float));
         free(chunked);
     }
     free(one);
     free(mixed);
+    fs_step_weights_destroy(packed);
     fs_session_close(s);
 }
 
