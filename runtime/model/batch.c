@@ -10,6 +10,7 @@
 #include "compute/qweights.h"
 #include "compute/ops.h"
 #include "core/host.h"
+#include "core/plugin_loader.h"
 #include "model/model_internal.h"
 
 #define LN_EPS 1e-5f
@@ -61,6 +62,33 @@ static int has_retain(const fs_attention_slot *a) {
     return (a->vt->flags & FS_ATTENTION_BOUNDED_CACHE) &&
            FS_HAS_MEMBER(a->vt, a->vt->struct_size, fs_attention_vtable, paged_max_blocks) && a->vt->paged_retain &&
            a->vt->paged_max_blocks;
+}
+
+int fs_model_servable(const fs_model *m, fs_error *err) {
+    for (size_t l = 0; l < m->L; l++) {
+        const fs_attention_slot *a = &m->attn[l];
+        const fs_plugin *p = a->origin.plugin;
+        const fs_plugin_descriptor *d = p->desc;
+        size_t g = m->layer_ids[l];
+        if (!fs_model_layer_paged(m, l))
+            return fs_error_set(err, FS_ERR_UNSUPPORTED,
+                                "%s: layer %zu: attention plugin '%s' (ABI %u.%u, %s) cannot serve: it has no paged KV "
+                                "cache step (FS_ATTENTION_PAGED with paged_block_bytes and paged_step, ABI 1.2); "
+                                "rebuild it against SDK 1.2 with them, or use dense, longformer or lsh",
+                                fs_config_where(a->origin.config, "plugin"), g, d->name,
+                                FS_ABI_VERSION_MAJOR_OF(d->abi_version), FS_ABI_VERSION_MINOR_OF(d->abi_version),
+                                p->path);
+        if ((a->vt->flags & FS_ATTENTION_BOUNDED_CACHE) && !has_retain(a))
+            return fs_error_set(err, FS_ERR_UNSUPPORTED,
+                                "layer %zu: attention plugin '%s' keeps a bounded cache but has no paged_retain: it "
+                                "cannot serve",
+                                g, d->name);
+        if (!a->origin.causal)
+            return fs_error_set(err, FS_ERR_INVALID,
+                                "%s: layer %zu is bidirectional; serving generates causally: set causal = true",
+                                fs_config_where(a->origin.config, "causal"), g);
+    }
+    return FS_OK;
 }
 
 size_t fs_model_paged_max_blocks(const fs_model *m, size_t kv_block) {
@@ -376,7 +404,7 @@ static int check_step(const fs_batch *b, const fs_model *m, const fs_step_weight
                 return fs_error_set(err, FS_ERR_INVALID, "token id %d outside the vocabulary [0, %zu)",
                                     (int)seqs[i].tokens[t], m->cfg.vocab);
         *rows += seqs[i].n_new;
-        *n_logits += seqs[i].logits != 0;
+        *n_logits += seqs[i].logits == FS_BATCH_LOGITS_ALL ? seqs[i].n_new : seqs[i].logits != 0;
     }
     if (*rows > b->max_rows || *n_logits > b->max_logits)
         return fs_error_set(err, FS_ERR_INVALID, "step of %zu tokens and %zu logits: room for %zu and %zu", *rows,
@@ -404,14 +432,18 @@ int fs_batch_run(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs_k
         mlp_rows(b, m, l, rows, x1);
         add_inplace(x2, b->proj, rows * C);
     }
-    /* the last new row of each sequence that asks, through ln_f and the head */
+    /* the last new row of each sequence that asks (every new row with
+     * FS_BATCH_LOGITS_ALL), through ln_f and the head: a row's logits do
+     * not depend on which other rows go with it */
     size_t row = 0, k = 0;
     for (size_t i = 0; i < n; i++) {
         row += seqs[i].n_new;
-        if (!seqs[i].logits) continue;
-        float *dst = b->last + k++ * C;
-        const float *a = x1 + (row - 1) * C, *c = x2 + (row - 1) * C;
-        for (size_t j = 0; j < C; j++) dst[j] = m->cfg.reversible ? 0.5f * (a[j] + c[j]) : a[j];
+        size_t from = seqs[i].logits == FS_BATCH_LOGITS_ALL ? row - seqs[i].n_new : seqs[i].logits ? row - 1 : row;
+        for (size_t r = from; r < row; r++) {
+            float *dst = b->last + k++ * C;
+            const float *a = x1 + r * C, *c = x2 + r * C;
+            for (size_t j = 0; j < C; j++) dst[j] = m->cfg.reversible ? 0.5f * (a[j] + c[j]) : a[j];
+        }
     }
     layernorm_rows(b->ln, b->last, m->lnfw, m->lnfb, n_logits, C);
     if (sw && sw->w)

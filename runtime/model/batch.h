@@ -41,13 +41,17 @@ typedef struct fs_batch_seq {
     const int32_t *blocks; /* (n_blocks) its block table in the pool (paged layers); covers [0, start + n_new) */
     size_t n_blocks;
     void *const *caches;   /* (L) decode caches of one row for layers without a paged step, else NULL */
-    int logits;            /* 1: the logits of its last new token go to the next row of `logits` */
+    int logits;            /* 1: the logits of its last new token go to the next row of `logits`;
+                            * FS_BATCH_LOGITS_ALL: those of every new token, in order, to the next n_new rows
+                            * (a prompt's log-probabilities) */
 } fs_batch_seq;
+
+#define FS_BATCH_LOGITS_ALL 2
 
 typedef struct fs_batch fs_batch;
 
-/* Work memory for steps of up to max_rows tokens and max_logits sequences
- * wanting logits (the model must be whole: no tensor or pipeline split). */
+/* Work memory for steps of up to max_rows tokens and max_logits rows of
+ * logits (the model must be whole: no tensor or pipeline split). */
 int fs_batch_create(fs_batch **out, const fs_model *m, size_t max_rows, size_t max_logits, fs_error *err);
 void fs_batch_destroy(fs_batch *b); /* accepts NULL */
 size_t fs_batch_max_rows(const fs_batch *b);
@@ -75,11 +79,12 @@ int fs_step_weights_create(fs_step_weights **out, const fs_model *m, int format,
 void fs_step_weights_destroy(fs_step_weights *sw); /* accepts NULL */
 
 /* One step over the n sequences (rows in order); logits (n_logits, V) in
- * the order of the sequences that ask. sw: the step weights of m, or NULL
- * to read the model's own f32 weights unpacked (tests, one-off steps).
- * pool may be NULL when no layer is paged. Runs on the calling thread's
- * OpenMP thread count. Changes nothing but the blocks of the new positions
- * (and the legacy caches). */
+ * the order of the sequences that ask (a row each, or n_new rows each with
+ * FS_BATCH_LOGITS_ALL: every row's logits are the same either way). sw: the
+ * step weights of m, or NULL to read the model's own f32 weights unpacked
+ * (tests, one-off steps). pool may be NULL when no layer is paged. Runs on
+ * the calling thread's OpenMP thread count. Changes nothing but the blocks
+ * of the new positions (and the legacy caches). */
 int fs_batch_run(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs_kv_pool *pool, const fs_batch_seq *seqs,
                  size_t n, float *logits, fs_error *err);
 
@@ -87,6 +92,13 @@ int fs_batch_run(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs_k
 int fs_model_layer_paged(const fs_model *m, size_t l);
 /* 1 when every layer's is. */
 int fs_model_paged(const fs_model *m);
+/* FS_OK when the serving engine can run m (--mode serve, and --mode
+ * generate's one request): every layer's plugin has the paged step (ABI
+ * 1.2), keeps a bounded cache only with paged_retain, and was created
+ * causal (fs_attention_origin). Else the first layer that cannot, named
+ * with its plugin, the plugin's ABI version and file, what it lacks, and
+ * the fix. */
+int fs_model_servable(const fs_model *m, fs_error *err);
 
 /* Bounded caches (every layer FS_ATTENTION_BOUNDED_CACHE and paged): the
  * most blocks of kv_block tokens one sequence holds between steps (every

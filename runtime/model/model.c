@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/host.h"
+#include "core/plugin_loader.h"
 #include "core/rng.h"
 #include "model/model_internal.h"
 
@@ -368,10 +369,11 @@ const fs_param_view *fs_model_find(const fs_model *m, const char *name) {
 }
 
 void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self,
-                               const char *name) {
+                               const fs_attention_origin *origin) {
     m->attn[layer].vt = vt;
     m->attn[layer].self = self;
-    m->attn[layer].name = name;
+    m->attn[layer].origin = *origin;
+    m->attn[layer].name = origin->plugin->desc->name;
 }
 
 const fs_attention_vtable *fs_model_attention(const fs_model *m, size_t layer, void **self) {

@@ -146,10 +146,23 @@ const fs_param_block *fs_model_block(const fs_model *m);
 /* A held tensor by name (NULL when this model does not hold it). */
 const fs_param_view *fs_model_find(const fs_model *m, const char *name);
 
+/* Where a layer's attention instance comes from: its plugin (core/
+ * plugin_loader.h: its name names the layer's calls in a crash report; its
+ * ABI version and file, fs_model_servable's refusals), the layer's
+ * configuration (the file:line messages point to) and whether the
+ * instance was created causal. Both pointers outlive the model. */
+struct fs_plugin;
+struct fs_config;
+typedef struct fs_attention_origin {
+    const struct fs_plugin *plugin;
+    const struct fs_config *config;
+    int causal;
+} fs_attention_origin;
+
 /* Hands layer `layer` (local index) its attention instance (the model
  * destroys it), and reads it back. */
 void fs_model_attach_attention(fs_model *m, size_t layer, const fs_attention_vtable *vt, void *self,
-                               const char *name);
+                               const fs_attention_origin *origin);
 const fs_attention_vtable *fs_model_attention(const fs_model *m, size_t layer, void **self);
 
 /* Places a plugin's tensor in the block's tail (zero-filled; param and

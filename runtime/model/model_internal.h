@@ -26,6 +26,7 @@ typedef struct fs_attention_slot {
     const fs_attention_vtable *vt;
     void *self;
     const char *name; /* the plugin's, for the crash report */
+    fs_attention_origin origin;
     void **saved; /* (n_slots) what forward saved for backward, per activation slot */
     size_t *saved_cap;
 } fs_attention_slot;

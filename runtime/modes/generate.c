@@ -51,11 +51,11 @@ static int check_logits(const float *logits, size_t V, size_t produced, fs_error
     return FS_OK;
 }
 
-int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_tokens, int32_t *out,
-                size_t *n_out, double *seconds, int *stopped_at_context, fs_error *err) {
+int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_tokens, int32_t eos, int32_t *out,
+                size_t *n_out, double *seconds, int *stopped, fs_error *err) {
     size_t V = fs_model_cfg(fs_seq_model(seq))->vocab;
     *n_out = 0;
-    *stopped_at_context = 0;
+    *stopped = 0;
     float *logits = malloc(V * sizeof(float));
     if (!logits) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     double t0 = fs_now();
@@ -63,10 +63,14 @@ int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_
     for (size_t i = 0; !rc && i < n_prompt; i++) rc = fs_seq_decode(seq, &prompt[i], logits, err);
     while (!rc && *n_out < max_tokens && !(rc = check_logits(logits, V, *n_out, err))) {
         int32_t tok = fs_seq_sample(seq, 0, logits);
+        if (fs_request_ends_at(eos, tok)) { /* as the engine: the end-of-text token is not kept */
+            *stopped = FS_GENERATE_EOS;
+            break;
+        }
         out[(*n_out)++] = tok;
         if (*n_out == max_tokens) break;
         if (fs_seq_pos(seq) >= fs_seq_context(seq)) { /* an unbounded cache is full */
-            *stopped_at_context = 1;
+            *stopped = FS_GENERATE_CONTEXT;
             break;
         }
         rc = fs_seq_decode(seq, &tok, logits, err);
@@ -127,8 +131,9 @@ static fs_engine_config one_request_config(const fs_session *s, size_t tokens) {
     return c;
 }
 
-/* g->prompt through one request to an inline engine; an unbounded cache's
- * context caps max_tokens (*stopped_at_context then set). */
+/* g->prompt through one request to an inline engine, ending at the
+ * tokenizer's end-of-text token as the server's requests do; an unbounded
+ * cache's context caps max_tokens (*stopped_at_context then set). */
 static int generate_engine(fs_session *s, size_t max_tokens, fs_generation *g, fs_error *err) {
     const fs_model *m = s->model;
     size_t max_seq = fs_model_cfg(m)->max_seq;
@@ -142,13 +147,16 @@ static int generate_engine(fs_session *s, size_t max_tokens, fs_generation *g, f
     if (rc) return rc;
     g->cache_bytes = c.kv_blocks * fs_kv_block_bytes(m, c.kv_block);
     fs_request_params p = {.struct_size = sizeof p, .prompt = g->prompt, .n_prompt = g->n_prompt,
-                           .max_tokens = max_tokens, .sampler = fs_generate_sampler(s->gen_cfg), .eos = -1};
+                           .max_tokens = max_tokens, .sampler = fs_generate_sampler(s->gen_cfg),
+                           .eos = fs_tokenizer_eos(s->tokenizer)}; /* the server's rule (http.c) */
     generation_sink gs = {g, FS_FINISH_NONE, NULL};
     double t0 = fs_now();
     rc = fs_engine_submit(e, &p, collect, &gs, NULL, err);
     if (!rc) rc = fs_engine_run_until_idle(e, err);
     g->seconds = fs_now() - t0;
     fs_engine_destroy(e);
+    g->stopped_at_eos = gs.finish == FS_FINISH_STOP;
+    if (g->stopped_at_eos) g->stopped_at_context = 0; /* it ended before the context did */
     if (!rc && gs.finish == FS_FINISH_ERROR) rc = fs_error_set(err, FS_ERR_RUNTIME, "generation failed: %s", gs.error);
     return rc;
 }
@@ -160,11 +168,14 @@ static int generate_seq(fs_session *s, size_t max_tokens, fs_generation *g, fs_e
                         .weights = fs_wformat_parse(fs_config_string(s->gen_cfg, "weights"))};
     fs_seq *seq = NULL;
     int rc = fs_seq_create(&seq, m, &sc, err);
+    int stopped = 0;
     if (!rc) {
         g->cache_bytes = fs_seq_cache_bytes(seq);
-        rc = fs_generate(seq, g->prompt, g->n_prompt, max_tokens, g->tokens, &g->n, &g->seconds,
-                         &g->stopped_at_context, err);
+        rc = fs_generate(seq, g->prompt, g->n_prompt, max_tokens, fs_tokenizer_eos(s->tokenizer), g->tokens, &g->n,
+                         &g->seconds, &stopped, err);
     }
+    g->stopped_at_context = stopped == FS_GENERATE_CONTEXT;
+    g->stopped_at_eos = stopped == FS_GENERATE_EOS;
     fs_seq_destroy(seq);
     return rc;
 }
@@ -188,9 +199,8 @@ int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tok
         return fs_error_set(err, FS_ERR_NOMEM, "%s: no memory for %zu tokens: ask for fewer",
                             fs_config_where(s->gen_cfg, "max_tokens"), room);
     }
-    int causal = 1;
-    for (size_t l = 0; l < s->mcfg.n_layer; l++) causal &= fs_config_bool(s->layers[l].config, "causal");
-    rc = fs_model_paged(s->model) && causal ? generate_engine(s, room, g, err) : generate_seq(s, room, g, err);
+    fs_error why = {0}; /* a model the engine cannot run decodes through an fs_seq instead */
+    rc = fs_model_servable(s->model, &why) == FS_OK ? generate_engine(s, room, g, err) : generate_seq(s, room, g, err);
     if (!rc && room < max_tokens && g->n == room) g->stopped_at_context = 1;
     if (!rc) rc = fs_tokenizer_decode(s->tokenizer, g->tokens, g->n, &g->text, &g->text_len, err);
     if (rc) fs_generation_release(g);
@@ -219,7 +229,8 @@ static void print_generation(const char *text, const fs_generation *g) {
     fs_json_string(stdout, text);
     printf(", \"text\": ");
     fs_json_bytes(stdout, g->text, g->text_len);
-    printf(", \"kv_cache_bytes\": %zu}\n", g->cache_bytes);
+    printf(", \"kv_cache_bytes\": %zu, \"finish_reason\": \"%s\"}\n", g->cache_bytes,
+           g->stopped_at_eos ? "stop" : "length");
 }
 
 int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err) {

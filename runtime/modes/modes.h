@@ -52,12 +52,17 @@ fs_sampler fs_generate_sampler(const fs_config *gen_cfg);
  * work to share, 0 (the process's count) otherwise. */
 int fs_generate_threads(const fs_model *m);
 
+/* Why fs_generate stopped before max_tokens (*stopped; 0: it did not). */
+enum { FS_GENERATE_CONTEXT = 1, FS_GENERATE_EOS = 2 };
+
 /* Runs the prompt through the sequence and samples up to max_tokens more
  * (row 0), stopping early when an unbounded cache is full
- * (*stopped_at_context set). out receives the new tokens, *n_out how many
- * were generated; *seconds is the time spent generating. */
-int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_tokens, int32_t *out,
-                size_t *n_out, double *seconds, int *stopped_at_context, fs_error *err);
+ * (FS_GENERATE_CONTEXT) or at the end-of-text token eos (-1: none), which
+ * is not kept (FS_GENERATE_EOS: the serving engine's rule). out receives
+ * the new tokens, *n_out how many were generated; *seconds is the time
+ * spent generating. */
+int fs_generate(fs_seq *seq, const int32_t *prompt, size_t n_prompt, size_t max_tokens, int32_t eos, int32_t *out,
+                size_t *n_out, double *seconds, int *stopped, fs_error *err);
 
 /* A generation from prompt text with the session's model, tokenizer and
  * [generate] sampler: the prompt's tokens, the new tokens and their text
@@ -69,6 +74,7 @@ typedef struct fs_generation {
     size_t text_len;
     double seconds;
     int stopped_at_context;
+    int stopped_at_eos; /* the tokenizer's end-of-text token came (not kept: it has no text) */
     size_t cache_bytes; /* of the sequence's KV caches */
 } fs_generation;
 

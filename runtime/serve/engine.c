@@ -14,6 +14,11 @@
 #include "session/checkpoint.h"
 
 #define MIB ((size_t)1 << 20)
+/* The logits of prompt positions one iteration may compute (echo with
+ * logprobs): a prompt chunk is cut to what they hold, so a vocabulary of
+ * 50257 still takes 41 positions a step without a buffer of
+ * prefill_chunk rows. */
+#define PROMPT_LOGITS_BYTES (8 * MIB)
 
 /* Upper bounds of the histograms' buckets, seconds (the last is +Inf). */
 static const double HIST_LE[FS_ENGINE_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,  0.25,
@@ -37,36 +42,6 @@ void fs_engine_config_from(fs_engine_config *cfg, const fs_session *s) {
 }
 
 /* ---- creation ---- */
-
-/* Every layer must have the paged step (ABI 1.2) and be causal. */
-static int check_servable(const fs_session *s, fs_error *err) {
-    const fs_model *m = s->model;
-    for (size_t l = 0; l < fs_model_held(m)->n_layers; l++) {
-        const fs_plugin_instance *inst = &s->layers[l];
-        const fs_plugin_descriptor *d = inst->plugin->desc;
-        void *self;
-        const fs_attention_vtable *vt = fs_model_attention(m, l, &self);
-        if (!fs_model_layer_paged(m, l))
-            return fs_error_set(err, FS_ERR_UNSUPPORTED,
-                                "%s: layer %zu: attention plugin '%s' (ABI %u.%u, %s) cannot serve: it has no paged KV "
-                                "cache step (FS_ATTENTION_PAGED with paged_block_bytes and paged_step, ABI 1.2); "
-                                "rebuild it against SDK 1.2 with them, or use dense, longformer or lsh",
-                                fs_config_where(inst->config, "plugin"), l, d->name,
-                                FS_ABI_VERSION_MAJOR_OF(d->abi_version), FS_ABI_VERSION_MINOR_OF(d->abi_version),
-                                inst->plugin->path);
-        if ((vt->flags & FS_ATTENTION_BOUNDED_CACHE) &&
-            (!FS_HAS_MEMBER(vt, vt->struct_size, fs_attention_vtable, paged_max_blocks) || !vt->paged_retain))
-            return fs_error_set(err, FS_ERR_UNSUPPORTED,
-                                "layer %zu: attention plugin '%s' keeps a bounded cache but has no paged_retain: it "
-                                "cannot serve",
-                                l, d->name);
-        if (!fs_config_bool(inst->config, "causal"))
-            return fs_error_set(err, FS_ERR_INVALID,
-                                "%s: layer %zu is bidirectional; serving generates causally: set causal = true",
-                                fs_config_where(inst->config, "causal"), l);
-    }
-    return FS_OK;
-}
 
 static int make_scheduler(fs_engine *e, fs_error *err) {
     fs_session *s = e->s;
@@ -132,6 +107,7 @@ int eng_grow(fs_engine *e, size_t n) {
     GROW(bseq);
     GROW(ran);
     GROW(rows);
+    GROW(n_rows);
     GROW(out);
     GROW(mark);
 #undef GROW
@@ -144,7 +120,8 @@ int eng_grow(fs_engine *e, size_t n) {
 static int gen_new(fs_engine *e, fs_session *owned, const fs_model *m, weights_gen **out, fs_error *err) {
     weights_gen *w = calloc(1, sizeof *w);
     if (!w) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    int rc = fs_step_weights_create(&w->sw, m, e->cfg.weights, e->max_tokens_step, e->cfg.max_running, err);
+    int rc = fs_step_weights_create(&w->sw, m, e->cfg.weights, e->max_tokens_step,
+                                    e->cfg.max_running + e->prompt_rows_max, err);
     if (rc) {
         free(w);
         return rc;
@@ -188,16 +165,18 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
     pthread_cond_init(&e->quiet, NULL);
     e->next_id = 1;
     int rc = fs_session_require_whole(s, "serve", err);
-    if (!rc) rc = check_servable(s, err);
+    if (!rc) rc = fs_model_servable(s->model, err);
     if (!rc) rc = make_pool(e, err);
     if (!rc) rc = make_scheduler(e, err);
-    if (!rc) rc = fs_batch_create(&e->batch, s->model, e->max_tokens_step, cfg->max_running, err);
+    size_t V = fs_model_cfg(s->model)->vocab, P = PROMPT_LOGITS_BYTES / (V * sizeof(float));
+    e->prompt_rows_max = P < 1 ? 1 : P > e->max_tokens_step ? e->max_tokens_step : P;
+    if (!rc)
+        rc = fs_batch_create(&e->batch, s->model, e->max_tokens_step, cfg->max_running + e->prompt_rows_max, err);
     if (!rc) rc = gen_new(e, NULL, s->model, &e->current, err);
     if (rc) return rc;
     e->current->seed = fs_rng_mix(0x6b76626c6f636b73ull, e->n_gens++);
     e->gens = e->current;
-    size_t V = fs_model_cfg(s->model)->vocab;
-    e->logits = fs_alloc(cfg->max_running * V * sizeof(float));
+    e->logits = fs_alloc((cfg->max_running + e->prompt_rows_max) * V * sizeof(float));
     e->work = fs_alloc(2 * V * sizeof(float) + 16);
     if (!e->logits || !e->work || eng_grow(e, 64))
         return fs_error_set(err, FS_ERR_NOMEM, "out of memory for the serving engine");
@@ -426,6 +405,7 @@ void fs_engine_destroy(fs_engine *e) {
     free(e->bseq);
     free(e->ran);
     free(e->rows);
+    free(e->n_rows);
     free(e->out);
     free(e->mark);
     free(e->keep);
@@ -476,6 +456,7 @@ static eseq *request_new(const fs_request_params *p, fs_request_sink sink, void 
         return NULL;
     }
     memcpy(s->tokens, p->prompt, p->n_prompt * sizeof *s->tokens);
+    s->prompt_lp = p->prompt_logprobs ? 1 : p->n_prompt;
     fs_rng_seed(&s->rng, p->sampler.seed);
     s->t_submit = fs_now();
     return s;

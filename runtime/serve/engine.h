@@ -59,11 +59,12 @@ typedef enum fs_finish_reason {
 
 #define FS_ENGINE_MAX_LOGPROBS 5
 
-/* One event of a request, in order: zero or more tokens, then exactly one
- * final event (finish != FS_FINISH_NONE, token -1 unless the final event
- * also carries the last token). FS_FINISH_LENGTH comes with the last token;
- * FS_FINISH_STOP comes alone: the end-of-text token is neither sent nor
- * counted in completion_tokens. */
+/* One event of a request, in order: with prompt_logprobs, one prompt event
+ * per prompt token from the second; then zero or more tokens, then exactly
+ * one final event (finish != FS_FINISH_NONE, token -1 unless the final
+ * event also carries the last token). FS_FINISH_LENGTH comes with the last
+ * token; FS_FINISH_STOP comes alone: the end-of-text token is neither sent
+ * nor counted in completion_tokens. */
 typedef struct fs_request_event {
     uint64_t id;
     int32_t token;              /* the new token, or -1 */
@@ -75,6 +76,10 @@ typedef struct fs_request_event {
     size_t prompt_tokens, completion_tokens; /* usage so far */
     size_t cached_prompt_tokens;             /* prompt tokens whose KV came from shared prefix blocks */
     const char *error;                       /* FS_FINISH_ERROR: why */
+    /* Added with prompt log-probabilities: 1 for a prompt event (token is
+     * prompt[i], i = 1, 2, ... in order, logprob is log p(prompt[i] |
+     * prompt[0..i)) with its top alternatives; not a completion token). */
+    int prompt;
 } fs_request_event;
 
 /* Called on the engine thread for each event; must not block. */
@@ -89,7 +94,16 @@ typedef struct fs_request_params {
     size_t logprobs;       /* 0..FS_ENGINE_MAX_LOGPROBS alternatives per token */
     int32_t eos;           /* token that ends the request (finish STOP), or -1 */
     double timeout_s;      /* 0 = none: past it the engine cancels the request */
+    /* 1: the prompt's log-probabilities too, as prompt events before the
+     * generated tokens (completions' echo with logprobs); max_tokens may
+     * then be 0. */
+    int prompt_logprobs;
 } fs_request_params;
+
+/* Whether a sampled token ends a request whose end-of-text token is eos
+ * (-1: none): the rule of the engine's requests, and of --mode generate
+ * over a model the engine cannot run. The token is not part of the text. */
+static inline int fs_request_ends_at(int32_t eos, int32_t token) { return eos >= 0 && token == eos; }
 
 /* Starts the engine thread over session s's model (whole, loaded: the
  * caller has loaded the checkpoint). Refuses, naming the plugin and what

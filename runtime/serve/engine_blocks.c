@@ -48,11 +48,19 @@ static int table_reserve(eseq *s, size_t entries) {
 
 void eng_prefix_lookup(fs_engine *e, eseq *s) {
     size_t kb = e->cfg.kv_block, n = s->n_tokens;
+    /* A request that still owes prompt log-probabilities needs the logits
+     * of every position from prompt_lp - 1 on, and a shared block skips
+     * its positions' computation. Computing them over the shared blocks
+     * instead would write their keys and values again (into private
+     * copies: the step writes every row it runs), so sharing would save
+     * neither time nor memory there: only blocks before those positions are
+     * looked up. The request still publishes its blocks for others. */
+    size_t upto = eng_wants_prompt_rows(s) ? s->prompt_lp - 1 : n;
     s->chain = s->w->seed;
     s->chained = 0;
     if (!e->cfg.prefix_sharing || s->computed != 0 || s->n_table != 0) return;
     if (table_reserve(s, n / kb)) return; /* no memory for the table: no sharing, nothing lost */
-    for (size_t i = 0; (i + 1) * kb <= n; i++) {
+    for (size_t i = 0; (i + 1) * kb <= upto; i++) {
         const int32_t *toks = s->tokens + i * kb;
         uint64_t h = fs_kv_hash(s->chain, toks, kb);
         e->c.prefix_lookups++;

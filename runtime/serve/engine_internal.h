@@ -53,6 +53,8 @@ typedef struct eseq {
     size_t chained;        /* full blocks whose hash is in `chain` (prefix sharing) */
     uint64_t chain;
     size_t cached_prompt;  /* prompt tokens whose keys and values came from shared blocks */
+    size_t prompt_lp;      /* the next prompt token whose log-probabilities are to be sent
+                            * (prompt_logprobs: from 1; n_prompt once all are, and without) */
     fs_rng rng;
     weights_gen *w;        /* bound at its first step */
     fs_sched_seq view;     /* what the scheduler sees */
@@ -121,16 +123,23 @@ struct fs_engine {
     size_t *run, *run_tokens, *preempt;
     fs_batch_seq *bseq;
     eseq **ran;
-    const float **rows;
+    const float **rows;     /* a sequence's first row of logits in the step, or NULL */
+    size_t *n_rows;         /* its rows: 1 (its next token's), or one per new position (prompt logprobs) */
     eng_outcome *out;
     uint8_t *mark;
-    float *logits, *work;   /* (max_running, V), 2 V */
+    float *logits, *work;   /* (max_running + prompt_rows_max, V), 2 V */
+    size_t prompt_rows_max; /* rows of logits for prompt positions one iteration computes */
+    size_t prompt_rows;     /* ... and those this iteration's plan has taken so far */
     uint8_t *keep;
     size_t keep_cap;
     size_t kv_max_blocks;   /* bounded caches: blocks a sequence holds between steps; 0 = all */
     engine_counters c;
     int empty_plans;
 };
+
+/* s still owes prompt log-probabilities: its step wants the logits of
+ * every new position. */
+static inline int eng_wants_prompt_rows(const eseq *s) { return s->prompt_lp < s->n_prompt; }
 
 /* engine_blocks.c */
 size_t eng_blocks_for(const fs_engine *e, size_t tokens);

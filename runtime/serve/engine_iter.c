@@ -79,7 +79,7 @@ static void end_cancelled(fs_engine *e, double now) {
         if (shutdown) eng_finish(e, s, FS_FINISH_SHUTDOWN, NULL);
         else if (s->cancel) eng_finish(e, s, (fs_finish_reason)s->cancel, NULL);
         else if (late) eng_finish(e, s, FS_FINISH_CANCELLED, NULL);
-        else if (s->p.max_tokens == 0) eng_finish(e, s, FS_FINISH_LENGTH, NULL);
+        else if (s->p.max_tokens == 0 && !eng_wants_prompt_rows(s)) eng_finish(e, s, FS_FINISH_LENGTH, NULL);
     }
 }
 
@@ -169,9 +169,12 @@ static void mark_started(fs_engine *e, eseq *s) {
 }
 
 /* Gets s ready to compute up to `want` tokens; returns how many it will
- * (0: not this iteration: the pool had too few blocks). */
+ * (0: not this iteration: the pool had too few blocks, or the iteration
+ * has no rows of logits left for the prompt positions s needs them of). */
 static size_t prepare(fs_engine *e, eseq *s, size_t want) {
     fs_error err = {0};
+    int rows = eng_wants_prompt_rows(s);
+    if (rows && e->prompt_rows == e->prompt_rows_max) return 0;
     if (s->view.state == FS_SCHED_SWAPPED && eng_blocks_swap_in(e, s, &err)) return 0;
     bind_weights(e, s);
     if (s->view.state == FS_SCHED_WAITING) {
@@ -179,8 +182,10 @@ static size_t prepare(fs_engine *e, eseq *s, size_t want) {
         mark_started(e, s);
     }
     size_t pending = s->n_tokens - s->computed, t = want < pending ? want : pending;
+    if (rows && t > e->prompt_rows_max - e->prompt_rows) t = e->prompt_rows_max - e->prompt_rows;
     int rc = eng_blocks_place(e, s, t, &err);
     if (s->n_table > 0) s->view.state = FS_SCHED_RESIDENT;
+    if (!rc && rows) e->prompt_rows += t;
     return rc ? 0 : t;
 }
 
@@ -194,7 +199,8 @@ static int step_generation(fs_engine *e, weights_gen *w, const size_t *idx, size
         size_t t = tokens[idx[j]];
         e->bseq[j] = (fs_batch_seq){.start = s->computed, .n_new = t, .tokens = s->tokens, .blocks = s->table,
                                     .n_blocks = eng_blocks_for(e, s->computed + t),
-                                    .logits = s->computed + t == s->n_tokens};
+                                    .logits = eng_wants_prompt_rows(s) ? FS_BATCH_LOGITS_ALL
+                                                                       : s->computed + t == s->n_tokens};
     }
     int rc = fs_batch_run(e->batch, w->model, w->sw, e->pool, e->bseq, n, logits, err);
     for (size_t j = 0; !rc && j < n; j++) /* the prompt's positions among the rows just run */
@@ -255,7 +261,7 @@ static const char *logits_fault(const float *logits, size_t V) {
 static fs_finish_reason emit_token(fs_engine *e, eseq *s, const float *logits, double now) {
     size_t V = fs_model_cfg(s->w->model)->vocab;
     int32_t tok = fs_sample_token(logits, V, &s->p.sampler, s->rng.s, e->work);
-    if (s->p.eos >= 0 && tok == s->p.eos) return FS_FINISH_STOP; /* its final event carries no token */
+    if (fs_request_ends_at(s->p.eos, tok)) return FS_FINISH_STOP; /* its final event carries no token */
     if (push_token(s, tok)) return FS_FINISH_ERROR;
     s->generated++;
     e->c.tokens_out++;
@@ -270,6 +276,36 @@ static fs_finish_reason emit_token(fs_engine *e, eseq *s, const float *logits, d
     s->t_last_token = now;
     s->sink(s->arg, &ev);
     return ev.finish;
+}
+
+/* Prompt token i's log-probabilities, from the logits of position i - 1. */
+static void emit_prompt_token(eseq *s, const float *logits, size_t V, size_t i) {
+    fs_request_event ev;
+    fill_event(s, &ev);
+    ev.token = s->tokens[i];
+    ev.prompt = 1;
+    logprobs_of(logits, V, ev.token, s->p.logprobs, &ev);
+    s->sink(s->arg, &ev);
+    s->prompt_lp = i + 1;
+}
+
+/* The n rows of logits of s's last n positions (just computed): the prompt
+ * tokens they predict that are still owed, then, when they reach the end,
+ * the next token. Returns how s came out. */
+static eng_outcome take_rows(fs_engine *e, eseq *s, const float *rows, size_t n, double now) {
+    size_t V = fs_model_cfg(s->w->model)->vocab, first = s->computed - n;
+    for (size_t r = 0; r < n; r++) {
+        const float *row = rows + r * V;
+        size_t next = first + r + 1; /* the token this row predicts */
+        int owed = next >= s->prompt_lp && next < s->n_prompt;
+        const char *fault = owed || next == s->n_tokens ? logits_fault(row, V) : NULL;
+        if (fault) return (eng_outcome){FS_FINISH_ERROR, 0, fault};
+        if (owed) emit_prompt_token(s, row, V, next);
+    }
+    if (s->computed != s->n_tokens) return (eng_outcome){FS_FINISH_NONE, 0, NULL}; /* a prompt chunk */
+    if (s->generated >= s->p.max_tokens) return (eng_outcome){FS_FINISH_LENGTH, 0, NULL}; /* echo alone */
+    fs_finish_reason r = emit_token(e, s, rows + (n - 1) * V, now);
+    return (eng_outcome){r, r == FS_FINISH_LENGTH, r == FS_FINISH_ERROR ? "out of memory" : NULL};
 }
 
 /* ---- the iteration ---- */
@@ -287,14 +323,7 @@ static void after_step(fs_engine *e, size_t n, const size_t *tokens, double now)
             *o = (eng_outcome){FS_FINISH_ERROR, 0, "the KV cache could not be settled"};
             continue;
         }
-        if (!e->rows[j]) continue; /* a prompt chunk: no token yet */
-        const char *fault = logits_fault(e->rows[j], fs_model_cfg(s->w->model)->vocab);
-        if (fault) {
-            *o = (eng_outcome){FS_FINISH_ERROR, 0, fault};
-            continue;
-        }
-        fs_finish_reason r = emit_token(e, s, e->rows[j], now);
-        *o = (eng_outcome){r, r == FS_FINISH_LENGTH, r == FS_FINISH_ERROR ? "out of memory" : NULL};
+        if (e->rows[j]) *o = take_rows(e, s, e->rows[j], e->n_rows[j], now);
     }
 }
 
@@ -318,8 +347,11 @@ static void run_steps(fs_engine *e, size_t n, const size_t *tokens) {
             continue;
         }
         for (size_t i = 0; i < k; i++) {
-            eseq *s = e->ran[idx[i]];
-            e->rows[idx[i]] = s->computed + tokens[idx[i]] == s->n_tokens ? e->logits + nl++ * V : NULL;
+            const fs_batch_seq *b = &e->bseq[i];
+            size_t r = b->logits == FS_BATCH_LOGITS_ALL ? b->n_new : b->logits != 0;
+            e->rows[idx[i]] = r ? e->logits + nl * V : NULL;
+            e->n_rows[idx[i]] = r;
+            nl += r;
         }
     }
 }
@@ -354,6 +386,7 @@ int eng_iteration(fs_engine *e, int *idle, fs_error *err) {
     }
     /* the plan's order, each with the tokens it gets */
     size_t n = 0, *tokens = e->run_tokens;
+    e->prompt_rows = 0;
     for (size_t j = 0; j < plan.n_run; j++) {
         eseq *s = e->live[plan.run[j]];
         size_t t = prepare(e, s, plan.run_tokens[j]);
@@ -368,6 +401,7 @@ int eng_iteration(fs_engine *e, int *idle, fs_error *err) {
     for (size_t j = 0; j < n; j++) {
         e->out[j] = (eng_outcome){FS_FINISH_NONE, 0, NULL};
         e->rows[j] = NULL;
+        e->n_rows[j] = 0;
     }
     run_steps(e, n, tokens);
     double end = fs_now();

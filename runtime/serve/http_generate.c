@@ -47,7 +47,8 @@ static void on_event(void *arg, const fs_request_event *ev) {
 
 /* ---- events to text, on the HTTP thread ---- */
 
-static int keep_token(fs_http_call *c, const fs_request_event *ev, size_t offset, size_t start) {
+/* Room for one more token in c->tokens (not yet counted), or NULL. */
+static fs_openai_token *new_token(fs_http_call *c) {
     if (c->n_tokens == c->cap_tokens) {
         size_t cap = c->cap_tokens ? 2 * c->cap_tokens : 32;
         fs_openai_token *t = realloc(c->tokens, cap * sizeof *t);
@@ -56,24 +57,50 @@ static int keep_token(fs_http_call *c, const fs_request_event *ev, size_t offset
         if (s) c->token_start = s;
         size_t *e = realloc(c->token_end, cap * sizeof *e);
         if (e) c->token_end = e;
-        if (!t || !s || !e) return 0;
+        if (!t || !s || !e) return NULL;
         c->cap_tokens = cap;
     }
-    fs_openai_token *t = &c->tokens[c->n_tokens];
-    t->token = ev->token;
+    return &c->tokens[c->n_tokens];
+}
+
+static void set_logprobs(fs_openai_token *t, const fs_request_event *ev) {
     t->logprob = ev->logprob;
     t->n_top = ev->n_top < FS_OPENAI_MAX_LOGPROBS ? ev->n_top : FS_OPENAI_MAX_LOGPROBS;
     memcpy(t->top_token, ev->top_token, sizeof t->top_token);
     memcpy(t->top_logprob, ev->top_logprob, sizeof t->top_logprob);
+}
+
+static int keep_token(fs_http_call *c, const fs_request_event *ev, size_t offset, size_t start) {
+    fs_openai_token *t = new_token(c);
+    if (!t) return 0;
+    memset(t, 0, sizeof *t);
+    t->token = ev->token;
+    set_logprobs(t, ev);
     t->text_offset = c->echo_chars + offset;
     c->token_start[c->n_tokens] = start;
     c->token_end[c->n_tokens++] = c->detok.text.n;
     return 1;
 }
 
+/* A prompt token's log-probabilities (echo with logprobs): the engine sends
+ * them in order, from the prompt's second token. */
+static void add_prompt_token(fs_http_call *c, const fs_request_event *ev) {
+    size_t i = 1 + c->echo_lp_got;
+    if (i >= c->n_echo_tokens || c->tokens[i].token != ev->token) {
+        c->lost_events = 1;
+        return;
+    }
+    set_logprobs(&c->tokens[i], ev);
+    c->echo_lp_got++;
+}
+
 /* One generated token: its text, its logprobs, and whether it completes a
  * stop string (then the request is cancelled: what follows is not shown). */
 static void add_token(fs_http_call *c, const fs_request_event *ev) {
+    if (ev->prompt) {
+        add_prompt_token(c, ev);
+        return;
+    }
     if (c->stop_hit || ev->token == c->srv->eos) return; /* the end-of-text token has no text */
     size_t start = c->detok.text.n, offset;
     int hit = fs_detok_push(&c->detok, ev->token, &offset);
@@ -137,9 +164,10 @@ static fs_openai_usage usage_of(const fs_http_call *c) {
     return (fs_openai_usage){c->prompt_tokens, c->completion_tokens, c->cached_tokens};
 }
 
-/* Tokens [from, *) whose text lies before `limit` bytes of the reply. */
+/* Tokens [from, *) whose text lies before `limit` bytes of the reply (the
+ * echoed prompt's always do). */
 static size_t tokens_before(const fs_http_call *c, size_t from, size_t limit, int by_end) {
-    size_t j = from;
+    size_t j = from < c->n_echo_tokens ? c->n_echo_tokens : from;
     while (j < c->n_tokens && (by_end ? c->token_end[j] <= limit : c->token_start[j] < limit)) j++;
     return j;
 }
@@ -216,8 +244,11 @@ static void stream_progress(fs_http_call *c) {
         sse(c, fs_openai_chunk_json(&c->reply, &ch, 1));
         c->role_sent = 1;
     }
-    if (c->echo && !c->echo_sent) {
-        chunk(c, c->echo, c->echo_len, c->tokens_sent, NULL);
+    if (c->echo && !c->echo_sent) { /* with logprobs, once the prompt's have all come */
+        int ready = c->echo_lp_got + 1 >= c->n_echo_tokens;
+        if (!ready && !c->done) return;
+        chunk(c, c->echo, c->echo_len, ready ? c->n_echo_tokens : c->tokens_sent, NULL);
+        c->tokens_sent = c->n_echo_tokens; /* a request that failed before: its text alone */
         c->echo_sent = 1;
     }
     if (c->done) {
@@ -319,6 +350,31 @@ nomem:
     return fs_openai_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
 }
 
+/* Echo with logprobs: the prompt's tokens head the choice's tokens, each at
+ * the characters of the echoed text before it; the engine fills in their
+ * log-probabilities (prompt events). */
+static int echo_tokens(fs_http_call *c, fs_openai_error *e) {
+    if (!c->req.echo || !c->req.logprobs) return 0;
+    fs_detok d;
+    fs_detok_init(&d, c->srv->tok, NULL, NULL, 0);
+    for (size_t i = 0; i < c->prompt.n; i++) {
+        fs_openai_token *t = new_token(c);
+        if (!t) {
+            fs_detok_release(&d);
+            return fs_openai_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        }
+        memset(t, 0, sizeof *t);
+        t->token = c->prompt.ids[i];
+        t->unconditioned = i == 0;
+        fs_detok_push(&d, t->token, &t->text_offset);
+        c->token_start[c->n_tokens] = c->token_end[c->n_tokens] = 0;
+        c->n_tokens++;
+    }
+    fs_detok_release(&d);
+    c->n_echo_tokens = c->n_tokens;
+    return 0;
+}
+
 static uint64_t mix64(uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -369,6 +425,7 @@ static int submit(fs_http_call *c, fs_openai_error *e) {
         .logprobs = c->req.logprobs ? c->req.top_logprobs : 0,
         .eos = srv->eos,
         .timeout_s = srv->cfg.request_timeout_s,
+        .prompt_logprobs = c->n_echo_tokens > 0,
     };
     fs_error err = {0};
     fs_http_call_ref(c); /* the engine's, until the final event */
@@ -390,12 +447,13 @@ static int start(fs_http_call *c, fs_openai_kind kind, fs_openai_error *e) {
                                     : fs_openai_parse_completion(body, c->body.n, &lim, &c->req, e);
     if (!rc) rc = tokenize(c, e);
     if (!rc) rc = echo_text(c, e);
+    if (!rc) rc = echo_tokens(c, e);
     if (!rc) rc = settle_max_tokens(c, e);
     if (rc) return rc;
     make_reply(c, kind);
     fs_detok_init(&c->detok, srv->tok, c->req.stop, c->req.stop_len, c->req.n_stop);
     c->wants_each_event = c->req.stream || c->req.n_stop > 0;
-    if (!c->req.max_tokens) { /* echo alone: nothing to generate */
+    if (!c->req.max_tokens && c->n_echo_tokens < 2) { /* echo alone: nothing to generate or compute */
         c->finish = FS_FINISH_LENGTH;
         c->prompt_tokens = c->prompt.n;
         fs_detok_finish(&c->detok);

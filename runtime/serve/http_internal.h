@@ -87,9 +87,11 @@ struct fs_http_call {
     char reply_id[48];
     fs_openai_reply reply;
     fs_detok detok;
-    fs_openai_token *tokens; /* kept for logprobs */
-    size_t *token_start, *token_end; /* their text in detok's bytes */
+    fs_openai_token *tokens; /* kept for logprobs: the echoed prompt's first, then the generated ones */
+    size_t *token_start, *token_end; /* a generated one's text in detok's bytes */
     size_t n_tokens, cap_tokens, tokens_sent;
+    size_t n_echo_tokens;    /* echo with logprobs: the prompt's tokens at the start of `tokens` */
+    size_t echo_lp_got;      /* ... of which the engine has given log-probabilities (all but the first) */
     char *echo;    /* the prompt's text when echoed (valid UTF-8) */
     size_t echo_len, echo_chars;
     int wants_each_event; /* resume on every event (stream, stop strings) or on the last only */

@@ -17,7 +17,8 @@
  *                or a list of one list of ids), max_tokens (default 16),
  *                temperature (0..2, default 1; 0 = greedy), top_p (0..1],
  *                top_k (0 or -1 = off), seed, stop (a string or up to 4),
- *                stream, stream_options.include_usage, echo, logprobs (0..5)
+ *                stream, stream_options.include_usage, echo, logprobs (0..5;
+ *                with echo, the prompt's tokens' too)
  *   chat         model, messages (role + content: a string or text parts;
  *                rendered by chat_template.h), max_tokens or
  *                max_completion_tokens (default: the rest of the context),
@@ -92,7 +93,8 @@ size_t fs_openai_default_max_tokens(const fs_openai_request *r, size_t room, siz
 
 /* ---- responses ---- */
 
-/* One generated token with its log-probabilities, as the engine gave them. */
+/* One token of the choice with its log-probabilities, as the engine gave
+ * them: a generated one, or an echoed prompt token. */
 typedef struct fs_openai_token {
     int32_t token;
     float logprob;
@@ -100,6 +102,7 @@ typedef struct fs_openai_token {
     int32_t top_token[FS_OPENAI_MAX_LOGPROBS];
     float top_logprob[FS_OPENAI_MAX_LOGPROBS];
     size_t text_offset; /* characters of the choice's text (the echoed prompt included) before it */
+    int unconditioned;  /* the prompt's first token: nothing before it, so null log p and alternatives */
 } fs_openai_token;
 
 /* What every object of one request's response shares. */

@@ -46,12 +46,19 @@ static json_t *token_bytes(const fs_tokenizer *tok, int32_t id) {
 }
 
 /* Completions' legacy format: parallel lists; each top_logprobs entry maps
- * the alternatives' text (and always the sampled token's) to log p. */
+ * the alternatives' text (and always the sampled token's) to log p; an
+ * echoed prompt's first token has null for both (as OpenAI's). */
 static json_t *completion_logprobs(const fs_openai_reply *r, const fs_openai_choice *c) {
     json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
     for (size_t i = 0; i < c->n_tokens; i++) {
         const fs_openai_token *t = &c->tokens[i];
         json_array_append_new(tokens, token_string(r->tok, t->token));
+        json_array_append_new(offs, json_integer((json_int_t)t->text_offset));
+        if (t->unconditioned) {
+            json_array_append_new(lps, json_null());
+            json_array_append_new(tops, json_null());
+            continue;
+        }
         json_array_append_new(lps, logprob_value(t->logprob));
         json_t *top = json_object();
         for (size_t k = 0; k < t->n_top; k++) {
@@ -64,7 +71,6 @@ static json_t *completion_logprobs(const fs_openai_reply *r, const fs_openai_cho
             json_object_set_new(top, json_string_value(key), logprob_value(t->logprob));
         json_decref(key);
         json_array_append_new(tops, top);
-        json_array_append_new(offs, json_integer((json_int_t)t->text_offset));
     }
     return json_pack("{s:o, s:o, s:o, s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs", tops,
                      "text_offset", offs);

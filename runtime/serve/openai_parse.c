@@ -293,10 +293,6 @@ static int parse_completion_logprobs(json_t *obj, fs_openai_request *r, fs_opena
     if (rc) return rc;
     r->logprobs = given;
     r->top_logprobs = (size_t)k;
-    if (r->logprobs && r->echo)
-        return fs_openai_bad(err, "logprobs",
-                             "'echo' with 'logprobs' would need the prompt's log-probabilities, which this server "
-                             "does not compute: ask for one or the other");
     return 0;
 }
 

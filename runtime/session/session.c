@@ -206,7 +206,8 @@ static int create_layer_attention(fs_session *s, size_t li, const char *const *s
     if (rc)
         return fs_error_set(err, rc, "layer %zu: attention plugin '%s': %s", l, inst->plugin->desc->name,
                             perr.message);
-    fs_model_attach_attention(s->model, li, vt, inst->self, inst->plugin->desc->name);
+    fs_attention_origin origin = {inst->plugin, inst->config, causal};
+    fs_model_attach_attention(s->model, li, vt, inst->self, &origin);
     return FS_OK;
 }
 

@@ -1,7 +1,7 @@
 """serve_api.py — the OpenAI-compatible API, driven by the official openai
 client and curl, against independent references: --mode generate (the
 same greedy or seeded request gives the same text), Hugging Face
-transformers (log-probabilities), Python's UTF-8 decoder (a model that
+transformers (log-probabilities, the prompt's with echo too), Python's UTF-8 decoder (a model that
 emits broken byte sequences still gives valid text), and hand-computed stop
 cuts. Run by test_serve_api.sh in a directory holding g.ini (trained into
 out/) and u.ini (a barely trained model in out_u/)."""
@@ -137,6 +137,95 @@ def check_logprobs(srv, cl):
     ck.ok(worst < 1e-4, "token log-probabilities equal transformers' log_softmax within 1e-4", worst)
     ck.eq(lp.text_offset, list(range(12)) if r.choices[0].text.isascii() else lp.text_offset,
           "text_offset counts the characters before each token")
+
+
+def ref_logprobs(ids):
+    """transformers' log_softmax over ids (teacher-forced): row i predicts ids[i + 1]."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained("out").eval()
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+
+
+def check_prompt_logprobs(lp, ids, n, what):
+    """lp (a completion's logprobs) covers the prompt ids first: the first
+    token null, every other one transformers' log p and top n."""
+    ref = ref_logprobs(ids)
+    ck.eq([byte_of(t) for t in lp.tokens[:len(ids)]], ids, what + ": the prompt's tokens come first")
+    ck.ok(lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, what + ": the first prompt token's are null")
+    worst, tops = 0.0, True
+    for i in range(1, len(ids)):
+        row = ref[i - 1]
+        worst = max(worst, abs(row[ids[i]].item() - lp.token_logprobs[i]))
+        top = torch_topk(row, n)
+        got = sorted(v for k, v in lp.top_logprobs[i].items() if byte_of(k) in top[1])
+        tops &= len(got) == n and max(abs(a - b) for a, b in zip(got, sorted(top[0]))) < 1e-4
+        tops &= abs(lp.top_logprobs[i][lp.tokens[i]] - lp.token_logprobs[i]) < 1e-9
+    ck.ok(worst < 1e-4, what + ": prompt log-probabilities equal transformers' log_softmax within 1e-4", worst)
+    ck.ok(tops, what + ": each prompt token's top %d are transformers' (and the token itself is there)" % n)
+
+
+def torch_topk(row, n):
+    import torch
+
+    t = torch.topk(row, n)
+    return t.values.tolist(), t.indices.tolist()
+
+
+def check_echo_logprobs(srv, cl):
+    """echo with logprobs: the prompt's tokens and their log-probabilities,
+    then the generated ones, whole, streamed and with max_tokens 0."""
+    prompt = "The cat sat"
+    ids = list(prompt.encode())
+    plain = cl.completions.create(model="g", prompt=prompt, max_tokens=6, temperature=0, logprobs=2)
+    r = cl.completions.create(model="g", prompt=prompt, max_tokens=6, temperature=0, logprobs=2, echo=True)
+    c = r.choices[0]
+    ck.eq(c.text, prompt + plain.choices[0].text, "echo + logprobs: the prompt, then the same text")
+    lp = c.logprobs
+    check_prompt_logprobs(lp, ids, 2, "echo + logprobs")
+    ck.eq((lp.tokens[len(ids):], lp.token_logprobs[len(ids):], lp.top_logprobs[len(ids):]),
+          (plain.choices[0].logprobs.tokens, plain.choices[0].logprobs.token_logprobs,
+           plain.choices[0].logprobs.top_logprobs), "echo + logprobs: the generated tokens' as without echo")
+    ck.eq(lp.text_offset, list(range(len(c.text))) if c.text.isascii() else lp.text_offset,
+          "echo + logprobs: text_offset counts the characters of the prompt and the text before each token")
+    ck.eq((r.usage.prompt_tokens, r.usage.completion_tokens), (len(ids), 6), "echo + logprobs: usage")
+    z = cl.completions.create(model="g", prompt=prompt, max_tokens=0, logprobs=3, echo=True)
+    ck.eq((z.choices[0].text, z.choices[0].finish_reason, z.usage.completion_tokens), (prompt, "length", 0),
+          "max_tokens 0: the prompt alone")
+    ck.eq(len(z.choices[0].logprobs.tokens), len(ids), "max_tokens 0: the prompt's tokens only")
+    check_prompt_logprobs(z.choices[0].logprobs, ids, 3, "max_tokens 0")
+    chunks = list(cl.completions.create(model="g", prompt=prompt, max_tokens=6, temperature=0, logprobs=2,
+                                        echo=True, stream=True))
+    ck.eq((chunks[0].choices[0].text, len(chunks[0].choices[0].logprobs.tokens)), (prompt, len(ids)),
+          "streamed: the echoed chunk carries the prompt's logprobs")
+    joined = {k: sum((getattr(ch.choices[0].logprobs, k) for ch in chunks if ch.choices[0].logprobs), [])
+              for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+    ck.eq(("".join(ch.choices[0].text for ch in chunks), joined),
+          (c.text, {k: getattr(lp, k) for k in joined}), "streamed: the chunks add up to the whole reply")
+    chunks = list(cl.completions.create(model="g", prompt=prompt, max_tokens=0, logprobs=1, echo=True, stream=True))
+    first = chunks[0].choices[0]
+    ck.ok(first.text == prompt and first.logprobs.tokens == lp.tokens[:len(ids)]
+          and chunks[-1].choices[0].finish_reason == "length", "streamed with max_tokens 0: the prompt and its logprobs")
+
+
+def check_echo_prefix(srv, cl):
+    """A prompt whose two blocks are in the prefix cache (check_prefix_cache
+    sent it; a request without echo shows they still are): with echo and
+    logprobs, every position is computed again (a cached block would skip
+    the logits it needs), and the numbers are transformers'."""
+    prompt = "Prefix sharing: forty bytes of a prompt."
+    key = "fastserve_prompt_tokens_computed_total"
+    computed = []
+    for echo in (False, True):
+        m0 = srv.metrics()
+        r = cl.completions.create(model="g", prompt=prompt, max_tokens=2, temperature=0, logprobs=1, echo=echo)
+        computed.append((srv.metrics()[key] - m0[key], r.usage.prompt_tokens_details.cached_tokens))
+    ck.eq(computed, [(8, 32), (40, 0)],
+          "a cached prompt: 8 tokens computed without echo, all 40 with echo + logprobs (none cached)")
+    check_prompt_logprobs(r.choices[0].logprobs, list(prompt.encode()), 1, "a cached prompt")
+    ck.eq(r.choices[0].text, prompt + ref_text("g.ini", prompt, 2), "a cached prompt: the same text")
 
 
 # ---- chat ----
@@ -401,6 +490,8 @@ def main():
         check_prefix_cache(srv, cl)
         check_stops(srv, cl)
         check_logprobs(srv, cl)
+        check_echo_logprobs(srv, cl)
+        check_echo_prefix(srv, cl)
         check_chat(srv, cl)
         check_sampling(srv, cl)
         check_client_errors(srv, cl)

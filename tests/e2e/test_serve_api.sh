@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_serve_api.sh — --mode serve's OpenAI-compatible API with the official
 # openai client and curl (tests/e2e/serve_api.py): completions, chat,
-# streaming, echo, logprobs against transformers, stop strings, seeds,
+# streaming, echo, logprobs against transformers (echo + logprobs: the
+# prompt's too, streamed and with max_tokens 0), stop strings, seeds,
 # every refusal's status and error object, keep-alive, SIGHUP and
 # /admin/reload, non-UTF-8 model output as valid UTF-8, exit 0 on SIGTERM.
 . "$(dirname "$0")/lib.sh"

@@ -11,7 +11,12 @@
  * submitted from other threads. Then: cancellation, every block back in
  * the pool, refusals, a longformer stream far past max_seq in a pool that
  * could not hold it unbounded, a reload whose in-flight requests finish on
- * their old weights, and the 1.1 plugin refused by name. */
+ * their old weights, and the 1.1 plugin refused by name. Prompt
+ * log-probabilities (echo with logprobs) against the training forward's
+ * log_softmax, in chunks, past the prefix cache, preempted midway, alone
+ * and batched bit for bit; the end-of-text token ending a request (and
+ * fs_generate, --mode generate's other path, at the same token). */
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,25 +24,31 @@
 
 #include "compute/qweights.h"
 #include "core/host.h"
+#include "modes/modes.h"
 #include "serve/engine.h"
 #include "session/checkpoint.h"
 #include "test_util.h"
 
 #define GRAPH                                                                                                    \
-    "[model]\nvocab_size = 64\nn_layer = 2\nn_head = 2\nn_embd = 32\nmax_seq = 96\n[attention]\nplugin = %s\n%s\n" \
+    "[model]\nvocab_size = %zu\nn_layer = 2\nn_head = 2\nn_embd = 32\nmax_seq = 96\n[attention]\nplugin = %s\n%s\n" \
     "[serve]\nscheduler = %s\n%s"
 
-enum { V = 64, MAX_REQ = 32, MAX_TOK = 512 };
+enum { V = 64, MAX_REQ = 32, MAX_TOK = 512, TOP = FS_ENGINE_MAX_LOGPROBS };
 
-static fs_session *session_with(const char *plugin, const char *akeys, const char *sched, const char *skeys,
-                                uint64_t seed) {
+static fs_session *session_vocab(size_t vocab, const char *plugin, const char *akeys, const char *sched,
+                                 const char *skeys, uint64_t seed) {
     char ini[1024];
-    snprintf(ini, sizeof ini, GRAPH, plugin, akeys, sched, skeys);
+    snprintf(ini, sizeof ini, GRAPH, vocab, plugin, akeys, sched, skeys);
     fs_session *s = test_session(ini);
     fs_model_init_weights(s->model, seed);
     fs_error err = {0};
     assert_int_equal(fs_model_init_plugin_params(s->model, &err), 0);
     return s;
+}
+
+static fs_session *session_with(const char *plugin, const char *akeys, const char *sched, const char *skeys,
+                                uint64_t seed) {
+    return session_vocab(V, plugin, akeys, sched, skeys, seed);
 }
 
 /* ---- requests and what came back ---- */
@@ -57,11 +68,33 @@ typedef struct request {
     const struct request *watch; /* at its first token, note how many `watch` had */
     size_t watched;
     int weights;         /* FS_WEIGHTS_*: the format its solo reference reads the weights in */
+    int32_t eos;                 /* its end-of-text token, or -1 */
+    /* prompt log-probabilities: asked with prompt_logprobs and `logprobs` alternatives */
+    int prompt_logprobs;
+    size_t logprobs;
+    int32_t ptok[MAX_TOK];       /* the prompt events, in order */
+    float plp[MAX_TOK], ptop_lp[MAX_TOK][TOP];
+    int32_t ptop[MAX_TOK][TOP];
+    size_t n_plp, pn_top[MAX_TOK];
 } request;
+
+static void prompt_event(request *r, const fs_request_event *ev) {
+    assert_int_equal(r->n_out, 0); /* every prompt event before the first generated token */
+    size_t i = r->n_plp++;
+    r->ptok[i] = ev->token;
+    r->plp[i] = ev->logprob;
+    r->pn_top[i] = ev->n_top;
+    memcpy(r->ptop[i], ev->top_token, sizeof r->ptop[i]);
+    memcpy(r->ptop_lp[i], ev->top_logprob, sizeof r->ptop_lp[i]);
+}
 
 static void sink(void *arg, const fs_request_event *ev) {
     request *r = arg;
     r->events++;
+    if (ev->prompt) {
+        prompt_event(r, ev);
+        return;
+    }
     if (ev->token >= 0) r->out[r->n_out++] = ev->token;
     if (ev->finish != FS_FINISH_NONE) {
         r->finals++;
@@ -84,6 +117,7 @@ static void make_requests(request *rq, size_t n, const int32_t *prefix, size_t n
         for (size_t t = 0; t < r->n_prompt; t++)
             r->prompt[t] = t < n_prefix ? prefix[t] : (int32_t)((t * 7 + i * 13 + 5) % V);
         r->sampler = (fs_sampler){temperature, temperature > 0 ? 10 : 0, 1.0, 1000 + i};
+        r->eos = -1;
     }
 }
 
@@ -93,7 +127,7 @@ static void solo(const fs_model *m, const request *r, int32_t *out, size_t *n_ou
     fs_seq *seq = NULL;
     fs_error err = {0};
     assert_int_equal(fs_seq_create(&seq, m, &sc, &err), 0);
-    float logits[V];
+    float *logits = malloc(fs_model_cfg(m)->vocab * sizeof *logits);
     for (size_t t = 0; t < r->n_prompt; t++) assert_int_equal(fs_seq_decode(seq, &r->prompt[t], logits, &err), 0);
     *n_out = 0;
     while (*n_out < r->max_tokens) {
@@ -101,12 +135,14 @@ static void solo(const fs_model *m, const request *r, int32_t *out, size_t *n_ou
         out[(*n_out)++] = tok;
         if (*n_out < r->max_tokens) assert_int_equal(fs_seq_decode(seq, &tok, logits, &err), 0);
     }
+    free(logits);
     fs_seq_destroy(seq);
 }
 
 static void submit(fs_engine *e, request *r) {
     fs_request_params p = {.struct_size = sizeof p, .prompt = r->prompt, .n_prompt = r->n_prompt,
-                           .max_tokens = r->max_tokens, .sampler = r->sampler, .eos = -1};
+                           .max_tokens = r->max_tokens, .sampler = r->sampler, .eos = r->eos,
+                           .logprobs = r->logprobs, .prompt_logprobs = r->prompt_logprobs};
     fs_error err = {0};
     r->engine = e;
     int rc = fs_engine_submit(e, &p, sink, r, &r->id, &err);
@@ -298,7 +334,7 @@ static void test_refusals(void **state) {
     assert_int_equal(fs_engine_submit(e, &p, sink, &r, NULL, &err), FS_ERR_INVALID);
     assert_non_null(strstr(err.message, "vocabulary"));
     r.prompt[1] = 3;
-    request ok[3] = {{.n_prompt = 4, .max_tokens = 2}, {.n_prompt = 4, .max_tokens = 2}};
+    request ok[3] = {{.n_prompt = 4, .max_tokens = 2, .eos = -1}, {.n_prompt = 4, .max_tokens = 2, .eos = -1}};
     submit(e, &ok[0]);
     submit(e, &ok[1]);
     assert_int_equal(fs_engine_submit(e, &p, sink, &r, NULL, &err), FS_ERR_BUSY);
@@ -356,6 +392,198 @@ static void test_lsh_batched(void **state) {
     run_batch(s, &c, rq, 8);
     check_solo(s->model, rq, 8, "lsh");
     free(rq);
+    fs_session_close(s);
+}
+
+/* ---- prompt log-probabilities (echo with logprobs) ---- */
+
+/* log_softmax of the training forward's logits over the prompt (teacher
+ * forcing, as --mode eval computes them: other kernels than the ragged
+ * step's), (n, V) in double. */
+static double *reference_logprobs(fs_model *m, const int32_t *prompt, size_t n) {
+    size_t vocab = fs_model_cfg(m)->vocab;
+    fs_error err = {0};
+    assert_int_equal(fs_model_forward(m, prompt, 1, n, &err), 0);
+    const float *logits = fs_model_logits(m);
+    double *lp = malloc(n * vocab * sizeof *lp);
+    for (size_t t = 0; t < n; t++) {
+        const float *row = logits + t * vocab;
+        double mx = row[0], sum = 0.0;
+        for (size_t v = 1; v < vocab; v++) mx = row[v] > mx ? row[v] : mx;
+        for (size_t v = 0; v < vocab; v++) sum += exp((double)row[v] - mx);
+        for (size_t v = 0; v < vocab; v++) lp[t * vocab + v] = (double)row[v] - mx - log(sum);
+    }
+    return lp;
+}
+
+/* The k-th largest of row (V), k from 0. */
+static double kth_largest(const double *row, size_t vocab, size_t k) {
+    double below = INFINITY, v = -INFINITY;
+    for (size_t i = 0; i <= k; i++, below = v) {
+        v = -INFINITY;
+        for (size_t j = 0; j < vocab; j++)
+            if (row[j] < below && row[j] > v) v = row[j];
+    }
+    return v;
+}
+
+/* r's prompt events against the reference: one per prompt token from the
+ * second, log p(token | the ones before) and the top alternatives, within
+ * 1e-4. */
+static void check_prompt_logprobs(fs_model *m, const request *r, const char *what) {
+    size_t vocab = fs_model_cfg(m)->vocab;
+    double *ref = reference_logprobs(m, r->prompt, r->n_prompt), worst = 0.0;
+    if (r->n_plp != r->n_prompt - 1) fail_msg("%s: %zu prompt events for %zu tokens", what, r->n_plp, r->n_prompt);
+    for (size_t i = 0; i < r->n_plp; i++) {
+        const double *row = ref + i * vocab; /* position i predicts token i + 1 */
+        assert_int_equal(r->ptok[i], r->prompt[i + 1]);
+        worst = fmax(worst, fabs(r->plp[i] - row[r->prompt[i + 1]]));
+        assert_int_equal(r->pn_top[i], r->logprobs);
+        for (size_t k = 0; k < r->pn_top[i]; k++) { /* the k-th alternative: its value, and its token's */
+            worst = fmax(worst, fabs(r->ptop_lp[i][k] - kth_largest(row, vocab, k)));
+            worst = fmax(worst, fabs(r->ptop_lp[i][k] - row[r->ptop[i][k]]));
+        }
+    }
+    if (!(worst < 1e-4)) fail_msg("%s: prompt log-probabilities %.3g from the training forward's", what, worst);
+    free(ref);
+}
+
+static void check_same_prompt_logprobs(const request *a, const request *b, const char *what) {
+    assert_int_equal(a->n_plp, b->n_plp);
+    if (memcmp(a->plp, b->plp, a->n_plp * sizeof *a->plp) || memcmp(a->ptop, b->ptop, a->n_plp * sizeof *a->ptop) ||
+        memcmp(a->ptop_lp, b->ptop_lp, a->n_plp * sizeof *a->ptop_lp))
+        fail_msg("%s: the prompt log-probabilities differ in their bits", what);
+}
+
+/* Echo requests (prompts of 1..86 tokens, chunks of 16, max_tokens 0 or
+ * more) among others, after a request that published their common
+ * 32-token prefix: each one's prompt log-probabilities are the training
+ * forward's, it computed its whole prompt (no cached blocks), its tokens
+ * are its solo run's, and alone it gives the same bits as batched. */
+static void test_prompt_logprobs(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "fcfs", "", 7);
+    int32_t prefix[32];
+    for (size_t t = 0; t < 32; t++) prefix[t] = (int32_t)((t * 5 + 1) % V);
+    request *rq = calloc(13, sizeof *rq);
+    make_requests(rq, 12, prefix, 32, 0.0);
+    rq[12] = rq[0];
+    rq[12].n_prompt = 40;
+    static const size_t echo[] = {1, 4, 7, 10}, max_tokens[] = {0, 5, 0, 12}, n_prompt[] = {86, 40, 1, 33};
+    for (size_t i = 0; i < 4; i++) {
+        request *r = &rq[echo[i]];
+        r->prompt_logprobs = 1;
+        r->logprobs = i + 1 < TOP ? i + 1 : TOP;
+        r->max_tokens = max_tokens[i];
+        r->n_prompt = n_prompt[i];
+        for (size_t t = 32; t < r->n_prompt; t++) r->prompt[t] = (int32_t)((t * 11 + i) % V);
+    }
+    rq[3].logprobs = 2; /* alternatives of generated tokens only */
+    fs_engine_config c = config_of(s, 0, 0, 1);
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_engine_create_inline(&e, s, &c, &err), 0);
+    submit(e, &rq[12]); /* publishes the prefix's blocks */
+    assert_int_equal(fs_engine_run_until_idle(e, &err), 0);
+    for (size_t i = 0; i < 12; i++) submit(e, &rq[i]);
+    assert_int_equal(fs_engine_run_until_idle(e, &err), 0);
+    check_pool_empty(e);
+    fs_engine_destroy(e);
+    check_solo(s->model, rq, 13, "with prompt log-probabilities");
+    for (size_t i = 0; i < 4; i++) {
+        const request *r = &rq[echo[i]];
+        assert_int_equal(r->n_out, r->max_tokens);
+        assert_int_equal(r->cached, 0);
+        check_prompt_logprobs(s->model, r, "batched");
+    }
+    assert_true(rq[0].cached >= 32); /* the others did share */
+    assert_int_equal(rq[3].n_plp, 0);
+    /* alone, in chunks of 5 and without sharing: the same bits */
+    c = config_of(s, 0, 0, 0);
+    c.prefill_chunk = 5;
+    for (size_t i = 0; i < 4; i++) {
+        request alone = rq[echo[i]];
+        alone.n_out = alone.n_plp = alone.finals = alone.events = 0;
+        run_batch(s, &c, &alone, 1);
+        check_same_prompt_logprobs(&alone, &rq[echo[i]], "alone vs batched");
+        assert_memory_equal(alone.out, rq[echo[i]].out, alone.n_out * sizeof *alone.out);
+    }
+    free(rq);
+    fs_session_close(s);
+}
+
+/* A vocabulary of 65536: an iteration's rows of prompt logits (8 MiB: 32
+ * positions) cut the prompts' chunks of 64; a pool of 12 blocks of 8
+ * preempts the long prompt midway (no swap area: it is recomputed) and it
+ * sends no prompt token twice; the numbers are the training forward's. */
+static void test_prompt_logprobs_large_vocab(void **state) {
+    (void)state;
+    enum { BIG = 65536 };
+    fs_session *s = session_vocab(BIG, "dense", "", "fcfs", "", 7);
+    request *rq = calloc(2, sizeof *rq);
+    make_requests(rq, 2, NULL, 0, 0.0);
+    static const size_t n_prompt[] = {20, 88}, max_tokens[] = {70, 2};
+    for (size_t i = 0; i < 2; i++) {
+        rq[i].n_prompt = n_prompt[i];
+        rq[i].max_tokens = max_tokens[i];
+        for (size_t t = 0; t < rq[i].n_prompt; t++) rq[i].prompt[t] = (int32_t)((t * 4099 + i * 7919) % BIG);
+        rq[i].prompt_logprobs = 1;
+        rq[i].logprobs = 2;
+    }
+    fs_engine_config c = config_of(s, 12, 0, 1);
+    c.prefill_chunk = 64;
+    fs_engine_stats st = run_batch(s, &c, rq, 2);
+    assert_true(st.recomputes > 0);
+    check_solo(s->model, rq, 2, "large vocabulary");
+    for (size_t i = 0; i < 2; i++) check_prompt_logprobs(s->model, &rq[i], "large vocabulary");
+    free(rq);
+    fs_session_close(s);
+}
+
+/* ---- the end-of-text token ---- */
+
+/* A request whose greedy run reaches its eos token ends there with
+ * FS_FINISH_STOP, without it (nothing sent, nothing counted); fs_generate
+ * (--mode generate over an fs_seq) stops at the same token. */
+static void test_eos_stops(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "fcfs", "", 7);
+    request r[2];
+    make_requests(r, 1, NULL, 0, 1.0); /* sampled: a random model's greedy run repeats one token */
+    r[0].max_tokens = 40;
+    int32_t want[MAX_TOK];
+    size_t n_want, k = 1;
+    solo(s->model, &r[0], want, &n_want);
+    for (; k < n_want; k++) { /* the first token past the first that did not come before */
+        size_t j = 0;
+        while (j < k && want[j] != want[k]) j++;
+        if (j == k) break;
+    }
+    assert_true(k < n_want);
+    r[0].eos = want[k];
+    r[1] = r[0];
+    r[1].eos = -1;
+    fs_engine_config c = config_of(s, 0, 0, 1);
+    fs_engine_stats st = run_batch(s, &c, r, 2);
+    assert_int_equal(r[0].finish, FS_FINISH_STOP);
+    assert_int_equal(r[0].n_out, k);
+    assert_memory_equal(r[0].out, want, k * sizeof *want);
+    assert_int_equal(r[1].finish, FS_FINISH_LENGTH);
+    assert_int_equal(r[1].n_out, 40);
+    assert_int_equal(st.finished[FS_FINISH_STOP], 1);
+    fs_seq_config sc = {.B = 1, .sampler = r[0].sampler};
+    fs_seq *seq = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_seq_create(&seq, s->model, &sc, &err), 0);
+    int32_t out[MAX_TOK];
+    size_t n_out = 0;
+    double secs;
+    int stopped = 0;
+    assert_int_equal(fs_generate(seq, r[0].prompt, r[0].n_prompt, 40, r[0].eos, out, &n_out, &secs, &stopped, &err), 0);
+    assert_int_equal(stopped, FS_GENERATE_EOS);
+    assert_int_equal(n_out, k);
+    assert_memory_equal(out, want, k * sizeof *want);
+    fs_seq_destroy(seq);
     fs_session_close(s);
 }
 
@@ -472,6 +700,9 @@ int main(void) {
         cmocka_unit_test(test_refuses_abi_1_1_plugin),
         cmocka_unit_test(test_longformer_streams),
         cmocka_unit_test(test_lsh_batched),
+        cmocka_unit_test(test_prompt_logprobs),
+        cmocka_unit_test(test_prompt_logprobs_large_vocab),
+        cmocka_unit_test(test_eos_stops),
         cmocka_unit_test(test_threaded),
         cmocka_unit_test(test_reload),
     };

@@ -586,7 +586,7 @@ static void check_generate_far(const char *keys) {
     int stopped = 1;
     fs_error err = {0};
     assert_int_equal(fs_seq_create(&seq, m, &sc, &err), 0);
-    int rc = fs_generate(seq, prompt, 3, n, out, &n_out, &secs, &stopped, &err);
+    int rc = fs_generate(seq, prompt, 3, n, -1, out, &n_out, &secs, &stopped, &err);
     if (rc) fprintf(stderr, "generate: %s\n", err.message);
     assert_int_equal(rc, 0);
     assert_int_equal(n_out, n);

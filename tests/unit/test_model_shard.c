@@ -34,7 +34,8 @@ static fs_model *make_model(const fs_model_shard *sh) {
                                   {FS_DEVICE_CPU, 0}};
         void *self;
         assert_int_equal(vt->create(&self, &g_session->host.api, (fs_plugin_ctx *)&inst->ctx, &ac, &err), 0);
-        fs_model_attach_attention(m, l, vt, self, "dense");
+        fs_attention_origin origin = {inst->plugin, inst->config, 1};
+        fs_model_attach_attention(m, l, vt, self, &origin);
     }
     fs_model_init_weights(m, 42);
     return m;

@@ -80,6 +80,11 @@ static void test_completion_fields(void **state) {
     assert_int_equal(r.sampler.top_k, 0);
     assert_true(r.echo && r.max_tokens_given && r.max_tokens == 0);
     fs_openai_request_release(&r);
+    /* echo with logprobs: the prompt's log-probabilities come too */
+    parse_ok("{\"prompt\": \"x\", \"echo\": true, \"logprobs\": 2, \"max_tokens\": 0}", &r);
+    assert_true(r.echo && r.logprobs && r.max_tokens == 0);
+    assert_int_equal(r.top_logprobs, 2);
+    fs_openai_request_release(&r);
 }
 
 static void test_prompt_forms(void **state) {
@@ -125,7 +130,6 @@ static void test_refusals(void **state) {
     refused(0, "{\"prompt\": \"x\", \"stream_options\": {\"include_usage\": true}}", 400, "stream_options",
             "only allowed when 'stream' is true");
     refused(0, "{\"prompt\": \"x\", \"logprobs\": 6}", 400, "logprobs", "outside [0, 5]");
-    refused(0, "{\"prompt\": \"x\", \"logprobs\": 1, \"echo\": true}", 400, "logprobs", "one or the other");
     refused(0, "{\"prompt\": \"x\", \"stop\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}", 400, "stop", "at most 4");
     refused(0, "{\"prompt\": \"x\", \"stop\": \"\"}", 400, "stop", "empty string");
     refused(0, "{\"prompt\": \"x\", \"stop\": [\"a\", 3]}", 400, "stop", "item 1 must be a string");
@@ -238,6 +242,21 @@ static void test_completion_response(void **state) {
     json_t *usage = json_object_get(j, "usage");
     assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")), 6);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(usage, "prompt_tokens_details"), "cached_tokens")), 1);
+    json_decref(j);
+
+    /* an echoed prompt's first token: null log p and null alternatives, as OpenAI's */
+    fs_openai_token echoed[2] = {{.token = 'H', .unconditioned = 1}, toks[0]};
+    echoed[1].text_offset = 1;
+    fs_openai_choice ech = {"Ha", 2, echoed, 2, "length"};
+    j = parsed(fs_openai_response_json(&rep, &ech, &u));
+    lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(lp, "tokens"), 0)), "H");
+    assert_true(json_is_null(json_array_get(json_object_get(lp, "token_logprobs"), 0)));
+    assert_true(json_is_null(json_array_get(json_object_get(lp, "top_logprobs"), 0)));
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(lp, "text_offset"), 0)), 0);
+    assert_true(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 1)) == -0.5);
+    assert_int_equal(json_object_size(json_array_get(json_object_get(lp, "top_logprobs"), 1)), 2);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(lp, "text_offset"), 1)), 1);
     json_decref(j);
 
     /* a chunk mid-stream: no finish_reason; without logprobs asked, null */
