@@ -22,6 +22,8 @@ all of them):
     python3 bench/bench_serve.py                      # conf/quickstart.ini (trained first if needed)
     python3 bench/bench_serve.py --quick              # fewer requests and rates
     python3 bench/bench_serve.py --rates 2,4,8 --requests 80 --json out.json
+    python3 bench/bench_serve.py --shape gpt2 --quick --tables closed   # the GPT-2-small shape, C = 1, 16
+    python3 bench/bench_serve.py --max-running 16 --tables open --rates 20,40   # requests queue for slots
     LLAMACPP_DIR=... python3 bench/bench_serve.py --peer-dir DIR   # bench/llamacpp's peer.py elsewhere
 
 The peer needs bench/llamacpp/ (build.sh builds llama.cpp into
@@ -34,6 +36,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,14 +67,15 @@ def get(port, path, timeout=5):
 
 
 class Fsrun:
-    def __init__(self, fsrun, graph, scheduler, threads):
+    def __init__(self, fsrun, graph, scheduler, threads, max_running=32, sets=()):
         self.name = "fsrun " + scheduler
         self.model = os.path.splitext(os.path.basename(graph))[0]
         self.extra = {}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([fsrun, graph, "--mode", "serve", "--set", "serve.port=0", "--set",
-                                      "serve.scheduler=" + scheduler, "--set", "serve.max_running=32", "--set",
-                                      "run.threads=%d" % threads], stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                      "serve.scheduler=" + scheduler, "--set", "serve.max_running=%d" % max_running, "--set",
+                                      "run.threads=%d" % threads] + list(sets), stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         m = re.search(r":(\d+)/v1 ", line)
         if not m:
@@ -142,16 +146,32 @@ def fixed(n, tokens, prompts, seed=1):
     return [lg.Request(0, rng.choice(prompts), tokens) for _ in range(n)]
 
 
-def ensure_checkpoint(fsrun, graph):
+# The GPT-2-small shape (86 M parameters with the byte vocabulary), one
+# training step from the quickstart graph: its speed does not depend on
+# how well it is trained (the requests ask for exact lengths).
+GPT2_SETS = ["--set", "model.n_embd=768", "--set", "model.n_layer=12", "--set", "model.n_head=12",
+             "--set", "model.max_seq=1024", "--set", "train.batch=2"]
+
+
+def ensure_checkpoint(fsrun, graph, shape, tmp):
+    """(checkpoint, context, val text, the --set arguments that serve it)."""
     import configparser
     cp = configparser.ConfigParser(inline_comment_prefixes=(";", "#"))
     cp.read(graph)
+    val = cp.get("data", "val", fallback="data/kjv/val.txt")
+    if shape == "gpt2":
+        out = os.path.join(tmp, "gpt2")
+        sets = GPT2_SETS + ["--set", "run.out=" + out]
+        print("bench_serve: one training step of the GPT-2-small shape into %s" % out, file=sys.stderr)
+        subprocess.run([fsrun, graph] + sets + ["--set", "train.steps=1", "--set", "generate.max_tokens=0", "--set",
+                                                "data.val="], check=True, stdout=subprocess.DEVNULL)
+        return os.path.join(out, "model.safetensors"), 1024, val, sets
     out = cp.get("run", "out", fallback="runs/quickstart")
     ckpt = os.path.join(out, "model.safetensors")
     if not os.path.exists(ckpt):
         print("bench_serve: training %s first (%s is missing)" % (graph, ckpt), file=sys.stderr)
         subprocess.run([fsrun, graph], check=True, stdout=subprocess.DEVNULL)
-    return ckpt, int(cp.get("model", "max_seq", fallback="256")), cp.get("data", "val", fallback="data/kjv/val.txt")
+    return ckpt, int(cp.get("model", "max_seq", fallback="256")), val, []
 
 
 def start_peer(args, ckpt, context, tmp):
@@ -196,14 +216,24 @@ def open_row(r):
 
 def table_open(servers, prompts, context, rates, n, results, seed):
     print("\n### Open loop: Poisson arrivals, Pareto(1.5) output lengths from 8 tokens, %d requests a rate\n" % n)
-    print("| rate req/s | server | " + COLS + " | failed |")
-    print("|---|---|" + "---|" * 8)
+    # unloaded: the same trace one request at a time (what "x unloaded" divides by)
+    alone = {}
+    for s in servers:
+        alone[s.name] = run(s, lg.make_trace(n, 1.0, seed, prompts, context), concurrency=1)
+        results.append({"table": "open", "server": s.name, "rate": 0, **alone[s.name]})
+    print("| rate req/s | server | " + COLS + " | e2e mean x unloaded | failed |")
+    print("|---|---|" + "---|" * 9)
+    for s in servers:
+        print("| alone | %s | %s | 1.0 | %d |" % (s.name, open_row(alone[s.name]), alone[s.name].get("failed", 0)))
     for rate in rates:
         for s in servers:
             reqs = lg.make_trace(n, rate, seed, prompts, context)
             r = run(s, reqs)
             results.append({"table": "open", "server": s.name, "rate": rate, **r})
-            print("| %.2f | %s | %s | %d |" % (rate, s.name, open_row(r), r.get("failed", 0)), flush=True)
+            print("| %.2f | %s | %s | %s | %d |" % (rate, s.name, open_row(r),
+                                                 fmt(r.get("e2e_mean", 0) / alone[s.name].get("e2e_mean", 0)
+                                                     if alone[s.name].get("e2e_mean") else None),
+                                                 r.get("failed", 0)), flush=True)
 
 
 def table_prefix(servers, prompts, context, rate, n, results, seed):
@@ -233,33 +263,42 @@ def main():
     ap.add_argument("--graph", default=os.path.join(ROOT, "conf", "quickstart.ini"))
     ap.add_argument("--fsrun", default=os.path.join(ROOT, "build", "fsrun"))
     ap.add_argument("--schedulers", default="fcfs,mlfq")
+    ap.add_argument("--shape", choices=("quickstart", "gpt2"), default="quickstart",
+                    help="gpt2: the GPT-2-small shape (one training step of --graph with its sizes set)")
     ap.add_argument("--peer-dir", default=os.path.join(HERE, "llamacpp"), help="where bench/llamacpp's peer.py is")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-running", type=int, default=32, help="fsrun's [serve] max_running (llama-server: 16 "
+                                                                  "slots); below the load's concurrency, requests "
+                                                                  "queue for a slot and the schedulers differ most")
     ap.add_argument("--rates", default="auto", help="requests/s, comma-separated (auto: 0.3, 0.6, 0.9 and 1.2 "
                                                     "of fcfs's 16-client request rate)")
     ap.add_argument("--requests", type=int, default=60, help="requests per open-loop point")
     ap.add_argument("--quick", action="store_true", help="C = 1, 16; 2 rates; 30 requests")
+    ap.add_argument("--tables", default="closed,open,prefix", help="which tables (closed runs anyway when "
+                                                                     "--rates is auto: the rates come from it)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="raw numbers to this file")
     a = ap.parse_args()
     os.chdir(ROOT)
-    ckpt, context, val = ensure_checkpoint(a.fsrun, a.graph)
-    prompts = lg.prompts_from(val, 20, 60)
     results, servers, tmp = [], [], tempfile.mkdtemp(prefix="bench_serve_")
+    ckpt, context, val, sets = ensure_checkpoint(a.fsrun, a.graph, a.shape, tmp)
+    prompts = lg.prompts_from(val, 20, 60)
     try:
         for sched in a.schedulers.split(","):
-            servers.append(Fsrun(a.fsrun, a.graph, sched, a.threads))
+            servers.append(Fsrun(a.fsrun, a.graph, sched, a.threads, a.max_running, sets))
         if not a.no_peer:
             peer, why = start_peer(a, ckpt, context, tmp)
             if peer:
                 servers.append(peer)
             else:
                 print("bench_serve: " + why, file=sys.stderr)
-        print("servers: " + ", ".join(s.name for s in servers) + "; model %s; %d threads each; shared machine: "
-              "figures are provisional" % (a.graph, a.threads))
+        print("servers: " + ", ".join(s.name for s in servers) + "; model %s (%s shape); %d threads each; fsrun "
+              "max_running %d; shared machine: figures are provisional" % (a.graph, a.shape, a.threads, a.max_running))
         levels = [1, 16] if a.quick else [1, 16, 32]
-        table_closed(servers, prompts, levels, 2 if a.quick else 4, results)
+        tables = set(a.tables.split(","))
+        if "closed" in tables or a.rates == "auto":
+            table_closed(servers, prompts, levels, 2 if a.quick else 4, results)
         if a.rates == "auto":
             fc = next(r for r in results if r["table"] == "closed" and r["concurrency"] == 16)
             req_rate = fc["tokens_per_s"] / 64.0  # requests/s of 64 tokens at 16 clients
@@ -269,12 +308,15 @@ def main():
         else:
             rates = [float(x) for x in a.rates.split(",")]
         n = 30 if a.quick else a.requests
-        table_open(servers, prompts, context, rates, n, results, a.seed)
-        table_prefix([s for s in servers if isinstance(s, Fsrun)], prompts, context, rates[len(rates) // 2], n,
-                     results, a.seed)
+        if "open" in tables:
+            table_open(servers, prompts, context, rates, n, results, a.seed)
+        if "prefix" in tables:
+            table_prefix([s for s in servers if isinstance(s, Fsrun)], prompts, context, rates[len(rates) // 2], n,
+                         results, a.seed)
     finally:
         for s in servers:
             s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the GGUF and, with --shape gpt2, a 1 GB checkpoint
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
