@@ -57,6 +57,39 @@ def fs_decode(tool, ckpt, val, weights, threads, tokens, windows=0, timeout=1200
     return out
 
 
+# [generate] weights formats: bytes a weight takes (q8: 32 int8 and an fp16 scale per 32)
+WEIGHT_BYTES = {"f32": 4.0, "bf16": 2.0, "q8": 34.0 / 32.0}
+SHAPES = {"quickstart": (4, 256, 256), "gpt2-small": (12, 768, 256)}  # (layers, C, vocab)
+
+
+def read_bandwidth(threads):
+    """GB/s that `threads` threads read from memory (build/bench/bench_peak), or None."""
+    tool = os.path.join(B.ROOT, "build", "bench", "bench_peak")
+    if not os.access(tool, os.X_OK):
+        return None
+    p = subprocess.run([tool, f"threads={threads}", "sizes=256", "reps=5"], capture_output=True, text=True)
+    js = B.last_json(p.stdout) if p.returncode == 0 else None
+    return js.get("read_gbs") if js else None
+
+
+def llc_bytes():
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            v = f.read().strip()
+        return int(v[:-1]) * {"K": 1 << 10, "M": 1 << 20}.get(v[-1], 1) if v[-1] in "KM" else int(v)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ceiling(name, fmt, gbs):
+    """tokens/s if every token read all its weights at gbs GB/s; None while they fit in the last-level cache
+    (then the caches, not memory, feed them)."""
+    L, C, V = SHAPES[name]
+    wb = (12 * L * C * C + V * C) * WEIGHT_BYTES[fmt]
+    llc = llc_bytes()
+    return gbs * 1e9 / wb if gbs and (llc is None or wb > llc) else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -122,16 +155,20 @@ def main():
                         cell["llama"].append(ll)
                         print(f"  round {r + 1}/{a.rounds} {name:10s} {f:4s} {t} thr: fsrun {B.fmt(fs)}  llama.cpp "
                               f"{B.fmt(ll)} tok/s", file=sys.stderr, flush=True)
+        bw = {t: read_bandwidth(t) for t in threads}
+        print("  memory read bandwidth (bench_peak): " + ", ".join(f"{t} thr {B.fmt(g, 1)} GB/s" for t, g in bw.items()))
         hdr = (f"  {'model':10s} {'weights':7s} {'thr':>3s} {'fsrun tok/s':>11s} {'(range)':>13s} "
-               f"{'llama.cpp':>9s} {'(range)':>13s} {'fs/llama':>8s}")
+               f"{'llama.cpp':>9s} {'(range)':>13s} {'fs/llama':>8s} {'DRAM ceiling':>12s} {'fs/ceiling':>10s}")
         print(hdr)
         print("  " + "-" * (len(hdr) - 2))
         goals = []
         for (name, f, t), cell in res.items():
             fm, lm = B.med(cell["fs"]), B.med(cell["llama"])
             ratio = fm / lm if fm and lm else None
+            cap = ceiling(name, f, bw.get(t))
             print(f"  {name:10s} {f:7s} {t:>3d} {B.fmt(fm):>11s} {B.span(cell['fs']):>13s} {B.fmt(lm):>9s} "
-                  f"{B.span(cell['llama']):>13s} {B.fmt(ratio, 2):>8s}")
+                  f"{B.span(cell['llama']):>13s} {B.fmt(ratio, 2):>8s} {B.fmt(cap):>12s} "
+                  f"{B.fmt(fm / cap if fm and cap else None, 2):>10s}")
             if f == "f32" and ratio:
                 goals.append((name, t, ratio))
         for name, t, ratio in goals:
@@ -150,6 +187,8 @@ def main():
             if base and losses.get("q8"):
                 d = abs(losses["q8"] - base) / base
                 print(f"  goal, q8 loss within 1% of f32's: {'met' if d <= 0.01 else 'NOT met'} ({100 * d:.3f}%)")
+        print("  DRAM ceiling: tokens/s if each token read all its projection and head weights at the measured "
+              "bandwidth (every weight is read once a token); '-' where they fit in the last-level cache.")
         print(f"  ({time.perf_counter() - t0:.0f} s; load avg at end "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
         if a.json:

@@ -1,5 +1,8 @@
-/* bench_peak.c — the machine's measured sgemm peak: what model FLOP
- * utilisation (MFU, bench/bench.py) is a fraction of.
+/* bench_peak.c — the machine's measured peaks: sgemm FLOP/s, what model
+ * FLOP utilisation (MFU, bench/bench.py) is a fraction of, and memory read
+ * bandwidth, what bounds decoding a model whose weights do not fit in the
+ * caches (each token reads every weight once: tokens/s <= GB/s / weight
+ * bytes; bench/bench_decode.py prints that ceiling).
  *
  * A datasheet peak (cores x FMA units x lanes x 2 x clock) assumes a clock
  * that a shared or virtual machine may not hold and says nothing about
@@ -11,10 +14,15 @@
  * peak is the best size's median (a peak is the most the machine gives,
  * the median keeps one lucky repeat out of it).
  *
- * Prints one JSON line:
- *   {"threads": T, "core": "...", "peak_gflops": G, "sizes": {"1024": g, ...}}
+ * Read bandwidth: `read_mb` MiB of floats (far past the last-level cache)
+ * summed in order by the same threads, each its own contiguous part, with
+ * AVX2 loads where the build has them; the median of `reps` passes after a
+ * warm-up (which also faults the pages in).
  *
- * Usage: bench_peak [threads=0] [reps=5] [sizes=1024,2048,3072,4096]
+ * Prints one JSON line:
+ *   {"threads": T, "core": "...", "sizes": {"1024": g, ...}, "peak_gflops": G, "read_gbs": B}
+ *
+ * Usage: bench_peak [threads=0] [reps=5] [sizes=1024,2048,3072,4096] [read_mb=512 (0: skip)]
  *        threads=0: all the cores this process may use (fixed, not adaptive: a peak is
  *        what the whole machine gives) */
 #include <omp.h>
@@ -65,6 +73,46 @@ static double square_gflops(size_t n, int reps) {
     return g;
 }
 
+/* Sum of x[0, n), four independent vector sums (so the adds do not limit it). */
+static float read_sum(const float *x, size_t n) {
+    float l[32] = {0};
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (size_t j = 0; j < 32; j++) l[j] += x[i + j];
+    for (; i < n; i++) l[0] += x[i];
+    float s = 0.0f;
+    for (size_t j = 0; j < 32; j++) s += l[j];
+    return s;
+}
+
+/* Median GB/s of reading `mb` MiB with the pool's threads, or -1 (no memory). */
+static double read_gbs(size_t mb, int reps) {
+    size_t n = mb * ((size_t)1 << 20) / sizeof(float);
+    float *x = fs_alloc(n * sizeof(float));
+    double *t = malloc((size_t)reps * sizeof *t), g = -1.0;
+    volatile float sink = 0.0f;
+    if (x && t) {
+        for (size_t i = 0; i < n; i++) x[i] = (float)(i & 7);
+        for (int r = 0; r <= reps; r++) {
+            double t0 = now(), sum = 0.0;
+#pragma omp parallel reduction(+ : sum)
+            {
+                size_t k = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads();
+                size_t a = n / T * k, b = k + 1 == T ? n : n / T * (k + 1);
+                sum += read_sum(x + a, b - a);
+            }
+            if (r) t[r - 1] = now() - t0;
+            sink += (float)sum;
+        }
+        qsort(t, (size_t)reps, sizeof *t, cmp_double);
+        g = (double)(n * sizeof(float)) / t[reps / 2] * 1e-9;
+    }
+    (void)sink;
+    fs_free(x);
+    free(t);
+    return g;
+}
+
 static int parse_sizes(const char *s, size_t *sizes) {
     int n = 0;
     for (char *end; *s && n < MAX_SIZES; s = *end ? end + 1 : end) {
@@ -78,15 +126,18 @@ static int parse_sizes(const char *s, size_t *sizes) {
 int main(int argc, char **argv) {
     fs_blas_fix_coretype(argv);
     int threads = 0, reps = 5, n_sizes = 4;
+    size_t read_mb = 512;
     size_t sizes[MAX_SIZES] = {1024, 2048, 3072, 4096};
     for (int i = 1; i < argc; i++) {
         if (!strncmp(argv[i], "threads=", 8)) threads = atoi(argv[i] + 8);
         else if (!strncmp(argv[i], "reps=", 5)) reps = atoi(argv[i] + 5);
         else if (!strncmp(argv[i], "sizes=", 6)) n_sizes = parse_sizes(argv[i] + 6, sizes);
+        else if (!strncmp(argv[i], "read_mb=", 8)) read_mb = strtoull(argv[i] + 8, NULL, 10);
         else n_sizes = -1;
         if (n_sizes <= 0 || threads < 0 || reps < 1) {
             fprintf(stderr, "bench_peak: bad argument '%s'\nusage: bench_peak [threads=0] [reps=5] "
-                            "[sizes=1024,2048,3072,4096] (sizes 64..16384, at most %d)\n", argv[i], MAX_SIZES);
+                            "[sizes=1024,2048,3072,4096] (sizes 64..16384, at most %d) [read_mb=512]\n", argv[i],
+                    MAX_SIZES);
             return 2;
         }
     }
@@ -103,6 +154,13 @@ int main(int argc, char **argv) {
         if (g > peak) peak = g;
         printf("%s\"%zu\": %.1f", i ? ", " : "", sizes[i], g);
     }
-    printf("}, \"peak_gflops\": %.1f}\n", peak);
+    printf("}, \"peak_gflops\": %.1f", peak);
+    double bw = read_mb ? read_gbs(read_mb, reps) : 0.0;
+    if (bw < 0) {
+        fprintf(stderr, "bench_peak: out of memory for %zu MiB\n", read_mb);
+        return 1;
+    }
+    if (read_mb) printf(", \"read_gbs\": %.2f", bw);
+    printf("}\n");
     return 0;
 }

@@ -69,7 +69,7 @@ static void bench_products(size_t C, size_t V, size_t reps) {
     struct { const char *name; size_t k, n; int nt; } shapes[] = {
         {"qkv  (C,3C)", C, 3 * C, 0}, {"proj (C,C)", C, C, 0}, {"fc   (C,4C)", C, 4 * C, 0},
         {"fcp  (4C,C)", 4 * C, C, 0}, {"head (V,C)^T", C, V, 1}};
-    size_t rows[] = {1, 8, 32, 256};
+    size_t rows[] = {1, 2, 4, 8, 16, 32, 256};
     printf("\nproducts at %d thread(s): GFLOP/s, fixed-order kernels vs OpenBLAS sgemm\n", omp_get_max_threads());
     printf("%-14s %6s %10s %10s %10s %8s %8s\n", "weight", "rows", "fixed", "packed", "blas", "blas/fixed",
            "blas/packed");
