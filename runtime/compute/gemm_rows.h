@@ -23,10 +23,11 @@
  * OpenMP threads by columns (inside a parallel region it runs on the
  * calling thread), which changes who computes an element, never how.
  *
- * bench/bench_step compares them with OpenBLAS at one thread: 3x faster
- * for one row (a GPT-2-small token's projections: 1.3x faster than the
- * matrix-vector kernels of compute/matvec.h on one thread, 1.15x on two), within 0.8-1.4x of it for 32-256 rows since the packing
- * (1.3-1.6x slower before), 1.1-2x slower for 8 rows. */
+ * bench/bench_step compares them with OpenBLAS (products=1): on a two-core
+ * Zen 3 at one thread the unpacked kernels are 3-5x faster than sgemm for
+ * one row and within 0.9-1.2x of it for 8-256 rows; the packed ones
+ * (fs_gemm_rows_nn_packed, what generation and serving read) are 1.0-1.7x
+ * faster again at 1-32 rows: from 1 to 32 rows as fast as sgemm or faster. */
 #ifndef FS_GEMM_ROWS_H
 #define FS_GEMM_ROWS_H
 
