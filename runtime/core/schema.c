@@ -122,8 +122,9 @@ static const fs_param_spec generate_keys[] = {
     {"seed", FS_PARAM_INT, "42", 0, FS_PARAM_UNBOUNDED, NULL, "sampling seed"},
     {"prompt", FS_PARAM_STRING, "", 0, 0, NULL, "text to continue (--prompt overrides)"},
     {"weights", FS_PARAM_ENUM, "f32", 0, 0, "f32|bf16|q8",
-     "format decoding reads the projections in: f32 (the trained weights), bf16 (half the bytes), q8 (Q8_0: int8 "
-     "in blocks of 32 with an fp16 scale, 1.06 bytes a weight; widths must be multiples of 32); training stays f32"},
+     "format decoding and serving read the projections in, a copy made once: f32 (the trained weights packed in "
+     "column panels, 4 bytes a weight), bf16 (half the bytes), q8 (Q8_0: int8 in blocks of 32 with an fp16 scale, "
+     "1.06 bytes a weight; widths must be multiples of 32); training stays f32"},
 };
 
 static const fs_param_spec run_keys[] = {
