@@ -68,7 +68,8 @@ typedef enum fs_finish_reason {
 typedef struct fs_request_event {
     uint64_t id;
     int32_t token;              /* the new token, or -1 */
-    float logprob;              /* log p(token) under the request's sampling distribution's base (temperature 1) */
+    float logprob;              /* log p(token) under the request's sampling distribution's base (temperature 1);
+                                 * 0 unless the request asked (logprobs, token_logprobs or a prompt event) */
     size_t n_top;               /* top alternatives filled (the request's logprobs) */
     int32_t top_token[FS_ENGINE_MAX_LOGPROBS];
     float top_logprob[FS_ENGINE_MAX_LOGPROBS];
@@ -98,6 +99,11 @@ typedef struct fs_request_params {
      * generated tokens (completions' echo with logprobs); max_tokens may
      * then be 0. */
     int prompt_logprobs;
+    /* 1: each generated token's log-probability in its event even when
+     * `logprobs` is 0 (OpenAI's logprobs = 0). Without it and without
+     * alternatives the engine skips the softmax over the vocabulary that
+     * costs every token (50,257 exponentials at GPT-2's). */
+    int token_logprobs;
 } fs_request_params;
 
 /* Whether a sampled token ends a request whose end-of-text token is eos

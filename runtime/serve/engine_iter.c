@@ -268,7 +268,7 @@ static fs_finish_reason emit_token(fs_engine *e, eseq *s, const float *logits, d
     fs_request_event ev;
     fill_event(s, &ev);
     ev.token = tok;
-    logprobs_of(logits, V, tok, s->p.logprobs, &ev);
+    if (s->p.logprobs || s->p.token_logprobs) logprobs_of(logits, V, tok, s->p.logprobs, &ev);
     size_t max_seq = fs_model_cfg(s->w->model)->max_seq;
     if (s->generated >= s->p.max_tokens || (!e->kv_max_blocks && s->n_tokens > max_seq)) ev.finish = FS_FINISH_LENGTH;
     if (s->generated == 1) eng_histogram_add(&e->c.ttft, now - s->t_submit);

@@ -426,6 +426,7 @@ static int submit(fs_http_call *c, fs_openai_error *e) {
         .eos = srv->eos,
         .timeout_s = srv->cfg.request_timeout_s,
         .prompt_logprobs = c->n_echo_tokens > 0,
+        .token_logprobs = c->req.logprobs,
     };
     fs_error err = {0};
     fs_http_call_ref(c); /* the engine's, until the final event */

@@ -59,6 +59,7 @@ typedef struct request {
     fs_sampler sampler;
     /* filled by the sink */
     int32_t out[MAX_TOK];
+    float lp[MAX_TOK];           /* each generated token's logprob, as its event said */
     size_t n_out, events, finals, cached;
     fs_finish_reason finish;
     uint64_t id;
@@ -72,6 +73,7 @@ typedef struct request {
     /* prompt log-probabilities: asked with prompt_logprobs and `logprobs` alternatives */
     int prompt_logprobs;
     size_t logprobs;
+    int token_logprobs;
     int32_t ptok[MAX_TOK];       /* the prompt events, in order */
     float plp[MAX_TOK], ptop_lp[MAX_TOK][TOP];
     int32_t ptop[MAX_TOK][TOP];
@@ -95,7 +97,7 @@ static void sink(void *arg, const fs_request_event *ev) {
         prompt_event(r, ev);
         return;
     }
-    if (ev->token >= 0) r->out[r->n_out++] = ev->token;
+    if (ev->token >= 0) r->lp[r->n_out] = ev->logprob, r->out[r->n_out++] = ev->token;
     if (ev->finish != FS_FINISH_NONE) {
         r->finals++;
         r->finish = ev->finish;
@@ -142,7 +144,8 @@ static void solo(const fs_model *m, const request *r, int32_t *out, size_t *n_ou
 static void submit(fs_engine *e, request *r) {
     fs_request_params p = {.struct_size = sizeof p, .prompt = r->prompt, .n_prompt = r->n_prompt,
                            .max_tokens = r->max_tokens, .sampler = r->sampler, .eos = r->eos,
-                           .logprobs = r->logprobs, .prompt_logprobs = r->prompt_logprobs};
+                           .logprobs = r->logprobs, .prompt_logprobs = r->prompt_logprobs,
+                           .token_logprobs = r->token_logprobs};
     fs_error err = {0};
     r->engine = e;
     int rc = fs_engine_submit(e, &p, sink, r, &r->id, &err);
@@ -540,6 +543,31 @@ static void test_prompt_logprobs_large_vocab(void **state) {
     fs_session_close(s);
 }
 
+/* A generated token's log-probability is computed only when asked for
+ * (alternatives, or token_logprobs alone: OpenAI's logprobs = 0): asked,
+ * it is the same number either way, a log-probability (below 0); not
+ * asked, every event says 0. */
+static void test_token_logprobs_only_when_asked(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "fcfs", "", 7);
+    request *rq = calloc(3, sizeof *rq);
+    make_requests(rq, 1, NULL, 0, 0.0);
+    rq[0].max_tokens = 12;
+    rq[1] = rq[2] = rq[0];
+    rq[0].token_logprobs = 1; /* the logprob, no alternatives */
+    rq[1].logprobs = 2;
+    fs_engine_config c = config_of(s, 0, 0, 0);
+    run_batch(s, &c, rq, 3);
+    check_solo(s->model, rq, 3, "token logprobs");
+    for (size_t t = 0; t < rq[0].max_tokens; t++) {
+        assert_memory_equal(&rq[0].lp[t], &rq[1].lp[t], sizeof(float));
+        assert_true(rq[0].lp[t] < 0.0f && rq[0].lp[t] > -20.0f);
+        assert_true(rq[2].lp[t] == 0.0f);
+    }
+    free(rq);
+    fs_session_close(s);
+}
+
 /* ---- the end-of-text token ---- */
 
 /* A request whose greedy run reaches its eos token ends there with
@@ -702,6 +730,7 @@ int main(void) {
         cmocka_unit_test(test_lsh_batched),
         cmocka_unit_test(test_prompt_logprobs),
         cmocka_unit_test(test_prompt_logprobs_large_vocab),
+        cmocka_unit_test(test_token_logprobs_only_when_asked),
         cmocka_unit_test(test_eos_stops),
         cmocka_unit_test(test_threaded),
         cmocka_unit_test(test_reload),
