@@ -191,15 +191,27 @@ def fsrun_median_step(metrics_path, tokens_per_step):
     return (tokens_per_step / m if m > 0 else None), len(dts)
 
 
+def shape_sets(shape):
+    """fsrun's --set arguments that turn quickstart.ini into `shape`."""
+    if shape is QS:
+        return []
+    return ["--set", f"model.n_layer={shape['layers']}", "--set", f"model.n_head={shape['heads']}",
+            "--set", f"model.n_embd={shape['embd']}", "--set", f"model.max_seq={shape['seq']}",
+            "--set", f"train.batch={shape['batch']}"]
+
+
+def product_weights(shape):
+    """Weights a token is multiplied by: each layer's four projections (12 C^2) and the head (V C);
+    the embeddings are looked up, not multiplied."""
+    return 12 * shape["layers"] * shape["embd"] ** 2 + VOCAB * shape["embd"]
+
+
 def flops_per_token(shape):
     """Model FLOPs of one training token (forward + backward), as llm.c and
-    the PaLM paper count them: 6 per weight of every product (the head
-    included, the embeddings' lookups not) plus the attention scores and
-    their use, 6 L C T (12 L C T halved: causal attention computes only the
-    lower triangle)."""
-    L, C, T = shape["layers"], shape["embd"], shape["seq"]
-    n_mm = 12 * L * C * C + VOCAB * C
-    return 6 * n_mm + 6 * L * C * T
+    the PaLM paper count them: 6 per product weight plus the attention
+    scores and their use, 6 L C T (12 L C T halved: causal attention
+    computes only the lower triangle)."""
+    return 6 * product_weights(shape) + 6 * shape["layers"] * shape["embd"] * shape["seq"]
 
 
 def sgemm_peak(bench_peak, env):
@@ -241,17 +253,10 @@ class Bench:
         self.cores = {}  # (impl, env) -> core name seen
         self.peak = {}  # env -> bench_peak's JSON (peak_gflops: the MFU denominator)
 
-    def shape_sets(self, shape):
-        if shape is QS:
-            return []
-        return ["--set", f"model.n_layer={shape['layers']}", "--set", f"model.n_head={shape['heads']}",
-                "--set", f"model.n_embd={shape['embd']}", "--set", f"model.max_seq={shape['seq']}",
-                "--set", f"train.batch={shape['batch']}"]
-
     def fs_train(self, name, shape, steps, env_name, env):
         out = os.path.join(self.tmp, f"{name}-{env_name}")
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [self.fsrun, QUICKSTART] + self.shape_sets(shape) + [
+        cmd = [self.fsrun, QUICKSTART] + shape_sets(shape) + [
             "--set", f"train.steps={steps}", "--set", "generate.max_tokens=0",
             "--set", "data.val=",  # no validation pass at the last step
             "--set", f"run.out={out}"]
@@ -280,7 +285,7 @@ class Bench:
                 "wall": wall}
 
     def fs_generate(self, out_dir, shape, max_tokens, env_name, env, threads=0):
-        cmd = [self.fsrun, QUICKSTART] + self.shape_sets(shape) + [
+        cmd = [self.fsrun, QUICKSTART] + shape_sets(shape) + [
             "--mode", "generate", "--set", f"run.out={out_dir}", "--set", f"run.threads={threads}",
             "--set", f"generate.max_tokens={max_tokens}"]
         js, wall = run(cmd, env, self.a.timeout)
@@ -503,7 +508,7 @@ def main():
                 g = {e: os.path.join(tmp, f"gpt2-{e}") for e, _, _ in b.envs}
                 for e, d in g.items():
                     if not os.path.exists(os.path.join(d, "model.safetensors")):
-                        run([b.fsrun, QUICKSTART] + b.shape_sets(GPT2) + [
+                        run([b.fsrun, QUICKSTART] + shape_sets(GPT2) + [
                             "--set", "train.steps=1", "--set", "generate.max_tokens=0", "--set", "data.val=",
                             "--set", f"run.out={d}"], env0, a.timeout)
                 items.append(("gpt2-small", GPT2, g, 200, RG, 1))

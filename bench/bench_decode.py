@@ -36,8 +36,7 @@ import bench as B
 from llamacpp import peer
 
 GGUF_TYPE = {"f32": "f32", "bf16": "bf16", "q8": "q8_0"}
-GPT2_SETS = ["--set", "model.n_embd=768", "--set", "model.n_layer=12", "--set", "model.n_head=12",
-             "--set", "model.max_seq=1024", "--set", "train.batch=2"]
+GPT2_SETS = B.shape_sets(B.GPT2)
 
 
 def fs_decode(tool, ckpt, val, weights, threads, tokens, windows=0, timeout=1200):
@@ -59,7 +58,7 @@ def fs_decode(tool, ckpt, val, weights, threads, tokens, windows=0, timeout=1200
 
 # [generate] weights formats: bytes a weight takes (q8: 32 int8 and an fp16 scale per 32)
 WEIGHT_BYTES = {"f32": 4.0, "bf16": 2.0, "q8": 34.0 / 32.0}
-SHAPES = {"quickstart": (4, 256, 256), "gpt2-small": (12, 768, 256)}  # (layers, C, vocab)
+SHAPES = {"quickstart": B.QS, "gpt2-small": B.GPT2}
 
 
 def read_bandwidth(threads):
@@ -84,8 +83,7 @@ def llc_bytes():
 def ceiling(name, fmt, gbs):
     """tokens/s if every token read all its weights at gbs GB/s; None while they fit in the last-level cache
     (then the caches, not memory, feed them)."""
-    L, C, V = SHAPES[name]
-    wb = (12 * L * C * C + V * C) * WEIGHT_BYTES[fmt]
+    wb = B.product_weights(SHAPES[name]) * WEIGHT_BYTES[fmt]
     llc = llc_bytes()
     return gbs * 1e9 / wb if gbs and (llc is None or wb > llc) else None
 

@@ -42,7 +42,7 @@ import types
 import bench as B
 from llamacpp import peer
 
-GPT2 = dict(layers=12, heads=12, embd=768, seq=1024, batch=2)
+GPT2 = B.GPT2
 
 
 class Hog:
@@ -106,7 +106,7 @@ def main():
         B.run([b.fsrun, B.QUICKSTART, "--set", "train.steps=30", "--set", "generate.max_tokens=0",
                "--set", "data.val=", "--set", f"run.out={qs_dir}"], env, a.timeout)
         if not a.skip_gpt2 and "decode" in cases:
-            B.run([b.fsrun, B.QUICKSTART] + b.shape_sets(GPT2) + [
+            B.run([b.fsrun, B.QUICKSTART] + B.shape_sets(GPT2) + [
                 "--set", "train.steps=1", "--set", "generate.max_tokens=0", "--set", "data.val=",
                 "--set", f"run.out={g_dir}"], env, a.timeout)
         gg = {}

@@ -47,6 +47,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import bench as B  # noqa: E402
 import serve_loadgen as lg  # noqa: E402
 
 SHARED = ("You are a careful reader of the King James Bible. Answer with the words of the text itself, "
@@ -149,8 +150,7 @@ def fixed(n, tokens, prompts, seed=1):
 # The GPT-2-small shape (86 M parameters with the byte vocabulary), one
 # training step from the quickstart graph: its speed does not depend on
 # how well it is trained (the requests ask for exact lengths).
-GPT2_SETS = ["--set", "model.n_embd=768", "--set", "model.n_layer=12", "--set", "model.n_head=12",
-             "--set", "model.max_seq=1024", "--set", "train.batch=2"]
+GPT2_SETS = B.shape_sets(B.GPT2)
 
 
 def ensure_checkpoint(fsrun, graph, shape, tmp):
@@ -165,7 +165,7 @@ def ensure_checkpoint(fsrun, graph, shape, tmp):
         print("bench_serve: one training step of the GPT-2-small shape into %s" % out, file=sys.stderr)
         subprocess.run([fsrun, graph] + sets + ["--set", "train.steps=1", "--set", "generate.max_tokens=0", "--set",
                                                 "data.val="], check=True, stdout=subprocess.DEVNULL)
-        return os.path.join(out, "model.safetensors"), 1024, val, sets
+        return os.path.join(out, "model.safetensors"), B.GPT2["seq"], val, sets
     out = cp.get("run", "out", fallback="runs/quickstart")
     ckpt = os.path.join(out, "model.safetensors")
     if not os.path.exists(ckpt):

@@ -24,6 +24,11 @@
 
 #define PAGED_LANES 8
 
+/* The eight lanes' fixed tree. */
+static inline float paged_lanes_sum(const float *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
 /* a . b over n, eight lanes then a fixed tree (fs_host_api.sgemm_rows' order). */
 static inline float paged_dot(const float *a, const float *b, size_t n) {
     float l[PAGED_LANES] = {0};
@@ -38,7 +43,7 @@ static inline float paged_dot(const float *a, const float *b, size_t n) {
     for (; i < n8; i += PAGED_LANES)
         for (size_t j = 0; j < PAGED_LANES; j++) l[j] = fmaf(a[i + j], b[i + j], l[j]);
     for (; i < n; i++) l[i - n8] = fmaf(a[i], b[i], l[i - n8]);
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    return paged_lanes_sum(l);
 }
 
 /* w[t] = scale * (q . k_t) for the n keys k_t = k + t * ldk (D each), each
@@ -63,7 +68,7 @@ static inline void paged_dots(float *w, const float *q, const float *k, size_t l
             for (size_t u = 0; u < 4; u++) {
                 float l[PAGED_LANES];
                 _mm256_storeu_ps(l, acc[u]);
-                w[t + u] = (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))) * scale;
+                w[t + u] = paged_lanes_sum(l) * scale;
             }
         }
 #endif

@@ -54,6 +54,25 @@ static void nn_scalar(const gemm_job *j, size_t r0, size_t r1, size_t o0, size_t
         }
 }
 
+/* Packed W (fs_gemm_rows_pack): the panel of columns [o0, o0 + width)
+ * starts at o0 * k (every panel before it is PANEL wide) and its rows are
+ * the width rounded up to 8 apart. */
+static const float *packed_panel(const gemm_job *j, size_t o0, size_t o1, size_t *ld) {
+    *ld = (o1 - o0 + 7) / 8 * 8;
+    return j->b + o0 * j->k;
+}
+
+/* Columns [from, o1) of the packed panel at o0, element by element. */
+static void nn_packed_scalar(const gemm_job *j, size_t o0, size_t from, size_t o1) {
+    size_t ld;
+    const float *panel = packed_panel(j, o0, o1, &ld);
+    for (size_t r = 0; r < j->m; r++)
+        for (size_t o = from; o < o1; o++) {
+            float acc = nn_element(j->a + r * j->lda, panel + (o - o0), ld, j->k);
+            j->c[r * j->ldc + o] = j->bias ? acc + j->bias[o] : acc;
+        }
+}
+
 #if FS_ROWS_AVX2
 /* ---- AVX2 tiles: R rows x V vectors of 8 columns (nn), R rows x O outputs (nt) ---- */
 
@@ -137,17 +156,13 @@ static void nn_block(const gemm_job *j, size_t o0, size_t o1) {
 /* A panel of a packed W (fs_gemm_rows_pack): the same tiles, their
  * weights read where the packing left them, no copy per call. */
 static void nn_packed_block(const gemm_job *j, size_t o0, size_t o1) {
-    size_t width = o1 - o0, w8 = width - width % 8, ld = (width + 7) / 8 * 8;
-    const float *panel = j->b + o0 * j->k; /* every panel before is PANEL wide */
+    size_t w8 = (o1 - o0) - (o1 - o0) % 8, ld;
+    const float *panel = packed_panel(j, o0, o1, &ld);
     for (size_t k0 = 0; w8 && k0 < j->k; k0 += KBLOCK) {
         nn_panel p = {panel + k0 * ld, w8, ld, o0, k0, k0 + KBLOCK < j->k ? k0 + KBLOCK : j->k};
         nn_panel_rows(j, &p);
     }
-    for (size_t r = 0; r < j->m; r++) /* the last width % 8 columns, element by element */
-        for (size_t o = o0 + w8; o < o1; o++) {
-            float acc = nn_element(j->a + r * j->lda, panel + (o - o0), ld, j->k);
-            j->c[r * j->ldc + o] = j->bias ? acc + j->bias[o] : acc;
-        }
+    nn_packed_scalar(j, o0, o0 + w8, o1); /* the last width % 8 columns */
 }
 
 static inline __attribute__((always_inline)) void nt_tile(const gemm_job *j, size_t r0, size_t o0, size_t R,
@@ -193,15 +208,7 @@ static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
  * element (many rows; few rows stream, as above) */
 static void nn_block(const gemm_job *j, size_t o0, size_t o1) { nn_scalar(j, 0, j->m, o0, o1); }
 
-static void nn_packed_block(const gemm_job *j, size_t o0, size_t o1) {
-    size_t ld = (o1 - o0 + 7) / 8 * 8;
-    const float *panel = j->b + o0 * j->k;
-    for (size_t r = 0; r < j->m; r++)
-        for (size_t o = o0; o < o1; o++) {
-            float acc = nn_element(j->a + r * j->lda, panel + (o - o0), ld, j->k);
-            j->c[r * j->ldc + o] = j->bias ? acc + j->bias[o] : acc;
-        }
-}
+static void nn_packed_block(const gemm_job *j, size_t o0, size_t o1) { nn_packed_scalar(j, o0, o0, o1); }
 
 static void nt_block(const gemm_job *j, size_t o0, size_t o1) {
     for (size_t r = 0; r < j->m; r++)

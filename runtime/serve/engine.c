@@ -132,6 +132,10 @@ static int gen_new(fs_engine *e, fs_session *owned, const fs_model *m, weights_g
     return FS_OK;
 }
 
+/* Its prefix-hash seed, one per generation (blocks of other weights never
+ * match): called under the engine's lock once the engine runs. */
+static void gen_number(fs_engine *e, weights_gen *w) { w->seed = fs_rng_mix(0x6b76626c6f636b73ull, e->n_gens++); }
+
 static void gen_free(weights_gen *w) {
     fs_step_weights_destroy(w->sw);
     fs_session_close(w->session);
@@ -174,7 +178,7 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
         rc = fs_batch_create(&e->batch, s->model, e->max_tokens_step, cfg->max_running + e->prompt_rows_max, err);
     if (!rc) rc = gen_new(e, NULL, s->model, &e->current, err);
     if (rc) return rc;
-    e->current->seed = fs_rng_mix(0x6b76626c6f636b73ull, e->n_gens++);
+    gen_number(e, e->current);
     e->gens = e->current;
     e->logits = fs_alloc((cfg->max_running + e->prompt_rows_max) * V * sizeof(float));
     e->work = fs_alloc(2 * V * sizeof(float) + 16);
@@ -571,7 +575,7 @@ int fs_engine_reload(fs_engine *e, const char *path, fs_error *err) {
         return rc;
     }
     pthread_mutex_lock(&e->mu);
-    w->seed = fs_rng_mix(0x6b76626c6f636b73ull, e->n_gens++);
+    gen_number(e, w);
     if (e->reload) gen_free(e->reload); /* a newer checkpoint supersedes one not yet swapped in */
     e->reload = w;
     uint64_t done = e->reloads_done;

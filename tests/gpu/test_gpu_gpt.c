@@ -27,12 +27,7 @@ typedef struct run {
 
 static fs_safetensors *g_st;
 
-static const fs_st_tensor *get(const char *name) {
-    const fs_st_tensor *t = fs_safetensors_find(g_st, name);
-    if (!t) fprintf(stderr, "fixture has no tensor %s\n", name);
-    assert_non_null(t);
-    return t;
-}
+static const fs_st_tensor *get(const char *name) { return test_fixture_tensor(g_st, name); }
 
 static size_t meta(const char *key) { return (size_t)atoi(fs_safetensors_metadata(g_st, key)); }
 

@@ -20,12 +20,7 @@ typedef struct fixture {
     float *host; /* one block of parameters */
 } fixture;
 
-static const fs_st_tensor *get(const fixture *f, const char *name) {
-    const fs_st_tensor *t = fs_safetensors_find(f->st, name);
-    if (!t) fprintf(stderr, "fixture has no tensor %s\n", name);
-    assert_non_null(t);
-    return t;
-}
+static const fs_st_tensor *get(const fixture *f, const char *name) { return test_fixture_tensor(f->st, name); }
 
 static size_t meta(const fixture *f, const char *key) { return (size_t)atoi(fs_safetensors_metadata(f->st, key)); }
 

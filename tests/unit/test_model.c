@@ -21,12 +21,7 @@ typedef struct fixture {
     size_t B, T;
 } fixture;
 
-static const fs_st_tensor *get(const fixture *f, const char *name) {
-    const fs_st_tensor *t = fs_safetensors_find(f->st, name);
-    if (!t) fprintf(stderr, "fixture has no tensor %s\n", name);
-    assert_non_null(t);
-    return t;
-}
+static const fs_st_tensor *get(const fixture *f, const char *name) { return test_fixture_tensor(f->st, name); }
 
 /* The fixture's weights in a session built from `ini`. */
 static int setup_with(void **state, const char *path, const char *ini) {

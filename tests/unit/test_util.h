@@ -16,8 +16,17 @@
 
 #include "fastserve/attention.h"
 #include "core/rng.h"
+#include "io/safetensors.h"
 #include "session/session.h"
 #include "model/seq.h"
+
+/* A tensor of a reference fixture (a .safetensors file in tests/reference), which must be there. */
+static inline const fs_st_tensor *test_fixture_tensor(const fs_safetensors *st, const char *name) {
+    const fs_st_tensor *t = fs_safetensors_find(st, name);
+    if (!t) fprintf(stderr, "fixture has no tensor %s\n", name);
+    assert_non_null(t);
+    return t;
+}
 
 static inline fs_session *test_session(const char *ini) {
     fs_graph *g;
