@@ -14,7 +14,8 @@
  * Weights are random (the cost does not depend on them). Times are medians
  * of `reps` after a warm-up; on a shared machine run it when it is quiet.
  *
- * Usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] [threads=1,2] [products=1] */
+ * Usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] [threads=1,2] [products=1]
+ *                   [seqs=B: only the decode of B sequences, e.g. under perf record] */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,13 +182,15 @@ static double iteration(const fs_model *m, size_t B, size_t ctx, size_t first, s
     return med;
 }
 
-static void bench_iterations(const fs_model *m, size_t ctx, size_t chunk, size_t reps) {
+static void bench_iterations(const fs_model *m, size_t ctx, size_t chunk, size_t reps, size_t only) {
     printf("\niterations at %d thread(s), context %zu: median ms (tokens/s)\n", omp_get_max_threads(), ctx);
     size_t Bs[] = {1, 2, 4, 8, 16, 32};
     for (size_t i = 0; i < sizeof Bs / sizeof Bs[0]; i++) {
+        if (only && Bs[i] != only) continue;
         double t = iteration(m, Bs[i], ctx, 1, reps);
         printf("  decode, %2zu sequences        %8.3f ms  (%7.0f tokens/s)\n", Bs[i], t * 1e3, (double)Bs[i] / t);
     }
+    if (only) return;
     double t = iteration(m, 1, ctx, chunk, reps);
     printf("  prompt chunk of %zu alone     %8.3f ms  (%7.0f tokens/s)\n", chunk, t * 1e3, (double)chunk / t);
     t = iteration(m, 32, ctx, chunk, reps);
@@ -209,20 +212,21 @@ static size_t parse_threads(const char *s, int *counts) {
 
 int main(int argc, char **argv) {
     const char *graph = "conf/quickstart.ini";
-    size_t reps = 21, ctx = 128, chunk = 256, n_threads = 2;
+    size_t reps = 21, ctx = 128, chunk = 256, n_threads = 2, only = 0;
     int threads[MAX_THREAD_COUNTS] = {1, 2}, products = 1, ok = 1;
     for (int i = 1; i < argc && ok; i++) {
         if (!strncmp(argv[i], "graph=", 6)) graph = argv[i] + 6;
         else if (!strncmp(argv[i], "reps=", 5)) ok = (reps = strtoul(argv[i] + 5, NULL, 10)) > 0;
         else if (!strncmp(argv[i], "ctx=", 4)) ctx = strtoul(argv[i] + 4, NULL, 10);
         else if (!strncmp(argv[i], "chunk=", 6)) chunk = strtoul(argv[i] + 6, NULL, 10);
+        else if (!strncmp(argv[i], "seqs=", 5)) ok = (only = strtoul(argv[i] + 5, NULL, 10)) > 0;
         else if (!strncmp(argv[i], "products=", 9)) products = atoi(argv[i] + 9);
         else if (!strncmp(argv[i], "threads=", 8)) ok = (n_threads = parse_threads(argv[i] + 8, threads)) > 0;
         else ok = 0;
     }
     if (!ok) {
         fprintf(stderr, "usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] "
-                        "[threads=1,2 (up to %d counts)] [products=1|0]\n", MAX_THREAD_COUNTS);
+                        "[threads=1,2 (up to %d counts)] [products=1|0] [seqs=B (decode of B sequences only)]\n", MAX_THREAD_COUNTS);
         return 2;
     }
     fs_blas_fix_coretype(argv);
@@ -242,7 +246,7 @@ int main(int argc, char **argv) {
         omp_set_num_threads(threads[i]);
         fs_blas_set_threads(threads[i]);
         if (products) bench_products(c->n_embd, c->vocab, reps);
-        bench_iterations(s->model, ctx, chunk, reps);
+        bench_iterations(s->model, ctx, chunk, reps, only);
     }
     fs_session_close(s);
     return 0;
