@@ -10,7 +10,12 @@
 # 1. the device as the driver sees it (nvidia-smi);
 # 2. a Release build with nvcc (sm_80 and sm_90, warnings as errors) in build-gpu;
 # 3. the GPU tests (ctest -L gpu): each must pass, not skip;
-# 4. compute-sanitizer memcheck and racecheck over test_gpu_gpt, when the
+# 4. the benchmark: GPT-2-small training (124 M parameters, vocab 50257,
+#    T = 1024, B = 8) in fp32, tf32 and bf16 (tokens/s, MFU over the
+#    device's peak) and dense attention forward + backward from 1k to 16k
+#    (build-gpu/bench/bench_backend; about a minute on an H100). Its tables go
+#    to $OUT/bench-backend.md for the README;
+# 5. compute-sanitizer memcheck and racecheck over test_gpu_gpt, when the
 #    toolkit has it.
 # Exits non-zero when any step fails, or when a GPU test skips on a machine
 # that has a device.
@@ -40,6 +45,11 @@ if grep -q "Not Run\|Skipped" "$log"; then
   echo "gpu-check: a GPU test skipped on a machine with a device" | tee -a "$log"
   status=1
 fi
+
+step "bench: GPT-2-small training and dense attention on cuda"
+(timeout 240 build-gpu/bench/bench_backend backend=cuda shape=gpt2 steps=10 reps=5 \
+  attention=1024,2048,4096,8192,16384 | tee "$out/bench-backend.md") 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ -x "$sanitizer" ]; then
