@@ -213,7 +213,7 @@ static void attn_open(attn_case *c, gb_backend *b, const opts *o, size_t T) {
     if (fs_plugin_registry_get(&b->reg, FS_PLUGIN_ATTENTION, "dense", &p, &err)) die("dense attention", &err);
     c->vt = p->desc->vtable;
     fs_plugin_ctx_init(&c->ctx, &b->host, NULL, "layer0.attention", "dense");
-    fs_attention_config ac = {sizeof ac, 0, H, D, H * D, T, 1, b->device};
+    fs_attention_config ac = {sizeof ac, 0, H, D, H * D, T, 1, b->device, FS_DTYPE_F32};
     if (c->vt->create(&c->self, &b->host.api, &c->ctx, &ac, &err)) die("dense attention", &err);
     float *host = malloc(n * sizeof *host);
     fs_rng g;

@@ -15,7 +15,8 @@
  * of `reps` after a warm-up; on a shared machine run it when it is quiet.
  *
  * Usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] [threads=1,2] [products=1]
- *                   [seqs=B: only the decode of B sequences, e.g. under perf record] */
+ *                   [seqs=B: only the decode of B sequences, e.g. under perf record]
+ *                   [section.key=value ...: as fsrun --set, e.g. generate.kv_dtype=bf16] */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,6 +215,8 @@ int main(int argc, char **argv) {
     const char *graph = "conf/quickstart.ini";
     size_t reps = 21, ctx = 128, chunk = 256, n_threads = 2, only = 0;
     int threads[MAX_THREAD_COUNTS] = {1, 2}, products = 1, ok = 1;
+    const char *sets[16];
+    size_t n_sets = 0;
     for (int i = 1; i < argc && ok; i++) {
         if (!strncmp(argv[i], "graph=", 6)) graph = argv[i] + 6;
         else if (!strncmp(argv[i], "reps=", 5)) ok = (reps = strtoul(argv[i] + 5, NULL, 10)) > 0;
@@ -222,18 +225,22 @@ int main(int argc, char **argv) {
         else if (!strncmp(argv[i], "seqs=", 5)) ok = (only = strtoul(argv[i] + 5, NULL, 10)) > 0;
         else if (!strncmp(argv[i], "products=", 9)) products = atoi(argv[i] + 9);
         else if (!strncmp(argv[i], "threads=", 8)) ok = (n_threads = parse_threads(argv[i] + 8, threads)) > 0;
+        else if (strchr(argv[i], '.') && strchr(argv[i], '.') < strchr(argv[i], '=') && n_sets < 16)
+            sets[n_sets++] = argv[i]; /* section.key=value, as fsrun --set */
         else ok = 0;
     }
     if (!ok) {
         fprintf(stderr, "usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] "
-                        "[threads=1,2 (up to %d counts)] [products=1|0] [seqs=B (decode of B sequences only)]\n", MAX_THREAD_COUNTS);
+                        "[threads=1,2 (up to %d counts)] [products=1|0] [seqs=B (decode of B sequences only)] [section.key=value ...]\n", MAX_THREAD_COUNTS);
         return 2;
     }
     fs_blas_fix_coretype(argv);
     fs_graph *g;
     fs_session *s;
     fs_error err = {0};
-    if (fs_graph_load(&g, graph, &err) || fs_session_open(&s, g, &err)) {
+    int rc = fs_graph_load(&g, graph, &err);
+    for (size_t i = 0; i < n_sets && !rc; i++) rc = fs_graph_set(g, sets[i], &err);
+    if (rc || fs_session_open(&s, g, &err)) {
         fprintf(stderr, "bench_step: %s\n", err.message);
         return 1;
     }

@@ -39,6 +39,7 @@ typedef struct dense {
     fs_attention_config cfg;
     struct dense_cuda *cuda; /* the instance is on a CUDA device: everything goes there */
     float scale;
+    size_t kv_es; /* bytes of a key or value element in paged blocks: 4 (f32) or 2 (bf16) */
 } dense;
 
 typedef struct cache_header {
@@ -57,7 +58,10 @@ static int dense_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx
     dense *d = host->alloc(cpu, sizeof *d);
     if (!d) return host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory");
     d->host = host;
-    d->cfg = *cfg;
+    /* a host older than this plugin passes a shorter config: copy what it has */
+    memset(&d->cfg, 0, sizeof d->cfg);
+    memcpy(&d->cfg, cfg, cfg->struct_size < sizeof d->cfg ? cfg->struct_size : sizeof d->cfg);
+    d->kv_es = paged_kv_es(cfg);
     d->cuda = NULL;
 #if FS_CUDA_KERNELS
     if (cfg->device.type == FS_DEVICE_CUDA) {
@@ -524,13 +528,14 @@ static int dense_scores_backward(void *self, const fs_attention_scores_args *a, 
 
 static size_t dense_paged_block_bytes(void *self, size_t kv_block) {
     dense *d = self;
-    return 2 * d->cfg.n_head * kv_block * d->cfg.head_dim * sizeof(float);
+    return 2 * d->cfg.n_head * kv_block * d->cfg.head_dim * d->kv_es;
 }
 
-/* Head h's key (v = 0) or value (v = 1) of the token in `slot` of a block. */
-static float *dense_entry(const dense *d, char *block, size_t kv_block, size_t h, int v, size_t slot) {
+/* Head h's key (v = 0) or value (v = 1) of the token in `slot` of a block
+ * (D stored elements; a head's keys of consecutive slots are adjacent). */
+static void *dense_entry(const dense *d, char *block, size_t kv_block, size_t h, int v, size_t slot) {
     size_t D = d->cfg.head_dim;
-    return (float *)block + ((2 * h + (size_t)v) * kv_block + slot) * D;
+    return paged_kv_at(block, ((2 * h + (size_t)v) * kv_block + slot) * D, d->kv_es);
 }
 
 typedef struct dense_paged_job {
@@ -548,7 +553,7 @@ static void dense_paged_rows(void *arg, size_t begin, size_t end) {
     const fs_attention_paged_args *a = j->a;
     size_t H = d->cfg.n_head, D = d->cfg.head_dim, kb = a->kv_block;
     float *w = d->host->alloc(d->cfg.device, j->max_len * sizeof(float));
-    const float **vp = d->host->alloc(d->cfg.device, j->max_len * sizeof *vp);
+    const void **vp = d->host->alloc(d->cfg.device, j->max_len * sizeof *vp);
     if (!w || !vp) {
         atomic_store(&j->failed, 1);
         begin = end;
@@ -561,10 +566,10 @@ static void dense_paged_rows(void *arg, size_t begin, size_t end) {
         for (size_t p0 = 0; p0 < n; p0 += kb) {
             char *blk = paged_block(a, s, p0);
             size_t cnt = n - p0 < kb ? n - p0 : kb;
-            paged_dots(w + p0, q, dense_entry(d, blk, kb, h, 0, 0), D, cnt, D, d->scale);
+            paged_dots(w + p0, q, dense_entry(d, blk, kb, h, 0, 0), D, cnt, D, d->scale, d->kv_es);
             for (size_t t = 0; t < cnt; t++) vp[p0 + t] = dense_entry(d, blk, kb, h, 1, t);
         }
-        paged_softmax_values((float *)a->out.data + (row * H + h) * D, w, vp, n, D);
+        paged_softmax_values((float *)a->out.data + (row * H + h) * D, w, vp, n, D, d->kv_es);
     }
     d->host->free(d->cfg.device, w);
     d->host->free(d->cfg.device, (void *)vp);
@@ -587,10 +592,10 @@ static int dense_paged_step(void *self, fs_attention_paged_args *a, fs_error *er
             size_t p = s->start + t, row = s->row + t;
             char *blk = paged_block(a, s, p);
             for (size_t h = 0; h < H; h++) {
-                memcpy(dense_entry(d, blk, kb, h, 0, p % kb), (const float *)a->k.data + (row * H + h) * D,
-                       D * sizeof(float));
-                memcpy(dense_entry(d, blk, kb, h, 1, p % kb), (const float *)a->v.data + (row * H + h) * D,
-                       D * sizeof(float));
+                paged_kv_put(dense_entry(d, blk, kb, h, 0, p % kb), (const float *)a->k.data + (row * H + h) * D, D,
+                             d->kv_es);
+                paged_kv_put(dense_entry(d, blk, kb, h, 1, p % kb), (const float *)a->v.data + (row * H + h) * D, D,
+                             d->kv_es);
             }
         }
     }
@@ -604,7 +609,7 @@ static int dense_paged_step(void *self, fs_attention_paged_args *a, fs_error *er
 static const fs_attention_vtable dense_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SCORES |
-             FS_ATTENTION_PAGED | DENSE_DEVICES,
+             FS_ATTENTION_PAGED | DENSE_DEVICES | FS_ATTENTION_PAGED_BF16,
     .create = dense_create,
     .destroy = dense_destroy,
     .saved_bytes = dense_saved_bytes,

@@ -19,6 +19,7 @@
  * and the global keys/values; backward recomputes the scores block by block
  * (one extra QK^T, as FlashAttention does) instead of keeping them. */
 #include "longformer.h"
+#include "paged.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -237,7 +238,10 @@ static int lf_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, c
     lf_plugin *lf = host->alloc(cpu, sizeof *lf);
     if (!lf) return host->error_set(err, FS_ERR_NOMEM, "longformer attention: out of memory");
     lf->host = host;
-    lf->cfg = *cfg;
+    /* a host older than this plugin passes a shorter config: copy what it has */
+    memset(&lf->cfg, 0, sizeof lf->cfg);
+    memcpy(&lf->cfg, cfg, cfg->struct_size < sizeof lf->cfg ? cfg->struct_size : sizeof lf->cfg);
+    lf->kv_es = paged_kv_es(cfg);
     lf->scale = 1.0f / sqrtf((float)cfg->head_dim);
     size_t C = cfg->n_embd;
     int rc = FS_OK;
@@ -391,7 +395,7 @@ static int lf_cache_reset_on(void *self, void *cache, size_t B, size_t max_conte
 static const fs_attention_vtable lf_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_USES_INPUT |
-             FS_ATTENTION_BOUNDED_CACHE | FS_ATTENTION_PAGED | LF_DEVICES,
+             FS_ATTENTION_BOUNDED_CACHE | FS_ATTENTION_PAGED | LF_DEVICES | FS_ATTENTION_PAGED_BF16,
     .create = lf_create,
     .destroy = lf_destroy,
     .saved_bytes = lf_saved_bytes,

@@ -30,6 +30,7 @@ typedef struct lf_plugin {
     size_t dmax;   /* largest dilation: the decode ring holds window * dmax + 1 tokens */
     size_t block;  /* query rows per block of the banded kernel */
     float scale;   /* 1 / sqrt(D) */
+    size_t kv_es;  /* bytes of a key or value element in paged blocks: 4 (f32) or 2 (bf16) */
 
     int gmode;            /* LF_GLOBAL_* */
     int32_t *gpos;        /* LF_GLOBAL_POSITIONS: sorted, distinct, < max_seq */

@@ -24,22 +24,26 @@
 #include "longformer.h"
 #include "paged.h"
 
-/* Floats of one token's entry. */
-static size_t entry_floats(const lf_plugin *lf) {
+/* Stored elements of one token's entry. */
+static size_t entry_elems(const lf_plugin *lf) {
     return (lf->gmode != LF_GLOBAL_NONE ? 4 : 2) * lf->cfg.n_embd;
 }
 
 size_t lf_paged_block_bytes(void *self, size_t kv_block) {
-    return kv_block * entry_floats(self) * sizeof(float);
+    const lf_plugin *lf = self;
+    return kv_block * entry_elems(lf) * lf->kv_es;
 }
 
-/* Position p's entry: local K at [0, C), local V at [C, 2C), global K and V
- * at [2C, 4C). */
-static float *entry_at(const lf_plugin *lf, const fs_attention_paged_args *a, const fs_attention_paged_seq *s,
-                       size_t p) {
+/* Position p's entry: local K at elements [0, C), local V at [C, 2C),
+ * global K and V at [2C, 4C). */
+static void *entry_at(const lf_plugin *lf, const fs_attention_paged_args *a, const fs_attention_paged_seq *s,
+                      size_t p) {
     char *blk = paged_block(a, s, p);
-    return (float *)blk + (p % a->kv_block) * entry_floats(lf);
+    return paged_kv_at(blk, (p % a->kv_block) * entry_elems(lf), lf->kv_es);
 }
+
+/* Element i of an entry. */
+static const void *entry_elem(const lf_plugin *lf, const void *e, size_t i) { return paged_kv_at(e, i, lf->kv_es); }
 
 /* Decode's ring: the positions a later token's band reaches back to. */
 static size_t ring(const lf_plugin *lf) { return lf->window * lf->dmax + 1; }
@@ -88,12 +92,12 @@ static void store_entries(const lf_plugin *lf, const fs_attention_paged_args *a,
     for (size_t i = 0; i < a->n_seqs; i++) {
         const fs_attention_paged_seq *s = &a->seqs[i];
         for (size_t t = 0; t < s->n_new; t++) {
-            size_t p = s->start + t, row = s->row + t;
-            float *e = entry_at(lf, a, s, p);
-            memcpy(e, (const float *)a->k.data + row * C, C * sizeof(float));
-            memcpy(e + C, (const float *)a->v.data + row * C, C * sizeof(float));
+            size_t p = s->start + t, row = s->row + t, es = lf->kv_es;
+            void *e = entry_at(lf, a, s, p);
+            paged_kv_put(e, (const float *)a->k.data + row * C, C, es);
+            paged_kv_put(paged_kv_at(e, C, es), (const float *)a->v.data + row * C, C, es);
             if (lf->gmode == LF_GLOBAL_TOKENS || (lf->gmode == LF_GLOBAL_POSITIONS && p < S))
-                memcpy(e + 2 * C, qkvg + row * 3 * C + C, 2 * C * sizeof(float));
+                paged_kv_put(paged_kv_at(e, 2 * C, es), qkvg + row * 3 * C + C, 2 * C, es);
         }
     }
 }
@@ -108,7 +112,7 @@ typedef struct paged_job {
 
 typedef struct row_scratch {
     float *w;
-    const float **vp;
+    const void **vp;
     size_t *occ;
 } row_scratch;
 
@@ -119,17 +123,17 @@ static void global_row(const paged_job *j, const fs_attention_paged_seq *s, size
     size_t C = lf->cfg.n_embd, D = lf->cfg.head_dim, R = ring(lf), n = 0;
     size_t first = lf->gmode == LF_GLOBAL_TOKENS && p + 1 > R ? p + 1 - R : 0;
     for (size_t q = first; q <= p; q++) {
-        const float *e = entry_at(lf, j->a, s, q) + 2 * C + h * D;
-        sc->w[n] = paged_dot(qg, e, D) * lf->scale;
-        sc->vp[n++] = e + C;
+        const void *e = entry_at(lf, j->a, s, q);
+        sc->w[n] = paged_dot(qg, entry_elem(lf, e, 2 * C + h * D), D, lf->kv_es) * lf->scale;
+        sc->vp[n++] = entry_elem(lf, e, 3 * C + h * D);
     }
     for (size_t c = n_occ; c-- > 0;) /* oldest first, as decode's slots */
         if (occ[c] < first) {
-            const float *e = entry_at(lf, j->a, s, occ[c]) + 2 * C + h * D;
-            sc->w[n] = paged_dot(qg, e, D) * lf->scale;
-            sc->vp[n++] = e + C;
+            const void *e = entry_at(lf, j->a, s, occ[c]);
+            sc->w[n] = paged_dot(qg, entry_elem(lf, e, 2 * C + h * D), D, lf->kv_es) * lf->scale;
+            sc->vp[n++] = entry_elem(lf, e, 3 * C + h * D);
         }
-    paged_softmax_values(out, sc->w, sc->vp, n, D);
+    paged_softmax_values(out, sc->w, sc->vp, n, D, lf->kv_es);
 }
 
 /* A local row of head h at position p (decode's attend_local_row). */
@@ -138,19 +142,19 @@ static void local_row(const paged_job *j, const fs_attention_paged_seq *s, size_
     const lf_plugin *lf = j->lf;
     size_t C = lf->cfg.n_embd, D = lf->cfg.head_dim, w = lf->window, d = lf->dil[h], n = 0;
     for (size_t m = 0; m <= w && m * d <= p; m++) {
-        const float *e = entry_at(lf, j->a, s, p - m * d) + h * D;
-        sc->w[n] = paged_dot(q, e, D) * lf->scale;
-        sc->vp[n++] = e + C;
+        const void *e = entry_at(lf, j->a, s, p - m * d);
+        sc->w[n] = paged_dot(q, entry_elem(lf, e, h * D), D, lf->kv_es) * lf->scale;
+        sc->vp[n++] = entry_elem(lf, e, C + h * D);
     }
     size_t ng = lf->gmode == LF_GLOBAL_TOKENS ? n_occ : lf->gmode == LF_GLOBAL_POSITIONS ? lf->n_gpos : 0;
     for (size_t c = 0; c < ng; c++) {
         size_t g = lf->gmode == LF_GLOBAL_TOKENS ? occ[n_occ - 1 - c] : (size_t)lf->gpos[c];
         if (g >= p || ((p - g) % d == 0 && (p - g) / d <= w)) continue;
-        const float *e = entry_at(lf, j->a, s, g) + h * D;
-        sc->w[n] = paged_dot(q, e, D) * lf->scale;
-        sc->vp[n++] = e + C;
+        const void *e = entry_at(lf, j->a, s, g);
+        sc->w[n] = paged_dot(q, entry_elem(lf, e, h * D), D, lf->kv_es) * lf->scale;
+        sc->vp[n++] = entry_elem(lf, e, C + h * D);
     }
-    paged_softmax_values(out, sc->w, sc->vp, n, D);
+    paged_softmax_values(out, sc->w, sc->vp, n, D, lf->kv_es);
 }
 
 /* Items are rows; a row's heads share its kind (global or local) and its
@@ -161,7 +165,7 @@ static void paged_rows(void *arg, size_t begin, size_t end) {
     const fs_attention_paged_args *a = j->a;
     size_t H = lf->cfg.n_head, D = lf->cfg.head_dim, C = lf->cfg.n_embd, NG = lf->global_cache;
     row_scratch sc = {lf->host->alloc(lf->cfg.device, j->max_keys * sizeof(float)),
-                      lf->host->alloc(lf->cfg.device, j->max_keys * sizeof(float *)),
+                      lf->host->alloc(lf->cfg.device, j->max_keys * sizeof(void *)),
                       lf->host->alloc(lf->cfg.device, (NG + 1) * sizeof(size_t))};
     if (!sc.w || !sc.vp || !sc.occ) {
         atomic_store(&j->failed, 1);

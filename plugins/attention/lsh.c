@@ -97,7 +97,9 @@ static int lsh_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, 
     if (!l) return host->error_set(err, FS_ERR_NOMEM, "lsh attention: out of memory");
     memset(l, 0, sizeof *l);
     l->host = host;
-    l->cfg = *cfg;
+    /* a host older than this plugin passes a shorter config: copy what it has */
+    memcpy(&l->cfg, cfg, cfg->struct_size < sizeof l->cfg ? cfg->struct_size : sizeof l->cfg);
+    l->kv_es = paged_kv_es(cfg);
     l->scale = 1.0f / sqrtf((float)cfg->head_dim);
     int rc = FS_OK;
     int64_t nh = host->config_int(ctx, "n_hashes"), nb = host->config_int(ctx, "n_buckets");
@@ -615,40 +617,47 @@ static int lsh_decode(void *self, void *cache, fs_attention_decode_args *a, fs_e
 
 /* ---- the paged step (serving) ---- */
 
-/* Per head: keys (kv_block, D), values (kv_block, D), buckets (kv_block, n_hashes). */
-static size_t lsh_paged_head_floats(const lsh_plugin *l, size_t kv_block) {
-    return kv_block * (2 * l->cfg.head_dim + l->n_hashes);
+/* Per head: keys (kv_block, D), values (kv_block, D), stored f32 or bf16,
+ * then buckets (kv_block, n_hashes) int32 from the next 8-byte boundary. */
+static size_t lsh_paged_kv_bytes(const lsh_plugin *l, size_t kv_block) {
+    return (2 * kv_block * l->cfg.head_dim * l->kv_es + 7) / 8 * 8;
+}
+
+static size_t lsh_paged_head_bytes(const lsh_plugin *l, size_t kv_block) {
+    return lsh_paged_kv_bytes(l, kv_block) + kv_block * l->n_hashes * sizeof(int32_t);
 }
 
 static size_t lsh_paged_block_bytes(void *self, size_t kv_block) {
     lsh_plugin *l = self;
-    return l->cfg.n_head * lsh_paged_head_floats(l, kv_block) * sizeof(float);
+    return l->cfg.n_head * lsh_paged_head_bytes(l, kv_block);
 }
 
 typedef struct lsh_entry {
-    float *k, *v;
+    void *k, *v; /* D stored elements each */
     int32_t *bk;
 } lsh_entry;
 
 static lsh_entry lsh_paged_entry(const lsh_plugin *l, char *block, size_t kv_block, size_t h, size_t slot) {
     size_t D = l->cfg.head_dim;
-    float *head = (float *)block + h * lsh_paged_head_floats(l, kv_block);
-    lsh_entry e = {head + slot * D, head + (kv_block + slot) * D,
-                   (int32_t *)(head + 2 * kv_block * D) + slot * l->n_hashes};
+    char *head = block + h * lsh_paged_head_bytes(l, kv_block);
+    lsh_entry e = {paged_kv_at(head, slot * D, l->kv_es), paged_kv_at(head, (kv_block + slot) * D, l->kv_es),
+                   (int32_t *)(head + lsh_paged_kv_bytes(l, kv_block)) + slot * l->n_hashes};
     return e;
 }
 
-/* The new token's entry: normalised key, value, bucket of each round (as decode). */
+/* The new token's entry: normalised key, value, bucket of each round (as
+ * decode). `proj` has n_buckets / 2 floats, `key` D. */
 static void lsh_paged_store(const lsh_plugin *l, const fs_attention_paged_args *a, const fs_attention_paged_seq *s,
-                            size_t t, float *proj /* (n_buckets / 2) */) {
+                            size_t t, float *proj, float *key) {
     size_t H = l->cfg.n_head, D = l->cfg.head_dim, NH = l->n_hashes, half = l->n_buckets / 2;
     size_t p = s->start + t, row = s->row + t;
     char *blk = paged_block(a, s, p);
     for (size_t h = 0; h < H; h++) {
         const float *qi = (const float *)a->q.data + (row * H + h) * D;
         lsh_entry e = lsh_paged_entry(l, blk, a->kv_block, h, p % a->kv_block);
-        normalise(qi, e.k, 1, D);
-        memcpy(e.v, (const float *)a->v.data + (row * H + h) * D, D * sizeof(float));
+        normalise(qi, key, 1, D);
+        paged_kv_put(e.k, key, D, l->kv_es);
+        paged_kv_put(e.v, (const float *)a->v.data + (row * H + h) * D, D, l->kv_es);
         for (size_t r = 0; r < NH; r++) {
             const float *R = l->rot + r * D * half;
             for (size_t c = 0; c < half; c++) proj[c] = 0.0f;
@@ -675,7 +684,7 @@ static void lsh_paged_rows(void *arg, size_t begin, size_t end) {
     const fs_attention_paged_args *a = j->a;
     size_t H = l->cfg.n_head, D = l->cfg.head_dim, NH = l->n_hashes, kb = a->kv_block;
     float *w = l->host->alloc(l->cfg.device, j->max_len * sizeof(float));
-    const float **vp = l->host->alloc(l->cfg.device, j->max_len * sizeof *vp);
+    const void **vp = l->host->alloc(l->cfg.device, j->max_len * sizeof *vp);
     if (!w || !vp) {
         atomic_store(&j->failed, 1);
         begin = end;
@@ -695,11 +704,11 @@ static void lsh_paged_rows(void *arg, size_t begin, size_t end) {
                 lsh_entry e = lsh_paged_entry(l, blk, kb, h, t);
                 int see = jj == pos || jj >= recent;
                 for (size_t r = 0; !see && r < NH; r++) see = e.bk[r] == mine[r];
-                w[jj] = !see ? -INFINITY : jj == pos ? LSH_SELF_SCORE : paged_dot(q, e.k, D) * l->scale;
+                w[jj] = !see ? -INFINITY : jj == pos ? LSH_SELF_SCORE : paged_dot(q, e.k, D, l->kv_es) * l->scale;
                 vp[jj] = e.v;
             }
         }
-        paged_softmax_values((float *)a->out.data + (row * H + h) * D, w, vp, n, D);
+        paged_softmax_values((float *)a->out.data + (row * H + h) * D, w, vp, n, D, l->kv_es);
     }
     l->host->free(l->cfg.device, w);
     l->host->free(l->cfg.device, (void *)vp);
@@ -716,10 +725,11 @@ static int lsh_paged_step(void *self, fs_attention_paged_args *a, fs_error *err)
                                   "lsh attention: the paged step is causal; this layer has causal = false");
     int rc = paged_check(l->host, "lsh", a, err);
     if (rc) return rc;
-    float *proj = l->host->alloc(l->cfg.device, l->n_buckets / 2 * sizeof(float));
+    float *proj = l->host->alloc(l->cfg.device, (l->n_buckets / 2 + l->cfg.head_dim) * sizeof(float));
     if (!proj) return l->host->error_set(err, FS_ERR_NOMEM, "lsh attention: out of memory");
     for (size_t i = 0; i < a->n_seqs; i++)
-        for (size_t t = 0; t < a->seqs[i].n_new; t++) lsh_paged_store(l, a, &a->seqs[i], t, proj);
+        for (size_t t = 0; t < a->seqs[i].n_new; t++)
+            lsh_paged_store(l, a, &a->seqs[i], t, proj, proj + l->n_buckets / 2);
     l->host->free(l->cfg.device, proj);
     lsh_paged_job job = {l, a, paged_max_len(a), 0};
     l->host->parallel_for(a->n_rows * l->cfg.n_head, 1, lsh_paged_rows, &job);
@@ -731,7 +741,7 @@ static int lsh_paged_step(void *self, fs_attention_paged_args *a, fs_error *err)
 static const fs_attention_vtable lsh_vtable = {
     .struct_size = sizeof(fs_attention_vtable),
     .flags = FS_ATTENTION_CAUSAL | FS_ATTENTION_BIDIRECTIONAL | FS_ATTENTION_DECODE | FS_ATTENTION_SHARED_QK |
-             FS_ATTENTION_PAGED | LSH_DEVICES,
+             FS_ATTENTION_PAGED | LSH_DEVICES | FS_ATTENTION_PAGED_BF16,
     .create = lsh_create,
     .destroy = lsh_destroy,
     .saved_bytes = lsh_saved_bytes,

@@ -26,6 +26,7 @@ typedef struct lsh_plugin {
     size_t lookahead; /* later chunks each chunk also sees (useful when bidirectional) */
     size_t decode_window; /* generation: the most recent tokens always seen */
     float scale;      /* 1 / sqrt(D) */
+    size_t kv_es;     /* bytes of a key or value element in paged blocks: 4 (f32) or 2 (bf16) */
     /* (n_hashes, D, n_buckets / 2): a registered parameter (weight decay 0,
      * gradient always 0) so checkpoints carry it; drawn from host->seed. */
     float *rot;

@@ -7,7 +7,8 @@
  * Every sum here runs in an order fixed by the row's own sizes: dot
  * products in eight fused-multiply-add lanes (the order of the host's
  * sgemm_rows with B^T), softmax sums and weighted sums of values key by
- * key. fmaf is written out so vector and scalar code round alike. */
+ * key. fmaf is written out so vector and scalar code round alike. Keys and
+ * values are stored f32 or bf16 (es, below). */
 #ifndef FS_PAGED_H
 #define FS_PAGED_H
 
@@ -15,7 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <string.h>
+
 #include "fastserve/attention.h"
+#include "fastserve/bf16.h"
 #include "fastserve/fastmath.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -23,46 +27,97 @@
 #endif
 
 #define PAGED_LANES 8
+#define PAGED_INLINE static inline __attribute__((always_inline))
+
+/* ---- keys and values as the blocks store them ----
+ *
+ * f32, or bf16 with FS_ATTENTION_PAGED_BF16 (fs_attention_config.kv_dtype):
+ * `es` is the bytes of one stored element, 4 or 2. A bf16 element widens
+ * to f32 exactly, so every sum below is the same chain of operations on
+ * the same values whichever sequences share the step. Each kernel takes
+ * es at run time and calls a body inlined for es = 4 and es = 2, so the
+ * loops carry no test. */
+
+/* The element size the instance stores (F32 unless the config, new
+ * enough to have the member, asks BF16). */
+static inline size_t paged_kv_es(const fs_attention_config *cfg) {
+    return FS_HAS_MEMBER(cfg, cfg->struct_size, fs_attention_config, kv_dtype) && cfg->kv_dtype == FS_DTYPE_BF16
+               ? sizeof(fs_bf16)
+               : sizeof(float);
+}
+
+/* The address of element i of stored entries starting at p. */
+static inline void *paged_kv_at(const void *p, size_t i, size_t es) { return (char *)p + i * es; }
+
+static inline float paged_kv_get(const void *p, size_t i, size_t es) {
+    return es == sizeof(fs_bf16) ? fs_bf16_to_f32(((const fs_bf16 *)p)[i]) : ((const float *)p)[i];
+}
+
+/* dst (n stored elements) = src, rounded to bf16 when es = 2. */
+static inline void paged_kv_put(void *dst, const float *src, size_t n, size_t es) {
+    if (es == sizeof(float)) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    fs_bf16 *d = dst;
+    for (size_t i = 0; i < n; i++) d[i] = fs_bf16_from_f32(src[i]);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* Eight stored elements as floats (bf16: the 16 bits moved to the top). */
+PAGED_INLINE __m256 paged_kv_load8(const void *p, size_t es) {
+    if (es == sizeof(float)) return _mm256_loadu_ps((const float *)p);
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+#endif
 
 /* The eight lanes' fixed tree. */
 static inline float paged_lanes_sum(const float *l) {
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
-/* a . b over n, eight lanes then a fixed tree (fs_host_api.sgemm_rows' order). */
-static inline float paged_dot(const float *a, const float *b, size_t n) {
+/* a . b over n (b stored), eight lanes then a fixed tree (fs_host_api.sgemm_rows' order). */
+PAGED_INLINE float paged_dot_es(const float *a, const void *b, size_t n, size_t es) {
     float l[PAGED_LANES] = {0};
     size_t n8 = n - n % PAGED_LANES, i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
     /* the eight lanes in one register: GCC keeps fmaf's lanes scalar (eight
      * vfmadd231ss a step, 8x the instructions); the same chains, the same bits */
     __m256 acc = _mm256_setzero_ps();
-    for (; i < n8; i += PAGED_LANES) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    for (; i < n8; i += PAGED_LANES)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), paged_kv_load8(paged_kv_at(b, i, es), es), acc);
     _mm256_storeu_ps(l, acc);
 #endif
     for (; i < n8; i += PAGED_LANES)
-        for (size_t j = 0; j < PAGED_LANES; j++) l[j] = fmaf(a[i + j], b[i + j], l[j]);
-    for (; i < n; i++) l[i - n8] = fmaf(a[i], b[i], l[i - n8]);
+        for (size_t j = 0; j < PAGED_LANES; j++) l[j] = fmaf(a[i + j], paged_kv_get(b, i + j, es), l[j]);
+    for (; i < n; i++) l[i - n8] = fmaf(a[i], paged_kv_get(b, i, es), l[i - n8]);
     return paged_lanes_sum(l);
 }
 
-/* w[t] = scale * (q . k_t) for the n keys k_t = k + t * ldk (D each), each
- * dot in paged_dot's order. Four keys at a time in four registers: one
- * dot's eight lanes are a chain of dependent fused multiply-adds, four
- * chains side by side keep the FMA units busy. */
-static inline void paged_dots(float *w, const float *q, const float *k, size_t ldk, size_t n, size_t D, float scale) {
+static inline float paged_dot(const float *a, const void *b, size_t n, size_t es) {
+    return es == sizeof(float) ? paged_dot_es(a, b, n, sizeof(float)) : paged_dot_es(a, b, n, sizeof(fs_bf16));
+}
+
+/* w[t] = scale * (q . k_t) for the n keys k_t at element t * ldk of k (D
+ * each), each dot in paged_dot's order. Four keys at a time in four
+ * registers: one dot's eight lanes are a chain of dependent fused
+ * multiply-adds, four chains side by side keep the FMA units busy. */
+PAGED_INLINE void paged_dots_es(float *w, const float *q, const void *k, size_t ldk, size_t n, size_t D, float scale,
+                                size_t es) {
     size_t t = 0;
 #if defined(__AVX2__) && defined(__FMA__)
     if (D % PAGED_LANES == 0)
         for (; t + 4 <= n; t += 4) {
-            const float *k0 = k + t * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+            const char *k0 = paged_kv_at(k, t * ldk, es), *k1 = k0 + ldk * es, *k2 = k1 + ldk * es,
+                       *k3 = k2 + ldk * es;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (size_t i = 0; i < D; i += PAGED_LANES) {
                 __m256 x = _mm256_loadu_ps(q + i);
-                a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k0 + i), a0);
-                a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k1 + i), a1);
-                a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + i), a2);
-                a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + i), a3);
+                a0 = _mm256_fmadd_ps(x, paged_kv_load8(k0 + i * es, es), a0);
+                a1 = _mm256_fmadd_ps(x, paged_kv_load8(k1 + i * es, es), a1);
+                a2 = _mm256_fmadd_ps(x, paged_kv_load8(k2 + i * es, es), a2);
+                a3 = _mm256_fmadd_ps(x, paged_kv_load8(k3 + i * es, es), a3);
             }
             __m256 acc[4] = {a0, a1, a2, a3};
             for (size_t u = 0; u < 4; u++) {
@@ -72,7 +127,13 @@ static inline void paged_dots(float *w, const float *q, const float *k, size_t l
             }
         }
 #endif
-    for (; t < n; t++) w[t] = paged_dot(q, k + t * ldk, D) * scale;
+    for (; t < n; t++) w[t] = paged_dot_es(q, paged_kv_at(k, t * ldk, es), D, es) * scale;
+}
+
+static inline void paged_dots(float *w, const float *q, const void *k, size_t ldk, size_t n, size_t D, float scale,
+                              size_t es) {
+    if (es == sizeof(float)) paged_dots_es(w, q, k, ldk, n, D, scale, sizeof(float));
+    else paged_dots_es(w, q, k, ldk, n, D, scale, sizeof(fs_bf16));
 }
 
 /* The block holding position pos of sequence s, or NULL when released. */
@@ -129,13 +190,15 @@ static inline int paged_check(const fs_host_api *host, const char *who, const fs
 }
 
 /* out (D) = sum_j softmax(w)_j v_j over the n keys whose scores are in w
- * (overwritten with exp(w - max)); entries of -INFINITY take no part.
- * Sums key by key in order; one division at the end. The exponentials
- * come first (their sum in key order), then the values, PAGED_VCHUNK
- * columns at a time with those columns' sums in registers: each out[c] is
- * the same chain of fused multiply-adds in key order as element by element. */
+ * (overwritten with exp(w - max)) and whose values (stored, D each) are at
+ * vp[j]; entries of -INFINITY take no part. Sums key by key in order; one
+ * division at the end. The exponentials come first (their sum in key
+ * order), then the values, PAGED_VCHUNK columns at a time with those
+ * columns' sums in registers: each out[c] is the same chain of fused
+ * multiply-adds in key order as element by element. */
 #define PAGED_VCHUNK 64
-static inline void paged_softmax_values(float *out, float *w, const float *const *vp, size_t n, size_t D) {
+PAGED_INLINE void paged_softmax_values_es(float *out, float *w, const void *const *vp, size_t n, size_t D,
+                                          size_t es) {
     float mx = -INFINITY, sum = 0.0f;
     for (size_t j = 0; j < n; j++) mx = w[j] > mx ? w[j] : mx;
     for (size_t j = 0; j < n; j++)
@@ -148,8 +211,9 @@ static inline void paged_softmax_values(float *out, float *w, const float *const
         for (size_t j = 0; j < n; j++) {
             if (w[j] == -INFINITY) continue;
             __m256 e = _mm256_set1_ps(w[j]);
+            const char *v0 = paged_kv_at(vp[j], c0, es);
             for (size_t v = 0; v < PAGED_VCHUNK / 8; v++)
-                acc[v] = _mm256_fmadd_ps(e, _mm256_loadu_ps(vp[j] + c0 + 8 * v), acc[v]);
+                acc[v] = _mm256_fmadd_ps(e, paged_kv_load8(v0 + 8 * v * es, es), acc[v]);
         }
         for (size_t v = 0; v < PAGED_VCHUNK / 8; v++) _mm256_storeu_ps(out + c0 + 8 * v, acc[v]);
     }
@@ -158,10 +222,15 @@ static inline void paged_softmax_values(float *out, float *w, const float *const
     if (c0 < D)
         for (size_t j = 0; j < n; j++) {
             if (w[j] == -INFINITY) continue;
-            for (size_t c = c0; c < D; c++) out[c] = fmaf(w[j], vp[j][c], out[c]);
+            for (size_t c = c0; c < D; c++) out[c] = fmaf(w[j], paged_kv_get(vp[j], c, es), out[c]);
         }
     float inv = 1.0f / sum;
     for (size_t c = 0; c < D; c++) out[c] *= inv;
+}
+
+static inline void paged_softmax_values(float *out, float *w, const void *const *vp, size_t n, size_t D, size_t es) {
+    if (es == sizeof(float)) paged_softmax_values_es(out, w, vp, n, D, sizeof(float));
+    else paged_softmax_values_es(out, w, vp, n, D, sizeof(fs_bf16));
 }
 
 #endif

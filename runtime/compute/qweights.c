@@ -26,17 +26,8 @@ const char *fs_wformat_name(fs_wformat f) {
 
 /* ---- conversions ---- */
 
-static uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-static float float_of(uint32_t u) {
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
+/* bf16 and the bit casts are the SDK's (fastserve/bf16.h), shared with the
+ * attention plugins' bf16 KV blocks and the CUDA kernels. */
 
 
 /* fs_ functions are exported, so -fPIC code calls them through the PLT
@@ -46,11 +37,11 @@ static inline uint16_t f32_to_fp16(float x) {
 #if defined(__F16C__)
     return (uint16_t)_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT);
 #else
-    uint32_t u = bits_of(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    uint32_t u = fs_f32_bits(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
     if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);   /* NaN */
     if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* rounds to >= 65536: inf */
     if (a < 0x38800000u) {                                    /* below 2^-14: subnormal or zero */
-        float f = float_of(a) * 16777216.0f;                  /* in units of 2^-24, the smallest subnormal */
+        float f = fs_bits_f32(a) * 16777216.0f;                  /* in units of 2^-24, the smallest subnormal */
         uint32_t m = (uint32_t)f;
         float rest = f - (float)m;
         if (rest > 0.5f || (rest == 0.5f && (m & 1))) m++;
@@ -69,25 +60,14 @@ static inline float fp16_to_f32(uint16_t h) {
 #else
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
     if (e == 0) return (sign ? -1.0f : 1.0f) * (float)m * 5.9604644775390625e-8f; /* m 2^-24 */
-    if (e == 31) return float_of(sign | 0x7f800000u | (m << 13));
-    return float_of(sign | ((e + 112) << 23) | (m << 13));
+    if (e == 31) return fs_bits_f32(sign | 0x7f800000u | (m << 13));
+    return fs_bits_f32(sign | ((e + 112) << 23) | (m << 13));
 #endif
 }
 
 uint16_t fs_f32_to_fp16(float x) { return f32_to_fp16(x); }
 float fs_fp16_to_f32(uint16_t h) { return fp16_to_f32(h); }
 
-static inline uint16_t f32_to_bf16(float x) {
-    uint32_t u = bits_of(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays a (quiet) NaN */
-    u += 0x7fffu + ((u >> 16) & 1);                                             /* to nearest, ties to even */
-    return (uint16_t)(u >> 16);
-}
-
-static inline float bf16_to_f32(uint16_t h) { return float_of((uint32_t)h << 16); }
-
-uint16_t fs_f32_to_bf16(float x) { return f32_to_bf16(x); }
-float fs_bf16_to_f32(uint16_t h) { return bf16_to_f32(h); }
 
 void fs_q8_quantize(fs_q8_block *dst, const float *x, size_t n) {
     for (size_t b = 0; b < n / FS_Q8_BLOCK; b++) {
@@ -158,8 +138,8 @@ static inline __attribute__((always_inline)) void bf16_step(const bf16_job *j, f
             for (size_t k = 0; k < P; k++) {
                 uint32_t u = W[(p + k) * out + c];
                 size_t i = 2 * (p + k);
-                a += j->x[r * in + i] * bf16_to_f32((uint16_t)u);
-                if (i + 1 < in) a += j->x[r * in + i + 1] * bf16_to_f32((uint16_t)(u >> 16));
+                a += j->x[r * in + i] * fs_bf16_to_f32((uint16_t)u);
+                if (i + 1 < in) a += j->x[r * in + i + 1] * fs_bf16_to_f32((uint16_t)(u >> 16));
             }
             yp[r * out + c] = a;
         }
@@ -173,7 +153,8 @@ static void bf16_pairs(uint32_t *dst, const float *x, size_t n, size_t in) {
     size_t np = (in + 1) / 2;
     for (size_t r = 0; r < n; r++)
         for (size_t p = 0; p < np; p++) {
-            uint32_t lo = f32_to_bf16(x[r * in + 2 * p]), hi = 2 * p + 1 < in ? f32_to_bf16(x[r * in + 2 * p + 1]) : 0;
+            uint32_t lo = fs_bf16_from_f32(x[r * in + 2 * p]);
+            uint32_t hi = 2 * p + 1 < in ? fs_bf16_from_f32(x[r * in + 2 * p + 1]) : 0;
             dst[r * np + p] = lo | hi << 16;
         }
 }
@@ -200,8 +181,8 @@ BF16_TARGET static void bf16_native_rows(const bf16_job *j, float *yp, size_t p0
                 float a = yp[r * out + c];
                 for (size_t k = 0; k < P; k++) {
                     uint32_t u = W[(p + k) * out + c], xv = j->xp[r * np + p + k];
-                    a += bf16_to_f32((uint16_t)u) * bf16_to_f32((uint16_t)xv) +
-                         bf16_to_f32((uint16_t)(u >> 16)) * bf16_to_f32((uint16_t)(xv >> 16));
+                    a += fs_bf16_to_f32((uint16_t)u) * fs_bf16_to_f32((uint16_t)xv) +
+                         fs_bf16_to_f32((uint16_t)(u >> 16)) * fs_bf16_to_f32((uint16_t)(xv >> 16));
                 }
                 yp[r * out + c] = a;
             }
@@ -380,7 +361,7 @@ float fs_qweight_at(const fs_qweight *w, size_t o, size_t i) {
         return ((const float *)w->data)[w->layout == FS_LAYOUT_IN_OUT ? i * w->ld + o : o * w->ld + i];
     case FS_WEIGHTS_BF16: {
         uint32_t u = ((const uint32_t *)w->data)[i / 2 * w->out + o];
-        return bf16_to_f32((uint16_t)(i % 2 ? u >> 16 : u));
+        return fs_bf16_to_f32((uint16_t)(i % 2 ? u >> 16 : u));
     }
     case FS_WEIGHTS_Q8: {
         const fs_q8_block *b = (const fs_q8_block *)w->data + o * (w->in / FS_Q8_BLOCK) + i / FS_Q8_BLOCK;
@@ -432,7 +413,8 @@ int fs_qweight_create(fs_qweight *w, fs_wformat format, const float *src, size_t
         w->owned = 1;
         for (size_t p = 0; p < np; p++)
             for (size_t o = 0; o < out; o++)
-                d[p * out + o] = f32_to_bf16(SRC(o, 2 * p)) | (2 * p + 1 < in ? (uint32_t)f32_to_bf16(SRC(o, 2 * p + 1)) << 16 : 0);
+                d[p * out + o] = fs_bf16_from_f32(SRC(o, 2 * p)) |
+                                 (2 * p + 1 < in ? (uint32_t)fs_bf16_from_f32(SRC(o, 2 * p + 1)) << 16 : 0);
         return FS_OK;
     }
     w->layout = FS_LAYOUT_OUT_IN;

@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "core/host.h"
+#include "fastserve/bf16.h"
 
 typedef enum fs_wformat { FS_WEIGHTS_F32 = 0, FS_WEIGHTS_BF16 = 1, FS_WEIGHTS_Q8 = 2 } fs_wformat;
 
@@ -84,9 +85,8 @@ float fs_qweight_at(const fs_qweight *w, size_t o, size_t i);
 /* 1 when bf16 products run as native VDPBF16PS on this CPU. */
 int fs_bf16_native(void);
 
-/* The conversions, exposed for tests and for quantizing activations. */
-uint16_t fs_f32_to_bf16(float x);          /* round to nearest even; NaN stays NaN */
-float fs_bf16_to_f32(uint16_t h);
+/* The conversions, exposed for tests and for quantizing activations (bf16:
+ * fs_bf16_from_f32 and fs_bf16_to_f32 of fastserve/bf16.h). */
 uint16_t fs_f32_to_fp16(float x);          /* round to nearest even, IEEE half */
 float fs_fp16_to_f32(uint16_t h);
 void fs_q8_quantize(fs_q8_block *dst, const float *x, size_t n); /* n a multiple of 32 */

@@ -125,6 +125,10 @@ static const fs_param_spec generate_keys[] = {
      "format decoding and serving read the projections in, a copy made once: f32 (the trained weights packed in "
      "column panels, 4 bytes a weight), bf16 (half the bytes), q8 (Q8_0: int8 in blocks of 32 with an fp16 scale, "
      "1.06 bytes a weight; widths must be multiples of 32); training stays f32"},
+    {"kv_dtype", FS_PARAM_ENUM, "f32", 0, 0, "f32|bf16",
+     "how decoding and serving keep keys and values in the paged KV cache: f32, or bf16 (each rounded once when "
+     "stored: half the bytes, so twice the tokens in [serve] kv_cache_mb and half the memory a decode step's "
+     "attention reads); the attention plugin must offer it"},
 };
 
 static const fs_param_spec run_keys[] = {

@@ -189,6 +189,12 @@ static int create_layer_attention(fs_session *s, size_t li, const char *const *s
     char scope[64];
     snprintf(scope, sizeof scope, "plugin.layer%zu.attention", l);
     fs_plugin_ctx_init(&inst->ctx, &s->host, inst->config, scope, inst->plugin->desc->name);
+    int32_t kv_dtype = strcmp(fs_config_string(s->gen_cfg, "kv_dtype"), "bf16") ? FS_DTYPE_F32 : FS_DTYPE_BF16;
+    if (kv_dtype == FS_DTYPE_BF16 && !(vt->flags & FS_ATTENTION_PAGED_BF16))
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: attention plugin '%s' keeps its KV cache in f32 only (it does not offer "
+                            "FS_ATTENTION_PAGED_BF16): set [generate] kv_dtype = f32",
+                            fs_config_where(s->gen_cfg, "kv_dtype"), inst->plugin->desc->name);
     fs_model_config mc = s->mcfg;
     fs_attention_config ac = {
         .struct_size = sizeof ac,
@@ -199,6 +205,7 @@ static int create_layer_attention(fs_session *s, size_t li, const char *const *s
         .max_seq = mc.max_seq,
         .causal = causal,
         .device = s->device,
+        .kv_dtype = kv_dtype,
     };
     fs_error perr = {0};
     FS_PLUGIN_CALL("attention", inst->plugin->desc->name, "create", (int)l,

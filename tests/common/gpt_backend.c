@@ -145,7 +145,7 @@ static int alloc_layer(gb_model *m, gb_layer *L, size_t l, fs_error *err) {
     if (!rc) rc = dalloc(m, &L->fch, BT * m->F * es, err);
     if (!rc) rc = dalloc(m, &L->fchg, BT * m->F * es, err);
     if (rc) return rc;
-    fs_attention_config ac = {sizeof ac, (int32_t)l, m->cfg.H, m->D, C, m->cfg.maxT, 1, m->b->device};
+    fs_attention_config ac = {sizeof ac, (int32_t)l, m->cfg.H, m->D, C, m->cfg.maxT, 1, m->b->device, FS_DTYPE_F32};
     char scope[64];
     snprintf(scope, sizeof scope, "layer%zu.attention", l);
     fs_plugin_ctx_init(&L->ctx, &m->b->host, m->cfg.attention_config, scope, m->cfg.attention);

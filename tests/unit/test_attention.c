@@ -26,7 +26,7 @@ static att make(int causal, size_t B, size_t H, size_t T, size_t D, size_t max_s
              H, H * D, max_seq, causal ? "true" : "false");
     a.s = test_session(ini);
     a.vt = a.s->layers[0].plugin->desc->vtable;
-    fs_attention_config cfg = {sizeof cfg, 0, H, D, H * D, max_seq, causal, {FS_DEVICE_CPU, 0}};
+    fs_attention_config cfg = {sizeof cfg, 0, H, D, H * D, max_seq, causal, {FS_DEVICE_CPU, 0}, FS_DTYPE_F32};
     fs_error err = {0};
     assert_int_equal(a.vt->create(&a.self, &a.s->host.api, &a.s->layers[0].ctx, &cfg, &err), 0);
     a.B = B, a.H = H, a.T = T, a.D = D;

@@ -24,6 +24,7 @@
 
 #include "compute/qweights.h"
 #include "core/host.h"
+#include "model/kv_pool.h"
 #include "modes/modes.h"
 #include "serve/engine.h"
 #include "session/checkpoint.h"
@@ -398,6 +399,34 @@ static void test_lsh_batched(void **state) {
     fs_session_close(s);
 }
 
+/* bf16 KV blocks ([generate] kv_dtype = bf16): requests batched, preempted
+ * and swapped (the blocks move as bytes), sharing a prefix, get exactly
+ * their solo runs' tokens, with each plugin; and the same pool in MiB holds
+ * twice the blocks of f32's. */
+static void check_bf16_kv(const char *plugin, const char *keys, const char *sched) {
+    char akeys[256];
+    snprintf(akeys, sizeof akeys, "%s\n[generate]\nkv_dtype = bf16", keys);
+    fs_session *s = session_with(plugin, akeys, sched, "", 7), *f = session_with(plugin, keys, sched, "", 7);
+    int32_t prefix[16];
+    for (size_t t = 0; t < 16; t++) prefix[t] = (int32_t)((t * 5 + 1) % V);
+    request *rq = calloc(24, sizeof *rq);
+    make_requests(rq, 24, prefix, 16, 0.0);
+    fs_engine_config c = config_of(s, 24, 64, 1);
+    fs_engine_stats st = run_batch(s, &c, rq, 24);
+    check_solo(s->model, rq, 24, plugin);
+    assert_true(st.preemptions > 0 && st.swaps_out > 0 && st.swaps_in == st.swaps_out);
+    assert_int_equal(2 * fs_kv_block_bytes(s->model, 8), fs_kv_block_bytes(f->model, 8));
+    free(rq);
+    fs_session_close(s);
+    fs_session_close(f);
+}
+
+static void test_bf16_kv_equals_solo(void **state) {
+    (void)state;
+    check_bf16_kv("dense", "", "fcfs");
+    check_bf16_kv("longformer", "window = 6\nglobal = first:2", "mlfq");
+}
+
 /* ---- prompt log-probabilities (echo with logprobs) ---- */
 
 /* log_softmax of the training forward's logits over the prompt (teacher
@@ -728,6 +757,7 @@ int main(void) {
         cmocka_unit_test(test_refuses_abi_1_1_plugin),
         cmocka_unit_test(test_longformer_streams),
         cmocka_unit_test(test_lsh_batched),
+        cmocka_unit_test(test_bf16_kv_equals_solo),
         cmocka_unit_test(test_prompt_logprobs),
         cmocka_unit_test(test_prompt_logprobs_large_vocab),
         cmocka_unit_test(test_token_logprobs_only_when_asked),

@@ -24,13 +24,13 @@ static double dot_ref(const float *w, size_t ws, const float *x, size_t in) {
 }
 
 /* the value the format keeps for w */
-static float stored(fs_wformat f, float w) { return f == FS_WEIGHTS_BF16 ? fs_bf16_to_f32(fs_f32_to_bf16(w)) : w; }
+static float stored(fs_wformat f, float w) { return f == FS_WEIGHTS_BF16 ? fs_bf16_to_f32(fs_bf16_from_f32(w)) : w; }
 
 /* x as the kernel multiplies it: Q8_0-dequantized for q8, bf16 when the CPU does bf16 natively */
 static void x_as_used(fs_wformat f, float *xu, const float *x, size_t n, size_t in) {
     memcpy(xu, x, n * in * sizeof(float));
     if (f == FS_WEIGHTS_BF16 && fs_bf16_native())
-        for (size_t i = 0; i < n * in; i++) xu[i] = fs_bf16_to_f32(fs_f32_to_bf16(x[i]));
+        for (size_t i = 0; i < n * in; i++) xu[i] = fs_bf16_to_f32(fs_bf16_from_f32(x[i]));
     if (f == FS_WEIGHTS_Q8) {
         fs_q8_block *q = malloc(in / 32 * sizeof *q);
         for (size_t r = 0; r < n; r++) {
@@ -155,15 +155,15 @@ static void test_column_block(void **state) {
 static void test_conversions(void **state) {
     (void)state;
     /* bf16: round to nearest, ties to even, on the 16 bits dropped */
-    assert_int_equal(fs_f32_to_bf16(1.0f), 0x3f80);
+    assert_int_equal(fs_bf16_from_f32(1.0f), 0x3f80);
     union { float f; uint32_t u; } v;
     v.u = 0x3f808000u; /* exactly halfway between 0x3f80 and 0x3f81: to even (0x3f80) */
-    assert_int_equal(fs_f32_to_bf16(v.f), 0x3f80);
+    assert_int_equal(fs_bf16_from_f32(v.f), 0x3f80);
     v.u = 0x3f818000u; /* halfway, odd below: up */
-    assert_int_equal(fs_f32_to_bf16(v.f), 0x3f82);
+    assert_int_equal(fs_bf16_from_f32(v.f), 0x3f82);
     v.u = 0x3f808001u;
-    assert_int_equal(fs_f32_to_bf16(v.f), 0x3f81);
-    assert_true(isnan(fs_bf16_to_f32(fs_f32_to_bf16(NAN))));
+    assert_int_equal(fs_bf16_from_f32(v.f), 0x3f81);
+    assert_true(isnan(fs_bf16_to_f32(fs_bf16_from_f32(NAN))));
     /* fp16: against values worked out by hand */
     assert_int_equal(fs_f32_to_fp16(1.0f), 0x3c00);
     assert_int_equal(fs_f32_to_fp16(-2.0f), 0xc000);

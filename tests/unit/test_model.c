@@ -155,7 +155,7 @@ static void test_attention_worked_example(void **state) {
     fs_session *s = test_session("[model]\nn_layer = 1\nn_head = 1\nn_embd = 8\nmax_seq = 4\n"
                                  "[attention]\nplugin = dense\ncausal = false\n");
     const fs_attention_vtable *vt = s->layers[0].plugin->desc->vtable;
-    fs_attention_config cfg = {sizeof cfg, 0, 1, 3, 3, 4, 0, {FS_DEVICE_CPU, 0}};
+    fs_attention_config cfg = {sizeof cfg, 0, 1, 3, 3, 4, 0, {FS_DEVICE_CPU, 0}, FS_DTYPE_F32};
     for (int causal = 0; causal <= 1; causal++) {
         cfg.causal = causal;
         void *self;

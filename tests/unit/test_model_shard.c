@@ -31,7 +31,7 @@ static fs_model *make_model(const fs_model_shard *sh) {
     const fs_model_part *part = fs_model_held(m);
     for (size_t l = 0; l < part->n_layers; l++) {
         fs_attention_config ac = {sizeof ac, (int32_t)part->layer_ids[l], part->n_head, C / H, part->attn_width, 16, 1,
-                                  {FS_DEVICE_CPU, 0}};
+                                  {FS_DEVICE_CPU, 0}, FS_DTYPE_F32};
         void *self;
         assert_int_equal(vt->create(&self, &g_session->host.api, (fs_plugin_ctx *)&inst->ctx, &ac, &err), 0);
         fs_attention_origin origin = {inst->plugin, inst->config, 1};

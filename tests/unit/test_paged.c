@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "compute/qweights.h"
+#include "fastserve/bf16.h"
 #include "model/batch.h"
 #include "model/kv_pool.h"
 #include "test_util.h"
@@ -182,6 +183,21 @@ static float *run_paged(fs_model *m, const inputs *a, size_t a_chunk, const inpu
     return sa.out;
 }
 
+/* The same sequence cut into steps differently, and beside another
+ * sequence: bitwise the outputs it had in one step (`whole`). */
+static void check_invariant(const char *plugin, fs_model *m, const inputs *a, const inputs *b, const float *whole) {
+    const size_t chunks[] = {1, 3, 5};
+    for (size_t i = 0; i < 3; i++) {
+        float *got = run_paged(m, a, chunks[i], i == 1 ? b : NULL);
+        if (memcmp(got, whole, a->T * C * sizeof(float)) != 0) {
+            fprintf(stderr, "%s: chunks of %zu%s differ from the whole in the last bits\n", plugin, chunks[i],
+                    i == 1 ? " beside another sequence" : "");
+            fail();
+        }
+        free(got);
+    }
+}
+
 static void check_plugin(const char *plugin, const char *keys, size_t T) {
     fs_session *s = session_of(plugin, keys);
     fs_model *m = s->model;
@@ -189,21 +205,70 @@ static void check_plugin(const char *plugin, const char *keys, size_t T) {
     float *want = decode_outputs(m, &a);
     float *whole = run_paged(m, &a, T <= 24 ? 0 : 24, NULL);
     test_close(plugin, whole, want, T * C, 2e-5, 1e-4);
-    const size_t chunks[] = {1, 3, 5};
-    for (size_t i = 0; i < 3; i++) {
-        float *got = run_paged(m, &a, chunks[i], i == 1 ? &b : NULL);
-        if (memcmp(got, whole, T * C * sizeof(float)) != 0) {
-            fprintf(stderr, "%s: chunks of %zu%s differ from the whole in the last bits\n", plugin, chunks[i],
-                    i == 1 ? " beside another sequence" : "");
-            fail();
-        }
-        free(got);
-    }
+    check_invariant(plugin, m, &a, &b, whole);
     free(want);
     free(whole);
     inputs_free(&a);
     inputs_free(&b);
     fs_session_close(s);
+}
+
+/* ---- bf16 blocks ([generate] kv_dtype = bf16, FS_ATTENTION_PAGED_BF16) ---- */
+
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = fs_bf16_to_f32(fs_bf16_from_f32(x[i]));
+}
+
+/* The paged step with bf16 blocks against the plugin's f32 decode step fed
+ * keys and values rounded to bf16 first: the same stored values, so for
+ * what the plugin stores as given (dense, longformer's local keys) the
+ * results agree as closely as f32's; lsh normalises keys and longformer
+ * projects global ones before rounding, so there the tolerance is bf16's
+ * (8 bits of mantissa: scores off by about |q| |k| 2^-9). Then batch
+ * invariance, bitwise, as with f32; and blocks of half the bytes where
+ * everything stored is a key or a value. */
+static void check_plugin_bf16(const char *plugin, const char *keys, size_t T, double tol, int half_bytes) {
+    char k2[512];
+    snprintf(k2, sizeof k2, "%s\n[generate]\nkv_dtype = bf16\n", keys);
+    fs_session *s = session_of(plugin, k2), *f = session_of(plugin, keys);
+    fs_model *m = s->model;
+    inputs a = inputs_of(T, 3), b = inputs_of(T / 2 + 3, 50), r = inputs_of(T, 3);
+    round_bf16(r.k, T * C);
+    round_bf16(r.v, T * C);
+    float *want = decode_outputs(m, &r);
+    float *whole = run_paged(m, &a, T <= 24 ? 0 : 24, NULL);
+    test_close(plugin, whole, want, T * C, tol, tol);
+    check_invariant(plugin, m, &a, &b, whole);
+    void *self16, *self32;
+    const fs_attention_vtable *vt = fs_model_attention(m, 0, &self16);
+    fs_model_attention(f->model, 0, &self32);
+    size_t b16 = vt->paged_block_bytes(self16, KB), b32 = vt->paged_block_bytes(self32, KB);
+    if (half_bytes) assert_int_equal(2 * b16, b32);
+    else assert_true(b16 < b32);
+    free(want);
+    free(whole);
+    inputs_free(&a);
+    inputs_free(&b);
+    inputs_free(&r);
+    fs_session_close(s);
+    fs_session_close(f);
+}
+
+static void test_bf16_blocks(void **state) {
+    (void)state;
+    check_plugin_bf16("dense", "", 24, 2e-5, 1);
+    check_plugin_bf16("longformer", "window = 3\ndilation = 1,2\n", 96, 2e-5, 1);
+    check_plugin_bf16("longformer", "window = 4\nglobal = token:1,2\nglobal_cache = 3\n", 96, 2e-2, 1);
+    check_plugin_bf16("longformer", "window = 5\nglobal = 0,6,9\n", 96, 2e-2, 1);
+    check_plugin_bf16("lsh", "n_hashes = 2\nn_buckets = 4\ndecode_window = 3\n", 24, 2e-2, 0);
+}
+
+/* A plugin without FS_ATTENTION_PAGED_BF16 is refused by name, with the fix. */
+static void test_bf16_refused_without_the_flag(void **state) {
+    (void)state;
+    char ini[512];
+    snprintf(ini, sizeof ini, TINY, "dense_v11", "[generate]\nkv_dtype = bf16\n");
+    test_session_error(ini, "'dense_v11'", "kv_dtype = f32");
 }
 
 static void test_dense_paged(void **state) {
@@ -351,6 +416,7 @@ int main(void) {
         cmocka_unit_test(test_dense_paged),          cmocka_unit_test(test_lsh_paged),
         cmocka_unit_test(test_longformer_paged),     cmocka_unit_test(test_model_step),
         cmocka_unit_test(test_model_step_reversible), cmocka_unit_test(test_abi_1_1_plugin_still_decodes),
+        cmocka_unit_test(test_bf16_blocks),           cmocka_unit_test(test_bf16_refused_without_the_flag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -237,7 +237,7 @@ static int check_window(const fs_attention_vtable *vt, int64_t window) {
         dq[i] = dk[i] = dv[i] = 1e6f; /* backward must overwrite, not accumulate */
     }
     fake_ctx ctx = {window};
-    fs_attention_config cfg = {sizeof cfg, 0, H, D, H * D, T, 1, {FS_DEVICE_CPU, 0}};
+    fs_attention_config cfg = {sizeof cfg, 0, H, D, H * D, T, 1, {FS_DEVICE_CPU, 0}, FS_DTYPE_F32};
     fs_error err = {0};
     void *self = NULL;
     if (vt->create(&self, &host, (fs_plugin_ctx *)(void *)&ctx, &cfg, &err)) {

@@ -57,6 +57,14 @@ extern "C" {
  * memory). */
 #define FS_ATTENTION_CUDA 0x100u
 #define FS_ATTENTION_CUDA_DECODE 0x200u
+/* Since ABI 1.4: the paged blocks can hold keys and values in bf16
+ * (fs_attention_config.kv_dtype = FS_DTYPE_BF16): half the bytes, so twice
+ * the tokens in the same pool and half the memory a decode step's
+ * attention reads. The plugin rounds each new key and value to bf16 to
+ * nearest, ties to even, when it stores them, and computes in f32 from the
+ * stored values, in the same fixed order as with f32 blocks (batch
+ * invariance holds as before). Without this flag the host only asks f32. */
+#define FS_ATTENTION_PAGED_BF16 0x400u
 
 /* What the instance is for; fixed at create. */
 typedef struct fs_attention_config {
@@ -68,6 +76,11 @@ typedef struct fs_attention_config {
     size_t max_seq;     /* longest T forward will see */
     int32_t causal;     /* 1: token t sees tokens <= t only */
     fs_device device;
+    /* Since ABI 1.4 (read it only when struct_size covers it, else F32):
+     * how paged blocks store keys and values, FS_DTYPE_F32 or, for a
+     * plugin with FS_ATTENTION_PAGED_BF16, FS_DTYPE_BF16 ([generate]
+     * kv_dtype). Training and the decode step are unaffected. */
+    int32_t kv_dtype;
 } fs_attention_config;
 
 typedef struct fs_attention_args {

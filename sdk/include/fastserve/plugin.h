@@ -34,7 +34,7 @@ extern "C" {
  * plugin whose version lies in [FS_ABI_VERSION_MIN, FS_ABI_VERSION]: same
  * major, and a minor no newer than the host's. */
 #define FS_ABI_MAJOR 1
-#define FS_ABI_MINOR 3
+#define FS_ABI_MINOR 4
 #define FS_ABI_MAKE(major, minor) ((uint32_t)(((uint32_t)(major) << 16) | (uint32_t)(minor)))
 #define FS_ABI_VERSION FS_ABI_MAKE(FS_ABI_MAJOR, FS_ABI_MINOR)
 #define FS_ABI_VERSION_MIN FS_ABI_MAKE(FS_ABI_MAJOR, 0)
