@@ -10,8 +10,11 @@
 # 1. the device as the driver sees it (nvidia-smi);
 # 2. a Release build with nvcc (sm_80 and sm_90, warnings as errors) in build-gpu;
 # 3. the GPU tests (ctest -L gpu): each must pass, not skip;
-# 4. compute-sanitizer memcheck and racecheck over test_gpu_gpt, when the
-#    toolkit has it.
+# 4. compute-sanitizer, when the toolkit has it: memcheck and racecheck
+#    over test_gpu_gpt, memcheck over test_gpu_ops and test_gpu_attention
+#    (each capped by a timeout, 7.5 minutes together; their real times,
+#    not measured yet, show in the log: every step prints the seconds
+#    since the start).
 # Exits non-zero when any step fails, or when a GPU test skips on a machine
 # that has a device.
 set -uo pipefail
@@ -21,7 +24,7 @@ mkdir -p "$out"
 log="$out/gpu-check.log"
 : > "$log"
 status=0
-step() { echo "== $*" | tee -a "$log"; }
+step() { echo "== $* [${SECONDS} s]" | tee -a "$log"; }
 run() { "$@" 2>&1 | tee -a "$log"; return "${PIPESTATUS[0]}"; }
 
 step "device"
@@ -43,10 +46,13 @@ fi
 
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 if [ -x "$sanitizer" ]; then
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer --tool $tool test_gpu_gpt"
+  # tool, test, seconds
+  for check in "memcheck test_gpu_gpt 120" "racecheck test_gpu_gpt 120" "memcheck test_gpu_ops 90" \
+               "memcheck test_gpu_attention 120"; do
+    set -- $check
+    step "compute-sanitizer --tool $1 $2 (at most $3 s)"
     (cd build-gpu/tests/gpu && FS_PLUGIN_PATH="$PWD/../../plugins" \
-      run timeout 300 "$sanitizer" --tool "$tool" --error-exitcode 9 ./test_gpu_gpt) || status=1
+      run timeout "$3" "$sanitizer" --tool "$1" --error-exitcode 9 "./$2") || status=1
   done
 else
   step "compute-sanitizer: not in this toolkit, skipped"
