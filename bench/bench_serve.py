@@ -24,6 +24,7 @@ all of them):
     python3 bench/bench_serve.py --rates 2,4,8 --requests 80 --json out.json
     python3 bench/bench_serve.py --shape gpt2 --quick --tables closed   # the GPT-2-small shape, C = 1, 16
     python3 bench/bench_serve.py --max-running 16 --tables open --rates 20,40   # requests queue for slots
+    python3 bench/bench_serve.py --schedulers fcfs --kv-dtypes f32,bf16 --tables closed --no-peer   # bf16 KV
     LLAMACPP_DIR=... python3 bench/bench_serve.py --peer-dir DIR   # bench/llamacpp's peer.py elsewhere
 
 The peer needs bench/llamacpp/ (build.sh builds llama.cpp into
@@ -263,6 +264,8 @@ def main():
     ap.add_argument("--graph", default=os.path.join(ROOT, "conf", "quickstart.ini"))
     ap.add_argument("--fsrun", default=os.path.join(ROOT, "build", "fsrun"))
     ap.add_argument("--schedulers", default="fcfs,mlfq")
+    ap.add_argument("--kv-dtypes", default="f32", help="fsrun's [generate] kv_dtype, comma-separated: one server "
+                    "per scheduler and dtype (f32,bf16 compares bf16 keys and values with f32's)")
     ap.add_argument("--shape", choices=("quickstart", "gpt2"), default="quickstart",
                     help="gpt2: the GPT-2-small shape (one training step of --graph with its sizes set)")
     ap.add_argument("--peer-dir", default=os.path.join(HERE, "llamacpp"), help="where bench/llamacpp's peer.py is")
@@ -285,8 +288,14 @@ def main():
     ckpt, context, val, sets = ensure_checkpoint(a.fsrun, a.graph, a.shape, tmp)
     prompts = lg.prompts_from(val, 20, 60)
     try:
+        kvs = a.kv_dtypes.split(",")
         for sched in a.schedulers.split(","):
-            servers.append(Fsrun(a.fsrun, a.graph, sched, a.threads, a.max_running, sets))
+            for kv in kvs:
+                server = Fsrun(a.fsrun, a.graph, sched, a.threads, a.max_running,
+                               list(sets) + ["--set", "generate.kv_dtype=" + kv])
+                if len(kvs) > 1:
+                    server.name += " kv " + kv
+                servers.append(server)
         if not a.no_peer:
             peer, why = start_peer(a, ckpt, context, tmp)
             if peer:
