@@ -140,13 +140,22 @@ static double step(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs
 /* Median time of `reps` steps of B sequences: with first == 1, each
  * decodes one token at context ctx; else sequence 0 computes the first
  * `first` tokens of a prompt while the others decode at ctx. */
+/* [serve] kv_block of the graph (with its --set style assignments) */
+static size_t g_kv_block = 16;
+
 static double iteration(const fs_model *m, size_t B, size_t ctx, size_t first, size_t reps) {
-    size_t kb = 16, V = fs_model_cfg(m)->vocab, chunked = first > 1;
+    size_t kb = g_kv_block, V = fs_model_cfg(m)->vocab, chunked = first > 1;
+    size_t per_seq = ((ctx > first ? ctx : first) + reps + 2 + kb - 1) / kb + 1; /* blocks each sequence reaches */
     fs_kv_pool *pool;
     fs_batch *b;
     fs_step_weights *sw; /* packed f32, as the engine reads them */
     fs_error err = {0};
-    if (fs_kv_pool_create(&pool, m, kb, B * 40, 0, &err) ||
+    if (per_seq > 128 || ctx + reps + 2 > 1024) {
+        fprintf(stderr, "bench_step: context %zu + %zu reps: at most 1024 tokens and 128 blocks a sequence\n", ctx,
+                reps);
+        exit(2);
+    }
+    if (fs_kv_pool_create(&pool, m, kb, B * per_seq, 0, &err) ||
         fs_batch_create(&b, m, (ctx > first ? ctx : first) + B, B, &err) ||
         fs_step_weights_create(&sw, m, FS_WEIGHTS_F32, (ctx > first ? ctx : first) + B, B, &err)) {
         fprintf(stderr, "bench_step: %s\n", err.message);
@@ -245,6 +254,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     fs_model_init_weights(s->model, 1);
+    g_kv_block = (size_t)fs_config_int(s->serve_cfg, "kv_block");
     const fs_model_config *c = fs_model_cfg(s->model);
     printf("bench_step: %s (C %zu, %zu layers, V %zu), OpenBLAS %s\n", graph, c->n_embd, c->n_layer, c->vocab,
            fs_blas_corename());

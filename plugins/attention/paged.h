@@ -119,12 +119,14 @@ PAGED_INLINE void paged_dots_es(float *w, const float *q, const void *k, size_t 
                 a2 = _mm256_fmadd_ps(x, paged_kv_load8(k2 + i * es, es), a2);
                 a3 = _mm256_fmadd_ps(x, paged_kv_load8(k3 + i * es, es), a3);
             }
-            __m256 acc[4] = {a0, a1, a2, a3};
-            for (size_t u = 0; u < 4; u++) {
-                float l[PAGED_LANES];
-                _mm256_storeu_ps(l, acc[u]);
-                w[t + u] = paged_lanes_sum(l) * scale;
-            }
+            /* the four lane trees at once: hadd pairs lanes (l0 + l1, l2 + l3 ...),
+             * the second hadd adds those pairs, and the halves' sum is the
+             * tree's last addition: ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 +
+             * l7)) for each key, the bits of paged_lanes_sum without four trips
+             * through memory */
+            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+            __m128 sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(w + t, _mm_mul_ps(sum, _mm_set1_ps(scale)));
         }
 #endif
     for (; t < n; t++) w[t] = paged_dot_es(q, paged_kv_at(k, t * ldk, es), D, es) * scale;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "compute/qweights.h"
+#include "attention/paged.h"
 #include "fastserve/bf16.h"
 #include "model/batch.h"
 #include "model/kv_pool.h"
@@ -263,6 +264,45 @@ static void test_bf16_blocks(void **state) {
     check_plugin_bf16("lsh", "n_hashes = 2\nn_buckets = 4\ndecode_window = 3\n", 24, 2e-2, 0);
 }
 
+/* paged_dots scores keys four at a time with the lane trees in registers;
+ * a key's score must have the bits paged_dot gives it alone (which keys
+ * share a group of four depends on how full the step left the block), for
+ * f32 and bf16 keys, every count of keys and widths with and without a
+ * vector path. The definition, written out: eight fmaf lanes, the tree. */
+static float dot_definition(const float *q, const float *k, size_t D) {
+    float l[8] = {0};
+    for (size_t i = 0; i < D; i++) l[i % 8] = fmaf(q[i], k[i], l[i % 8]);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+static void test_paged_dots_match_definition(void **state) {
+    (void)state;
+    const size_t widths[] = {8, 24, 64, 20};
+    for (size_t wi = 0; wi < 4; wi++)
+        for (size_t es = 2; es <= 4; es += 2)
+            for (size_t n = 1; n <= 9; n++) {
+                size_t D = widths[wi], ld = D + 3;
+                float *q = test_fvec(D), *kf = test_fvec(n * ld), w[9];
+                test_fill(q, D, 1.0f, 7 + n);
+                test_fill(kf, n * ld, 1.0f, 70 + n);
+                fs_bf16 kb[9 * 67];
+                for (size_t i = 0; i < n * ld; i++) {
+                    kb[i] = fs_bf16_from_f32(kf[i]);
+                    if (es == 2) kf[i] = fs_bf16_to_f32(kb[i]); /* the values bf16 keys hold */
+                }
+                const void *k = es == 2 ? (const void *)kb : (const void *)kf;
+                paged_dots(w, q, k, ld, n, D, 0.125f, es);
+                for (size_t t = 0; t < n; t++) {
+                    float one = dot_definition(q, kf + t * ld, D) * 0.125f;
+                    assert_memory_equal(&w[t], &one, sizeof one);
+                    float alone = paged_dot(q, paged_kv_at(k, t * ld, es), D, es) * 0.125f;
+                    assert_memory_equal(&alone, &one, sizeof one);
+                }
+                free(q);
+                free(kf);
+            }
+}
+
 /* A plugin without FS_ATTENTION_PAGED_BF16 is refused by name, with the fix. */
 static void test_bf16_refused_without_the_flag(void **state) {
     (void)state;
@@ -417,6 +457,7 @@ int main(void) {
         cmocka_unit_test(test_longformer_paged),     cmocka_unit_test(test_model_step),
         cmocka_unit_test(test_model_step_reversible), cmocka_unit_test(test_abi_1_1_plugin_still_decodes),
         cmocka_unit_test(test_bf16_blocks),           cmocka_unit_test(test_bf16_refused_without_the_flag),
+        cmocka_unit_test(test_paged_dots_match_definition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
