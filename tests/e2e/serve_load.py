@@ -50,16 +50,17 @@ def complete(srv, prompt, n, stream=False, logprobs=None):
         c.close()
 
 
-def check_batching(srv):
-    """Mixed lengths, some past max_seq (64), run together and alone."""
+def check_batching(srv, *sets, what=""):
+    """Mixed lengths, some past max_seq (64), run together and alone; `sets`
+    are the server's --set arguments that --mode generate must share."""
     jobs = [(PROMPTS[i % len(PROMPTS)], [1, 2, 5, 9, 17, 33, 70, 150][i % 8] + i, i % 3 == 0, 2 if i % 4 == 1 else None)
             for i in range(24)]
     solo = [complete(srv, p, n, False, lp) for p, n, _, lp in jobs]
-    ck.ok(all(r == "length" for _, r in solo), "alone: every request runs to max_tokens")
+    ck.ok(all(r == "length" for _, r in solo), what + "alone: every request runs to max_tokens")
     for i in (7, 23):
         p, n = jobs[i][0], jobs[i][1]
-        raw, _ = generate("l.ini", p, n, "generate.temperature=0")
-        ck.eq(solo[i][0], raw.decode("utf-8", "replace"), "alone: %d tokens of %r as --mode generate" % (n, p))
+        raw, _ = generate("l.ini", p, n, "generate.temperature=0", *sets)
+        ck.eq(solo[i][0], raw.decode("utf-8", "replace"), what + "alone: %d tokens of %r as --mode generate" % (n, p))
     together = [None] * len(jobs)
     go = threading.Barrier(len(jobs))
 
@@ -76,9 +77,9 @@ def check_batching(srv):
         t.join(600)
     rate = sum(n for _, n, _, _ in jobs) / (time.time() - t0)
     bad = [i for i in range(len(jobs)) if together[i] != solo[i]]
-    ck.ok(not bad, "24 concurrent greedy requests (8 streamed, 6 with logprobs) give exactly their solo outputs",
-          ["%d: %r vs %r" % (i, together[i], solo[i]) for i in bad[:3]])
-    ck.eq(srv.wait_metric("fastserve_kv_blocks_used", lambda v: v == 0), 0, "every KV block back after the batch")
+    ck.ok(not bad, what + "24 concurrent greedy requests (8 streamed, 6 with logprobs) give exactly their solo "
+          "outputs", ["%d: %r vs %r" % (i, together[i], solo[i]) for i in bad[:3]])
+    ck.eq(srv.wait_metric("fastserve_kv_blocks_used", lambda v: v == 0), 0, what + "every KV block back after the batch")
     return rate
 
 
@@ -199,11 +200,21 @@ def check_shutdown(rate, grace, n, k, want_reason, want_error, what):
 def main():
     srv = Server("l.ini", "serve.max_running=8", "serve.max_tokens_limit=10000000")
     try:
+        blocks_f32 = srv.metrics()["fastserve_kv_blocks_total"]
         rate = check_batching(srv)
         print("     (%.0f tokens/s alone)" % rate)
         check_cancel(srv, rate)
     finally:
         ck.eq(srv.stop(), 0, "SIGTERM: exit 0")
+    # bf16 keys and values ([generate] kv_dtype): the same guarantees
+    bf16 = "generate.kv_dtype=bf16"
+    srv = Server("l.ini", "serve.max_running=8", "serve.max_tokens_limit=10000000", bf16, log="server_bf16")
+    try:
+        ck.eq(srv.metrics()["fastserve_kv_blocks_total"], 2 * blocks_f32,
+              "kv bf16: the same kv_cache_mb holds twice the blocks")
+        check_batching(srv, bf16, what="kv bf16: ")
+    finally:
+        ck.eq(srv.stop(), 0, "kv bf16: SIGTERM: exit 0")
     check_queue_full(rate)
     # 8 streams that need about 3 s together: all finish within the grace period
     n = max(int(rate * 3 / 8), 200)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test_serve_load.sh — --mode serve under concurrent load (tests/e2e/serve_load.py):
-# 24 concurrent greedy requests equal their solo outputs, a disconnecting
+# 24 concurrent greedy requests equal their solo outputs (also with bf16
+# keys and values, whose pool holds twice the blocks), a disconnecting
 # client's request is cancelled and its KV blocks return, 429 on a full
 # queue, SIGTERM under load: 503 for new requests, the running ones finish
 # (or end at shutdown_grace_s) and the exit status is 0.
