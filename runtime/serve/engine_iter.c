@@ -37,9 +37,8 @@ static void fill_event(const eseq *s, fs_request_event *ev) {
 
 /* Drops s from live and frees it; its final event has been sent. */
 static void retire(fs_engine *e, eseq *s, fs_finish_reason reason) {
+    (void)reason; /* counted when its final event went out (count_finish) */
     eng_blocks_free(e, s);
-    e->c.finished[reason]++;
-    eng_histogram_add(&e->c.e2e, fs_now() - s->t_submit);
     SCHED_CALL(e, "finish", e->svt->finish(e->sself, &s->view, fs_now()));
     if (s->w) {
         s->w->users--;
@@ -60,11 +59,21 @@ static void retire(fs_engine *e, eseq *s, fs_finish_reason reason) {
     free(s);
 }
 
+/* s ends with `reason`: counted, and the stats published, before its final
+ * event goes out, so a client holding its whole reply finds its request
+ * and the tokens computed for it in /metrics. */
+static void count_finish(fs_engine *e, const eseq *s, fs_finish_reason reason) {
+    e->c.finished[reason]++;
+    eng_histogram_add(&e->c.e2e, fs_now() - s->t_submit);
+    eng_publish_stats(e);
+}
+
 void eng_finish(fs_engine *e, eseq *s, fs_finish_reason reason, const char *error) {
     fs_request_event ev;
     fill_event(s, &ev);
     ev.finish = reason;
     ev.error = error;
+    count_finish(e, s, reason);
     s->sink(s->arg, &ev);
     retire(e, s, reason);
 }
@@ -274,6 +283,7 @@ static fs_finish_reason emit_token(fs_engine *e, eseq *s, const float *logits, d
     if (s->generated == 1) eng_histogram_add(&e->c.ttft, now - s->t_submit);
     else eng_histogram_add(&e->c.itl, now - s->t_last_token);
     s->t_last_token = now;
+    if (ev.finish != FS_FINISH_NONE) count_finish(e, s, ev.finish);
     s->sink(s->arg, &ev);
     return ev.finish;
 }

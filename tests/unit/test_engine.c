@@ -71,6 +71,8 @@ typedef struct request {
     size_t watched;
     int weights;         /* FS_WEIGHTS_*: the format its solo reference reads the weights in */
     int32_t eos;                 /* its end-of-text token, or -1 */
+    int stats_at_final;          /* read the engine's stats when the final event arrives, into at_final */
+    fs_engine_stats at_final;
     /* prompt log-probabilities: asked with prompt_logprobs and `logprobs` alternatives */
     int prompt_logprobs;
     size_t logprobs;
@@ -103,6 +105,7 @@ static void sink(void *arg, const fs_request_event *ev) {
         r->finals++;
         r->finish = ev->finish;
         r->cached = ev->cached_prompt_tokens;
+        if (r->stats_at_final) fs_engine_stats_get(r->engine, &r->at_final);
     }
     assert_int_equal(ev->completion_tokens, r->n_out);
     if (r->cancel_after && r->n_out == r->cancel_after) fs_engine_cancel(r->engine, r->id);
@@ -395,6 +398,43 @@ static void test_lsh_batched(void **state) {
     fs_engine_config c = config_of(s, 30, 8, 1);
     run_batch(s, &c, rq, 8);
     check_solo(s->model, rq, 8, "lsh");
+    free(rq);
+    fs_session_close(s);
+}
+
+/* A client holding its whole reply finds its request and the work done
+ * for it in the stats (/metrics): they are published before the final
+ * event goes out, whether the request ends at max_tokens, at an
+ * end-of-text token or with max_tokens 0. */
+static void test_stats_before_final_event(void **state) {
+    (void)state;
+    fs_session *s = session_with("dense", "", "fcfs", "", 7);
+    request *rq = calloc(3, sizeof *rq);
+    make_requests(rq, 3, NULL, 0, 0.0);
+    size_t out = 0;
+    for (size_t i = 0; i < 3; i++) {
+        rq[i].stats_at_final = 1;
+        rq[i].max_tokens = i == 2 ? 0 : 5;
+    }
+    int32_t want[MAX_TOK];
+    size_t n_want;
+    solo(s->model, &rq[1], want, &n_want);
+    rq[1].eos = want[2]; /* ends at its third token */
+    fs_engine_config c = config_of(s, 0, 0, 0);
+    fs_engine *e = NULL;
+    fs_error err = {0};
+    assert_int_equal(fs_engine_create_inline(&e, s, &c, &err), 0);
+    for (size_t i = 0; i < 3; i++) {
+        submit(e, &rq[i]);
+        assert_int_equal(fs_engine_run_until_idle(e, &err), 0);
+        const fs_engine_stats *st = &rq[i].at_final;
+        out += rq[i].n_out;
+        assert_int_equal(st->finished[FS_FINISH_LENGTH] + st->finished[FS_FINISH_STOP], i + 1);
+        assert_int_equal(st->tokens_out, out);
+        if (i < 2) assert_int_equal(st->prompt_computed, rq[0].n_prompt + (i ? rq[1].n_prompt : 0));
+    }
+    assert_int_equal(rq[1].finish, FS_FINISH_STOP);
+    fs_engine_destroy(e);
     free(rq);
     fs_session_close(s);
 }
@@ -758,6 +798,7 @@ int main(void) {
         cmocka_unit_test(test_longformer_streams),
         cmocka_unit_test(test_lsh_batched),
         cmocka_unit_test(test_bf16_kv_equals_solo),
+        cmocka_unit_test(test_stats_before_final_event),
         cmocka_unit_test(test_prompt_logprobs),
         cmocka_unit_test(test_prompt_logprobs_large_vocab),
         cmocka_unit_test(test_token_logprobs_only_when_asked),
