@@ -140,11 +140,8 @@ static double step(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs
 /* Median time of `reps` steps of B sequences: with first == 1, each
  * decodes one token at context ctx; else sequence 0 computes the first
  * `first` tokens of a prompt while the others decode at ctx. */
-/* [serve] kv_block of the graph (with its --set style assignments) */
-static size_t g_kv_block = 16;
-
-static double iteration(const fs_model *m, size_t B, size_t ctx, size_t first, size_t reps) {
-    size_t kb = g_kv_block, V = fs_model_cfg(m)->vocab, chunked = first > 1;
+static double iteration(const fs_model *m, size_t kb, size_t B, size_t ctx, size_t first, size_t reps) {
+    size_t V = fs_model_cfg(m)->vocab, chunked = first > 1;
     size_t per_seq = ((ctx > first ? ctx : first) + reps + 2 + kb - 1) / kb + 1; /* blocks each sequence reaches */
     fs_kv_pool *pool;
     fs_batch *b;
@@ -192,18 +189,19 @@ static double iteration(const fs_model *m, size_t B, size_t ctx, size_t first, s
     return med;
 }
 
-static void bench_iterations(const fs_model *m, size_t ctx, size_t chunk, size_t reps, size_t only) {
+/* kb: [serve] kv_block of the graph (with its --set style assignments) */
+static void bench_iterations(const fs_model *m, size_t kb, size_t ctx, size_t chunk, size_t reps, size_t only) {
     printf("\niterations at %d thread(s), context %zu: median ms (tokens/s)\n", omp_get_max_threads(), ctx);
     size_t Bs[] = {1, 2, 4, 8, 16, 32};
     for (size_t i = 0; i < sizeof Bs / sizeof Bs[0]; i++) {
         if (only && Bs[i] != only) continue;
-        double t = iteration(m, Bs[i], ctx, 1, reps);
+        double t = iteration(m, kb, Bs[i], ctx, 1, reps);
         printf("  decode, %2zu sequences        %8.3f ms  (%7.0f tokens/s)\n", Bs[i], t * 1e3, (double)Bs[i] / t);
     }
     if (only) return;
-    double t = iteration(m, 1, ctx, chunk, reps);
+    double t = iteration(m, kb, 1, ctx, chunk, reps);
     printf("  prompt chunk of %zu alone     %8.3f ms  (%7.0f tokens/s)\n", chunk, t * 1e3, (double)chunk / t);
-    t = iteration(m, 32, ctx, chunk, reps);
+    t = iteration(m, kb, 32, ctx, chunk, reps);
     printf("  chunk of %zu + 31 decodes     %8.3f ms  (%7.0f tokens/s)\n", chunk, t * 1e3, (double)(chunk + 31) / t);
 }
 
@@ -240,7 +238,9 @@ int main(int argc, char **argv) {
     }
     if (!ok) {
         fprintf(stderr, "usage: bench_step [graph=conf/quickstart.ini] [reps=21] [ctx=128] [chunk=256] "
-                        "[threads=1,2 (up to %d counts)] [products=1|0] [seqs=B (decode of B sequences only)] [section.key=value ...]\n", MAX_THREAD_COUNTS);
+                        "[threads=1,2 (up to %d counts)] [products=1|0] [seqs=B (decode of B sequences only)] "
+                        "[section.key=value ...]\n",
+                MAX_THREAD_COUNTS);
         return 2;
     }
     fs_blas_fix_coretype(argv);
@@ -254,7 +254,6 @@ int main(int argc, char **argv) {
         return 1;
     }
     fs_model_init_weights(s->model, 1);
-    g_kv_block = (size_t)fs_config_int(s->serve_cfg, "kv_block");
     const fs_model_config *c = fs_model_cfg(s->model);
     printf("bench_step: %s (C %zu, %zu layers, V %zu), OpenBLAS %s\n", graph, c->n_embd, c->n_layer, c->vocab,
            fs_blas_corename());
@@ -263,7 +262,7 @@ int main(int argc, char **argv) {
         omp_set_num_threads(threads[i]);
         fs_blas_set_threads(threads[i]);
         if (products) bench_products(c->n_embd, c->vocab, reps);
-        bench_iterations(s->model, ctx, chunk, reps, only);
+        bench_iterations(s->model, (size_t)fs_config_int(s->serve_cfg, "kv_block"), ctx, chunk, reps, only);
     }
     fs_session_close(s);
     return 0;

@@ -58,9 +58,7 @@ static int dense_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx
     dense *d = host->alloc(cpu, sizeof *d);
     if (!d) return host->error_set(err, FS_ERR_NOMEM, "dense attention: out of memory");
     d->host = host;
-    /* a host older than this plugin passes a shorter config: copy what it has */
-    memset(&d->cfg, 0, sizeof d->cfg);
-    memcpy(&d->cfg, cfg, cfg->struct_size < sizeof d->cfg ? cfg->struct_size : sizeof d->cfg);
+    paged_config_copy(&d->cfg, cfg);
     d->kv_es = paged_kv_es(cfg);
     d->cuda = NULL;
 #if FS_CUDA_KERNELS

@@ -238,9 +238,7 @@ static int lf_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, c
     lf_plugin *lf = host->alloc(cpu, sizeof *lf);
     if (!lf) return host->error_set(err, FS_ERR_NOMEM, "longformer attention: out of memory");
     lf->host = host;
-    /* a host older than this plugin passes a shorter config: copy what it has */
-    memset(&lf->cfg, 0, sizeof lf->cfg);
-    memcpy(&lf->cfg, cfg, cfg->struct_size < sizeof lf->cfg ? cfg->struct_size : sizeof lf->cfg);
+    paged_config_copy(&lf->cfg, cfg);
     lf->kv_es = paged_kv_es(cfg);
     lf->scale = 1.0f / sqrtf((float)cfg->head_dim);
     size_t C = cfg->n_embd;

@@ -97,8 +97,7 @@ static int lsh_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, 
     if (!l) return host->error_set(err, FS_ERR_NOMEM, "lsh attention: out of memory");
     memset(l, 0, sizeof *l);
     l->host = host;
-    /* a host older than this plugin passes a shorter config: copy what it has */
-    memcpy(&l->cfg, cfg, cfg->struct_size < sizeof l->cfg ? cfg->struct_size : sizeof l->cfg);
+    paged_config_copy(&l->cfg, cfg);
     l->kv_es = paged_kv_es(cfg);
     l->scale = 1.0f / sqrtf((float)cfg->head_dim);
     int rc = FS_OK;

@@ -46,6 +46,14 @@ static inline size_t paged_kv_es(const fs_attention_config *cfg) {
                : sizeof(float);
 }
 
+/* *dst = the host's config as far as its struct_size goes, zeros after: a
+ * host older than the plugin passes a shorter struct (the plugins keep a
+ * copy; paged_kv_es reads kv_dtype from the original). */
+static inline void paged_config_copy(fs_attention_config *dst, const fs_attention_config *src) {
+    memset(dst, 0, sizeof *dst);
+    memcpy(dst, src, src->struct_size < sizeof *dst ? src->struct_size : sizeof *dst);
+}
+
 /* The address of element i of stored entries starting at p. */
 static inline void *paged_kv_at(const void *p, size_t i, size_t es) { return (char *)p + i * es; }
 

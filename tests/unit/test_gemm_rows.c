@@ -19,15 +19,6 @@ static float nn_ref(const float *a, const float *b, size_t ldb, size_t k, const 
     return bias ? acc + bias[o] : acc;
 }
 
-static float nt_ref(const float *a, const float *b, size_t k) {
-    float l[8] = {0};
-    size_t k8 = k - k % 8, i = 0;
-    for (; i < k8; i += 8)
-        for (size_t j = 0; j < 8; j++) l[j] = fmaf(a[i + j], b[i + j], l[j]);
-    for (; i < k; i++) l[i - k8] = fmaf(a[i], b[i], l[i - k8]);
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
 static void fill(float *x, size_t n, unsigned salt) {
     for (size_t i = 0; i < n; i++) x[i] = (float)((i * 2654435761u + salt * 40503u) % 2001) / 1000.0f - 1.0f;
 }
@@ -64,7 +55,7 @@ static void check_nt(size_t m, size_t n, size_t k) {
     fs_gemm_rows_nt(c, n, a, k, b, k, NULL, m, n, k);
     for (size_t r = 0; r < m; r++)
         for (size_t o = 0; o < n; o++) {
-            float want = nt_ref(a + r * k, b + o * k, k);
+            float want = test_dot_lanes(a + r * k, b + o * k, k);
             if (memcmp(&want, &c[r * n + o], sizeof want))
                 fail_msg("nt m=%zu n=%zu k=%zu: c[%zu][%zu] differs from the definition", m, n, k, r, o);
         }
@@ -74,31 +65,33 @@ static void check_nt(size_t m, size_t n, size_t k) {
 static const size_t rows[] = {1, 2, 3, 4, 5, 6, 7, 9, 13, 32};
 static const size_t cols[][2] = {{1, 3}, {8, 8}, {37, 19}, {64, 64}, {300, 96}, {2304, 96}, {1030, 770}};
 
-static void test_nn_every_path(void **state) {
-    (void)state;
+/* Every shape at 1 and 2 threads: nn (plain or packed W) or nt. */
+enum { NN, NN_PACKED, NT };
+
+static void every_shape(int kind) {
     for (int threads = 1; threads <= 2; threads++) {
         omp_set_num_threads(threads);
         for (size_t r = 0; r < sizeof rows / sizeof *rows; r++)
-            for (size_t s = 0; s < sizeof cols / sizeof *cols; s++) check_nn(rows[r], cols[s][0], cols[s][1], (int)s % 2, 0);
+            for (size_t s = 0; s < sizeof cols / sizeof *cols; s++) {
+                if (kind == NT) check_nt(rows[r], cols[s][0], cols[s][1]);
+                else check_nn(rows[r], cols[s][0], cols[s][1], (int)s % 2, kind == NN_PACKED);
+            }
     }
+}
+
+static void test_nn_every_path(void **state) {
+    (void)state;
+    every_shape(NN);
 }
 
 static void test_nn_packed_every_path(void **state) {
     (void)state;
-    for (int threads = 1; threads <= 2; threads++) {
-        omp_set_num_threads(threads);
-        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++)
-            for (size_t s = 0; s < sizeof cols / sizeof *cols; s++) check_nn(rows[r], cols[s][0], cols[s][1], (int)s % 2, 1);
-    }
+    every_shape(NN_PACKED);
 }
 
 static void test_nt_every_path(void **state) {
     (void)state;
-    for (int threads = 1; threads <= 2; threads++) {
-        omp_set_num_threads(threads);
-        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++)
-            for (size_t s = 0; s < sizeof cols / sizeof *cols; s++) check_nt(rows[r], cols[s][0], cols[s][1]);
-    }
+    every_shape(NT);
 }
 
 /* A row's result alone equals the same row among others (the property the

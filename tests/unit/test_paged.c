@@ -268,13 +268,7 @@ static void test_bf16_blocks(void **state) {
  * a key's score must have the bits paged_dot gives it alone (which keys
  * share a group of four depends on how full the step left the block), for
  * f32 and bf16 keys, every count of keys and widths with and without a
- * vector path. The definition, written out: eight fmaf lanes, the tree. */
-static float dot_definition(const float *q, const float *k, size_t D) {
-    float l[8] = {0};
-    for (size_t i = 0; i < D; i++) l[i % 8] = fmaf(q[i], k[i], l[i % 8]);
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
+ * vector path, against the definition (test_dot_lanes). */
 static void test_paged_dots_match_definition(void **state) {
     (void)state;
     const size_t widths[] = {8, 24, 64, 20};
@@ -293,7 +287,7 @@ static void test_paged_dots_match_definition(void **state) {
                 const void *k = es == 2 ? (const void *)kb : (const void *)kf;
                 paged_dots(w, q, k, ld, n, D, 0.125f, es);
                 for (size_t t = 0; t < n; t++) {
-                    float one = dot_definition(q, kf + t * ld, D) * 0.125f;
+                    float one = test_dot_lanes(q, kf + t * ld, D) * 0.125f;
                     assert_memory_equal(&w[t], &one, sizeof one);
                     float alone = paged_dot(q, paged_kv_at(k, t * ld, es), D, es) * 0.125f;
                     assert_memory_equal(&alone, &one, sizeof one);

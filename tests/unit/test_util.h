@@ -80,6 +80,15 @@ static inline void test_close(const char *what, const float *got, const float *w
 }
 
 /* n zeroed floats (at least one), or the test fails. */
+/* The fixed-order dot product of the serving step, written out: eight
+ * fmaf lanes (element i in lane i % 8, in order), then the lanes' fixed
+ * tree (compute/gemm_rows.h, fs_gemm_rows_nt; plugins/attention/paged.h). */
+static inline float test_dot_lanes(const float *a, const float *b, size_t k) {
+    float l[8] = {0};
+    for (size_t i = 0; i < k; i++) l[i % 8] = fmaf(a[i], b[i], l[i % 8]);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
 static inline float *test_fvec(size_t n) {
     float *p = (float *)calloc(n ? n : 1, sizeof(float));
     assert_non_null(p);
