@@ -36,7 +36,7 @@
 #include "core/host.h"
 #include "core/rng.h"
 #include "core/threads.h"
-#include "gpt_backend.h"
+#include "model/device_gpt.h"
 
 #define MAX_T 16
 
@@ -90,7 +90,7 @@ static void die(const char *what, const fs_error *err) {
 
 /* MiB of device memory in use, or -1 when the backend does not say (or
  * the device is the CPU, whose "free memory" is the whole machine's). */
-static double used_mib(gb_backend *b) {
+static double used_mib(fs_backend_handle *b) {
     fs_backend_device_info info = {.struct_size = sizeof info};
     fs_error err = {0};
     if (b->device.type == FS_DEVICE_CPU || b->vt->device_info(b->self, &info, &err) || info.total_bytes == 0)
@@ -102,8 +102,8 @@ static double used_mib(gb_backend *b) {
 
 /* N(0, 0.02) weights, ones for the layer norms' gains, zeros for biases
  * would be GPT-2's; speed does not depend on the values, so all N(0, 0.02). */
-static void random_params(gb_model *m, fs_rng *g) {
-    size_t n = gb_n_params(m);
+static void random_params(fs_device_gpt *m, fs_rng *g) {
+    size_t n = fs_device_gpt_n_params(m);
     float *p = malloc(n * sizeof *p);
     if (!p) {
         fprintf(stderr, "bench_backend: out of memory for %zu parameters\n", n);
@@ -111,21 +111,21 @@ static void random_params(gb_model *m, fs_rng *g) {
     }
     for (size_t i = 0; i < n; i++) p[i] = 0.02f * fs_rng_normal(g);
     fs_error err = {0};
-    if (gb_set_params(m, p, &err)) die("parameters", &err);
+    if (fs_device_gpt_set_params(m, p, &err)) die("parameters", &err);
     free(p);
 }
 
 /* One AdamW training step; returns its loss. */
-static double train_step(gb_model *m, const int32_t *in, const int32_t *tg, uint64_t t) {
+static double train_step(fs_device_gpt *m, const int32_t *in, const int32_t *tg, uint64_t t) {
     fs_error err = {0};
     double loss = 0.0;
-    if (gb_zero_grad(m, &err) || gb_forward(m, in, tg, &loss, &err) || gb_backward(m, &err) ||
-        gb_adamw(m, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, t, &err) || gb_sync(m, &err))
+    if (fs_device_gpt_zero_grad(m, &err) || fs_device_gpt_forward(m, in, tg, &loss, &err) || fs_device_gpt_backward(m, &err) ||
+        fs_device_gpt_adamw(m, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err) || fs_device_gpt_sync(m, &err))
         die("training step", &err);
     return loss;
 }
 
-static double peak_for(gb_backend *b, const precision *p, double override) {
+static double peak_for(fs_backend_handle *b, const precision *p, double override) {
     if (override > 0) return override;
     fs_backend_device_info info = {.struct_size = sizeof info};
     fs_error err = {0};
@@ -137,13 +137,13 @@ static double peak_for(gb_backend *b, const precision *p, double override) {
 
 /* 0, or 1 when the loss came out NaN or infinite (a broken backend: the
  * figures would mean nothing). */
-static int train_row(gb_backend *b, const opts *o, const precision *p) {
-    gb_config cfg = {o->s.V, o->s.maxT, o->s.L, o->s.H, o->s.C, o->s.B, o->s.T, p->dtype, p->compute, "dense",
-                     NULL};
-    gb_model *m;
+static int train_row(fs_backend_handle *b, const opts *o, const precision *p) {
+    fs_device_gpt_config cfg = {.V = o->s.V, .maxT = o->s.maxT, .L = o->s.L, .H = o->s.H, .C = o->s.C, .B = o->s.B,
+                                .T = o->s.T, .dtype = p->dtype, .compute = p->compute, .attention = "dense"};
+    fs_device_gpt *m;
     fs_error err = {0};
     double before = used_mib(b);
-    if (gb_model_create(&m, b, &cfg, &err)) {
+    if (fs_device_gpt_create(&m, b, &cfg, &err)) {
         printf("| %s | - | - | - | - | - | %s |\n", p->name, err.message);
         return 0;
     }
@@ -161,7 +161,7 @@ static int train_row(gb_backend *b, const opts *o, const precision *p) {
         loss = train_step(m, tok, tok + 1, 3 + i);
         t[i] = fs_now() - t0;
     }
-    double s = median(t, o->steps), tflops = gb_train_flops(m) / s / 1e12, peak = peak_for(b, p, o->peak_tflops);
+    double s = median(t, o->steps), tflops = fs_device_gpt_train_flops(m) / s / 1e12, peak = peak_for(b, p, o->peak_tflops);
     char mfu[32] = "-", mems[32] = "-";
     if (peak > 0) snprintf(mfu, sizeof mfu, "%.3f", tflops / peak);
     if (mem >= 0) snprintf(mems, sizeof mems, "%.0f", mem);
@@ -169,13 +169,13 @@ static int train_row(gb_backend *b, const opts *o, const precision *p) {
            tflops, mfu, mems, loss, o->steps + 2);
     free(tok);
     free(t);
-    gb_model_destroy(m);
+    fs_device_gpt_destroy(m);
     if (isfinite(loss)) return 0;
     fprintf(stderr, "bench_backend: %s training gave a loss of %f\n", p->name, loss);
     return 1;
 }
 
-static int bench_training(gb_backend *b, const opts *o) {
+static int bench_training(fs_backend_handle *b, const opts *o) {
     int bad = 0;
     size_t P = o->s.V * o->s.C + o->s.maxT * o->s.C + o->s.L * 12 * o->s.C * o->s.C + o->s.C * (13 * o->s.L + 2);
     printf("\n### Training: %s shape (V %zu, L %zu, H %zu, C %zu, about %.1f M parameters), B %zu, T %zu, "
@@ -196,7 +196,7 @@ static int bench_training(gb_backend *b, const opts *o) {
 /* ---- 2. dense attention ---- */
 
 typedef struct attn_case {
-    gb_backend *b;
+    fs_backend_handle *b;
     const fs_attention_vtable *vt;
     void *self;
     fs_plugin_ctx ctx;
@@ -204,7 +204,7 @@ typedef struct attn_case {
     void *buf[8]; /* q k v out dout dq dk dv, (1, H, T, D) f32 on the device */
 } attn_case;
 
-static void attn_open(attn_case *c, gb_backend *b, const opts *o, size_t T) {
+static void attn_open(attn_case *c, fs_backend_handle *b, const opts *o, size_t T) {
     fs_error err = {0};
     const fs_plugin *p;
     size_t H = o->heads, D = o->head_dim, n = H * T * D;
@@ -253,7 +253,7 @@ static double attn_run(attn_case *c, int both) {
     return fs_now() - t0;
 }
 
-static void bench_attention(gb_backend *b, const opts *o) {
+static void bench_attention(fs_backend_handle *b, const opts *o) {
     printf("\n### Dense attention, causal, B 1, H %zu, D %zu, f32: median of %zu\n\n", o->heads, o->head_dim,
            o->reps);
     printf("| T | forward ms | forward + backward ms | saved MiB | device MiB in use |\n|---|---|---|---|---|\n");
@@ -347,10 +347,10 @@ int main(int argc, char **argv) {
         }
     fs_blas_fix_coretype(argv); /* OpenBLAS's kernels and waits as fsrun sets them (may re-execute) */
     fs_threads_set(o.threads);
-    gb_backend b;
+    fs_backend_handle b;
     fs_error err = {0};
     int n = 0;
-    if (gb_backend_open(&b, o.backend, o.device, &n, &err)) {
+    if (fs_backend_handle_open(&b, o.backend, o.device, &n, &err)) {
         fprintf(stderr, "bench_backend: backend %s, device %d: %s\n", o.backend, o.device, err.message);
         return n == 0 && b.plugin ? 77 : 1;
     }
@@ -361,6 +361,6 @@ int main(int argc, char **argv) {
            o.peak_tflops > 0 ? " (MFU over peak_tflops= instead)" : "");
     int bad = bench_training(&b, &o);
     if (o.nT) bench_attention(&b, &o);
-    gb_backend_close(&b);
+    fs_backend_handle_close(&b);
     return bad;
 }

@@ -321,8 +321,12 @@ static int run_mode(fs_session *s, const fs_mode *mode, const fs_run_options *o)
     fs_error err = {0};
     fs_threads_share(fs_world_local_size());
     fs_threads_set((int)fs_config_int(s->run_cfg, "threads"));
-    int config_error = 0;
-    int rc = mode->run(s, o, &config_error, &err);
+    int config_error = 1;
+    int rc = fs_mode_check_device(mode, s, &err);
+    if (!rc) {
+        config_error = 0;
+        rc = mode->run(s, o, &config_error, &err);
+    }
     fflush(stdout);
     int code = config_error ? 2 : 1;
     if (!fs_world_in_work() && !fs_world_failed_code()) {

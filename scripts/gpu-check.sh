@@ -9,13 +9,18 @@
 #
 # 1. the device as the driver sees it (nvidia-smi);
 # 2. a Release build with nvcc (sm_80 and sm_90, warnings as errors) in build-gpu;
-# 3. the GPU tests (ctest -L gpu): each must pass, not skip;
+# 3. the GPU tests (ctest -L gpu): each must pass, not skip (test_gpu_train:
+#    fsrun --mode train on cuda in fp32, tf32, bf16 against the CPU kernels);
 # 4. the benchmark: GPT-2-small training (124 M parameters, vocab 50257,
 #    T = 1024, B = 8) in fp32, tf32 and bf16 (tokens/s, MFU over the
 #    device's peak) and dense attention forward + backward from 1k to 16k
 #    (build-gpu/bench/bench_backend; about a minute on an H100). Its tables go
 #    to $OUT/bench-backend.md for the README;
-# 5. compute-sanitizer, when the toolkit has it: memcheck and racecheck
+# 5. fsrun itself training the GPT-2-small shape with the byte vocabulary
+#    (86 M parameters, T = 1024, B = 8) on synthetic text for 30 steps in
+#    fp32, tf32 and bf16: the summary lines (tokens/s, model TFLOP/s, MFU)
+#    go to $OUT/fsrun-train.md;
+# 6. compute-sanitizer, when the toolkit has it: memcheck and racecheck
 #    over test_gpu_gpt, memcheck over test_gpu_ops and test_gpu_attention.
 # Every timed step is capped, and by the time left before BUDGET_S (default
 # 540 s, so one call of a metered machine's 10-minute limit holds it all): a
@@ -62,6 +67,34 @@ else
   (timeout "$t" build-gpu/bench/bench_backend backend=cuda shape=gpt2 steps=10 reps=5 \
     attention=1024,2048,4096,8192,16384 | tee "$out/bench-backend.md") 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+t=$(cap 150)
+if [ "$t" -le 10 ]; then
+  step "fsrun train on cuda: skipped, the budget of $budget s is spent"
+  status=1
+else
+  step "fsrun train: GPT-2-small shape, byte vocabulary, on cuda (at most $t s)"
+  work="$out/fsrun-train"
+  mkdir -p "$work"
+  python3 -c "
+import random
+r = random.Random(7)
+words = [''.join(r.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(r.randint(2, 9))) for _ in range(3000)]
+open('$work/train.txt', 'w').write(' '.join(r.choice(words) for _ in range(800000)))"
+  printf '%s\n' "[model]" "vocab_size = 256" "n_layer = 12" "n_head = 12" "n_embd = 768" "max_seq = 1024" \
+    "[data]" "train = $work/train.txt" "[train]" "steps = 30" "batch = 8" "warmup = 5" "val_every = 0" \
+    "[generate]" "max_tokens = 0" "[run]" "out = $work/out" "overwrite = true" "progress = off" "device = cuda" \
+    > "$work/g.ini"
+  : > "$out/fsrun-train.md"
+  deadline=$((SECONDS + t))
+  for p in fp32 tf32 bf16; do
+    left=$((deadline - SECONDS))
+    [ "$left" -gt 5 ] || { echo "fsrun train $p: no time left" | tee -a "$log"; status=1; break; }
+    echo "precision $p: $(timeout "$left" build-gpu/fsrun "$work/g.ini" --set train.precision=$p 2>>"$log" | tail -n1)" |
+      tee -a "$out/fsrun-train.md" "$log"
+    grep -q "precision $p: {" "$out/fsrun-train.md" || status=1
+  done
 fi
 
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -34,7 +34,8 @@ static const fs_param_spec attention_keys[] = {
  * row); the backend plugin's own keys go here too. */
 static const fs_param_spec backend_keys[] = {
     {"plugin", FS_PARAM_STRING, "auto", 0, 0, NULL,
-     "compute backend plugin: auto (the one for [run] device: cpu or cuda), a plugin name or a path"},
+     "compute backend plugin: auto (cuda for [run] device = cuda; on the CPU the runtime's own kernels), or a "
+     "plugin name or path: the model trains through its ops (cpu: the runtime's kernels behind the vtable)"},
 };
 
 static const fs_param_spec parallel_keys[] = {
@@ -111,6 +112,10 @@ static const fs_param_spec train_keys[] = {
      "also checkpoint every N steps (0 = only at the end)"},
     {"seed", FS_PARAM_INT, "1337", 0, FS_PARAM_UNBOUNDED, NULL, "seed of initialisation and batch sampling"},
     {"resume", FS_PARAM_BOOL, "false", 0, 0, NULL, "continue from the checkpoint in [run] out"},
+    {"precision", FS_PARAM_ENUM, "fp32", 0, 0, "fp32|tf32|bf16",
+     "arithmetic of training on a compute backend: fp32; tf32 (tensor-core GEMMs of f32 operands, f32 where the "
+     "device has none); bf16 (bf16 activations and GEMMs, f32 master weights and AdamW state, f32 checkpoints). "
+     "The CPU's own kernels compute fp32 (and tf32 as fp32)"},
 };
 
 static const fs_param_spec generate_keys[] = {
@@ -148,8 +153,8 @@ static const fs_param_spec run_keys[] = {
     {"log_every", FS_PARAM_INT, "10", 1, FS_PARAM_UNBOUNDED, NULL,
      "plain progress lines every N steps when not a terminal"},
     {"device", FS_PARAM_STRING, "auto", 0, 0, NULL,
-     "compute device: auto (a GPU only where there is one and the model can use it, else the CPU), cpu, cuda or "
-     "cuda:N (the N-th visible CUDA device); CUDA where there is none is an error"},
+     "compute device: auto (a GPU where there is one and the mode can use it: train; else the CPU), cpu, cuda "
+     "or cuda:N (the N-th visible CUDA device); CUDA where there is none is an error"},
 };
 
 /* [serve]: the engine's keys, then the HTTP front end's; the scheduler

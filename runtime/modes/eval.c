@@ -7,6 +7,7 @@
 #include "io/data.h"
 #include "io/metrics.h"
 #include "modes/modes.h"
+#include "modes/train_device.h"
 #include "compute/ops.h"
 
 int fs_evaluate_sum(const fs_dataset *d, size_t T, size_t B, size_t max_windows, fs_batch_loss_fn batch_sum,
@@ -53,6 +54,18 @@ int fs_evaluate(fs_model *m, const fs_dataset *d, size_t B, size_t max_windows, 
     return rc;
 }
 
+/* The mean loss over every window of val, B at a time, on dev (a backend:
+ * the CPU model's weights uploaded) or, dev NULL, the CPU's own kernels. */
+static int evaluate_on(fs_session *s, fs_train_device *dev, const fs_dataset *val, size_t B, double *loss, size_t *n,
+                       fs_error *err) {
+    if (!dev) return fs_evaluate(s->model, val, B, 0, loss, n, err);
+    double sum = 0;
+    int rc = fs_train_device_upload(dev, NULL, err);
+    if (!rc) rc = fs_evaluate_sum(val, s->mcfg.max_seq, B, 0, fs_train_device_batch_sum, dev, &sum, n, err);
+    *loss = *n ? sum / (double)*n : 0.0;
+    return rc;
+}
+
 int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err) {
     *config_error = 1;
     if (fs_session_require_whole(s, "eval", err)) return err->status;
@@ -62,6 +75,12 @@ int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_e
     fs_dataset val;
     int rc = fs_session_dataset(s, "val", s->mcfg.max_seq + 1, &val, err);
     if (rc) return rc;
+    size_t B = (size_t)fs_config_int(s->train_cfg, "batch");
+    fs_train_device *dev = NULL; /* the device the session asks for (refusals are configuration errors) */
+    if ((rc = fs_train_device_open(&dev, s, 1, B, err))) {
+        fs_dataset_release(&val);
+        return rc;
+    }
     *config_error = 0;
     char ckpt[PATH_MAX];
     if (o->checkpoint)
@@ -71,13 +90,14 @@ int fs_mode_eval(fs_session *s, const fs_run_options *o, int *config_error, fs_e
     rc = fs_checkpoint_load(ckpt, s, NULL, NULL, err);
     double loss = 0;
     size_t n = 0;
-    if (!rc) rc = fs_evaluate(s->model, &val, (size_t)fs_config_int(s->train_cfg, "batch"), 0, &loss, &n, err);
+    if (!rc) rc = evaluate_on(s, dev, &val, B, &loss, &n, err);
     if (!rc && !isfinite(loss)) /* JSON has no NaN: a result that is not a number is a failure */
         rc = fs_error_set(err, FS_ERR_INVALID,
                           "%s: the mean loss over %zu tokens is %s: the weights overflow (a run that diverged?): "
                           "evaluate an earlier checkpoint",
                           ckpt, n, isnan(loss) ? "NaN" : "Inf");
     if (!rc) printf("{\"loss\": %.6f, \"tokens\": %zu}\n", loss, n);
+    fs_train_device_close(dev);
     fs_dataset_release(&val);
     return rc;
 }

@@ -1,6 +1,8 @@
 /* modes.c — the table of modes (see modes.h). */
 #include "modes/modes.h"
 
+#include "session/device.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -9,13 +11,13 @@ fs_mode_fn fs_mode_train, fs_mode_distill, fs_mode_generate, fs_mode_eval, fs_mo
     fs_mode_serve;
 
 const fs_mode fs_modes[] = {
-    {"train", fs_mode_train, "train on [data] train; checkpoint and metrics in [run] out (the default)"},
-    {"distill", fs_mode_distill, "train as the student of [distill] teacher, or a chain of [distill.stage.N]"},
-    {"generate", fs_mode_generate, "continue --prompt or [generate] prompt from the checkpoint"},
-    {"eval", fs_mode_eval, "mean loss of the checkpoint over [data] val"},
-    {"tokenize", fs_mode_tokenize, "tokenize [data] train and val into their token caches; report tokens per byte"},
-    {"train-tokenizer", fs_mode_train_tokenizer, "learn BPE merges on [data] train up to [model] vocab_size"},
-    {"serve", fs_mode_serve, "serve the checkpoint over an OpenAI-compatible HTTP API ([serve])"},
+    {"train", fs_mode_train, "train on [data] train; checkpoint and metrics in [run] out (the default)", 1},
+    {"distill", fs_mode_distill, "train as the student of [distill] teacher, or a chain of [distill.stage.N]", 0},
+    {"generate", fs_mode_generate, "continue --prompt or [generate] prompt from the checkpoint", 0},
+    {"eval", fs_mode_eval, "mean loss of the checkpoint over [data] val", 1},
+    {"tokenize", fs_mode_tokenize, "tokenize [data] train and val into their token caches; report tokens per byte", 1},
+    {"train-tokenizer", fs_mode_train_tokenizer, "learn BPE merges on [data] train up to [model] vocab_size", 1},
+    {"serve", fs_mode_serve, "serve the checkpoint over an OpenAI-compatible HTTP API ([serve])", 0},
 };
 const size_t fs_n_modes = sizeof fs_modes / sizeof fs_modes[0];
 
@@ -33,4 +35,13 @@ void fs_mode_names(char *buf, size_t cap, const char *sep) {
         if (n < 0) break;
         used += (size_t)n;
     }
+}
+
+int fs_mode_check_device(const fs_mode *mode, const fs_session *s, fs_error *err) {
+    if (mode->on_backend || !fs_session_backend_asked(s)) return FS_OK;
+    return fs_error_set(err, FS_ERR_INVALID,
+                        "%s: --mode %s runs on the runtime's own CPU kernels only (train and eval run on a "
+                        "compute backend); for %s set [run] device = cpu (or auto) and leave [backend] plugin "
+                        "= auto",
+                        fs_session_backend_where(s), mode->name, mode->name);
 }

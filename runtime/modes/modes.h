@@ -33,7 +33,13 @@ typedef struct fs_mode {
     const char *name; /* --mode NAME, [run] mode = NAME */
     fs_mode_fn *run;
     const char *help; /* one line for fsrun --help */
+    int on_backend;   /* it runs where [run] device and [backend] point: train and eval through a compute backend;
+                       * the tokenizer modes do no model arithmetic */
 } fs_mode;
+
+/* FS_ERR_INVALID naming the key and the fix when the graph asks for a
+ * backend (session/device.h) and `mode` cannot use one. */
+int fs_mode_check_device(const fs_mode *mode, const fs_session *s, fs_error *err);
 
 /* Every mode, in the order --help lists them; [run] mode's default first.
  * [run] mode's choices in core/schema.c are these names in this order

@@ -6,6 +6,7 @@
  * finished across ranks, the optimizer, then metrics, validation and the
  * checkpoint. */
 #include "modes/train.h"
+#include "modes/train_device.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -71,6 +72,7 @@ typedef struct train_run {
     fs_session *s;
     fs_model *m;
     const fs_objective *obj;
+    fs_train_device *dev;        /* the model on a compute backend, or NULL: the CPU's own kernels */
     const fs_parallel_vtable *pvt;
     void *pself;
     size_t B, T, accum, val_batches;
@@ -216,6 +218,25 @@ static int init_or_resume(train_run *r, fs_error *err) {
     return FS_OK;
 }
 
+/* The backend the session asks for, when the graph trains there, with the
+ * weights (and a resumed run's moments) uploaded. Refusals are
+ * configuration errors; failures of the device are not. */
+static int open_device(train_run *r, int *config_error, fs_error *err) {
+    *config_error = 1;
+    int lm = r->obj->fn == fs_objective_lm;
+    int rc = fs_train_device_open(&r->dev, r->s, lm, r->B, err);
+    if (rc) return rc;
+    const fs_config *tc = r->s->train_cfg;
+    if (!r->dev && !strcmp(fs_config_string(tc, "precision"), "bf16"))
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: %s trains on the runtime's own CPU kernels here, which compute fp32: set precision "
+                            "= fp32, or train on a GPU ([run] device = cuda)",
+                            fs_config_where(tc, "precision"), r->obj->mode);
+    if (!r->dev) return FS_OK;
+    *config_error = 0;
+    return fs_train_device_upload(r->dev, &r->opt, err);
+}
+
 /* Metrics (rank 0), this rank's rows of each batch, the batch buffers. */
 static int open_outputs(train_run *r, fs_error *err) {
     int rc;
@@ -249,6 +270,7 @@ static int train_setup(train_run *r, int *config_error, fs_error *err) {
     /* [model] init's weights not fitting the graph is a configuration error */
     if (!rc && *fs_config_string(r->s->model_cfg, "init") && !r->resume) *config_error = 1;
     if (!rc) rc = init_or_resume(r, err);
+    if (!rc) rc = open_device(r, config_error, err);
     if (!rc) *config_error = 0;
     if (!rc) rc = open_outputs(r, err);
     int code;
@@ -275,6 +297,7 @@ static void announce(const train_run *r) {
     fprintf(stderr, "fsrun: %s: %zu parameters, %zu layers, T = %zu, batch %zu x %zu, %llu steps, %d threads\n",
             r->obj->mode, fs_model_block(r->m)->n - fs_model_block(r->m)->n_plugin, s->mcfg.n_layer, r->T, r->B, r->accum,
             (unsigned long long)r->total, fs_threads_get());
+    if (r->dev) fprintf(stderr, "fsrun: on %s\n", fs_train_device_describe(r->dev));
     if (fs_world_size() > 1)
         fprintf(stderr, "fsrun: %d ranks (%s): data %d x tensor %d x pipeline %d, %d threads each\n",
                 fs_world_size(), s->comm->engine, s->topo.data, s->topo.tensor, s->topo.pipeline, fs_threads_get());
@@ -329,6 +352,8 @@ static int micro_batch(train_run *r, size_t a, double *loss, fs_error *err) {
         r->t.sched_s += fs_now() - t0;
         r->t.busy_s += ps.busy_s;
         *loss = ps.n_loss ? ps.loss_sum / (double)ps.n_loss : 0.0;
+    } else if (r->dev) {
+        rc = fs_train_device_micro_batch(r->dev, in, tg, r->local_B, 1.0f / (float)r->accum, loss, err);
     } else {
         rc = r->obj->fn(r->obj->arg, r->s, in, tg, r->local_B, r->T, 1.0f / (float)r->accum, loss, err);
     }
@@ -348,6 +373,13 @@ static int finish_gradients(train_run *r, double step_loss, double *loss, double
     const fs_model_part *part = fs_model_held(r->m);
     fs_session *s = r->s;
     int rc;
+    if (r->dev) { /* one process: nothing to finish across ranks */
+        double sumsq;
+        if ((rc = fs_train_device_grad_sumsq(r->dev, &sumsq, err))) return rc;
+        *loss = step_loss;
+        *norm = sqrt(sumsq);
+        return FS_OK;
+    }
     double t0 = fs_now();
     /* the tied embedding's two copies (first and last stage) sum their gradients; an untied head is the
      * last stage's alone */
@@ -365,6 +397,12 @@ static int finish_gradients(train_run *r, double step_loss, double *loss, double
     if (rc) return rc;
     *loss = sums[0] / sums[1];
     *norm = sqrt(sums[2]);
+    return FS_OK;
+}
+
+static int zero_grad(train_run *r, fs_error *err) {
+    if (r->dev) return fs_train_device_zero_grad(r->dev, err);
+    fs_model_zero_grad(r->m);
     return FS_OK;
 }
 
@@ -407,15 +445,22 @@ static int nonfinite_step(train_run *r, double loss, double norm, fs_error *err)
         return fs_world_agree(rc, 1, &code, err);
     }
     r->skipped++;
-    fs_model_zero_grad(r->m);
+    if ((rc = zero_grad(r, err))) return rc;
     fs_metrics_skipped(&r->met, step, r->total, what, r->skipped_in_row, r->max_skipped);
     return FS_OK;
 }
 
-/* AdamW at the scheduled lr; a ZeRO shard's update reaches every rank. */
-static int optimizer_step(train_run *r, double *lr, double *wait_s, fs_error *err) {
+/* Clipping to [train] grad_clip, then AdamW at the scheduled lr; a ZeRO
+ * shard's update reaches every rank. */
+static int optimizer_step(train_run *r, double norm, double *lr, double *wait_s, fs_error *err) {
+    double max_norm = fs_config_float(r->s->train_cfg, "grad_clip");
     *lr = fs_lr_schedule(r->ac.lr, fs_config_float(r->s->train_cfg, "min_lr_ratio"), r->ts.step, r->warmup,
                          r->total);
+    if (r->dev) { /* fs_optimizer_clip_to's factor, applied inside AdamW */
+        float scale = max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+        return fs_train_device_update(r->dev, &r->opt, *lr, scale, err);
+    }
+    fs_optimizer_clip_to(&r->opt, max_norm, norm);
     fs_optimizer_step(&r->opt, *lr);
     const fs_param_block *pb = fs_model_block(r->m);
     if (!PAR_HAS(r->s, params_updated)) return FS_OK;
@@ -457,9 +502,15 @@ static int pipeline_batch_sum(void *arg, const int32_t *inputs, const int32_t *t
 
 static int evaluate(train_run *r, double *loss, fs_error *err) {
     size_t max_windows = r->val_batches * r->B, n;
-    if (r->s->topo.pipeline == 1) return fs_evaluate(r->m, &r->val, r->B, max_windows, loss, &n, err);
     double sum;
-    int rc = fs_evaluate_sum(&r->val, r->T, r->B, max_windows, pipeline_batch_sum, r->s, &sum, &n, err);
+    int rc;
+    if (r->dev) {
+        rc = fs_evaluate_sum(&r->val, r->T, r->B, max_windows, fs_train_device_batch_sum, r->dev, &sum, &n, err);
+        *loss = n ? sum / (double)n : 0.0;
+        return rc;
+    }
+    if (r->s->topo.pipeline == 1) return fs_evaluate(r->m, &r->val, r->B, max_windows, loss, &n, err);
+    rc = fs_evaluate_sum(&r->val, r->T, r->B, max_windows, pipeline_batch_sum, r->s, &sum, &n, err);
     if (!rc) PAR_CALL(r->s, "reduce_sum", rc = r->pvt->reduce_sum(r->pself, &sum, 1, err));
     *loss = n ? sum / (double)n : 0.0;
     return rc;
@@ -488,6 +539,7 @@ static int scheduled_work(train_run *r, fs_error *err) {
         fs_metrics_val(&r->met, r->ts.step, r->val_loss);
     }
     if ((r->ckpt_every && r->ts.step % r->ckpt_every == 0) || r->ts.step == r->end) {
+        if (r->dev && (rc = fs_train_device_download(r->dev, &r->opt, err))) return rc;
         if ((rc = fs_checkpoint_save(r->ckpt, r->s, &r->opt, &r->ts, err))) return rc;
         r->last_ckpt_step = (int64_t)r->ts.step;
     }
@@ -507,8 +559,7 @@ static int after_step(train_run *r, double lr, double norm, double step_s, fs_er
 static int train_step(train_run *r, fs_error *err) {
     double t0 = fs_now(), step_loss = 0, l = 0, loss, norm, lr;
     fs_blas_stats_reset();
-    fs_model_zero_grad(r->m);
-    int rc = FS_OK;
+    int rc = zero_grad(r, err);
     for (size_t a = 0; a < r->accum && !rc; a++) {
         rc = micro_batch(r, a, &l, err);
         step_loss += l / (double)r->accum;
@@ -527,8 +578,7 @@ static int train_step(train_run *r, fs_error *err) {
     }
     r->skipped_in_row = 0;
     r->loss = r->ts.loss = loss;
-    fs_optimizer_clip_to(&r->opt, fs_config_float(r->s->train_cfg, "grad_clip"), norm);
-    if ((rc = optimizer_step(r, &lr, &wait_s, err))) return rc;
+    if ((rc = optimizer_step(r, norm, &lr, &wait_s, err))) return rc;
     r->ts.step++;
     double step_s = fs_now() - t0;
     account_step(r, step_s, wait_s);
@@ -541,7 +591,7 @@ static int train_step(train_run *r, fs_error *err) {
 /* ---- after the steps ---- */
 
 /* A sample from the trained model, as a person would want to see. */
-static int print_sample(const train_run *r, fs_error *err) {
+static int print_sample(train_run *r, fs_error *err) {
     fs_session *s = r->s;
     size_t sample = (size_t)fs_config_int(s->gen_cfg, "max_tokens");
     if (sample == 0 || r->ts.step != r->total) return FS_OK;
@@ -555,7 +605,9 @@ static int print_sample(const train_run *r, fs_error *err) {
     size_t len = strlen(text);
     if (len >= r->T) len = r->T - 1;
     fs_generation g;
-    int rc = fs_generate_text(s, text, len, sample, &g, err);
+    /* the CPU model generates: the device's weights first */
+    int rc = r->dev ? fs_train_device_download(r->dev, &r->opt, err) : FS_OK;
+    if (!rc) rc = fs_generate_text(s, text, len, sample, &g, err);
     if (rc) return rc;
     printf("--- sample (%zu tokens, %.0f tok/s) ---\n%.*s", g.n, g.seconds > 0 ? (double)g.n / g.seconds : 0.0,
            (int)len, text);
@@ -601,6 +653,20 @@ static void summary_parallel(json_t *o, const train_run *r) {
     }
 }
 
+/* Where the arithmetic ran: "cpu" (the runtime's own kernels) or the
+ * backend, its precision, and on a backend the model's FLOP/s (6 N plus
+ * attention per token, as bench_backend counts) and MFU where the device's
+ * peak is known. */
+static void summary_device(json_t *o, const train_run *r) {
+    json_object_set_new(o, "backend", json_string(r->dev ? fs_train_device_backend(r->dev) : "none"));
+    json_object_set_new(o, "precision", json_string(r->dev ? fs_train_device_precision(r->dev) : "fp32"));
+    if (!r->dev || r->t.train_s <= 0) return;
+    double flops = fs_train_device_flops_per_token(r->dev) * (double)r->t.tokens / r->t.train_s;
+    double peak = fs_train_device_peak_flops(r->dev);
+    json_object_set_new(o, "model_tflops", json_fixed(flops * 1e-12, 3));
+    if (peak > 0) json_object_set_new(o, "mfu", json_fixed(flops / peak, 4));
+}
+
 /* The last stdout line: one JSON object (jansson writes it). */
 static void print_summary(const train_run *r) {
     const fs_param_block *pb = fs_model_block(r->m);
@@ -618,6 +684,7 @@ static void print_summary(const train_run *r) {
     json_object_set_new(o, "matmul_share", json_fixed(t->train_s > 0 ? t->mm_s / t->train_s : 0.0, 3));
     json_object_set_new(o, "threads", json_integer(fs_threads_get()));
     json_object_set_new(o, "blas_core", json_string(fs_blas_corename()));
+    summary_device(o, r);
     summary_parallel(o, r);
     if (r->skipped) json_object_set_new(o, "skipped_steps", json_integer((json_int_t)r->skipped));
     json_object_set_new(o, "checkpoint", json_string(r->ckpt));
@@ -629,6 +696,7 @@ static void print_summary(const train_run *r) {
 
 static void train_release(train_run *r) {
     fs_model_on_grads_ready(r->m, NULL, NULL);
+    fs_train_device_close(r->dev);
     fs_metrics_close(&r->met);
     fs_optimizer_release(&r->opt);
     fs_dataset_release(&r->train);

@@ -43,38 +43,52 @@ int fs_device_parse(const char *text, fs_device_request *out) {
     return -1;
 }
 
-/* The backend plugin CUDA would use: [backend] plugin (cfg), `auto` being
- * the build's cuda backend; *vt NULL (and *missing set) when the build has
- * none. A plugin the graph names must be there. */
-static int cuda_backend(fs_session *s, const fs_config *cfg, const fs_backend_vtable **vt, fs_error *missing,
+static const char *fs_device_type_name(int32_t type) {
+    for (size_t i = 0; i < sizeof device_names / sizeof device_names[0]; i++)
+        if (device_names[i].type == type) return device_names[i].name;
+    return "unknown";
+}
+
+/* [backend] plugin names one (not auto). */
+static int plugin_named(const fs_config *cfg) { return strcmp(fs_config_string(cfg, "plugin"), "auto") != 0; }
+
+/* The backend plugin serving `type`: [backend] plugin (cfg), `auto` being
+ * the build's own for that type ("cpu", "cuda"); *p NULL (and *missing
+ * set) when the build has none. A plugin the graph names must be there
+ * and serve the type. */
+static int find_backend(fs_session *s, const fs_config *cfg, int32_t type, const fs_plugin **p, fs_error *missing,
                         fs_error *err) {
     const char *name = fs_config_string(cfg, "plugin");
-    int automatic = strcmp(name, "auto") == 0;
-    const fs_plugin *p = NULL;
-    *vt = NULL;
-    if (fs_plugin_registry_get(&s->registry, FS_PLUGIN_BACKEND, automatic ? "cuda" : name, &p, missing)) {
+    int automatic = !plugin_named(cfg);
+    *p = NULL;
+    if (fs_plugin_registry_get(&s->registry, FS_PLUGIN_BACKEND, automatic ? fs_device_type_name(type) : name, p,
+                               missing)) {
+        *p = NULL;
         if (automatic) return FS_OK;
         return fs_error_set(err, FS_ERR_INVALID, "%s: %s", fs_config_where(cfg, "plugin"), missing->message);
     }
-    *vt = p->desc->vtable;
-    if ((*vt)->device_type != FS_DEVICE_CUDA)
-        return fs_error_set(err, FS_ERR_INVALID, "%s: backend '%s' serves device type %d, not CUDA",
-                            fs_config_where(cfg, "plugin"), p->desc->name, (int)(*vt)->device_type);
+    const fs_backend_vtable *vt = (*p)->desc->vtable;
+    if (vt->device_type != type)
+        return fs_error_set(err, FS_ERR_INVALID, "%s: backend '%s' serves %s devices, and [run] device asks for %s",
+                            fs_config_where(cfg, "plugin"), (*p)->desc->name, fs_device_type_name(vt->device_type),
+                            fs_device_type_name(type));
     return FS_OK;
 }
 
-/* cuda:N asked: why it cannot be had, as a configuration error. */
-static int refuse_cuda(fs_session *s, const fs_config *cfg, const fs_device_request *want, fs_error *err) {
+/* cuda:N asked: the backend and the device exist, or why not, as a
+ * configuration error. */
+static int check_cuda(fs_session *s, const fs_config *cfg, const fs_device_request *want, fs_error *err) {
     const char *where = fs_config_where(s->run_cfg, "device");
-    const fs_backend_vtable *vt;
+    const fs_plugin *p;
     fs_error missing = {0};
-    int rc = cuda_backend(s, cfg, &vt, &missing, err);
+    int rc = find_backend(s, cfg, FS_DEVICE_CUDA, &p, &missing, err);
     if (rc) return rc;
-    if (!vt)
+    if (!p)
         return fs_error_set(err, FS_ERR_INVALID,
                             "%s: this fsrun has no cuda backend (it was built without the CUDA toolkit: %s); "
                             "install the toolkit and rebuild (cmake finds nvcc), or set device = cpu",
                             where, missing.message);
+    const fs_backend_vtable *vt = p->desc->vtable;
     int count = 0;
     fs_error perr = {0};
     if (vt->device_count(&count, &perr)) count = 0;
@@ -87,13 +101,7 @@ static int refuse_cuda(fs_session *s, const fs_config *cfg, const fs_device_requ
     if (index >= count)
         return fs_error_set(err, FS_ERR_INVALID, "%s: cuda:%d asked, but %d CUDA device%s visible (cuda:0 .. cuda:%d)",
                             where, index, count, count == 1 ? " is" : "s are", count - 1);
-    /* the backend and the attention plugins' kernels exist, but model/step.c
-     * and model/decode.c call compute/ on host memory: nothing would run on
-     * the device, and pretending otherwise would hide it */
-    return fs_error_set(err, FS_ERR_INVALID,
-                        "%s: cuda:%d is visible, but the model's training and decoding steps do not run on CUDA yet "
-                        "in this build (its kernels are built; the model does not call them); set device = cpu",
-                        where, index);
+    return FS_OK;
 }
 
 int fs_session_device(fs_session *s, fs_device *out, fs_error *err) {
@@ -105,14 +113,57 @@ int fs_session_device(fs_session *s, fs_device *out, fs_error *err) {
                             "%s: '%s' is not a device: use auto, cpu, cuda or cuda:N (N = 0, 1, ... counts the "
                             "visible CUDA devices)",
                             fs_config_where(s->run_cfg, "device"), text);
+    s->backend.automatic = want.automatic;
+    s->backend.device = want.device;
     /* [backend] is checked whatever the device, so a typo there never waits
      * for the day a GPU is asked for */
     const char *sec[] = {"backend"};
-    fs_config *cfg = NULL;
-    int rc = fs_config_resolve(&cfg, s->graph, sec, 1, fs_schema_backend.spec, fs_schema_backend.n, NULL, err);
-    /* auto: the CPU while the model cannot use a GPU (see refuse_cuda), so
-     * a default run never loads the cuda backend and its libraries */
-    if (!rc && !want.automatic && want.device.type != FS_DEVICE_CPU) rc = refuse_cuda(s, cfg, &want, err);
-    fs_config_destroy(cfg);
-    return rc;
+    int rc = fs_config_resolve(&s->backend.config, s->graph, sec, 1, fs_schema_backend.spec, fs_schema_backend.n,
+                               NULL, err);
+    if (rc || want.automatic) return rc;
+    if (want.device.type != FS_DEVICE_CPU) return check_cuda(s, s->backend.config, &want, err);
+    if (!plugin_named(s->backend.config)) return FS_OK;
+    const fs_plugin *p;
+    fs_error missing = {0};
+    return find_backend(s, s->backend.config, FS_DEVICE_CPU, &p, &missing, err);
+}
+
+int fs_session_backend_asked(const fs_session *s) {
+    if (plugin_named(s->backend.config)) return 1;
+    return !s->backend.automatic && s->backend.device.type != FS_DEVICE_CPU;
+}
+
+const char *fs_session_backend_where(const fs_session *s) {
+    if (plugin_named(s->backend.config)) return fs_config_where(s->backend.config, "plugin");
+    return fs_config_where(s->run_cfg, "device");
+}
+
+int fs_session_backend(fs_session *s, const fs_plugin **plugin, fs_device *device, fs_error *err) {
+    *plugin = NULL;
+    *device = (fs_device){FS_DEVICE_CPU, 0};
+    fs_error missing = {0};
+    if (!s->backend.automatic) {
+        if (!fs_session_backend_asked(s)) return FS_OK;
+        *device = s->backend.device;
+        return find_backend(s, s->backend.config, device->type, plugin, &missing, err);
+    }
+    /* auto with a named plugin: that plugin, on its own device type */
+    /* auto: the named backend, else the cuda one, where it is built and
+     * sees a device */
+    const fs_plugin *p = NULL;
+    int rc = FS_OK;
+    if (plugin_named(s->backend.config)) {
+        if (fs_plugin_registry_get(&s->registry, FS_PLUGIN_BACKEND, fs_config_string(s->backend.config, "plugin"), &p,
+                                   &missing))
+            return fs_error_set(err, FS_ERR_INVALID, "%s: %s", fs_config_where(s->backend.config, "plugin"),
+                                missing.message);
+    } else {
+        rc = find_backend(s, s->backend.config, FS_DEVICE_CUDA, &p, &missing, err);
+    }
+    int count = 0;
+    if (!rc && p && ((const fs_backend_vtable *)p->desc->vtable)->device_count(&count, &missing)) count = 0;
+    if (rc || count == 0) return rc;
+    *plugin = p;
+    *device = (fs_device){((const fs_backend_vtable *)p->desc->vtable)->device_type, 0};
+    return FS_OK;
 }

@@ -435,6 +435,7 @@ void fs_session_close(fs_session *s) {
     fs_config_destroy(s->train_cfg);
     fs_config_destroy(s->gen_cfg);
     fs_config_destroy(s->run_cfg);
+    fs_config_destroy(s->backend.config);
     release_instance(&s->distill);
     release_instance(&s->scheduler);
     fs_shard_map_release(&s->shard);

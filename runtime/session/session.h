@@ -45,7 +45,12 @@ typedef struct fs_session {
     int local;                  /* a whole replica in this process (a teacher): its strategy sees one rank */
     fs_comm local_comm;         /* the self communicator it gets */
     struct fs_tokenizer *tokenizer; /* [model] tokenizer, opened by fs_session_tokenizer */
-    fs_device device;               /* [run] device (session/device.h) */
+    fs_device device;               /* the CPU model's device: the CPU (session/device.h) */
+    struct {                        /* [run] device and [backend] as asked (session/device.h) */
+        int automatic;              /* device = auto */
+        fs_device device;           /* cpu or cuda:N */
+        fs_config *config;          /* [backend] */
+    } backend;
 } fs_session;
 
 /* Takes ownership of g (also on failure). Collective when several ranks

@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "fastserve/bf16.h"
-#include "gpt_backend.h"
+#include "model/device_gpt.h"
 #include "test_util.h"
 
 /* Unit roundoffs (half an ulp, relative): f32 has a 24-bit significand,
@@ -33,7 +33,7 @@
 #define GC_U_BF16 0x1p-8
 
 typedef struct gc_pair {
-    gb_backend dut, ref;
+    fs_backend_handle dut, ref;
     const char *name; /* the dut's backend */
     int exact;        /* the dut is the cpu backend too: results must be equal */
     uint32_t flags;   /* the dut's FS_BACKEND_* */
@@ -77,7 +77,7 @@ static inline int gc_setup(void **state) {
     (void)state;
     fs_error err = {0};
     g_gc.name = gc_dut_name();
-    if (gb_backend_open(&g_gc.dut, g_gc.name, 0, NULL, &err) || gb_backend_open(&g_gc.ref, "cpu", 0, NULL, &err)) {
+    if (fs_backend_handle_open(&g_gc.dut, g_gc.name, 0, NULL, &err) || fs_backend_handle_open(&g_gc.ref, "cpu", 0, NULL, &err)) {
         fprintf(stderr, "%s\n", err.message);
         return -1;
     }
@@ -91,8 +91,8 @@ static inline int gc_teardown(void **state) {
     (void)state;
     if (g_gc.skipped)
         fprintf(stderr, "%zu bf16/tf32 cases skipped: backend %s has neither\n", g_gc.skipped, g_gc.name);
-    gb_backend_close(&g_gc.ref);
-    gb_backend_close(&g_gc.dut);
+    fs_backend_handle_close(&g_gc.ref);
+    fs_backend_handle_close(&g_gc.dut);
     return 0;
 }
 
@@ -120,25 +120,25 @@ static inline void gc_round_bf16(float *x, size_t n) {
 
 /* ---- memory on one backend ---- */
 
-static inline void *gc_alloc(gb_backend *b, size_t bytes) {
+static inline void *gc_alloc(fs_backend_handle *b, size_t bytes) {
     void *p = NULL;
     fs_error err = {0};
     gc_check_rc(b->vt->alloc(b->self, &p, bytes, FS_MEM_DEVICE, &err), &err, "alloc");
     return p;
 }
 
-static inline void gc_free(gb_backend *b, void *p) {
+static inline void gc_free(fs_backend_handle *b, void *p) {
     if (p) b->vt->free(b->self, p, FS_MEM_DEVICE);
 }
 
-static inline void *gc_upload(gb_backend *b, const void *host, size_t bytes) {
+static inline void *gc_upload(fs_backend_handle *b, const void *host, size_t bytes) {
     void *p = gc_alloc(b, bytes);
     fs_error err = {0};
     gc_check_rc(b->vt->copy(b->self, NULL, p, host, bytes, FS_COPY_HOST_TO_DEVICE, &err), &err, "copy to device");
     return p;
 }
 
-static inline void gc_download(gb_backend *b, void *host, const void *dev, size_t bytes) {
+static inline void gc_download(fs_backend_handle *b, void *host, const void *dev, size_t bytes) {
     fs_error err = {0};
     gc_check_rc(b->vt->copy(b->self, NULL, host, dev, bytes, FS_COPY_DEVICE_TO_HOST, &err), &err, "copy to host");
     gc_check_rc(b->vt->stream_synchronize(b->self, NULL, &err), &err, "stream_synchronize");
@@ -146,7 +146,7 @@ static inline void gc_download(gb_backend *b, void *host, const void *dev, size_
 
 /* n floats into dev on b as `dtype` (bf16: rounded to nearest even on the
  * host); gc_upload_dt allocates dev first; gc_download_dt reads back as f32. */
-static inline void gc_write_dt(gb_backend *b, void *dev, const float *x, size_t n, int32_t dtype) {
+static inline void gc_write_dt(fs_backend_handle *b, void *dev, const float *x, size_t n, int32_t dtype) {
     fs_error err = {0};
     const void *src = x;
     fs_bf16 *h = NULL;
@@ -161,13 +161,13 @@ static inline void gc_write_dt(gb_backend *b, void *dev, const float *x, size_t 
     free(h); /* a copy from pageable memory returns once it has read it */
 }
 
-static inline void *gc_upload_dt(gb_backend *b, const float *x, size_t n, int32_t dtype) {
+static inline void *gc_upload_dt(fs_backend_handle *b, const float *x, size_t n, int32_t dtype) {
     void *p = gc_alloc(b, n * gc_es(dtype));
     gc_write_dt(b, p, x, n, dtype);
     return p;
 }
 
-static inline void gc_download_dt(gb_backend *b, float *x, const void *dev, size_t n, int32_t dtype) {
+static inline void gc_download_dt(fs_backend_handle *b, float *x, const void *dev, size_t n, int32_t dtype) {
     if (dtype != FS_DTYPE_BF16) {
         gc_download(b, x, dev, n * sizeof(float));
         return;

@@ -59,7 +59,7 @@ typedef struct att_param {
 /* One side: the plugin instance on one backend, with what it registered
  * and the host memory it needs. */
 typedef struct att_side {
-    gb_backend *b;
+    fs_backend_handle *b;
     const fs_attention_vtable *vt;
     void *self;
     fs_plugin_ctx ctx;
@@ -106,7 +106,7 @@ static fs_config *plugin_config(const fs_plugin *p, const char *keys) {
 }
 
 /* The case's plugin on side s (same scope on both: the same seeds). */
-static void open_side(att_side *s, gb_backend *b, const att_case *c, const fs_config *cfg) {
+static void open_side(att_side *s, fs_backend_handle *b, const att_case *c, const fs_config *cfg) {
     memset(s, 0, sizeof *s);
     s->b = b;
     const fs_plugin *p = NULL;

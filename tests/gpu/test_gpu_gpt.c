@@ -14,15 +14,15 @@
  * no CUDA device" and exits 77, which ctest reports as skipped. */
 #include <string.h>
 
-#include "gpt_backend.h"
+#include "model/device_gpt.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 
 #define FIXTURE FS_SOURCE_DIR "/tests/reference/gpt_tiny.safetensors"
 
 typedef struct run {
-    gb_backend b;
-    gb_model *m;
+    fs_backend_handle b;
+    fs_device_gpt *m;
 } run;
 
 static fs_safetensors *g_st;
@@ -60,26 +60,27 @@ static const fs_config *attention_config(const char *plugin, const char *ini) {
 /* A model on `backend` with the fixture's weights. */
 static void open_run(run *r, const char *backend, int32_t dtype, int32_t compute, const char *attention) {
     fs_error err = {0};
-    if (gb_backend_open(&r->b, backend, 0, NULL, &err)) die(&err);
+    if (fs_backend_handle_open(&r->b, backend, 0, NULL, &err)) die(&err);
     /* longformer: a window and dilations shorter than the fixture's T, so
      * the band and the classes are not the whole sequence */
     const char *lf_keys = "[attention]\nwindow = 3\ndilation = 1,2\n";
     const fs_config *acfg = strcmp(attention, "longformer") ? NULL : attention_config("longformer", lf_keys);
-    gb_config c = {meta("V"), meta("maxT"), meta("L"), meta("H"), meta("C"), meta("B"), meta("T"), dtype, compute,
-                   attention, acfg};
-    if (gb_model_create(&r->m, &r->b, &c, &err)) die(&err);
-    float *p = test_fvec(gb_n_params(r->m));
-    for (size_t i = 0; i < gb_n_tensors(r->m); i++) {
-        const fs_st_tensor *t = get(gb_tensor_name(r->m, i));
-        memcpy(p + gb_tensor_offset(r->m, i), t->data, t->nbytes);
+    fs_device_gpt_config c = {.V = meta("V"), .maxT = meta("maxT"), .L = meta("L"), .H = meta("H"), .C = meta("C"),
+                              .B = meta("B"), .T = meta("T"), .dtype = dtype, .compute = compute,
+                              .attention = attention, .attention_config = acfg};
+    if (fs_device_gpt_create(&r->m, &r->b, &c, &err)) die(&err);
+    float *p = test_fvec(fs_device_gpt_n_params(r->m));
+    for (size_t i = 0; i < fs_device_gpt_n_tensors(r->m); i++) {
+        const fs_st_tensor *t = get(fs_device_gpt_tensor_name(r->m, i));
+        memcpy(p + fs_device_gpt_tensor_offset(r->m, i), t->data, t->nbytes);
     }
-    if (gb_set_params(r->m, p, &err)) die(&err);
+    if (fs_device_gpt_set_params(r->m, p, &err)) die(&err);
     free(p);
 }
 
 static void close_run(run *r) {
-    gb_model_destroy(r->m);
-    gb_backend_close(&r->b);
+    fs_device_gpt_destroy(r->m);
+    fs_backend_handle_close(&r->b);
 }
 
 /* Loss, logits (B, T, V) and gradients of one forward and backward (the
@@ -89,21 +90,21 @@ static double step(run *r, float *logits, float *grads) {
     fs_error err = {0};
     double loss = 0;
     const int32_t *in = get("input_ids")->data, *tg = get("targets")->data;
-    if (logits && (gb_forward(r->m, in, NULL, NULL, &err) || gb_get_logits(r->m, logits, &err))) die(&err);
-    if (gb_zero_grad(r->m, &err) || gb_forward(r->m, in, tg, &loss, &err) || gb_backward(r->m, &err)) die(&err);
-    if (grads && gb_get_grads(r->m, grads, &err)) die(&err);
+    if (logits && (fs_device_gpt_forward(r->m, in, NULL, NULL, &err) || fs_device_gpt_get_logits(r->m, logits, &err))) die(&err);
+    if (fs_device_gpt_zero_grad(r->m, &err) || fs_device_gpt_forward(r->m, in, tg, &loss, &err) || fs_device_gpt_backward(r->m, &err)) die(&err);
+    if (grads && fs_device_gpt_get_grads(r->m, grads, &err)) die(&err);
     return loss;
 }
 
 /* Per tensor, an absolute tolerance scaled to its largest entry. */
 static void close_block(const run *r, const char *what, const float *got, const float *want, double rel_of_max) {
-    for (size_t i = 0; i < gb_n_tensors(r->m); i++) {
-        const float *w = want + gb_tensor_offset(r->m, i);
+    for (size_t i = 0; i < fs_device_gpt_n_tensors(r->m); i++) {
+        const float *w = want + fs_device_gpt_tensor_offset(r->m, i);
         float mx = 0;
-        for (size_t j = 0; j < gb_tensor_numel(r->m, i); j++) mx = fabsf(w[j]) > mx ? fabsf(w[j]) : mx;
+        for (size_t j = 0; j < fs_device_gpt_tensor_numel(r->m, i); j++) mx = fabsf(w[j]) > mx ? fabsf(w[j]) : mx;
         char name[200];
-        snprintf(name, sizeof name, "%s %s", what, gb_tensor_name(r->m, i));
-        test_close(name, got + gb_tensor_offset(r->m, i), w, gb_tensor_numel(r->m, i), 1e-6 + rel_of_max * mx, 1e-3);
+        snprintf(name, sizeof name, "%s %s", what, fs_device_gpt_tensor_name(r->m, i));
+        test_close(name, got + fs_device_gpt_tensor_offset(r->m, i), w, fs_device_gpt_tensor_numel(r->m, i), 1e-6 + rel_of_max * mx, 1e-3);
     }
 }
 
@@ -111,29 +112,29 @@ static void test_fixture_fp32(void **state) {
     (void)state;
     run r;
     open_run(&r, "cuda", FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, "dense");
-    size_t n = meta("B") * meta("T") * meta("V"), P = gb_n_params(r.m);
+    size_t n = meta("B") * meta("T") * meta("V"), P = fs_device_gpt_n_params(r.m);
     float *logits = test_fvec(n), *g = test_fvec(P), *want = test_fvec(P);
     double loss = step(&r, logits, g);
     test_close("logits", logits, get("logits")->data, n, 2e-5, 1e-4);
     assert_true(fabs(loss - *(const float *)get("loss")->data) < 1e-5);
     char name[200];
-    for (size_t i = 0; i < gb_n_tensors(r.m); i++) {
-        snprintf(name, sizeof name, "grad.%s", gb_tensor_name(r.m, i));
-        memcpy(want + gb_tensor_offset(r.m, i), get(name)->data, gb_tensor_numel(r.m, i) * sizeof(float));
+    for (size_t i = 0; i < fs_device_gpt_n_tensors(r.m); i++) {
+        snprintf(name, sizeof name, "grad.%s", fs_device_gpt_tensor_name(r.m, i));
+        memcpy(want + fs_device_gpt_tensor_offset(r.m, i), get(name)->data, fs_device_gpt_tensor_numel(r.m, i) * sizeof(float));
     }
     close_block(&r, "gradient", g, want, 2e-4);
     fs_error err = {0};
     for (uint64_t t = 1; t <= 2; t++) {
         if (t == 2) step(&r, NULL, NULL);
-        if (gb_adamw(r.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, &err)) die(&err);
+        if (fs_device_gpt_adamw(r.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err)) die(&err);
     }
-    if (gb_get_params(r.m, g, &err)) die(&err);
+    if (fs_device_gpt_get_params(r.m, g, &err)) die(&err);
     size_t C = meta("C");
-    for (size_t i = 0; i < gb_n_tensors(r.m); i++) { /* the key bias skipped: see test_backend_gpt */
-        snprintf(name, sizeof name, "adamw2.%s", gb_tensor_name(r.m, i));
-        const float *w = get(name)->data, *got = g + gb_tensor_offset(r.m, i);
+    for (size_t i = 0; i < fs_device_gpt_n_tensors(r.m); i++) { /* the key bias skipped: see test_backend_gpt */
+        snprintf(name, sizeof name, "adamw2.%s", fs_device_gpt_tensor_name(r.m, i));
+        const float *w = get(name)->data, *got = g + fs_device_gpt_tensor_offset(r.m, i);
         int key_bias = strstr(name, "c_attn.bias") != NULL;
-        for (size_t j = 0; j < gb_tensor_numel(r.m, i); j++)
+        for (size_t j = 0; j < fs_device_gpt_tensor_numel(r.m, i); j++)
             if (!key_bias || j < C || j >= 2 * C) test_close(name, &got[j], &w[j], 1, 2e-4, 1e-4);
     }
     free(logits), free(g), free(want);
@@ -145,7 +146,7 @@ static void check_attention(const char *attention) {
     run cpu, gpu;
     open_run(&cpu, "cpu", FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, attention);
     open_run(&gpu, "cuda", FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, attention);
-    size_t n = meta("B") * meta("T") * meta("V"), P = gb_n_params(cpu.m);
+    size_t n = meta("B") * meta("T") * meta("V"), P = fs_device_gpt_n_params(cpu.m);
     float *l1 = test_fvec(n), *l2 = test_fvec(n), *g1 = test_fvec(P), *g2 = test_fvec(P);
     double a = step(&cpu, l1, g1), b = step(&gpu, l2, g2);
     fprintf(stderr, "%s: loss cpu %.7f cuda %.7f\n", attention, a, b);
@@ -190,8 +191,8 @@ static void test_bf16_follows_fp32(void **state) {
         double a = step(&f, NULL, NULL), b = step(&h, NULL, NULL);
         fprintf(stderr, "step %2llu: fp32 %.5f bf16 %.5f\n", (unsigned long long)t, a, b);
         assert_true(fabs(a - b) <= 0.02 * fabs(a) + 0.01);
-        if (gb_adamw(f.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, &err) ||
-            gb_adamw(h.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, &err))
+        if (fs_device_gpt_adamw(f.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err) ||
+            fs_device_gpt_adamw(h.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err))
             die(&err);
     }
     close_run(&h);
@@ -200,11 +201,11 @@ static void test_bf16_follows_fp32(void **state) {
 
 /* 1 when a CUDA device can be had (the backend is built and sees one). */
 static int have_cuda(void) {
-    gb_backend b;
+    fs_backend_handle b;
     int n = 0;
     fs_error err = {0};
-    gb_backend_open(&b, "cuda", 0, &n, &err);
-    gb_backend_close(&b);
+    fs_backend_handle_open(&b, "cuda", 0, &n, &err);
+    fs_backend_handle_close(&b);
     return n > 0;
 }
 

@@ -934,7 +934,7 @@ static void test_sample(void **state) {
 
 /* A buffer from the host, memset over part of a second one, a copy between
  * them at an odd offset, and the bytes back. */
-static void check_copies(gb_backend *b, size_t n, size_t idx) {
+static void check_copies(fs_backend_handle *b, size_t n, size_t idx) {
     uint8_t *h = malloc(n), *back = malloc(n + 1);
     assert_true(h && back);
     for (size_t i = 0; i < n; i++) h[i] = (uint8_t)(i * 131 + idx);
@@ -955,7 +955,7 @@ static void check_copies(gb_backend *b, size_t n, size_t idx) {
 /* Pinned host memory to the device on the compute stream, an event, a
  * second (high-priority) stream that waits for it and copies on and back
  * to pinned memory; that stream's event then says all of it is done. */
-static void check_streams(gb_backend *b) {
+static void check_streams(fs_backend_handle *b) {
     const fs_backend_vtable *vt = b->vt;
     size_t n = ((size_t)1 << 22) + 3;
     uint8_t *pin = NULL, *pin_back = NULL;
@@ -993,7 +993,7 @@ static void check_streams(gb_backend *b) {
 
 static void test_memory_streams(void **state) {
     (void)state;
-    gb_backend *b = &g_gc.dut;
+    fs_backend_handle *b = &g_gc.dut;
     fs_backend_device_info info = {.struct_size = sizeof info};
     CHECK(b->vt->device_info(b->self, &info, &err), "device_info");
     assert_true(info.name[0] != '\0');

@@ -7,15 +7,15 @@
  * refusal that names the fix. */
 #include <string.h>
 
-#include "gpt_backend.h"
+#include "model/device_gpt.h"
 #include "test_util.h"
 
-static gb_backend g_b;
+static fs_backend_handle g_b;
 
 static int setup(void **state) {
     (void)state;
     fs_error err = {0};
-    if (gb_backend_open(&g_b, "cpu", 0, NULL, &err)) {
+    if (fs_backend_handle_open(&g_b, "cpu", 0, NULL, &err)) {
         fprintf(stderr, "%s\n", err.message);
         return -1;
     }
@@ -24,7 +24,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    gb_backend_close(&g_b);
+    fs_backend_handle_close(&g_b);
     return 0;
 }
 

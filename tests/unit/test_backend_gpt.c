@@ -5,7 +5,7 @@
  * steps. tests/gpu runs the same composition on the cuda backend. */
 #include <string.h>
 
-#include "gpt_backend.h"
+#include "model/device_gpt.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 
@@ -13,8 +13,8 @@
 
 typedef struct fixture {
     fs_safetensors *st;
-    gb_backend b;
-    gb_model *m;
+    fs_backend_handle b;
+    fs_device_gpt *m;
     const int32_t *inputs, *targets;
     size_t B, T, V;
     float *host; /* one block of parameters */
@@ -27,41 +27,42 @@ static size_t meta(const fixture *f, const char *key) { return (size_t)atoi(fs_s
 /* The block with every tensor taken from the fixture under `prefix`. */
 static void block_from_fixture(const fixture *f, const char *prefix, float *out) {
     char name[160];
-    for (size_t i = 0; i < gb_n_tensors(f->m); i++) {
-        snprintf(name, sizeof name, "%s%s", prefix, gb_tensor_name(f->m, i));
+    for (size_t i = 0; i < fs_device_gpt_n_tensors(f->m); i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, fs_device_gpt_tensor_name(f->m, i));
         const fs_st_tensor *t = get(f, name);
-        assert_int_equal(t->nbytes, gb_tensor_numel(f->m, i) * sizeof(float));
-        memcpy(out + gb_tensor_offset(f->m, i), t->data, t->nbytes);
+        assert_int_equal(t->nbytes, fs_device_gpt_tensor_numel(f->m, i) * sizeof(float));
+        memcpy(out + fs_device_gpt_tensor_offset(f->m, i), t->data, t->nbytes);
     }
 }
 
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
     fs_error err = {0};
-    if (fs_safetensors_open(&f->st, FIXTURE, &err) || gb_backend_open(&f->b, "cpu", 0, NULL, &err)) {
+    if (fs_safetensors_open(&f->st, FIXTURE, &err) || fs_backend_handle_open(&f->b, "cpu", 0, NULL, &err)) {
         fprintf(stderr, "%s\n", err.message);
         return -1;
     }
-    gb_config c = {meta(f, "V"), meta(f, "maxT"), meta(f, "L"), meta(f, "H"), meta(f, "C"), meta(f, "B"),
-                   meta(f, "T"), FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, "dense", NULL};
-    if (gb_model_create(&f->m, &f->b, &c, &err)) {
+    fs_device_gpt_config c = {.V = meta(f, "V"), .maxT = meta(f, "maxT"), .L = meta(f, "L"), .H = meta(f, "H"),
+                              .C = meta(f, "C"), .B = meta(f, "B"), .T = meta(f, "T"), .dtype = FS_DTYPE_F32,
+                              .compute = FS_GEMM_COMPUTE_F32, .attention = "dense"};
+    if (fs_device_gpt_create(&f->m, &f->b, &c, &err)) {
         fprintf(stderr, "%s\n", err.message);
         return -1;
     }
     f->B = c.B, f->T = c.T, f->V = c.V;
     f->inputs = get(f, "input_ids")->data;
     f->targets = get(f, "targets")->data;
-    f->host = test_fvec(gb_n_params(f->m));
+    f->host = test_fvec(fs_device_gpt_n_params(f->m));
     block_from_fixture(f, "", f->host);
-    assert_int_equal(gb_set_params(f->m, f->host, &err), 0);
+    assert_int_equal(fs_device_gpt_set_params(f->m, f->host, &err), 0);
     *state = f;
     return 0;
 }
 
 static int teardown(void **state) {
     fixture *f = *state;
-    gb_model_destroy(f->m);
-    gb_backend_close(&f->b);
+    fs_device_gpt_destroy(f->m);
+    fs_backend_handle_close(&f->b);
     fs_safetensors_close(f->st);
     free(f->host);
     free(f);
@@ -72,11 +73,11 @@ static void test_logits_and_loss(void **state) {
     fixture *f = *state;
     fs_error err = {0};
     float *logits = test_fvec(f->B * f->T * f->V);
-    assert_int_equal(gb_forward(f->m, f->inputs, NULL, NULL, &err), 0);
-    assert_int_equal(gb_get_logits(f->m, logits, &err), 0);
+    assert_int_equal(fs_device_gpt_forward(f->m, f->inputs, NULL, NULL, &err), 0);
+    assert_int_equal(fs_device_gpt_get_logits(f->m, logits, &err), 0);
     test_close("logits", logits, get(f, "logits")->data, f->B * f->T * f->V, 2e-5, 1e-4);
     double loss = 0;
-    assert_int_equal(gb_forward(f->m, f->inputs, f->targets, &loss, &err), 0);
+    assert_int_equal(fs_device_gpt_forward(f->m, f->inputs, f->targets, &loss, &err), 0);
     float want = *(const float *)get(f, "loss")->data;
     assert_true(fabs(loss - want) < 1e-5);
     free(logits);
@@ -85,13 +86,13 @@ static void test_logits_and_loss(void **state) {
 /* Gradients are O(1e-2..1): an absolute tolerance scaled to each tensor. */
 static void compare_block(const fixture *f, const char *prefix, const float *got, double rel_of_max, double rtol) {
     char name[160];
-    for (size_t i = 0; i < gb_n_tensors(f->m); i++) {
-        snprintf(name, sizeof name, "%s%s", prefix, gb_tensor_name(f->m, i));
+    for (size_t i = 0; i < fs_device_gpt_n_tensors(f->m); i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, fs_device_gpt_tensor_name(f->m, i));
         const fs_st_tensor *t = get(f, name);
         const float *want = t->data;
         float mx = 0;
-        for (size_t j = 0; j < gb_tensor_numel(f->m, i); j++) mx = fabsf(want[j]) > mx ? fabsf(want[j]) : mx;
-        test_close(name, got + gb_tensor_offset(f->m, i), want, gb_tensor_numel(f->m, i), 1e-6 + rel_of_max * mx,
+        for (size_t j = 0; j < fs_device_gpt_tensor_numel(f->m, i); j++) mx = fabsf(want[j]) > mx ? fabsf(want[j]) : mx;
+        test_close(name, got + fs_device_gpt_tensor_offset(f->m, i), want, fs_device_gpt_tensor_numel(f->m, i), 1e-6 + rel_of_max * mx,
                    rtol);
     }
 }
@@ -100,16 +101,16 @@ static void test_all_gradients(void **state) {
     fixture *f = *state;
     fs_error err = {0};
     double loss = 0;
-    assert_int_equal(gb_zero_grad(f->m, &err), 0);
-    assert_int_equal(gb_forward(f->m, f->inputs, f->targets, &loss, &err), 0);
-    assert_int_equal(gb_backward(f->m, &err), 0);
-    float *g = test_fvec(gb_n_params(f->m));
-    assert_int_equal(gb_get_grads(f->m, g, &err), 0);
+    assert_int_equal(fs_device_gpt_zero_grad(f->m, &err), 0);
+    assert_int_equal(fs_device_gpt_forward(f->m, f->inputs, f->targets, &loss, &err), 0);
+    assert_int_equal(fs_device_gpt_backward(f->m, &err), 0);
+    float *g = test_fvec(fs_device_gpt_n_params(f->m));
+    assert_int_equal(fs_device_gpt_get_grads(f->m, g, &err), 0);
     compare_block(f, "grad.", g, 2e-4, 1e-3);
     /* the global norm through sumsq, against the gradients read back */
     double norm = 0, want = 0;
-    for (size_t i = 0; i < gb_n_params(f->m); i++) want += (double)g[i] * g[i];
-    assert_int_equal(gb_grad_norm(f->m, &norm, &err), 0);
+    for (size_t i = 0; i < fs_device_gpt_n_params(f->m); i++) want += (double)g[i] * g[i];
+    assert_int_equal(fs_device_gpt_grad_norm(f->m, &norm, &err), 0);
     assert_true(fabs(norm - sqrt(want)) <= 1e-6 * sqrt(want));
     free(g);
 }
@@ -121,13 +122,13 @@ static void test_two_adamw_steps(void **state) {
     fs_error err = {0};
     for (uint64_t t = 1; t <= 2; t++) {
         double loss = 0;
-        assert_int_equal(gb_zero_grad(f->m, &err), 0);
-        assert_int_equal(gb_forward(f->m, f->inputs, f->targets, &loss, &err), 0);
-        assert_int_equal(gb_backward(f->m, &err), 0);
-        assert_int_equal(gb_adamw(f->m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, &err), 0);
+        assert_int_equal(fs_device_gpt_zero_grad(f->m, &err), 0);
+        assert_int_equal(fs_device_gpt_forward(f->m, f->inputs, f->targets, &loss, &err), 0);
+        assert_int_equal(fs_device_gpt_backward(f->m, &err), 0);
+        assert_int_equal(fs_device_gpt_adamw(f->m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err), 0);
     }
-    float *p = test_fvec(gb_n_params(f->m));
-    assert_int_equal(gb_get_params(f->m, p, &err), 0);
+    float *p = test_fvec(fs_device_gpt_n_params(f->m));
+    assert_int_equal(fs_device_gpt_get_params(f->m, p, &err), 0);
     /* Adam divides by sqrt(v): where the true gradient is 0 (the key bias:
      * softmax ignores a constant added to every score of a row) both sides
      * normalise rounding noise and may move by +-lr in any direction. Those
@@ -135,11 +136,11 @@ static void test_two_adamw_steps(void **state) {
      * does the same); their zero gradient was checked above. */
     size_t C = meta(f, "C");
     char name[160];
-    for (size_t i = 0; i < gb_n_tensors(f->m); i++) {
-        snprintf(name, sizeof name, "adamw2.%s", gb_tensor_name(f->m, i));
-        const float *want = get(f, name)->data, *got = p + gb_tensor_offset(f->m, i);
+    for (size_t i = 0; i < fs_device_gpt_n_tensors(f->m); i++) {
+        snprintf(name, sizeof name, "adamw2.%s", fs_device_gpt_tensor_name(f->m, i));
+        const float *want = get(f, name)->data, *got = p + fs_device_gpt_tensor_offset(f->m, i);
         int key_bias = strstr(name, "c_attn.bias") != NULL;
-        for (size_t j = 0; j < gb_tensor_numel(f->m, i); j++) {
+        for (size_t j = 0; j < fs_device_gpt_tensor_numel(f->m, i); j++) {
             if (key_bias && j >= C && j < 2 * C) continue;
             char what[200];
             snprintf(what, sizeof what, "%s[%zu]", name, j);
@@ -153,8 +154,8 @@ static void test_two_adamw_steps(void **state) {
 static void test_backward_needs_targets(void **state) {
     fixture *f = *state;
     fs_error err = {0};
-    assert_int_equal(gb_forward(f->m, f->inputs, NULL, NULL, &err), 0);
-    assert_int_equal(gb_backward(f->m, &err), FS_ERR_INVALID);
+    assert_int_equal(fs_device_gpt_forward(f->m, f->inputs, NULL, NULL, &err), 0);
+    assert_int_equal(fs_device_gpt_backward(f->m, &err), FS_ERR_INVALID);
     assert_non_null(strstr(err.message, "targets"));
 }
 

@@ -1,8 +1,9 @@
-/* test_device.c — [run] device: the forms it takes, the CPU sessions it
- * opens, and the refusals of CUDA, each naming the key, the value and why:
- * a bad value, a [backend] that is missing or serves another device, no
- * cuda backend in a CPU-only build, no device visible, an index past the
- * last one. */
+/* test_device.c — [run] device and [backend] plugin: the forms device
+ * takes, the CPU sessions it opens, which backend a mode that can use one
+ * gets (none, the named one, auto's), and the refusals of CUDA, each
+ * naming the key, the value and why: a bad value, a [backend] that is
+ * missing or serves another device, no cuda backend in a CPU-only build,
+ * no device visible, an index past the last one. */
 #include "session/device.h"
 #include "test_util.h"
 
@@ -36,8 +37,8 @@ static void test_parse(void **state) {
     }
 }
 
-/* cpu and auto open on the CPU (auto stays there while the model cannot
- * run on a GPU), and the attention instances are told so. */
+/* Every session's own model is on the CPU (a backend's model is the train
+ * mode's: modes/train_device.c), and its attention instances are told so. */
 static void test_cpu_sessions(void **state) {
     (void)state;
     const char *inis[] = {MODEL, MODEL "[run]\ndevice = cpu\n", MODEL "[run]\ndevice = auto\n"};
@@ -62,14 +63,52 @@ static void test_backend_choice(void **state) {
     test_session_error(MODEL "[run]\ndevice = cuda\n[backend]\nplugin = nosuch\n",
                        "test.ini:9: [backend] plugin = nosuch", "no backend plugin named 'nosuch'");
     test_session_error(MODEL "[run]\ndevice = cuda\n[backend]\nplugin = cpu\n", "[backend] plugin = cpu",
-                       "not CUDA");
+                       "backend 'cpu' serves cpu devices, and [run] device asks for cuda");
     /* its keys are checked on the CPU too */
     test_session_error(MODEL "[backend]\nplugn = cuda\n", "test.ini:7: [backend] plugn = cuda", "unknown key");
 }
 
+/* Which backend training gets: none on the CPU unless [backend] names
+ * one; the named one, on its own device type, with device = auto too;
+ * auto's own choice is cuda:0 only where a device is visible. */
+static void test_backend_for_training(void **state) {
+    (void)state;
+    static const struct {
+        const char *extra;
+        int asked;
+        const char *plugin; /* NULL: the runtime's own kernels; "auto": cuda where visible */
+    } cases[] = {
+        {"", 0, "auto"},
+        {"[run]\ndevice = cpu\n", 0, NULL},
+        {"[run]\ndevice = cpu\n[backend]\nplugin = cpu\n", 1, "cpu"},
+        {"[backend]\nplugin = cpu\n", 1, "cpu"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char ini[512];
+        snprintf(ini, sizeof ini, "%s%s", MODEL, cases[i].extra);
+        fs_session *s = test_session(ini);
+        assert_int_equal(fs_session_backend_asked(s), cases[i].asked);
+        const fs_plugin *p = NULL;
+        fs_device dev;
+        fs_error err = {0};
+        assert_int_equal(fs_session_backend(s, &p, &dev, &err), 0);
+        if (!cases[i].plugin) {
+            assert_null(p);
+        } else if (strcmp(cases[i].plugin, "auto") != 0) {
+            assert_non_null(p);
+            assert_string_equal(p->desc->name, cases[i].plugin);
+            assert_int_equal(dev.type, FS_DEVICE_CPU);
+        } else if (p) { /* a GPU is visible */
+            assert_string_equal(p->desc->name, "cuda");
+            assert_int_equal(dev.type, FS_DEVICE_CUDA);
+        }
+        fs_session_close(s);
+    }
+}
+
 /* The build's own cuda backend: absent in a CPU-only build; here, with the
- * toolkit and no GPU, no device visible; on a GPU machine the device is
- * found and the model's steps are refused. */
+ * toolkit and no GPU, no device visible; on a GPU machine an index past
+ * the last one. */
 static void test_cuda_refused(void **state) {
     (void)state;
 #if FS_WITH_CUDA
@@ -79,8 +118,7 @@ static void test_cuda_refused(void **state) {
     fs_session *s = NULL;
     assert_int_equal(fs_session_open(&s, g, &err), FS_ERR_INVALID);
     assert_non_null(strstr(err.message, "test.ini:7: [run] device = cuda:7"));
-    if (!strstr(err.message, "no CUDA device is visible") && !strstr(err.message, "cuda:7 asked, but") &&
-        !strstr(err.message, "do not run on CUDA yet")) {
+    if (!strstr(err.message, "no CUDA device is visible") && !strstr(err.message, "cuda:7 asked, but")) {
         fprintf(stderr, "unexpected: %s\n", err.message);
         fail();
     }
@@ -96,6 +134,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_sessions),
         cmocka_unit_test(test_bad_value),
         cmocka_unit_test(test_backend_choice),
+        cmocka_unit_test(test_backend_for_training),
         cmocka_unit_test(test_cuda_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,42 +1,10 @@
-/* gpt_backend.c — see gpt_backend.h. */
-#include "gpt_backend.h"
+/* device_gpt.c — see device_gpt.h. */
+#include "model/device_gpt.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- the backend ---- */
-
-int gb_backend_open(gb_backend *b, const char *name, int index, int *n_devices, fs_error *err) {
-    memset(b, 0, sizeof *b);
-    if (n_devices) *n_devices = 0;
-    int rc = fs_plugin_registry_get(&b->reg, FS_PLUGIN_BACKEND, name, &b->plugin, err);
-    if (rc) return rc;
-    b->vt = b->plugin->desc->vtable;
-    int count = 0;
-    if ((rc = b->vt->device_count(&count, err))) return rc;
-    if (n_devices) *n_devices = count;
-    if (index >= count)
-        return fs_error_set(err, FS_ERR_NOT_FOUND, "backend %s: device %d of %d", name, index, count);
-    b->device.type = b->vt->device_type;
-    b->device.index = index;
-    fs_host_init(&b->host, 1234);
-    fs_plugin_ctx_init(&b->ctx, &b->host, NULL, "backend", name);
-    fs_backend_config cfg = {sizeof cfg, b->device};
-    if ((rc = b->vt->create(&b->self, &b->host.api, &b->ctx, &cfg, err))) return rc;
-    if (b->device.type != FS_DEVICE_CPU) fs_host_set_backend(b->vt, b->self, index, FS_GEMM_COMPUTE_F32);
-    return FS_OK;
-}
-
-void gb_backend_close(gb_backend *b) {
-    if (b->self) {
-        if (b->device.type != FS_DEVICE_CPU) fs_host_set_backend(NULL, NULL, 0, 0);
-        b->vt->destroy(b->self);
-    }
-    fs_plugin_registry_release(&b->reg);
-    memset(b, 0, sizeof *b);
-}
 
 /* ---- the model's tensors ---- */
 
@@ -48,14 +16,14 @@ static const char *const layer_names[N_LAYER_TENSORS] = {
     "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
     "mlp.c_proj.weight", "mlp.c_proj.bias"};
 
-typedef struct gb_tensor {
+typedef struct dg_tensor {
     char name[64];
     size_t offset, numel;
     int decay;
-} gb_tensor;
+} dg_tensor;
 
 /* One layer's saved activations for backward. */
-typedef struct gb_layer {
+typedef struct dg_layer {
     void *x;             /* (BT, C) the layer's input (residual stream) */
     void *ln1, *ln2;     /* (BT, C) */
     float *mean1, *rstd1, *mean2, *rstd2; /* (BT) */
@@ -65,21 +33,23 @@ typedef struct gb_layer {
     void *x2;            /* (BT, C) after the attention residual */
     void *fch, *fchg;    /* (BT, 4C) */
     void *saved;         /* the attention plugin's */
+    const fs_attention_vtable *avt;
     void *attn;          /* the plugin instance */
     fs_plugin_ctx ctx;
-} gb_layer;
+} dg_layer;
 
-struct gb_model {
-    gb_backend *b;
-    gb_config cfg;
-    size_t D, F, BT, es; /* head width, MLP width, rows, activation element size */
-    gb_tensor *tensors;
+struct fs_device_gpt {
+    fs_backend_handle *b;
+    fs_device_gpt_config cfg;
+    size_t D, F, es;     /* head width, MLP width, activation element size */
+    size_t B, BT;        /* the last forward's rows, and its rows * T (cfg.B * T when allocating) */
+    dg_tensor *tensors;
     size_t n_tensors, n_params;
+    size_t lnf, head;    /* indices of ln_f.weight and of the head's matrix (wte when tied) */
     float *params, *grads, *m, *v; /* (n_params) f32 on the device */
     void *pcopy;                   /* (n_params) bf16 GEMM operands, or NULL */
-    gb_layer *layers;
-    const fs_attention_vtable *avt;
-    void *xout, *lnf;              /* (BT, C) */
+    dg_layer *layers;
+    void *xout, *lnfo;             /* (BT, C) */
     float *meanf, *rstdf;
     void *logits;                  /* (BT, V) logits, then their gradient */
     void *dres, *dtmp, *dbig;      /* (BT, C), (BT, C), (BT, 4C) gradients */
@@ -90,15 +60,15 @@ struct gb_model {
     int have_dlogits;
 };
 
-size_t gb_n_tensors(const gb_model *m) { return m->n_tensors; }
-const char *gb_tensor_name(const gb_model *m, size_t i) { return m->tensors[i].name; }
-size_t gb_tensor_offset(const gb_model *m, size_t i) { return m->tensors[i].offset; }
-size_t gb_tensor_numel(const gb_model *m, size_t i) { return m->tensors[i].numel; }
-size_t gb_n_params(const gb_model *m) { return m->n_params; }
-float *gb_device_grads(gb_model *m) { return m->grads; }
+size_t fs_device_gpt_n_tensors(const fs_device_gpt *m) { return m->n_tensors; }
+const char *fs_device_gpt_tensor_name(const fs_device_gpt *m, size_t i) { return m->tensors[i].name; }
+size_t fs_device_gpt_tensor_offset(const fs_device_gpt *m, size_t i) { return m->tensors[i].offset; }
+size_t fs_device_gpt_tensor_numel(const fs_device_gpt *m, size_t i) { return m->tensors[i].numel; }
+size_t fs_device_gpt_n_params(const fs_device_gpt *m) { return m->n_params; }
+float *fs_device_gpt_device_grads(fs_device_gpt *m) { return m->grads; }
 
-static void add_tensor(gb_model *m, const char *name, size_t numel, int decay) {
-    gb_tensor *t = &m->tensors[m->n_tensors++];
+static void add_tensor(fs_device_gpt *m, const char *name, size_t numel, int decay) {
+    dg_tensor *t = &m->tensors[m->n_tensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->offset = m->n_params;
     t->numel = numel;
@@ -106,8 +76,8 @@ static void add_tensor(gb_model *m, const char *name, size_t numel, int decay) {
     m->n_params += numel;
 }
 
-static void build_table(gb_model *m) {
-    const gb_config *c = &m->cfg;
+static void build_table(fs_device_gpt *m) {
+    const fs_device_gpt_config *c = &m->cfg;
     size_t C = c->C, numel[N_LAYER_TENSORS] = {C, C, C * 3 * C, 3 * C, C * C, C, C, C, C * 4 * C, 4 * C, 4 * C * C, C};
     add_tensor(m, "transformer.wte.weight", c->V * C, 1);
     add_tensor(m, "transformer.wpe.weight", c->maxT * C, 1);
@@ -117,25 +87,31 @@ static void build_table(gb_model *m) {
             snprintf(name, sizeof name, "transformer.h.%zu.%s", l, layer_names[i]);
             add_tensor(m, name, numel[i], i == QKVW || i == PROJW || i == FCW || i == FCPW);
         }
+    m->lnf = m->n_tensors;
     add_tensor(m, "transformer.ln_f.weight", C, 0);
     add_tensor(m, "transformer.ln_f.bias", C, 0);
+    m->head = 0;
+    if (c->untied_head) {
+        m->head = m->n_tensors;
+        add_tensor(m, "lm_head.weight", c->V * C, 1);
+    }
 }
 
 /* Parameter tensor `i` of layer l (f32 master), and its GEMM operand. */
-static float *lp(const gb_model *m, size_t l, int i) { return m->params + m->tensors[2 + l * N_LAYER_TENSORS + i].offset; }
-static float *lg(const gb_model *m, size_t l, int i) { return m->grads + m->tensors[2 + l * N_LAYER_TENSORS + i].offset; }
-static const void *operand(const gb_model *m, const float *master) {
+static float *lp(const fs_device_gpt *m, size_t l, int i) { return m->params + m->tensors[2 + l * N_LAYER_TENSORS + i].offset; }
+static float *lg(const fs_device_gpt *m, size_t l, int i) { return m->grads + m->tensors[2 + l * N_LAYER_TENSORS + i].offset; }
+static const void *operand(const fs_device_gpt *m, const float *master) {
     if (!m->pcopy) return master;
     return (const char *)m->pcopy + (size_t)(master - m->params) * 2;
 }
 
 /* ---- memory ---- */
 
-static int dalloc(gb_model *m, void **p, size_t bytes, fs_error *err) {
+static int dalloc(fs_device_gpt *m, void **p, size_t bytes, fs_error *err) {
     return m->b->vt->alloc(m->b->self, p, bytes, FS_MEM_DEVICE, err);
 }
 
-static int alloc_layer(gb_model *m, gb_layer *L, size_t l, fs_error *err) {
+static int alloc_layer(fs_device_gpt *m, dg_layer *L, size_t l, fs_error *err) {
     size_t BT = m->BT, C = m->cfg.C, es = m->es;
     void **act[] = {&L->x, &L->ln1, &L->ln2, &L->q, &L->k, &L->v, &L->atty, &L->attm, &L->x2};
     int rc = FS_OK;
@@ -147,19 +123,36 @@ static int alloc_layer(gb_model *m, gb_layer *L, size_t l, fs_error *err) {
     if (rc) return rc;
     fs_attention_config ac = {sizeof ac, (int32_t)l, m->cfg.H, m->D, C, m->cfg.maxT, 1, m->b->device, FS_DTYPE_F32};
     char scope[64];
-    snprintf(scope, sizeof scope, "layer%zu.attention", l);
-    fs_plugin_ctx_init(&L->ctx, &m->b->host, m->cfg.attention_config, scope, m->cfg.attention);
-    if ((rc = m->avt->create(&L->attn, &m->b->host.api, &L->ctx, &ac, err))) return rc;
-    return dalloc(m, &L->saved, m->avt->saved_bytes(L->attn, m->cfg.B, m->cfg.T), err);
+    snprintf(scope, sizeof scope, "plugin.layer%zu.attention", l);
+    fs_host *host = m->cfg.host ? m->cfg.host : &m->b->host;
+    const fs_device_gpt_attention *own = m->cfg.layers ? &m->cfg.layers[l] : NULL;
+    fs_plugin_ctx_init(&L->ctx, host, own ? own->config : m->cfg.attention_config, scope,
+                       own ? own->name : m->cfg.attention);
+    if ((rc = L->avt->create(&L->attn, &host->api, &L->ctx, &ac, err))) return rc;
+    return dalloc(m, &L->saved, L->avt->saved_bytes(L->attn, m->cfg.B, m->cfg.T), err);
 }
 
-static int alloc_model(gb_model *m, fs_error *err) {
+/* Each layer's attention vtable: the caller's, or `attention` by name from
+ * the handle's plugins. */
+static int find_attention(fs_device_gpt *m, fs_error *err) {
+    const fs_attention_vtable *shared = NULL;
+    if (!m->cfg.layers) {
+        const fs_plugin *ap = NULL;
+        int rc = fs_plugin_registry_get(&m->b->reg, FS_PLUGIN_ATTENTION, m->cfg.attention, &ap, err);
+        if (rc) return rc;
+        shared = ap->desc->vtable;
+    }
+    for (size_t l = 0; l < m->cfg.L; l++) m->layers[l].avt = shared ? shared : m->cfg.layers[l].vt;
+    return FS_OK;
+}
+
+static int alloc_model(fs_device_gpt *m, fs_error *err) {
     size_t BT = m->BT, C = m->cfg.C, es = m->es, P = m->n_params;
     int rc = FS_OK;
     float **blocks[] = {&m->params, &m->grads, &m->m, &m->v};
     for (size_t i = 0; i < 4 && !rc; i++) rc = dalloc(m, (void **)blocks[i], P * sizeof(float), err);
     if (!rc && m->cfg.dtype == FS_DTYPE_BF16) rc = dalloc(m, &m->pcopy, P * 2, err);
-    void **act[] = {&m->xout, &m->lnf, &m->dres, &m->dtmp, &m->dq, &m->dk, &m->dv, &m->datty};
+    void **act[] = {&m->xout, &m->lnfo, &m->dres, &m->dtmp, &m->dq, &m->dk, &m->dv, &m->datty};
     for (size_t i = 0; i < sizeof act / sizeof act[0] && !rc; i++) rc = dalloc(m, act[i], BT * C * es, err);
     if (!rc) rc = dalloc(m, (void **)&m->meanf, BT * sizeof(float), err);
     if (!rc) rc = dalloc(m, (void **)&m->rstdf, BT * sizeof(float), err);
@@ -176,51 +169,50 @@ static int alloc_model(gb_model *m, fs_error *err) {
     return rc;
 }
 
-int gb_model_create(gb_model **out, gb_backend *b, const gb_config *cfg, fs_error *err) {
+int fs_device_gpt_create(fs_device_gpt **out, fs_backend_handle *b, const fs_device_gpt_config *cfg, fs_error *err) {
     *out = NULL;
     if (cfg->C % cfg->H || cfg->T > cfg->maxT || (cfg->dtype != FS_DTYPE_F32 && cfg->dtype != FS_DTYPE_BF16))
-        return fs_error_set(err, FS_ERR_INVALID, "gpt_backend: C %% H, T > maxT or dtype %d", (int)cfg->dtype);
-    gb_model *m = calloc(1, sizeof *m);
-    if (!m) return fs_error_set(err, FS_ERR_NOMEM, "gpt_backend: out of memory");
+        return fs_error_set(err, FS_ERR_INVALID, "device_gpt: C %% H, T > maxT or dtype %d", (int)cfg->dtype);
+    fs_device_gpt *m = calloc(1, sizeof *m);
+    if (!m) return fs_error_set(err, FS_ERR_NOMEM, "device_gpt: out of memory");
     m->b = b;
     m->cfg = *cfg;
     if (!m->cfg.attention) m->cfg.attention = "dense";
     m->D = cfg->C / cfg->H;
     m->F = 4 * cfg->C;
+    m->B = cfg->B;
     m->BT = cfg->B * cfg->T;
     m->es = cfg->dtype == FS_DTYPE_BF16 ? 2 : 4;
-    m->tensors = calloc(4 + cfg->L * N_LAYER_TENSORS, sizeof *m->tensors);
+    m->tensors = calloc(5 + cfg->L * N_LAYER_TENSORS, sizeof *m->tensors);
     m->layers = calloc(cfg->L, sizeof *m->layers);
-    const fs_plugin *ap = NULL;
-    int rc = !m->tensors || !m->layers ? fs_error_set(err, FS_ERR_NOMEM, "gpt_backend: out of memory")
-                                       : fs_plugin_registry_get(&b->reg, FS_PLUGIN_ATTENTION, m->cfg.attention, &ap, err);
+    int rc = !m->tensors || !m->layers ? fs_error_set(err, FS_ERR_NOMEM, "device_gpt: out of memory")
+                                       : find_attention(m, err);
     if (!rc) {
-        m->avt = ap->desc->vtable;
         build_table(m);
         rc = alloc_model(m, err);
     }
     if (rc) {
-        gb_model_destroy(m);
+        fs_device_gpt_destroy(m);
         return rc;
     }
     *out = m;
     return FS_OK;
 }
 
-void gb_model_destroy(gb_model *m) {
+void fs_device_gpt_destroy(fs_device_gpt *m) {
     if (!m) return;
     const fs_backend_vtable *vt = m->b->vt;
     void *self = m->b->self;
     fs_error err = {0};
     vt->synchronize(self, &err);
     for (size_t l = 0; m->layers && l < m->cfg.L; l++) {
-        gb_layer *L = &m->layers[l];
-        if (L->attn) m->avt->destroy(L->attn);
+        dg_layer *L = &m->layers[l];
+        if (L->attn) L->avt->destroy(L->attn);
         void *p[] = {L->x, L->ln1, L->ln2, L->q, L->k, L->v, L->atty, L->attm, L->x2, L->mean1, L->rstd1,
                      L->mean2, L->rstd2, L->fch, L->fchg, L->saved};
         for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) vt->free(self, p[i], FS_MEM_DEVICE);
     }
-    void *p[] = {m->params, m->grads, m->m, m->v, m->pcopy, m->xout, m->lnf, m->meanf, m->rstdf, m->logits,
+    void *p[] = {m->params, m->grads, m->m, m->v, m->pcopy, m->xout, m->lnfo, m->meanf, m->rstdf, m->logits,
                  m->dres, m->dtmp, m->dbig, m->dq, m->dk, m->dv, m->datty, m->dqkv, m->inputs, m->targets,
                  m->scalar};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) vt->free(self, p[i], FS_MEM_DEVICE);
@@ -231,33 +223,33 @@ void gb_model_destroy(gb_model *m) {
 
 /* ---- host <-> device ---- */
 
-static int h2d(gb_model *m, void *dst, const void *src, size_t bytes, fs_error *err) {
+static int h2d(fs_device_gpt *m, void *dst, const void *src, size_t bytes, fs_error *err) {
     return m->b->vt->copy(m->b->self, NULL, dst, src, bytes, FS_COPY_HOST_TO_DEVICE, err);
 }
 
-static int d2h(gb_model *m, void *dst, const void *src, size_t bytes, fs_error *err) {
+static int d2h(fs_device_gpt *m, void *dst, const void *src, size_t bytes, fs_error *err) {
     int rc = m->b->vt->copy(m->b->self, NULL, dst, src, bytes, FS_COPY_DEVICE_TO_HOST, err);
     return rc ? rc : m->b->vt->stream_synchronize(m->b->self, NULL, err);
 }
 
-int gb_sync(gb_model *m, fs_error *err) { return m->b->vt->stream_synchronize(m->b->self, NULL, err); }
+int fs_device_gpt_sync(fs_device_gpt *m, fs_error *err) { return m->b->vt->stream_synchronize(m->b->self, NULL, err); }
 
-int gb_set_params(gb_model *m, const float *params, fs_error *err) {
+int fs_device_gpt_set_params(fs_device_gpt *m, const float *params, fs_error *err) {
     int rc = h2d(m, m->params, params, m->n_params * sizeof(float), err);
     if (!rc && m->pcopy)
         rc = m->b->vt->convert(m->b->self, NULL, m->pcopy, FS_DTYPE_BF16, m->params, FS_DTYPE_F32, m->n_params, err);
-    return rc ? rc : gb_sync(m, err);
+    return rc ? rc : fs_device_gpt_sync(m, err);
 }
 
-int gb_get_params(gb_model *m, float *params, fs_error *err) {
+int fs_device_gpt_get_params(fs_device_gpt *m, float *params, fs_error *err) {
     return d2h(m, params, m->params, m->n_params * sizeof(float), err);
 }
 
-int gb_get_grads(gb_model *m, float *grads, fs_error *err) {
+int fs_device_gpt_get_grads(fs_device_gpt *m, float *grads, fs_error *err) {
     return d2h(m, grads, m->grads, m->n_params * sizeof(float), err);
 }
 
-int gb_get_logits(gb_model *m, float *logits, fs_error *err) {
+int fs_device_gpt_get_logits(fs_device_gpt *m, float *logits, fs_error *err) {
     size_t n = m->BT * m->cfg.V;
     if (m->es == 4) return d2h(m, logits, m->logits, n * sizeof(float), err);
     float *tmp = NULL;
@@ -271,7 +263,7 @@ int gb_get_logits(gb_model *m, float *logits, fs_error *err) {
 /* ---- forward ---- */
 
 /* out (N, n) = inp (N, k) @ w (k, n) + bias: a Conv1D layer. */
-static int linear(gb_model *m, void *out, const void *inp, const float *w, const float *bias, size_t N, size_t k,
+static int linear(fs_device_gpt *m, void *out, const void *inp, const float *w, const float *bias, size_t N, size_t k,
                   size_t n, fs_error *err) {
     fs_gemm_args g = {.struct_size = sizeof g, .c = out, .a = inp, .b = operand(m, w), .c_dtype = m->cfg.dtype,
                       .ab_dtype = m->cfg.dtype, .m = N, .n = n, .k = k, .lda = k, .ldb = n, .ldc = n, .batch = 1,
@@ -279,18 +271,18 @@ static int linear(gb_model *m, void *out, const void *inp, const float *w, const
     return m->b->vt->gemm(m->b->self, NULL, &g, err);
 }
 
-static fs_tensor bhtd(const gb_model *m, void *p) {
-    fs_tensor t = fs_tensor_cpu_f32(p, 4, m->cfg.B, m->cfg.H, m->cfg.T, m->D);
+static fs_tensor bhtd(const fs_device_gpt *m, void *p) {
+    fs_tensor t = fs_tensor_cpu_f32(p, 4, m->B, m->cfg.H, m->cfg.T, m->D);
     t.dtype = m->cfg.dtype;
     t.device = m->b->device;
     return t;
 }
 
-static fs_attention_args attention_args(gb_model *m, gb_layer *L) {
+static fs_attention_args attention_args(fs_device_gpt *m, dg_layer *L) {
     fs_attention_args a;
     memset(&a, 0, sizeof a);
     a.struct_size = sizeof a;
-    a.B = m->cfg.B;
+    a.B = m->B;
     a.T = m->cfg.T;
     a.q = bhtd(m, L->q);
     a.k = bhtd(m, L->k);
@@ -305,18 +297,18 @@ static fs_attention_args attention_args(gb_model *m, gb_layer *L) {
 }
 
 /* x_out (BT, C) = one transformer block of L->x. */
-static int layer_forward(gb_model *m, size_t l, void *xout, fs_error *err) {
+static int layer_forward(fs_device_gpt *m, size_t l, void *xout, fs_error *err) {
     const fs_backend_vtable *vt = m->b->vt;
     void *be = m->b->self;
-    gb_layer *L = &m->layers[l];
-    size_t B = m->cfg.B, T = m->cfg.T, H = m->cfg.H, C = m->cfg.C, BT = m->BT, F = m->F, D = m->D;
+    dg_layer *L = &m->layers[l];
+    size_t B = m->B, T = m->cfg.T, H = m->cfg.H, C = m->cfg.C, BT = m->BT, F = m->F, D = m->D;
     int32_t dt = m->cfg.dtype;
     int rc = vt->layernorm_forward(be, NULL, L->ln1, L->mean1, L->rstd1, L->x, lp(m, l, LN1W), lp(m, l, LN1B), BT, C,
                                    dt, err);
     if (!rc) rc = linear(m, m->dqkv, L->ln1, lp(m, l, QKVW), lp(m, l, QKVB), BT, C, 3 * C, err);
     if (!rc) rc = vt->attention_split_heads(be, NULL, L->q, L->k, L->v, m->dqkv, B, T, H, D, dt, err);
     fs_attention_args a = attention_args(m, L);
-    if (!rc) rc = m->avt->forward(L->attn, &a, err);
+    if (!rc) rc = L->avt->forward(L->attn, &a, err);
     if (!rc) rc = vt->attention_merge_heads(be, NULL, L->attm, L->atty, B, T, H, D, dt, err);
     if (!rc) rc = linear(m, m->dtmp, L->attm, lp(m, l, PROJW), lp(m, l, PROJB), BT, C, C, err);
     if (!rc) rc = vt->residual_forward(be, NULL, L->x2, L->x, m->dtmp, BT * C, dt, err);
@@ -329,26 +321,36 @@ static int layer_forward(gb_model *m, size_t l, void *xout, fs_error *err) {
     return rc;
 }
 
-/* logits (BT, V) = ln_f(x) @ wte^T (the tied head). */
-static int head_forward(gb_model *m, fs_error *err) {
+/* logits (BT, V) = ln_f(x) @ W^T, W (V, C) the head: wte when tied. */
+static int head_forward(fs_device_gpt *m, fs_error *err) {
     const fs_backend_vtable *vt = m->b->vt;
     size_t C = m->cfg.C, V = m->cfg.V, BT = m->BT;
-    float *lnfw = m->params + m->tensors[m->n_tensors - 2].offset, *lnfb = lnfw + C;
-    int rc = vt->layernorm_forward(m->b->self, NULL, m->lnf, m->meanf, m->rstdf, m->xout, lnfw, lnfb, BT, C,
+    float *lnfw = m->params + m->tensors[m->lnf].offset, *lnfb = lnfw + C;
+    int rc = vt->layernorm_forward(m->b->self, NULL, m->lnfo, m->meanf, m->rstdf, m->xout, lnfw, lnfb, BT, C,
                                    m->cfg.dtype, err);
-    fs_gemm_args g = {.struct_size = sizeof g, .c = m->logits, .a = m->lnf, .b = operand(m, m->params),
+    const float *w = m->params + m->tensors[m->head].offset;
+    fs_gemm_args g = {.struct_size = sizeof g, .c = m->logits, .a = m->lnfo, .b = operand(m, w),
                       .c_dtype = m->cfg.dtype, .ab_dtype = m->cfg.dtype, .trans_b = 1, .m = BT, .n = V, .k = C,
                       .lda = C, .ldb = C, .ldc = V, .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
     return rc ? rc : vt->gemm(m->b->self, NULL, &g, err);
 }
 
-int gb_forward(gb_model *m, const int32_t *inputs, const int32_t *targets, double *loss, fs_error *err) {
+int fs_device_gpt_forward(fs_device_gpt *m, const int32_t *inputs, const int32_t *targets, double *loss, fs_error *err) {
+    return fs_device_gpt_forward_rows(m, inputs, targets, m->cfg.B, 1.0f, loss, err);
+}
+
+int fs_device_gpt_forward_rows(fs_device_gpt *m, const int32_t *inputs, const int32_t *targets, size_t B, float dscale,
+                               double *loss, fs_error *err) {
     const fs_backend_vtable *vt = m->b->vt;
+    if (B == 0 || B > m->cfg.B)
+        return fs_error_set(err, FS_ERR_INVALID, "device_gpt: %zu rows asked, 1 .. %zu allocated", B, m->cfg.B);
+    m->B = B;
+    m->BT = B * m->cfg.T;
     size_t BT = m->BT, C = m->cfg.C;
     m->have_dlogits = 0;
     int rc = h2d(m, m->inputs, inputs, BT * sizeof(int32_t), err);
     const float *wte = m->params, *wpe = m->params + m->tensors[1].offset;
-    if (!rc) rc = vt->encoder_forward(m->b->self, NULL, m->layers[0].x, m->inputs, wte, wpe, m->cfg.B, m->cfg.T, C,
+    if (!rc) rc = vt->encoder_forward(m->b->self, NULL, m->layers[0].x, m->inputs, wte, wpe, B, m->cfg.T, C,
                                       0, m->cfg.dtype, err);
     for (size_t l = 0; l < m->cfg.L && !rc; l++)
         rc = layer_forward(m, l, l + 1 < m->cfg.L ? m->layers[l + 1].x : m->xout, err);
@@ -357,7 +359,7 @@ int gb_forward(gb_model *m, const int32_t *inputs, const int32_t *targets, doubl
     if ((rc = h2d(m, m->targets, targets, BT * sizeof(int32_t), err))) return rc;
     /* the gradient overwrites the logits: backward needs only it */
     rc = vt->crossentropy_forward_backward(m->b->self, NULL, m->scalar, m->logits, m->logits, m->targets, BT,
-                                           m->cfg.V, m->cfg.V, 1.0f / (float)BT, m->cfg.dtype, err);
+                                           m->cfg.V, m->cfg.V, dscale / (float)BT, m->cfg.dtype, err);
     if (!rc) rc = d2h(m, loss, m->scalar, sizeof(double), err);
     if (!rc) {
         *loss /= (double)BT;
@@ -370,7 +372,7 @@ int gb_forward(gb_model *m, const int32_t *inputs, const int32_t *targets, doubl
 
 /* The gradients of a Conv1D layer out = inp @ w + b from dout (N, n):
  * dinp (N, k) = dout @ w^T, dw (k, n) += inp^T @ dout (f32), db += colsum. */
-static int linear_backward(gb_model *m, void *dinp, float *dw, float *db, const void *dout, const void *inp,
+static int linear_backward(fs_device_gpt *m, void *dinp, float *dw, float *db, const void *dout, const void *inp,
                            const float *w, size_t N, size_t k, size_t n, fs_error *err) {
     const fs_backend_vtable *vt = m->b->vt;
     int32_t dt = m->cfg.dtype;
@@ -387,11 +389,11 @@ static int linear_backward(gb_model *m, void *dinp, float *dw, float *db, const 
 }
 
 /* m->dres holds d loss / d (layer l's output); leaves d loss / d (its input). */
-static int layer_backward(gb_model *m, size_t l, fs_error *err) {
+static int layer_backward(fs_device_gpt *m, size_t l, fs_error *err) {
     const fs_backend_vtable *vt = m->b->vt;
     void *be = m->b->self;
-    gb_layer *L = &m->layers[l];
-    size_t B = m->cfg.B, T = m->cfg.T, H = m->cfg.H, C = m->cfg.C, BT = m->BT, F = m->F, D = m->D;
+    dg_layer *L = &m->layers[l];
+    size_t B = m->B, T = m->cfg.T, H = m->cfg.H, C = m->cfg.C, BT = m->BT, F = m->F, D = m->D;
     int32_t dt = m->cfg.dtype;
     /* MLP: x3 = x2 + fcproj(gelu(fc(ln2(x2)))) */
     int rc = linear_backward(m, m->dbig, lg(m, l, FCPW), lg(m, l, FCPB), m->dres, L->fchg, lp(m, l, FCPW), BT, F, C,
@@ -407,7 +409,7 @@ static int layer_backward(gb_model *m, size_t l, fs_error *err) {
                                   BT, C, C, err);
     if (!rc) rc = vt->attention_merge_heads_backward(be, NULL, m->datty, m->dtmp, B, T, H, D, dt, err);
     fs_attention_args a = attention_args(m, L);
-    if (!rc) rc = m->avt->backward(L->attn, &a, err);
+    if (!rc) rc = L->avt->backward(L->attn, &a, err);
     if (!rc) rc = vt->attention_split_heads_backward(be, NULL, m->dqkv, m->dq, m->dk, m->dv, B, T, H, D, dt, err);
     if (!rc) rc = linear_backward(m, m->dtmp, lg(m, l, QKVW), lg(m, l, QKVB), m->dqkv, L->ln1, lp(m, l, QKVW), BT,
                                   C, 3 * C, err);
@@ -417,20 +419,21 @@ static int layer_backward(gb_model *m, size_t l, fs_error *err) {
     return rc;
 }
 
-int gb_backward(gb_model *m, fs_error *err) {
+int fs_device_gpt_backward(fs_device_gpt *m, fs_error *err) {
     if (!m->have_dlogits)
-        return fs_error_set(err, FS_ERR_INVALID, "gpt_backend: backward needs a forward with targets first");
+        return fs_error_set(err, FS_ERR_INVALID, "device_gpt: backward needs a forward with targets first");
     const fs_backend_vtable *vt = m->b->vt;
     size_t C = m->cfg.C, V = m->cfg.V, BT = m->BT;
     int32_t dt = m->cfg.dtype;
-    float *lnfw = m->params + m->tensors[m->n_tensors - 2].offset;
-    float *dlnfw = m->grads + m->tensors[m->n_tensors - 2].offset;
-    /* the tied head: dlnf = dlogits @ wte; dwte += dlogits^T @ lnf */
-    fs_gemm_args g = {.struct_size = sizeof g, .c = m->dtmp, .a = m->logits, .b = operand(m, m->params),
+    float *lnfw = m->params + m->tensors[m->lnf].offset;
+    float *dlnfw = m->grads + m->tensors[m->lnf].offset;
+    const float *w = m->params + m->tensors[m->head].offset;
+    /* the head: dlnf = dlogits @ W; dW += dlogits^T @ lnf */
+    fs_gemm_args g = {.struct_size = sizeof g, .c = m->dtmp, .a = m->logits, .b = operand(m, w),
                       .c_dtype = dt, .ab_dtype = dt, .m = BT, .n = C, .k = V, .lda = V, .ldb = C, .ldc = C,
                       .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
     int rc = vt->gemm(m->b->self, NULL, &g, err);
-    fs_gemm_args gw = {.struct_size = sizeof gw, .c = m->grads, .a = m->logits, .b = m->lnf,
+    fs_gemm_args gw = {.struct_size = sizeof gw, .c = m->grads + m->tensors[m->head].offset, .a = m->logits, .b = m->lnfo,
                        .c_dtype = FS_DTYPE_F32, .ab_dtype = dt, .trans_a = 1, .m = V, .n = C, .k = BT, .lda = V,
                        .ldb = C, .ldc = C, .batch = 1, .alpha = 1.0f, .beta = 1.0f, .compute = m->cfg.compute};
     if (!rc) rc = vt->gemm(m->b->self, NULL, &gw, err);
@@ -438,30 +441,30 @@ int gb_backward(gb_model *m, fs_error *err) {
                                          m->meanf, m->rstdf, BT, C, dt, err);
     for (size_t l = m->cfg.L; l-- > 0 && !rc;) rc = layer_backward(m, l, err);
     if (!rc) rc = vt->encoder_backward(m->b->self, NULL, m->grads, m->grads + m->tensors[1].offset, m->dres,
-                                       m->inputs, m->cfg.B, m->cfg.T, C, 0, dt, err);
+                                       m->inputs, m->B, m->cfg.T, C, 0, dt, err);
     return rc;
 }
 
-int gb_zero_grad(gb_model *m, fs_error *err) {
+int fs_device_gpt_zero_grad(fs_device_gpt *m, fs_error *err) {
     return m->b->vt->memset(m->b->self, NULL, m->grads, 0, m->n_params * sizeof(float), err);
 }
 
 /* ---- the optimizer ---- */
 
-int gb_adamw(gb_model *m, float lr, float beta1, float beta2, float eps, float weight_decay, uint64_t t,
-             fs_error *err) {
+int fs_device_gpt_adamw(fs_device_gpt *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                        float grad_scale, uint64_t t, fs_error *err) {
     int rc = FS_OK;
     for (size_t i = 0; i < m->n_tensors && !rc; i++) {
-        const gb_tensor *x = &m->tensors[i];
+        const dg_tensor *x = &m->tensors[i];
         void *copy = m->pcopy ? (char *)m->pcopy + x->offset * 2 : NULL;
         rc = m->b->vt->adamw_update(m->b->self, NULL, m->params + x->offset, copy, m->m + x->offset,
                                     m->v + x->offset, m->grads + x->offset, x->numel, lr, beta1, beta2, eps,
-                                    x->decay ? weight_decay : 0.0f, 1.0f, t, FS_DTYPE_BF16, err);
+                                    x->decay ? weight_decay : 0.0f, grad_scale, t, FS_DTYPE_BF16, err);
     }
     return rc;
 }
 
-int gb_grad_norm(gb_model *m, double *norm, fs_error *err) {
+int fs_device_gpt_grad_norm(fs_device_gpt *m, double *norm, fs_error *err) {
     int rc = m->b->vt->memset(m->b->self, NULL, m->scalar, 0, sizeof(double), err);
     if (!rc) rc = m->b->vt->sumsq(m->b->self, NULL, m->scalar, m->grads, m->n_params, err);
     if (!rc) rc = d2h(m, norm, m->scalar, sizeof(double), err);
@@ -469,8 +472,27 @@ int gb_grad_norm(gb_model *m, double *norm, fs_error *err) {
     return rc;
 }
 
-double gb_train_flops(const gb_model *m) {
-    double tokens = (double)m->BT, N = (double)m->n_params - (double)m->tensors[1].numel; /* wpe: no matmul */
+int fs_device_gpt_get_moments(fs_device_gpt *m, float *m1, float *m2, fs_error *err) {
+    int rc = d2h(m, m1, m->m, m->n_params * sizeof(float), err);
+    return rc ? rc : d2h(m, m2, m->v, m->n_params * sizeof(float), err);
+}
+
+int fs_device_gpt_set_moments(fs_device_gpt *m, const float *m1, const float *m2, fs_error *err) {
+    int rc = h2d(m, m->m, m1, m->n_params * sizeof(float), err);
+    if (!rc) rc = h2d(m, m->v, m2, m->n_params * sizeof(float), err);
+    return rc ? rc : fs_device_gpt_sync(m, err);
+}
+
+int fs_device_gpt_device_info(fs_device_gpt *m, fs_backend_device_info *info, fs_error *err) {
+    memset(info, 0, sizeof *info);
+    info->struct_size = sizeof *info;
+    return m->b->vt->device_info(m->b->self, info, err);
+}
+
+double fs_device_gpt_train_flops(const fs_device_gpt *m) {
+    /* wpe (and wte when the head is its own) are looked up, not multiplied */
+    double tokens = (double)m->BT, N = (double)m->n_params - (double)m->tensors[1].numel;
+    if (m->head) N -= (double)m->tensors[0].numel;
     double attn = 12.0 * (double)m->cfg.L * (double)m->cfg.C * (double)m->cfg.T * 0.5;
     return tokens * (6.0 * N + attn);
 }

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# test_train_backend.sh — training through a compute backend's ops.
+#
+# [backend] plugin = cpu runs the train mode on model/device_gpt.c through
+# the cpu backend's vtable: the path [run] device = cuda takes, on any
+# machine. Its reference is the runtime's own CPU model (model/model.c,
+# checked against PyTorch by the unit tests), which shares no model code
+# with it:
+#  - per-step losses and gradient norms, validation losses and every
+#    checkpoint tensor agree within 1e-5 (relative) for: the tied head and
+#    dense attention; an untied head with a longformer layer beside a dense
+#    one ([layer.N] sections); grad_accum 2 with clipping active and a
+#    last validation batch of one window;
+#  - the summary says where it ran (backend, precision) and the log names
+#    the device;
+#  - resume on the backend is bit for bit: 6 steps straight == 3
+#    (stop_after) + --resume (parameters, AdamW's moments and its step go
+#    to the device and back);
+#  - its checkpoint is an ordinary one: --mode eval gives what it gives on
+#    the CPU kernels' checkpoint; --mode eval on the backend gives the CPU
+#    kernels' loss;
+#  - tf32 where the backend has no tensor cores computes fp32: the same
+#    losses;
+#  - what the device model does not do is refused before any work, exit 2,
+#    naming the key and the fix: another mode with a backend named, bf16 on
+#    a backend without it or on the CPU kernels, reversible layers, plugin-owned tensors (lsh's
+#    rotations), distillation; device = auto never refuses (it trains on
+#    the CPU).
+. "$(dirname "$0")/lib.sh"
+
+standard_data
+
+# close A B: two runs' metrics (every row's loss, grad_norm, val_loss) and
+# checkpoints (every tensor) agree within 1e-5 relative to the tensor's
+# largest magnitude.
+close() {
+    python3 - "$1" "$2" <<'EOF'
+import json, struct, sys
+def rows(d):
+    return [{k: v for k, v in json.loads(l).items() if k in ('step', 'loss', 'grad_norm', 'val_loss')}
+            for l in open(d + '/metrics.jsonl')]
+def tensors(d):
+    b = open(d + '/model.safetensors', 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n]); h.pop('__metadata__', None)
+    out = {}
+    for k, v in h.items():
+        raw = b[8 + n + v['data_offsets'][0]:8 + n + v['data_offsets'][1]]
+        out[k] = struct.unpack('<%df' % (len(raw) // 4), raw)
+    return out
+a, b = sys.argv[1], sys.argv[2]
+ra, rb = rows(a), rows(b)
+assert len(ra) == len(rb) and ra, (len(ra), len(rb))
+for x, y in zip(ra, rb):
+    assert x.keys() == y.keys(), (x, y)
+    for k in x:
+        assert abs(x[k] - y[k]) <= 1e-5 * max(1.0, abs(x[k])), (k, x, y)
+ta, tb = tensors(a), tensors(b)
+assert ta.keys() == tb.keys(), set(ta) ^ set(tb)
+for k in ta:
+    scale = max(max(abs(v) for v in ta[k]), 1e-30)
+    worst = max(abs(p - q) for p, q in zip(ta[k], tb[k]))
+    assert worst <= 1e-5 * scale, (k, worst, scale)
+EOF
+}
+
+# both NAME OVERRIDES...: train with the runtime's kernels (NAME.cpu) and
+# through the cpu backend (NAME.be), and compare them.
+both() {
+    local name="$1"
+    shift
+    write_graph "$name.ini" train.steps=6 train.val_every=3 "run.out=$name.cpu" generate.max_tokens=0 "$@"
+    assert_exit 0 "$FSRUN" "$name.ini" --set run.device=cpu
+    cp "$E2E_OUT" "$name.cpu.out"
+    assert_exit 0 "$FSRUN" "$name.ini" --set backend.plugin=cpu --set "run.out=$name.be"
+    cp "$E2E_OUT" "$name.be.out"
+    cp "$E2E_ERR" "$name.be.err"
+    close "$name.cpu" "$name.be" && ok "$name: the backend's run equals the CPU kernels' within 1e-5" ||
+        fail "$name: the backend's run differs from the CPU kernels'"
+}
+
+# ---- the same training on both paths ----
+
+both dense
+assert_eq "$(json_last dense.cpu.out backend)" none "the CPU kernels' summary: backend none"
+assert_eq "$(json_last dense.be.out backend)" cpu "the backend's summary: backend cpu"
+assert_eq "$(json_last dense.be.out precision)" fp32 "the backend's summary: precision fp32"
+assert_num "$(json_last dense.be.out model_tflops)" '>' 0 "the backend's summary: model_tflops"
+grep -q '^fsrun: on .*(cpu:0, backend cpu, fp32)' dense.be.err && ok "the log names the device and backend" ||
+    fail "no 'fsrun: on ... (cpu:0, backend cpu, fp32)' line: $(cat dense.be.err)"
+
+both mixed model.tie_word_embeddings=false "+[layer.0]" "+plugin = longformer" "+window = 8" "+dilation = 1,2"
+
+both clipped train.grad_accum=2 train.batch=2 train.grad_clip=0.05 train.val_batches=30
+python3 - clipped.cpu/metrics.jsonl <<'EOF' && ok "clipping was active (every grad_norm > grad_clip)" || fail "clipping never acted"
+import json, sys
+norms = [json.loads(l)['grad_norm'] for l in open(sys.argv[1]) if 'grad_norm' in l]
+assert norms and min(norms) > 0.05, norms
+EOF
+
+# ---- resume on the backend ----
+
+write_graph r.ini train.steps=6 train.val_every=3 generate.max_tokens=0 backend.plugin=cpu
+assert_exit 0 "$FSRUN" r.ini --set run.out=straight
+assert_exit 0 "$FSRUN" r.ini --set run.out=resumed --set run.stop_after=3
+assert_exit 0 "$FSRUN" r.ini --set run.out=resumed --resume
+tensors_equal straight/model.safetensors resumed/model.safetensors && ok "resume: the weights equal a straight run's" ||
+    fail "resume on the backend changed the weights"
+tensors_equal straight/training_state.safetensors resumed/training_state.safetensors &&
+    ok "resume: AdamW's moments equal a straight run's" || fail "resume on the backend changed the moments"
+assert_eq "$(metrics_col resumed/metrics.jsonl loss | tail -n3)" "$(metrics_col straight/metrics.jsonl loss | tail -n3)" \
+    "resume: steps 4-6 lose what a straight run's do"
+
+# ---- the checkpoint is an ordinary one ----
+
+assert_exit 0 "$FSRUN" dense.ini --mode eval --set run.out=dense.cpu
+cp "$E2E_OUT" eval.cpu.out
+assert_exit 0 "$FSRUN" dense.ini --mode eval --set run.out=dense.be
+assert_close "$(json_last "$E2E_OUT" loss)" "$(json_last eval.cpu.out loss)" 1e-5 \
+    "--mode eval reads the backend's checkpoint as the CPU kernels' own"
+assert_exit 0 "$FSRUN" dense.ini --mode eval --set run.out=dense.cpu --set backend.plugin=cpu --set train.batch=3
+assert_close "$(json_last "$E2E_OUT" loss)" "$(json_last eval.cpu.out loss)" 1e-5 \
+    "--mode eval on the backend (3 windows a batch, the last one short) gives the CPU kernels' loss"
+
+# ---- tf32 without tensor cores is fp32 ----
+
+assert_exit 0 "$FSRUN" dense.ini --set backend.plugin=cpu --set run.out=tf32 --set train.precision=tf32
+assert_eq "$(json_last "$E2E_OUT" precision)" tf32 "the summary says tf32"
+assert_eq "$(metrics_col tf32/metrics.jsonl loss)" "$(metrics_col dense.be/metrics.jsonl loss)" \
+    "tf32 on the cpu backend (no FS_BACKEND_TF32) loses what fp32 does"
+
+# ---- refusals ----
+
+assert_exit 2 "$FSRUN" dense.ini --mode generate --set backend.plugin=cpu --set run.out=dense.be
+assert_err "[backend] plugin" "--mode generate runs on the runtime's own CPU kernels only" "set [run] device = cpu"
+
+assert_exit 2 "$FSRUN" dense.ini --set backend.plugin=cpu --set run.out=bf16 --set train.precision=bf16
+assert_err "[train] precision = bf16: backend 'cpu' has no bf16 arithmetic" "use fp32 or tf32"
+[ ! -e bf16/model.safetensors ] && ok "bf16 refused: no checkpoint" || fail "a refused run wrote a checkpoint"
+
+assert_exit 2 "$FSRUN" dense.ini --set run.device=cpu --set run.out=bf16 --set train.precision=bf16
+assert_err "[train] precision = bf16: train trains on the runtime's own CPU kernels here, which compute fp32"
+[ ! -e bf16/model.safetensors ] && ok "bf16 on the CPU kernels refused: no checkpoint" || fail "a refused run wrote a checkpoint"
+
+assert_exit 2 "$FSRUN" dense.ini --set backend.plugin=cpu --set run.out=rev --set model.reversible=true
+assert_err "[model] reversible" "reversible layers run on the runtime's own CPU kernels only"
+
+assert_exit 2 "$FSRUN" dense.ini --set backend.plugin=cpu --set run.out=lsh --set attention.plugin=lsh
+assert_err "an attention plugin owns parameters (plugin.layer0.attention.rotations)" "not built yet"
+
+write_graph teacher.ini train.steps=2 run.out=teacher generate.max_tokens=0
+assert_exit 0 "$FSRUN" teacher.ini --set run.device=cpu
+write_graph student.ini train.steps=2 run.out=student generate.max_tokens=0 run.mode=distill \
+    distill.teacher=teacher.ini distill.teacher_checkpoint=teacher/model.safetensors distill.plugin=soft_kd \
+    backend.plugin=cpu
+assert_exit 2 "$FSRUN" student.ini
+assert_err "--mode distill runs on the runtime's own CPU kernels only"
+
+# auto never refuses: with no GPU it is the CPU kernels
+assert_exit 0 "$FSRUN" dense.ini --set run.device=auto --set run.out=auto --set model.reversible=true
+assert_eq "$(json_last "$E2E_OUT" backend)" none "device = auto with reversible layers trains on the CPU kernels"
+
+e2e_finish
