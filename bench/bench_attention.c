@@ -351,7 +351,7 @@ static void compare_lsh(const opts *o, const tables *t) {
 }
 
 int main(int argc, char **argv) {
-    fs_blas_fix_coretype(argv);
+    fs_blas_fix_coretype(argv, NULL);
     opts o = {.Ts = {1024, 4096, 16384, 65536}, .nT = 4, .H = 8, .D = 64, .B = 1, .window = 256, .block = 0, .reps = 5,
               .causal = 1, .time_s = 300, .chunk = 64, .bucket_size = 64, .hashes = {1, 2, 4}, .nh = 3};
     snprintf(o.dilation, sizeof o.dilation, "1");

@@ -345,7 +345,7 @@ int main(int argc, char **argv) {
                             "[head_dim=64] [reps=5] [peak_tflops=0] [threads=0]\n", argv[i]);
             return 2;
         }
-    fs_blas_fix_coretype(argv); /* OpenBLAS's kernels and waits as fsrun sets them (may re-execute) */
+    fs_blas_fix_coretype(argv, NULL); /* OpenBLAS's kernels and waits as fsrun sets them (may re-execute) */
     fs_threads_set(o.threads);
     fs_backend_handle b;
     fs_error err = {0};

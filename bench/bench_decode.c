@@ -116,7 +116,7 @@ static size_t split_list(char *s, char **items, size_t max) {
 }
 
 int main(int argc, char **argv) {
-    fs_blas_fix_coretype(argv);
+    fs_blas_fix_coretype(argv, NULL);
     if (argc < 3) {
         fprintf(stderr, "usage: bench_decode CKPT VAL [windows=100] [weights=f32,bf16,q8] [threads=1,2] [tokens=200] "
                         "[reps=3]\n");

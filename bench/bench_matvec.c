@@ -153,7 +153,7 @@ static void head_table(size_t C, size_t V, int threads, double seconds) {
 }
 
 int main(int argc, char **argv) {
-    fs_blas_fix_coretype(argv);
+    fs_blas_fix_coretype(argv, NULL);
     size_t L = 12, C = 768, V = 256, threads[4] = {1, 2}, nthreads = 2, rows[8] = {1, 2, 4, 8}, nrows = 4;
     double seconds = 2;
     for (int i = 1; i < argc; i++) {

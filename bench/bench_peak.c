@@ -124,7 +124,7 @@ static int parse_sizes(const char *s, size_t *sizes) {
 }
 
 int main(int argc, char **argv) {
-    fs_blas_fix_coretype(argv);
+    fs_blas_fix_coretype(argv, NULL);
     int threads = 0, reps = 5, n_sizes = 4;
     size_t read_mb = 512;
     size_t sizes[MAX_SIZES] = {1024, 2048, 3072, 4096};

@@ -243,7 +243,7 @@ int main(int argc, char **argv) {
                 MAX_THREAD_COUNTS);
         return 2;
     }
-    fs_blas_fix_coretype(argv);
+    fs_blas_fix_coretype(argv, NULL);
     fs_graph *g;
     fs_session *s;
     fs_error err = {0};

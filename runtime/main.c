@@ -158,8 +158,8 @@ static int print_help(const cli *c) {
 }
 
 static int print_version(const cli *c) {
-    printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\nCUDA: %s\nMPI: %s%s\n", FS_VERSION, FS_ABI_MAJOR,
-           FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(),
+    printf("fsrun %s (plugin ABI %u.%u)\nBLAS: OpenBLAS %s; %s\n%s\nCUDA: %s\nMPI: %s%s\n", FS_VERSION, FS_ABI_MAJOR,
+           FS_ABI_MINOR, fs_blas_corename(), fs_blas_coretype_note(), fs_threads_wait_note(),
            FS_WITH_CUDA ? "the cuda backend and the attention plugins' CUDA kernels built"
                         : "not found at build time (CPU only)",
            fs_comm_mpi_version(), fs_comm_mpi_available() ? " (mpirun -np N fsrun GRAPH.ini ...)" : "");
@@ -369,11 +369,31 @@ static int run_graph(const cli *c) {
     return run_mode(s, mode, &c->run);
 }
 
+/* The mode the command line and the graph ask for, read before anything
+ * runs: OpenMP's wait policy depends on it and is fixed when the process
+ * starts (fs_blas_fix_coretype). NULL for an informational option or a
+ * graph that does not load (the run itself then says why). */
+static const fs_mode *peek_mode(const cli *c) {
+    if (c->action != run_graph) return NULL;
+    fs_graph *g = NULL;
+    const fs_mode *mode = NULL;
+    fs_error ignored = {0};
+    if (!load_graph(c, &g, &mode, &ignored) && !mode) {
+        const fs_graph_entry *e = fs_graph_find(g, "run", "mode");
+        mode = fs_mode_find(e ? e->value : fs_modes[0].name);
+    }
+    fs_graph_destroy(g);
+    return mode;
+}
+
 int main(int argc, char **argv) {
     fs_crash_install(); /* a plugin that crashes is named (crash.h) */
-    fs_blas_fix_coretype(argv);
     cli c;
     int rc = cli_parse(&c, argc, argv);
+    if (!rc) {
+        const fs_mode *mode = peek_mode(&c);
+        fs_blas_fix_coretype(argv, mode ? mode->spincount : NULL); /* may re-execute fsrun */
+    }
     if (!rc) rc = c.action(&c);
     free(c.sets);
     return rc;

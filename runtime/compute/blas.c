@@ -52,7 +52,7 @@ static const char *better_core(const char *core) {
  * type was not changed>;<1 when the OpenMP wait policy was set>". */
 #define REEXEC_MARKER "FS_BLAS_REEXEC"
 
-void fs_blas_fix_coretype(char **argv) {
+void fs_blas_fix_coretype(char **argv, const char *spincount) {
     const char *core = openblas_get_corename();
     const char *user = getenv("OPENBLAS_CORETYPE");
     const char *marker = getenv(REEXEC_MARKER);
@@ -76,7 +76,7 @@ void fs_blas_fix_coretype(char **argv) {
         snprintf(g_note, sizeof g_note, "OPENBLAS_CORETYPE=%s set by the environment (kept)", user);
     else if ((want = better_core(core)) == NULL)
         snprintf(g_note, sizeof g_note, "OpenBLAS detected %s itself", core ? core : "?");
-    int waits = fs_threads_wait_env();
+    int waits = fs_threads_wait_env(spincount);
     if (!want && !waits) return;
     /* Re-exec once with the variables set; the marker stops a loop. */
     char value[96];

@@ -20,8 +20,9 @@
 #include <stddef.h>
 
 /* May not return (exec). Call before any other work. Also sets the OpenMP
- * wait policy (core/threads.h). */
-void fs_blas_fix_coretype(char **argv);
+ * wait policy (core/threads.h): GOMP_SPINCOUNT = spincount, NULL for
+ * fsrun's default. */
+void fs_blas_fix_coretype(char **argv, const char *spincount);
 /* The kernel set OpenBLAS runs ("Haswell", "SkylakeX", ...). */
 const char *fs_blas_corename(void);
 /* Why the core type is what it is, one line for --version / logs. */

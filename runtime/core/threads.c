@@ -21,11 +21,12 @@ static char g_wait_note[160] = "OpenMP waits: libgomp's default";
 /* ---- wait policy ---- */
 
 static void note_chosen(void) {
+    const char *spin = getenv("GOMP_SPINCOUNT");
     snprintf(g_wait_note, sizeof g_wait_note,
-             "OpenMP waits: GOMP_SPINCOUNT=%s (spin briefly, then sleep; chosen by fsrun)", FS_THREADS_SPINCOUNT);
+             "OpenMP waits: GOMP_SPINCOUNT=%s (spin briefly, then sleep; chosen by fsrun)", spin ? spin : "?");
 }
 
-int fs_threads_wait_env(void) {
+int fs_threads_wait_env(const char *spincount) {
     const char *policy = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
     int has_policy = policy && *policy, has_spin = spin && *spin;
     if (has_policy || has_spin) {
@@ -34,7 +35,7 @@ int fs_threads_wait_env(void) {
                  has_spin ? "GOMP_SPINCOUNT=" : "", has_spin ? spin : "");
         return 0;
     }
-    setenv("GOMP_SPINCOUNT", FS_THREADS_SPINCOUNT, 1);
+    setenv("GOMP_SPINCOUNT", spincount ? spincount : FS_THREADS_SPINCOUNT, 1);
     note_chosen();
     return 1;
 }

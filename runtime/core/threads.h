@@ -24,15 +24,20 @@
 #include "fastserve/plugin.h"
 
 /* GOMP_SPINCOUNT fsrun runs with unless the environment sets a wait policy
- * (OMP_WAIT_POLICY or GOMP_SPINCOUNT) itself. */
+ * (OMP_WAIT_POLICY or GOMP_SPINCOUNT) itself; a mode may ask for another
+ * (fs_mode.spincount: the server's, whose engine thread starts a parallel
+ * region every few hundred microseconds, spins ten times longer: measured
+ * in the README's "Serving" section). */
 #define FS_THREADS_SPINCOUNT "20000"
+#define FS_THREADS_SPINCOUNT_SERVE "200000"
 /* How often the adaptive count looks at the machine, seconds. */
 #define FS_THREADS_CHECK_S 0.25
 
-/* Sets GOMP_SPINCOUNT in the environment unless a wait policy is set;
- * returns 1 when it changed the environment (the OpenMP runtime, already
- * loaded, only sees it after an exec). */
-int fs_threads_wait_env(void);
+/* Sets GOMP_SPINCOUNT to spincount (NULL: FS_THREADS_SPINCOUNT) in the
+ * environment unless a wait policy is set; returns 1 when it changed the
+ * environment (the OpenMP runtime, already loaded, only sees it after an
+ * exec). */
+int fs_threads_wait_env(const char *spincount);
 /* In the process fs_threads_wait_env's change re-executed: says so in the note. */
 void fs_threads_wait_reexecuted(void);
 /* One line on the wait policy in effect, for --version. */

@@ -35,6 +35,7 @@ typedef struct fs_mode {
     const char *help; /* one line for fsrun --help */
     int on_backend;   /* it runs where [run] device and [backend] point: train and eval through a compute backend;
                        * the tokenizer modes do no model arithmetic */
+    const char *spincount; /* its OpenMP GOMP_SPINCOUNT (core/threads.h), NULL: fsrun's default */
 } fs_mode;
 
 /* FS_ERR_INVALID naming the key and the fix when the graph asks for a

@@ -115,6 +115,7 @@ static void print_start(const fs_session *s, const fs_http_server *srv, const ch
            "/health, /metrics); SIGTERM or Ctrl-C stops, SIGHUP reloads\n",
            model_id, v6 ? "[" : "", host, v6 ? "]" : "", fs_http_server_port(srv));
     fflush(stdout);
+    fs_log(FS_LOG_INFO, "serve", "%s", fs_threads_wait_note());
 }
 
 /* Waits for signals: SIGHUP reloads, SIGTERM and SIGINT return. */

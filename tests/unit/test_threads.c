@@ -43,18 +43,23 @@ static void test_wait_policy(void **state) {
     /* ctest sets OMP_WAIT_POLICY=PASSIVE for unit tests: kept */
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     unsetenv("GOMP_SPINCOUNT");
-    assert_int_equal(fs_threads_wait_env(), 0);
+    assert_int_equal(fs_threads_wait_env(NULL), 0);
     assert_null(getenv("GOMP_SPINCOUNT"));
     assert_non_null(strstr(fs_threads_wait_note(), "OMP_WAIT_POLICY=PASSIVE"));
     assert_non_null(strstr(fs_threads_wait_note(), "kept"));
     /* none set: fsrun's bounded spin, and the caller must re-exec */
     unsetenv("OMP_WAIT_POLICY");
-    assert_int_equal(fs_threads_wait_env(), 1);
+    assert_int_equal(fs_threads_wait_env(NULL), 1);
     assert_string_equal(getenv("GOMP_SPINCOUNT"), FS_THREADS_SPINCOUNT);
     assert_non_null(strstr(fs_threads_wait_note(), "chosen by fsrun"));
+    /* a mode's own count (the server's) */
+    unsetenv("GOMP_SPINCOUNT");
+    assert_int_equal(fs_threads_wait_env(FS_THREADS_SPINCOUNT_SERVE), 1);
+    assert_string_equal(getenv("GOMP_SPINCOUNT"), FS_THREADS_SPINCOUNT_SERVE);
+    assert_non_null(strstr(fs_threads_wait_note(), "GOMP_SPINCOUNT=" FS_THREADS_SPINCOUNT_SERVE " "));
     /* GOMP_SPINCOUNT alone is a policy too */
     setenv("GOMP_SPINCOUNT", "5", 1);
-    assert_int_equal(fs_threads_wait_env(), 0);
+    assert_int_equal(fs_threads_wait_env(NULL), 0);
     assert_non_null(strstr(fs_threads_wait_note(), "GOMP_SPINCOUNT=5"));
 }
 
