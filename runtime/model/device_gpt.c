@@ -16,10 +16,15 @@ static const char *const layer_names[N_LAYER_TENSORS] = {
     "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
     "mlp.c_proj.weight", "mlp.c_proj.bias"};
 
+/* A parameter tensor: the model's own live in the flat block (offset into
+ * it); an attention plugin's (registered through the host API) have
+ * device buffers of their own, and their offset is where they sit in the
+ * CPU model's block, after the model's tensors, in registration order. */
 typedef struct dg_tensor {
-    char name[64];
+    char name[96];
     size_t offset, numel;
     int decay;
+    float *param, *grad, *m1, *m2; /* a plugin's tensor: its own buffers; NULL: in the block */
 } dg_tensor;
 
 /* One layer's saved activations for backward. */
@@ -44,10 +49,12 @@ struct fs_device_gpt {
     size_t D, F, es;     /* head width, MLP width, activation element size */
     size_t B, BT;        /* the last forward's rows, and its rows * T (cfg.B * T when allocating) */
     dg_tensor *tensors;
-    size_t n_tensors, n_params;
+    size_t n_tensors, cap_tensors, n_params; /* n_params: the block's floats plus the plugins' tensors' */
+    size_t n_block;                          /* floats of the block: the model's own tensors */
     size_t lnf, head;    /* indices of ln_f.weight and of the head's matrix (wte when tied) */
-    float *params, *grads, *m, *v; /* (n_params) f32 on the device */
-    void *pcopy;                   /* (n_params) bf16 GEMM operands, or NULL */
+    fs_host host;        /* what the attention plugins see: the caller's seed, tensors placed here */
+    float *params, *grads, *m, *v; /* (n_block) f32 on the device */
+    void *pcopy;                   /* (n_block) bf16 GEMM operands, or NULL */
     dg_layer *layers;
     void *xout, *lnfo;             /* (BT, C) */
     float *meanf, *rstdf;
@@ -67,13 +74,22 @@ size_t fs_device_gpt_tensor_numel(const fs_device_gpt *m, size_t i) { return m->
 size_t fs_device_gpt_n_params(const fs_device_gpt *m) { return m->n_params; }
 float *fs_device_gpt_device_grads(fs_device_gpt *m) { return m->grads; }
 
-static void add_tensor(fs_device_gpt *m, const char *name, size_t numel, int decay) {
+static dg_tensor *add_tensor(fs_device_gpt *m, const char *name, size_t numel, int decay) {
+    if (m->n_tensors == m->cap_tensors) {
+        size_t cap = 2 * m->cap_tensors;
+        dg_tensor *t = realloc(m->tensors, cap * sizeof *t);
+        if (!t) return NULL;
+        memset(t + m->n_tensors, 0, (cap - m->n_tensors) * sizeof *t);
+        m->tensors = t;
+        m->cap_tensors = cap;
+    }
     dg_tensor *t = &m->tensors[m->n_tensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->offset = m->n_params;
     t->numel = numel;
     t->decay = decay;
     m->n_params += numel;
+    return t;
 }
 
 static void build_table(fs_device_gpt *m) {
@@ -95,6 +111,7 @@ static void build_table(fs_device_gpt *m) {
         m->head = m->n_tensors;
         add_tensor(m, "lm_head.weight", c->V * C, 1);
     }
+    m->n_block = m->n_params;
 }
 
 /* Parameter tensor `i` of layer l (f32 master), and its GEMM operand. */
@@ -111,6 +128,26 @@ static int dalloc(fs_device_gpt *m, void **p, size_t bytes, fs_error *err) {
     return m->b->vt->alloc(m->b->self, p, bytes, FS_MEM_DEVICE, err);
 }
 
+/* fs_host.place_param for the attention plugins: a tensor with zeroed
+ * device buffers for its values, gradient and AdamW's two moments. */
+static int place_on_device(void *arg, const char *name, int32_t ndim, const size_t *shape, int weight_decay,
+                           float **param, float **grad, fs_error *err) {
+    fs_device_gpt *m = arg;
+    size_t numel = 1;
+    for (int32_t i = 0; i < ndim; i++) numel *= shape[i];
+    dg_tensor *t = add_tensor(m, name, numel, weight_decay);
+    if (!t) return fs_error_set(err, FS_ERR_NOMEM, "device_gpt: out of memory for %s", name);
+    float **bufs[] = {&t->param, &t->grad, &t->m1, &t->m2};
+    int rc = FS_OK;
+    for (size_t i = 0; i < 4 && !rc; i++) {
+        rc = dalloc(m, (void **)bufs[i], numel * sizeof(float), err);
+        if (!rc) rc = m->b->vt->memset(m->b->self, NULL, *bufs[i], 0, numel * sizeof(float), err);
+    }
+    *param = t->param;
+    *grad = t->grad;
+    return rc;
+}
+
 static int alloc_layer(fs_device_gpt *m, dg_layer *L, size_t l, fs_error *err) {
     size_t BT = m->BT, C = m->cfg.C, es = m->es;
     void **act[] = {&L->x, &L->ln1, &L->ln2, &L->q, &L->k, &L->v, &L->atty, &L->attm, &L->x2};
@@ -124,7 +161,7 @@ static int alloc_layer(fs_device_gpt *m, dg_layer *L, size_t l, fs_error *err) {
     fs_attention_config ac = {sizeof ac, (int32_t)l, m->cfg.H, m->D, C, m->cfg.maxT, 1, m->b->device, FS_DTYPE_F32};
     char scope[64];
     snprintf(scope, sizeof scope, "plugin.layer%zu.attention", l);
-    fs_host *host = m->cfg.host ? m->cfg.host : &m->b->host;
+    fs_host *host = &m->host;
     const fs_device_gpt_attention *own = m->cfg.layers ? &m->cfg.layers[l] : NULL;
     fs_plugin_ctx_init(&L->ctx, host, own ? own->config : m->cfg.attention_config, scope,
                        own ? own->name : m->cfg.attention);
@@ -147,7 +184,7 @@ static int find_attention(fs_device_gpt *m, fs_error *err) {
 }
 
 static int alloc_model(fs_device_gpt *m, fs_error *err) {
-    size_t BT = m->BT, C = m->cfg.C, es = m->es, P = m->n_params;
+    size_t BT = m->BT, C = m->cfg.C, es = m->es, P = m->n_block;
     int rc = FS_OK;
     float **blocks[] = {&m->params, &m->grads, &m->m, &m->v};
     for (size_t i = 0; i < 4 && !rc; i++) rc = dalloc(m, (void **)blocks[i], P * sizeof(float), err);
@@ -183,7 +220,11 @@ int fs_device_gpt_create(fs_device_gpt **out, fs_backend_handle *b, const fs_dev
     m->B = cfg->B;
     m->BT = cfg->B * cfg->T;
     m->es = cfg->dtype == FS_DTYPE_BF16 ? 2 : 4;
-    m->tensors = calloc(5 + cfg->L * N_LAYER_TENSORS, sizeof *m->tensors);
+    m->cap_tensors = 5 + cfg->L * N_LAYER_TENSORS;
+    m->tensors = calloc(m->cap_tensors, sizeof *m->tensors);
+    m->host = cfg->host ? *cfg->host : b->host;
+    m->host.place_param = place_on_device;
+    m->host.place_arg = m;
     m->layers = calloc(cfg->L, sizeof *m->layers);
     int rc = !m->tensors || !m->layers ? fs_error_set(err, FS_ERR_NOMEM, "device_gpt: out of memory")
                                        : find_attention(m, err);
@@ -216,6 +257,10 @@ void fs_device_gpt_destroy(fs_device_gpt *m) {
                  m->dres, m->dtmp, m->dbig, m->dq, m->dk, m->dv, m->datty, m->dqkv, m->inputs, m->targets,
                  m->scalar};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) vt->free(self, p[i], FS_MEM_DEVICE);
+    for (size_t i = 0; i < m->n_tensors; i++) { /* the plugins' tensors' own buffers */
+        float *q[] = {m->tensors[i].param, m->tensors[i].grad, m->tensors[i].m1, m->tensors[i].m2};
+        for (size_t j = 0; j < 4; j++) vt->free(self, q[j], FS_MEM_DEVICE);
+    }
     free(m->layers);
     free(m->tensors);
     free(m);
@@ -234,19 +279,48 @@ static int d2h(fs_device_gpt *m, void *dst, const void *src, size_t bytes, fs_er
 
 int fs_device_gpt_sync(fs_device_gpt *m, fs_error *err) { return m->b->vt->stream_synchronize(m->b->self, NULL, err); }
 
+/* What a tensor has on the device: values, gradient, AdamW's moments. */
+enum { DG_PARAM, DG_GRAD, DG_M1, DG_M2 };
+
+/* Tensor i's buffer of kind `which` on the device. */
+static float *tensor_buf(const fs_device_gpt *m, size_t i, int which) {
+    const dg_tensor *t = &m->tensors[i];
+    float *own[] = {t->param, t->grad, t->m1, t->m2}, *block[] = {m->params, m->grads, m->m, m->v};
+    return own[which] ? own[which] : block[which] + t->offset;
+}
+
+/* host (fs_device_gpt_n_params floats: the CPU model's layout) <-> the
+ * device's buffers of kind `which`: the block in one copy, each plugin
+ * tensor in one more. */
+static int move_all(fs_device_gpt *m, int which, float *host, int to_device, fs_error *err) {
+    int kind = to_device ? FS_COPY_HOST_TO_DEVICE : FS_COPY_DEVICE_TO_HOST;
+    const fs_backend_vtable *vt = m->b->vt;
+    float *block = tensor_buf(m, 0, which);
+    int rc = to_device ? vt->copy(m->b->self, NULL, block, host, m->n_block * sizeof(float), kind, err)
+                       : vt->copy(m->b->self, NULL, host, block, m->n_block * sizeof(float), kind, err);
+    for (size_t i = 0; i < m->n_tensors && !rc; i++) {
+        const dg_tensor *t = &m->tensors[i];
+        if (!t->param) continue;
+        float *dev = tensor_buf(m, i, which);
+        rc = to_device ? vt->copy(m->b->self, NULL, dev, host + t->offset, t->numel * sizeof(float), kind, err)
+                       : vt->copy(m->b->self, NULL, host + t->offset, dev, t->numel * sizeof(float), kind, err);
+    }
+    return rc ? rc : fs_device_gpt_sync(m, err);
+}
+
 int fs_device_gpt_set_params(fs_device_gpt *m, const float *params, fs_error *err) {
-    int rc = h2d(m, m->params, params, m->n_params * sizeof(float), err);
+    int rc = move_all(m, DG_PARAM, (float *)params, 1, err);
     if (!rc && m->pcopy)
-        rc = m->b->vt->convert(m->b->self, NULL, m->pcopy, FS_DTYPE_BF16, m->params, FS_DTYPE_F32, m->n_params, err);
+        rc = m->b->vt->convert(m->b->self, NULL, m->pcopy, FS_DTYPE_BF16, m->params, FS_DTYPE_F32, m->n_block, err);
     return rc ? rc : fs_device_gpt_sync(m, err);
 }
 
 int fs_device_gpt_get_params(fs_device_gpt *m, float *params, fs_error *err) {
-    return d2h(m, params, m->params, m->n_params * sizeof(float), err);
+    return move_all(m, DG_PARAM, params, 0, err);
 }
 
 int fs_device_gpt_get_grads(fs_device_gpt *m, float *grads, fs_error *err) {
-    return d2h(m, grads, m->grads, m->n_params * sizeof(float), err);
+    return move_all(m, DG_GRAD, grads, 0, err);
 }
 
 int fs_device_gpt_get_logits(fs_device_gpt *m, float *logits, fs_error *err) {
@@ -293,6 +367,17 @@ static fs_attention_args attention_args(fs_device_gpt *m, dg_layer *L) {
     a.dq = bhtd(m, m->dq);
     a.dk = bhtd(m, m->dk);
     a.dv = bhtd(m, m->dv);
+    a.tokens = m->inputs; /* on the device, like the tensors */
+    if (L->avt->flags & FS_ATTENTION_USES_INPUT) { /* longformer's globals project ln1(x) themselves */
+        a.x = bhtd(m, L->ln1);
+        a.x.ndim = 3;
+        a.x.shape[0] = m->B;
+        a.x.shape[1] = m->cfg.T;
+        a.x.shape[2] = m->cfg.C;
+        a.x.shape[3] = 0;
+        a.dx = a.x;
+        a.dx.data = m->dbig; /* free while attention runs backward: the plugin adds into it */
+    }
     return a;
 }
 
@@ -409,10 +494,13 @@ static int layer_backward(fs_device_gpt *m, size_t l, fs_error *err) {
                                   BT, C, C, err);
     if (!rc) rc = vt->attention_merge_heads_backward(be, NULL, m->datty, m->dtmp, B, T, H, D, dt, err);
     fs_attention_args a = attention_args(m, L);
+    if (!rc && a.dx.data) rc = vt->memset(be, NULL, a.dx.data, 0, BT * C * m->es, err);
     if (!rc) rc = L->avt->backward(L->attn, &a, err);
     if (!rc) rc = vt->attention_split_heads_backward(be, NULL, m->dqkv, m->dq, m->dk, m->dv, B, T, H, D, dt, err);
     if (!rc) rc = linear_backward(m, m->dtmp, lg(m, l, QKVW), lg(m, l, QKVB), m->dqkv, L->ln1, lp(m, l, QKVW), BT,
                                   C, 3 * C, err);
+    /* d ln1(x) also has the plugin's own path (FS_ATTENTION_USES_INPUT) */
+    if (!rc && a.dx.data) rc = vt->residual_backward(be, NULL, m->dtmp, a.dx.data, BT * C, dt, err);
     if (!rc) rc = vt->layernorm_backward(be, NULL, m->dbig, lg(m, l, LN1W), lg(m, l, LN1B), m->dtmp, L->x,
                                          lp(m, l, LN1W), L->mean1, L->rstd1, BT, C, dt, err);
     if (!rc) rc = vt->residual_backward(be, NULL, m->dres, m->dbig, BT * C, dt, err);
@@ -446,7 +534,11 @@ int fs_device_gpt_backward(fs_device_gpt *m, fs_error *err) {
 }
 
 int fs_device_gpt_zero_grad(fs_device_gpt *m, fs_error *err) {
-    return m->b->vt->memset(m->b->self, NULL, m->grads, 0, m->n_params * sizeof(float), err);
+    int rc = m->b->vt->memset(m->b->self, NULL, m->grads, 0, m->n_block * sizeof(float), err);
+    for (size_t i = 0; i < m->n_tensors && !rc; i++)
+        if (m->tensors[i].grad)
+            rc = m->b->vt->memset(m->b->self, NULL, m->tensors[i].grad, 0, m->tensors[i].numel * sizeof(float), err);
+    return rc;
 }
 
 /* ---- the optimizer ---- */
@@ -456,9 +548,9 @@ int fs_device_gpt_adamw(fs_device_gpt *m, float lr, float beta1, float beta2, fl
     int rc = FS_OK;
     for (size_t i = 0; i < m->n_tensors && !rc; i++) {
         const dg_tensor *x = &m->tensors[i];
-        void *copy = m->pcopy ? (char *)m->pcopy + x->offset * 2 : NULL;
-        rc = m->b->vt->adamw_update(m->b->self, NULL, m->params + x->offset, copy, m->m + x->offset,
-                                    m->v + x->offset, m->grads + x->offset, x->numel, lr, beta1, beta2, eps,
+        void *copy = m->pcopy && !x->param ? (char *)m->pcopy + x->offset * 2 : NULL; /* GEMM operands only */
+        rc = m->b->vt->adamw_update(m->b->self, NULL, tensor_buf(m, i, DG_PARAM), copy, tensor_buf(m, i, DG_M1),
+                                    tensor_buf(m, i, DG_M2), tensor_buf(m, i, DG_GRAD), x->numel, lr, beta1, beta2, eps,
                                     x->decay ? weight_decay : 0.0f, grad_scale, t, FS_DTYPE_BF16, err);
     }
     return rc;
@@ -466,21 +558,23 @@ int fs_device_gpt_adamw(fs_device_gpt *m, float lr, float beta1, float beta2, fl
 
 int fs_device_gpt_grad_norm(fs_device_gpt *m, double *norm, fs_error *err) {
     int rc = m->b->vt->memset(m->b->self, NULL, m->scalar, 0, sizeof(double), err);
-    if (!rc) rc = m->b->vt->sumsq(m->b->self, NULL, m->scalar, m->grads, m->n_params, err);
+    if (!rc) rc = m->b->vt->sumsq(m->b->self, NULL, m->scalar, m->grads, m->n_block, err);
+    for (size_t i = 0; i < m->n_tensors && !rc; i++)
+        if (m->tensors[i].grad)
+            rc = m->b->vt->sumsq(m->b->self, NULL, m->scalar, m->tensors[i].grad, m->tensors[i].numel, err);
     if (!rc) rc = d2h(m, norm, m->scalar, sizeof(double), err);
     if (!rc) *norm = sqrt(*norm);
     return rc;
 }
 
 int fs_device_gpt_get_moments(fs_device_gpt *m, float *m1, float *m2, fs_error *err) {
-    int rc = d2h(m, m1, m->m, m->n_params * sizeof(float), err);
-    return rc ? rc : d2h(m, m2, m->v, m->n_params * sizeof(float), err);
+    int rc = move_all(m, DG_M1, m1, 0, err);
+    return rc ? rc : move_all(m, DG_M2, m2, 0, err);
 }
 
 int fs_device_gpt_set_moments(fs_device_gpt *m, const float *m1, const float *m2, fs_error *err) {
-    int rc = h2d(m, m->m, m1, m->n_params * sizeof(float), err);
-    if (!rc) rc = h2d(m, m->v, m2, m->n_params * sizeof(float), err);
-    return rc ? rc : fs_device_gpt_sync(m, err);
+    int rc = move_all(m, DG_M1, (float *)m1, 1, err);
+    return rc ? rc : move_all(m, DG_M2, (float *)m2, 1, err);
 }
 
 int fs_device_gpt_device_info(fs_device_gpt *m, fs_backend_device_info *info, fs_error *err) {
@@ -491,7 +585,7 @@ int fs_device_gpt_device_info(fs_device_gpt *m, fs_backend_device_info *info, fs
 
 double fs_device_gpt_train_flops(const fs_device_gpt *m) {
     /* wpe (and wte when the head is its own) are looked up, not multiplied */
-    double tokens = (double)m->BT, N = (double)m->n_params - (double)m->tensors[1].numel;
+    double tokens = (double)m->BT, N = (double)m->n_block - (double)m->tensors[1].numel;
     if (m->head) N -= (double)m->tensors[0].numel;
     double attn = 12.0 * (double)m->cfg.L * (double)m->cfg.C * (double)m->cfg.T * 0.5;
     return tokens * (6.0 * N + attn);

@@ -12,14 +12,19 @@
  *   - bench/bench_backend.c measures GPT-2-small training on it.
  * The model is model/model.c's (make_fixtures.py's): learned positions,
  * pre-LayerNorm blocks, tanh-GELU, the head tied to wte or its own
- * lm_head.weight. What model.c adds for the CPU alone (reversible layers,
- * tensor and pipeline shards, plugin-owned tensors, hidden-state hooks for
- * distillation) is not here: the trainer refuses those graphs on a device.
+ * lm_head.weight, and the tensors attention plugins register (longformer's
+ * global projections, lsh's rotations). What model.c adds for the CPU
+ * alone (reversible layers, tensor and pipeline shards, hidden-state hooks
+ * for distillation) is not here: the trainer refuses those graphs on a
+ * device.
  *
  * Attention goes through each layer's attention plugin, created for the
  * backend's device. Parameters are one flat f32 block in model.c's order
- * and Hugging Face's layout (Conv1D weights (in, out)), so the trainer
- * copies it to and from the CPU model's block whole; with BF16 activations
+ * and Hugging Face's layout (Conv1D weights (in, out)); the tensors the
+ * plugins register have device buffers of their own (their values,
+ * gradients and moments) and, in the host's view, follow the block in
+ * registration order, as in model.c's. So the trainer moves the whole
+ * state to and from the CPU model's block in one call; with BF16 activations
  * the matrices are also kept as a bf16 copy GEMMs read, which AdamW
  * refreshes: f32 master weights, gradients and moments. */
 #ifndef FS_DEVICE_GPT_H
@@ -59,16 +64,17 @@ typedef struct fs_device_gpt fs_device_gpt;
 int fs_device_gpt_create(fs_device_gpt **out, fs_backend_handle *b, const fs_device_gpt_config *cfg, fs_error *err);
 void fs_device_gpt_destroy(fs_device_gpt *m); /* accepts NULL */
 
-/* The parameter tensors in block order: Hugging Face names
- * ("transformer.h.0.attn.c_attn.weight"), offsets and sizes in floats, and
- * whether AdamW decays them (the matrices and embeddings). */
+/* The parameter tensors in block order, then the plugins' in the order
+ * they registered: Hugging Face names ("transformer.h.0.attn.c_attn.weight",
+ * "plugin.layer0.attention.rotations"), offsets into the host's view and
+ * sizes in floats, and whether AdamW decays them. n_params: all of them. */
 size_t fs_device_gpt_n_tensors(const fs_device_gpt *m);
 const char *fs_device_gpt_tensor_name(const fs_device_gpt *m, size_t i);
 size_t fs_device_gpt_tensor_offset(const fs_device_gpt *m, size_t i);
 size_t fs_device_gpt_tensor_numel(const fs_device_gpt *m, size_t i);
 size_t fs_device_gpt_n_params(const fs_device_gpt *m);
 
-/* Host <-> device: the whole f32 block. */
+/* Host <-> device: every tensor, in the host's view (n_params floats). */
 int fs_device_gpt_set_params(fs_device_gpt *m, const float *params, fs_error *err);
 int fs_device_gpt_get_params(fs_device_gpt *m, float *params, fs_error *err);
 int fs_device_gpt_get_grads(fs_device_gpt *m, float *grads, fs_error *err);
@@ -97,7 +103,8 @@ int fs_device_gpt_set_moments(fs_device_gpt *m, const float *m1, const float *m2
 int fs_device_gpt_device_info(fs_device_gpt *m, fs_backend_device_info *info, fs_error *err);
 /* The global L2 norm of the gradients. */
 int fs_device_gpt_grad_norm(fs_device_gpt *m, double *norm, fs_error *err);
-/* The gradient block on the device, for collectives (f32, fs_device_gpt_n_params). */
+/* The gradient block on the device (the model's own tensors, without the
+ * plugins'), for collectives. */
 float *fs_device_gpt_device_grads(fs_device_gpt *m);
 /* Waits for everything queued. */
 int fs_device_gpt_sync(fs_device_gpt *m, fs_error *err);

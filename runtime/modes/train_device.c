@@ -44,7 +44,6 @@ static const precision *find_precision(const char *name) {
 /* Why the graph cannot train on a backend of device type `type` (empty:
  * it can): what model/device_gpt.h does not do, or one process's limit. */
 static void unsupported(const fs_session *s, int lm, int32_t type, char *why, size_t cap) {
-    const fs_param_block *pb = fs_model_block(s->model);
     why[0] = '\0';
     if (!lm) {
         snprintf(why, cap, "distillation trains on the runtime's own CPU kernels only");
@@ -55,11 +54,6 @@ static void unsupported(const fs_session *s, int lm, int32_t type, char *why, si
     } else if (s->mcfg.reversible) {
         snprintf(why, cap, "%s: reversible layers run on the runtime's own CPU kernels only",
                  fs_config_where(s->model_cfg, "reversible"));
-    } else if (pb->n_plugin) {
-        const fs_param_view *v = pb->views;
-        while (!v->plugin) v++;
-        snprintf(why, cap, "an attention plugin owns parameters (%s): training them on a backend is not built yet",
-                 v->name);
     }
     for (size_t l = 0; !why[0] && type == FS_DEVICE_CUDA && l < s->mcfg.n_layer; l++) {
         const fs_attention_vtable *vt = s->layers[l].plugin->desc->vtable;

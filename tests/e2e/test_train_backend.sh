@@ -9,8 +9,9 @@
 #  - per-step losses and gradient norms, validation losses and every
 #    checkpoint tensor agree within 1e-5 (relative) for: the tied head and
 #    dense attention; an untied head with a longformer layer beside a dense
-#    one ([layer.N] sections); grad_accum 2 with clipping active and a
-#    last validation batch of one window;
+#    one ([layer.N] sections); tensors the plugins own (lsh's frozen
+#    rotations, longformer's trained global projections); grad_accum 2 with
+#    clipping active and a last validation batch of one window;
 #  - the summary says where it ran (backend, precision) and the log names
 #    the device;
 #  - resume on the backend is bit for bit: 6 steps straight == 3
@@ -23,9 +24,8 @@
 #    losses;
 #  - what the device model does not do is refused before any work, exit 2,
 #    naming the key and the fix: another mode with a backend named, bf16 on
-#    a backend without it or on the CPU kernels, reversible layers, plugin-owned tensors (lsh's
-#    rotations), distillation; device = auto never refuses (it trains on
-#    the CPU).
+#    a backend without it or on the CPU kernels, reversible layers,
+#    distillation; device = auto never refuses (it trains on the CPU).
 . "$(dirname "$0")/lib.sh"
 
 standard_data
@@ -91,6 +91,17 @@ grep -q '^fsrun: on .*(cpu:0, backend cpu, fp32)' dense.be.err && ok "the log na
 
 both mixed model.tie_word_embeddings=false "+[layer.0]" "+plugin = longformer" "+window = 8" "+dilation = 1,2"
 
+# tensors the plugins own: lsh's rotations (frozen), longformer's global
+# projections (trained)
+both lsh attention.plugin=lsh attention.bucket_size=8 attention.chunk=8
+both global "+[layer.1]" "+plugin = longformer" "+window = 4" "+global = first:2"
+python3 - global.be/model.safetensors <<'EOF' && ok "the global projections are in the backend's checkpoint" || fail "no global projections"
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+h = json.loads(b[8:8 + struct.unpack('<Q', b[:8])[0]])
+assert 'plugin.layer1.attention.c_attn_global.weight' in h, sorted(h)
+EOF
+
 both clipped train.grad_accum=2 train.batch=2 train.grad_clip=0.05 train.val_batches=30
 python3 - clipped.cpu/metrics.jsonl <<'EOF' && ok "clipping was active (every grad_norm > grad_clip)" || fail "clipping never acted"
 import json, sys
@@ -144,9 +155,6 @@ assert_err "[train] precision = bf16: train trains on the runtime's own CPU kern
 
 assert_exit 2 "$FSRUN" dense.ini --set backend.plugin=cpu --set run.out=rev --set model.reversible=true
 assert_err "[model] reversible" "reversible layers run on the runtime's own CPU kernels only"
-
-assert_exit 2 "$FSRUN" dense.ini --set backend.plugin=cpu --set run.out=lsh --set attention.plugin=lsh
-assert_err "an attention plugin owns parameters (plugin.layer0.attention.rotations)" "not built yet"
 
 write_graph teacher.ini train.steps=2 run.out=teacher generate.max_tokens=0
 assert_exit 0 "$FSRUN" teacher.ini --set run.device=cpu
