@@ -40,6 +40,18 @@ budget=${BUDGET_S:-540}
 cap() { local left=$((budget - SECONDS)); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
 step() { echo "== $* [${SECONDS} s]" | tee -a "$log"; }
 run() { "$@" 2>&1 | tee -a "$log"; return "${PIPESTATUS[0]}"; }
+# budgeted CAP WHAT: announces a step of at most CAP seconds and sets t to
+# its limit; a step the budget has no time left for is skipped, said so and
+# counted as a failure (returns 1)
+budgeted() {
+  t=$(cap "$1")
+  if [ "$t" -le 10 ]; then
+    step "$2: skipped, the budget of $budget s is spent"
+    status=1
+    return 1
+  fi
+  step "$2 (at most $t s)"
+}
 
 step "device"
 if ! run nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv; then
@@ -58,23 +70,13 @@ if grep -q "Not Run\|Skipped" "$log"; then
   status=1
 fi
 
-t=$(cap 180)
-if [ "$t" -le 10 ]; then
-  step "bench: skipped, the budget of $budget s is spent"
-  status=1
-else
-  step "bench: GPT-2-small training and dense attention on cuda (at most $t s)"
+if budgeted 180 "bench: GPT-2-small training and dense attention on cuda"; then
   (timeout "$t" build-gpu/bench/bench_backend backend=cuda shape=gpt2 steps=10 reps=5 \
     attention=1024,2048,4096,8192,16384 | tee "$out/bench-backend.md") 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
-t=$(cap 150)
-if [ "$t" -le 10 ]; then
-  step "fsrun train on cuda: skipped, the budget of $budget s is spent"
-  status=1
-else
-  step "fsrun train: GPT-2-small shape, byte vocabulary, on cuda (at most $t s)"
+if budgeted 150 "fsrun train: GPT-2-small shape, byte vocabulary, on cuda"; then
   work="$out/fsrun-train"
   mkdir -p "$work"
   python3 -c "
@@ -103,13 +105,7 @@ if [ -x "$sanitizer" ]; then
   for check in "memcheck test_gpu_gpt 120" "racecheck test_gpu_gpt 120" "memcheck test_gpu_ops 90" \
                "memcheck test_gpu_attention 120"; do
     set -- $check
-    t=$(cap "$3")
-    if [ "$t" -le 10 ]; then
-      step "compute-sanitizer --tool $1 $2: skipped, the budget of $budget s is spent"
-      status=1
-      continue
-    fi
-    step "compute-sanitizer --tool $1 $2 (at most $t s)"
+    budgeted "$3" "compute-sanitizer --tool $1 $2" || continue
     (cd build-gpu/tests/gpu && FS_PLUGIN_PATH="$PWD/../../plugins" \
       run timeout "$t" "$sanitizer" --tool "$1" --error-exitcode 9 "./$2") || status=1
   done
