@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Graceful under load (issue 14, item 4): training and decoding tokens/s
-on an idle machine and with a CPU hog on one core, side by side, for fsrun,
-PyTorch and llama.cpp.
+"""Graceful under load (issue 14, item 4): training, decoding and serving
+tokens/s on an idle machine and with a CPU hog on one core, side by side,
+for fsrun, PyTorch and llama.cpp.
 
 The hog is a busy loop (python3 -c 'while True: pass') pinned to the last
 core this process may use; the bench starts it just before each loaded run
@@ -19,13 +19,17 @@ Cases (each program in its own process, as it would be run):
                       KV cache; bench/llamacpp/peer.py)
   decode gpt2-small   the same at the GPT-2-small shape (L12 H12 C768,
                       byte vocabulary, 86 M parameters), 64 tokens
+  serve  quickstart   16 closed-loop clients, 4 greedy 64-token requests
+                      each, streamed (bench_serve.py's client): fsrun
+                      --mode serve (fcfs) and llama-server (16 slots, f32
+                      KV cache), each started for the run, output tokens/s
 Everyone runs with its defaults for threads (fsrun run.threads = 0:
 adaptive; llama.cpp -t = the cores; PyTorch's OpenBLAS its 2 threads).
 Table: medians over rounds of idle and loaded tokens/s and the share kept
 (loaded / idle); goal: fsrun keeps >= 40% under the hog.
 
 Usage:  python3 bench/bench_load.py [--rounds 2] [--skip-torch] [--skip-llama]
-            [--skip-gpt2] [--cases train,decode] [--json FILE]
+            [--skip-gpt2] [--cases train,decode,serve] [--json FILE]
 Needs build/fsrun (and bench/llamacpp/build.sh for the llama.cpp rows).
 """
 
@@ -40,6 +44,8 @@ import time
 import types
 
 import bench as B
+import bench_serve as S
+import serve_loadgen as lg
 from llamacpp import peer
 
 GPT2 = B.GPT2
@@ -64,6 +70,21 @@ class Hog:
         self.p.wait()
 
 
+def serve_tps(start, prompts, clients=16, per_client=4):
+    """Output tokens/s of a server start() returns under `clients`
+    closed-loop clients; None when it fails."""
+    try:
+        server = start()
+    except (RuntimeError, SystemExit) as e:
+        print(f"  ! serve: {e}", file=sys.stderr)
+        return None
+    try:
+        r = S.run(server, S.fixed(clients * per_client, 64, prompts, seed=clients), concurrency=clients)
+    finally:
+        server.stop()
+    return r.get("tokens_per_s") if not r.get("failed") else None
+
+
 def median_or_none(xs):
     xs = [x for x in xs if x]
     return statistics.median(xs) if xs else None
@@ -72,7 +93,7 @@ def median_or_none(xs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--cases", default="train,decode")
+    ap.add_argument("--cases", default="train,decode,serve")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--skip-gpt2", action="store_true")
@@ -110,7 +131,7 @@ def main():
                 "--set", "train.steps=1", "--set", "generate.max_tokens=0", "--set", "data.val=",
                 "--set", f"run.out={g_dir}"], env, a.timeout)
         gg = {}
-        if not a.skip_llama and "decode" in cases:
+        if not a.skip_llama and cases & {"decode", "serve"}:
             for name, d in (("quickstart", qs_dir), ("gpt2-small", g_dir)):
                 if os.path.exists(os.path.join(d, "model.safetensors")):
                     gg[name] = peer.to_gguf(os.path.join(d, "model.safetensors"), os.path.join(tmp, f"{name}.gguf"))
@@ -142,6 +163,14 @@ def main():
                                  .get("tps")))
                 if name in gg:
                     runs.append((f"decode {name}", "llama.cpp", lambda name=name, tokens=tokens: llama(name, tokens)))
+
+        if "serve" in cases:
+            prompts = lg.prompts_from(os.path.join(B.ROOT, "data", "kjv", "val.txt"), 20, 60)
+            runs.append(("serve quickstart", "fsrun", lambda: serve_tps(
+                lambda: S.Fsrun(b.fsrun, B.QUICKSTART, "fcfs", 0, 32, ["--set", f"run.out={qs_dir}"]), prompts)))
+            if "quickstart" in gg:
+                runs.append(("serve quickstart", "llama.cpp", lambda: serve_tps(
+                    lambda: S.LlamaServer(peer, gg["quickstart"], B.QS["seq"], cores), prompts)))
 
         res = {(c, i): {"idle": [], "loaded": []} for c, i, _ in runs}
         t0 = time.perf_counter()
