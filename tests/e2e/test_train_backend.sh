@@ -20,6 +20,8 @@
 #  - its checkpoint is an ordinary one: --mode eval gives what it gives on
 #    the CPU kernels' checkpoint; --mode eval on the backend gives the CPU
 #    kernels' loss;
+#  - a step that is not finite stops the run before anything is written,
+#    or (on_nonfinite = skip) is dropped without an update;
 #  - tf32 where the backend has no tensor cores computes fp32: the same
 #    losses;
 #  - what the device model does not do is refused before any work, exit 2,
@@ -121,6 +123,27 @@ tensors_equal straight/training_state.safetensors resumed/training_state.safeten
     ok "resume: AdamW's moments equal a straight run's" || fail "resume on the backend changed the moments"
 assert_eq "$(metrics_col resumed/metrics.jsonl loss | tail -n3)" "$(metrics_col straight/metrics.jsonl loss | tail -n3)" \
     "resume: steps 4-6 lose what a straight run's do"
+
+# ---- a step that is not finite, on the device ----
+# q and k of one head get a 1e30 coordinate (test_nonfinite.sh's case): the
+# next step's loss is NaN; the device path stops before writing, or skips
+# the step without an update
+write_graph nf.ini train.steps=4 train.checkpoint_every=2 train.val_every=0 generate.max_tokens=0 \
+    backend.plugin=cpu run.out=nf
+assert_exit 0 "$FSRUN" nf.ini
+st_patch_f32 nf/model.safetensors huge.tmp transformer.h.0.attn.c_attn.weight 0 1e30
+st_patch_f32 huge.tmp nf/model.safetensors transformer.h.0.attn.c_attn.weight 32 1e30
+mkdir -p nf.huge && cp nf/*.safetensors nf.huge/
+assert_exit 1 "$FSRUN" nf.ini --resume --set train.steps=8
+assert_last_error_line "step 5" "NaN" "diverged" "nf/model.safetensors (step 4) is unchanged"
+cmp -s nf/model.safetensors nf.huge/model.safetensors && ok "non-finite on the device: the checkpoint is unchanged" ||
+    fail "the diverged run wrote the checkpoint"
+assert_exit 1 "$FSRUN" nf.ini --resume --set train.steps=12 --set train.on_nonfinite=skip --set train.max_skipped=3
+assert_eq "$(grep -c '"skipped": true' nf/metrics.jsonl)" 2 "skip on the device: two skipped rows, then the stop"
+tensors_equal nf.huge/model.safetensors nf/model.safetensors && ok "skipped steps left the device's weights as they were" ||
+    fail "a skipped step changed the weights"
+assert_eq "$(st_header nf/training_state.safetensors | python3 -c "import json,sys; print(json.load(sys.stdin)['__metadata__']['optimizer_t'])")" 4 \
+    "skip on the device: AdamW made no update (optimizer_t stays 4)"
 
 # ---- the checkpoint is an ordinary one ----
 
