@@ -63,6 +63,7 @@ struct fs_device_gpt {
     void *dq, *dk, *dv, *datty;    /* (B, H, T, D) */
     void *dqkv;                    /* (BT, 3C) */
     int32_t *inputs, *targets;     /* (BT) on the device */
+    int32_t *tokens;               /* (BT) host: the last forward's inputs, for the plugins (attention.h) */
     double *scalar;                /* one double on the device */
     int have_dlogits;
 };
@@ -222,11 +223,12 @@ int fs_device_gpt_create(fs_device_gpt **out, fs_backend_handle *b, const fs_dev
     m->es = cfg->dtype == FS_DTYPE_BF16 ? 2 : 4;
     m->cap_tensors = 5 + cfg->L * N_LAYER_TENSORS;
     m->tensors = calloc(m->cap_tensors, sizeof *m->tensors);
+    m->tokens = malloc(m->BT * sizeof *m->tokens);
     m->host = cfg->host ? *cfg->host : b->host;
     m->host.place_param = place_on_device;
     m->host.place_arg = m;
     m->layers = calloc(cfg->L, sizeof *m->layers);
-    int rc = !m->tensors || !m->layers ? fs_error_set(err, FS_ERR_NOMEM, "device_gpt: out of memory")
+    int rc = !m->tensors || !m->layers || !m->tokens ? fs_error_set(err, FS_ERR_NOMEM, "device_gpt: out of memory")
                                        : find_attention(m, err);
     if (!rc) {
         build_table(m);
@@ -263,6 +265,7 @@ void fs_device_gpt_destroy(fs_device_gpt *m) {
     }
     free(m->layers);
     free(m->tensors);
+    free(m->tokens);
     free(m);
 }
 
@@ -367,7 +370,7 @@ static fs_attention_args attention_args(fs_device_gpt *m, dg_layer *L) {
     a.dq = bhtd(m, m->dq);
     a.dk = bhtd(m, m->dk);
     a.dv = bhtd(m, m->dv);
-    a.tokens = m->inputs; /* on the device, like the tensors */
+    a.tokens = m->tokens; /* host memory on every device (attention.h) */
     if (L->avt->flags & FS_ATTENTION_USES_INPUT) { /* longformer's globals project ln1(x) themselves */
         a.x = bhtd(m, L->ln1);
         a.x.ndim = 3;
@@ -433,6 +436,7 @@ int fs_device_gpt_forward_rows(fs_device_gpt *m, const int32_t *inputs, const in
     m->BT = B * m->cfg.T;
     size_t BT = m->BT, C = m->cfg.C;
     m->have_dlogits = 0;
+    memcpy(m->tokens, inputs, BT * sizeof(int32_t));
     int rc = h2d(m, m->inputs, inputs, BT * sizeof(int32_t), err);
     const float *wte = m->params, *wpe = m->params + m->tensors[1].offset;
     if (!rc) rc = vt->encoder_forward(m->b->self, NULL, m->layers[0].x, m->inputs, wte, wpe, B, m->cfg.T, C,

@@ -90,7 +90,7 @@ typedef struct fs_attention_args {
     fs_tensor out;           /* (B, H, T, D), written by forward; backward gets it back as
                               * forward left it (dense reads it: rowsum(dout * out)) */
     void *saved;             /* saved_bytes(B, T) bytes: forward writes, backward reads */
-    const int32_t *tokens;   /* (B, T) token ids, may be NULL */
+    const int32_t *tokens;   /* (B, T) token ids in host memory (on every device), may be NULL */
     /* backward only: dq, dk, dv are overwritten (not accumulated). */
     fs_tensor dout;          /* (B, H, T, D) */
     fs_tensor dq, dk, dv;    /* (B, H, T, D) */
