@@ -414,8 +414,11 @@ g = {
               "val_batches": "4", "seed": "1337"},
     "generate": {"max_tokens": "16", "temperature": "0.8", "prompt": "The "},
     # one thread: tiny matmuls gain nothing from more, and tests may share
-    # the machine; test_train_resume sets 2 where determinism is checked
-    "run": {"out": "out", "progress": "off", "threads": "1"},
+    # the machine; test_train_resume sets 2 where determinism is checked.
+    # The CPU's own kernels, on a machine with a GPU too (auto would train
+    # there): these tests hold them to their references; the device path is
+    # test_train_backend's (the cpu backend) and tests/gpu's
+    "run": {"out": "out", "progress": "off", "threads": "1", "device": "cpu"},
 }
 raw = []
 for a in args:
