@@ -20,7 +20,7 @@
  * state is one log-sum-exp per row. Policies (device structs, copied to
  * the kernel by value):
  *
- *   void begin(unsigned problem)         per-problem bases (blockIdx.y)
+ *   void begin(unsigned problem)         per-problem bases (y0 + blockIdx.y)
  *   size_t n_queries(), n_keys()
  *   int n_segments()                     key index spaces forward/dQ visit (1 or 2)
  *   void key_range(seg, i0, i1, &j0, &j1)   keys of segment seg a query tile needs
@@ -67,11 +67,11 @@ __device__ __forceinline__ void fa_load_rows(float *dst, size_t ld, size_t rows,
 /* ---- forward ---- */
 
 template <class P, int DT, int DMAX>
-__global__ void __launch_bounds__(FS_FA_THREADS) fa_forward(P p) {
+__global__ void __launch_bounds__(FS_FA_THREADS) fa_forward(P p, unsigned y0) {
     extern __shared__ float smem[];
     const size_t BR = FS_FA_BR, BC = FS_FA_BC, KL = DMAX + 1;
     float *Qs = smem, *Ks = Qs + BR * DMAX, *Vs = Ks + BC * KL, *Ps = Vs + BC * DMAX;
-    p.begin(blockIdx.y);
+    p.begin(y0 + blockIdx.y);
     size_t nq = p.n_queries(), i0 = (size_t)blockIdx.x * BR, D = p.D;
     if (i0 >= nq) return;
     size_t i1 = i0 + BR < nq ? i0 + BR : nq;
@@ -142,11 +142,11 @@ __global__ void __launch_bounds__(FS_FA_THREADS) fa_forward(P p) {
 /* ---- backward ---- */
 
 template <class P, int DT, int DMAX>
-__global__ void __launch_bounds__(FS_FA_THREADS) fa_backward_dq(P p) {
+__global__ void __launch_bounds__(FS_FA_THREADS) fa_backward_dq(P p, unsigned y0) {
     extern __shared__ float smem[];
     const size_t BR = FS_FA_BR, BC = FS_FA_BC, KL = DMAX + 1;
     float *Qs = smem, *dOs = Qs + BR * DMAX, *Ks = dOs + BR * DMAX, *Vs = Ks + BC * KL, *DSs = Vs + BC * KL;
-    p.begin(blockIdx.y);
+    p.begin(y0 + blockIdx.y);
     size_t nq = p.n_queries(), i0 = (size_t)blockIdx.x * BR, D = p.D;
     if (i0 >= nq) return;
     size_t i1 = i0 + BR < nq ? i0 + BR : nq;
@@ -216,12 +216,12 @@ __global__ void __launch_bounds__(FS_FA_THREADS) fa_backward_dq(P p) {
 }
 
 template <class P, int DT, int DMAX>
-__global__ void __launch_bounds__(FS_FA_THREADS) fa_backward_dkdv(P p) {
+__global__ void __launch_bounds__(FS_FA_THREADS) fa_backward_dkdv(P p, unsigned y0) {
     extern __shared__ float smem[];
     const size_t BC = FS_FA_BC, BQ = FS_FA_BQ, L = DMAX + 1;
     float *Ks = smem, *Vs = Ks + BC * L, *Qs = Vs + BC * L, *dOs = Qs + BQ * L, *Ps = dOs + BQ * L;
     float *DSs = Ps + BC * BQ, *lse_s = DSs + BC * BQ, *delta_s = lse_s + BQ, *live_s = delta_s + BQ;
-    p.begin(blockIdx.y);
+    p.begin(y0 + blockIdx.y);
     size_t nk = p.n_keys(), j0 = (size_t)blockIdx.x * BC, D = p.D;
     if (j0 >= nk) return;
     size_t j1 = j0 + BC < nk ? j0 + BC : nk;
@@ -311,7 +311,10 @@ static size_t fa_smem_dkdv() {
 }
 
 /* Launches kernel K<P, DT, DMAX> with `smem` bytes of dynamic shared memory
- * (above 48 KiB the kernel must opt in first). */
+ * (above 48 KiB the kernel must opt in first). grid.y counts the problems
+ * (batch x heads, x hash rounds or dilations): past gridDim.y's limit of
+ * 65535 (lsh at B 512, H 16, 8 rounds) they go in several launches, each
+ * told its first problem. */
 template <typename Kernel, class P>
 static cudaError_t fa_launch(Kernel k, size_t smem, dim3 grid, cudaStream_t s, const P &p) {
     if (grid.x == 0 || grid.y == 0) return cudaSuccess;
@@ -319,8 +322,13 @@ static cudaError_t fa_launch(Kernel k, size_t smem, dim3 grid, cudaStream_t s, c
         cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e) return e;
     }
-    k<<<grid, FS_FA_THREADS, smem, s>>>(p);
-    return cudaGetLastError();
+    for (unsigned y0 = 0; y0 < grid.y; y0 += 65535u) {
+        unsigned ny = grid.y - y0 < 65535u ? grid.y - y0 : 65535u;
+        k<<<dim3(grid.x, ny), FS_FA_THREADS, smem, s>>>(p, y0);
+        cudaError_t e = cudaGetLastError();
+        if (e) return e;
+    }
+    return cudaSuccess;
 }
 
 /* The three passes for a policy, by dtype and head width (D <= 128). */

@@ -13,6 +13,7 @@
  * CUDA runtime is linked statically: this plugin loads on a machine
  * without a driver, where device_count says 0 and create says why. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,17 @@ static void cuda_destroy(void *self) {
     free(cb);
 }
 
+/* The ops' scratch comes from cudaMallocAsync's pool, whose default
+ * release threshold (0) hands every byte back to the driver at each
+ * synchronisation: at least once a step, so the next step would map it
+ * again. Keep what was used. */
+static void keep_pool(const cuda_backend *cb) {
+    cudaMemPool_t pool;
+    uint64_t keep = UINT64_MAX;
+    if (cudaDeviceGetDefaultMemPool(&pool, cb->device) == cudaSuccess)
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+}
+
 static int cuda_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx, const fs_backend_config *cfg,
                        fs_error *err) {
     *self = NULL;
@@ -94,6 +106,7 @@ static int cuda_create(void **self, const fs_host_api *host, fs_plugin_ctx *ctx,
     pthread_mutex_init(&cb->lock, NULL);
     int rc = fs_cuda_enter(cb, err);
     if (!rc) rc = fs_cuda_fail(cb, err, (int)cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "stream");
+    if (!rc) keep_pool(cb);
     if (!rc) rc = fs_cuda_gemm_init(cb, err);
     if (rc) {
         cuda_destroy(cb);
@@ -166,6 +179,17 @@ static void cuda_free(void *self, void *ptr, int32_t mem) {
         cudaFree(ptr);
 }
 
+/* Host memory CUDA has not page-locked (malloc's): async copies from or to
+ * it are staged, and the caller may reuse it only once they are done. */
+static int pageable(const void *host) {
+    struct cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, host) != cudaSuccess) {
+        cudaGetLastError(); /* older drivers fail on unregistered memory: clear it */
+        return 1;
+    }
+    return a.type == cudaMemoryTypeUnregistered;
+}
+
 static int cuda_copy(void *self, fs_backend_stream *s, void *dst, const void *src, size_t bytes, int32_t kind,
                      fs_error *err) {
     cuda_backend *cb = self;
@@ -174,7 +198,13 @@ static int cuda_copy(void *self, fs_backend_stream *s, void *dst, const void *sr
     if (kind < FS_COPY_HOST_TO_DEVICE || kind > FS_COPY_DEVICE_TO_DEVICE)
         return cb->host->error_set(err, FS_ERR_INVALID, "cuda backend: copy kind %d", (int)kind);
     if (!bytes) return FS_OK;
-    LAUNCH(cb, err, "cudaMemcpyAsync", (int)cudaMemcpyAsync(dst, src, bytes, kinds[kind], fs_cuda_stream(cb, s)));
+    ENTER(cb, err);
+    cudaStream_t st = fs_cuda_stream(cb, s);
+    int rc = fs_cuda_fail(cb, err, (int)cudaMemcpyAsync(dst, src, bytes, kinds[kind], st), "cudaMemcpyAsync");
+    if (rc || kind == FS_COPY_DEVICE_TO_DEVICE || !pageable(kind == FS_COPY_HOST_TO_DEVICE ? src : dst)) return rc;
+    /* backend.h promises that a pageable host buffer is free when copy
+     * returns; CUDA only says such a copy "might be synchronous" */
+    return fs_cuda_fail(cb, err, (int)cudaStreamSynchronize(st), "cudaStreamSynchronize after a pageable copy");
 }
 
 static int cuda_memset(void *self, fs_backend_stream *s, void *ptr, int value, size_t bytes, fs_error *err) {

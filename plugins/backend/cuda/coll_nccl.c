@@ -1,9 +1,9 @@
 /* coll_nccl.c — the cuda backend's collectives: NCCL on device buffers.
  *
  * The runtime bootstraps a communicator the NCCL way (runtime/dist/
- * comm_nccl.c): one rank makes the unique id (coll_id), MPI broadcasts it,
+ * comm_coll.c): one rank makes the unique id (coll_id), MPI broadcasts it,
  * every rank calls coll_create with its rank. Calls are queued on the
- * stream they are given (comm_nccl.c gives them a stream of their own, so
+ * stream they are given (comm_coll.c gives them a stream of their own, so
  * an all-reduce of one bucket of gradients runs while backward computes the
  * next). Communicators are non-blocking (ncclConfig_t.blocking = 0): no
  * call waits for a peer on the host, coll_check reports a peer's failure
@@ -11,6 +11,7 @@
  * hangs in NCCL. */
 #include <nccl.h>
 #include <sched.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,15 +49,45 @@ static int nccl_op(const cuda_backend *cb, int32_t op, ncclRedOp_t *o, fs_error 
     }
 }
 
-/* A non-blocking communicator's set-up returns ncclInProgress: wait for it
- * here, where every rank is making the same call. */
+/* Seconds a non-blocking call may stay ncclInProgress before the peer is
+ * taken for dead: the runtime's default [parallel] timeout. A set-up or a
+ * queued call that never settles is then ncclRemoteError (FS_ERR_COMM),
+ * and the caller aborts the communicator. */
+#define FS_NCCL_SETTLE_S 300.0
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* A non-blocking communicator returns ncclInProgress from its set-up and,
+ * NCCL's rule, from any call whose kernel it has not queued yet (the first
+ * use of a connection): nothing that depends on the call (an event, a
+ * synchronisation) may be issued until it settles. Every rank makes the
+ * same calls, so the wait is for the peers' matching ones. */
 static ncclResult_t settle(ncclComm_t comm) {
     ncclResult_t state = ncclInProgress;
+    double deadline = now_s() + FS_NCCL_SETTLE_S;
     while (state == ncclInProgress) {
         if (ncclCommGetAsyncError(comm, &state) != ncclSuccess) return ncclInternalError;
-        if (state == ncclInProgress) sched_yield();
+        if (state != ncclInProgress) break;
+        if (now_s() > deadline) return ncclRemoteError;
+        sched_yield();
     }
     return state;
+}
+
+/* A call's result, settled: at once outside a group; inside one, once
+ * ncclGroupEnd has queued the group (fs_nccl_group). */
+static ncclResult_t queued(cuda_backend *cb, fs_backend_coll *c, ncclResult_t r) {
+    if (r != ncclInProgress) return r;
+    if (cb->group_depth == 0) return settle(c->comm);
+    for (size_t i = 0; i < cb->n_group_colls; i++)
+        if (cb->group_colls[i] == c) return ncclSuccess;
+    if (cb->n_group_colls == FS_NCCL_GROUP_COLLS) return ncclInvalidUsage;
+    cb->group_colls[cb->n_group_colls++] = c;
+    return ncclSuccess;
 }
 
 int fs_nccl_id(void *self, uint8_t id[FS_BACKEND_COLL_ID_BYTES], fs_error *err) {
@@ -143,7 +174,7 @@ int fs_nccl_all_reduce(void *self, fs_backend_coll *c, fs_backend_stream *s, voi
     PREP(cb, err, dtype, t);
     int rc = nccl_op(cb, op, &o, err);
     if (rc) return rc;
-    return nccl_fail(cb, err, ncclAllReduce(buf, buf, count, t, o, c->comm, fs_cuda_stream(cb, s)), "ncclAllReduce");
+    return nccl_fail(cb, err, queued(cb, c, ncclAllReduce(buf, buf, count, t, o, c->comm, fs_cuda_stream(cb, s))), "ncclAllReduce");
 }
 
 int fs_nccl_broadcast(void *self, fs_backend_coll *c, fs_backend_stream *s, void *buf, size_t count, int32_t dtype,
@@ -151,7 +182,7 @@ int fs_nccl_broadcast(void *self, fs_backend_coll *c, fs_backend_stream *s, void
     cuda_backend *cb = self;
     ncclDataType_t t = ncclFloat32;
     PREP(cb, err, dtype, t);
-    return nccl_fail(cb, err, ncclBroadcast(buf, buf, count, t, root, c->comm, fs_cuda_stream(cb, s)), "ncclBroadcast");
+    return nccl_fail(cb, err, queued(cb, c, ncclBroadcast(buf, buf, count, t, root, c->comm, fs_cuda_stream(cb, s))), "ncclBroadcast");
 }
 
 int fs_nccl_all_gather(void *self, fs_backend_coll *c, fs_backend_stream *s, void *out, const void *in, size_t count,
@@ -159,7 +190,7 @@ int fs_nccl_all_gather(void *self, fs_backend_coll *c, fs_backend_stream *s, voi
     cuda_backend *cb = self;
     ncclDataType_t t = ncclFloat32;
     PREP(cb, err, dtype, t);
-    return nccl_fail(cb, err, ncclAllGather(in, out, count, t, c->comm, fs_cuda_stream(cb, s)), "ncclAllGather");
+    return nccl_fail(cb, err, queued(cb, c, ncclAllGather(in, out, count, t, c->comm, fs_cuda_stream(cb, s))), "ncclAllGather");
 }
 
 int fs_nccl_reduce_scatter(void *self, fs_backend_coll *c, fs_backend_stream *s, void *out, const void *in,
@@ -170,7 +201,7 @@ int fs_nccl_reduce_scatter(void *self, fs_backend_coll *c, fs_backend_stream *s,
     PREP(cb, err, dtype, t);
     int rc = nccl_op(cb, op, &o, err);
     if (rc) return rc;
-    return nccl_fail(cb, err, ncclReduceScatter(in, out, count, t, o, c->comm, fs_cuda_stream(cb, s)),
+    return nccl_fail(cb, err, queued(cb, c, ncclReduceScatter(in, out, count, t, o, c->comm, fs_cuda_stream(cb, s))),
                      "ncclReduceScatter");
 }
 
@@ -179,7 +210,7 @@ int fs_nccl_send(void *self, fs_backend_coll *c, fs_backend_stream *s, const voi
     cuda_backend *cb = self;
     ncclDataType_t t = ncclFloat32;
     PREP(cb, err, dtype, t);
-    return nccl_fail(cb, err, ncclSend(buf, count, t, peer, c->comm, fs_cuda_stream(cb, s)), "ncclSend");
+    return nccl_fail(cb, err, queued(cb, c, ncclSend(buf, count, t, peer, c->comm, fs_cuda_stream(cb, s))), "ncclSend");
 }
 
 int fs_nccl_recv(void *self, fs_backend_coll *c, fs_backend_stream *s, void *buf, size_t count, int32_t dtype, int peer,
@@ -187,12 +218,23 @@ int fs_nccl_recv(void *self, fs_backend_coll *c, fs_backend_stream *s, void *buf
     cuda_backend *cb = self;
     ncclDataType_t t = ncclFloat32;
     PREP(cb, err, dtype, t);
-    return nccl_fail(cb, err, ncclRecv(buf, count, t, peer, c->comm, fs_cuda_stream(cb, s)), "ncclRecv");
+    return nccl_fail(cb, err, queued(cb, c, ncclRecv(buf, count, t, peer, c->comm, fs_cuda_stream(cb, s))), "ncclRecv");
 }
 
 int fs_nccl_group(void *self, int begin, fs_error *err) {
     cuda_backend *cb = self;
-    return nccl_fail(cb, err, begin ? ncclGroupStart() : ncclGroupEnd(), begin ? "ncclGroupStart" : "ncclGroupEnd");
+    if (begin) {
+        if (cb->group_depth++ == 0) cb->n_group_colls = 0;
+        return nccl_fail(cb, err, ncclGroupStart(), "ncclGroupStart");
+    }
+    if (cb->group_depth == 0)
+        return cb->host->error_set(err, FS_ERR_INVALID, "cuda backend: coll_group(0) without coll_group(1)");
+    ncclResult_t r = ncclGroupEnd();
+    if (--cb->group_depth > 0) return nccl_fail(cb, err, r, "ncclGroupEnd");
+    for (size_t i = 0; i < cb->n_group_colls && (r == ncclSuccess || r == ncclInProgress); i++)
+        r = settle(cb->group_colls[i]->comm);
+    cb->n_group_colls = 0;
+    return nccl_fail(cb, err, r, "ncclGroupEnd");
 }
 
 int fs_nccl_check(void *self, fs_backend_coll *c, fs_error *err) {

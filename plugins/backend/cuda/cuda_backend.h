@@ -14,6 +14,7 @@
 #include "fastserve/backend.h"
 
 #define FS_GEMM_CACHE 64 /* matmul plans kept (a model has a dozen shapes) */
+#define FS_NCCL_GROUP_COLLS 16 /* communicators one coll_group may use */
 
 typedef struct gemm_plan gemm_plan;
 
@@ -32,6 +33,11 @@ typedef struct cuda_backend {
     pthread_mutex_t lock;       /* the plan cache, the cuBLAS handle's stream, sample's buffers */
     gemm_plan *plans;           /* (FS_GEMM_CACHE) */
     size_t n_plans, next_plan;
+    /* coll_nccl.c: inside coll_group(1) .. coll_group(0), the communicators
+     * the group's calls used, settled once ncclGroupEnd has queued them */
+    int group_depth;
+    fs_backend_coll *group_colls[FS_NCCL_GROUP_COLLS];
+    size_t n_group_colls;
 } cuda_backend;
 
 /* "cuda backend: what: the CUDA error" with FS_ERR_NOMEM for allocation

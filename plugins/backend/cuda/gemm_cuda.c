@@ -15,6 +15,7 @@
  * the plan says so and the call goes to cublasGemmStridedBatchedEx, the
  * bias to a kernel. The workspace serves the compute stream only: GEMMs on
  * other streams may run at the same time, and get algorithms without one. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,7 +130,7 @@ static int plan_make(cuda_backend *cb, gemm_plan *p, const gemm_key *k) {
         plan_release(p);
         return (int)st;
     }
-    if (k->bias) {
+    if (k->bias && k->align_bias >= 16) { /* cuBLASLt's bias epilogue reads the bias in 16-byte vectors */
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType_t bt = CUDA_R_32F;
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
@@ -173,9 +174,13 @@ static int check_args(const cuda_backend *cb, const fs_gemm_args *g, fs_error *e
     return FS_OK;
 }
 
-/* cuBLAS's strided batched GEMM, for what cuBLASLt had no algorithm for. */
+/* cuBLAS's strided batched GEMM, for what cuBLASLt had no algorithm for:
+ * its sizes are ints. */
 static int gemm_fallback(cuda_backend *cb, cudaStream_t s, const gemm_plan *p, const fs_gemm_args *g) {
     const gemm_key *k = &p->key;
+    if (k->m > INT_MAX || k->n > INT_MAX || k->k > INT_MAX || k->lda > INT_MAX || k->ldb > INT_MAX ||
+        k->ldc > INT_MAX || k->batch > INT_MAX)
+        return (int)CUBLAS_STATUS_NOT_SUPPORTED;
     cublasStatus_t st = cublasSetStream(cb->blas, s);
     if (!st) st = k->side_stream ? cublasSetWorkspace(cb->blas, NULL, 0)
                                  : cublasSetWorkspace(cb->blas, cb->workspace, cb->workspace_bytes);

@@ -3,6 +3,7 @@
  * in their order by one block: no atomics), and sampling (the rows'
  * probabilities sorted descending, ties by id, then each row's choice by
  * kernels_math.h's fs_sample_keep and fs_sample_pick, exactly the CPU's). */
+#include <limits.h>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 
@@ -38,6 +39,7 @@ int fs_cuda_embedding_backward(void *stream, float *dwte, const void *dout, cons
     int32_t *buf = NULL;
     void *temp = NULL;
     size_t temp_bytes = 0;
+    if (BT > (size_t)INT_MAX) return (int)cudaErrorInvalidValue; /* CUB's sort counts in int */
     int n = (int)BT;
     cudaError_t e = cub::DeviceRadixSort::SortPairs(NULL, temp_bytes, (const int32_t *)NULL, (int32_t *)NULL,
                                                     (const int32_t *)NULL, (int32_t *)NULL, n, 0, 32, s);
@@ -140,6 +142,7 @@ __global__ void row_offsets_kernel(int *off, size_t N, size_t V) {
 static cudaError_t sort_rows(cudaStream_t s, uint64_t *out, const uint64_t *in, size_t N, size_t V) {
     int *off = NULL;
     size_t temp_bytes = 0;
+    if (N * V > (size_t)INT_MAX) return cudaErrorInvalidValue; /* CUB's segmented sort counts in int */
     int n = (int)(N * V);
     cudaError_t e = cub::DeviceSegmentedRadixSort::SortKeys(NULL, temp_bytes, in, out, n, (int)N, off, off + 1, 0, 64,
                                                             s);
