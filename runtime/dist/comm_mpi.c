@@ -16,7 +16,7 @@
 
 typedef struct mpi_world {
     MPI_Comm world;
-    int local_size;
+    int local_size, local_rank; /* this machine's ranks, and this one among them */
 } mpi_world;
 
 struct fs_comm_group {
@@ -294,6 +294,7 @@ int fs_comm_mpi_start(fs_comm *c, double timeout_s, fs_error *err) {
     w->local_size = 1;
     if (MPI_Comm_split_type(w->world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) == MPI_SUCCESS) {
         MPI_Comm_size(local, &w->local_size);
+        MPI_Comm_rank(local, &w->local_rank);
         MPI_Comm_free(&local);
     }
     c->struct_size = sizeof *c;
@@ -320,6 +321,7 @@ int fs_comm_mpi_start(fs_comm *c, double timeout_s, fs_error *err) {
 }
 
 int fs_comm_mpi_local_size(const fs_comm *c) { return c && c->impl ? ((const mpi_world *)c->impl)->local_size : 1; }
+int fs_comm_mpi_local_rank(const fs_comm *c) { return c && c->impl ? ((const mpi_world *)c->impl)->local_rank : 0; }
 
 void fs_comm_mpi_finish(fs_comm *c) {
     if (!c || !c->impl) return;
@@ -351,6 +353,7 @@ int fs_comm_mpi_start(fs_comm *c, double timeout_s, fs_error *err) {
                         "rebuild");
 }
 int fs_comm_mpi_local_size(const fs_comm *c) { (void)c; return 1; }
+int fs_comm_mpi_local_rank(const fs_comm *c) { (void)c; return 0; }
 void fs_comm_mpi_finish(fs_comm *c) { (void)c; }
 void fs_comm_mpi_abort(fs_comm *c, int code) { (void)c, (void)code; }
 

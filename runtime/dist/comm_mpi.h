@@ -25,6 +25,9 @@ const char *fs_comm_mpi_version(void);
 int fs_comm_mpi_start(fs_comm *c, double timeout_s, fs_error *err);
 /* Ranks of this job on this machine (shared-memory node). */
 int fs_comm_mpi_local_size(const fs_comm *c);
+/* This rank among them (0 .. local_size - 1): which GPU of the machine it
+ * takes. */
+int fs_comm_mpi_local_rank(const fs_comm *c);
 /* Frees the world communicator and calls MPI_Finalize. */
 void fs_comm_mpi_finish(fs_comm *c);
 /* MPI_Abort on the world: every rank of the job ends with `code`. */

@@ -13,7 +13,7 @@
 #define FS_WORLD_DEFAULT_TIMEOUT_S 300.0
 
 static fs_comm g_comm;
-static int g_ready, g_mpi, g_rank, g_size = 1, g_local = 1;
+static int g_ready, g_mpi, g_rank, g_size = 1, g_local = 1, g_local_rank;
 static int g_silent; /* the last failed agreement left the report to another rank */
 static int g_failed_code, g_in_work;
 
@@ -67,6 +67,8 @@ int fs_world_start(fs_error *err) {
     int local;
     g_local = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", &local) && local > 0 ? local : fs_comm_mpi_local_size(&c);
     if (g_local < 1) g_local = 1;
+    g_local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", &local) && local >= 0 ? local : fs_comm_mpi_local_rank(&c);
+    if (g_local_rank >= g_local) g_local_rank = 0;
     return FS_OK;
 }
 
@@ -76,6 +78,7 @@ void fs_world_stop(void) {
     g_ready = 0;
     g_rank = 0;
     g_size = g_local = 1;
+    g_local_rank = 0;
     g_silent = g_failed_code = g_in_work = 0;
 }
 
@@ -87,6 +90,7 @@ fs_comm *fs_world_comm(void) {
 int fs_world_rank(void) { return g_rank; }
 int fs_world_size(void) { return g_size; }
 int fs_world_local_size(void) { return g_local; }
+int fs_world_local_rank(void) { return g_local_rank; }
 
 int fs_world_agree(int rc, int code, int *exit_code, fs_error *err) {
     *exit_code = rc ? code : 0;

@@ -33,6 +33,8 @@ int fs_world_rank(void);
 int fs_world_size(void);
 /* Ranks of this job on this machine (1 alone). */
 int fs_world_local_size(void);
+/* This rank among them (0 alone): one GPU per rank is the local rank's. */
+int fs_world_local_rank(void);
 
 /* Collective over every rank: each passes its own status `rc` and the exit
  * status it would end with (`code`: 2 configuration, 1 other). Returns 0

@@ -66,6 +66,8 @@ struct fs_device_gpt {
     int32_t *tokens;               /* (BT) host: the last forward's inputs, for the plugins (attention.h) */
     double *scalar;                /* one double on the device */
     int have_dlogits;
+    fs_device_gpt_grads_ready_fn ready; /* backward's progress, for collectives that overlap it */
+    void *ready_arg;
 };
 
 size_t fs_device_gpt_n_tensors(const fs_device_gpt *m) { return m->n_tensors; }
@@ -326,6 +328,28 @@ int fs_device_gpt_get_grads(fs_device_gpt *m, float *grads, fs_error *err) {
     return move_all(m, DG_GRAD, grads, 0, err);
 }
 
+int fs_device_gpt_set_grads(fs_device_gpt *m, const float *grads, fs_error *err) {
+    return move_all(m, DG_GRAD, (float *)grads, 1, err);
+}
+
+size_t fs_device_gpt_n_grad_buffers(const fs_device_gpt *m) {
+    size_t n = 1;
+    for (size_t i = 0; i < m->n_tensors; i++) n += m->tensors[i].grad != NULL;
+    return n;
+}
+
+float *fs_device_gpt_grad_buffer(fs_device_gpt *m, size_t i, size_t *n) {
+    *n = m->n_block;
+    if (i == 0) return m->grads;
+    for (size_t t = 0; t < m->n_tensors; t++)
+        if (m->tensors[t].grad && --i == 0) {
+            *n = m->tensors[t].numel;
+            return m->tensors[t].grad;
+        }
+    *n = 0;
+    return NULL;
+}
+
 int fs_device_gpt_get_logits(fs_device_gpt *m, float *logits, fs_error *err) {
     size_t n = m->BT * m->cfg.V;
     if (m->es == 4) return d2h(m, logits, m->logits, n * sizeof(float), err);
@@ -511,6 +535,20 @@ static int layer_backward(fs_device_gpt *m, size_t l, fs_error *err) {
     return rc;
 }
 
+void fs_device_gpt_on_grads_ready(fs_device_gpt *m, fs_device_gpt_grads_ready_fn fn, void *arg) {
+    m->ready = fn;
+    m->ready_arg = arg;
+}
+
+/* Block offset where layer l's tensors start (l = L: ln_f's). */
+static size_t layer_start(const fs_device_gpt *m, size_t l) {
+    return m->tensors[l < m->cfg.L ? 2 + l * N_LAYER_TENSORS : m->lnf].offset;
+}
+
+static int grads_ready(fs_device_gpt *m, size_t lo, size_t hi, fs_error *err) {
+    return m->ready && hi > lo ? m->ready(m->ready_arg, lo, hi, err) : FS_OK;
+}
+
 int fs_device_gpt_backward(fs_device_gpt *m, fs_error *err) {
     if (!m->have_dlogits)
         return fs_error_set(err, FS_ERR_INVALID, "device_gpt: backward needs a forward with targets first");
@@ -531,9 +569,16 @@ int fs_device_gpt_backward(fs_device_gpt *m, fs_error *err) {
     if (!rc) rc = vt->gemm(m->b->self, NULL, &gw, err);
     if (!rc) rc = vt->layernorm_backward(m->b->self, NULL, m->dres, dlnfw, dlnfw + C, m->dtmp, m->xout, lnfw,
                                          m->meanf, m->rstdf, BT, C, dt, err);
-    for (size_t l = m->cfg.L; l-- > 0 && !rc;) rc = layer_backward(m, l, err);
+    /* ln_f and an untied head are final now; each layer after its
+     * backward; the embeddings (the tied wte has the head's share) last */
+    if (!rc) rc = grads_ready(m, layer_start(m, m->cfg.L), m->n_block, err);
+    for (size_t l = m->cfg.L; l-- > 0 && !rc;) {
+        rc = layer_backward(m, l, err);
+        if (!rc) rc = grads_ready(m, layer_start(m, l), layer_start(m, l + 1), err);
+    }
     if (!rc) rc = vt->encoder_backward(m->b->self, NULL, m->grads, m->grads + m->tensors[1].offset, m->dres,
                                        m->inputs, m->B, m->cfg.T, C, 0, dt, err);
+    if (!rc) rc = grads_ready(m, 0, layer_start(m, 0), err);
     return rc;
 }
 

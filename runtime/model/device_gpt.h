@@ -78,6 +78,7 @@ size_t fs_device_gpt_n_params(const fs_device_gpt *m);
 int fs_device_gpt_set_params(fs_device_gpt *m, const float *params, fs_error *err);
 int fs_device_gpt_get_params(fs_device_gpt *m, float *params, fs_error *err);
 int fs_device_gpt_get_grads(fs_device_gpt *m, float *grads, fs_error *err);
+int fs_device_gpt_set_grads(fs_device_gpt *m, const float *grads, fs_error *err);
 /* (B, T, V) f32 logits of the last forward. */
 int fs_device_gpt_get_logits(fs_device_gpt *m, float *logits, fs_error *err);
 
@@ -91,6 +92,14 @@ int fs_device_gpt_forward_rows(fs_device_gpt *m, const int32_t *inputs, const in
 int fs_device_gpt_zero_grad(fs_device_gpt *m, fs_error *err);
 /* Accumulates every parameter's gradient (needs a forward with targets). */
 int fs_device_gpt_backward(fs_device_gpt *m, fs_error *err);
+/* Told by backward, as it queues them, that the gradients of block floats
+ * [lo, hi) are complete: ln_f with an untied head first, then each layer
+ * from the last, then the embeddings (the tied wte takes the head's share
+ * before). Queued, not run: what uses them goes on the model's stream or
+ * after an event recorded there, as DDP's buckets do. The plugins' own
+ * tensors are not reported. NULL: nothing called. */
+typedef int (*fs_device_gpt_grads_ready_fn)(void *arg, size_t lo, size_t hi, fs_error *err);
+void fs_device_gpt_on_grads_ready(fs_device_gpt *m, fs_device_gpt_grads_ready_fn fn, void *arg);
 /* One AdamW step (t 1-based), decay on the matrices and embeddings, of the
  * gradients scaled by grad_scale first (global-norm clipping). */
 int fs_device_gpt_adamw(fs_device_gpt *m, float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -106,6 +115,10 @@ int fs_device_gpt_grad_norm(fs_device_gpt *m, double *norm, fs_error *err);
 /* The gradient block on the device (the model's own tensors, without the
  * plugins'), for collectives. */
 float *fs_device_gpt_device_grads(fs_device_gpt *m);
+/* Every gradient buffer on the device, for collectives: 0 is the block,
+ * then each plugin tensor that has its own; *n gets its floats. */
+size_t fs_device_gpt_n_grad_buffers(const fs_device_gpt *m);
+float *fs_device_gpt_grad_buffer(fs_device_gpt *m, size_t i, size_t *n);
 /* Waits for everything queued. */
 int fs_device_gpt_sync(fs_device_gpt *m, fs_error *err);
 /* Flops of one training step (forward + backward) by the standard count:

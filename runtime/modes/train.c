@@ -353,7 +353,8 @@ static int micro_batch(train_run *r, size_t a, double *loss, fs_error *err) {
         r->t.busy_s += ps.busy_s;
         *loss = ps.n_loss ? ps.loss_sum / (double)ps.n_loss : 0.0;
     } else if (r->dev) {
-        rc = fs_train_device_micro_batch(r->dev, in, tg, r->local_B, 1.0f / (float)r->accum, loss, err);
+        rc = fs_train_device_micro_batch(r->dev, in, tg, r->local_B, 1.0f / (float)r->accum, a + 1 == r->accum, loss,
+                                         err);
     } else {
         rc = r->obj->fn(r->obj->arg, r->s, in, tg, r->local_B, r->T, 1.0f / (float)r->accum, loss, err);
     }
@@ -373,12 +374,15 @@ static int finish_gradients(train_run *r, double step_loss, double *loss, double
     const fs_model_part *part = fs_model_held(r->m);
     fs_session *s = r->s;
     int rc;
-    if (r->dev) { /* one process: nothing to finish across ranks */
-        double sumsq;
-        if ((rc = fs_train_device_grad_sumsq(r->dev, &sumsq, err))) return rc;
-        *loss = step_loss;
+    if (r->dev) { /* data parallelism alone: every rank then holds the mean gradient */
+        double t0 = fs_now(), sumsq, sums[2] = {step_loss * (double)r->local_B, (double)r->local_B};
+        if ((rc = fs_train_device_grads_finish(r->dev, err)) || (rc = fs_train_device_grad_sumsq(r->dev, &sumsq, err)))
+            return rc;
+        *wait_s += fs_now() - t0;
+        PAR_CALL(s, "reduce_sum", rc = r->pvt->reduce_sum(r->pself, sums, 2, err));
+        *loss = sums[0] / sums[1];
         *norm = sqrt(sumsq);
-        return FS_OK;
+        return rc;
     }
     double t0 = fs_now();
     /* the tied embedding's two copies (first and last stage) sum their gradients; an untied head is the

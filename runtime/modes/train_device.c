@@ -8,6 +8,7 @@
 
 #include "dist/world.h"
 #include "model/device_gpt.h"
+#include "modes/train_ranks.h"
 #include "session/device.h"
 
 /* [train] precision: the activations' type, how f32 GEMMs compute, and
@@ -32,7 +33,8 @@ struct fs_train_device {
     const precision *prec;
     fs_backend_device_info info;
     double flops_per_token;
-    char describe[256];
+    fs_train_ranks *ranks; /* data parallelism under mpirun, or NULL */
+    char describe[320];
 };
 
 static const precision *find_precision(const char *name) {
@@ -42,15 +44,22 @@ static const precision *find_precision(const char *name) {
 }
 
 /* Why the graph cannot train on a backend of device type `type` (empty:
- * it can): what model/device_gpt.h does not do, or one process's limit. */
+ * it can): what model/device_gpt.h does not do, or a parallel layout
+ * other than data parallelism. */
 static void unsupported(const fs_session *s, int lm, int32_t type, char *why, size_t cap) {
     why[0] = '\0';
     if (!lm) {
         snprintf(why, cap, "distillation trains on the runtime's own CPU kernels only");
-    } else if (fs_world_size() > 1) {
-        snprintf(why, cap, "%d ranks: training on a backend runs in one process (NCCL data parallelism is not "
-                           "built yet); run without mpirun",
-                 fs_world_size());
+    } else if (s->topo.tensor > 1 || s->topo.pipeline > 1) {
+        snprintf(why, cap,
+                 "tensor x%d, pipeline x%d: on a backend every rank holds the whole model and the ranks split the "
+                 "batch (data parallelism); tensor and pipeline parallelism run on the runtime's own CPU kernels",
+                 s->topo.tensor, s->topo.pipeline);
+    } else if (s->topo.data > 1 && fs_config_int(s->parallel.config, "zero")) {
+        snprintf(why, cap,
+                 "%s: ZeRO's optimizer shards run on the runtime's own CPU kernels; on a backend every rank keeps "
+                 "the whole optimizer state (set zero = 0)",
+                 fs_config_where(s->parallel.config, "zero"));
     } else if (s->mcfg.reversible) {
         snprintf(why, cap, "%s: reversible layers run on the runtime's own CPU kernels only",
                  fs_config_where(s->model_cfg, "reversible"));
@@ -129,6 +138,14 @@ static int create_model(fs_train_device *d, size_t B, fs_error *err) {
     return FS_OK;
 }
 
+/* Several ranks: their gradients averaged (train_ranks.h). */
+static int open_ranks(fs_train_device *d, fs_error *err) {
+    int rc = fs_train_ranks_open(&d->ranks, &d->b, d->m, d->s->comm, err);
+    size_t n = strlen(d->describe);
+    if (!rc && d->ranks) snprintf(d->describe + n, sizeof d->describe - n, ", %s", fs_train_ranks_describe(d->ranks));
+    return rc;
+}
+
 int fs_train_device_open(fs_train_device **out, fs_session *s, int lm, size_t B, fs_error *err) {
     *out = NULL;
     const fs_plugin *plugin;
@@ -142,6 +159,7 @@ int fs_train_device_open(fs_train_device **out, fs_session *s, int lm, size_t B,
     rc = fs_backend_handle_open_plugin(&d->b, plugin, (int)dev.index, d->prec->compute, err);
     if (!rc) rc = check_precision(d, err);
     if (!rc) rc = create_model(d, B, err);
+    if (!rc) rc = open_ranks(d, err);
     if (rc) {
         fs_train_device_close(d);
         return rc;
@@ -152,6 +170,7 @@ int fs_train_device_open(fs_train_device **out, fs_session *s, int lm, size_t B,
 
 void fs_train_device_close(fs_train_device *d) {
     if (!d) return;
+    fs_train_ranks_close(d->ranks);
     fs_device_gpt_destroy(d->m);
     fs_backend_handle_close(&d->b);
     free(d->layers);
@@ -170,7 +189,7 @@ double fs_train_device_peak_flops(const fs_train_device *d) {
 }
 
 /* The loop's optimizer holds the whole state in block order (one group per
- * tensor, no ZeRO shard: one process). */
+ * tensor, no ZeRO shard: every rank keeps all of it). */
 static int check_optimizer(const fs_train_device *d, const fs_optimizer *opt, fs_error *err) {
     if (opt->numel == fs_device_gpt_n_params(d->m) && opt->n_owned == opt->numel) return FS_OK;
     return fs_error_set(err, FS_ERR_RUNTIME, "device training: the optimizer holds %zu of %zu floats", opt->n_owned,
@@ -192,10 +211,13 @@ int fs_train_device_download(fs_train_device *d, fs_optimizer *opt, fs_error *er
 int fs_train_device_zero_grad(fs_train_device *d, fs_error *err) { return fs_device_gpt_zero_grad(d->m, err); }
 
 int fs_train_device_micro_batch(fs_train_device *d, const int32_t *inputs, const int32_t *targets, size_t B,
-                                float dscale, double *loss, fs_error *err) {
+                                float dscale, int last, double *loss, fs_error *err) {
     int rc = fs_device_gpt_forward_rows(d->m, inputs, targets, B, dscale, loss, err);
+    fs_train_ranks_arm(d->ranks, last);
     return rc ? rc : fs_device_gpt_backward(d->m, err);
 }
+
+int fs_train_device_grads_finish(fs_train_device *d, fs_error *err) { return fs_train_ranks_finish(d->ranks, err); }
 
 int fs_train_device_grad_sumsq(fs_train_device *d, double *sumsq, fs_error *err) {
     double norm;

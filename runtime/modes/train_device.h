@@ -13,6 +13,12 @@
  * sample, so checkpoints are the CPU path's (f32 safetensors that
  * transformers and every mode load).
  *
+ * Under mpirun the ranks split each batch (data parallelism): each holds
+ * the whole model on its own device (its local rank's GPU) and the
+ * gradients are averaged across ranks before the norm and AdamW, which
+ * then run identically everywhere. Tensor and pipeline parallelism and
+ * ZeRO stay on the CPU kernels.
+ *
  * What the device model does not do (model/device_gpt.h) keeps a graph on
  * the CPU: with device = auto it trains there, with a backend asked for
  * explicitly it is a configuration error naming the reason. */
@@ -48,9 +54,13 @@ int fs_train_device_download(fs_train_device *d, fs_optimizer *opt, fs_error *er
 
 int fs_train_device_zero_grad(fs_train_device *d, fs_error *err);
 /* Forward, loss and backward of B rows (B, T); gradients accumulate,
- * scaled by dscale; *loss is the unscaled mean. */
+ * scaled by dscale; *loss is the unscaled mean. `last`: the step's last
+ * micro-batch, whose backward starts the ranks' all-reduces. */
 int fs_train_device_micro_batch(fs_train_device *d, const int32_t *inputs, const int32_t *targets, size_t B,
-                                float dscale, double *loss, fs_error *err);
+                                float dscale, int last, double *loss, fs_error *err);
+/* Data parallelism under mpirun: every rank's gradients made their mean
+ * over the ranks (modes/train_ranks.h). Nothing on one rank. */
+int fs_train_device_grads_finish(fs_train_device *d, fs_error *err);
 /* The sum of squares of every gradient. */
 int fs_train_device_grad_sumsq(fs_train_device *d, double *sumsq, fs_error *err);
 /* AdamW at lr on the gradients scaled by grad_scale (clipping), as step

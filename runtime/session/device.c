@@ -10,6 +10,7 @@
 
 #include "fastserve/backend.h"
 #include "core/schema.h"
+#include "dist/world.h"
 
 /* The device types a graph names, and whether ":N" may follow. */
 static const struct {
@@ -39,6 +40,7 @@ int fs_device_parse(const char *text, fs_device_request *out) {
         unsigned long index = strtoul(p + 1, &end, 10);
         if (*end || errno || index > INT32_MAX) return -1;
         out->device.index = (int32_t)index;
+        out->indexed = 1;
         return 0;
     }
     return -1;
@@ -76,8 +78,29 @@ static int find_backend(fs_session *s, const fs_config *cfg, int32_t type, const
     return FS_OK;
 }
 
-/* cuda:N asked: the backend and the device exist, or why not, as a
- * configuration error. */
+/* Under mpirun each rank of a machine takes its own GPU, its local rank's
+ * (NCCL's communicators refuse two ranks on one device): `cuda` means that
+ * one, and naming one GPU for all of them is an error. */
+static int rank_device(const fs_device_request *want, int count, const char *where, int *index, fs_error *err) {
+    int ranks = fs_world_local_size();
+    *index = (int)want->device.index;
+    if (ranks == 1) return FS_OK;
+    if (want->indexed)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: cuda:%d names one GPU, but %d ranks run on this machine and each needs its own: "
+                            "set device = cuda (rank r of the machine takes cuda:r)",
+                            where, *index, ranks);
+    if (ranks > count)
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "%s: %d ranks run on this machine but %d CUDA device%s visible: one GPU per rank; start "
+                            "at most %d ranks per machine (mpirun -np, or --map-by ppr:%d:node)",
+                            where, ranks, count, count == 1 ? " is" : "s are", count, count);
+    *index = fs_world_local_rank();
+    return FS_OK;
+}
+
+/* cuda[:N] asked: the backend and the device exist, or why not, as a
+ * configuration error; the rank's device chosen. */
 static int check_cuda(fs_session *s, const fs_config *cfg, const fs_device_request *want, fs_error *err) {
     const char *where = fs_config_where(s->run_cfg, "device");
     const fs_plugin *p;
@@ -90,18 +113,19 @@ static int check_cuda(fs_session *s, const fs_config *cfg, const fs_device_reque
                             "install the toolkit and rebuild (cmake finds nvcc), or set device = cpu",
                             where, missing.message);
     const fs_backend_vtable *vt = p->desc->vtable;
-    int count = 0;
+    int count = 0, index;
     fs_error perr = {0};
     if (vt->device_count(&count, &perr)) count = 0;
-    int index = (int)want->device.index;
     if (count == 0)
         return fs_error_set(err, FS_ERR_INVALID,
                             "%s: no CUDA device is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them); "
                             "set device = cpu, or auto to use a GPU only where there is one",
                             where);
+    if ((rc = rank_device(want, count, where, &index, err))) return rc;
     if (index >= count)
         return fs_error_set(err, FS_ERR_INVALID, "%s: cuda:%d asked, but %d CUDA device%s visible (cuda:0 .. cuda:%d)",
                             where, index, count, count == 1 ? " is" : "s are", count - 1);
+    s->backend.device.index = index;
     return FS_OK;
 }
 
@@ -156,7 +180,6 @@ int fs_session_backend(fs_session *s, const fs_plugin **plugin, fs_device *devic
         *device = s->backend.device;
         return find_backend(s, s->backend.config, device->type, plugin, &missing, err);
     }
-    /* auto with a named plugin: that plugin, on its own device type */
     /* auto: the named backend, else the cuda one, where it is built and
      * sees a device */
     const fs_plugin *p = NULL;
@@ -172,7 +195,11 @@ int fs_session_backend(fs_session *s, const fs_plugin **plugin, fs_device *devic
     int count = 0;
     if (!rc && p && ((const fs_backend_vtable *)p->desc->vtable)->device_count(&count, &missing)) count = 0;
     if (rc || count == 0) return rc;
+    /* a GPU for each rank of the machine, or none of them takes one: ranks
+     * that chose differently would not be one job (CPU ranks share it) */
+    int32_t type = ((const fs_backend_vtable *)p->desc->vtable)->device_type;
+    if (type != FS_DEVICE_CPU && count < fs_world_local_size()) return FS_OK;
     *plugin = p;
-    *device = (fs_device){((const fs_backend_vtable *)p->desc->vtable)->device_type, 0};
+    *device = (fs_device){type, type == FS_DEVICE_CPU ? 0 : fs_world_local_rank()};
     return FS_OK;
 }

@@ -8,8 +8,10 @@
  *             [backend] plugin naming one, the model through that backend
  *             plugin's ops (model/device_gpt.h): how a CPU backend, the
  *             runtime's or a third party's, is tried end to end
- *   cuda      cuda:0
- *   cuda:N    the N-th visible CUDA device (CUDA_VISIBLE_DEVICES applies)
+ *   cuda      cuda:0; under mpirun, one GPU per rank: the rank's local
+ *             rank among the ranks on its machine (NCCL's rule)
+ *   cuda:N    the N-th visible CUDA device (CUDA_VISIBLE_DEVICES applies);
+ *             one process per machine only, since ranks cannot share it
  *
  * Asking for CUDA where there is none is a configuration error naming the
  * key, its value, what is missing and the fix: no cuda backend in this
@@ -24,6 +26,7 @@
 typedef struct fs_device_request {
     int automatic;    /* auto: `device` is unset */
     fs_device device; /* cpu or cuda:N */
+    int indexed;      /* cuda:N rather than cuda */
 } fs_device_request;
 
 /* 0, or -1 when `text` is none of the forms above. */

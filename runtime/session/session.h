@@ -48,7 +48,7 @@ typedef struct fs_session {
     fs_device device;               /* the CPU model's device: the CPU (session/device.h) */
     struct {                        /* [run] device and [backend] as asked (session/device.h) */
         int automatic;              /* device = auto */
-        fs_device device;           /* cpu or cuda:N */
+        fs_device device;           /* cpu or cuda:N (under mpirun: the local rank's GPU) */
         fs_config *config;          /* [backend] */
     } backend;
 } fs_session;

@@ -15,7 +15,10 @@
 #    read by --mode eval on the CPU within 0.05 of the device's own
 #    validation loss;
 #  - device = auto trains on the GPU; the summary names backend, precision
-#    and MFU.
+#    and MFU;
+#  - with 2 GPUs and mpirun: 2 ranks (one GPU each, gradients summed by
+#    NCCL on device buffers, dist/comm_coll.c) against the one-GPU fp32
+#    run, losses within 1e-4 and norms within 1e-3; said skipped otherwise.
 . "$(dirname "$0")/../e2e/lib.sh"
 
 standard_data
@@ -75,5 +78,17 @@ assert_close "$(json_last "$E2E_OUT" loss)" "$(json_last bf16.out val_loss)" 0.0
 
 assert_exit 0 "$FSRUN" g.ini --set run.device=auto --set run.out=auto --set train.steps=2
 assert_eq "$(json_last "$E2E_OUT" backend)" cuda "device = auto trains on the GPU"
+
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [ "${gpus:-0}" -ge 2 ] && command -v mpirun >/dev/null 2>&1; then
+    . "$(dirname "$0")/../e2e/mpi.sh"
+    mpi_run 2 g.ini --set run.device=cuda --set parallel.plugin=data --set run.out=nccl2
+    [ "$E2E_RC" = 0 ] || { show_last; die "2 ranks on cuda failed"; }
+    assert_contains "$(cat "$E2E_ERR")" "gradients averaged over 2 ranks by nccl, per layer during backward" "2 ranks: gradients summed by NCCL"
+    steps_close fp32 nccl2 loss 1e-4 && ok "NCCL x2: losses within 1e-4 of one GPU's" || fail "NCCL x2: losses differ"
+    steps_close fp32 nccl2 grad_norm 1e-3 && ok "NCCL x2: gradient norms within 1e-3" || fail "NCCL x2: norms differ"
+else
+    echo "skipped (NCCL data parallelism): needs 2 GPUs and mpirun, found ${gpus:-0} GPU(s)"
+fi
 
 e2e_finish
