@@ -14,18 +14,22 @@
  *      a backend that does not know its own, such as the CPU: give it
  *      build/bench/bench_peak's figure). Device memory in use after the
  *      model is made, where the backend reports it.
- *   2. Dense attention forward and forward + backward at each T (B = 1):
- *      median ms and the bytes forward saves for backward, which stay O(T)
- *      (a saved log-sum-exp per row, no T x T buffer), with the device
- *      memory in use where the backend reports it.
+ *   2. Dense attention forward and forward + backward at each T (batch
+ *      attention_batch, default 1; f32 or, with attention_dtype=bf16, bf16
+ *      tensors as mixed-precision training hands them): median ms, TFLOP/s
+ *      (causal forward 2 B H T^2 D, backward 2.5 times that, the count
+ *      FlashAttention's papers use) and the bytes forward saves for
+ *      backward, which stay O(T) (a saved log-sum-exp per row, no T x T
+ *      buffer), with the device memory in use where the backend reports it.
  *
  * It prints tables and asserts nothing about speed (medians of `reps`
  * runs); it exits 1 when training's loss is not finite, and 77 when the
  * backend's plugin is built but sees no device.
  *
  * Usage: bench_backend [backend=cpu|cuda] [device=0] [shape=tiny|quickstart|gpt2] [B=] [T=]
- *                      [steps=10] [precisions=fp32,tf32,bf16] [attention=1024,2048,...|0]
- *                      [heads=12] [head_dim=64] [reps=5] [peak_tflops=0] [threads=0]
+ *                      [steps=10] [precisions=fp32,tf32,bf16|none] [attention=1024,2048,...|0]
+ *                      [heads=12] [head_dim=64] [attention_batch=1] [attention_dtype=f32|bf16]
+ *                      [reps=5] [peak_tflops=0] [threads=0]
  * (threads: the CPU's, as fsrun's [run] threads; 0 adapts to the free cores) */
 #include <math.h>
 #include <stdio.h>
@@ -33,6 +37,7 @@
 #include <string.h>
 
 #include "compute/blas.h"
+#include "fastserve/bf16.h"
 #include "core/host.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -68,8 +73,9 @@ typedef struct opts {
     const char *backend;
     int device;
     shape s;
-    size_t steps, reps, heads, head_dim, Ts[MAX_T], nT;
+    size_t steps, reps, heads, head_dim, Ts[MAX_T], nT, attn_batch;
     int want[N_PRECISIONS], threads;
+    int32_t attn_dtype;
     double peak_tflops;
 } opts;
 
@@ -201,39 +207,43 @@ typedef struct attn_case {
     void *self;
     fs_plugin_ctx ctx;
     fs_attention_args a;
-    void *buf[8]; /* q k v out dout dq dk dv, (1, H, T, D) f32 on the device */
+    void *buf[8]; /* q k v out dout dq dk dv, (B, H, T, D) on the device */
 } attn_case;
 
 static void attn_open(attn_case *c, fs_backend_handle *b, const opts *o, size_t T) {
     fs_error err = {0};
     const fs_plugin *p;
-    size_t H = o->heads, D = o->head_dim, n = H * T * D;
+    size_t B = o->attn_batch, H = o->heads, D = o->head_dim, n = B * H * T * D;
+    size_t es = o->attn_dtype == FS_DTYPE_BF16 ? sizeof(fs_bf16) : sizeof(float);
     memset(c, 0, sizeof *c);
     c->b = b;
     if (fs_plugin_registry_get(&b->reg, FS_PLUGIN_ATTENTION, "dense", &p, &err)) die("dense attention", &err);
     c->vt = p->desc->vtable;
     fs_plugin_ctx_init(&c->ctx, &b->host, NULL, "layer0.attention", "dense");
-    fs_attention_config ac = {sizeof ac, 0, H, D, H * D, T, 1, b->device, FS_DTYPE_F32};
+    fs_attention_config ac = {sizeof ac, 0, H, D, H * D, T, 1, b->device, o->attn_dtype};
     if (c->vt->create(&c->self, &b->host.api, &c->ctx, &ac, &err)) die("dense attention", &err);
     float *host = malloc(n * sizeof *host);
     fs_rng g;
     fs_rng_seed(&g, T);
     for (size_t i = 0; i < 8; i++) {
         for (size_t j = 0; j < n; j++) host[j] = fs_rng_normal(&g);
-        if (b->vt->alloc(b->self, &c->buf[i], n * sizeof(float), FS_MEM_DEVICE, &err) ||
-            b->vt->copy(b->self, NULL, c->buf[i], host, n * sizeof(float), FS_COPY_HOST_TO_DEVICE, &err))
+        if (es != sizeof(float)) /* bf16 in place: the first half of host */
+            for (size_t j = 0; j < n; j++) ((fs_bf16 *)host)[j] = fs_bf16_from_f32(host[j]);
+        if (b->vt->alloc(b->self, &c->buf[i], n * es, FS_MEM_DEVICE, &err) ||
+            b->vt->copy(b->self, NULL, c->buf[i], host, n * es, FS_COPY_HOST_TO_DEVICE, &err))
             die("attention buffers", &err);
     }
     free(host);
     fs_tensor *t[8] = {&c->a.q, &c->a.k, &c->a.v, &c->a.out, &c->a.dout, &c->a.dq, &c->a.dk, &c->a.dv};
     for (size_t i = 0; i < 8; i++) {
-        *t[i] = fs_tensor_cpu_f32(c->buf[i], 4, 1, H, T, D);
+        *t[i] = fs_tensor_cpu_f32(c->buf[i], 4, B, H, T, D);
+        t[i]->dtype = o->attn_dtype;
         t[i]->device = b->device;
     }
     c->a.struct_size = sizeof c->a;
-    c->a.B = 1;
+    c->a.B = B;
     c->a.T = T;
-    if (b->vt->alloc(b->self, &c->a.saved, c->vt->saved_bytes(c->self, 1, T), FS_MEM_DEVICE, &err))
+    if (b->vt->alloc(b->self, &c->a.saved, c->vt->saved_bytes(c->self, B, T), FS_MEM_DEVICE, &err))
         die("attention saved state", &err);
 }
 
@@ -254,14 +264,17 @@ static double attn_run(attn_case *c, int both) {
 }
 
 static void bench_attention(fs_backend_handle *b, const opts *o) {
-    printf("\n### Dense attention, causal, B 1, H %zu, D %zu, f32: median of %zu\n\n", o->heads, o->head_dim,
-           o->reps);
-    printf("| T | forward ms | forward + backward ms | saved MiB | device MiB in use |\n|---|---|---|---|---|\n");
+    size_t B = o->attn_batch, H = o->heads, D = o->head_dim;
+    printf("\n### Dense attention, causal, B %zu, H %zu, D %zu, %s: median of %zu\n\n", B, H, D,
+           o->attn_dtype == FS_DTYPE_BF16 ? "bf16" : "f32", o->reps);
+    printf("| T | forward ms | forward TFLOP/s | forward + backward ms | TFLOP/s | saved MiB | device MiB in use |\n"
+           "|---|---|---|---|---|---|---|\n");
     double *t = malloc(o->reps * sizeof *t);
     for (size_t i = 0; i < o->nT; i++) {
-        double before = used_mib(b);
+        size_t T = o->Ts[i];
+        double before = used_mib(b), fwd_flop = 2.0 * (double)(B * H * D) * (double)T * (double)T;
         attn_case c;
-        attn_open(&c, b, o, o->Ts[i]);
+        attn_open(&c, b, o, T);
         attn_run(&c, 1); /* faults memory in, loads kernels */
         for (size_t r = 0; r < o->reps; r++) t[r] = attn_run(&c, 0);
         double fwd = median(t, o->reps);
@@ -269,8 +282,8 @@ static void bench_attention(fs_backend_handle *b, const opts *o) {
         double fb = median(t, o->reps), mem = before < 0 ? -1.0 : used_mib(b) - before;
         char mems[32] = "-";
         if (mem >= 0) snprintf(mems, sizeof mems, "%.1f", mem);
-        printf("| %zu | %.3f | %.3f | %.2f | %s |\n", o->Ts[i], fwd * 1e3, fb * 1e3,
-               (double)c.vt->saved_bytes(c.self, 1, o->Ts[i]) / (1024.0 * 1024.0), mems);
+        printf("| %zu | %.3f | %.2f | %.3f | %.2f | %.2f | %s |\n", T, fwd * 1e3, fwd_flop / fwd * 1e-12, fb * 1e3,
+               3.5 * fwd_flop / fb * 1e-12, (double)c.vt->saved_bytes(c.self, B, T) / (1024.0 * 1024.0), mems);
         attn_close(&c);
     }
     free(t);
@@ -288,8 +301,16 @@ static int parse_sizes(const char *s, size_t *v, size_t cap, size_t *n) {
     return 1;
 }
 
+static int parse_dtype(int32_t *dtype, const char *s) {
+    if (!strcmp(s, "f32")) *dtype = FS_DTYPE_F32;
+    else if (!strcmp(s, "bf16")) *dtype = FS_DTYPE_BF16;
+    else return 0;
+    return 1;
+}
+
 static int parse_precisions(opts *o, const char *s) {
     memset(o->want, 0, sizeof o->want);
+    if (!strcmp(s, "none")) return 1; /* attention only */
     for (const char *end; *s; s = *end ? end + 1 : end) {
         end = s + strcspn(s, ",");
         size_t i = 0;
@@ -325,6 +346,8 @@ static int parse_arg(opts *o, const char *a) {
     else if (KEY("reps")) return (o->reps = strtoul(v, NULL, 10)) > 0;
     else if (KEY("heads")) return (o->heads = strtoul(v, NULL, 10)) > 0;
     else if (KEY("head_dim")) return (o->head_dim = strtoul(v, NULL, 10)) > 0;
+    else if (KEY("attention_batch")) return (o->attn_batch = strtoul(v, NULL, 10)) > 0;
+    else if (KEY("attention_dtype")) return parse_dtype(&o->attn_dtype, v);
     else if (KEY("precisions")) return parse_precisions(o, v);
     else if (KEY("attention")) return parse_sizes(v, o->Ts, MAX_T, &o->nT);
     else if (KEY("peak_tflops")) return (o->peak_tflops = atof(v)) >= 0;
@@ -336,13 +359,14 @@ static int parse_arg(opts *o, const char *a) {
 
 int main(int argc, char **argv) {
     opts o = {.backend = "cpu", .s = SHAPES[0], .steps = 10, .reps = 5, .heads = 12, .head_dim = 64,
-              .Ts = {256, 1024}, .nT = 2, .want = {1, 1, 1}};
+              .Ts = {256, 1024}, .nT = 2, .want = {1, 1, 1}, .attn_batch = 1, .attn_dtype = FS_DTYPE_F32};
     for (int i = 1; i < argc; i++)
         if (!parse_arg(&o, argv[i])) {
             fprintf(stderr, "bench_backend: bad argument '%s' (T must come after shape and fit its context)\n"
                             "usage: bench_backend [backend=cpu|cuda] [device=0] [shape=tiny|quickstart|gpt2] [B=] "
                             "[T=] [steps=10] [precisions=fp32,tf32,bf16] [attention=256,1024|0] [heads=12] "
-                            "[head_dim=64] [reps=5] [peak_tflops=0] [threads=0]\n", argv[i]);
+                            "[head_dim=64] [attention_batch=1] [attention_dtype=f32|bf16] [reps=5] [peak_tflops=0] "
+                            "[threads=0]\n", argv[i]);
             return 2;
         }
     fs_blas_fix_coretype(argv, NULL); /* OpenBLAS's kernels and waits as fsrun sets them (may re-execute) */
@@ -359,7 +383,9 @@ int main(int argc, char **argv) {
     printf("bench_backend: %s backend, %s; peak TFLOP/s fp32 %.1f, tf32 %.1f, bf16 %.1f%s\n", o.backend, info.name,
            info.peak_tflops_f32, info.peak_tflops_tf32, info.peak_tflops_bf16,
            o.peak_tflops > 0 ? " (MFU over peak_tflops= instead)" : "");
-    int bad = bench_training(&b, &o);
+    int any = 0;
+    for (size_t i = 0; i < N_PRECISIONS; i++) any |= o.want[i];
+    int bad = any ? bench_training(&b, &o) : 0;
     if (o.nT) bench_attention(&b, &o);
     fs_backend_handle_close(&b);
     return bad;

@@ -7,6 +7,11 @@
 #
 #   scripts/gpu-check.sh [OUT]        OUT: where the log goes (default build-gpu)
 #
+# FS_GPU_BUILD=DIR uses a build made elsewhere (cmake -DFS_WITH_CUDA=ON
+# -DFS_WERROR=ON, same source path) as it is, for a GPU machine that has
+# the toolkit's runtime but not the host libraries FastServe builds with;
+# step 2 is then skipped.
+#
 # 1. the device as the driver sees it (nvidia-smi);
 # 2. a Release build with nvcc (sm_80 and sm_90, warnings as errors) in build-gpu;
 # 3. the GPU tests (ctest -L gpu): each must pass, not skip (test_gpu_train:
@@ -14,13 +19,15 @@
 # 4. the benchmark: GPT-2-small training (124 M parameters, vocab 50257,
 #    T = 1024, B = 8) in fp32, tf32 and bf16 (tokens/s, MFU over the
 #    device's peak) and dense attention forward + backward from 1k to 16k
-#    (build-gpu/bench/bench_backend; about a minute on an H100). Its tables go
+#    ("$bd"/bench/bench_backend; about a minute on an H100). Its tables go
 #    to $OUT/bench-backend.md for the README;
 # 5. fsrun itself training the GPT-2-small shape with the byte vocabulary
 #    (86 M parameters, T = 1024, B = 8) on synthetic text for 30 steps in
 #    fp32, tf32 and bf16: the summary lines (tokens/s, model TFLOP/s, MFU)
 #    go to $OUT/fsrun-train.md;
-# 6. compute-sanitizer, when the toolkit has it: memcheck and racecheck
+# 6. Nsight Compute over the three dense attention kernels (speed of light,
+#    occupancy) into $OUT/ncu-attention.txt, when the toolkit has ncu;
+# 7. compute-sanitizer, when the toolkit has it: memcheck and racecheck
 #    over test_gpu_gpt, memcheck over test_gpu_ops and test_gpu_attention.
 # Every timed step is capped, and by the time left before BUDGET_S (default
 # 540 s, so one call of a metered machine's 10-minute limit holds it all): a
@@ -59,21 +66,36 @@ if ! run nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --f
   exit 1
 fi
 
-step "build (Release, -Werror, CUDA)"
-run cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFS_WERROR=ON -DFS_WITH_CUDA=ON >/dev/null || exit 1
-run cmake --build build-gpu -j"$(nproc)" || exit 1
+bd=${FS_GPU_BUILD:-build-gpu}
+if [ -n "${FS_GPU_BUILD:-}" ]; then
+  step "build: using $bd as it is (FS_GPU_BUILD)"
+  grep -q "FS_WITH_CUDA:BOOL=ON" "$bd/CMakeCache.txt" || { echo "gpu-check: $bd is not a CUDA build" | tee -a "$log"; exit 1; }
+else
+  step "build (Release, -Werror, CUDA)"
+  run cmake -S . -B "$bd" -DCMAKE_BUILD_TYPE=Release -DFS_WERROR=ON -DFS_WITH_CUDA=ON >/dev/null || exit 1
+  run cmake --build "$bd" -j"$(nproc)" || exit 1
+fi
 
 step "GPU tests"
-run timeout "$(cap 300)" ctest --test-dir build-gpu -L gpu --output-on-failure || status=1
+run timeout "$(cap 300)" ctest --test-dir "$bd/tests/gpu" -L gpu -j4 --output-on-failure || status=1
 if grep -q "Not Run\|Skipped" "$log"; then
   echo "gpu-check: a GPU test skipped on a machine with a device" | tee -a "$log"
   status=1
 fi
 
 if budgeted 180 "bench: GPT-2-small training and dense attention on cuda"; then
-  (timeout "$t" build-gpu/bench/bench_backend backend=cuda shape=gpt2 steps=10 reps=5 \
+  (timeout "$t" "$bd"/bench/bench_backend backend=cuda shape=gpt2 steps=10 reps=5 \
     attention=1024,2048,4096,8192,16384 | tee "$out/bench-backend.md") 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  # attention as bf16 training hands it over (B 8, T 1024: GPT-2-small's
+  # step) and at long T: its share of the step, and the kernels' TFLOP/s
+  for a in "attention=1024 attention_batch=8" "attention=1024,4096,16384"; do
+    left=$(cap 60)
+    [ "$left" -gt 5 ] || break
+    (timeout "$left" "$bd"/bench/bench_backend backend=cuda precisions=none reps=5 attention_dtype=bf16 $a |
+      tail -n +2 | tee -a "$out/bench-backend.md") 2>&1 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  done
 fi
 
 if budgeted 150 "fsrun train: GPT-2-small shape, byte vocabulary, on cuda"; then
@@ -93,10 +115,20 @@ open('$work/train.txt', 'w').write(' '.join(r.choice(words) for _ in range(80000
   for p in fp32 tf32 bf16; do
     left=$((deadline - SECONDS))
     [ "$left" -gt 5 ] || { echo "fsrun train $p: no time left" | tee -a "$log"; status=1; break; }
-    echo "precision $p: $(timeout "$left" build-gpu/fsrun "$work/g.ini" --set train.precision=$p 2>>"$log" | tail -n1)" |
+    echo "precision $p: $(timeout "$left" "$bd"/fsrun "$work/g.ini" --set train.precision=$p 2>>"$log" | tail -n1)" |
       tee -a "$out/fsrun-train.md" "$log"
     grep -q "precision $p: {" "$out/fsrun-train.md" || status=1
   done
+fi
+
+# where the attention kernels' time goes (Nsight Compute, when present):
+# speed of light and occupancy of each of the three kernels once
+ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+if [ -x "$ncu" ] && budgeted 60 "ncu: the dense attention kernels, B 8, T 1024, bf16"; then
+  (timeout "$t" "$ncu" --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+    -k regex:fa_ -c 3 "$bd"/bench/bench_backend backend=cuda precisions=none reps=1 attention=1024 \
+    attention_batch=8 attention_dtype=bf16 > "$out/ncu-attention.txt" 2>&1) || status=1
+  grep -E "fa_|Duration|Throughput|Achieved Occupancy|Registers Per|Block Limit" "$out/ncu-attention.txt" | tee -a "$log"
 fi
 
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -106,7 +138,7 @@ if [ -x "$sanitizer" ]; then
                "memcheck test_gpu_attention 120"; do
     set -- $check
     budgeted "$3" "compute-sanitizer --tool $1 $2" || continue
-    (cd build-gpu/tests/gpu && FS_PLUGIN_PATH="$PWD/../../plugins" \
+    (cd "$bd"/tests/gpu && FS_PLUGIN_PATH="$PWD/../../plugins" \
       run timeout "$t" "$sanitizer" --tool "$1" --error-exitcode 9 "./$2") || status=1
   done
 else

@@ -14,6 +14,14 @@ int fs_backend_handle_open_plugin(fs_backend_handle *b, const fs_plugin *plugin,
                             index, count);
     b->device.type = b->vt->device_type;
     b->device.index = index;
+    /* a second would take the host API's device memory and stream from
+     * under the first's attention plugins: their kernels would run on the
+     * other instance's stream, unordered with the first's ops */
+    if (b->device.type != FS_DEVICE_CPU && fs_host_backend())
+        return fs_error_set(err, FS_ERR_INVALID,
+                            "backend %s: another device backend is open in this process; one at a time (the host "
+                            "API's device memory and stream are process-wide): close it first",
+                            plugin->desc->name);
     fs_host_init(&b->host, 1234);
     fs_plugin_ctx_init(&b->ctx, &b->host, NULL, "backend", plugin->desc->name);
     fs_backend_config cfg = {sizeof cfg, b->device};
@@ -37,7 +45,7 @@ int fs_backend_handle_open(fs_backend_handle *b, const char *name, int index, in
 
 void fs_backend_handle_close(fs_backend_handle *b) {
     if (b->self) {
-        if (b->device.type != FS_DEVICE_CPU) fs_host_set_backend(NULL, NULL, 0, 0);
+        if (b->device.type != FS_DEVICE_CPU && fs_host_backend() == b->self) fs_host_set_backend(NULL, NULL, 0, 0);
         b->vt->destroy(b->self);
     }
     fs_plugin_registry_release(&b->reg);

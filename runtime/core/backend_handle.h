@@ -6,7 +6,8 @@
  * memory, sgemm and device_stream serve that device (fs_host_set_backend),
  * so attention plugins handed its tensors allocate there and queue their
  * kernels on the model's stream. One such handle at a time per process:
- * the device is process-wide, as CUDA's current device is. */
+ * the device is process-wide, as CUDA's current device is; opening a second
+ * while one is open is refused (FS_ERR_INVALID). */
 #ifndef FS_BACKEND_HANDLE_H
 #define FS_BACKEND_HANDLE_H
 

@@ -103,6 +103,8 @@ void fs_host_set_backend(const fs_backend_vtable *vt, void *self, int32_t index,
     g_device.compute = compute;
 }
 
+const void *fs_host_backend(void) { return g_device.self; }
+
 /* The backend for tensors on `dev`, or NULL (the CPU, or no backend there). */
 static const fs_backend_vtable *device_backend(fs_device dev) {
     if (dev.type == FS_DEVICE_CPU || !g_device.vt) return NULL;

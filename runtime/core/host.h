@@ -50,6 +50,8 @@ void fs_log_set_level(int level);
  * type and process ([run] device); NULL vt removes it. sgemm computes as
  * `compute` says (fs_gemm_compute: the run's [train] precision). */
 void fs_host_set_backend(const fs_backend_vtable *vt, void *self, int32_t index, int32_t compute);
+/* The instance fs_host_set_backend last installed, or NULL. */
+const void *fs_host_backend(void);
 
 /* Monotonic seconds. */
 double fs_now(void);

@@ -215,6 +215,17 @@ static inline void gc_get(const gc_buf *b, float *got, float *want) {
     gc_download(&g_gc.ref, want, b->r, b->n * sizeof(float));
 }
 
+/* The reference's values rounded to bf16 in place, as the dut stored them:
+ * for an output that is the next op's input. */
+static inline void gc_round_ref(const gc_buf *b) {
+    if (b->dtype != FS_DTYPE_BF16) return;
+    float *x = test_fvec(b->n);
+    gc_download(&g_gc.ref, x, b->r, b->n * sizeof(float));
+    gc_round_bf16(x, b->n);
+    gc_write_dt(&g_gc.ref, b->r, x, b->n, FS_DTYPE_F32);
+    free(x);
+}
+
 static inline void gc_drop(gc_buf *b) {
     gc_free(&g_gc.dut, b->d);
     gc_free(&g_gc.ref, b->r);
@@ -223,15 +234,17 @@ static inline void gc_drop(gc_buf *b) {
 
 /* ---- comparison ---- */
 
-/* |got - want| <= of_max * max|want| + rel * |want|: `rel` bounds what
+/* |got - want| <= abs + of_max * max|want| + rel * |want|: `rel` bounds what
  * rounds element by element, `of_max` what a sum over many terms leaves
  * (its error scales with the terms, not with a result that cancelled).
  * `rounded`: the dut rounds to bf16, once, what the reference computes in
  * f32 with the same IEEE operations (an addition, a copy), so the
- * reference rounded the same way must equal it. */
+ * reference rounded the same way must equal it. `abs`: a floor for
+ * results that can cancel all the way, stated from their terms' size. */
 typedef struct gc_tol {
     double rel, of_max;
     int rounded;
+    double abs;
 } gc_tol;
 
 /* One value against a definition: |got - want| <= tol; `at` says where. */
@@ -247,11 +260,11 @@ static inline void gc_near(const char *what, size_t at, double got, double want,
  * errors of random sign grow as sqrt(n); 1e-5 of the largest result covers
  * 8 sqrt(n) u for n up to ~400 terms whose partial sums stay near the
  * result's scale. Transcendentals (expf, tanhf) differ by a few ulp. */
-static const gc_tol GC_F32_SUMS = {1e-5, 1e-5, 0};
+static const gc_tol GC_F32_SUMS = {1e-5, 1e-5, 0, 0};
 /* The same with one bf16 rounding of the result on the dut. */
-static const gc_tol GC_BF16_SUMS = {GC_U_BF16 + 1e-5, 1e-5, 0};
+static const gc_tol GC_BF16_SUMS = {GC_U_BF16 + 1e-5, 1e-5, 0, 0};
 /* One IEEE operation per element, or none: the same bits on every device. */
-static const gc_tol GC_SAME = {0, 0, 1};
+static const gc_tol GC_SAME = {0, 0, 1, 0};
 
 static inline const char *gc_dtname(int32_t dtype) { return dtype == FS_DTYPE_BF16 ? "bf16" : "f32"; }
 
@@ -269,7 +282,7 @@ static inline void gc_expect(const char *what, const float *got, float *want, si
         return;
     }
     if (tol.rounded && dtype == FS_DTYPE_BF16) gc_round_bf16(want, n);
-    test_close(what, got, want, n, tol.of_max * gc_max_abs(want, n), tol.rel);
+    test_close(what, got, want, n, tol.abs + tol.of_max * gc_max_abs(want, n), tol.rel);
 }
 
 /* Both sides of b compared. */

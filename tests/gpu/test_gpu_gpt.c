@@ -9,7 +9,9 @@
  *     gradient;
  *   - tf32 GEMMs: the loss and logits close to fp32's;
  *   - bf16 activations with f32 master weights: ten AdamW steps whose
- *     losses follow fp32's within 2% + 0.01.
+ *     losses follow fp32's within 2% + 0.01;
+ *   - a second device backend while one is open is refused (the host API's
+ *     device memory and stream are process-wide).
  * Without a CUDA device (or without the cuda backend) it prints "skipped:
  * no CUDA device" and exits 77, which ctest reports as skipped. */
 #include <string.h>
@@ -164,39 +166,67 @@ static void test_attention_plugins(void **state) {
     check_attention("longformer");
 }
 
+/* One model at a time: a process drives one device backend at a time
+ * (core/backend_handle.h). */
+static double logits_of(int32_t compute, float *logits) {
+    run r;
+    open_run(&r, "cuda", FS_DTYPE_F32, compute, "dense");
+    double loss = step(&r, logits, NULL);
+    close_run(&r);
+    return loss;
+}
+
 static void test_tf32(void **state) {
     (void)state;
-    run f, t;
-    open_run(&f, "cuda", FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, "dense");
-    open_run(&t, "cuda", FS_DTYPE_F32, FS_GEMM_COMPUTE_TF32, "dense");
     size_t n = meta("B") * meta("T") * meta("V");
     float *l1 = test_fvec(n), *l2 = test_fvec(n);
-    double a = step(&f, l1, NULL), b = step(&t, l2, NULL);
+    double a = logits_of(FS_GEMM_COMPUTE_F32, l1), b = logits_of(FS_GEMM_COMPUTE_TF32, l2);
     fprintf(stderr, "tf32: loss %.6f against fp32 %.6f\n", b, a);
     assert_true(fabs(a - b) <= 1e-3 * fabs(a));
     test_close("tf32 logits", l2, l1, n, 1e-2, 1e-2); /* 10-bit mantissas in the products */
     free(l1), free(l2);
-    close_run(&t);
-    close_run(&f);
 }
 
-/* Mixed precision trains like fp32: the same ten AdamW steps. */
+/* Mixed precision trains like fp32: the same ten AdamW steps, each model
+ * in turn (one device backend at a time). */
+#define BF16_STEPS 10
+
+static void train_losses(int32_t dtype, double *loss) {
+    run r;
+    fs_error err = {0};
+    open_run(&r, "cuda", dtype, FS_GEMM_COMPUTE_F32, "dense");
+    for (uint64_t t = 1; t <= BF16_STEPS; t++) {
+        loss[t - 1] = step(&r, NULL, NULL);
+        if (fs_device_gpt_adamw(r.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err)) die(&err);
+    }
+    close_run(&r);
+}
+
 static void test_bf16_follows_fp32(void **state) {
     (void)state;
-    run f, h;
-    open_run(&f, "cuda", FS_DTYPE_F32, FS_GEMM_COMPUTE_F32, "dense");
-    open_run(&h, "cuda", FS_DTYPE_BF16, FS_GEMM_COMPUTE_F32, "dense");
-    fs_error err = {0};
-    for (uint64_t t = 1; t <= 10; t++) {
-        double a = step(&f, NULL, NULL), b = step(&h, NULL, NULL);
-        fprintf(stderr, "step %2llu: fp32 %.5f bf16 %.5f\n", (unsigned long long)t, a, b);
-        assert_true(fabs(a - b) <= 0.02 * fabs(a) + 0.01);
-        if (fs_device_gpt_adamw(f.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err) ||
-            fs_device_gpt_adamw(h.m, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, t, &err))
-            die(&err);
+    double a[BF16_STEPS], b[BF16_STEPS];
+    train_losses(FS_DTYPE_F32, a);
+    train_losses(FS_DTYPE_BF16, b);
+    assert_true(fabs(a[0] - *(const float *)get("loss")->data) < 1e-5); /* the fixture's, before any update */
+    for (int t = 0; t < BF16_STEPS; t++) {
+        fprintf(stderr, "step %2d: fp32 %.5f bf16 %.5f\n", t + 1, a[t], b[t]);
+        assert_true(fabs(a[t] - b[t]) <= 0.02 * fabs(a[t]) + 0.01);
     }
-    close_run(&h);
-    close_run(&f);
+}
+
+/* Two device backends at once are refused with a line that says why. */
+static void test_one_backend_at_a_time(void **state) {
+    (void)state;
+    fs_backend_handle a, b;
+    fs_error err = {0};
+    if (fs_backend_handle_open(&a, "cuda", 0, NULL, &err)) die(&err);
+    assert_int_equal(fs_backend_handle_open(&b, "cuda", 0, NULL, &err), FS_ERR_INVALID);
+    assert_non_null(strstr(err.message, "one at a time"));
+    fs_backend_handle_close(&b);
+    fs_backend_handle_close(&a);
+    memset(&err, 0, sizeof err);
+    if (fs_backend_handle_open(&b, "cuda", 0, NULL, &err)) die(&err); /* free again once the first is closed */
+    fs_backend_handle_close(&b);
 }
 
 /* 1 when a CUDA device can be had (the backend is built and sees one). */
@@ -223,6 +253,7 @@ int main(void) {
         cmocka_unit_test(test_fixture_fp32),
         cmocka_unit_test(test_attention_plugins),
         cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_one_backend_at_a_time),
         cmocka_unit_test(test_bf16_follows_fp32),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
