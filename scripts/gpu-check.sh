@@ -25,8 +25,10 @@
 #    (86 M parameters, T = 1024, B = 8) on synthetic text for 30 steps in
 #    fp32, tf32 and bf16: the summary lines (tokens/s, model TFLOP/s, MFU)
 #    go to $OUT/fsrun-train.md;
-# 6. Nsight Compute over the three dense attention kernels (speed of light,
-#    occupancy) into $OUT/ncu-attention.txt, when the toolkit has ncu;
+# 6. Nsight Compute, when the toolkit has it: the dense attention kernels
+#    (speed of light, occupancy) into $OUT/ncu-attention.txt, and every
+#    kernel of GPT-2-small bf16 training steps with its duration into
+#    $OUT/ncu-step.txt;
 # 7. compute-sanitizer, when the toolkit has it: memcheck and racecheck
 #    over test_gpu_gpt, memcheck over test_gpu_ops and test_gpu_attention.
 # Every timed step is capped, and by the time left before BUDGET_S (default
@@ -99,7 +101,7 @@ if budgeted 180 "bench: GPT-2-small training and dense attention on cuda"; then
 fi
 
 if budgeted 150 "fsrun train: GPT-2-small shape, byte vocabulary, on cuda"; then
-  work="$out/fsrun-train"
+  work="$bd/fsrun-train"
   mkdir -p "$work"
   python3 -c "
 import random
@@ -126,9 +128,18 @@ fi
 ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 if [ -x "$ncu" ] && budgeted 60 "ncu: the dense attention kernels, B 8, T 1024, bf16"; then
   (timeout "$t" "$ncu" --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
-    -k regex:fa_ -c 3 "$bd"/bench/bench_backend backend=cuda precisions=none reps=1 attention=1024 \
+    -k regex:"fa_|dense_mma" -c 4 "$bd"/bench/bench_backend backend=cuda precisions=none reps=1 attention=1024 \
     attention_batch=8 attention_dtype=bf16 > "$out/ncu-attention.txt" 2>&1) || status=1
-  grep -E "fa_|Duration|Throughput|Achieved Occupancy|Registers Per|Block Limit" "$out/ncu-attention.txt" | tee -a "$log"
+  grep -E "fa_|dense_mma|Duration|Throughput|Achieved Occupancy|Registers Per|Block Limit" "$out/ncu-attention.txt" | tee -a "$log"
+fi
+
+# where a bf16 training step's time goes: every kernel of three steps
+# (two warm-up, one timed) with its duration, summed by kernel
+if [ -x "$ncu" ] && budgeted 90 "ncu: the kernels of GPT-2-small bf16 training steps"; then
+  (timeout "$t" "$ncu" --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel -c 3000 \
+    "$bd"/bench/bench_backend backend=cuda shape=gpt2 steps=1 reps=1 precisions=bf16 attention=0 \
+    > "$out/ncu-step.txt" 2>&1) || status=1
+  tail -n 3 "$out/ncu-step.txt" | tee -a "$log"
 fi
 
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

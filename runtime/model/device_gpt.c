@@ -58,7 +58,9 @@ struct fs_device_gpt {
     dg_layer *layers;
     void *xout, *lnfo;             /* (BT, C) */
     float *meanf, *rstdf;
-    void *logits;                  /* (BT, V) logits, then their gradient */
+    void *logits;                  /* (BT, V) logits, then their gradient; rows ldv apart */
+    size_t ldv;                    /* V rounded up to 64: rows of 16-byte multiples, as tensor-core GEMMs
+                                      need (GPT-2's 50257 in bf16 would leave every row misaligned) */
     void *dres, *dtmp, *dbig;      /* (BT, C), (BT, C), (BT, 4C) gradients */
     void *dq, *dk, *dv, *datty;    /* (B, H, T, D) */
     void *dqkv;                    /* (BT, 3C) */
@@ -196,7 +198,8 @@ static int alloc_model(fs_device_gpt *m, fs_error *err) {
     for (size_t i = 0; i < sizeof act / sizeof act[0] && !rc; i++) rc = dalloc(m, act[i], BT * C * es, err);
     if (!rc) rc = dalloc(m, (void **)&m->meanf, BT * sizeof(float), err);
     if (!rc) rc = dalloc(m, (void **)&m->rstdf, BT * sizeof(float), err);
-    if (!rc) rc = dalloc(m, &m->logits, BT * m->cfg.V * es, err);
+    m->ldv = (m->cfg.V + 63) / 64 * 64;
+    if (!rc) rc = dalloc(m, &m->logits, BT * m->ldv * es, err);
     if (!rc) rc = dalloc(m, &m->dbig, BT * m->F * es, err);
     if (!rc) rc = dalloc(m, &m->dqkv, BT * 3 * C * es, err);
     if (!rc) rc = dalloc(m, (void **)&m->inputs, BT * sizeof(int32_t), err);
@@ -351,13 +354,19 @@ float *fs_device_gpt_grad_buffer(fs_device_gpt *m, size_t i, size_t *n) {
 }
 
 int fs_device_gpt_get_logits(fs_device_gpt *m, float *logits, fs_error *err) {
-    size_t n = m->BT * m->cfg.V;
-    if (m->es == 4) return d2h(m, logits, m->logits, n * sizeof(float), err);
-    float *tmp = NULL;
-    int rc = dalloc(m, (void **)&tmp, n * sizeof(float), err);
-    if (!rc) rc = m->b->vt->convert(m->b->self, NULL, tmp, FS_DTYPE_F32, m->logits, FS_DTYPE_BF16, n, err);
-    if (!rc) rc = d2h(m, logits, tmp, n * sizeof(float), err);
-    m->b->vt->free(m->b->self, tmp, FS_MEM_DEVICE);
+    size_t n = m->BT * m->ldv, V = m->cfg.V;
+    float *tmp = NULL, *host = malloc(n * sizeof *host);
+    if (!host) return fs_error_set(err, FS_ERR_NOMEM, "device_gpt: out of memory for the logits");
+    int rc = FS_OK;
+    if (m->es == 4) rc = d2h(m, host, m->logits, n * sizeof(float), err);
+    else {
+        rc = dalloc(m, (void **)&tmp, n * sizeof(float), err);
+        if (!rc) rc = m->b->vt->convert(m->b->self, NULL, tmp, FS_DTYPE_F32, m->logits, FS_DTYPE_BF16, n, err);
+        if (!rc) rc = d2h(m, host, tmp, n * sizeof(float), err);
+        m->b->vt->free(m->b->self, tmp, FS_MEM_DEVICE);
+    }
+    for (size_t r = 0; !rc && r < m->BT; r++) memcpy(logits + r * V, host + r * m->ldv, V * sizeof(float));
+    free(host);
     return rc;
 }
 
@@ -433,7 +442,7 @@ static int layer_forward(fs_device_gpt *m, size_t l, void *xout, fs_error *err) 
     return rc;
 }
 
-/* logits (BT, V) = ln_f(x) @ W^T, W (V, C) the head: wte when tied. */
+/* logits (BT, V; rows ldv apart) = ln_f(x) @ W^T, W (V, C) the head: wte when tied. */
 static int head_forward(fs_device_gpt *m, fs_error *err) {
     const fs_backend_vtable *vt = m->b->vt;
     size_t C = m->cfg.C, V = m->cfg.V, BT = m->BT;
@@ -443,7 +452,7 @@ static int head_forward(fs_device_gpt *m, fs_error *err) {
     const float *w = m->params + m->tensors[m->head].offset;
     fs_gemm_args g = {.struct_size = sizeof g, .c = m->logits, .a = m->lnfo, .b = operand(m, w),
                       .c_dtype = m->cfg.dtype, .ab_dtype = m->cfg.dtype, .trans_b = 1, .m = BT, .n = V, .k = C,
-                      .lda = C, .ldb = C, .ldc = V, .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
+                      .lda = C, .ldb = C, .ldc = m->ldv, .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
     return rc ? rc : vt->gemm(m->b->self, NULL, &g, err);
 }
 
@@ -472,7 +481,7 @@ int fs_device_gpt_forward_rows(fs_device_gpt *m, const int32_t *inputs, const in
     if ((rc = h2d(m, m->targets, targets, BT * sizeof(int32_t), err))) return rc;
     /* the gradient overwrites the logits: backward needs only it */
     rc = vt->crossentropy_forward_backward(m->b->self, NULL, m->scalar, m->logits, m->logits, m->targets, BT,
-                                           m->cfg.V, m->cfg.V, dscale / (float)BT, m->cfg.dtype, err);
+                                           m->cfg.V, m->ldv, dscale / (float)BT, m->cfg.dtype, err);
     if (!rc) rc = d2h(m, loss, m->scalar, sizeof(double), err);
     if (!rc) {
         *loss /= (double)BT;
@@ -560,11 +569,11 @@ int fs_device_gpt_backward(fs_device_gpt *m, fs_error *err) {
     const float *w = m->params + m->tensors[m->head].offset;
     /* the head: dlnf = dlogits @ W; dW += dlogits^T @ lnf */
     fs_gemm_args g = {.struct_size = sizeof g, .c = m->dtmp, .a = m->logits, .b = operand(m, w),
-                      .c_dtype = dt, .ab_dtype = dt, .m = BT, .n = C, .k = V, .lda = V, .ldb = C, .ldc = C,
+                      .c_dtype = dt, .ab_dtype = dt, .m = BT, .n = C, .k = V, .lda = m->ldv, .ldb = C, .ldc = C,
                       .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
     int rc = vt->gemm(m->b->self, NULL, &g, err);
     fs_gemm_args gw = {.struct_size = sizeof gw, .c = m->grads + m->tensors[m->head].offset, .a = m->logits, .b = m->lnfo,
-                       .c_dtype = FS_DTYPE_F32, .ab_dtype = dt, .trans_a = 1, .m = V, .n = C, .k = BT, .lda = V,
+                       .c_dtype = FS_DTYPE_F32, .ab_dtype = dt, .trans_a = 1, .m = V, .n = C, .k = BT, .lda = m->ldv,
                        .ldb = C, .ldc = C, .batch = 1, .alpha = 1.0f, .beta = 1.0f, .compute = m->cfg.compute};
     if (!rc) rc = vt->gemm(m->b->self, NULL, &gw, err);
     if (!rc) rc = vt->layernorm_backward(m->b->self, NULL, m->dres, dlnfw, dlnfw + C, m->dtmp, m->xout, lnfw,

@@ -48,6 +48,16 @@ int fs_dense_cuda_scores(void *stream, float *scores, const void *q, const void 
 // in place, one (T, T) block: dP -> dS = P (dP - rowsum(dP * P)) for probabilities; masked entries 0
 int fs_dense_cuda_scores_grad(void *stream, float *ds, const void *q, const void *k, const float *lse, size_t T,
                               size_t D, int causal, float scale, int probs, int dtype);
+/* ---- dense_mma.cu: the same forward and backward on tensor cores ---- */
+// 1 when they serve: bf16, D 64 or 128, the n pointers 16-byte aligned, a device of sm_80 or later
+int fs_dense_mma_fits(size_t D, int dtype, const void *const *ptrs, size_t n);
+int fs_dense_mma_forward(void *stream, void *out, float *lse, const void *q, const void *k, const void *v, size_t BH,
+                         size_t T, size_t D, int causal, float scale);
+// delta computed already (fs_att_delta)
+int fs_dense_mma_backward(void *stream, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                          const void *v, const float *lse, const float *delta, size_t BH, size_t T, size_t D,
+                          int causal, float scale);
+
 /* Decode: K/V caches (BH, context, D) f32. append writes the new token's
  * k and v (BH, D) at position pos; decode attends over each row's first
  * lens[b] (or len, when lens is NULL) positions. The serving engine's

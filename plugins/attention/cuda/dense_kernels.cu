@@ -1,5 +1,6 @@
 /* dense_kernels.cu — exact attention on CUDA: the engine (flash.cuh) over
- * one (b, h) per problem, the scores for distillation, and the decode step
+ * one (b, h) per problem (bf16 at head widths 64 and 128 on tensor cores
+ * instead, dense_mma.cu), the scores for distillation, and the decode step
  * over a K/V cache. */
 #include "attention_cuda.h"
 #include "flash.cuh"
@@ -55,6 +56,9 @@ static dense_policy policy(const void *q, const void *k, const void *v, size_t T
 
 int fs_dense_cuda_forward(void *stream, void *out, float *lse, const void *q, const void *k, const void *v, size_t BH,
                           size_t T, size_t D, int causal, float scale, int dtype) {
+    const void *ptrs[] = {out, q, k, v};
+    if (fs_dense_mma_fits(D, dtype, ptrs, 4))
+        return fs_dense_mma_forward(stream, out, lse, q, k, v, BH, T, D, causal, scale);
     dense_policy p = policy(q, k, v, T, D, causal, scale, dtype);
     p.out_ = (char *)out, p.lse_ = lse;
     dim3 grid((unsigned)((T + FS_FA_BR - 1) / FS_FA_BR), (unsigned)BH);
@@ -67,6 +71,9 @@ int fs_dense_cuda_backward(void *stream, void *dq, void *dk, void *dv, const voi
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t e = (cudaError_t)fs_att_delta(s, delta, dout, out, BH * T, D, dtype);
     if (e) return (int)e;
+    const void *ptrs[] = {dq, dk, dv, dout, q, k, v};
+    if (fs_dense_mma_fits(D, dtype, ptrs, 7))
+        return fs_dense_mma_backward(stream, dq, dk, dv, dout, q, k, v, lse, delta, BH, T, D, causal, scale);
     dense_policy p = policy(q, k, v, T, D, causal, scale, dtype);
     p.dout_ = (const char *)dout, p.lse_ = (float *)lse, p.delta_ = delta;
     p.dq_ = (char *)dq, p.dk_ = (char *)dk, p.dv_ = (char *)dv;
