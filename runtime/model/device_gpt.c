@@ -190,15 +190,21 @@ static int find_attention(fs_device_gpt *m, fs_error *err) {
 
 static int alloc_model(fs_device_gpt *m, fs_error *err) {
     size_t BT = m->BT, C = m->cfg.C, es = m->es, P = m->n_block;
+    const fs_backend_vtable *vt = m->b->vt;
     int rc = FS_OK;
+    /* the head's GEMMs run over ldv rows of its matrix and its gradient
+     * (dims of multiples of 8, which cuBLASLt's tensor-core kernels want;
+     * at 50257 it falls back to "align1" kernels 4x slower): rows past the
+     * block's end are zeros, and the gradients' pad adds 0 */
+    m->ldv = (m->cfg.V + 63) / 64 * 64;
+    size_t Ps = P + (m->ldv - m->cfg.V) * C;
     float **blocks[] = {&m->params, &m->grads, &m->m, &m->v};
-    for (size_t i = 0; i < 4 && !rc; i++) rc = dalloc(m, (void **)blocks[i], P * sizeof(float), err);
-    if (!rc && m->cfg.dtype == FS_DTYPE_BF16) rc = dalloc(m, &m->pcopy, P * 2, err);
+    for (size_t i = 0; i < 4 && !rc; i++) rc = dalloc(m, (void **)blocks[i], (i < 2 ? Ps : P) * sizeof(float), err);
+    if (!rc && m->cfg.dtype == FS_DTYPE_BF16) rc = dalloc(m, &m->pcopy, Ps * 2, err);
     void **act[] = {&m->xout, &m->lnfo, &m->dres, &m->dtmp, &m->dq, &m->dk, &m->dv, &m->datty};
     for (size_t i = 0; i < sizeof act / sizeof act[0] && !rc; i++) rc = dalloc(m, act[i], BT * C * es, err);
     if (!rc) rc = dalloc(m, (void **)&m->meanf, BT * sizeof(float), err);
     if (!rc) rc = dalloc(m, (void **)&m->rstdf, BT * sizeof(float), err);
-    m->ldv = (m->cfg.V + 63) / 64 * 64;
     if (!rc) rc = dalloc(m, &m->logits, BT * m->ldv * es, err);
     if (!rc) rc = dalloc(m, &m->dbig, BT * m->F * es, err);
     if (!rc) rc = dalloc(m, &m->dqkv, BT * 3 * C * es, err);
@@ -206,9 +212,10 @@ static int alloc_model(fs_device_gpt *m, fs_error *err) {
     if (!rc) rc = dalloc(m, (void **)&m->targets, BT * sizeof(int32_t), err);
     if (!rc) rc = dalloc(m, (void **)&m->scalar, sizeof(double), err);
     for (size_t l = 0; l < m->cfg.L && !rc; l++) rc = alloc_layer(m, &m->layers[l], l, err);
-    if (!rc) rc = m->b->vt->memset(m->b->self, NULL, m->m, 0, P * sizeof(float), err);
-    if (!rc) rc = m->b->vt->memset(m->b->self, NULL, m->v, 0, P * sizeof(float), err);
-    if (!rc) rc = m->b->vt->memset(m->b->self, NULL, m->grads, 0, P * sizeof(float), err);
+    void *zeroed[] = {m->params, m->grads, m->m, m->v, m->pcopy};
+    size_t zbytes[] = {Ps * sizeof(float), Ps * sizeof(float), P * sizeof(float), P * sizeof(float), Ps * 2};
+    for (size_t i = 0; i < 5 && !rc; i++)
+        if (zeroed[i]) rc = vt->memset(m->b->self, NULL, zeroed[i], 0, zbytes[i], err);
     return rc;
 }
 
@@ -442,17 +449,19 @@ static int layer_forward(fs_device_gpt *m, size_t l, void *xout, fs_error *err) 
     return rc;
 }
 
-/* logits (BT, V; rows ldv apart) = ln_f(x) @ W^T, W (V, C) the head: wte when tied. */
+/* logits (BT, V; rows ldv apart) = ln_f(x) @ W^T, W (V, C) the head: wte when tied.
+ * The GEMM runs over ldv columns (alloc_model): the pad's are never read,
+ * and the loss's gradient zeroes them (backend.h) for backward's GEMMs. */
 static int head_forward(fs_device_gpt *m, fs_error *err) {
     const fs_backend_vtable *vt = m->b->vt;
-    size_t C = m->cfg.C, V = m->cfg.V, BT = m->BT;
+    size_t C = m->cfg.C, BT = m->BT;
     float *lnfw = m->params + m->tensors[m->lnf].offset, *lnfb = lnfw + C;
     int rc = vt->layernorm_forward(m->b->self, NULL, m->lnfo, m->meanf, m->rstdf, m->xout, lnfw, lnfb, BT, C,
                                    m->cfg.dtype, err);
     const float *w = m->params + m->tensors[m->head].offset;
     fs_gemm_args g = {.struct_size = sizeof g, .c = m->logits, .a = m->lnfo, .b = operand(m, w),
-                      .c_dtype = m->cfg.dtype, .ab_dtype = m->cfg.dtype, .trans_b = 1, .m = BT, .n = V, .k = C,
-                      .lda = C, .ldb = C, .ldc = m->ldv, .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
+                      .c_dtype = m->cfg.dtype, .ab_dtype = m->cfg.dtype, .trans_b = 1, .m = BT, .n = m->ldv,
+                      .k = C, .lda = C, .ldb = C, .ldc = m->ldv, .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
     return rc ? rc : vt->gemm(m->b->self, NULL, &g, err);
 }
 
@@ -562,18 +571,20 @@ int fs_device_gpt_backward(fs_device_gpt *m, fs_error *err) {
     if (!m->have_dlogits)
         return fs_error_set(err, FS_ERR_INVALID, "device_gpt: backward needs a forward with targets first");
     const fs_backend_vtable *vt = m->b->vt;
-    size_t C = m->cfg.C, V = m->cfg.V, BT = m->BT;
+    size_t C = m->cfg.C, BT = m->BT;
     int32_t dt = m->cfg.dtype;
     float *lnfw = m->params + m->tensors[m->lnf].offset;
     float *dlnfw = m->grads + m->tensors[m->lnf].offset;
     const float *w = m->params + m->tensors[m->head].offset;
     /* the head: dlnf = dlogits @ W; dW += dlogits^T @ lnf */
     fs_gemm_args g = {.struct_size = sizeof g, .c = m->dtmp, .a = m->logits, .b = operand(m, w),
-                      .c_dtype = dt, .ab_dtype = dt, .m = BT, .n = C, .k = V, .lda = m->ldv, .ldb = C, .ldc = C,
+                      .c_dtype = dt, .ab_dtype = dt, .m = BT, .n = C, .k = m->ldv, .lda = m->ldv, .ldb = C,
+                      .ldc = C,
                       .batch = 1, .alpha = 1.0f, .compute = m->cfg.compute};
     int rc = vt->gemm(m->b->self, NULL, &g, err);
     fs_gemm_args gw = {.struct_size = sizeof gw, .c = m->grads + m->tensors[m->head].offset, .a = m->logits, .b = m->lnfo,
-                       .c_dtype = FS_DTYPE_F32, .ab_dtype = dt, .trans_a = 1, .m = V, .n = C, .k = BT, .lda = m->ldv,
+                       .c_dtype = FS_DTYPE_F32, .ab_dtype = dt, .trans_a = 1, .m = m->ldv, .n = C, .k = BT,
+                       .lda = m->ldv,
                        .ldb = C, .ldc = C, .batch = 1, .alpha = 1.0f, .beta = 1.0f, .compute = m->cfg.compute};
     if (!rc) rc = vt->gemm(m->b->self, NULL, &gw, err);
     if (!rc) rc = vt->layernorm_backward(m->b->self, NULL, m->dres, dlnfw, dlnfw + C, m->dtmp, m->xout, lnfw,

@@ -538,7 +538,7 @@ static gc_tol row_tol(size_t V, int32_t dtype) {
 }
 
 /* The cpu backend against the definition in double: the summed loss and
- * (softmax - onehot) * scale, padding past V untouched. */
+ * (softmax - onehot) * scale, padding past V zeroed (backend.h). */
 static void ce_definition(const char *what, const ce_case *c, const float *z, const int32_t *y, double loss,
                           const float *d) {
     double total = 0;
@@ -549,8 +549,7 @@ static void ce_definition(const char *what, const ce_case *c, const float *z, co
         for (size_t i = 0; i < c->V; i++) sum += exp(zr[i] - mx);
         total += mx + log(sum) - zr[y[r]];
         for (size_t i = 0; d && i < c->ld; i++) {
-            double want = i >= c->V ? (c->in_place ? zr[i] : -7.0)
-                                    : exp(zr[i] - mx) / sum * c->scale - (i == (size_t)y[r] ? c->scale : 0.0);
+            double want = i >= c->V ? 0.0 : exp(zr[i] - mx) / sum * c->scale - (i == (size_t)y[r] ? c->scale : 0.0);
             gc_near(what, r * c->ld + i, d[r * c->ld + i], want, 1e-6 * c->scale + row_tol(c->V, F32).rel * fabs(want));
         }
     }
@@ -564,7 +563,7 @@ static void check_crossentropy(const ce_case *c, size_t idx) {
     assert_non_null(y);
     test_fill(z, n, 3.0f, 1000 + idx);
     gc_fill_ids(y, c->N, c->V, 1010 + idx);
-    for (size_t i = 0; i < n; i++) d[i] = -7.0f; /* dlogits' padding must stay */
+    for (size_t i = 0; i < n; i++) d[i] = -7.0f; /* dlogits' padding must be zeroed */
     gc_buf Z = gc_put(z, n, c->dtype), D = gc_put(d, n, c->dtype), Y = gc_put_bytes(y, c->N * sizeof *y);
     memcpy(z0, z, n * sizeof *z); /* rounded as the sides hold it */
     gc_buf L = gc_put_bytes((double[]){42.0}, sizeof(double));

@@ -14,6 +14,8 @@
 #    loss within 0.05 of fp32's, the loss falling, and its f32 checkpoint
 #    read by --mode eval on the CPU within 0.05 of the device's own
 #    validation loss;
+#  - a vocabulary of 300 (the logits' padded rows) on cuda against the CPU
+#    kernels, as fp32 above;
 #  - device = auto trains on the GPU; the summary names backend, precision
 #    and MFU;
 #  - with 2 GPUs and mpirun: 2 ranks (one GPU each, gradients summed by
@@ -76,6 +78,15 @@ EOF
 assert_exit 0 "$FSRUN" g.ini --mode eval --set run.device=cpu --set run.out=bf16
 assert_close "$(json_last "$E2E_OUT" loss)" "$(json_last bf16.out val_loss)" 0.05 \
     "the bf16 run's f32 checkpoint evaluates on the CPU near its device validation loss"
+
+# a vocabulary that is no multiple of 64: the head's GEMMs run over the
+# padded width (device_gpt.c), the loss zeroes the pad of its gradient
+assert_exit 0 "$FSRUN" g.ini --set run.device=cuda --set run.out=v300 --set model.vocab_size=300
+assert_exit 0 "$FSRUN" g.ini --set run.device=cpu --set run.out=v300cpu --set model.vocab_size=300
+steps_close v300cpu v300 loss 1e-4 && ok "vocabulary 300 on cuda: losses within 1e-4 of the CPU kernels'" ||
+    fail "vocabulary 300 on cuda: losses differ"
+steps_close v300cpu v300 grad_norm 1e-3 && ok "vocabulary 300 on cuda: gradient norms within 1e-3" ||
+    fail "vocabulary 300 on cuda: norms differ"
 
 assert_exit 0 "$FSRUN" g.ini --set run.device=auto --set run.out=auto --set train.steps=2
 assert_eq "$(json_last "$E2E_OUT" backend)" cuda "device = auto trains on the GPU"

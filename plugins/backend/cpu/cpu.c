@@ -323,6 +323,7 @@ static int cpu_crossentropy(void *self, fs_backend_stream *s, double *loss, void
         float *d = dlogits ? (float *)dlogits + n * ld : NULL;
         total += crossentropy_softmax_forward_backward(in_place ? NULL : d, z, targets + n, 1, V, scale);
         if (in_place) crossentropy_softmax_forward_backward(d, z, targets + n, 1, V, scale);
+        if (d) memset(d + V, 0, (ld - V) * sizeof *d); /* the pad (backend.h) */
     }
     *loss = total;
     return FS_OK;

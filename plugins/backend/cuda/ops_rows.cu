@@ -160,6 +160,7 @@ __global__ void crossentropy_kernel(float *row_loss, void *dlogits, const void *
     float inv = 1.0f / sum;
     for (size_t i = threadIdx.x; i < V; i += blockDim.x)
         fs_store(d, i, DT, fs_ce_dlogit(fs_load(z, i, DT), mx, inv, i == (size_t)y, scale));
+    for (size_t i = V + threadIdx.x; i < ld; i += blockDim.x) fs_store(d, i, DT, 0.0f); /* the pad (backend.h) */
 }
 
 /* *out = the sum of n values in double, one block, in a fixed order. */

@@ -224,7 +224,9 @@ typedef struct fs_backend_vtable {
     // Softmax cross-entropy of logits (N, V) against targets (N): *loss (one
     // double on the device) = the summed loss over the rows; dlogits (N, V),
     // when not NULL, = (softmax - onehot) * scale (usually 1 / N); it may be
-    // logits itself. Rows of logits and dlogits are ld elements apart.
+    // logits itself. Rows of logits and dlogits are ld elements apart;
+    // dlogits' columns V .. ld - 1 are set to 0, so a GEMM may run over the
+    // padded width (model/device_gpt.c pads V to a multiple of 64).
     int (*crossentropy_forward_backward)(void *self, fs_backend_stream *s, double *loss, void *dlogits,
                                          const void *logits, const int32_t *targets, size_t N, size_t V, size_t ld,
                                          float scale, int32_t dtype, fs_error *err);
