@@ -159,34 +159,49 @@ static void bf16_pairs(uint32_t *dst, const float *x, size_t n, size_t in) {
         }
 }
 
-BF16_TARGET static void bf16_native_rows(const bf16_job *j, float *yp, size_t p0, size_t p1) {
+/* Pair rows [p, p + P) into yp with VDPBF16PS, P a constant where this
+ * is inlined (the weight vectors stay in registers: with P known only at
+ * run time they went through the stack, and 1-thread decoding read the
+ * weights at half the bandwidth f32's does). Two accumulators halve the
+ * chain of dependent products; each output's order of additions is the
+ * same for every n, so a row's result does not depend on its batch. */
+#define NATIVE_PAIRS 8 /* 16 weight rows a step */
+
+BF16_TARGET static inline __attribute__((always_inline)) void bf16_native_step(const bf16_job *j, float *yp, size_t p,
+                                                                                const size_t P) {
     const uint32_t *W = j->w->data;
     size_t out = j->w->out, np = (j->w->in + 1) / 2, c;
-    for (size_t p = p0; p < p1; p += PAIRS) {
-        size_t P = p1 - p < PAIRS ? p1 - p : PAIRS;
-        for (c = 0; c + 16 <= out; c += 16) {
-            __m512i w[PAIRS];
-            for (size_t k = 0; k < P; k++) w[k] = _mm512_loadu_si512((const void *)(W + (p + k) * out + c));
-            for (size_t r = 0; r < j->n; r++) {
-                float *y = yp + r * out + c;
-                const uint32_t *xp = j->xp + r * np + p;
-                __m512 a = _mm512_loadu_ps(y);
-                for (size_t k = 0; k < P; k++)
-                    a = _mm512_dpbf16_ps(a, (__m512bh)w[k], (__m512bh)_mm512_set1_epi32((int)xp[k]));
-                _mm512_storeu_ps(y, a);
+    for (c = 0; c + 16 <= out; c += 16) {
+        __m512i w[NATIVE_PAIRS];
+        for (size_t k = 0; k < P; k++) w[k] = _mm512_loadu_si512((const void *)(W + (p + k) * out + c));
+        for (size_t r = 0; r < j->n; r++) {
+            float *y = yp + r * out + c;
+            const uint32_t *xp = j->xp + r * np + p;
+            __m512 a0 = _mm512_loadu_ps(y), a1 = _mm512_setzero_ps();
+            for (size_t k = 0; k + 1 < P; k += 2) {
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)w[k], (__m512bh)_mm512_set1_epi32((int)xp[k]));
+                a1 = _mm512_dpbf16_ps(a1, (__m512bh)w[k + 1], (__m512bh)_mm512_set1_epi32((int)xp[k + 1]));
             }
+            if (P % 2) a0 = _mm512_dpbf16_ps(a0, (__m512bh)w[P - 1], (__m512bh)_mm512_set1_epi32((int)xp[P - 1]));
+            _mm512_storeu_ps(y, _mm512_add_ps(a0, a1));
         }
-        for (; c < out; c++) /* the last columns: the same products, one at a time */
-            for (size_t r = 0; r < j->n; r++) {
-                float a = yp[r * out + c];
-                for (size_t k = 0; k < P; k++) {
-                    uint32_t u = W[(p + k) * out + c], xv = j->xp[r * np + p + k];
-                    a += fs_bf16_to_f32((uint16_t)u) * fs_bf16_to_f32((uint16_t)xv) +
-                         fs_bf16_to_f32((uint16_t)(u >> 16)) * fs_bf16_to_f32((uint16_t)(xv >> 16));
-                }
-                yp[r * out + c] = a;
-            }
     }
+    for (; c < out; c++) /* the last columns: the same products, one at a time */
+        for (size_t r = 0; r < j->n; r++) {
+            float a = yp[r * out + c];
+            for (size_t k = 0; k < P; k++) {
+                uint32_t u = W[(p + k) * out + c], xv = j->xp[r * np + p + k];
+                a += fs_bf16_to_f32((uint16_t)u) * fs_bf16_to_f32((uint16_t)xv) +
+                     fs_bf16_to_f32((uint16_t)(u >> 16)) * fs_bf16_to_f32((uint16_t)(xv >> 16));
+            }
+            yp[r * out + c] = a;
+        }
+}
+
+BF16_TARGET static void bf16_native_rows(const bf16_job *j, float *yp, size_t p0, size_t p1) {
+    size_t p = p0;
+    for (; p + NATIVE_PAIRS <= p1; p += NATIVE_PAIRS) bf16_native_step(j, yp, p, NATIVE_PAIRS);
+    for (; p < p1; p++) bf16_native_step(j, yp, p, 1);
 }
 
 /* Pair rows [p0, p1): part 0 into y (from the bias), the others into their
