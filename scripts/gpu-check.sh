@@ -10,7 +10,8 @@
 # FS_GPU_BUILD=DIR uses a build made elsewhere (cmake -DFS_WITH_CUDA=ON
 # -DFS_WERROR=ON, same source path) as it is, for a GPU machine that has
 # the toolkit's runtime but not the host libraries FastServe builds with;
-# step 2 is then skipped.
+# step 2 is then skipped. scripts/gpu-pack.sh packs such a build with its
+# libraries, and a .gpu/run.sh that unpacks it there and runs this.
 #
 # 1. the device as the driver sees it (nvidia-smi);
 # 2. a Release build with nvcc (sm_80 and sm_90, warnings as errors) in build-gpu;
