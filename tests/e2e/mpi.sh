@@ -78,6 +78,46 @@ mpi_rank_rcs() {
 # mpi_rank_err R: rank R's own stderr from the last mpi_run.
 mpi_rank_err() { cat "$MPI_LOGS/1/rank.$1/stderr" 2>/dev/null || true; }
 
+# mpi_data NP NAME ARGS...: fsrun on NP ranks under the data strategy into
+# NAME (the graph g.ini of the scratch directory); it must succeed and its
+# summary (printed once, by rank 0) name NP ranks
+mpi_data() {
+    local np=$1 name=$2
+    shift 2
+    mpi_run "$np" g.ini --set parallel.plugin=data --set run.out="$name" "$@"
+    if [ "$E2E_RC" -ne 0 ]; then
+        fail "mpirun -np $np ($name) exited $E2E_RC"
+        show_last
+        return 0
+    fi
+    assert_eq "$(json_last "$E2E_OUT" ranks)" "$np" "$name: the summary says $np ranks"
+}
+
+# mpi_cmocka PROBE N_TESTS NP...: a cmocka program (one that also runs
+# alone on the self communicator) on worlds of each NP ranks; every rank
+# must exit 0 having passed all N_TESTS of its tests. Stops at the first
+# failing world: its other ranks wait out their timeouts.
+mpi_cmocka() {
+    local probe=$1 n=$2 np r want passed
+    shift 2
+    [ -x "$probe" ] || die "$probe was not built"
+    for np in "$@"; do
+        MPI_TIMEOUT=120 mpi_exec "$np" "$probe"
+        want=""
+        for ((r = 0; r < np; r++)); do want="$want $r:0"; done
+        passed=$(grep -c "^\[  PASSED  \] $n test(s)" "$E2E_ERR" || true) # cmocka reports on stderr
+        if [ "$E2E_RC" -eq 0 ] && [ "$(mpi_rank_rcs)" = "${want# }" ] &&
+            [ "$passed" -eq "$np" ]; then
+            ok "$np ranks: every rank passes its $n tests"
+        else
+            fail "$np ranks: mpirun exited $E2E_RC, ranks $(mpi_rank_rcs)"
+            grep -E '^\[  (FAILED|ERROR) |rank [0-9]|fail|error' "$E2E_OUT" "$E2E_ERR" | head -n 20 |
+                sed 's/^/     | /'
+            break
+        fi
+    done
+}
+
 COMPARE="python3 $FS_SOURCE_DIR/tests/e2e/compare.py"
 
 same_as() {

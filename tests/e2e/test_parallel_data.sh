@@ -27,31 +27,19 @@ ref() { # ref NAME ARGS...: a single-process run into NAME
     shift
     must_fsrun g.ini --set run.out="$name" "$@"
 }
-# dp NP NAME ARGS...: an mpirun run with the data plugin that must succeed
-dp() {
-    local np=$1 name=$2
-    shift 2
-    mpi_run "$np" g.ini --set parallel.plugin=data --set run.out="$name" "$@"
-    if [ "$E2E_RC" -ne 0 ]; then
-        fail "mpirun -np $np ($name) exited $E2E_RC"
-        show_last
-        return 0
-    fi
-    assert_eq "$(json_last "$E2E_OUT" ranks)" "$np" "$name: summary (printed once, by rank 0) says $np ranks"
-}
 
 # 1. plain data parallelism, default bucket (one bucket for this tiny model)
 ref ref1
 #    (the data plugin on one process is the single strategy: same numbers)
 ref one --set parallel.plugin=data --set parallel.zero=1
 same_as ref1 one "data plugin, one process"
-dp 2 dp
+mpi_data 2 dp
 same_as ref1 dp "data x2"
 assert_eq "$(grep -c '"mode"' "$E2E_OUT")" 1 "one summary line for two ranks"
 assert_eq "$(grep -c '"lr"' dp/metrics.jsonl)" 10 "metrics.jsonl written once (10 step rows)"
 # [run] threads = 0 under mpirun: the cores shared by the ranks on this
 # machine (mpi_run does not bind ranks to cores), at least 1
-dp 2 thr --set run.threads=0 --set train.steps=1
+mpi_data 2 thr --set run.threads=0 --set train.steps=1
 want=$(( $(nproc) / 2 )); [ "$want" -ge 1 ] || want=1
 assert_eq "$(json_last "$E2E_OUT" threads)" "$want" "threads = 0 on 2 ranks: cores / 2"
 
@@ -61,30 +49,30 @@ assert_eq "$(json_last "$E2E_OUT" threads)" "$want" "threads = 0 on 2 ranks: cor
 #    No clipping here: clipping rescales the whole gradient (and AdamW does
 #    not care about scale), which would hide a wrong 1 / data factor.
 ref ref2 --set train.grad_accum=2 --set train.grad_clip=0
-dp 2 buckets --set parallel.bucket_mb=0.02 --set train.grad_accum=2 --set train.grad_clip=0
+mpi_data 2 buckets --set parallel.bucket_mb=0.02 --set train.grad_accum=2 --set train.grad_clip=0
 same_as ref2 buckets "buckets + grad_accum 2"
 assert_num "$(json_last "$E2E_OUT" comm_collectives)" ">=" 3 "several buckets per step"
 
 # 3. ZeRO-1 with accumulation; 3 ranks on 6 rows (34688 floats: padded shards)
-dp 2 zero --set parallel.zero=1 --set parallel.bucket_mb=0.02 --set train.grad_accum=2 --set train.grad_clip=0
+mpi_data 2 zero --set parallel.zero=1 --set parallel.bucket_mb=0.02 --set train.grad_accum=2 --set train.grad_clip=0
 same_as ref2 zero "ZeRO-1 x2 + grad_accum 2"
 ref ref3 --set train.batch=6 --set data.train=train6.txt
-dp 3 zero3 --set parallel.zero=1 --set train.batch=6 --set data.train=train6.txt
+mpi_data 3 zero3 --set parallel.zero=1 --set train.batch=6 --set data.train=train6.txt
 same_as ref3 zero3 "ZeRO-1 x3 (padded shards)"
 
 # 4. plugin-owned parameters: Longformer's global-token projections
 LF=(--set attention.plugin=longformer --set attention.window=8 --set attention.global=first:2)
 ref ref_lf "${LF[@]}"
-dp 2 dp_lf "${LF[@]}"
+mpi_data 2 dp_lf "${LF[@]}"
 same_as ref_lf dp_lf "plugin-owned parameters (longformer global)"
 
 # 5. resume across world sizes: 2 ranks (ZeRO-1) write at step 5, 1 resumes
-dp 2 r21 --set parallel.zero=1 --set run.stop_after=5
+mpi_data 2 r21 --set parallel.zero=1 --set run.stop_after=5
 must_fsrun g.ini --set run.out=r21 --resume
 same_as ref1 r21 "2 ranks (ZeRO-1) -> 1 rank"
 #    and 1 rank writes, 2 ranks (ZeRO-1, each taking its shard) resume
 ref r12 --set run.stop_after=5
-dp 2 r12 --set parallel.zero=1 --resume
+mpi_data 2 r12 --set parallel.zero=1 --resume
 same_as ref1 r12 "1 rank -> 2 ranks (ZeRO-1)"
 
 e2e_finish

@@ -41,52 +41,40 @@ ref() {
     shift
     must_fsrun g.ini "${BE[@]}" --set run.out="$name" "$@"
 }
-# dp NP NAME ARGS...: NP ranks under the data strategy, which must succeed
-dp() {
-    local np=$1 name=$2
-    shift 2
-    mpi_run "$np" g.ini --set parallel.plugin=data --set run.out="$name" "$@"
-    if [ "$E2E_RC" -ne 0 ]; then
-        fail "mpirun -np $np ($name) exited $E2E_RC"
-        show_last
-        return 0
-    fi
-    assert_eq "$(json_last "$E2E_OUT" ranks)" "$np" "$name: the summary says $np ranks"
-}
 
 # 1. two ranks, each half the batch
 ref ref1
-dp 2 be2 "${BE[@]}"
+mpi_data 2 be2 "${BE[@]}"
 same_as ref1 be2 "backend x2 against one process on the backend"
 assert_eq "$(json_last "$E2E_OUT" backend)" cpu "backend x2: the summary names the backend"
 assert_eq "$(grep -c '"mode"' "$E2E_OUT")" 1 "backend x2: one summary line for two ranks"
 assert_contains "$(cat "$E2E_ERR")" "gradients averaged over 2 ranks by mpi, per layer during backward" \
     "backend x2: the log says how the gradients were summed"
-dp 2 cpu2 --set run.device=cpu
+mpi_data 2 cpu2 --set run.device=cpu
 same_as cpu2 be2 "backend x2 against the CPU kernels x2 (data_sync.c)"
 
 # 2. gradient accumulation, no clipping: the mean over ranks and micro-batches
 ref ref_acc --set train.grad_accum=2 --set train.grad_clip=0
-dp 2 be_acc "${BE[@]}" --set train.grad_accum=2 --set train.grad_clip=0
+mpi_data 2 be_acc "${BE[@]}" --set train.grad_accum=2 --set train.grad_clip=0
 same_as ref_acc be_acc "backend x2, grad_accum 2, no clipping"
 
 # 3. three ranks on six rows
 ref ref3 --set train.batch=6 --set data.train=train6.txt
-dp 3 be3 "${BE[@]}" --set train.batch=6 --set data.train=train6.txt
+mpi_data 3 be3 "${BE[@]}" --set train.batch=6 --set data.train=train6.txt
 same_as ref3 be3 "backend x3"
 
 # 4. tensors a plugin owns: their gradients are summed too
 LF=(--set attention.plugin=longformer --set attention.window=8 --set attention.global=first:2)
 ref ref_lf "${LF[@]}"
-dp 2 be_lf "${BE[@]}" "${LF[@]}"
+mpi_data 2 be_lf "${BE[@]}" "${LF[@]}"
 same_as ref_lf be_lf "backend x2, longformer's global projections"
 
 # 5. two ranks write at step 5, one process resumes; and the other way round
-dp 2 r21 "${BE[@]}" --set run.stop_after=5
+mpi_data 2 r21 "${BE[@]}" --set run.stop_after=5
 must_fsrun g.ini "${BE[@]}" --set run.out=r21 --resume
 same_as ref1 r21 "backend: 2 ranks to step 5, one process resumes"
 ref r12 --set run.stop_after=5
-dp 2 r12 "${BE[@]}" --resume
+mpi_data 2 r12 "${BE[@]}" --resume
 same_as ref1 r12 "backend: one process to step 5, 2 ranks resume"
 
 # 6. refusals: before any work, exit 2, naming the key

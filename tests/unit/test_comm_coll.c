@@ -29,7 +29,7 @@
 
 #include "core/host.h"
 #include "dist/comm_coll.h"
-#include "dist/world.h"
+#include "test_world.h"
 
 #if FS_WITH_MPI
 #include <mpi.h>
@@ -90,8 +90,6 @@ static struct {
 } F;
 
 static struct fs_backend_stream compute = {COMPUTE, 0};
-static fs_comm *H; /* the host communicator */
-static int R, W;
 
 static void note(int kind, int stream, int event, int call) {
     if (F.n_log < MAX_LOG) F.log[F.n_log++] = (log_entry){kind, stream, event, call};
@@ -190,7 +188,7 @@ static int fake_id(void *self, uint8_t id[FS_BACKEND_COLL_ID_BYTES], fs_error *e
     uint32_t pid = (uint32_t)getpid();
     for (int i = 0; i < FS_BACKEND_COLL_ID_BYTES; i++) id[i] = (uint8_t)(i * 37 + 11);
     memcpy(id, &pid, sizeof pid);
-    id[4] = (uint8_t)R;
+    id[4] = (uint8_t)g_rank;
     memcpy(F.id, id, sizeof F.id);
     return FS_OK;
 }
@@ -222,7 +220,7 @@ static int fake_create(void *self, fs_backend_coll **out, const uint8_t id[FS_BA
 #endif
         free(c);
         *out = NULL;
-        return fs_error_set(err, FS_ERR_RUNTIME, "fake: coll_create failed on rank %d", R);
+        return fs_error_set(err, FS_ERR_RUNTIME, "fake: coll_create failed on rank %d", g_rank);
     }
     F.live_colls++;
     *out = c;
@@ -467,7 +465,7 @@ static fs_comm *open_on(const fs_backend_vtable *vt, int32_t device_type, int *r
     B.self = &F;
     B.device.type = device_type;
     fs_comm *c = NULL;
-    *rc = fs_comm_coll_create(&c, &B, H, err);
+    *rc = fs_comm_coll_create(&c, &B, g_world, err);
     return c;
 }
 
@@ -524,52 +522,32 @@ static void check_blocking_order(int call) {
     assert_true(seen > done && back > seen);
 }
 
-static int setup(void **state) {
-    (void)state;
-    fs_error err = {0};
-    if (fs_world_start(&err)) {
-        fprintf(stderr, "world: %s\n", err.message);
-        return -1;
-    }
-    H = fs_world_comm();
-    H->timeout_s = 10;
-    R = fs_world_rank();
-    W = fs_world_size();
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    fs_world_stop();
-    return 0;
-}
-
 /* ---- create ---- */
 
 static void test_create(void **state) {
     (void)state;
-    H->timeout_s = 7;
+    g_world->timeout_s = 7;
     fs_comm *c = open_engine();
-    H->timeout_s = 10;
+    g_world->timeout_s = 10;
     assert_int_equal(c->struct_size, sizeof(fs_comm));
     assert_string_equal(c->engine, "coll");
-    assert_int_equal(c->rank(c, NULL), R);
-    assert_int_equal(c->size(c, NULL), W);
+    assert_int_equal(c->rank(c, NULL), g_rank);
+    assert_int_equal(c->size(c, NULL), g_size);
     /* the bootstrap: rank 0 alone makes the id, every rank creates with it */
-    assert_int_equal(F.n[C_ID], R == 0);
+    assert_int_equal(F.n[C_ID], g_rank == 0);
     assert_int_equal(F.n[C_CREATE], 1);
     assert_true(F.id_ok);
-    assert_int_equal(F.create_ranks, W);
-    assert_int_equal(F.create_rank, R);
+    assert_int_equal(F.create_ranks, g_size);
+    assert_int_equal(F.create_rank, g_rank);
     assert_int_equal(F.own_priority, 1);
     assert_int_equal(F.live_streams, 1);
     close_engine(c);
     /* create copies the host's timeout (open_engine sets its own after) */
     int rc;
     fs_error err = {0};
-    H->timeout_s = 7;
+    g_world->timeout_s = 7;
     c = open_on(&fake_vt, FS_DEVICE_CUDA, &rc, &err);
-    H->timeout_s = 10;
+    g_world->timeout_s = 10;
     assert_int_equal(rc, 0);
     assert_true(c->timeout_s == 7);
     assert_string_equal(c->engine, "nccl");
@@ -608,11 +586,11 @@ static void test_create_fails_on_one_rank(void **state) {
     memset(&B, 0, sizeof B);
     B.vt = &fake_vt;
     B.self = &F;
-    F.fail_create = R == W - 1;
+    F.fail_create = g_rank == g_size - 1;
     fs_comm *c = NULL;
-    int rc = fs_comm_coll_create(&c, &B, H, &err);
+    int rc = fs_comm_coll_create(&c, &B, g_world, &err);
     assert_null(c);
-    if (R == W - 1) {
+    if (g_rank == g_size - 1) {
         assert_int_equal(rc, FS_ERR_RUNTIME);
         assert_non_null(strstr(err.message, "coll_create"));
     } else {
@@ -620,7 +598,7 @@ static void test_create_fails_on_one_rank(void **state) {
         assert_non_null(strstr(err.message, "another rank"));
     }
     /* a communicator made is aborted, not finalized with failed peers */
-    assert_int_equal(F.n[C_ABORT], R != W - 1);
+    assert_int_equal(F.n[C_ABORT], g_rank != g_size - 1);
     assert_int_equal(F.live_streams + F.live_events + F.live_allocs + F.live_colls, 0);
 }
 
@@ -632,47 +610,48 @@ static void test_all_reduce(void **state) {
     fs_error err = {0};
     /* f32: rank r holds r + 1 + i / 4: the sum is W (W + 1) / 2 + W i / 4 */
     float x[6];
-    for (int i = 0; i < 6; i++) x[i] = (float)(R + 1) + 0.25f * (float)i;
+    for (int i = 0; i < 6; i++) x[i] = (float)(g_rank + 1) + 0.25f * (float)i;
     fs_tensor t = tensor(x, FS_DTYPE_F32, 6);
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_SUM, &err), 0);
-    for (int i = 0; i < 6; i++) assert_float_equal(x[i], (float)(W * (W + 1) / 2) + 0.25f * (float)(W * i), 0);
+    for (int i = 0; i < 6; i++)
+        assert_float_equal(x[i], (float)(g_size * (g_size + 1) / 2) + 0.25f * (float)(g_size * i), 0);
     assert_int_equal(F.last_op, FS_REDUCE_SUM);
     assert_int_equal(F.last_count, 6);
-    x[0] = (float)R;
+    x[0] = (float)g_rank;
     t.shape[0] = 1;
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_MAX, &err), 0);
-    assert_float_equal(x[0], (float)(W - 1), 0);
-    x[0] = (float)(R + 3);
+    assert_float_equal(x[0], (float)(g_size - 1), 0);
+    x[0] = (float)(g_rank + 3);
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_MIN, &err), 0);
     assert_float_equal(x[0], 3.0f, 0);
     /* f64: 0.5 (r + 1) sums to W (W + 1) / 4; max 0.5 W, min 0.5 */
-    double d[3] = {0.5 * (R + 1), 0.5 * (R + 1), 0.5 * (R + 1)};
+    double d[3] = {0.5 * (g_rank + 1), 0.5 * (g_rank + 1), 0.5 * (g_rank + 1)};
     t = tensor(d, FS_DTYPE_F64, 1);
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_SUM, &err), 0);
-    assert_true(d[0] == 0.25 * W * (W + 1));
+    assert_true(d[0] == 0.25 * g_size * (g_size + 1));
     t.data = &d[1];
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_MAX, &err), 0);
-    assert_true(d[1] == 0.5 * W);
+    assert_true(d[1] == 0.5 * g_size);
     t.data = &d[2];
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_MIN, &err), 0);
     assert_true(d[2] == 0.5);
     assert_int_equal(F.last_dtype, FS_DTYPE_F64);
     /* i32: r^2 + i sums to (W - 1) W (2W - 1) / 6 + W i; max 10 (W - 1), min -(W - 1) */
     int32_t k[4];
-    for (int i = 0; i < 4; i++) k[i] = R * R + i;
+    for (int i = 0; i < 4; i++) k[i] = g_rank * g_rank + i;
     t = tensor(k, FS_DTYPE_I32, 4);
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_SUM, &err), 0);
-    for (int i = 0; i < 4; i++) assert_int_equal(k[i], (W - 1) * W * (2 * W - 1) / 6 + W * i);
-    k[0] = 10 * R;
-    k[1] = -R;
+    for (int i = 0; i < 4; i++) assert_int_equal(k[i], (g_size - 1) * g_size * (2 * g_size - 1) / 6 + g_size * i);
+    k[0] = 10 * g_rank;
+    k[1] = -g_rank;
     t = tensor(k, FS_DTYPE_I32, 1);
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_MAX, &err), 0);
-    assert_int_equal(k[0], 10 * (W - 1));
+    assert_int_equal(k[0], 10 * (g_size - 1));
     t.data = &k[1];
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_MIN, &err), 0);
-    assert_int_equal(k[1], -(W - 1));
+    assert_int_equal(k[1], -(g_size - 1));
     /* bf16 passes through as bf16: r + 1 (exact) sums to W (W + 1) / 2 */
-    float one = (float)(R + 1);
+    float one = (float)(g_rank + 1);
     uint32_t bits;
     memcpy(&bits, &one, sizeof bits);
     uint16_t h = (uint16_t)(bits >> 16);
@@ -681,7 +660,7 @@ static void test_all_reduce(void **state) {
     assert_int_equal(F.last_dtype, FS_DTYPE_BF16);
     bits = (uint32_t)h << 16;
     memcpy(&one, &bits, sizeof one);
-    assert_float_equal(one, (float)(W * (W + 1) / 2), 0);
+    assert_float_equal(one, (float)(g_size * (g_size + 1) / 2), 0);
     /* refused on every rank alike, before the backend sees them */
     int before = F.n[C_ALL_REDUCE];
     t = tensor(x, FS_DTYPE_F32, 1);
@@ -699,7 +678,7 @@ static void test_all_reduce_start(void **state) {
     fs_error err = {0};
     size_t n = 1000;
     float *x = malloc(n * sizeof *x);
-    for (size_t i = 0; i < n; i++) x[i] = (float)(R + 1) * (float)(i % 5);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(g_rank + 1) * (float)(i % 5);
     fs_tensor t = tensor(x, FS_DTYPE_F32, n);
     fs_comm_request *req = NULL;
     F.n_log = 0;
@@ -714,7 +693,7 @@ static void test_all_reduce_start(void **state) {
     assert_int_equal(done, 1); /* the fake's streams run at once */
     assert_int_equal(c->wait(c, req, &err), 0);
     assert_true(find_log(0, L_WAIT, COMPUTE, F.log[done_ev].event, -1) > done_ev);
-    for (size_t i = 0; i < n; i++) assert_float_equal(x[i], (float)(W * (W + 1) / 2) * (float)(i % 5), 0);
+    for (size_t i = 0; i < n; i++) assert_float_equal(x[i], (float)(g_size * (g_size + 1) / 2) * (float)(i % 5), 0);
     /* requests are reused: a second round makes no new events */
     int events = F.live_events;
     for (int round = 0; round < 3; round++) {
@@ -742,12 +721,12 @@ static void test_ordering(void **state) {
     /* deferred: the event on the compute stream at start; at wait, the
      * engine's stream waits for it, the group, the event re-recorded on the
      * engine's stream, then the compute stream waits */
-    float s = (float)R, r = -1;
+    float s = (float)g_rank, r = -1;
     fs_tensor ts = tensor(&s, FS_DTYPE_F32, 1), tr = tensor(&r, FS_DTYPE_F32, 1);
     fs_comm_request *rs, *rr;
     F.n_log = 0;
-    assert_int_equal(c->send_start(c, NULL, &ts, R, 0, &rs, &err), 0);
-    assert_int_equal(c->recv_start(c, NULL, &tr, R, 0, &rr, &err), 0);
+    assert_int_equal(c->send_start(c, NULL, &ts, g_rank, 0, &rs, &err), 0);
+    assert_int_equal(c->recv_start(c, NULL, &tr, g_rank, 0, &rr, &err), 0);
     int e_send = find_log(0, L_RECORD, COMPUTE, -1, -1);
     assert_true(e_send >= 0);
     int ev = F.log[e_send].event;
@@ -759,7 +738,7 @@ static void test_ordering(void **state) {
     int back = find_log(rec, L_WAIT, COMPUTE, ev, -1);
     assert_true(w > e_send && begin > w && sent > begin && end > sent && rec > end && back > rec);
     assert_int_equal(c->wait(c, rr, &err), 0);
-    assert_float_equal(r, (float)R, 0);
+    assert_float_equal(r, (float)g_rank, 0);
     close_engine(c);
 }
 
@@ -768,36 +747,37 @@ static void test_broadcast_gather_scatter(void **state) {
     fs_comm *c = open_engine();
     fs_error err = {0};
     /* broadcast from the last rank (not 0 when there are several) */
-    float b[3] = {(float)(100 + R), (float)(200 + R), (float)R};
+    float b[3] = {(float)(100 + g_rank), (float)(200 + g_rank), (float)g_rank};
     fs_tensor t = tensor(b, FS_DTYPE_F32, 3);
-    assert_int_equal(c->broadcast(c, NULL, &t, W - 1, &err), 0);
-    for (int i = 0; i < 3; i++) assert_float_equal(b[i], (float)(100 * (i + 1) * (i < 2) + W - 1), 0);
+    assert_int_equal(c->broadcast(c, NULL, &t, g_size - 1, &err), 0);
+    for (int i = 0; i < 3; i++) assert_float_equal(b[i], (float)(100 * (i + 1) * (i < 2) + g_size - 1), 0);
     /* f16 passes through (as bytes, here) */
-    uint16_t h = (uint16_t)(0x3c00 + R);
+    uint16_t h = (uint16_t)(0x3c00 + g_rank);
     t = tensor(&h, FS_DTYPE_F16, 1);
-    assert_int_equal(c->broadcast(c, NULL, &t, W - 1, &err), 0);
+    assert_int_equal(c->broadcast(c, NULL, &t, g_size - 1, &err), 0);
     assert_int_equal(F.last_dtype, FS_DTYPE_F16);
-    assert_int_equal(h, 0x3c00 + W - 1);
-    assert_int_equal(c->broadcast(c, NULL, &t, W, &err), FS_ERR_INVALID);
+    assert_int_equal(h, 0x3c00 + g_size - 1);
+    assert_int_equal(c->broadcast(c, NULL, &t, g_size, &err), FS_ERR_INVALID);
     /* all_gather: rank r gives [r, -r] */
-    float mine[2] = {(float)R, (float)-R}, all[2 * 8];
-    fs_tensor in = tensor(mine, FS_DTYPE_F32, 2), out = tensor(all, FS_DTYPE_F32, 2 * (size_t)W);
+    float mine[2] = {(float)g_rank, (float)-g_rank}, all[2 * 8];
+    fs_tensor in = tensor(mine, FS_DTYPE_F32, 2), out = tensor(all, FS_DTYPE_F32, 2 * (size_t)g_size);
     assert_int_equal(c->all_gather(c, NULL, &in, &out, &err), 0);
-    for (int r = 0; r < W; r++) {
+    for (int r = 0; r < g_size; r++) {
         assert_float_equal(all[2 * r], (float)r, 0);
         assert_float_equal(all[2 * r + 1], (float)-r, 0);
     }
-    out.shape[0] = 2 * (size_t)W + 1;
+    out.shape[0] = 2 * (size_t)g_size + 1;
     assert_int_equal(c->all_gather(c, NULL, &in, &out, &err), FS_ERR_INVALID);
     assert_non_null(strstr(err.message, "all_gather"));
     /* reduce_scatter: in[j] = r + j over 2W elements; rank r gets block r
      * summed: sum_q (q + j) = W (W - 1) / 2 + W j, j = 2r, 2r + 1 */
     float big[2 * 8], part[2];
-    for (int j = 0; j < 2 * W; j++) big[j] = (float)(R + j);
-    in = tensor(big, FS_DTYPE_F32, 2 * (size_t)W);
+    for (int j = 0; j < 2 * g_size; j++) big[j] = (float)(g_rank + j);
+    in = tensor(big, FS_DTYPE_F32, 2 * (size_t)g_size);
     out = tensor(part, FS_DTYPE_F32, 2);
     assert_int_equal(c->reduce_scatter(c, NULL, &in, &out, &err), 0);
-    for (int j = 0; j < 2; j++) assert_float_equal(part[j], (float)(W * (W - 1) / 2 + W * (2 * R + j)), 0);
+    for (int j = 0; j < 2; j++)
+        assert_float_equal(part[j], (float)(g_size * (g_size - 1) / 2 + g_size * (2 * g_rank + j)), 0);
     assert_int_equal(F.last_op, FS_REDUCE_SUM);
     assert_int_equal(F.last_count, 2);
     close_engine(c);
@@ -810,17 +790,17 @@ static void test_send_recv_ring(void **state) {
     fs_comm *c = open_engine();
     fs_error err = {0};
     float s[4], r[4];
-    for (int i = 0; i < 4; i++) s[i] = (float)(1000 * R + i);
+    for (int i = 0; i < 4; i++) s[i] = (float)(1000 * g_rank + i);
     fs_tensor ts = tensor(s, FS_DTYPE_F32, 4), tr = tensor(r, FS_DTYPE_F32, 4);
-    assert_int_equal(c->send(c, NULL, &ts, W, 0, &err), FS_ERR_INVALID);
+    assert_int_equal(c->send(c, NULL, &ts, g_size, 0, &err), FS_ERR_INVALID);
     assert_non_null(strstr(err.message, "send"));
     assert_int_equal(c->recv(c, NULL, &tr, -1, 0, &err), FS_ERR_INVALID);
     assert_int_equal(F.n[C_SEND] + F.n[C_RECV], 0);
-    if (W > 1) {
-        int next = (R + 1) % W, prev = (R + W - 1) % W;
-        if (R == 0) assert_int_equal(c->send(c, NULL, &ts, next, 0, &err), 0);
+    if (g_size > 1) {
+        int next = (g_rank + 1) % g_size, prev = (g_rank + g_size - 1) % g_size;
+        if (g_rank == 0) assert_int_equal(c->send(c, NULL, &ts, next, 0, &err), 0);
         assert_int_equal(c->recv(c, NULL, &tr, prev, 0, &err), 0);
-        if (R != 0) assert_int_equal(c->send(c, NULL, &ts, next, 0, &err), 0);
+        if (g_rank != 0) assert_int_equal(c->send(c, NULL, &ts, next, 0, &err), 0);
         for (int i = 0; i < 4; i++) assert_float_equal(r[i], (float)(1000 * prev + i), 0);
         assert_int_equal(F.n[C_GROUP_BEGIN], 2); /* each its own group */
         assert_int_equal(F.max_group, 1);
@@ -836,11 +816,11 @@ static void test_exchange(void **state) {
     (void)state;
     fs_comm *c = open_engine();
     fs_error err = {0};
-    int next = (R + 1) % W, prev = (R + W - 1) % W;
+    int next = (g_rank + 1) % g_size, prev = (g_rank + g_size - 1) % g_size;
     float fwd[3], bwd[3], from_prev[3] = {0}, from_next[3] = {0};
     for (int i = 0; i < 3; i++) {
-        fwd[i] = (float)(10 * R + i);
-        bwd[i] = (float)(-10 * R - i);
+        fwd[i] = (float)(10 * g_rank + i);
+        bwd[i] = (float)(-10 * g_rank - i);
     }
     fs_tensor tf = tensor(fwd, FS_DTYPE_F32, 3), tb = tensor(bwd, FS_DTYPE_F32, 3);
     fs_tensor tp = tensor(from_prev, FS_DTYPE_F32, 3), tn = tensor(from_next, FS_DTYPE_F32, 3);
@@ -872,31 +852,31 @@ static void test_group_split(void **state) {
     fs_comm *c = open_engine();
     fs_error err = {0};
     fs_comm_group *g = NULL;
-    int color = R % 2;
+    int color = g_rank % 2;
     assert_int_equal(c->group_split(c, -1, 0, &g, &err), FS_ERR_INVALID);
-    assert_int_equal(c->group_split(c, color, -R, &g, &err), 0);
+    assert_int_equal(c->group_split(c, color, -g_rank, &g, &err), 0);
     assert_non_null(g);
     assert_int_equal(F.n[C_SPLIT], 1);
     int size = 0, rank = 0, top = -1;
     float sum = 0;
-    for (int r = color; r < W; r += 2) {
+    for (int r = color; r < g_size; r += 2) {
         size++;
-        rank += r > R;
+        rank += r > g_rank;
         sum += (float)(r + 1);
         top = r;
     }
     assert_int_equal(c->size(c, g), size);
     assert_int_equal(c->rank(c, g), rank);
-    float x = (float)(R + 1);
+    float x = (float)(g_rank + 1);
     fs_tensor t = tensor(&x, FS_DTYPE_F32, 1);
     assert_int_equal(c->all_reduce(c, g, &t, FS_REDUCE_SUM, &err), 0);
     assert_float_equal(x, sum, 0);
     /* the group's rank 0 is its highest world rank */
-    float b = (float)(100 + R);
+    float b = (float)(100 + g_rank);
     t = tensor(&b, FS_DTYPE_F32, 1);
     assert_int_equal(c->broadcast(c, g, &t, 0, &err), 0);
     assert_float_equal(b, (float)(100 + top), 0);
-    float mine = (float)R, all[8];
+    float mine = (float)g_rank, all[8];
     fs_tensor in = tensor(&mine, FS_DTYPE_F32, 1), out = tensor(all, FS_DTYPE_F32, (size_t)size);
     assert_int_equal(c->all_gather(c, g, &in, &out, &err), 0);
     for (int i = 0; i < size; i++) assert_float_equal(all[i], (float)(top - 2 * i), 0);
@@ -905,7 +885,7 @@ static void test_group_split(void **state) {
     x = 1;
     t = tensor(&x, FS_DTYPE_F32, 1);
     assert_int_equal(c->all_reduce(c, NULL, &t, FS_REDUCE_SUM, &err), 0);
-    assert_float_equal(x, (float)W, 0);
+    assert_float_equal(x, (float)g_size, 0);
     int destroyed = F.n[C_DESTROY];
     c->group_free(c, g);
     assert_int_equal(F.n[C_DESTROY], destroyed + 1);
@@ -974,7 +954,7 @@ static void test_timeout(void **state) {
     fs_comm *c = open_engine();
     fs_error err = {0};
     fs_comm_group *g = NULL;
-    assert_int_equal(c->group_split(c, 0, R, &g, &err), 0);
+    assert_int_equal(c->group_split(c, 0, g_rank, &g, &err), 0);
     c->timeout_s = 0.3;
     F.stall = 1;
     float x = 1;
@@ -1013,5 +993,5 @@ int main(void) {
         cmocka_unit_test(test_group_split),    cmocka_unit_test(test_barrier),
         cmocka_unit_test(test_failed_peer),    cmocka_unit_test(test_timeout),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_world_setup, test_world_teardown);
 }

@@ -19,30 +19,8 @@
 #include "core/schema.h"
 #include "session/session.h"
 #include "test_util.h"
-#include "dist/world.h"
+#include "test_world.h"
 
-static fs_comm *C;
-static int R, W;
-
-static int setup(void **state) {
-    (void)state;
-    fs_error err = {0};
-    if (fs_world_start(&err)) {
-        fprintf(stderr, "world: %s\n", err.message);
-        return -1;
-    }
-    C = fs_world_comm();
-    C->timeout_s = 10;
-    R = fs_world_rank();
-    W = fs_world_size();
-    return 0;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    fs_world_stop();
-    return 0;
-}
 
 static fs_tensor f32(float *x, size_t n) { return fs_tensor_cpu_f32(x, 1, n, 0, 0, 0); }
 
@@ -51,65 +29,65 @@ static fs_tensor f32(float *x, size_t n) { return fs_tensor_cpu_f32(x, 1, n, 0, 
 static void test_collectives(void **state) {
     (void)state;
     fs_error err = {0};
-    assert_int_equal(C->rank(C, NULL), R);
-    assert_int_equal(C->size(C, NULL), W);
+    assert_int_equal(g_world->rank(g_world, NULL), g_rank);
+    assert_int_equal(g_world->size(g_world, NULL), g_size);
     /* rank r holds r + 1 + i / 10: sum over ranks = W (W + 1) / 2 + W i / 10 */
     float x[5], want[5];
     for (int i = 0; i < 5; i++) {
-        x[i] = (float)(R + 1) + 0.1f * (float)i;
-        want[i] = (float)(W * (W + 1) / 2) + 0.1f * (float)(W * i);
+        x[i] = (float)(g_rank + 1) + 0.1f * (float)i;
+        want[i] = (float)(g_size * (g_size + 1) / 2) + 0.1f * (float)(g_size * i);
     }
     fs_tensor t = f32(x, 5);
-    assert_int_equal(C->all_reduce(C, NULL, &t, FS_REDUCE_SUM, &err), 0);
+    assert_int_equal(g_world->all_reduce(g_world, NULL, &t, FS_REDUCE_SUM, &err), 0);
     test_close("all_reduce sum", x, want, 5, 1e-5, 1e-6);
-    float mx = (float)R;
+    float mx = (float)g_rank;
     t = f32(&mx, 1);
-    assert_int_equal(C->all_reduce(C, NULL, &t, FS_REDUCE_MAX, &err), 0);
-    assert_float_equal(mx, (float)(W - 1), 0);
-    mx = (float)(R + 3);
-    assert_int_equal(C->all_reduce(C, NULL, &t, FS_REDUCE_MIN, &err), 0);
+    assert_int_equal(g_world->all_reduce(g_world, NULL, &t, FS_REDUCE_MAX, &err), 0);
+    assert_float_equal(mx, (float)(g_size - 1), 0);
+    mx = (float)(g_rank + 3);
+    assert_int_equal(g_world->all_reduce(g_world, NULL, &t, FS_REDUCE_MIN, &err), 0);
     assert_float_equal(mx, 3.0f, 0);
     /* doubles and ints (the runtime's loss sums and agreements) */
-    double d = 0.25 * (R + 1);
+    double d = 0.25 * (g_rank + 1);
     fs_tensor td = fs_tensor_cpu_f32(NULL, 1, 1, 0, 0, 0);
     td.data = &d;
     td.dtype = FS_DTYPE_F64;
-    assert_int_equal(C->all_reduce(C, NULL, &td, FS_REDUCE_SUM, &err), 0);
-    assert_true(d == 0.25 * W * (W + 1) / 2);
-    int32_t k = R * 10;
+    assert_int_equal(g_world->all_reduce(g_world, NULL, &td, FS_REDUCE_SUM, &err), 0);
+    assert_true(d == 0.25 * g_size * (g_size + 1) / 2);
+    int32_t k = g_rank * 10;
     td.data = &k;
     td.dtype = FS_DTYPE_I32;
-    assert_int_equal(C->all_reduce(C, NULL, &td, FS_REDUCE_MAX, &err), 0);
-    assert_int_equal(k, (W - 1) * 10);
+    assert_int_equal(g_world->all_reduce(g_world, NULL, &td, FS_REDUCE_MAX, &err), 0);
+    assert_int_equal(k, (g_size - 1) * 10);
 
     /* all_gather: rank r contributes [r, -r] */
-    float mine[2] = {(float)R, (float)-R}, all[2 * 8];
-    fs_tensor in = f32(mine, 2), out = f32(all, 2 * (size_t)W);
-    assert_int_equal(C->all_gather(C, NULL, &in, &out, &err), 0);
-    for (int r = 0; r < W; r++) {
+    float mine[2] = {(float)g_rank, (float)-g_rank}, all[2 * 8];
+    fs_tensor in = f32(mine, 2), out = f32(all, 2 * (size_t)g_size);
+    assert_int_equal(g_world->all_gather(g_world, NULL, &in, &out, &err), 0);
+    for (int r = 0; r < g_size; r++) {
         assert_float_equal(all[2 * r], (float)r, 0);
         assert_float_equal(all[2 * r + 1], (float)-r, 0);
     }
     /* reduce_scatter: in[j] = r + j over W * 2 elements; rank r gets block r
      * summed: sum_q (q + j) = W (W - 1) / 2 + W j, j = 2 r, 2 r + 1 */
     float big[2 * 8], part[2];
-    for (int j = 0; j < 2 * W; j++) big[j] = (float)(R + j);
-    in = f32(big, 2 * (size_t)W);
+    for (int j = 0; j < 2 * g_size; j++) big[j] = (float)(g_rank + j);
+    in = f32(big, 2 * (size_t)g_size);
     out = f32(part, 2);
-    assert_int_equal(C->reduce_scatter(C, NULL, &in, &out, &err), 0);
+    assert_int_equal(g_world->reduce_scatter(g_world, NULL, &in, &out, &err), 0);
     for (int j = 0; j < 2; j++)
-        assert_float_equal(part[j], (float)(W * (W - 1) / 2 + W * (2 * R + j)), 0);
+        assert_float_equal(part[j], (float)(g_size * (g_size - 1) / 2 + g_size * (2 * g_rank + j)), 0);
     /* broadcast from the last rank */
-    float b = (float)(100 + R);
+    float b = (float)(100 + g_rank);
     t = f32(&b, 1);
-    assert_int_equal(C->broadcast(C, NULL, &t, W - 1, &err), 0);
-    assert_float_equal(b, (float)(100 + W - 1), 0);
+    assert_int_equal(g_world->broadcast(g_world, NULL, &t, g_size - 1, &err), 0);
+    assert_float_equal(b, (float)(100 + g_size - 1), 0);
     /* wrong sizes are refused, not sent */
-    if (W > 1) {
+    if (g_size > 1) {
         out = f32(all, 3);
-        assert_int_equal(C->all_gather(C, NULL, &in, &out, &err), FS_ERR_INVALID);
+        assert_int_equal(g_world->all_gather(g_world, NULL, &in, &out, &err), FS_ERR_INVALID);
     }
-    assert_int_equal(C->barrier(C, NULL, &err), 0);
+    assert_int_equal(g_world->barrier(g_world, NULL, &err), 0);
 }
 
 static void test_nonblocking(void **state) {
@@ -118,15 +96,16 @@ static void test_nonblocking(void **state) {
     /* a large all-reduce started, tested, then waited */
     size_t n = 1 << 18;
     float *x = malloc(n * sizeof *x);
-    for (size_t i = 0; i < n; i++) x[i] = (float)(R + 1) * (float)(i % 7);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(g_rank + 1) * (float)(i % 7);
     fs_tensor t = f32(x, n);
     fs_comm_request *req;
-    assert_int_equal(C->all_reduce_start(C, NULL, &t, FS_REDUCE_SUM, &req, &err), 0);
+    assert_int_equal(g_world->all_reduce_start(g_world, NULL, &t, FS_REDUCE_SUM, &req, &err), 0);
     int done = 0;
-    assert_int_equal(C->test(C, req, &done, &err), 0);
-    assert_int_equal(C->wait(C, req, &err), 0);
-    for (size_t i = 0; i < n; i += 4099) assert_float_equal(x[i], (float)(W * (W + 1) / 2) * (float)(i % 7), 0);
-    if (W == 1) {
+    assert_int_equal(g_world->test(g_world, req, &done, &err), 0);
+    assert_int_equal(g_world->wait(g_world, req, &err), 0);
+    for (size_t i = 0; i < n; i += 4099)
+        assert_float_equal(x[i], (float)(g_size * (g_size + 1) / 2) * (float)(i % 7), 0);
+    if (g_size == 1) {
         free(x);
         return;
     }
@@ -134,19 +113,19 @@ static void test_nonblocking(void **state) {
      * previous at the same time: with blocking rendezvous sends this would
      * deadlock; started non-blocking it must not */
     float *sbuf = malloc(n * sizeof *sbuf);
-    for (size_t i = 0; i < n; i++) sbuf[i] = (float)R + 1e-3f * (float)(i % 1000);
+    for (size_t i = 0; i < n; i++) sbuf[i] = (float)g_rank + 1e-3f * (float)(i % 1000);
     fs_tensor ts = f32(sbuf, n), tr = f32(x, n);
     fs_comm_request *rs, *rr;
-    int next = (R + 1) % W, prev = (R + W - 1) % W;
-    assert_int_equal(C->recv_start(C, NULL, &tr, prev, 7, &rr, &err), 0);
-    assert_int_equal(C->send_start(C, NULL, &ts, next, 7, &rs, &err), 0);
-    assert_int_equal(C->wait(C, rr, &err), 0);
-    assert_int_equal(C->wait(C, rs, &err), 0);
+    int next = (g_rank + 1) % g_size, prev = (g_rank + g_size - 1) % g_size;
+    assert_int_equal(g_world->recv_start(g_world, NULL, &tr, prev, 7, &rr, &err), 0);
+    assert_int_equal(g_world->send_start(g_world, NULL, &ts, next, 7, &rs, &err), 0);
+    assert_int_equal(g_world->wait(g_world, rr, &err), 0);
+    assert_int_equal(g_world->wait(g_world, rs, &err), 0);
     for (size_t i = 0; i < n; i += 997) assert_float_equal(x[i], (float)prev + 1e-3f * (float)(i % 1000), 0);
     /* blocking send/recv: rank 0 -> rank 1 */
-    if (R == 0) assert_int_equal(C->send(C, NULL, &ts, 1, 9, &err), 0);
-    if (R == 1) {
-        assert_int_equal(C->recv(C, NULL, &tr, 0, 9, &err), 0);
+    if (g_rank == 0) assert_int_equal(g_world->send(g_world, NULL, &ts, 1, 9, &err), 0);
+    if (g_rank == 1) {
+        assert_int_equal(g_world->recv(g_world, NULL, &tr, 0, 9, &err), 0);
         assert_float_equal(x[5], 5e-3f, 0);
     }
     free(sbuf);
@@ -158,21 +137,21 @@ static void test_groups(void **state) {
     fs_error err = {0};
     /* split by parity, ordered by descending rank */
     fs_comm_group *g;
-    assert_int_equal(C->group_split(C, R % 2, -R, &g, &err), 0);
-    int n = (W + 1 - R % 2) / 2; /* ranks of my parity */
-    assert_int_equal(C->size(C, g), n);
-    float x = (float)R;
+    assert_int_equal(g_world->group_split(g_world, g_rank % 2, -g_rank, &g, &err), 0);
+    int n = (g_size + 1 - g_rank % 2) / 2; /* ranks of my parity */
+    assert_int_equal(g_world->size(g_world, g), n);
+    float x = (float)g_rank;
     fs_tensor t = f32(&x, 1);
-    assert_int_equal(C->all_reduce(C, g, &t, FS_REDUCE_SUM, &err), 0);
+    assert_int_equal(g_world->all_reduce(g_world, g, &t, FS_REDUCE_SUM, &err), 0);
     float want = 0;
-    for (int q = R % 2; q < W; q += 2) want += (float)q;
+    for (int q = g_rank % 2; q < g_size; q += 2) want += (float)q;
     assert_float_equal(x, want, 0);
-    if (W > 1) { /* the highest rank of my parity is 0 within the group */
-        int top = R % 2 + 2 * (n - 1);
-        assert_int_equal(C->rank(C, g), (top - R) / 2);
+    if (g_size > 1) { /* the highest rank of my parity is 0 within the group */
+        int top = g_rank % 2 + 2 * (n - 1);
+        assert_int_equal(g_world->rank(g_world, g), (top - g_rank) / 2);
     }
-    C->group_free(C, g);
-    assert_int_equal(C->group_split(C, -1, 0, &g, &err), W > 1 ? FS_ERR_INVALID : 0);
+    g_world->group_free(g_world, g);
+    assert_int_equal(g_world->group_split(g_world, -1, 0, &g, &err), g_size > 1 ? FS_ERR_INVALID : 0);
 }
 
 /* ---- the strategy through its plugin ---- */
@@ -202,7 +181,7 @@ static int strat_open(strat *st, const char *name, const char *keys, size_t n_la
     if (rc) return rc;
     fs_host_init(&st->host, 1);
     fs_plugin_ctx_init(&st->inst.ctx, &st->host, st->inst.config, "plugin.parallel", name);
-    fs_parallel_config pc = {.struct_size = sizeof pc, .comm = C, .n_params = 0, .n_layer = n_layer,
+    fs_parallel_config pc = {.struct_size = sizeof pc, .comm = g_world, .n_params = 0, .n_layer = n_layer,
                              .n_head = 4, .batch = 24, .device = {FS_DEVICE_CPU, 0}, .seq = 16, .n_embd = 32,
                              .vocab = 64};
     st->vt = st->inst.plugin->desc->vtable;
@@ -218,7 +197,7 @@ static void strat_close(strat *st) {
         fs_graph_destroy(st->s->graph);
         free(st->s);
     }
-    C->timeout_s = 10; /* create sets [parallel] timeout */
+    g_world->timeout_s = 10; /* create sets [parallel] timeout */
 }
 
 /* grads on rank r: g[i] = (r + 1) * sin(i); the data group's mean is
@@ -235,19 +214,19 @@ static void test_data_buckets_and_zero(void **state) {
         if (rc) fail_msg("create: %s", err.message);
         fs_parallel_topology t;
         assert_int_equal(st.vt->topology(st.self, &t, &err), 0);
-        assert_int_equal(t.data, W);
-        assert_int_equal(t.data_rank, R);
+        assert_int_equal(t.data, g_size);
+        assert_int_equal(t.data_rank, g_rank);
         assert_int_equal(t.tensor, 1);
         assert_int_equal(t.pipeline, 1);
         size_t off, cnt;
         assert_int_equal(st.vt->batch_slice(st.self, 24, &off, &cnt, &err), 0);
-        assert_int_equal(cnt, 24 / (size_t)W);
-        assert_int_equal(off, (size_t)R * cnt);
+        assert_int_equal(cnt, 24 / (size_t)g_size);
+        assert_int_equal(off, (size_t)g_rank * cnt);
         float *g = malloc(n * sizeof *g), *want = malloc(n * sizeof *want);
         for (int step = 0; step < 2; step++) { /* buckets re-form every step */
             for (size_t i = 0; i < n; i++) {
-                g[i] = (float)(R + 1) * sinf((float)i + (float)step);
-                want[i] = 0.5f * (float)(W + 1) * sinf((float)i + (float)step);
+                g[i] = (float)(g_rank + 1) * sinf((float)i + (float)step);
+                want[i] = 0.5f * (float)(g_size + 1) * sinf((float)i + (float)step);
             }
             /* backward order: [700, 1000), [400, 700), [0, 100), and
              * [100, 400) never reported: grads_finish sends it */
@@ -257,35 +236,35 @@ static void test_data_buckets_and_zero(void **state) {
             assert_int_equal(st.vt->grads_finish(st.self, g, n, &err), 0);
             size_t lo, hi;
             assert_int_equal(st.vt->optimizer_shard(st.self, n, &lo, &hi, &err), 0);
-            if (!zero || W == 1) {
+            if (!zero || g_size == 1) {
                 assert_int_equal(lo, 0);
                 assert_int_equal(hi, n);
             } else { /* ceil(1000 / W) a shard */
-                size_t S = (n + (size_t)W - 1) / (size_t)W;
-                assert_int_equal(lo, (size_t)R * S < n ? (size_t)R * S : n);
+                size_t S = (n + (size_t)g_size - 1) / (size_t)g_size;
+                assert_int_equal(lo, (size_t)g_rank * S < n ? (size_t)g_rank * S : n);
             }
             test_close("mean gradient (owned range)", g + lo, want + lo, hi - lo, 1e-6, 1e-5);
             /* params_updated: each rank's shard to all */
             float *p = malloc(n * sizeof *p);
             for (size_t i = 0; i < n; i++) p[i] = (i >= lo && i < hi) ? (float)i : -1.0f;
             assert_int_equal(st.vt->params_updated(st.self, p, n, &err), 0);
-            if (zero || W == 1)
+            if (zero || g_size == 1)
                 for (size_t i = 0; i < n; i++) assert_float_equal(p[i], (float)i, 0);
             free(p);
         }
         /* extra (plugin-owned) gradients: in full on every rank */
-        float e[3] = {(float)R, 1.0f, 2.0f * (float)R};
+        float e[3] = {(float)g_rank, 1.0f, 2.0f * (float)g_rank};
         assert_int_equal(st.vt->grads_extra(st.self, e, 3, &err), 0);
-        assert_float_equal(e[0], 0.5f * (float)(W - 1), 1e-6);
+        assert_float_equal(e[0], 0.5f * (float)(g_size - 1), 1e-6);
         assert_float_equal(e[1], 1.0f, 1e-6);
-        assert_float_equal(e[2], (float)(W - 1), 1e-6);
-        double sums[2] = {1.0, (double)R};
+        assert_float_equal(e[2], (float)(g_size - 1), 1e-6);
+        double sums[2] = {1.0, (double)g_rank};
         assert_int_equal(st.vt->reduce_sum(st.self, sums, 2, &err), 0);
-        assert_true(sums[0] == (double)W && sums[1] == (double)(W * (W - 1) / 2));
+        assert_true(sums[0] == (double)g_size && sums[1] == (double)(g_size * (g_size - 1) / 2));
         fs_parallel_stats stats = {.struct_size = sizeof stats};
         assert_int_equal(st.vt->stats(st.self, &stats, &err), 0);
         assert_int_equal(stats.steps, 2);
-        if (W > 1) assert_true(stats.collectives >= (zero ? 2u : 8u) + 1u);
+        if (g_size > 1) assert_true(stats.collectives >= (zero ? 2u : 8u) + 1u);
         free(g);
         free(want);
         strat_close(&st);
@@ -341,15 +320,15 @@ static void run_pipeline(const char *schedule, size_t interleave, size_t micro, 
     fs_error err = {0};
     strat st;
     char keys[160];
-    snprintf(keys, sizeof keys, "pipeline = %d\nschedule = %s\ninterleave = %zu\nmicrobatches = %zu", W, schedule,
+    snprintf(keys, sizeof keys, "pipeline = %d\nschedule = %s\ninterleave = %zu\nmicrobatches = %zu", g_size, schedule,
              interleave, micro);
     if (strat_open(&st, "pipeline", keys, n_layer, &err)) fail_msg("create (%s): %s", schedule, err.message);
     fs_parallel_topology t;
     assert_int_equal(st.vt->topology(st.self, &t, &err), 0);
-    assert_int_equal(t.pipeline, W);
-    assert_int_equal(t.pipeline_rank, R);
+    assert_int_equal(t.pipeline, g_size);
+    assert_int_equal(t.pipeline_rank, g_rank);
     assert_int_equal((size_t)t.microbatches, micro);
-    size_t P = (size_t)W, V = P * interleave, slots;
+    size_t P = (size_t)g_size, V = P * interleave, slots;
     /* the stages partition the layers in order */
     size_t at = 0, first, count;
     for (size_t v = 0; v < V; v++) {
@@ -364,7 +343,7 @@ static void run_pipeline(const char *schedule, size_t interleave, size_t micro, 
     toy *ty = calloc(1, sizeof *ty);
     ty->P = P;
     ty->V = V;
-    ty->stage = (size_t)R;
+    ty->stage = (size_t)g_rank;
     fs_stage_ops ops = {.struct_size = sizeof ops, .ctx = ty, .act_numel = K, .forward = toy_forward,
                         .backward = toy_backward};
     for (int step = 0; step < 2; step++) { /* buffers are reused across steps */
@@ -375,22 +354,22 @@ static void run_pipeline(const char *schedule, size_t interleave, size_t micro, 
         for (size_t v = 0; v < V; v++) A *= a_of(v);
         for (size_t m = 0; m < micro; m++)
             for (size_t i = 0; i < K; i++) L += A * x_of(m, i) * w_of(i);
-        if ((size_t)R == P - 1) assert_true(fabs(ty->loss - L) <= 1e-5 * L);
+        if ((size_t)g_rank == P - 1) assert_true(fabs(ty->loss - L) <= 1e-5 * L);
         for (size_t c = 0; c < interleave; c++) {
-            double want = L / a_of(c * P + (size_t)R);
+            double want = L / a_of(c * P + (size_t)g_rank);
             if (fabs(ty->da[c] - want) > 1e-5 * want)
-                fail_msg("%s: rank %d chunk %zu: dL/da = %g, want %g", schedule, R, c, ty->da[c], want);
+                fail_msg("%s: rank %d chunk %zu: dL/da = %g, want %g", schedule, g_rank, c, ty->da[c], want);
         }
     }
     /* the tied embedding's gradient: summed between the first and last stage */
-    float e = (float)(R + 1);
+    float e = (float)(g_rank + 1);
     assert_int_equal(st.vt->embedding_all_reduce(st.self, &e, 1, &err), 0);
-    if (W == 1)
+    if (g_size == 1)
         assert_float_equal(e, 1.0f, 0);
-    else if (R == 0 || R == W - 1)
-        assert_float_equal(e, (float)(1 + W), 0);
+    else if (g_rank == 0 || g_rank == g_size - 1)
+        assert_float_equal(e, (float)(1 + g_size), 0);
     else
-        assert_float_equal(e, (float)(R + 1), 0); /* a middle stage holds none */
+        assert_float_equal(e, (float)(g_rank + 1), 0); /* a middle stage holds none */
     free(ty);
     strat_close(&st);
 }
@@ -400,49 +379,49 @@ static void test_pipeline_schedules(void **state) {
     run_pipeline("gpipe", 1, 4, 4);
     run_pipeline("1f1b", 1, 4, 4);
     run_pipeline("1f1b", 1, 1, 4);
-    if (W >= 2) run_pipeline("interleaved", 2, (size_t)(2 * W) <= 8 ? (size_t)(2 * W) : 8, 8);
+    if (g_size >= 2) run_pipeline("interleaved", 2, (size_t)(2 * g_size) <= 8 ? (size_t)(2 * g_size) : 8, 8);
 }
 
 static void test_tensor_group(void **state) {
     (void)state;
     fs_error err = {0};
-    if (W % 2 || 4 % W) { /* tensor must divide n_head = 4 */
-        print_message("tensor group: skipped for %d ranks\n", W);
+    if (g_size % 2 || 4 % g_size) { /* tensor must divide n_head = 4 */
+        print_message("tensor group: skipped for %d ranks\n", g_size);
         return;
     }
     /* tensor = W / 2 ... or W when W == 2: plugin tensor takes the rest over data = 2 */
     strat st;
-    const char *keys = W == 4 ? "data = 2" : "";
+    const char *keys = g_size == 4 ? "data = 2" : "";
     if (strat_open(&st, "tensor", keys, 4, &err)) fail_msg("create: %s", err.message);
     fs_parallel_topology t;
     assert_int_equal(st.vt->topology(st.self, &t, &err), 0);
-    int T = W == 4 ? 2 : W;
+    int T = g_size == 4 ? 2 : g_size;
     assert_int_equal(t.tensor, T);
-    assert_int_equal(t.tensor_rank, R % T); /* Megatron: tensor fastest */
-    assert_int_equal(t.data_rank, R / T);
-    float x[2] = {(float)R, 1.0f};
+    assert_int_equal(t.tensor_rank, g_rank % T); /* Megatron: tensor fastest */
+    assert_int_equal(t.data_rank, g_rank / T);
+    float x[2] = {(float)g_rank, 1.0f};
     assert_int_equal(st.vt->tensor_all_reduce(st.self, x, 2, &err), 0);
-    int base = R - R % T;
+    int base = g_rank - g_rank % T;
     float want = 0;
     for (int q = base; q < base + T; q++) want += (float)q;
     assert_float_equal(x[0], want, 0);
     assert_float_equal(x[1], (float)T, 0);
     strat_close(&st);
-    if (W != 4) return;
+    if (g_size != 4) return;
     /* tensor 2 x pipeline 2: tensor fastest, so the tensor pairs are {0, 1}
      * and {2, 3}, the pipelines (and embedding groups) {0, 2} and {1, 3} */
     if (strat_open(&st, "tensor", "pipeline = 2", 4, &err)) fail_msg("create: %s", err.message);
     assert_int_equal(st.vt->topology(st.self, &t, &err), 0);
     assert_int_equal(t.tensor, 2);
     assert_int_equal(t.pipeline, 2);
-    assert_int_equal(t.tensor_rank, R % 2);
-    assert_int_equal(t.pipeline_rank, R / 2);
-    x[0] = (float)(1 << R);
+    assert_int_equal(t.tensor_rank, g_rank % 2);
+    assert_int_equal(t.pipeline_rank, g_rank / 2);
+    x[0] = (float)(1 << g_rank);
     assert_int_equal(st.vt->tensor_all_reduce(st.self, x, 1, &err), 0);
-    assert_float_equal(x[0], (R < 2 ? 3.0f : 12.0f), 0);
-    x[0] = (float)(1 << R);
+    assert_float_equal(x[0], (g_rank < 2 ? 3.0f : 12.0f), 0);
+    x[0] = (float)(1 << g_rank);
     assert_int_equal(st.vt->embedding_all_reduce(st.self, x, 1, &err), 0);
-    assert_float_equal(x[0], (R % 2 == 0 ? 5.0f : 10.0f), 0);
+    assert_float_equal(x[0], (g_rank % 2 == 0 ? 5.0f : 10.0f), 0);
     strat_close(&st);
 }
 
@@ -452,5 +431,5 @@ int main(void) {
         cmocka_unit_test(test_groups),            cmocka_unit_test(test_data_buckets_and_zero),
         cmocka_unit_test(test_pipeline_schedules), cmocka_unit_test(test_tensor_group),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_world_setup, test_world_teardown);
 }

@@ -206,6 +206,15 @@ __global__ void __launch_bounds__(MMA_THREADS) dense_mma_forward(bf16 *out, floa
 
 /* ---- backward ---- */
 
+/* The log-sum-exp and delta of queries [row0, row0 + 64), zeros past T. */
+__device__ __forceinline__ void mma_load_stats(float *lse_s, float *delta_s, const float *lse, const float *delta,
+                                               size_t row0, size_t T) {
+    for (int r = (int)threadIdx.x; r < MMA_BM; r += MMA_THREADS) {
+        lse_s[r] = row0 + r < T ? lse[row0 + r] : 0.0f;
+        delta_s[r] = row0 + r < T ? delta[row0 + r] : 0.0f;
+    }
+}
+
 /* dS of a warp's (16, 64) block from S and dP (f32 staging, ld LDF) into
  * bf16 (ld LDP), and (for dK/dV) P too: element (r, c) is query qi(r, c)
  * against key kj(r, c). */
@@ -249,10 +258,7 @@ __global__ void __launch_bounds__(MMA_THREADS) dense_mma_dq(bf16 *dq, const bf16
     bf16 *dS = dSs + warp * 16 * M::LDP;
     mma_load_tile<D>(Qs, q + base * D, i0, T);
     mma_load_tile<D>(dOs, dout + base * D, i0, T);
-    for (int r = (int)threadIdx.x; r < MMA_BM; r += MMA_THREADS) {
-        lse_s[r] = i0 + r < T ? lse[base + i0 + r] : 0.0f;
-        delta_s[r] = i0 + r < T ? delta[base + i0 + r] : 0.0f;
-    }
+    mma_load_stats(lse_s, delta_s, lse + base, delta + base, i0, T);
     frag_c acc[D / 16];
 #pragma unroll
     for (int db = 0; db < D / 16; db++) wmma::fill_fragment(acc[db], 0.0f);
@@ -302,10 +308,7 @@ __global__ void __launch_bounds__(MMA_THREADS) dense_mma_dkdv(bf16 *dk, bf16 *dv
         __syncthreads();
         mma_load_tile<D>(Qs, q + base * D, it, T);
         mma_load_tile<D>(dOs, dout + base * D, it, T);
-        for (int r = (int)threadIdx.x; r < MMA_BN; r += MMA_THREADS) {
-            lse_s[r] = it + r < T ? lse[base + it + r] : 0.0f;
-            delta_s[r] = it + r < T ? delta[base + it + r] : 0.0f;
-        }
+        mma_load_stats(lse_s, delta_s, lse + base, delta + base, it, T);
         __syncthreads();
         if (k0 >= T || (causal && it + MMA_BN - 1 < k0)) continue; /* no query of this tile sees these keys */
         mma_abt<D>(St, M::LDF, Ks + warp * 16 * M::LDH, Qs);
