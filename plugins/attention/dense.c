@@ -14,7 +14,8 @@
  *
  * Generation keeps a K/V cache of (B, H, context, D) per layer; serving
  * keeps the same in blocks of the paged pool (attention.h): per head, K
- * (kv_block, D) then V (kv_block, D).
+ * (kv_block, D) then V (kv_block, D), in host memory or, for an instance
+ * on CUDA, in device memory (cuda/dense_paged.cu: the same bytes).
  *
  * scores()/scores_backward() (attention maps for distillation) write or
  * read the whole (B, H, T, T) map the caller provides; they recompute it
@@ -29,7 +30,7 @@
 
 #if FS_CUDA_KERNELS
 #include "cuda/dense_cuda.h" /* the device half: the same algorithm in CUDA kernels */
-#define DENSE_DEVICES (FS_ATTENTION_CUDA | FS_ATTENTION_CUDA_DECODE)
+#define DENSE_DEVICES (FS_ATTENTION_CUDA | FS_ATTENTION_CUDA_DECODE | FS_ATTENTION_CUDA_PAGED)
 #else
 #define DENSE_DEVICES 0u
 #endif
@@ -575,10 +576,12 @@ static void dense_paged_rows(void *arg, size_t begin, size_t end) {
 
 static int dense_paged_step(void *self, fs_attention_paged_args *a, fs_error *err) {
     dense *d = self;
+    /* on CUDA the same layout in device memory (dense_paged.cu) */
+    ON_DEVICE(d, dense_cuda_paged_step(d->cuda, a, err));
     if (d->cfg.device.type != FS_DEVICE_CPU) /* its blocks are host memory the rows below read */
         return d->host->error_set(err, FS_ERR_UNSUPPORTED,
-                                  "dense attention: the paged step (serving) runs on the CPU; on CUDA it is not "
-                                  "built yet");
+                                  "dense attention: the paged step (serving) on device type %d is not implemented",
+                                  (int)d->cfg.device.type);
     size_t H = d->cfg.n_head, D = d->cfg.head_dim, kb = a->kv_block;
     /* causal whatever the layer says, as decode: later tokens do not exist yet */
     int rc = paged_check(d->host, "dense", a, err);

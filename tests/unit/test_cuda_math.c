@@ -6,9 +6,14 @@
  * one after another and fs_tree_reduce combines them in the device's
  * order, and the results are compared with the runtime's CPU kernels
  * (compute/ops.c, update.c, sample.c, bias.c), with finite differences and
- * with hand-worked values. No GPU is needed; tests/gpu checks the launches. */
+ * with hand-worked values. No GPU is needed; tests/gpu checks the launches.
+ *
+ * Also dense attention's paged step (plugins/attention/cuda/paged_math.h):
+ * its split of a row's keys among warps and lanes, run here lane by lane
+ * with other splits too, against the softmax in double. */
 #include <string.h>
 
+#include "attention/cuda/paged_math.h"
 #include "backend/cuda/kernels_math.h"
 #include "compute/bias.h"
 #include "compute/ops.h"
@@ -342,6 +347,141 @@ static void test_embedding_runs(void **state) {
     free(dout), free(want), free(wpe), free(got);
 }
 
+/* ---- dense attention's paged step ---- */
+
+/* A warp's sum as the device's butterfly (fa_warp_sum) makes it. */
+static float warp_sum_emulated(const float *x) {
+    float v[32], t[32];
+    memcpy(v, x, sizeof v);
+    for (int off = 16; off > 0; off /= 2) {
+        for (int i = 0; i < 32; i++) t[i] = v[i] + v[i ^ off];
+        memcpy(v, t, sizeof v);
+    }
+    return v[0];
+}
+
+/* pg_attend's arithmetic for one row (scores s (n), values v (n, D)),
+ * lane by lane, with W warps taking tiles of FS_PG_TILE keys in turn and
+ * R value rows read side by side: each warp's online softmax and R
+ * subgroup accumulators, the subgroups added in order, the warps merged in
+ * order. acc: W * R * D floats of work memory. */
+static void paged_emulated(float *out, const float *s, const float *v, size_t n, size_t D, unsigned W, size_t R,
+                           float *acc) {
+    float M = -INFINITY, L = 0.0f;
+    for (unsigned w = 0; w < W; w++) {
+        float m = -INFINITY, l = 0.0f, *a = acc + (size_t)w * R * D;
+        memset(a, 0, R * D * sizeof(float));
+        for (size_t t0 = (size_t)w * FS_PG_TILE; t0 < n; t0 += (size_t)W * FS_PG_TILE) {
+            float p[32], tile_max = -INFINITY;
+            for (size_t j = 0; j < 32; j++) tile_max = fmaxf(tile_max, t0 + j < n ? s[t0 + j] : -INFINITY);
+            float alpha = fs_pg_enter(&m, tile_max);
+            for (size_t j = 0; j < 32; j++) p[j] = fs_pg_prob(t0 + j < n ? s[t0 + j] : -INFINITY, m);
+            l = l * alpha + warp_sum_emulated(p);
+            for (size_t i = 0; i < R * D; i++) a[i] *= alpha;
+            size_t tile = n - t0 < FS_PG_TILE ? n - t0 : FS_PG_TILE;
+            for (size_t r0 = 0; r0 < tile; r0 += R)
+                for (size_t g = 0; g < R && r0 + g < tile; g++)
+                    for (size_t d = 0; d < D; d++)
+                        a[g * D + d] = fmaf(p[r0 + g], v[(t0 + r0 + g) * D + d], a[g * D + d]);
+        }
+        for (size_t g = 1; g < R; g++)
+            for (size_t d = 0; d < D; d++) a[d] += a[g * D + d];
+        if (w == 0) {
+            M = m, L = l;
+            memcpy(out, a, D * sizeof(float));
+            continue;
+        }
+        float x, y;
+        fs_pg_merge(&M, &L, m, l, &x, &y);
+        for (size_t d = 0; d < D; d++) out[d] = out[d] * x + a[d] * y;
+    }
+    for (size_t d = 0; d < D; d++) out[d] = fs_pg_out(out[d], L);
+}
+
+/* Every split of a row's keys (warps, value rows side by side) gives the
+ * softmax computed in double, at lengths around the tiles' edges and up
+ * to a few thousand keys; scores spread wide (weights from 1 to e^-40) and
+ * shifted far from 0 (the running max keeps exp in range). */
+static void test_paged_splits(void **state) {
+    (void)state;
+    const size_t lens[] = {1, 2, 31, 32, 33, 127, 128, 129, 200, 1000, 3001};
+    const unsigned warps[] = {1, 2, 3, FS_PG_WARPS, 8};
+    const size_t rows[] = {1, 2, 4, 5, 8, 10, 32};
+    size_t D = 8, nmax = 3001;
+    float *s = test_fvec(nmax), *v = test_fvec(nmax * D), *acc = test_fvec(8 * 32 * D), out[8];
+    for (int shift = 0; shift < 2; shift++)
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            size_t n = lens[li];
+            test_fill(s, n, 4.0f, 300 + li);
+            test_fill(v, n * D, 1.0f, 320 + li);
+            for (size_t j = 0; j < n; j++) s[j] += shift ? 80.0f : 0.0f;
+            double mx = -INFINITY, sum = 0, want[8] = {0};
+            for (size_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+            for (size_t j = 0; j < n; j++) {
+                double e = exp((double)s[j] - mx);
+                sum += e;
+                for (size_t d = 0; d < D; d++) want[d] += e * v[j * D + d];
+            }
+            double vmax = 0;
+            for (size_t i = 0; i < n * D; i++) vmax = fabs(v[i]) > vmax ? fabs(v[i]) : vmax;
+            for (size_t wi = 0; wi < sizeof warps / sizeof warps[0]; wi++)
+                for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
+                    paged_emulated(out, s, v, n, D, warps[wi], rows[ri], acc);
+                    for (size_t d = 0; d < D; d++)
+                        if (!(fabs(out[d] - want[d] / sum) <= 1e-5 * vmax)) {
+                            fprintf(stderr, "n %zu, %u warps, %zu rows at once, coordinate %zu: %.9g, want %.9g\n", n,
+                                    warps[wi], rows[ri], d, (double)out[d], want[d] / sum);
+                            fail();
+                        }
+                }
+        }
+    free(s), free(v), free(acc);
+}
+
+/* The kernel's layout and limits: which head widths it serves, how lanes
+ * cover a value row, dense.c's block layout (each element of a block
+ * once), and the warps' tiles covering a row's keys once each. */
+static void test_paged_layout(void **state) {
+    (void)state;
+    const size_t ok[] = {24, 32, 64, 128};
+    for (size_t i = 0; i < 4; i++) assert_true(fs_pg_fits(ok[i], 4) && fs_pg_fits(ok[i], 2));
+    assert_false(fs_pg_fits(0, 4) || fs_pg_fits(6, 4) || fs_pg_fits(132, 4) || fs_pg_fits(20, 2) || fs_pg_fits(64, 8));
+    assert_int_equal(fs_pg_group(128, 4), 32), assert_int_equal(fs_pg_rows_at_once(128, 4), 1);
+    assert_int_equal(fs_pg_group(64, 2), 8), assert_int_equal(fs_pg_rows_at_once(64, 2), 4);
+    assert_int_equal(fs_pg_group(24, 4), 6), assert_int_equal(fs_pg_rows_at_once(24, 4), 5);
+    assert_int_equal(fs_pg_group(24, 2), 3), assert_int_equal(fs_pg_rows_at_once(24, 2), 10);
+    size_t H = 3, kb = 5, D = 24, total = 2 * H * kb * D;
+    unsigned char *seen = calloc(total > 4000 ? total : 4000, 1);
+    assert_non_null(seen);
+    for (size_t h = 0; h < H; h++)
+        for (int v = 0; v < 2; v++)
+            for (size_t slot = 0; slot < kb; slot++)
+                for (size_t c = 0; c < D; c++) {
+                    size_t at = fs_pg_entry(kb, D, h, v, slot) + c;
+                    assert_true(at < total);
+                    seen[at]++;
+                }
+    for (size_t i = 0; i < total; i++) assert_int_equal(seen[i], 1);
+    for (size_t n = 1; n < 4000; n += 97) {
+        memset(seen, 0, n);
+        for (unsigned w = 0; w < FS_PG_WARPS; w++)
+            for (size_t t = 0; fs_pg_tile_begin(w, t) < n; t++) {
+                size_t j0 = fs_pg_tile_begin(w, t);
+                for (size_t j = j0; j < j0 + FS_PG_TILE && j < n; j++) seen[j]++;
+            }
+        for (size_t j = 0; j < n; j++) assert_int_equal(seen[j], 1);
+    }
+    free(seen);
+    /* an empty partial (a warp with no tile) changes nothing, either side */
+    float m = 2.0f, l = 3.0f, a, b;
+    fs_pg_merge(&m, &l, -INFINITY, 0.0f, &a, &b);
+    assert_true(m == 2.0f && l == 3.0f && a == 1.0f && b == 0.0f);
+    m = -INFINITY, l = 0.0f;
+    fs_pg_merge(&m, &l, 2.0f, 3.0f, &a, &b);
+    assert_true(m == 2.0f && l == 3.0f && a == 0.0f && b == 1.0f);
+    assert_true(fs_pg_out(1.0f, 0.0f) == 0.0f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bf16_rounding),     cmocka_unit_test(test_gelu),
@@ -349,7 +489,8 @@ int main(void) {
         cmocka_unit_test(test_tree_order),        cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_bias_columns),      cmocka_unit_test(test_crossentropy_and_softmax),
         cmocka_unit_test(test_argmax_lanes),      cmocka_unit_test(test_sampling_matches_cpu),
-        cmocka_unit_test(test_embedding_runs),
+        cmocka_unit_test(test_embedding_runs),    cmocka_unit_test(test_paged_splits),
+        cmocka_unit_test(test_paged_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

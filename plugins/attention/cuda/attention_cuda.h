@@ -61,12 +61,39 @@ int fs_dense_mma_backward(void *stream, void *dq, void *dk, void *dv, const void
 /* Decode: K/V caches (BH, context, D) f32. append writes the new token's
  * k and v (BH, D) at position pos; decode attends over each row's first
  * lens[b] (or len, when lens is NULL) positions. The serving engine's
- * ragged paged step (ABI 1.2) runs on the CPU; on CUDA its block tables
- * would map key j where contiguous_kv does (dense_kernels.cu). */
+ * ragged paged step has kernels of its own (dense_paged.cu). */
 int fs_dense_cuda_append(void *stream, float *kc, float *vc, const void *k, const void *v, size_t BH, size_t context,
                          size_t D, size_t pos, int dtype);
 int fs_dense_cuda_decode(void *stream, void *out, const void *q, const float *kc, const float *vc, const int32_t *lens,
                          size_t len, size_t B, size_t H, size_t context, size_t D, float scale, int dtype);
+
+/* ---- dense_paged.cu: the serving engine's paged step (FS_ATTENTION_CUDA_PAGED) ----
+ * Blocks in dense.c's layout (paged_math.h's fs_pg_entry), f32 (es 4) or
+ * bf16 (es 2); q, k, v, out f32. rows and tables are device copies of the
+ * step's host tables: for row r, rows[2r] its absolute position and
+ * rows[2r + 1] where its sequence's block table starts in tables. */
+typedef struct fs_paged_cuda_args {
+    const float *q, *k, *v; /* (N, H, D) the new tokens' */
+    float *out;             /* (N, H, D) */
+    char *pool;             /* block b at pool + b * block_bytes, 16-byte aligned */
+    const int32_t *rows;    /* (N, 2) */
+    const int32_t *tables;  /* the sequences' block tables, one after another */
+    size_t N, H, D, kv_block, block_bytes, es;
+    float scale;
+} fs_paged_cuda_args;
+
+// every new token's key and value into its block; queue before fs_paged_cuda_attend
+int fs_paged_cuda_store(void *stream, const fs_paged_cuda_args *a);
+// out: each (row, head) over its sequence's keys 0..position; D as fs_pg_fits allows
+int fs_paged_cuda_attend(void *stream, const fs_paged_cuda_args *a);
+// page-locked host memory (cudaMallocHost / cudaFreeHost) and events, for
+// staging tables the device reads after the call returns
+int fs_att_cuda_host_alloc(void **p, size_t bytes);
+void fs_att_cuda_host_free(void *p);
+int fs_att_cuda_event_create(void **ev);
+void fs_att_cuda_event_destroy(void *ev);
+int fs_att_cuda_event_record(void *stream, void *ev);
+int fs_att_cuda_event_wait(void *ev); /* the host waits for the work queued before the record */
 
 /* ---- longformer_kernels.cu ---- */
 /* Everything a longformer pass reads and writes, device pointers. */

@@ -18,5 +18,8 @@ int dense_cuda_cache_reset(dense_cuda *dc, void *cache, size_t B, size_t context
 int dense_cuda_decode(dense_cuda *dc, void *cache, const fs_attention_decode_args *a, fs_error *err);
 int dense_cuda_scores(dense_cuda *dc, const fs_attention_scores_args *a, fs_error *err);
 int dense_cuda_scores_backward(dense_cuda *dc, const fs_attention_scores_args *a, fs_error *err);
+/* The serving engine's paged step (FS_ATTENTION_CUDA_PAGED): f32 device tensors, the pool in
+ * device memory, the sequences and their tables in host memory. */
+int dense_cuda_paged_step(dense_cuda *dc, const fs_attention_paged_args *a, fs_error *err);
 
 #endif

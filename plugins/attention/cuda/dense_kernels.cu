@@ -182,7 +182,8 @@ int fs_dense_cuda_append(void *stream, float *kc, float *vc, const void *k, cons
 }
 
 /* Where key j of row (b, h) lives: contiguous caches (BH, context, D). The
- * serving engine's paged step will map j through its block table here. */
+ * serving engine's paged step maps j through block tables in kernels of
+ * its own (dense_paged.cu). */
 struct contiguous_kv {
     const float *k, *v;
     size_t context, D;

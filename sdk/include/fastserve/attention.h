@@ -65,6 +65,17 @@ extern "C" {
  * stored values, in the same fixed order as with f32 blocks (batch
  * invariance holds as before). Without this flag the host only asks f32. */
 #define FS_ATTENTION_PAGED_BF16 0x400u
+/* With FS_ATTENTION_PAGED: an instance created for a CUDA device runs
+ * paged_step there. q, k, v, out (and x) are device tensors (F32) and
+ * `pool` is device memory (the host allocates the pool through the
+ * backend), while `seqs`, their block tables and token ids stay host
+ * memory, as on the CPU: the plugin uploads what its kernels read. It
+ * queues its kernels on the host's device_stream(device), in order with
+ * the model's ops, and paged_step returns once they are queued. The block
+ * layout (paged_block_bytes) and kv_dtype (f32 or bf16 blocks) are those
+ * of the CPU, so the host may copy blocks as opaque bytes between the
+ * device and host memory. */
+#define FS_ATTENTION_CUDA_PAGED 0x800u
 
 /* What the instance is for; fixed at create. */
 typedef struct fs_attention_config {
