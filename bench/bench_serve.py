@@ -25,6 +25,7 @@ all of them):
     python3 bench/bench_serve.py --shape gpt2 --quick --tables closed   # the GPT-2-small shape, C = 1, 16
     python3 bench/bench_serve.py --max-running 16 --tables open --rates 20,40   # requests queue for slots
     python3 bench/bench_serve.py --schedulers fcfs --kv-dtypes f32,bf16 --tables closed --no-peer   # bf16 KV
+    python3 bench/bench_serve.py --devices cpu,cuda --schedulers fcfs --tables closed --no-peer   # GPU vs CPU
     LLAMACPP_DIR=... python3 bench/bench_serve.py --peer-dir DIR   # bench/llamacpp's peer.py elsewhere
 
 The peer needs bench/llamacpp/ (build.sh builds llama.cpp into
@@ -282,20 +283,25 @@ def main():
                                                                      "--rates is auto: the rates come from it)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="raw numbers to this file")
+    ap.add_argument("--devices", default="", help="fsrun's [run] device, comma-separated: one server per device "
+                    "(cpu, cuda, cuda:N; default: the graph's own)")
+    ap.add_argument("--prompts", help="text the prompts are cut from (default: the graph's [data] val)")
     a = ap.parse_args()
     os.chdir(ROOT)
     results, servers, tmp = [], [], tempfile.mkdtemp(prefix="bench_serve_")
     ckpt, context, val, sets = ensure_checkpoint(a.fsrun, a.graph, a.shape, tmp)
-    prompts = lg.prompts_from(val, 20, 60)
+    prompts = lg.prompts_from(a.prompts or val, 20, 60)
     try:
         kvs = a.kv_dtypes.split(",")
+        devices = [d for d in a.devices.split(",") if d] or [None]
         for sched in a.schedulers.split(","):
             for kv in kvs:
-                server = Fsrun(a.fsrun, a.graph, sched, a.threads, a.max_running,
-                               list(sets) + ["--set", "generate.kv_dtype=" + kv])
-                if len(kvs) > 1:
-                    server.name += " kv " + kv
-                servers.append(server)
+                for dev in devices:
+                    server = Fsrun(a.fsrun, a.graph, sched, a.threads, a.max_running,
+                                   list(sets) + ["--set", "generate.kv_dtype=" + kv] +
+                                   (["--set", "run.device=" + dev] if dev else []))
+                    server.name += (" kv " + kv if len(kvs) > 1 else "") + (" " + dev if dev else "")
+                    servers.append(server)
         if not a.no_peer:
             peer, why = start_peer(a, ckpt, context, tmp)
             if peer:

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend_handle.h"
 #include "core/host.h"
 #include "core/rng.h"
 #include "model/model_internal.h"
@@ -28,7 +29,47 @@ struct fs_kv_pool {
     char *swap;
     int32_t *swap_stack; /* free slots */
     size_t swap_top;
+    /* where the bytes live: NULL, host memory; else the backend's device
+     * memory for the blocks and its pinned host memory for the swap area,
+     * every copy queued on its compute stream (the stream the step that
+     * writes and reads the blocks runs on, so stream order is the only
+     * synchronisation they need) */
+    fs_backend_handle *bk;
+    fs_error fault; /* the first copy the backend refused (fs_kv_pool_status) */
 };
+
+/* ---- the bytes: host memory, or a backend's ---- */
+
+static void *bytes_alloc(fs_kv_pool *p, size_t n, int32_t mem) {
+    if (!p->bk) return fs_alloc(n);
+    void *ptr = NULL;
+    fs_error err = {0};
+    return p->bk->vt->alloc(p->bk->self, &ptr, n, mem, &err) ? NULL : ptr;
+}
+
+static void bytes_free(fs_kv_pool *p, void *ptr, int32_t mem) {
+    if (!p->bk) fs_free(ptr);
+    else if (ptr) p->bk->vt->free(p->bk->self, ptr, mem);
+}
+
+static int bytes_zero(fs_kv_pool *p, void *ptr, size_t n) {
+    if (!p->bk) {
+        memset(ptr, 0, n);
+        return FS_OK;
+    }
+    return p->bk->vt->memset(p->bk->self, NULL, ptr, 0, n, &p->fault);
+}
+
+/* dst = src, n bytes: kind says which side is the device's (queued, not
+ * waited for: the swap area is pinned) */
+static void bytes_copy(fs_kv_pool *p, void *dst, const void *src, size_t n, int32_t kind) {
+    if (!p->bk) {
+        memcpy(dst, src, n);
+        return;
+    }
+    fs_error err = {0};
+    if (p->bk->vt->copy(p->bk->self, NULL, dst, src, n, kind, &err) && !p->fault.status) p->fault = err;
+}
 
 size_t fs_kv_block_bytes(const fs_model *m, size_t kv_block) {
     size_t total = 0, L = fs_model_held(m)->n_layers;
@@ -83,6 +124,11 @@ static int alloc_tables(fs_kv_pool *p) {
 
 int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size_t n_blocks, size_t n_swap,
                       fs_error *err) {
+    return fs_kv_pool_create_on(out, m, kv_block, n_blocks, n_swap, NULL, err);
+}
+
+int fs_kv_pool_create_on(fs_kv_pool **out, const fs_model *m, size_t kv_block, size_t n_blocks, size_t n_swap,
+                         fs_backend_handle *backend, fs_error *err) {
     *out = NULL;
     if (kv_block == 0 || n_blocks == 0 || n_blocks > INT32_MAX || n_swap > INT32_MAX)
         return fs_error_set(err, FS_ERR_INVALID, "KV pool: %zu blocks of %zu tokens", n_blocks, kv_block);
@@ -92,6 +138,7 @@ int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size
     p->kv_block = kv_block;
     p->n = n_blocks;
     p->n_swap = n_swap;
+    p->bk = backend;
     int ok = alloc_tables(p);
     for (size_t l = 0; ok && l < p->L; l++) {
         void *self;
@@ -105,14 +152,15 @@ int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size
          * machine without it fails now, not under load), and the process's
          * RSS stays flat afterwards, whichever blocks the LRU order hands
          * out (it walks the whole pool before reusing a released block) */
-        ok = (p->layer[l] = fs_alloc(n_blocks * p->layer_bytes[l])) != NULL;
-        if (ok) memset(p->layer[l], 0, n_blocks * p->layer_bytes[l]);
+        ok = (p->layer[l] = bytes_alloc(p, n_blocks * p->layer_bytes[l], FS_MEM_DEVICE)) != NULL;
+        if (ok) ok = bytes_zero(p, p->layer[l], n_blocks * p->layer_bytes[l]) == FS_OK;
     }
-    if (ok && n_swap) ok = (p->swap = fs_alloc(n_swap * p->block_bytes)) != NULL;
+    if (ok && n_swap) ok = (p->swap = bytes_alloc(p, n_swap * p->block_bytes, FS_MEM_HOST_PINNED)) != NULL;
     if (!ok) {
+        size_t bb = p->block_bytes;
         fs_kv_pool_destroy(p);
-        return fs_error_set(err, FS_ERR_NOMEM, "out of memory for a KV pool of %zu blocks (%zu bytes each)",
-                            n_blocks, p->block_bytes);
+        return fs_error_set(err, FS_ERR_NOMEM, "out of %s memory for a KV pool of %zu blocks (%zu bytes each)%s",
+                            backend ? "device" : "host", n_blocks, bb, n_swap ? " and its swap area" : "");
     }
     p->head = p->tail = NONE;
     for (size_t b = 0; b < n_blocks; b++) list_append(p, (int32_t)b);
@@ -125,7 +173,7 @@ int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size
 
 void fs_kv_pool_destroy(fs_kv_pool *p) {
     if (!p) return;
-    for (size_t l = 0; p->layer && l < p->L; l++) fs_free(p->layer[l]);
+    for (size_t l = 0; p->layer && l < p->L; l++) bytes_free(p, p->layer[l], FS_MEM_DEVICE);
     free(p->layer);
     free(p->layer_bytes);
     free(p->refs);
@@ -137,7 +185,7 @@ void fs_kv_pool_destroy(fs_kv_pool *p) {
     free(p->tokens);
     free(p->chain);
     free(p->bucket);
-    fs_free(p->swap);
+    bytes_free(p, p->swap, FS_MEM_HOST_PINNED);
     free(p->swap_stack);
     free(p);
 }
@@ -179,8 +227,13 @@ unsigned fs_kv_pool_refs(const fs_kv_pool *p, int32_t b) { return p->refs[b]; }
 
 static void copy_block(fs_kv_pool *p, int32_t dst, int32_t src) {
     for (size_t l = 0; l < p->L; l++)
-        memcpy(p->layer[l] + (size_t)dst * p->layer_bytes[l], p->layer[l] + (size_t)src * p->layer_bytes[l],
-               p->layer_bytes[l]);
+        bytes_copy(p, p->layer[l] + (size_t)dst * p->layer_bytes[l], p->layer[l] + (size_t)src * p->layer_bytes[l],
+                   p->layer_bytes[l], FS_COPY_DEVICE_TO_DEVICE);
+}
+
+int fs_kv_pool_status(const fs_kv_pool *p, fs_error *err) {
+    if (!p->fault.status) return FS_OK;
+    return fs_error_set(err, p->fault.status, "KV pool: a block copy failed: %s", p->fault.message);
 }
 
 int fs_kv_pool_cow(fs_kv_pool *p, int32_t *b, fs_error *err) {
@@ -227,7 +280,7 @@ int32_t fs_kv_pool_swap_out(fs_kv_pool *p, int32_t b) {
     int32_t s = p->swap_stack[--p->swap_top];
     char *dst = p->swap + (size_t)s * p->block_bytes;
     for (size_t l = 0; l < p->L; l++) {
-        memcpy(dst, p->layer[l] + (size_t)b * p->layer_bytes[l], p->layer_bytes[l]);
+        bytes_copy(p, dst, p->layer[l] + (size_t)b * p->layer_bytes[l], p->layer_bytes[l], FS_COPY_DEVICE_TO_HOST);
         dst += p->layer_bytes[l];
     }
     fs_kv_pool_unref(p, b);
@@ -239,7 +292,7 @@ int32_t fs_kv_pool_swap_in(fs_kv_pool *p, int32_t s) {
     if (b == NONE) return NONE;
     const char *src = p->swap + (size_t)s * p->block_bytes;
     for (size_t l = 0; l < p->L; l++) {
-        memcpy(p->layer[l] + (size_t)b * p->layer_bytes[l], src, p->layer_bytes[l]);
+        bytes_copy(p, p->layer[l] + (size_t)b * p->layer_bytes[l], src, p->layer_bytes[l], FS_COPY_HOST_TO_DEVICE);
         src += p->layer_bytes[l];
     }
     fs_kv_pool_swap_drop(p, s);

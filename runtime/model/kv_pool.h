@@ -20,6 +20,13 @@
  *     does), so a finished request's system prompt serves the next one.
  *   - Swapping: a preempted sequence's blocks can be copied into a host
  *     swap area of its own size (FastServe's offload) and back.
+ *   - On a device (fs_kv_pool_create_on): the blocks are the backend's
+ *     device memory, the swap area its pinned host memory, and every copy
+ *     (copy-on-write, swap out, swap in) is queued on the backend's
+ *     compute stream without waiting: the step that reads and writes the
+ *     blocks runs on that stream after them, and the host never touches
+ *     the bytes. The bookkeeping (references, hashes, the free list) stays
+ *     on the host either way.
  *
  * Not thread-safe: the engine's thread (or one fs_seq) owns a pool. */
 #ifndef FS_KV_POOL_H
@@ -30,6 +37,7 @@
 
 #include "model/model.h"
 
+struct fs_backend_handle;
 typedef struct fs_kv_pool fs_kv_pool;
 
 /* Bytes one block takes over all layers of m (every layer's plugin must
@@ -40,7 +48,15 @@ size_t fs_kv_block_bytes(const fs_model *m, size_t kv_block);
  * swap area (0: none). */
 int fs_kv_pool_create(fs_kv_pool **out, const fs_model *m, size_t kv_block, size_t n_blocks, size_t n_swap,
                       fs_error *err);
+/* The same on a backend's device (NULL: host memory, as above). The
+ * layers' block sizes are those of m's own (CPU) instances: a plugin's
+ * device path keeps the CPU's layout (FS_ATTENTION_CUDA_PAGED). */
+int fs_kv_pool_create_on(fs_kv_pool **out, const fs_model *m, size_t kv_block, size_t n_blocks, size_t n_swap,
+                         struct fs_backend_handle *backend, fs_error *err);
 void fs_kv_pool_destroy(fs_kv_pool *p); /* accepts NULL */
+/* FS_OK, or the first block copy the backend refused to queue (a device
+ * pool's copies report nothing where they are made; the step checks). */
+int fs_kv_pool_status(const fs_kv_pool *p, fs_error *err);
 
 size_t fs_kv_pool_kv_block(const fs_kv_pool *p);
 size_t fs_kv_pool_blocks(const fs_kv_pool *p);      /* all of them */

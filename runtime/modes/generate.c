@@ -11,6 +11,7 @@
 
 #include "core/host.h"
 #include "session/checkpoint.h"
+#include "session/device.h"
 #include "io/data.h"
 #include "io/metrics.h"
 #include "io/tokenizer.h"
@@ -134,7 +135,7 @@ static fs_engine_config one_request_config(const fs_session *s, size_t tokens) {
 /* g->prompt through one request to an inline engine, ending at the
  * tokenizer's end-of-text token as the server's requests do; an unbounded
  * cache's context caps max_tokens (*stopped_at_context then set). */
-static int generate_engine(fs_session *s, size_t max_tokens, fs_generation *g, fs_error *err) {
+static int generate_engine(fs_session *s, size_t max_tokens, int on_device, fs_generation *g, fs_error *err) {
     const fs_model *m = s->model;
     size_t max_seq = fs_model_cfg(m)->max_seq;
     if (!fs_model_paged_max_blocks(m, 1) && g->n_prompt + max_tokens > max_seq) {
@@ -142,6 +143,7 @@ static int generate_engine(fs_session *s, size_t max_tokens, fs_generation *g, f
         g->stopped_at_context = 1;
     }
     fs_engine_config c = one_request_config(s, g->n_prompt + max_tokens);
+    c.on_device = on_device;
     fs_engine *e = NULL;
     int rc = fs_engine_create_inline(&e, s, &c, err);
     if (rc) return rc;
@@ -180,8 +182,8 @@ static int generate_seq(fs_session *s, size_t max_tokens, fs_generation *g, fs_e
     return rc;
 }
 
-int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
-                     fs_error *err) {
+int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tokens, int on_device,
+                     fs_generation *g, fs_error *err) {
     memset(g, 0, sizeof *g);
     fs_tokens prompt = {0};
     int rc = fs_prompt_tokens(s, text, len, &prompt, err);
@@ -199,8 +201,14 @@ int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tok
         return fs_error_set(err, FS_ERR_NOMEM, "%s: no memory for %zu tokens: ask for fewer",
                             fs_config_where(s->gen_cfg, "max_tokens"), room);
     }
-    fs_error why = {0}; /* a model the engine cannot run decodes through an fs_seq instead */
-    rc = fs_model_servable(s->model, &why) == FS_OK ? generate_engine(s, room, g, err) : generate_seq(s, room, g, err);
+    fs_error why = {0}; /* a model the engine cannot run decodes through an fs_seq instead, on the CPU */
+    int servable = fs_model_servable(s->model, &why) == FS_OK;
+    if (!servable && on_device && fs_session_backend_asked(s))
+        rc = fs_error_set(err, FS_ERR_UNSUPPORTED, "%s asks for a compute backend, but generation runs there through "
+                          "the serving engine, which cannot run this model: %s; or set [run] device = cpu",
+                          fs_session_backend_where(s), why.message);
+    else
+        rc = servable ? generate_engine(s, room, on_device, g, err) : generate_seq(s, room, g, err);
     if (!rc && room < max_tokens && g->n == room) g->stopped_at_context = 1;
     if (!rc) rc = fs_tokenizer_decode(s->tokenizer, g->tokens, g->n, &g->text, &g->text_len, err);
     if (rc) fs_generation_release(g);
@@ -247,8 +255,11 @@ int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, 
     *config_error = 0;
     if ((rc = fs_checkpoint_load(ckpt, s, NULL, NULL, err))) return rc;
     fs_generation g;
-    rc = fs_generate_text(s, text, strlen(text), (size_t)fs_config_int(s->gen_cfg, "max_tokens"), &g, err);
-    if (rc) return rc;
+    rc = fs_generate_text(s, text, strlen(text), (size_t)fs_config_int(s->gen_cfg, "max_tokens"), 1, &g, err);
+    if (rc) {
+        *config_error = rc == FS_ERR_INVALID || rc == FS_ERR_UNSUPPORTED; /* the graph asks what cannot run */
+        return rc;
+    }
     if (g.stopped_at_context)
         fs_log(FS_LOG_WARN, NULL, "stopped after %zu tokens: the context of %zu positions is full", g.n,
                s->mcfg.max_seq);

@@ -14,11 +14,11 @@ fs_mode_fn fs_mode_train, fs_mode_distill, fs_mode_generate, fs_mode_eval, fs_mo
 const fs_mode fs_modes[] = {
     {"train", fs_mode_train, "train on [data] train; checkpoint and metrics in [run] out (the default)", 1, NULL},
     {"distill", fs_mode_distill, "train as the student of [distill] teacher, or a chain of [distill.stage.N]", 0, NULL},
-    {"generate", fs_mode_generate, "continue --prompt or [generate] prompt from the checkpoint", 0, NULL},
+    {"generate", fs_mode_generate, "continue --prompt or [generate] prompt from the checkpoint", 1, NULL},
     {"eval", fs_mode_eval, "mean loss of the checkpoint over [data] val", 1, NULL},
     {"tokenize", fs_mode_tokenize, "tokenize [data] train and val into their token caches; report tokens per byte", 1, NULL},
     {"train-tokenizer", fs_mode_train_tokenizer, "learn BPE merges on [data] train up to [model] vocab_size", 1, NULL},
-    {"serve", fs_mode_serve, "serve the checkpoint over an OpenAI-compatible HTTP API ([serve])", 0,
+    {"serve", fs_mode_serve, "serve the checkpoint over an OpenAI-compatible HTTP API ([serve])", 1,
      FS_THREADS_SPINCOUNT_SERVE},
 };
 const size_t fs_n_modes = sizeof fs_modes / sizeof fs_modes[0];

@@ -33,7 +33,8 @@ typedef struct fs_mode {
     const char *name; /* --mode NAME, [run] mode = NAME */
     fs_mode_fn *run;
     const char *help; /* one line for fsrun --help */
-    int on_backend;   /* it runs where [run] device and [backend] point: train and eval through a compute backend;
+    int on_backend;   /* it runs where [run] device and [backend] point: train and eval through a compute backend,
+                       * serve and generate through the serving engine's step on it (model/device_batch.h);
                        * the tokenizer modes do no model arithmetic */
     const char *spincount; /* its OpenMP GOMP_SPINCOUNT (core/threads.h), NULL: fsrun's default */
 } fs_mode;
@@ -85,8 +86,10 @@ typedef struct fs_generation {
     size_t cache_bytes; /* of the sequence's KV caches */
 } fs_generation;
 
-int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tokens, fs_generation *g,
-                     fs_error *err);
+/* on_device: 1 runs where [run] device and [backend] point (--mode
+ * generate), 0 on the CPU (the sample a training run takes). */
+int fs_generate_text(fs_session *s, const char *text, size_t len, size_t max_tokens, int on_device,
+                     fs_generation *g, fs_error *err);
 void fs_generation_release(fs_generation *g);
 
 /* The tokens of a prompt under the session's tokenizer; an empty prompt

@@ -169,6 +169,7 @@ int fs_mode_serve(fs_session *s, const fs_run_options *o, int *config_error, fs_
     if ((rc = signals_catch(&sigs, err))) return rc;
     fs_engine_config ec;
     fs_engine_config_from(&ec, s);
+    ec.on_device = 1;
     fs_engine *e = NULL;
     if ((rc = fs_engine_create(&e, s, &ec, err))) {
         *config_error = rc == FS_ERR_INVALID || rc == FS_ERR_UNSUPPORTED;

@@ -611,7 +611,7 @@ static int print_sample(train_run *r, fs_error *err) {
     fs_generation g;
     /* the CPU model generates: the device's weights first */
     int rc = r->dev ? fs_train_device_download(r->dev, &r->opt, err) : FS_OK;
-    if (!rc) rc = fs_generate_text(s, text, len, sample, &g, err);
+    if (!rc) rc = fs_generate_text(s, text, len, sample, 0, &g, err);
     if (rc) return rc;
     printf("--- sample (%zu tokens, %.0f tok/s) ---\n%.*s", g.n, g.seconds > 0 ? (double)g.n / g.seconds : 0.0,
            (int)len, text);

@@ -4,6 +4,7 @@
  * is engine_iter.c; blocks are engine_blocks.c. */
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,7 @@
 #include "core/threads.h"
 #include "serve/engine_internal.h"
 #include "session/checkpoint.h"
+#include "session/device.h"
 
 #define MIB ((size_t)1 << 20)
 /* The logits of prompt positions one iteration may compute (echo with
@@ -39,6 +41,7 @@ void fs_engine_config_from(fs_engine_config *cfg, const fs_session *s) {
     cfg->threads = (int)fs_config_int(s->run_cfg, "threads");
     cfg->scheduler = fs_config_string(c, "scheduler");
     cfg->weights = fs_wformat_parse(fs_config_string(s->gen_cfg, "weights"));
+    cfg->on_device = 0;
 }
 
 /* ---- creation ---- */
@@ -86,7 +89,40 @@ static int make_pool(fs_engine *e, fs_error *err) {
                             "[serve] kv_cache_mb to %zu or more",
                             fs_config_where(e->s->serve_cfg, "kv_cache_mb"), n, kb, bb, need,
                             (need * bb + MIB - 1) / MIB);
-    return fs_kv_pool_create(&e->pool, m, kb, n, n_swap, err);
+    return fs_kv_pool_create_on(&e->pool, m, kb, n, n_swap, e->bk, err);
+}
+
+/* The backend the session's [run] device and [backend] point to, when the
+ * engine may use one (cfg.on_device) and the model can step there: e->bk,
+ * else NULL (the CPU's own kernels). `auto` falls back to the CPU, with a
+ * line saying why; a device asked by name that cannot serve is an error. */
+static int open_device(fs_engine *e, fs_error *err) {
+    fs_session *s = e->s;
+    const fs_plugin *plugin = NULL;
+    fs_device dev;
+    if (!e->cfg.on_device) return FS_OK;
+    int rc = fs_session_backend(s, &plugin, &dev, err);
+    if (rc || !plugin) return rc;
+    char why[320] = "";
+    if (e->cfg.weights != FS_WEIGHTS_F32)
+        snprintf(why, sizeof why, "%s: bf16 and q8 are the CPU's decode formats; a device reads f32 weights (set "
+                 "weights = f32)", fs_config_where(s->gen_cfg, "weights"));
+    else
+        fs_device_batch_supported(s->model, dev, why, sizeof why);
+    if (why[0] && fs_session_backend_asked(s))
+        return fs_error_set(err, FS_ERR_INVALID, "%s asks for a compute backend, but serving cannot run there: %s; "
+                            "or set [run] device = cpu", fs_session_backend_where(s), why);
+    if (why[0]) {
+        fs_log(FS_LOG_INFO, NULL, "[run] device = auto: serving on the CPU: %s", why);
+        return FS_OK;
+    }
+    if ((rc = fs_backend_handle_open_plugin(&e->bk_open, plugin, dev.index, FS_GEMM_COMPUTE_F32, err))) return rc;
+    e->bk = &e->bk_open;
+    fs_backend_device_info info = {.struct_size = sizeof info};
+    fs_error ierr = {0};
+    if (e->bk->vt->device_info(e->bk->self, &info, &ierr) == FS_OK)
+        fs_log(FS_LOG_INFO, NULL, "serving on %s (backend %s)", info.name, plugin->desc->name);
+    return FS_OK;
 }
 
 int eng_grow(fs_engine *e, size_t n) {
@@ -120,8 +156,13 @@ int eng_grow(fs_engine *e, size_t n) {
 static int gen_new(fs_engine *e, fs_session *owned, const fs_model *m, weights_gen **out, fs_error *err) {
     weights_gen *w = calloc(1, sizeof *w);
     if (!w) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
-    int rc = fs_step_weights_create(&w->sw, m, e->cfg.weights, e->max_tokens_step,
-                                    e->cfg.max_running + e->prompt_rows_max, err);
+    fs_session *from = owned ? owned : e->s;
+    fs_device_batch_config dc = {.struct_size = sizeof dc, .backend = e->bk, .host = &from->host,
+                                 .kv_dtype = e->kv_dtype, .max_rows = e->max_tokens_step,
+                                 .max_logits = e->cfg.max_running + e->prompt_rows_max};
+    int rc = e->bk ? fs_device_batch_create(&w->db, m, &dc, err)
+                   : fs_step_weights_create(&w->sw, m, e->cfg.weights, e->max_tokens_step,
+                                            e->cfg.max_running + e->prompt_rows_max, err);
     if (rc) {
         free(w);
         return rc;
@@ -138,6 +179,7 @@ static void gen_number(fs_engine *e, weights_gen *w) { w->seed = fs_rng_mix(0x6b
 
 static void gen_free(weights_gen *w) {
     fs_step_weights_destroy(w->sw);
+    fs_device_batch_destroy(w->db);
     fs_session_close(w->session);
     free(w);
 }
@@ -157,6 +199,7 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
     e->s = s;
     e->cfg = *cfg;
     if (!FS_HAS_MEMBER(cfg, cfg->struct_size, fs_engine_config, weights)) e->cfg.weights = FS_WEIGHTS_F32;
+    if (!FS_HAS_MEMBER(cfg, cfg->struct_size, fs_engine_config, on_device)) e->cfg.on_device = 0;
     if (!e->cfg.kv_block || !e->cfg.prefill_chunk || !e->cfg.max_running)
         return fs_error_set(err, FS_ERR_INVALID, "[serve] kv_block, prefill_chunk and max_running must be >= 1");
     e->max_tokens_step = cfg->max_batch_tokens ? cfg->max_batch_tokens : cfg->prefill_chunk + cfg->max_running;
@@ -170,11 +213,13 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
     e->next_id = 1;
     int rc = fs_session_require_whole(s, "serve", err);
     if (!rc) rc = fs_model_servable(s->model, err);
+    e->kv_dtype = strcmp(fs_config_string(s->gen_cfg, "kv_dtype"), "bf16") ? FS_DTYPE_F32 : FS_DTYPE_BF16;
+    if (!rc) rc = open_device(e, err);
     if (!rc) rc = make_pool(e, err);
     if (!rc) rc = make_scheduler(e, err);
     size_t V = fs_model_cfg(s->model)->vocab, P = PROMPT_LOGITS_BYTES / (V * sizeof(float));
     e->prompt_rows_max = P < 1 ? 1 : P > e->max_tokens_step ? e->max_tokens_step : P;
-    if (!rc)
+    if (!rc && !e->bk)
         rc = fs_batch_create(&e->batch, s->model, e->max_tokens_step, cfg->max_running + e->prompt_rows_max, err);
     if (!rc) rc = gen_new(e, NULL, s->model, &e->current, err);
     if (rc) return rc;
@@ -399,6 +444,7 @@ void fs_engine_destroy(fs_engine *e) {
     if (e->svt) SCHED_CALL(e, "destroy", e->svt->destroy(e->sself));
     fs_kv_pool_destroy(e->pool);
     fs_batch_destroy(e->batch);
+    if (e->bk) fs_backend_handle_close(e->bk); /* after everything on its device */
     fs_free(e->logits);
     fs_free(e->work);
     free(e->live);

@@ -45,6 +45,11 @@ typedef struct fs_engine_config {
     size_t kv_blocks;
     size_t swap_blocks;
     int weights;            /* FS_WEIGHTS_* ([generate] weights): the format the projections are read in */
+    /* Added with serving on a device: 1 runs the steps where the session's
+     * [run] device and [backend] point (model/device_batch.h; --mode serve
+     * and generate set it); 0 on the CPU whatever they say (the sample a
+     * training run takes, whose model may hold the device). */
+    int on_device;
 } fs_engine_config;
 
 /* Why a request ended. */

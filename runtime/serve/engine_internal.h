@@ -18,6 +18,7 @@
 #include "core/rng.h"
 #include "fastserve/scheduler.h"
 #include "model/batch.h"
+#include "model/device_batch.h"
 #include "model/kv_pool.h"
 #include "serve/engine.h"
 
@@ -34,6 +35,7 @@ typedef struct weights_gen {
     fs_session *session; /* owned (NULL for the creator's, which is borrowed) */
     const fs_model *model;
     fs_step_weights *sw; /* its projections as the step reads them ([generate] weights) */
+    fs_device_batch *db; /* on a device: its weights there and the step (sw is then NULL) */
     uint64_t seed;       /* the prefix-hash chain's start: blocks of other weights never match */
     size_t users;        /* live requests bound to it */
     struct weights_gen *next;
@@ -79,6 +81,9 @@ typedef struct engine_counters {
 
 struct fs_engine {
     fs_session *s; /* the creator's: configuration, plugins, the first weights */
+    fs_backend_handle *bk;   /* the device the steps run on, or NULL: the CPU's own kernels */
+    fs_backend_handle bk_open;
+    int32_t kv_dtype;        /* [generate] kv_dtype: the blocks' element type */
     fs_engine_config cfg;
     size_t max_tokens_step; /* [serve] max_batch_tokens, or prefill_chunk + max_running */
     int inline_mode;

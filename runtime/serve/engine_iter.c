@@ -211,7 +211,8 @@ static int step_generation(fs_engine *e, weights_gen *w, const size_t *idx, size
                                     .logits = eng_wants_prompt_rows(s) ? FS_BATCH_LOGITS_ALL
                                                                        : s->computed + t == s->n_tokens};
     }
-    int rc = fs_batch_run(e->batch, w->model, w->sw, e->pool, e->bseq, n, logits, err);
+    int rc = w->db ? fs_device_batch_run(w->db, e->pool, e->bseq, n, logits, err)
+                   : fs_batch_run(e->batch, w->model, w->sw, e->pool, e->bseq, n, logits, err);
     for (size_t j = 0; !rc && j < n; j++) /* the prompt's positions among the rows just run */
         if (e->bseq[j].start < e->ran[idx[j]]->n_prompt) {
             size_t end = e->bseq[j].start + e->bseq[j].n_new, np = e->ran[idx[j]]->n_prompt;

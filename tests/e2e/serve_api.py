@@ -482,6 +482,25 @@ def check_prefix_cache(srv, cl):
     ck.eq(hits, [0, 2], "prefix cache: 2 hits the second time")
 
 
+def check_on_backend():
+    """The same model served through a compute backend's ops (model/device_batch.h) with
+    the KV pool in the backend's memory: the cpu backend here, the path [run] device =
+    cuda takes. Its log-probabilities (decode, and the prompt's with echo, chunked) are
+    transformers' within 1e-4, and its chat completions run."""
+    srv = Server("g.ini", "serve.api_key=" + KEY, "backend.plugin=cpu", "serve.prefill_chunk=5",
+                 log="server_backend")
+    try:
+        ck.ok("serving on CPU" in srv.stderr() and "(backend cpu)" in srv.stderr(),
+              "the log says the steps run on the backend", srv.stderr()[-500:])
+        cl = client(srv)
+        check_logprobs(srv, cl)
+        check_echo_logprobs(srv, cl)
+        check_chat(srv, cl)
+        check_sampling(srv, cl)
+    finally:
+        ck.eq(srv.stop(), 0, "SIGTERM: the server on the backend exits 0")
+
+
 def main():
     srv = Server("g.ini", "serve.api_key=" + KEY, "serve.max_body_kb=1", "serve.max_tokens_limit=100")
     try:
@@ -505,6 +524,7 @@ def main():
         if code != 0:
             print(srv.stderr()[-3000:])
     check_utf8()
+    check_on_backend()
     ck.finish()
 
 

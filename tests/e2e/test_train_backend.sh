@@ -25,6 +25,9 @@
 #    or (on_nonfinite = skip) is dropped without an update;
 #  - tf32 where the backend has no tensor cores computes fp32: the same
 #    losses;
+#  - --mode generate through the backend (the serving engine's step on it)
+#    continues as on the CPU kernels; what it cannot run there (the CPU's
+#    q8 weights, a plugin with tensors of its own) is refused, exit 2;
 #  - what the device model does not do is refused before any work, exit 2,
 #    naming the key and the fix: another mode with a backend named, bf16 on
 #    a backend without it or on the CPU kernels, reversible layers,
@@ -171,8 +174,22 @@ assert_eq "$(metrics_col tf32/metrics.jsonl loss)" "$(metrics_col dense.be/metri
 
 # ---- refusals ----
 
-assert_exit 2 "$FSRUN" dense.ini --mode generate --set backend.plugin=cpu --set run.out=dense.be
-assert_err "[backend] plugin" "--mode generate runs on the runtime's own CPU kernels only" "set [run] device = cpu"
+# generation through the backend is the serving engine's step on it (model/device_batch.h)
+assert_exit 0 "$FSRUN" dense.ini --mode generate --set run.out=dense.be --set generate.max_tokens=12 \
+    --set generate.temperature=0
+cp "$E2E_OUT" gen.cpu.out
+assert_exit 0 "$FSRUN" dense.ini --mode generate --set backend.plugin=cpu --set run.out=dense.be \
+    --set generate.max_tokens=12 --set generate.temperature=0
+assert_eq "$(json_last "$E2E_OUT" text)" "$(json_last gen.cpu.out text)" \
+    "--mode generate through the backend continues greedily as the CPU kernels do"
+assert_err "serving on CPU" "(backend cpu)"
+assert_exit 2 "$FSRUN" dense.ini --mode generate --set backend.plugin=cpu --set run.out=dense.be \
+    --set generate.weights=q8
+assert_err "[backend] plugin = cpu asks for a compute backend, but serving cannot run there" \
+    "[generate] weights = q8: bf16 and q8 are the CPU's decode formats" "set weights = f32"
+assert_exit 2 "$FSRUN" lsh.ini --mode generate --set backend.plugin=cpu --set run.out=lsh.be
+assert_err "serving cannot run there" "plugin.layer0.attention.rotations: an attention plugin's own tensor" \
+    "[run] device = cpu"
 
 assert_exit 2 "$FSRUN" dense.ini --set backend.plugin=cpu --set run.out=bf16 --set train.precision=bf16
 assert_err "[train] precision = bf16: backend 'cpu' has no bf16 arithmetic" "use fp32 or tf32"
