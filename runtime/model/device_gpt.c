@@ -382,9 +382,12 @@ int fs_device_gpt_get_logits(fs_device_gpt *m, float *logits, fs_error *err) {
 /* out (N, n) = inp (N, k) @ w (k, n) + bias: a Conv1D layer. */
 static int linear(fs_device_gpt *m, void *out, const void *inp, const float *w, const float *bias, size_t N, size_t k,
                   size_t n, fs_error *err) {
+    /* a bf16 output takes the bias's bf16 copy: what cuBLASLt's epilogue
+     * fuses (backend.h, bias_dtype) */
     fs_gemm_args g = {.struct_size = sizeof g, .c = out, .a = inp, .b = operand(m, w), .c_dtype = m->cfg.dtype,
                       .ab_dtype = m->cfg.dtype, .m = N, .n = n, .k = k, .lda = k, .ldb = n, .ldc = n, .batch = 1,
-                      .alpha = 1.0f, .beta = 0.0f, .bias = bias, .compute = m->cfg.compute};
+                      .alpha = 1.0f, .beta = 0.0f, .bias = bias ? (const float *)operand(m, bias) : NULL, .compute = m->cfg.compute,
+                      .bias_dtype = m->pcopy ? FS_DTYPE_BF16 : FS_DTYPE_F32};
     return m->b->vt->gemm(m->b->self, NULL, &g, err);
 }
 

@@ -2,7 +2,7 @@
  * the device against the cpu backend, at several shapes, odd ones (not
  * multiples of 32 or 128) among them, in f32 and, where the op takes it,
  * bf16 (and tf32 GEMMs):
- *   - GEMM: transposes, leading dimensions, strided batches, bias,
+ *   - GEMM: transposes, leading dimensions, strided batches, bias (f32 and bf16),
  *     alpha/beta, tf32 and bf16 operands, bf16 or f32 results, padding
  *     untouched; bias_backward over padded rows;
  *   - the model's ops: encoder, layer norm, GELU, residual forward and
@@ -46,27 +46,32 @@ typedef struct gemm_case {
     int bias;
     float alpha, beta;
     int32_t ab, c, compute; /* operand type, result type, fs_gemm_compute */
+    int32_t bias_dt;        /* the bias's type (fs_gemm_args.bias_dtype) */
 } gemm_case;
 
 static const gemm_case gemm_cases[] = {
-    {1, 1, 1, 0, 0, 0, 1, 0, 1.0f, 0.0f, F32, F32, 0},
-    {7, 13, 5, 0, 0, 3, 1, 1, 1.0f, 0.0f, F32, F32, 0},
-    {7, 13, 5, 1, 0, 0, 1, 0, 0.5f, 0.75f, F32, F32, 0},
-    {7, 13, 5, 0, 1, 1, 3, 1, 1.0f, 1.0f, F32, F32, 0},
-    {7, 13, 5, 1, 1, 2, 2, 1, -1.5f, 0.25f, F32, F32, 0},
-    {33, 65, 129, 0, 1, 0, 1, 1, 1.0f, 0.0f, F32, F32, 0},
-    {128, 256, 64, 0, 0, 0, 1, 1, 1.0f, 0.0f, F32, F32, 0},
-    {257, 31, 1000, 1, 0, 5, 1, 0, 1.0f, 1.0f, F32, F32, 0}, /* a weight gradient: += inp^T dout */
-    {64, 64, 64, 0, 1, 0, 12, 0, 0.125f, 0.0f, F32, F32, 0},  /* per-head Q K^T */
-    {100, 48, 97, 0, 0, 4, 6, 0, 1.0f, 0.0f, F32, F32, 0},
-    {33, 65, 129, 0, 0, 0, 1, 1, 1.0f, 0.0f, F32, F32, TF32},
-    {257, 31, 1000, 1, 0, 0, 1, 0, 1.0f, 1.0f, F32, F32, TF32},
-    {64, 64, 64, 0, 1, 0, 12, 0, 0.125f, 0.0f, F32, F32, TF32},
-    {33, 65, 129, 0, 0, 0, 1, 1, 1.0f, 0.0f, BF16, BF16, 0},
-    {7, 13, 5, 0, 1, 2, 3, 1, 1.0f, 0.5f, BF16, BF16, 0},
-    {257, 31, 1000, 1, 0, 0, 1, 0, 1.0f, 1.0f, BF16, F32, 0}, /* mixed precision's weight gradient */
-    {128, 256, 64, 0, 1, 0, 1, 1, 1.0f, 0.0f, BF16, F32, 0},
-    {100, 48, 97, 1, 1, 3, 4, 0, 1.0f, 0.0f, BF16, BF16, 0},
+    {1, 1, 1, 0, 0, 0, 1, 0, 1.0f, 0.0f, F32, F32, 0, F32},
+    {7, 13, 5, 0, 0, 3, 1, 1, 1.0f, 0.0f, F32, F32, 0, F32},
+    {7, 13, 5, 1, 0, 0, 1, 0, 0.5f, 0.75f, F32, F32, 0, F32},
+    {7, 13, 5, 0, 1, 1, 3, 1, 1.0f, 1.0f, F32, F32, 0, F32},
+    {7, 13, 5, 1, 1, 2, 2, 1, -1.5f, 0.25f, F32, F32, 0, F32},
+    {33, 65, 129, 0, 1, 0, 1, 1, 1.0f, 0.0f, F32, F32, 0, F32},
+    {128, 256, 64, 0, 0, 0, 1, 1, 1.0f, 0.0f, F32, F32, 0, F32},
+    {257, 31, 1000, 1, 0, 5, 1, 0, 1.0f, 1.0f, F32, F32, 0, F32}, /* a weight gradient: += inp^T dout */
+    {64, 64, 64, 0, 1, 0, 12, 0, 0.125f, 0.0f, F32, F32, 0, F32},  /* per-head Q K^T */
+    {100, 48, 97, 0, 0, 4, 6, 0, 1.0f, 0.0f, F32, F32, 0, F32},
+    {33, 65, 129, 0, 0, 0, 1, 1, 1.0f, 0.0f, F32, F32, TF32, F32},
+    {257, 31, 1000, 1, 0, 0, 1, 0, 1.0f, 1.0f, F32, F32, TF32, F32},
+    {64, 64, 64, 0, 1, 0, 12, 0, 0.125f, 0.0f, F32, F32, TF32, F32},
+    {33, 65, 129, 0, 0, 0, 1, 1, 1.0f, 0.0f, BF16, BF16, 0, F32},
+    {7, 13, 5, 0, 1, 2, 3, 1, 1.0f, 0.5f, BF16, BF16, 0, F32},
+    {257, 31, 1000, 1, 0, 0, 1, 0, 1.0f, 1.0f, BF16, F32, 0, F32}, /* mixed precision's weight gradient */
+    {128, 256, 64, 0, 1, 0, 1, 1, 1.0f, 0.0f, BF16, F32, 0, F32},
+    {100, 48, 97, 1, 1, 3, 4, 0, 1.0f, 0.0f, BF16, BF16, 0, F32},
+    /* a bf16 bias: cuBLASLt's epilogue into bf16 (aligned), else the kernel */
+    {128, 256, 64, 0, 0, 0, 1, 1, 1.0f, 0.0f, BF16, BF16, 0, BF16},
+    {33, 65, 129, 0, 0, 0, 1, 1, 1.0f, 0.0f, BF16, F32, 0, BF16},
+    {7, 13, 5, 0, 1, 2, 3, 1, 1.0f, 0.5f, BF16, BF16, 0, BF16},
 };
 
 typedef struct gemm_layout {
@@ -95,7 +100,8 @@ static fs_gemm_args gemm_args(const gemm_case *c, const gemm_layout *l, const gc
                       .trans_b = c->tb, .m = c->m, .n = c->n, .k = c->k, .lda = l->lda, .ldb = l->ldb,
                       .ldc = l->ldc, .batch = c->batch, .stride_a = l->sa, .stride_b = l->sb, .stride_c = l->sc,
                       .alpha = c->alpha, .beta = c->beta, .bias = NULL,
-                      .compute = dut ? c->compute : FS_GEMM_COMPUTE_F32};
+                      .compute = dut ? c->compute : FS_GEMM_COMPUTE_F32,
+                      .bias_dtype = dut ? c->bias_dt : F32};
     if (c->bias) g.bias = dut ? bias->d : bias->r;
     return g;
 }
@@ -161,7 +167,7 @@ static void check_gemm(const gemm_case *c, size_t idx) {
     test_fill(c0, l.nc, 1.0f, 300 + idx);
     test_fill(bias, c->n, 1.0f, 400 + idx);
     gc_buf A = gc_put(a, l.na, c->ab), B = gc_put(b, l.nb, c->ab), C = gc_put(c0, l.nc, c->c);
-    gc_buf BI = gc_put(bias, c->n, F32);
+    gc_buf BI = gc_put(bias, c->n, c->bias_dt); /* bf16: rounded for both sides */
     fs_gemm_args gd = gemm_args(c, &l, &C, &A, &B, &BI, 1), gr = gemm_args(c, &l, &C, &A, &B, &BI, 0);
     CHECK(DV->gemm(DS, NULL, &gd, &err), "gemm (dut)");
     CHECK(RV->gemm(RS, NULL, &gr, &err), "gemm (cpu)");
@@ -172,9 +178,9 @@ static void check_gemm(const gemm_case *c, size_t idx) {
     assert_true(want && mag);
     gemm_reference(c, &l, a, b, c0, bias, want, mag);
     char what[160];
-    snprintf(what, sizeof what, "gemm case %zu (%zu x %zu x %zu, ta %d tb %d, batch %zu, %s -> %s%s)", idx, c->m,
+    snprintf(what, sizeof what, "gemm case %zu (%zu x %zu x %zu, ta %d tb %d, batch %zu, %s -> %s%s%s)", idx, c->m,
              c->n, c->k, c->ta, c->tb, c->batch, gc_dtname(c->ab), gc_dtname(c->c),
-             c->compute == TF32 ? ", tf32" : "");
+             c->compute == TF32 ? ", tf32" : "", c->bias_dt == BF16 ? ", bf16 bias" : "");
     gemm_compare(what, c, &l, got, ref, c0, bias, want, mag);
     free(a), free(b), free(c0), free(bias), free(got), free(ref), free(want), free(mag);
     gc_drop(&A), gc_drop(&B), gc_drop(&C), gc_drop(&BI);

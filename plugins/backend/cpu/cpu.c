@@ -184,6 +184,9 @@ static int cpu_gemm(void *self, fs_backend_stream *s, const fs_gemm_args *g, fs_
     (void)s;
     int rc;
     if ((rc = need_f32(cb, g->ab_dtype, "gemm", err)) || (rc = need_f32(cb, g->c_dtype, "gemm", err))) return rc;
+    if (g->bias && FS_HAS_MEMBER(g, g->struct_size, fs_gemm_args, bias_dtype) &&
+        (rc = need_f32(cb, g->bias_dtype, "gemm bias", err)))
+        return rc;
     size_t batch = g->batch ? g->batch : 1;
     for (size_t i = 0; i < batch; i++)
         gemm_one(g, (const float *)g->a + i * g->stride_a, (const float *)g->b + i * g->stride_b,

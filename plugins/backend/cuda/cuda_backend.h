@@ -52,6 +52,8 @@ int fs_cuda_enter(const cuda_backend *cb, fs_error *err);
 int fs_cuda_gemm_init(cuda_backend *cb, fs_error *err);
 void fs_cuda_gemm_release(cuda_backend *cb);
 int fs_cuda_gemm(void *self, fs_backend_stream *s, const fs_gemm_args *g, fs_error *err);
+/* The type of g's bias elements (F32 unless g is new enough to say BF16). */
+int32_t fs_cuda_bias_dtype(const fs_gemm_args *g);
 
 /* coll_nccl.c (built with FS_CUDA_NCCL): the vtable's coll_* members. */
 int fs_nccl_id(void *self, uint8_t id[FS_BACKEND_COLL_ID_BYTES], fs_error *err);

@@ -41,9 +41,9 @@ int fs_cuda_adamw(void *stream, float *param, void *param_copy, float *m, float 
                   int copy_dtype);
 int fs_cuda_scale(void *stream, float *x, float s, size_t n);
 int fs_cuda_convert(void *stream, void *dst, int dst_dtype, const void *src, int src_dtype, size_t n);
-// c (m rows, ldc apart, n columns) += bias (n): the GEMM epilogue when cuBLASLt has none for the types
-int fs_cuda_add_bias(void *stream, void *c, const float *bias, size_t m, size_t n, size_t ldc, size_t batch,
-                     size_t stride_c, int dtype);
+// c (m rows, ldc apart, n columns) += bias (n, bias_dtype): the GEMM epilogue when cuBLASLt has none for the types
+int fs_cuda_add_bias(void *stream, void *c, const void *bias, int bias_dtype, size_t m, size_t n, size_t ldc,
+                     size_t batch, size_t stride_c, int dtype);
 
 /* ---- ops_rows.cu ---- */
 int fs_cuda_layernorm_forward(void *stream, void *out, float *mean, float *rstd, const void *inp, const float *weight,

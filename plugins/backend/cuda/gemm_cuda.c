@@ -6,7 +6,9 @@
  * FS_GEMM_COMPUTE_TF32, on tensor cores with TF32 inputs; BF16 operands
  * accumulate in f32 and write BF16 or F32 (the weight gradients of mixed
  * precision, accumulated into f32 with beta 1). A bias rides in the
- * epilogue (f32, whatever D's type).
+ * epilogue: f32, or bf16 (fs_gemm_args.bias_dtype), which is the one
+ * cuBLASLt fuses into a bf16 D (an f32 bias there falls back to a kernel
+ * of its own after the product).
  *
  * A plan (descriptor, layouts and the heuristic's algorithm) is made once
  * per shape, types and pointer alignments and kept in a small cache: a
@@ -25,7 +27,7 @@
 #define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
 
 typedef struct gemm_key {
-    int32_t ab, c, ta, tb, compute, bias;
+    int32_t ab, c, ta, tb, compute, bias; /* bias: 0 none, else 1 + its fs_dtype */
     int32_t side_stream; /* not the compute stream: no workspace (kernels on two streams would share it) */
     uint32_t align_a, align_b, align_c, align_bias;
     size_t m, n, k, lda, ldb, ldc, batch, sa, sb, sc;
@@ -62,7 +64,7 @@ static void key_of(gemm_key *k, const fs_gemm_args *g, int side_stream) {
     k->ta = g->trans_a != 0;
     k->tb = g->trans_b != 0;
     k->compute = g->ab_dtype == FS_DTYPE_F32 ? g->compute : FS_GEMM_COMPUTE_F32;
-    k->bias = g->bias != NULL;
+    k->bias = g->bias ? 1 + fs_cuda_bias_dtype(g) : 0;
     k->align_a = alignment(g->a);
     k->align_b = alignment(g->b);
     k->align_c = alignment(g->c);
@@ -132,7 +134,7 @@ static int plan_make(cuda_backend *cb, gemm_plan *p, const gemm_key *k) {
     }
     if (k->bias && k->align_bias >= 16) { /* cuBLASLt's bias epilogue reads the bias in 16-byte vectors */
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        cudaDataType_t bt = CUDA_R_32F;
+        cudaDataType_t bt = cuda_type(k->bias - 1);
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt);
         p->bias_in_epilogue = 1;
@@ -155,6 +157,11 @@ static gemm_plan *plan_for(cuda_backend *cb, const gemm_key *k, int *status) {
     plan_release(&cb->plans[slot]);
     *status = plan_make(cb, &cb->plans[slot], k);
     return *status ? NULL : &cb->plans[slot];
+}
+
+int32_t fs_cuda_bias_dtype(const fs_gemm_args *g) {
+    return FS_HAS_MEMBER(g, g->struct_size, fs_gemm_args, bias_dtype) && g->bias_dtype == FS_DTYPE_BF16 ? FS_DTYPE_BF16
+                                                                                                       : FS_DTYPE_F32;
 }
 
 static int check_args(const cuda_backend *cb, const fs_gemm_args *g, fs_error *err) {
@@ -218,7 +225,9 @@ int fs_cuda_gemm(void *self, fs_backend_stream *stream, const fs_gemm_args *g, f
         return cb->host->error_set(err, FS_ERR_RUNTIME, "cuda backend: gemm %zu x %zu x %zu (batch %zu): cuBLAS status %d",
                                    g->m, g->n, g->k, key.batch, status);
     if (bias_after)
-        return fs_cuda_fail(cb, err, fs_cuda_add_bias(s, g->c, g->bias, g->m, g->n, g->ldc, key.batch, key.sc, g->c_dtype),
+        return fs_cuda_fail(cb, err,
+                            fs_cuda_add_bias(s, g->c, g->bias, key.bias - 1, g->m, g->n, g->ldc, key.batch, key.sc,
+                                             g->c_dtype),
                             "gemm bias");
     return FS_OK;
 }

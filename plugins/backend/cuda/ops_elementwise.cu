@@ -175,17 +175,17 @@ int fs_cuda_convert(void *stream, void *dst, int dst_dtype, const void *src, int
 }
 
 template <int DT>
-__global__ void add_bias_kernel(void *c, const float *bias, size_t m, size_t n, size_t ldc, size_t stride_c,
-                                size_t total) {
+__global__ void add_bias_kernel(void *c, const void *bias, int bias_dtype, size_t m, size_t n, size_t ldc,
+                                size_t stride_c, size_t total) {
     FS_GRID_STRIDE(i, total) {
         size_t j = i % n, r = (i / n) % m, b = i / (n * m), at = b * stride_c + r * ldc + j;
-        fs_store(c, at, DT, fs_load(c, at, DT) + bias[j]);
+        fs_store(c, at, DT, fs_load(c, at, DT) + fs_load(bias, j, bias_dtype));
     }
 }
 
-int fs_cuda_add_bias(void *stream, void *c, const float *bias, size_t m, size_t n, size_t ldc, size_t batch,
-                     size_t stride_c, int dtype) {
+int fs_cuda_add_bias(void *stream, void *c, const void *bias, int bias_dtype, size_t m, size_t n, size_t ldc,
+                     size_t batch, size_t stride_c, int dtype) {
     size_t total = m * n * batch;
-    FS_LAUNCH_DT(dtype, add_bias_kernel, fs_blocks(total, FS_THREADS), FS_THREADS, 0, stream, c, bias, m, n, ldc,
-                 stride_c, total);
+    FS_LAUNCH_DT(dtype, add_bias_kernel, fs_blocks(total, FS_THREADS), FS_THREADS, 0, stream, c, bias, bias_dtype, m,
+                 n, ldc, stride_c, total);
 }

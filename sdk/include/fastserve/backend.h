@@ -115,8 +115,14 @@ typedef struct fs_gemm_args {
     size_t batch;              /* 0 or 1: one product */
     size_t stride_a, stride_b, stride_c;
     float alpha, beta;
-    const float *bias;         /* (n) F32 added to each row of C, or NULL */
+    const float *bias;         /* (n) F32 added to each row of C, or NULL (see bias_dtype) */
     int32_t compute;           /* fs_gemm_compute */
+    /* Appended (read only when struct_size covers it, else F32): the type
+     * of bias's elements. BF16 (on backends with FS_BACKEND_BF16; `bias`
+     * then points to bf16 values) is what a BF16 C's epilogue reads
+     * natively: cuBLASLt has no fused bias of F32 into BF16, so an F32
+     * bias there costs a pass of its own over C. */
+    int32_t bias_dtype;
 } fs_gemm_args;
 
 /* One row's sampling parameters and its uniform draw (host memory). */
