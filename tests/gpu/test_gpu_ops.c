@@ -72,6 +72,9 @@ static const gemm_case gemm_cases[] = {
     {128, 256, 64, 0, 0, 0, 1, 1, 1.0f, 0.0f, BF16, BF16, 0, BF16},
     {33, 65, 129, 0, 0, 0, 1, 1, 1.0f, 0.0f, BF16, F32, 0, BF16},
     {7, 13, 5, 0, 1, 2, 3, 1, 1.0f, 0.5f, BF16, BF16, 0, BF16},
+    /* k = 0: beta C + bias, no product (BLAS's rule) */
+    {7, 13, 0, 0, 0, 1, 2, 1, 1.0f, 0.5f, F32, F32, 0, F32},
+    {5, 9, 0, 1, 1, 1, 1, 0, 1.0f, 0.0f, F32, F32, 0, F32},
 };
 
 typedef struct gemm_layout {

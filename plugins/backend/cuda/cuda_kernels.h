@@ -41,6 +41,9 @@ int fs_cuda_adamw(void *stream, float *param, void *param_copy, float *m, float 
                   int copy_dtype);
 int fs_cuda_scale(void *stream, float *x, float s, size_t n);
 int fs_cuda_convert(void *stream, void *dst, int dst_dtype, const void *src, int src_dtype, size_t n);
+// c (m rows, ldc apart, n columns, batch matrices stride_c apart) = beta * c: a GEMM with k = 0
+int fs_cuda_scale_matrix(void *stream, void *c, float beta, size_t m, size_t n, size_t ldc, size_t batch,
+                         size_t stride_c, int dtype);
 // c (m rows, ldc apart, n columns) += bias (n, bias_dtype): the GEMM epilogue when cuBLASLt has none for the types
 int fs_cuda_add_bias(void *stream, void *c, const void *bias, int bias_dtype, size_t m, size_t n, size_t ldc,
                      size_t batch, size_t stride_c, int dtype);

@@ -173,10 +173,10 @@ static int check_args(const cuda_backend *cb, const fs_gemm_args *g, fs_error *e
                                    "f32 and bf16 x bf16 -> bf16 or f32",
                                    (int)g->ab_dtype, (int)g->c_dtype);
     size_t a_cols = g->trans_a ? g->m : g->k, b_cols = g->trans_b ? g->k : g->n;
-    if (g->k == 0 || g->lda < a_cols || g->ldb < b_cols || g->ldc < g->n)
+    if (g->lda < a_cols || g->ldb < b_cols || g->ldc < g->n)
         return cb->host->error_set(err, FS_ERR_INVALID,
-                                   "cuda backend: gemm (%zu x %zu x %zu): k must be positive and lda %zu >= %zu, ldb "
-                                   "%zu >= %zu, ldc %zu >= %zu",
+                                   "cuda backend: gemm (%zu x %zu x %zu): lda %zu >= %zu, ldb %zu >= %zu, ldc %zu >= "
+                                   "%zu",
                                    g->m, g->n, g->k, g->lda, a_cols, g->ldb, b_cols, g->ldc, g->n);
     return FS_OK;
 }
@@ -199,12 +199,27 @@ static int gemm_fallback(cuda_backend *cb, cudaStream_t s, const gemm_plan *p, c
                                            (long long)k->sc, (int)k->batch, compute_type(k), CUBLAS_GEMM_DEFAULT);
 }
 
+/* k = 0: no product, C = beta C (+ bias), as BLAS and the cpu backend
+ * have it (cuBLASLt refuses an empty inner dimension). */
+static int gemm_empty(cuda_backend *cb, cudaStream_t s, const fs_gemm_args *g, fs_error *err) {
+    size_t batch = g->batch > 1 ? g->batch : 1, sc = batch > 1 ? g->stride_c : 0;
+    int rc = fs_cuda_fail(cb, err, fs_cuda_scale_matrix(s, g->c, g->beta, g->m, g->n, g->ldc, batch, sc, g->c_dtype),
+                          "gemm with k = 0");
+    if (!rc && g->bias)
+        rc = fs_cuda_fail(cb, err,
+                          fs_cuda_add_bias(s, g->c, g->bias, fs_cuda_bias_dtype(g), g->m, g->n, g->ldc, batch, sc,
+                                           g->c_dtype),
+                          "gemm bias");
+    return rc;
+}
+
 int fs_cuda_gemm(void *self, fs_backend_stream *stream, const fs_gemm_args *g, fs_error *err) {
     cuda_backend *cb = self;
     if (g->m == 0 || g->n == 0) return FS_OK;
     int rc = check_args(cb, g, err);
     if (rc || (rc = fs_cuda_enter(cb, err))) return rc;
     cudaStream_t s = fs_cuda_stream(cb, stream);
+    if (g->k == 0) return gemm_empty(cb, s, g, err);
     gemm_key key;
     key_of(&key, g, s != cb->stream);
     int status = 0;

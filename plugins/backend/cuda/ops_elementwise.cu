@@ -175,6 +175,22 @@ int fs_cuda_convert(void *stream, void *dst, int dst_dtype, const void *src, int
 }
 
 template <int DT>
+__global__ void scale_matrix_kernel(void *c, float beta, size_t m, size_t n, size_t ldc, size_t stride_c,
+                                    size_t total) {
+    FS_GRID_STRIDE(i, total) {
+        size_t j = i % n, r = (i / n) % m, b = i / (n * m), at = b * stride_c + r * ldc + j;
+        fs_store(c, at, DT, beta == 0.0f ? 0.0f : beta * fs_load(c, at, DT)); /* beta 0 writes zeros, as BLAS */
+    }
+}
+
+int fs_cuda_scale_matrix(void *stream, void *c, float beta, size_t m, size_t n, size_t ldc, size_t batch,
+                         size_t stride_c, int dtype) {
+    size_t total = m * n * batch;
+    FS_LAUNCH_DT(dtype, scale_matrix_kernel, fs_blocks(total, FS_THREADS), FS_THREADS, 0, stream, c, beta, m, n, ldc,
+                 stride_c, total);
+}
+
+template <int DT>
 __global__ void add_bias_kernel(void *c, const void *bias, int bias_dtype, size_t m, size_t n, size_t ldc,
                                 size_t stride_c, size_t total) {
     FS_GRID_STRIDE(i, total) {
