@@ -466,6 +466,8 @@ typedef struct heads_case {
 
 static const heads_case heads_cases[] = {
     {1, 1, 1, 1, F32}, {2, 7, 3, 5, F32}, {2, 64, 12, 64, F32}, {1, 257, 4, 33, F32}, {3, 33, 2, 128, BF16},
+    /* 16-byte moves (a head's row a whole number of them) and, at D 12 in bf16, element moves */
+    {2, 64, 12, 64, BF16}, {2, 9, 3, 24, BF16}, {1, 5, 2, 12, BF16}, {2, 9, 3, 24, F32},
 };
 
 /* The cpu backend's q, k, v against the definition:

@@ -138,6 +138,35 @@ FS_HD float fs_lane_sumexp(const void *x, int dt, size_t n, float mx, float inv_
     return s;
 }
 
+/* An online softmax's running state, (max, sum of e^(x - max)), after one
+ * more element x (-inf adds nothing). */
+FS_HD void fs_online_add(float *m, float *s, float x) {
+    if (x == -INFINITY) return;
+    if (x > *m) {
+        *s = *s * expf(*m - x) + 1.0f; /* e^(-inf) = 0 for the first element */
+        *m = x;
+    } else {
+        *s += expf(x - *m);
+    }
+}
+
+/* A lane's state over a row of n in chunks of w consecutive elements:
+ * chunks lane, lane + lanes, ..., then the last n % w elements one by one
+ * from lane (the order the cross-entropy kernel reads them in, 16 bytes a
+ * chunk). Lanes combine through the block's max: sum s e^(m - max). */
+FS_HD void fs_lane_online(const void *x, int dt, size_t n, size_t w, unsigned lane, unsigned lanes, float *m,
+                          float *s) {
+    *m = -INFINITY;
+    *s = 0.0f;
+    size_t full = n / w;
+    for (size_t c = lane; c < full; c += lanes)
+        for (size_t i = 0; i < w; i++) fs_online_add(m, s, fs_load(x, c * w + i, dt));
+    for (size_t i = full * w + lane; i < n; i += lanes) fs_online_add(m, s, fs_load(x, i, dt));
+}
+
+/* A lane's sum rescaled to the block's max. */
+FS_HD float fs_online_rescale(float m, float s, float max) { return m == -INFINITY ? 0.0f : s * expf(m - max); }
+
 /* The first maximum of a lane's elements: *best the value, *arg its index
  * (n when the lane has none). Lanes combine with fs_argmax_combine. */
 FS_HD void fs_lane_argmax(const void *x, int dt, size_t n, unsigned lane, unsigned lanes, float *best, size_t *arg) {

@@ -139,26 +139,64 @@ int fs_cuda_bias_backward(void *stream, float *dbias, const void *dout, size_t N
 
 /* ---- a block per row of the vocabulary ---- */
 
+/* Chunk c of a row, 16 bytes (CE_W(DT) elements) in one load, as floats. */
+#define CE_W(DT) ((DT) == FS_DTYPE_BF16 ? 8 : 4)
+template <int DT>
+__device__ __forceinline__ void load_chunk(const void *row, size_t c, float *v) {
+    uint4 u = ((const uint4 *)row)[c];
+    if (DT == FS_DTYPE_BF16)
+        for (int i = 0; i < 8; i++) v[i] = fs_bf16_to_f32(((const fs_bf16 *)&u)[i]);
+    else
+        for (int i = 0; i < 4; i++) v[i] = ((const float *)&u)[i];
+}
+
+template <int DT>
+__device__ __forceinline__ void store_chunk(void *row, size_t c, const float *v) {
+    uint4 u;
+    if (DT == FS_DTYPE_BF16)
+        for (int i = 0; i < 8; i++) ((fs_bf16 *)&u)[i] = fs_bf16_from_f32(v[i]);
+    else
+        for (int i = 0; i < 4; i++) ((float *)&u)[i] = v[i];
+    ((uint4 *)row)[c] = u;
+}
+
 /* Row loss into row_loss; dlogits (may be the logits: each element is
  * read, then written by the same thread, and the target's logit is read
- * before any write). */
+ * before any write). Two passes over the row, not three: the max and the
+ * sum of exponentials together (online softmax, fs_lane_online's order),
+ * then the gradient; 16 bytes a load and a store when `chunked` (rows
+ * 16-byte aligned: the pointers and ld allow it), else element by
+ * element. */
 template <int DT>
 __global__ void crossentropy_kernel(float *row_loss, void *dlogits, const void *logits, const int32_t *targets,
-                                    size_t V, size_t ld, float scale) {
+                                    size_t V, size_t ld, float scale, int chunked) {
     __shared__ float scratch[FS_WARP + 1];
-    size_t row = blockIdx.x;
-    size_t es = DT == FS_DTYPE_BF16 ? 2 : 4;
+    const size_t W = chunked ? CE_W(DT) : 1, full = V / W;
+    size_t row = blockIdx.x, es = DT == FS_DTYPE_BF16 ? 2 : 4;
     const void *z = (const char *)logits + row * ld * es;
     int32_t y = targets[row];
-    float zy = fs_load(z, (size_t)y, DT);
-    float mx = fs_block_reduce(fs_lane_max(z, DT, V, threadIdx.x, blockDim.x), fs_op_max(), -INFINITY, scratch);
-    float sum = fs_block_reduce(fs_lane_sumexp(z, DT, V, mx, 1.0f, threadIdx.x, blockDim.x), fs_op_sum(), 0.0f,
-                                scratch);
+    float zy = fs_load(z, (size_t)y, DT), m = -INFINITY, s = 0.0f, v[8];
+    if (chunked) {
+        for (size_t c = threadIdx.x; c < full; c += blockDim.x) {
+            load_chunk<DT>(z, c, v);
+            for (size_t i = 0; i < W; i++) fs_online_add(&m, &s, v[i]);
+        }
+        for (size_t i = full * W + threadIdx.x; i < V; i += blockDim.x) fs_online_add(&m, &s, fs_load(z, i, DT));
+    } else {
+        fs_lane_online(z, DT, V, 1, threadIdx.x, blockDim.x, &m, &s);
+    }
+    float mx = fs_block_reduce(m, fs_op_max(), -INFINITY, scratch);
+    float sum = fs_block_reduce(fs_online_rescale(m, s, mx), fs_op_sum(), 0.0f, scratch);
     if (threadIdx.x == 0) row_loss[row] = fs_ce_loss(mx, sum, zy);
     if (!dlogits) return;
     void *d = (char *)dlogits + row * ld * es;
     float inv = 1.0f / sum;
-    for (size_t i = threadIdx.x; i < V; i += blockDim.x)
+    for (size_t c = threadIdx.x; c < full && chunked; c += blockDim.x) {
+        load_chunk<DT>(z, c, v);
+        for (size_t i = 0; i < W; i++) v[i] = fs_ce_dlogit(v[i], mx, inv, c * W + i == (size_t)y, scale);
+        store_chunk<DT>(d, c, v);
+    }
+    for (size_t i = (chunked ? full * W : 0) + threadIdx.x; i < V; i += blockDim.x)
         fs_store(d, i, DT, fs_ce_dlogit(fs_load(z, i, DT), mx, inv, i == (size_t)y, scale));
     for (size_t i = V + threadIdx.x; i < ld; i += blockDim.x) fs_store(d, i, DT, 0.0f); /* the pad (backend.h) */
 }
@@ -179,12 +217,14 @@ int fs_cuda_crossentropy(void *stream, double *loss, void *dlogits, const void *
     float *rows = NULL;
     cudaError_t e = cudaMallocAsync((void **)&rows, N * sizeof(float), s);
     if (e) return (int)e;
+    size_t es = dtype == FS_DTYPE_BF16 ? 2 : 4;
+    int chunked = (ld * es) % 16 == 0 && (uintptr_t)logits % 16 == 0 && (uintptr_t)dlogits % 16 == 0;
     if (dtype == FS_DTYPE_BF16)
         crossentropy_kernel<FS_DTYPE_BF16><<<(unsigned)N, FS_THREADS, 0, s>>>(rows, dlogits, logits, targets, V, ld,
-                                                                              scale);
+                                                                              scale, chunked);
     else
         crossentropy_kernel<FS_DTYPE_F32><<<(unsigned)N, FS_THREADS, 0, s>>>(rows, dlogits, logits, targets, V, ld,
-                                                                             scale);
+                                                                             scale, chunked);
     sum_rows_kernel<<<1, 1024, 0, s>>>(loss, rows, N, 0);
     e = cudaGetLastError();
     cudaError_t f = cudaFreeAsync(rows, s);
