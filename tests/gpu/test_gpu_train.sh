@@ -18,6 +18,9 @@
 #    kernels, as fp32 above;
 #  - device = auto trains on the GPU; the summary names backend, precision
 #    and MFU;
+#  - --mode generate on cuda (the serving engine's step on the device)
+#    continues the fp32 checkpoint greedily as the CPU does, with f32 and
+#    bf16 KV blocks;
 #  - with 2 GPUs and mpirun: 2 ranks (one GPU each, gradients summed by
 #    NCCL on device buffers, dist/comm_coll.c) against the one-GPU fp32
 #    run, losses within 1e-4 and norms within 1e-3; said skipped otherwise.
@@ -90,6 +93,22 @@ steps_close v300cpu v300 grad_norm 1e-3 && ok "vocabulary 300 on cuda: gradient 
 
 assert_exit 0 "$FSRUN" g.ini --set run.device=auto --set run.out=auto --set train.steps=2
 assert_eq "$(json_last "$E2E_OUT" backend)" cuda "device = auto trains on the GPU"
+
+# generation on the device (the serving engine's step: model/
+# device_batch.c, the dense plugin's CUDA paged step, the KV pool in
+# device memory) continues the fp32 checkpoint as the CPU does: greedy,
+# 24 tokens
+assert_exit 0 "$FSRUN" g.ini --mode generate --set run.device=cpu --set run.out=fp32 --set generate.max_tokens=24 \
+    --set generate.temperature=0
+cp "$E2E_OUT" gen.cpu.out
+assert_exit 0 "$FSRUN" g.ini --mode generate --set run.device=cuda --set run.out=fp32 --set generate.max_tokens=24 \
+    --set generate.temperature=0
+assert_contains "$(cat "$E2E_ERR")" "(backend cuda)" "--mode generate on cuda: the log names the device"
+assert_eq "$(json_last "$E2E_OUT" text)" "$(json_last gen.cpu.out text)" \
+    "--mode generate on cuda: the CPU's greedy continuation"
+assert_exit 0 "$FSRUN" g.ini --mode generate --set run.device=cuda --set run.out=fp32 --set generate.max_tokens=24 \
+    --set generate.temperature=0 --set generate.kv_dtype=bf16
+assert_eq "$(json_last "$E2E_OUT" tokens)" 24 "--mode generate on cuda with bf16 KV blocks: 24 tokens"
 
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 if [ "${gpus:-0}" -ge 2 ] && command -v mpirun >/dev/null 2>&1; then
