@@ -293,15 +293,26 @@ static int head(fs_device_batch *db, const fs_batch_seq *seqs, size_t n, size_t 
                 fs_error *err) {
     const fs_backend_vtable *vt = db->bk->vt;
     void *self = db->bk->self;
-    size_t C = db->C, k = 0;
+    size_t C = db->C, k = 0, run_from = 0, run_n = 0;
     int rc = FS_OK;
-    for (size_t i = 0, row = 0; i < n && !rc; i++) {
-        row += seqs[i].n_new;
-        size_t from = seqs[i].logits == FS_BATCH_LOGITS_ALL ? row - seqs[i].n_new : seqs[i].logits ? row - 1 : row;
-        if (from == row) continue;
-        rc = vt->copy(self, NULL, db->last + k * C, db->x + from * C, (row - from) * C * sizeof(float),
-                      FS_COPY_DEVICE_TO_DEVICE, err);
-        k += row - from;
+    /* the rows that ask, gathered in runs of adjacent rows (a decode step
+     * of n sequences is one run: one copy, not n) */
+    for (size_t i = 0, row = 0; i <= n && !rc; i++) {
+        size_t from = row, to = row;
+        if (i < n) {
+            to = row += seqs[i].n_new;
+            from = seqs[i].logits == FS_BATCH_LOGITS_ALL ? row - seqs[i].n_new : seqs[i].logits ? row - 1 : row;
+            if (from == to) continue;
+            if (run_n && run_from + run_n == from) {
+                run_n += to - from;
+                continue;
+            }
+        }
+        if (run_n)
+            rc = vt->copy(self, NULL, db->last + k * C, db->x + run_from * C, run_n * C * sizeof(float),
+                          FS_COPY_DEVICE_TO_DEVICE, err);
+        k += run_n;
+        run_from = from, run_n = to - from;
     }
     if (!rc)
         rc = vt->layernorm_forward(self, NULL, db->ln, NULL, NULL, db->last, on_device(db, db->m->lnfw),
