@@ -19,8 +19,8 @@
  * tokens are then reproducible run to run for the same schedule, not
  * bitwise alone versus among others as on the CPU (vLLM and TGI behave
  * the same on GPUs). tests/gpu/test_gpu_batch.c compares the step with the
- * CPU's fs_batch_run within a tolerance; tests/unit/test_device_batch.c
- * does the same on the cpu backend. */
+ * CPU's fs_batch_run within a tolerance, on CUDA and (its _cpu run, on any
+ * machine) through the cpu backend. */
 #ifndef FS_DEVICE_BATCH_H
 #define FS_DEVICE_BATCH_H
 
