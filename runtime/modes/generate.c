@@ -148,6 +148,7 @@ static int generate_engine(fs_session *s, size_t max_tokens, int on_device, fs_g
     int rc = fs_engine_create_inline(&e, s, &c, err);
     if (rc) return rc;
     g->cache_bytes = c.kv_blocks * fs_kv_block_bytes(m, c.kv_block);
+    snprintf(g->backend, sizeof g->backend, "%s", fs_engine_backend(e));
     fs_request_params p = {.struct_size = sizeof p, .prompt = g->prompt, .n_prompt = g->n_prompt,
                            .max_tokens = max_tokens, .sampler = fs_generate_sampler(s->gen_cfg),
                            .eos = fs_tokenizer_eos(s->tokenizer)}; /* the server's rule (http.c) */
@@ -237,8 +238,8 @@ static void print_generation(const char *text, const fs_generation *g) {
     fs_json_string(stdout, text);
     printf(", \"text\": ");
     fs_json_bytes(stdout, g->text, g->text_len);
-    printf(", \"kv_cache_bytes\": %zu, \"finish_reason\": \"%s\"}\n", g->cache_bytes,
-           g->stopped_at_eos ? "stop" : "length");
+    printf(", \"kv_cache_bytes\": %zu, \"finish_reason\": \"%s\", \"backend\": \"%s\"}\n", g->cache_bytes,
+           g->stopped_at_eos ? "stop" : "length", g->backend[0] ? g->backend : "none");
 }
 
 int fs_mode_generate(fs_session *s, const fs_run_options *o, int *config_error, fs_error *err) {

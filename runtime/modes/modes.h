@@ -84,6 +84,7 @@ typedef struct fs_generation {
     int stopped_at_context;
     int stopped_at_eos; /* the tokenizer's end-of-text token came (not kept: it has no text) */
     size_t cache_bytes; /* of the sequence's KV caches */
+    char backend[32];   /* what the steps ran through (fs_engine_backend), "none" for the CPU kernels */
 } fs_generation;
 
 /* on_device: 1 runs where [run] device and [backend] point (--mode

@@ -135,11 +135,12 @@ static void print_summary(fs_http_server *srv, fs_engine *e, int sig, size_t lef
     fs_engine_stats st = {.struct_size = sizeof st};
     fs_engine_stats_get(e, &st);
     printf("{\"mode\": \"serve\", \"port\": %d, \"requests\": %llu, \"finished\": %llu, \"shut_down\": %llu, "
-           "\"tokens_in\": %llu, \"tokens_out\": %llu, \"signal\": \"%s\", \"unfinished_http\": %zu}\n",
+           "\"tokens_in\": %llu, \"tokens_out\": %llu, \"signal\": \"%s\", \"unfinished_http\": %zu, "
+           "\"backend\": \"%s\"}\n",
            fs_http_server_port(srv), (unsigned long long)fs_http_server_requests(srv),
            (unsigned long long)(st.finished[FS_FINISH_LENGTH] + st.finished[FS_FINISH_STOP]),
            (unsigned long long)st.finished[FS_FINISH_SHUTDOWN], (unsigned long long)st.tokens_in,
-           (unsigned long long)st.tokens_out, sig == SIGINT ? "SIGINT" : "SIGTERM", left);
+           (unsigned long long)st.tokens_out, sig == SIGINT ? "SIGINT" : "SIGTERM", left, fs_engine_backend(e));
 }
 
 /* Stops accepting, lets the engine drain, then waits for the answers to

@@ -233,6 +233,8 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
     return FS_OK;
 }
 
+const char *fs_engine_backend(const fs_engine *e) { return e->bk ? e->bk->plugin->desc->name : "none"; }
+
 /* ---- the inbox ---- */
 
 static void arrive(fs_engine *e, eseq *s) {

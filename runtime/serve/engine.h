@@ -180,6 +180,9 @@ typedef struct fs_engine_stats {
 } fs_engine_stats;
 
 void fs_engine_stats_get(fs_engine *e, fs_engine_stats *st);
+/* The backend plugin the steps run through ("cuda", "cpu"), or "none": the
+ * runtime's own CPU kernels (the summaries' "backend", as training's). */
+const char *fs_engine_backend(const fs_engine *e);
 
 /* For --mode generate and tests: an engine without its own thread; calls
  * run iterations on the calling thread until no request is left. */

@@ -499,6 +499,7 @@ def check_on_backend():
         check_sampling(srv, cl)
     finally:
         ck.eq(srv.stop(), 0, "SIGTERM: the server on the backend exits 0")
+        ck.eq(srv.summary().get("backend"), "cpu", "its summary names the backend")
 
 
 def main():
@@ -521,6 +522,7 @@ def main():
         ck.eq(code, 0, "SIGTERM: the server exits 0")
         s = srv.summary()
         ck.ok(s.get("mode") == "serve" and s.get("requests", 0) > 50, "its last stdout line is a JSON summary", s)
+        ck.eq(s.get("backend"), "none", "the summary: the CPU's own kernels")
         if code != 0:
             print(srv.stderr()[-3000:])
     check_utf8()

@@ -183,6 +183,8 @@ assert_exit 0 "$FSRUN" dense.ini --mode generate --set backend.plugin=cpu --set 
 assert_eq "$(json_last "$E2E_OUT" text)" "$(json_last gen.cpu.out text)" \
     "--mode generate through the backend continues greedily as the CPU kernels do"
 assert_err "serving on CPU" "(backend cpu)"
+assert_eq "$(json_last "$E2E_OUT" backend)" cpu "the generate summary names the backend"
+assert_eq "$(json_last gen.cpu.out backend)" none "... and none on the CPU kernels"
 assert_exit 2 "$FSRUN" dense.ini --mode generate --set backend.plugin=cpu --set run.out=dense.be \
     --set generate.weights=q8
 assert_err "[backend] plugin = cpu asks for a compute backend, but serving cannot run there" \

@@ -104,6 +104,7 @@ cp "$E2E_OUT" gen.cpu.out
 assert_exit 0 "$FSRUN" g.ini --mode generate --set run.device=cuda --set run.out=fp32 --set generate.max_tokens=24 \
     --set generate.temperature=0
 assert_contains "$(cat "$E2E_ERR")" "(backend cuda)" "--mode generate on cuda: the log names the device"
+assert_eq "$(json_last "$E2E_OUT" backend)" cuda "--mode generate on cuda: the summary says backend cuda"
 assert_eq "$(json_last "$E2E_OUT" text)" "$(json_last gen.cpu.out text)" \
     "--mode generate on cuda: the CPU's greedy continuation"
 assert_exit 0 "$FSRUN" g.ini --mode generate --set run.device=cuda --set run.out=fp32 --set generate.max_tokens=24 \
