@@ -160,7 +160,8 @@ int fs_kv_pool_create_on(fs_kv_pool **out, const fs_model *m, size_t kv_block, s
         size_t bb = p->block_bytes;
         fs_kv_pool_destroy(p);
         return fs_error_set(err, FS_ERR_NOMEM, "out of %s memory for a KV pool of %zu blocks (%zu bytes each)%s",
-                            backend ? "device" : "host", n_blocks, bb, n_swap ? " and its swap area" : "");
+                            backend && backend->device.type != FS_DEVICE_CPU ? "device" : "host", n_blocks, bb,
+                            n_swap ? " and its swap area" : "");
     }
     p->head = p->tail = NONE;
     for (size_t b = 0; b < n_blocks; b++) list_append(p, (int32_t)b);

@@ -89,7 +89,14 @@ static int make_pool(fs_engine *e, fs_error *err) {
                             "[serve] kv_cache_mb to %zu or more",
                             fs_config_where(e->s->serve_cfg, "kv_cache_mb"), n, kb, bb, need,
                             (need * bb + MIB - 1) / MIB);
-    return fs_kv_pool_create_on(&e->pool, m, kb, n, n_swap, e->bk, err);
+    fs_error why = {0};
+    int rc = fs_kv_pool_create_on(&e->pool, m, kb, n, n_swap, e->bk, &why);
+    if (rc && !e->cfg.kv_blocks) /* the sizes came from the graph: say which keys and what to do */
+        return fs_error_set(err, rc, "%s: %s: set [serve] kv_cache_mb (and swap_mb) to what the %s can hold",
+                            fs_config_where(e->s->serve_cfg, "kv_cache_mb"), why.message,
+                            e->bk && e->bk->device.type != FS_DEVICE_CPU ? "device" : "machine");
+    if (rc) *err = why;
+    return rc;
 }
 
 /* The backend the session's [run] device and [backend] point to, when the

@@ -189,6 +189,10 @@ assert_exit 2 "$FSRUN" dense.ini --mode generate --set backend.plugin=cpu --set 
     --set generate.weights=q8
 assert_err "[backend] plugin = cpu asks for a compute backend, but serving cannot run there" \
     "[generate] weights = q8: bf16 and q8 are the CPU's decode formats" "set weights = f32"
+# a pool bigger than anything can hold: the key and the fix, not a crash
+assert_exit 2 "$FSRUN" dense.ini --mode serve --set backend.plugin=cpu --set run.out=dense.be --set serve.port=0 \
+    --set serve.kv_cache_mb=100000000
+assert_err "[serve] kv_cache_mb = 100000000" "KV pool: 12800000000 blocks" "set [serve] kv_cache_mb (and swap_mb)"
 assert_exit 2 "$FSRUN" lsh.ini --mode generate --set backend.plugin=cpu --set run.out=lsh.be
 assert_err "serving cannot run there" "plugin.layer0.attention.rotations: an attention plugin's own tensor" \
     "[run] device = cpu"
