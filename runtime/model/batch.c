@@ -393,22 +393,29 @@ static void mlp_rows(fs_batch *b, const fs_model *m, size_t l, size_t rows, cons
     project(b, l * W_PER_LAYER + W_FCPROJ, b->proj, b->fch, p->fcprojw, p->fcprojb, rows, 4 * C, C);
 }
 
-static int check_step(const fs_batch *b, const fs_model *m, const fs_step_weights *sw, const fs_batch_seq *seqs,
-                      size_t n, size_t *rows, size_t *n_logits, fs_error *err) {
+int fs_batch_check(const fs_batch_seq *seqs, size_t n, size_t vocab, size_t max_rows, size_t max_logits,
+                   size_t *rows, size_t *n_logits, fs_error *err) {
     *rows = *n_logits = 0;
-    if (sw && sw->m != m) return fs_error_set(err, FS_ERR_INVALID, "step weights made from another model");
     for (size_t i = 0; i < n; i++) {
         if (seqs[i].n_new == 0) return fs_error_set(err, FS_ERR_INVALID, "step sequence %zu: no new tokens", i);
         for (size_t t = seqs[i].start; t < seqs[i].start + seqs[i].n_new; t++)
-            if (seqs[i].tokens[t] < 0 || (size_t)seqs[i].tokens[t] >= m->cfg.vocab)
+            if (seqs[i].tokens[t] < 0 || (size_t)seqs[i].tokens[t] >= vocab)
                 return fs_error_set(err, FS_ERR_INVALID, "token id %d outside the vocabulary [0, %zu)",
-                                    (int)seqs[i].tokens[t], m->cfg.vocab);
+                                    (int)seqs[i].tokens[t], vocab);
         *rows += seqs[i].n_new;
-        *n_logits += seqs[i].logits == FS_BATCH_LOGITS_ALL ? seqs[i].n_new : seqs[i].logits != 0;
+        *n_logits += fs_batch_logit_rows(&seqs[i]);
     }
-    if (*rows > b->max_rows || *n_logits > b->max_logits)
+    if (*rows > max_rows || *n_logits > max_logits)
         return fs_error_set(err, FS_ERR_INVALID, "step of %zu tokens and %zu logits: room for %zu and %zu", *rows,
-                            *n_logits, b->max_rows, b->max_logits);
+                            *n_logits, max_rows, max_logits);
+    return FS_OK;
+}
+
+static int check_step(const fs_batch *b, const fs_model *m, const fs_step_weights *sw, const fs_batch_seq *seqs,
+                      size_t n, size_t *rows, size_t *n_logits, fs_error *err) {
+    if (sw && sw->m != m) return fs_error_set(err, FS_ERR_INVALID, "step weights made from another model");
+    int rc = fs_batch_check(seqs, n, m->cfg.vocab, b->max_rows, b->max_logits, rows, n_logits, err);
+    if (rc) return rc;
     if (sw && sw->w && (*rows > sw->max_rows || *n_logits > sw->max_logits))
         return fs_error_set(err, FS_ERR_INVALID, "step of %zu tokens and %zu logits: the weights' work has room for "
                             "%zu and %zu", *rows, *n_logits, sw->max_rows, sw->max_logits);
@@ -438,8 +445,7 @@ int fs_batch_run(fs_batch *b, const fs_model *m, const fs_step_weights *sw, fs_k
     size_t row = 0, k = 0;
     for (size_t i = 0; i < n; i++) {
         row += seqs[i].n_new;
-        size_t from = seqs[i].logits == FS_BATCH_LOGITS_ALL ? row - seqs[i].n_new : seqs[i].logits ? row - 1 : row;
-        for (size_t r = from; r < row; r++) {
+        for (size_t r = row - fs_batch_logit_rows(&seqs[i]); r < row; r++) {
             float *dst = b->last + k++ * C;
             const float *a = x1 + r * C, *c = x2 + r * C;
             for (size_t j = 0; j < C; j++) dst[j] = m->cfg.reversible ? 0.5f * (a[j] + c[j]) : a[j];

@@ -48,6 +48,20 @@ typedef struct fs_batch_seq {
 
 #define FS_BATCH_LOGITS_ALL 2
 
+/* Rows of logits sequence s asks of a step: its last new token's, every
+ * new token's, or none. */
+static inline size_t fs_batch_logit_rows(const fs_batch_seq *s) {
+    return s->logits == FS_BATCH_LOGITS_ALL ? s->n_new : s->logits != 0;
+}
+
+/* A step's sequences checked against a model of `vocab` tokens and work
+ * memory for max_rows tokens and max_logits logits: every sequence adds a
+ * token, every new token is in the vocabulary, the totals fit. *rows and
+ * *n_logits get the totals. What fs_batch_run and the device step
+ * (model/device_batch.h) both check first. */
+int fs_batch_check(const fs_batch_seq *seqs, size_t n, size_t vocab, size_t max_rows, size_t max_logits,
+                   size_t *rows, size_t *n_logits, fs_error *err);
+
 typedef struct fs_batch fs_batch;
 
 /* Work memory for steps of up to max_rows tokens and max_logits rows of

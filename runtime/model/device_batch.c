@@ -42,10 +42,9 @@ struct fs_device_batch {
 int fs_device_batch_supported(const fs_model *m, fs_device device, char *why, size_t cap) {
     uint32_t need = device.type == FS_DEVICE_CUDA ? FS_ATTENTION_CUDA_PAGED : FS_ATTENTION_PAGED;
     for (size_t l = 0; l < m->L; l++) {
-        const fs_attention_vtable *vt = m->attn[l].vt;
-        const char *name = m->attn[l].origin.plugin ? m->attn[l].origin.plugin->desc->name : m->attn[l].name;
-        if (!fs_model_layer_paged(m, l) || !(vt->flags & need)) {
-            snprintf(why, cap, "layer %zu: attention plugin '%s' has no paged step on %s (%s)", m->layer_ids[l], name,
+        if (!fs_model_layer_paged(m, l) || !(m->attn[l].vt->flags & need)) {
+            snprintf(why, cap, "layer %zu: attention plugin '%s' has no paged step on %s (%s)", m->layer_ids[l],
+                     m->attn[l].name,
                      device.type == FS_DEVICE_CUDA ? "CUDA" : "the device",
                      device.type == FS_DEVICE_CUDA ? "FS_ATTENTION_CUDA_PAGED" : "FS_ATTENTION_PAGED");
             return FS_ERR_UNSUPPORTED;
@@ -110,7 +109,7 @@ static int create_layer(fs_device_batch *db, size_t l, fs_error *err) {
     const fs_attention_slot *a = &db->m->attn[l];
     db_layer *L = &db->layers[l];
     L->vt = a->vt;
-    L->name = a->origin.plugin ? a->origin.plugin->desc->name : a->name;
+    L->name = a->name;
     fs_attention_config ac = {.struct_size = sizeof ac, .layer = (int32_t)db->m->layer_ids[l], .n_head = db->H,
                               .head_dim = db->D, .n_embd = db->C, .max_seq = db->m->cfg.max_seq, .causal = 1,
                               .device = db->bk->device, .kv_dtype = db->cfg.kv_dtype};
@@ -199,13 +198,10 @@ static fs_tensor device_tensor(const fs_device_batch *db, float *data, size_t ro
     return t;
 }
 
-static int attend(fs_device_batch *db, size_t l, fs_kv_pool *pool, const fs_batch_seq *seqs, size_t n, size_t rows,
-                  fs_error *err) {
+/* Layer l's paged step over the step's sequences (db->pseq, made once a
+ * step). */
+static int attend(fs_device_batch *db, size_t l, fs_kv_pool *pool, size_t n, size_t rows, fs_error *err) {
     db_layer *L = &db->layers[l];
-    for (size_t i = 0, row = 0; i < n; row += seqs[i].n_new, i++)
-        db->pseq[i] = (fs_attention_paged_seq){.start = seqs[i].start, .n_new = seqs[i].n_new, .row = row,
-                                               .blocks = seqs[i].blocks, .n_blocks = seqs[i].n_blocks,
-                                               .tokens = seqs[i].tokens};
     fs_attention_paged_args pa;
     memset(&pa, 0, sizeof pa);
     pa.struct_size = sizeof pa;
@@ -228,8 +224,7 @@ static int attend(fs_device_batch *db, size_t l, fs_kv_pool *pool, const fs_batc
 }
 
 /* x += Attention(LN1(x)); x += MLP(LN2(x)) for layer l, every row. */
-static int layer_step(fs_device_batch *db, size_t l, fs_kv_pool *pool, const fs_batch_seq *seqs, size_t n,
-                      size_t rows, fs_error *err) {
+static int layer_step(fs_device_batch *db, size_t l, fs_kv_pool *pool, size_t n, size_t rows, fs_error *err) {
     const fs_backend_vtable *vt = db->bk->vt;
     void *self = db->bk->self;
     const fs_layer_params *p = &db->m->lp[l];
@@ -239,7 +234,7 @@ static int layer_step(fs_device_batch *db, size_t l, fs_kv_pool *pool, const fs_
     /* q, k, v: the thirds of c_attn, each (rows, H, D) as the plugins take them */
     float *qkv[3] = {db->q, db->k, db->v};
     for (size_t i = 0; i < 3 && !rc; i++) rc = project(db, qkv[i], db->ln, p->qkvw, 3 * C, p->qkvb, i * C, rows, C, C, err);
-    if (!rc) rc = attend(db, l, pool, seqs, n, rows, err);
+    if (!rc) rc = attend(db, l, pool, n, rows, err);
     if (!rc) rc = project(db, db->proj, db->y, p->attprojw, C, p->attprojb, 0, rows, C, C, err);
     if (!rc) rc = vt->residual_forward(self, NULL, db->x, db->x, db->proj, rows * C, F32, err);
     if (!rc)
@@ -252,26 +247,16 @@ static int layer_step(fs_device_batch *db, size_t l, fs_kv_pool *pool, const fs_
     return rc;
 }
 
-/* The step's sizes, checked as fs_batch_run checks them. */
+/* The step's sizes, as fs_batch_run checks them, and positions inside
+ * the position table (the device embeds positions as they come: no plugin
+ * here has a bounded cache). */
 static int check_step(const fs_device_batch *db, const fs_batch_seq *seqs, size_t n, size_t *rows, size_t *n_logits,
                       fs_error *err) {
-    *rows = *n_logits = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (seqs[i].n_new == 0) return fs_error_set(err, FS_ERR_INVALID, "step sequence %zu: no new tokens", i);
+    for (size_t i = 0; i < n; i++)
         if (seqs[i].start + seqs[i].n_new > db->m->cfg.max_seq)
             return fs_error_set(err, FS_ERR_INVALID, "step sequence %zu: positions up to %zu past max_seq %zu", i,
                                 seqs[i].start + seqs[i].n_new, db->m->cfg.max_seq);
-        for (size_t t = seqs[i].start; t < seqs[i].start + seqs[i].n_new; t++)
-            if (seqs[i].tokens[t] < 0 || (size_t)seqs[i].tokens[t] >= db->V)
-                return fs_error_set(err, FS_ERR_INVALID, "token id %d outside the vocabulary [0, %zu)",
-                                    (int)seqs[i].tokens[t], db->V);
-        *rows += seqs[i].n_new;
-        *n_logits += seqs[i].logits == FS_BATCH_LOGITS_ALL ? seqs[i].n_new : seqs[i].logits != 0;
-    }
-    if (*rows > db->cfg.max_rows || *n_logits > db->cfg.max_logits)
-        return fs_error_set(err, FS_ERR_INVALID, "step of %zu tokens and %zu logits: room for %zu and %zu", *rows,
-                            *n_logits, db->cfg.max_rows, db->cfg.max_logits);
-    return FS_OK;
+    return fs_batch_check(seqs, n, db->V, db->cfg.max_rows, db->cfg.max_logits, rows, n_logits, err);
 }
 
 /* x (rows, C) = wte[token] + wpe[position]: each sequence's run of
@@ -288,6 +273,13 @@ static int embed(fs_device_batch *db, const fs_batch_seq *seqs, size_t n, size_t
     return rc;
 }
 
+/* last rows [k, k + n) = x rows [from, from + n) */
+static int copy_rows(fs_device_batch *db, size_t k, size_t from, size_t n, fs_error *err) {
+    if (n == 0) return FS_OK;
+    return db->bk->vt->copy(db->bk->self, NULL, db->last + k * db->C, db->x + from * db->C, n * db->C * sizeof(float),
+                            FS_COPY_DEVICE_TO_DEVICE, err);
+}
+
 /* logits (S, V) on the host = head(LN_f(the rows that ask)). */
 static int head(fs_device_batch *db, const fs_batch_seq *seqs, size_t n, size_t n_logits, float *logits,
                 fs_error *err) {
@@ -295,25 +287,21 @@ static int head(fs_device_batch *db, const fs_batch_seq *seqs, size_t n, size_t 
     void *self = db->bk->self;
     size_t C = db->C, k = 0, run_from = 0, run_n = 0;
     int rc = FS_OK;
-    /* the rows that ask, gathered in runs of adjacent rows (a decode step
-     * of n sequences is one run: one copy, not n) */
-    for (size_t i = 0, row = 0; i <= n && !rc; i++) {
-        size_t from = row, to = row;
-        if (i < n) {
-            to = row += seqs[i].n_new;
-            from = seqs[i].logits == FS_BATCH_LOGITS_ALL ? row - seqs[i].n_new : seqs[i].logits ? row - 1 : row;
-            if (from == to) continue;
-            if (run_n && run_from + run_n == from) {
-                run_n += to - from;
-                continue;
-            }
+    /* the rows that ask (each sequence's last cnt), gathered in runs of
+     * adjacent rows: a decode step of n sequences is one copy, not n */
+    for (size_t i = 0, row = 0; i < n && !rc; i++) {
+        size_t cnt = fs_batch_logit_rows(&seqs[i]);
+        row += seqs[i].n_new;
+        if (cnt == 0) continue;
+        if (run_n && run_from + run_n == row - cnt) {
+            run_n += cnt;
+            continue;
         }
-        if (run_n)
-            rc = vt->copy(self, NULL, db->last + k * C, db->x + run_from * C, run_n * C * sizeof(float),
-                          FS_COPY_DEVICE_TO_DEVICE, err);
+        rc = copy_rows(db, k, run_from, run_n, err);
         k += run_n;
-        run_from = from, run_n = to - from;
+        run_from = row - cnt, run_n = cnt;
     }
+    if (!rc) rc = copy_rows(db, k, run_from, run_n, err);
     if (!rc)
         rc = vt->layernorm_forward(self, NULL, db->ln, NULL, NULL, db->last, on_device(db, db->m->lnfw),
                                    on_device(db, db->m->lnfb), n_logits, C, F32, err);
@@ -334,8 +322,12 @@ int fs_device_batch_run(fs_device_batch *db, fs_kv_pool *pool, const fs_batch_se
     if (rc || rows == 0) return rc;
     if (!pool) return fs_error_set(err, FS_ERR_INVALID, "a step on a device needs a KV pool");
     if ((rc = fs_kv_pool_status(pool, err))) return rc;
+    for (size_t i = 0, row = 0; i < n; row += seqs[i].n_new, i++)
+        db->pseq[i] = (fs_attention_paged_seq){.start = seqs[i].start, .n_new = seqs[i].n_new, .row = row,
+                                               .blocks = seqs[i].blocks, .n_blocks = seqs[i].n_blocks,
+                                               .tokens = seqs[i].tokens};
     rc = embed(db, seqs, n, rows, err);
-    for (size_t l = 0; l < db->L && !rc; l++) rc = layer_step(db, l, pool, seqs, n, rows, err);
+    for (size_t l = 0; l < db->L && !rc; l++) rc = layer_step(db, l, pool, n, rows, err);
     if (!rc && n_logits) rc = head(db, seqs, n, n_logits, logits, err);
     else if (!rc) rc = db->bk->vt->synchronize(db->bk->self, err); /* a step that asks no logits: done, too */
     return rc;

@@ -165,7 +165,7 @@ static int gen_new(fs_engine *e, fs_session *owned, const fs_model *m, weights_g
     if (!w) return fs_error_set(err, FS_ERR_NOMEM, "out of memory");
     fs_session *from = owned ? owned : e->s;
     fs_device_batch_config dc = {.struct_size = sizeof dc, .backend = e->bk, .host = &from->host,
-                                 .kv_dtype = e->kv_dtype, .max_rows = e->max_tokens_step,
+                                 .kv_dtype = fs_session_kv_dtype(from), .max_rows = e->max_tokens_step,
                                  .max_logits = e->cfg.max_running + e->prompt_rows_max};
     int rc = e->bk ? fs_device_batch_create(&w->db, m, &dc, err)
                    : fs_step_weights_create(&w->sw, m, e->cfg.weights, e->max_tokens_step,
@@ -220,7 +220,6 @@ static int engine_init(fs_engine *e, fs_session *s, const fs_engine_config *cfg,
     e->next_id = 1;
     int rc = fs_session_require_whole(s, "serve", err);
     if (!rc) rc = fs_model_servable(s->model, err);
-    e->kv_dtype = strcmp(fs_config_string(s->gen_cfg, "kv_dtype"), "bf16") ? FS_DTYPE_F32 : FS_DTYPE_BF16;
     if (!rc) rc = open_device(e, err);
     if (!rc) rc = make_pool(e, err);
     if (!rc) rc = make_scheduler(e, err);

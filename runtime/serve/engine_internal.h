@@ -83,7 +83,6 @@ struct fs_engine {
     fs_session *s; /* the creator's: configuration, plugins, the first weights */
     fs_backend_handle *bk;   /* the device the steps run on, or NULL: the CPU's own kernels */
     fs_backend_handle bk_open;
-    int32_t kv_dtype;        /* [generate] kv_dtype: the blocks' element type */
     fs_engine_config cfg;
     size_t max_tokens_step; /* [serve] max_batch_tokens, or prefill_chunk + max_running */
     int inline_mode;

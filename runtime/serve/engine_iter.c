@@ -359,7 +359,7 @@ static void run_steps(fs_engine *e, size_t n, const size_t *tokens) {
         }
         for (size_t i = 0; i < k; i++) {
             const fs_batch_seq *b = &e->bseq[i];
-            size_t r = b->logits == FS_BATCH_LOGITS_ALL ? b->n_new : b->logits != 0;
+            size_t r = fs_batch_logit_rows(b);
             e->rows[idx[i]] = r ? e->logits + nl * V : NULL;
             e->n_rows[idx[i]] = r;
             nl += r;

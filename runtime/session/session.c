@@ -169,6 +169,10 @@ size_t fs_session_layer_sections(const fs_graph *g, size_t layer, const char **s
     return k;
 }
 
+int32_t fs_session_kv_dtype(const fs_session *s) {
+    return strcmp(fs_config_string(s->gen_cfg, "kv_dtype"), "bf16") ? FS_DTYPE_F32 : FS_DTYPE_BF16;
+}
+
 /* Layer li's attention: its configuration from `secs`, the causal check,
  * the plugin instance, attached to the model. */
 static int create_layer_attention(fs_session *s, size_t li, const char *const *secs, size_t n, fs_error *err) {
@@ -189,7 +193,7 @@ static int create_layer_attention(fs_session *s, size_t li, const char *const *s
     char scope[64];
     snprintf(scope, sizeof scope, "plugin.layer%zu.attention", l);
     fs_plugin_ctx_init(&inst->ctx, &s->host, inst->config, scope, inst->plugin->desc->name);
-    int32_t kv_dtype = strcmp(fs_config_string(s->gen_cfg, "kv_dtype"), "bf16") ? FS_DTYPE_F32 : FS_DTYPE_BF16;
+    int32_t kv_dtype = fs_session_kv_dtype(s);
     if (kv_dtype == FS_DTYPE_BF16 && !(vt->flags & FS_ATTENTION_PAGED_BF16))
         return fs_error_set(err, FS_ERR_INVALID,
                             "%s: attention plugin '%s' keeps its KV cache in f32 only (it does not offer "

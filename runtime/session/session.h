@@ -79,6 +79,10 @@ size_t fs_session_layer_sections(const fs_graph *g, size_t layer, const char **s
  * (the checkpoint holds the whole model). */
 int fs_session_require_whole(const fs_session *s, const char *mode, fs_error *err);
 
+/* [generate] kv_dtype as the attention plugins' fs_attention_config takes
+ * it: FS_DTYPE_F32 or FS_DTYPE_BF16. */
+int32_t fs_session_kv_dtype(const fs_session *s);
+
 /* The [model] tokenizer, opened on first use (its file is read then, so
  * --mode train-tokenizer can run before it exists) and checked against
  * [model] vocab_size. */

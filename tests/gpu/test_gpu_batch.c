@@ -102,7 +102,7 @@ static void step(side_pair *p, script_seq **seqs, const size_t *n_new, const int
         bs[i] = (fs_batch_seq){.start = seqs[i]->len, .n_new = n_new[i], .tokens = seqs[i]->tok,
                                .blocks = seqs[i]->table, .n_blocks = (seqs[i]->len + n_new[i] + KB - 1) / KB,
                                .logits = logits[i]};
-        n_logits += logits[i] == FS_BATCH_LOGITS_ALL ? n_new[i] : logits[i] != 0;
+        n_logits += fs_batch_logit_rows(&bs[i]);
     }
     fs_error err = {0};
     gc_check_rc(fs_device_batch_run(p->db, p->dpool, bs, n, p->dlogits, &err), &err, what);
